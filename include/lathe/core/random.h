@@ -1,0 +1,56 @@
+// Random numbers come from Philox4x32-10, a counter-based generator: element i of a draw is a pure
+// function of (seed, offset + i / 4, lane i % 4). Any device can therefore produce the identical
+// stream in parallel, and dropout can regenerate its mask in backward from (seed, offset) instead
+// of storing it.
+#pragma once
+
+#include <array>
+#include <cstdint>
+
+namespace lathe {
+
+// Seeds the global generator and resets its offset.
+void manual_seed(uint64_t seed);
+
+struct PhiloxState {
+  uint64_t seed = 0;
+  uint64_t offset = 0;  // in 128-bit counter blocks (4 values each)
+};
+
+// Reserves `numel` values from the global generator: returns the state to draw them from and
+// advances the offset by ceil(numel / 4).
+PhiloxState philox_reserve(int64_t numel);
+PhiloxState philox_current();
+void philox_set(PhiloxState state);
+
+namespace philox {
+
+constexpr uint32_t kMul0 = 0xD2511F53u, kMul1 = 0xCD9E8D57u;
+constexpr uint32_t kKey0 = 0x9E3779B9u, kKey1 = 0xBB67AE85u;
+
+// Philox4x32 with 10 rounds: counter (c0..c3), key (k0, k1) -> 4 random 32-bit words.
+inline std::array<uint32_t, 4> block(uint64_t counter, uint64_t seed) {
+  uint32_t c0 = uint32_t(counter), c1 = uint32_t(counter >> 32), c2 = 0, c3 = 0;
+  uint32_t k0 = uint32_t(seed), k1 = uint32_t(seed >> 32);
+  for (int round = 0; round < 10; ++round) {
+    uint64_t p0 = uint64_t(kMul0) * c0;
+    uint64_t p1 = uint64_t(kMul1) * c2;
+    uint32_t n0 = uint32_t(p1 >> 32) ^ c1 ^ k0;
+    uint32_t n2 = uint32_t(p0 >> 32) ^ c3 ^ k1;
+    c1 = uint32_t(p1);
+    c3 = uint32_t(p0);
+    c0 = n0;
+    c2 = n2;
+    k0 += kKey0;
+    k1 += kKey1;
+  }
+  return {c0, c1, c2, c3};
+}
+
+// Uniform float in [0, 1) from the top 24 bits (exactly representable in f32).
+inline float to_uniform(uint32_t bits) { return float(bits >> 8) * (1.0f / 16777216.0f); }
+// Uniform double in [0, 1) from 32 bits (used by f64 draws).
+inline double to_uniform_double(uint32_t bits) { return double(bits) * (1.0 / 4294967296.0); }
+
+}  // namespace philox
+}  // namespace lathe

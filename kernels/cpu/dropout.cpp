@@ -1,0 +1,8 @@
+// Placeholder: replaced by the real kernels of this family.
+#include "kernels/cpu/cpu_kernels.h"
+
+namespace lathe::kernels::cpu {
+
+extern const DropoutFn dropout = nullptr;
+
+}  // namespace lathe::kernels::cpu

@@ -1,0 +1,184 @@
+// The contract between core/ and every device backend: plain data (pointers, sizes, strides,
+// dtypes) and one function-pointer type per kernel family. Nothing here knows about Tensor or
+// autograd, so a backend (cpu, cuda, the cuda simulator) is a set of functions over raw memory,
+// like ggml's host launchers. core/ turns tensors into these structs and picks the backend's
+// function from its KernelTable (kernel_table.h).
+#pragma once
+
+#include <cstdint>
+
+#include "lathe/core/dtype.h"
+
+namespace lathe::kernels {
+
+inline constexpr int kMaxDims = 16;
+
+// A strided n-d view of device memory. `data` points at the view's first element (the tensor's
+// offset is already applied); strides are in elements and may be 0 (broadcast).
+struct View {
+  void* data = nullptr;
+  DType dtype = DType::F32;
+  int ndim = 0;
+  int64_t size[kMaxDims] = {};
+  int64_t stride[kMaxDims] = {};
+
+  int64_t numel() const {
+    int64_t n = 1;
+    for (int i = 0; i < ndim; ++i) n *= size[i];
+    return n;
+  }
+  bool is_contiguous() const {
+    int64_t expected = 1;
+    for (int i = ndim - 1; i >= 0; --i) {
+      if (size[i] != 1 && stride[i] != expected) return false;
+      expected *= size[i];
+    }
+    return true;
+  }
+};
+
+enum class UnaryOp : uint8_t {
+  Neg, Exp, Log, Sqrt, Rsqrt, Abs, Tanh, Sigmoid, Relu,
+  Gelu,      // exact: x * Phi(x)
+  GeluTanh,  // tanh approximation
+  Clamp,     // alpha = min (or -inf), beta = max (or +inf)
+  PowScalar, // x ^ alpha
+};
+
+enum class BinaryOp : uint8_t {
+  Add, Sub, Mul, Div, Pow, Maximum, Minimum,
+  Eq, Ne, Lt, Le, Gt, Ge,  // write Bool outputs
+};
+
+enum class ReduceOp : uint8_t { Sum, Max, Min };
+enum class RandomDist : uint8_t { Uniform, Normal };
+
+// Row-major batched GEMM: C[b] = alpha * op(A[b]) @ op(B[b]) + beta * C[b], op = transpose or not.
+// A is [m, k] (or [k, m] when trans_a), B is [k, n] (or [n, k] when trans_b), C is [m, n].
+struct GemmArgs {
+  DType dtype = DType::F32;
+  bool trans_a = false, trans_b = false;
+  int64_t m = 0, n = 0, k = 0, batch = 1;
+  const void* a = nullptr;
+  int64_t lda = 0, batch_stride_a = 0;
+  const void* b = nullptr;
+  int64_t ldb = 0, batch_stride_b = 0;
+  void* c = nullptr;
+  int64_t ldc = 0, batch_stride_c = 0;
+  double alpha = 1.0, beta = 0.0;
+};
+
+// Statistics (mean, rstd, lse) are kept in the accumulation type: f64 for f64 data, f32 otherwise.
+struct LayerNormForwardArgs {
+  DType dtype = DType::F32;
+  int64_t rows = 0, cols = 0;
+  const void* x = nullptr;
+  const void* weight = nullptr;  // [cols] or null
+  const void* bias = nullptr;    // [cols] or null
+  void* y = nullptr;
+  void* mean = nullptr;  // [rows]
+  void* rstd = nullptr;  // [rows]
+  double eps = 1e-5;
+};
+
+struct LayerNormBackwardArgs {
+  DType dtype = DType::F32;
+  int64_t rows = 0, cols = 0;
+  const void* x = nullptr;
+  const void* weight = nullptr;  // may be null
+  const void* mean = nullptr;
+  const void* rstd = nullptr;
+  const void* grad_y = nullptr;
+  void* grad_x = nullptr;       // may be null
+  void* grad_weight = nullptr;  // may be null; overwritten, not accumulated
+  void* grad_bias = nullptr;    // may be null; overwritten
+};
+
+struct CrossEntropyForwardArgs {
+  DType dtype = DType::F32;
+  int64_t rows = 0, classes = 0;
+  const void* logits = nullptr;     // [rows, classes]
+  const int64_t* targets = nullptr; // [rows]
+  void* loss = nullptr;             // [rows], 0 where target == ignore_index
+  void* lse = nullptr;              // [rows] log-sum-exp, accumulation type
+  int64_t ignore_index = -100;
+  double label_smoothing = 0.0;
+};
+
+struct CrossEntropyBackwardArgs {
+  DType dtype = DType::F32;
+  int64_t rows = 0, classes = 0;
+  const void* logits = nullptr;
+  const int64_t* targets = nullptr;
+  const void* lse = nullptr;
+  const void* grad_loss = nullptr;  // [rows]
+  void* grad_logits = nullptr;      // [rows, classes]
+  int64_t ignore_index = -100;
+  double label_smoothing = 0.0;
+};
+
+// q/out: [batch, q_len, head_dim], k/v: [batch, kv_len, head_dim], contiguous; `batch` is every
+// leading dim (batch x heads) flattened. mask: a 3-d view [batch, q_len, kv_len] (strides may be 0)
+// or data == null; Bool masks keep true positions, floating masks are added to the scores.
+struct AttentionForwardArgs {
+  DType dtype = DType::F32;
+  int64_t batch = 0, q_len = 0, kv_len = 0, head_dim = 0;
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  View mask;
+  bool causal = false;
+  double scale = 1.0;
+  double dropout_p = 0.0;
+  uint64_t seed = 0, offset = 0;  // Philox state of the dropout mask over [batch, q_len, kv_len]
+  void* out = nullptr;
+  void* lse = nullptr;  // [batch, q_len], accumulation type; -inf for fully masked rows
+};
+
+struct AttentionBackwardArgs {
+  AttentionForwardArgs forward;  // the same inputs; out and lse as written by the forward
+  const void* grad_out = nullptr;
+  void* grad_q = nullptr;
+  void* grad_k = nullptr;
+  void* grad_v = nullptr;
+};
+
+using CopyFn = void (*)(const View& src, const View& dst);  // same shape; converts dtype
+using FillFn = void (*)(const View& dst, double value);
+using UnaryFn = void (*)(UnaryOp op, const View& in, const View& out, double alpha, double beta);
+// grad_in = grad_out * d op(x) / dx
+using UnaryBackwardFn = void (*)(UnaryOp op, const View& x, const View& grad_out,
+                                 const View& grad_in, double alpha, double beta);
+// a and b already broadcast to out's shape (stride 0 on broadcast dims).
+using BinaryFn = void (*)(BinaryOp op, const View& a, const View& b, const View& out);
+using WhereFn = void (*)(const View& cond, const View& a, const View& b, const View& out);
+// out has in's ndim with size 1 on the reduced dims.
+using ReduceFn = void (*)(ReduceOp op, const View& in, const View& out);
+// Index (I64) of the max/min along `dim`; out has size 1 on `dim`. First index wins ties.
+using ArgReduceFn = void (*)(ReduceOp op, const View& in, int dim, const View& out);
+using GemmFn = void (*)(const GemmArgs& args);
+// out.select(dim, i) = in.select(dim, index[i]); index is I64 1-d.
+using IndexSelectFn = void (*)(const View& in, int dim, const View& index, const View& out);
+// out.select(dim, index[i]) += src.select(dim, i), deterministic order.
+using IndexAddFn = void (*)(const View& out, int dim, const View& index, const View& src);
+// out[..i..] = in[..index[..i..]..] along dim; index has out's shape.
+using GatherFn = void (*)(const View& in, int dim, const View& index, const View& out);
+// out[..index[..i..]..] += src[..i..] along dim, deterministic order.
+using ScatterAddFn = void (*)(const View& out, int dim, const View& index, const View& src);
+// out (contiguous f32/f64) filled from Philox(seed, offset), element i from block i / 4.
+using RandomFn = void (*)(RandomDist dist, const View& out, uint64_t seed, uint64_t offset);
+// out = in * keep / (1 - p), keep = uniform(i) >= p; also computes the backward (in = grad).
+using DropoutFn = void (*)(const View& in, const View& out, double p, uint64_t seed,
+                           uint64_t offset);
+// Over the last dim of contiguous x/y: y = softmax(x) or log_softmax(x).
+using SoftmaxForwardFn = void (*)(const View& x, const View& y, bool log);
+using SoftmaxBackwardFn = void (*)(const View& y, const View& grad_y, const View& grad_x,
+                                   bool log);
+using LayerNormForwardFn = void (*)(const LayerNormForwardArgs& args);
+using LayerNormBackwardFn = void (*)(const LayerNormBackwardArgs& args);
+using CrossEntropyForwardFn = void (*)(const CrossEntropyForwardArgs& args);
+using CrossEntropyBackwardFn = void (*)(const CrossEntropyBackwardArgs& args);
+using AttentionForwardFn = void (*)(const AttentionForwardArgs& args);
+using AttentionBackwardFn = void (*)(const AttentionBackwardArgs& args);
+
+}  // namespace lathe::kernels
