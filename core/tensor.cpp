@@ -105,7 +105,7 @@ Tensor host_contiguous(const Tensor& t) {
 
 std::vector<double> read_as_double(const Tensor& t) {
   Tensor h = host_contiguous(t);
-  std::vector<double> out(size_t(h.numel()));
+  std::vector<double> out(static_cast<size_t>(h.numel()));
   dispatch_all(h.dtype(), "to_vector", [&]<class T>() {
     const T* p = static_cast<const T*>(h.data_ptr());
     for (size_t i = 0; i < out.size(); ++i) out[i] = element_as<double>(p[i]);
@@ -115,7 +115,7 @@ std::vector<double> read_as_double(const Tensor& t) {
 
 std::vector<int64_t> read_as_int64(const Tensor& t) {
   Tensor h = host_contiguous(t);
-  std::vector<int64_t> out(size_t(h.numel()));
+  std::vector<int64_t> out(static_cast<size_t>(h.numel()));
   dispatch_all(h.dtype(), "to_vector", [&]<class T>() {
     const T* p = static_cast<const T*>(h.data_ptr());
     for (size_t i = 0; i < out.size(); ++i) out[i] = element_as<int64_t>(p[i]);

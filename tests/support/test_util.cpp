@@ -12,7 +12,7 @@ std::vector<Device> test_devices() {
 }
 
 std::vector<double> random_values(int64_t n, uint64_t seed, double lo, double hi) {
-  std::vector<double> out(size_t(n));
+  std::vector<double> out(static_cast<size_t>(n));
   uint64_t state = seed * 6364136223846793005ULL + 1442695040888963407ULL;
   for (auto& v : out) {
     state = state * 6364136223846793005ULL + 1442695040888963407ULL;
