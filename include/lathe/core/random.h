@@ -28,29 +28,34 @@ namespace philox {
 constexpr uint32_t kMul0 = 0xD2511F53u, kMul1 = 0xCD9E8D57u;
 constexpr uint32_t kKey0 = 0x9E3779B9u, kKey1 = 0xBB67AE85u;
 
-// Philox4x32 with 10 rounds: counter (c0..c3), key (k0, k1) -> 4 random 32-bit words.
-inline std::array<uint32_t, 4> block(uint64_t counter, uint64_t seed) {
-  uint32_t c0 = uint32_t(counter), c1 = uint32_t(counter >> 32), c2 = 0, c3 = 0;
-  uint32_t k0 = uint32_t(seed), k1 = uint32_t(seed >> 32);
+// Philox4x32 with 10 rounds (Salmon et al., SC'11): a 128-bit counter and a 64-bit key give four
+// random 32-bit words.
+inline std::array<uint32_t, 4> block4(std::array<uint32_t, 4> c, uint32_t k0, uint32_t k1) {
   for (int round = 0; round < 10; ++round) {
-    uint64_t p0 = uint64_t(kMul0) * c0;
-    uint64_t p1 = uint64_t(kMul1) * c2;
-    uint32_t n0 = uint32_t(p1 >> 32) ^ c1 ^ k0;
-    uint32_t n2 = uint32_t(p0 >> 32) ^ c3 ^ k1;
-    c1 = uint32_t(p1);
-    c3 = uint32_t(p0);
-    c0 = n0;
-    c2 = n2;
+    uint64_t p0 = uint64_t(kMul0) * c[0];
+    uint64_t p1 = uint64_t(kMul1) * c[2];
+    c = {uint32_t(p1 >> 32) ^ c[1] ^ k0, uint32_t(p1), uint32_t(p0 >> 32) ^ c[3] ^ k1,
+         uint32_t(p0)};
     k0 += kKey0;
     k1 += kKey1;
   }
-  return {c0, c1, c2, c3};
+  return c;
+}
+
+// lathe's use: the counter is a 64-bit block index, the key the 64-bit seed.
+inline std::array<uint32_t, 4> block(uint64_t counter, uint64_t seed) {
+  return block4({uint32_t(counter), uint32_t(counter >> 32), 0u, 0u}, uint32_t(seed),
+                uint32_t(seed >> 32));
 }
 
 // Uniform float in [0, 1) from the top 24 bits (exactly representable in f32).
-inline float to_uniform(uint32_t bits) { return float(bits >> 8) * (1.0f / 16777216.0f); }
+inline float to_uniform(uint32_t bits) {
+  return float(bits >> 8) * (1.0f / 16777216.0f);
+}
 // Uniform double in [0, 1) from 32 bits (used by f64 draws).
-inline double to_uniform_double(uint32_t bits) { return double(bits) * (1.0 / 4294967296.0); }
+inline double to_uniform_double(uint32_t bits) {
+  return double(bits) * (1.0 / 4294967296.0);
+}
 
 }  // namespace philox
 }  // namespace lathe
