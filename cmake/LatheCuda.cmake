@@ -1,0 +1,58 @@
+# The cuda device in two builds from the same .cu sources (docs/cuda.md):
+#  - LATHE_CUDA=ON: nvcc compiles them for LATHE_CUDA_ARCHS and links cudart + cuBLASLt;
+#  - LATHE_CUDA_SIM=ON: g++ compiles them as C++ with kernels/sim/sim.h force-included, and the
+#    kernels run on the CPU simulator (CI has no GPU). Only the CUDA headers are needed.
+find_package(CUDAToolkit QUIET)
+if(NOT DEFINED CACHE{LATHE_CUDA_SIM_DEFAULTED})
+  set(LATHE_CUDA_SIM_DEFAULTED ON CACHE INTERNAL "")
+  if(NOT LATHE_CUDA AND CUDAToolkit_FOUND AND NOT LATHE_CUDA_SIM)
+    set(LATHE_CUDA_SIM ON CACHE BOOL "Build the cuda device on the CPU simulator (kernels/sim)" FORCE)
+  endif()
+endif()
+if(LATHE_CUDA AND LATHE_CUDA_SIM)
+  message(FATAL_ERROR "LATHE_CUDA and LATHE_CUDA_SIM are exclusive: pick the real or the simulated cuda device")
+endif()
+if((LATHE_CUDA OR LATHE_CUDA_SIM) AND NOT CUDAToolkit_FOUND)
+  message(FATAL_ERROR "LATHE_CUDA/LATHE_CUDA_SIM need the CUDA toolkit headers (set CUDAToolkit_ROOT)")
+endif()
+
+# Adds CUDA sources to a target for whichever cuda build is configured.
+function(lathe_target_cuda_sources target)
+  target_sources(${target} PRIVATE ${ARGN})
+  if(LATHE_CUDA)
+    set_source_files_properties(${ARGN} TARGET_DIRECTORY ${target} PROPERTIES LANGUAGE CUDA)
+  elseif(LATHE_CUDA_SIM)
+    set_source_files_properties(${ARGN} TARGET_DIRECTORY ${target} PROPERTIES
+      LANGUAGE CXX
+      COMPILE_OPTIONS "-x;c++;-include;${PROJECT_SOURCE_DIR}/kernels/sim/sim.h")
+    target_include_directories(${target} SYSTEM PRIVATE ${CUDAToolkit_INCLUDE_DIRS})
+  endif()
+endfunction()
+
+if(LATHE_CUDA_SIM)
+  message(STATUS "lathe: cuda device = CPU simulator (kernels/sim)")
+  file(GLOB LATHE_SIM_SOURCES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/kernels/sim/*.cpp)
+  target_sources(lathe PRIVATE ${LATHE_SIM_SOURCES})
+  target_include_directories(lathe SYSTEM PUBLIC $<BUILD_INTERFACE:${CUDAToolkit_INCLUDE_DIRS}>)
+  target_compile_definitions(lathe PUBLIC $<BUILD_INTERFACE:LATHE_CUDA_SIM_BUILD=1>)
+  # The scheduler's bookkeeping runs in every fiber on one OS thread: TSan must not instrument it
+  # (barriers are announced to TSan explicitly instead).
+  if(LATHE_SANITIZE MATCHES "thread")
+    set_source_files_properties(${LATHE_SIM_SOURCES} TARGET_DIRECTORY lathe PROPERTIES
+      COMPILE_OPTIONS "-fno-sanitize=thread")
+  endif()
+  file(GLOB LATHE_CUDA_KERNEL_SOURCES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/kernels/cuda/*.cu)
+  if(LATHE_CUDA_KERNEL_SOURCES)
+    lathe_target_cuda_sources(lathe ${LATHE_CUDA_KERNEL_SOURCES})
+  endif()
+elseif(LATHE_CUDA)
+  message(STATUS "lathe: cuda device = real GPU backend (nvcc, archs ${LATHE_CUDA_ARCHS})")
+  set(CMAKE_CUDA_ARCHITECTURES ${LATHE_CUDA_ARCHS})
+  enable_language(CUDA)
+  file(GLOB LATHE_CUDA_KERNEL_SOURCES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/kernels/cuda/*.cu)
+  if(LATHE_CUDA_KERNEL_SOURCES)
+    lathe_target_cuda_sources(lathe ${LATHE_CUDA_KERNEL_SOURCES})
+  endif()
+  target_link_libraries(lathe PRIVATE CUDA::cudart CUDA::cublasLt)
+  target_compile_definitions(lathe PUBLIC LATHE_CUDA_BUILD=1)
+endif()

@@ -1,0 +1,37 @@
+// The one way lathe launches a kernel: `<<<...>>>` cannot be parsed by g++, so every launch goes
+// through cuda::launch. Under nvcc it is the real launch plus an error check naming the kernel;
+// in the simulated build it runs the grid on the CPU simulator.
+#pragma once
+
+#include <cstddef>
+#include <utility>
+
+#ifdef __CUDACC__
+#include <cuda_runtime.h>
+
+#include "lathe/core/error.h"
+#else
+#include <driver_types.h>  // cudaStream_t, host-side type only
+
+#include "kernels/sim/sim.h"
+#endif
+
+namespace lathe::cuda {
+
+template <class... Params, class... Args>
+void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t dynamic_shared_bytes,
+            cudaStream_t stream, const char* name, Args&&... args) {
+#ifdef __CUDACC__
+  kernel<<<grid, block, dynamic_shared_bytes, stream>>>(std::forward<Args>(args)...);
+  cudaError_t status = cudaGetLastError();
+  LATHE_CHECK(status == cudaSuccess, "launch of ", name, " (grid ", grid.x, "x", grid.y, "x",
+              grid.z, ", block ", block.x, "x", block.y, "x", block.z, ", ", dynamic_shared_bytes,
+              " bytes shared) failed: ", cudaGetErrorString(status));
+#else
+  (void)stream;
+  ::lathe::sim::launch(
+      grid, block, dynamic_shared_bytes, [&] { kernel(Params(args)...); }, name);
+#endif
+}
+
+}  // namespace lathe::cuda

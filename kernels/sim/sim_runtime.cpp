@@ -1,0 +1,549 @@
+// Execution engine of the CUDA simulator (see sim_runtime.h). Blocks run one after another; inside
+// a block every thread is a fiber, and the scheduler picks the next runnable thread according to
+// the schedule: forward/reverse index order, random, or warp-random (a warp runs until all of its
+// lanes block, then a random warp continues). Correct kernels give bit-identical results under
+// every schedule; racy ones usually do not, which is what the tests assert.
+//
+// This file and fiber.cpp are compiled without ThreadSanitizer instrumentation: the scheduler's
+// bookkeeping is touched by every fiber but only ever from one OS thread. Barriers and warp
+// collectives are announced to TSan as release/acquire pairs instead, so kernel memory accesses
+// are checked with exactly the ordering CUDA guarantees.
+#include "kernels/sim/sim_runtime.h"
+
+#include <bit>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <sstream>
+#include <vector>
+
+#include "kernels/sim/fiber.h"
+#include "lathe/core/error.h"
+
+#if defined(__SANITIZE_THREAD__)
+#include <sanitizer/tsan_interface.h>
+#define LATHE_SIM_TSAN_RELEASE(addr) __tsan_release(addr)
+#define LATHE_SIM_TSAN_ACQUIRE(addr) __tsan_acquire(addr)
+#else
+#define LATHE_SIM_TSAN_RELEASE(addr) ((void)(addr))
+#define LATHE_SIM_TSAN_ACQUIRE(addr) ((void)(addr))
+#endif
+
+// The CUDA built-in variables. thread_local because the scheduler rewrites them on every switch
+// and fibers never migrate between OS threads.
+thread_local uint3 threadIdx;
+thread_local uint3 blockIdx;
+thread_local dim3 blockDim;
+thread_local dim3 gridDim;
+
+namespace lathe::sim {
+
+namespace {
+
+enum class State { Runnable, Barrier, Warp, Done };
+
+struct ThreadState {
+  Fiber fiber;
+  uint3 tid{};
+  unsigned linear = 0;
+  State state = State::Runnable;
+  const char* file = "";
+  int line = 0;
+  int barrier_result = 0;
+};
+
+struct WarpState {
+  bool pending = false;
+  WarpOp op = WarpOp::Sync;
+  uint32_t mask = 0;
+  uint32_t arrived = 0;  // bitmask of lanes that arrived
+  const char* file = "";
+  int line = 0;
+  int width = 32;
+  WarpCompute compute = nullptr;
+  void* context = nullptr;
+  unsigned char in[32][16] = {};
+  int arg[32] = {};
+  void* lane_in[32] = {};
+  void* lane_out[32] = {};
+  size_t bytes = 0;
+  uint32_t ready = 0;  // runnable lanes (scheduler)
+};
+
+struct BlockState {
+  const char* kernel = "";
+  dim3 dim;
+  uint3 idx{};
+  unsigned count = 0;
+  std::vector<std::unique_ptr<ThreadState>> threads;
+  std::vector<WarpState> warps;
+  unsigned live = 0;
+  // The pending __syncthreads.
+  unsigned barrier_arrived = 0;
+  int barrier_kind = 0;
+  const char* barrier_file = nullptr;
+  int barrier_line = 0;
+  int barrier_count = 0;
+  std::vector<unsigned char> shared;
+  Schedule schedule = Schedule::Forward;
+  std::mt19937_64 rng;
+  int current_warp = -1;
+};
+
+thread_local BlockState* g_block = nullptr;
+thread_local ThreadState* g_thread = nullptr;
+thread_local StackPool g_stacks;
+
+struct ScheduleConfig {
+  bool set = false;
+  Schedule schedule = Schedule::Forward;
+  uint64_t seed = 0;
+};
+ScheduleConfig& config() {
+  static ScheduleConfig c;
+  return c;
+}
+uint64_t g_launch_counter = 0;
+
+std::string where(const BlockState& b, const uint3& t) {
+  std::ostringstream out;
+  out << "thread (" << t.x << "," << t.y << "," << t.z << ") of block (" << b.idx.x << ","
+      << b.idx.y << "," << b.idx.z << ") in " << b.kernel;
+  return out.str();
+}
+
+std::string here() {
+  return where(*g_block, g_thread->tid);
+}
+
+void make_runnable(BlockState& b, ThreadState& t) {
+  t.state = State::Runnable;
+  b.warps[t.linear / 32].ready |= 1u << (t.linear % 32);
+}
+
+// Picks the next thread to run, or nullptr when none is runnable.
+ThreadState* pick(BlockState& b) {
+  const int nwarps = int(b.warps.size());
+  auto take = [&](int w, bool highest) -> ThreadState* {
+    uint32_t r = b.warps[size_t(w)].ready;
+    int lane = highest ? 31 - std::countl_zero(r) : std::countr_zero(r);
+    b.warps[size_t(w)].ready &= ~(1u << lane);
+    return b.threads[size_t(w * 32 + lane)].get();
+  };
+  switch (b.schedule) {
+    case Schedule::Forward:
+      for (int w = 0; w < nwarps; ++w) {
+        if (b.warps[size_t(w)].ready) return take(w, false);
+      }
+      return nullptr;
+    case Schedule::Reverse:
+      for (int w = nwarps - 1; w >= 0; --w) {
+        if (b.warps[size_t(w)].ready) return take(w, true);
+      }
+      return nullptr;
+    case Schedule::Random: {
+      int total = 0;
+      for (const auto& w : b.warps) total += std::popcount(w.ready);
+      if (total == 0) return nullptr;
+      int k = int(b.rng() % uint64_t(total));
+      for (int w = 0; w < nwarps; ++w) {
+        uint32_t r = b.warps[size_t(w)].ready;
+        int c = std::popcount(r);
+        if (k >= c) {
+          k -= c;
+          continue;
+        }
+        for (int lane = 0; lane < 32; ++lane) {
+          if ((r >> lane & 1u) && k-- == 0) {
+            b.warps[size_t(w)].ready &= ~(1u << lane);
+            return b.threads[size_t(w * 32 + lane)].get();
+          }
+        }
+      }
+      return nullptr;
+    }
+    case Schedule::WarpRandom: {
+      if (b.current_warp >= 0 && b.warps[size_t(b.current_warp)].ready) {
+        return take(b.current_warp, false);
+      }
+      std::vector<int> candidates;
+      for (int w = 0; w < nwarps; ++w) {
+        if (b.warps[size_t(w)].ready) candidates.push_back(w);
+      }
+      if (candidates.empty()) return nullptr;
+      b.current_warp = candidates[size_t(b.rng() % candidates.size())];
+      return take(b.current_warp, false);
+    }
+  }
+  return nullptr;
+}
+
+std::string describe_blocked(const BlockState& b) {
+  std::ostringstream out;
+  int shown = 0;
+  for (const auto& t : b.threads) {
+    if (t->state == State::Done || t->state == State::Runnable) continue;
+    if (shown++ == 6) {
+      out << "; ...";
+      break;
+    }
+    out << (shown > 1 ? "; " : "") << "thread (" << t->tid.x << "," << t->tid.y << "," << t->tid.z
+        << ") waits at " << (t->state == State::Barrier ? "__syncthreads" : "a warp collective")
+        << " (" << t->file << ":" << t->line << ")";
+  }
+  return out.str();
+}
+
+void release_barrier(BlockState& b) {
+  int result = b.barrier_count;
+  if (b.barrier_kind == 2) result = b.barrier_count == int(b.barrier_arrived);  // and
+  if (b.barrier_kind == 3) result = b.barrier_count > 0;                        // or
+  for (auto& t : b.threads) {
+    if (t->state == State::Barrier) {
+      t->barrier_result = result;
+      make_runnable(b, *t);
+    }
+  }
+  b.barrier_arrived = 0;
+  b.barrier_file = nullptr;
+  b.barrier_count = 0;
+}
+
+unsigned threads_in_warp(const BlockState& b, unsigned warp) {
+  return std::min(32u, b.count - warp * 32);
+}
+
+void run_block(BlockState& b, const std::function<void()>& body) {
+  for (unsigned i = 0; i < b.count; ++i) {
+    ThreadState& t = *b.threads[i];
+    t.state = State::Runnable;
+    t.fiber.reset(g_stacks.get(i), [&body] { body(); });
+  }
+  for (auto& w : b.warps) w = WarpState{};
+  for (unsigned i = 0; i < b.count; ++i) b.warps[i / 32].ready |= 1u << (i % 32);
+  b.live = b.count;
+  b.barrier_arrived = 0;
+  b.barrier_file = nullptr;
+  b.current_warp = -1;
+  if (!b.shared.empty()) std::memset(b.shared.data(), 0xFF, b.shared.size());  // NaN poison
+
+  while (b.live > 0) {
+    ThreadState* t = pick(b);
+    LATHE_CHECK(t != nullptr, "cuda simulator: deadlock in block (", b.idx.x, ",", b.idx.y, ",",
+                b.idx.z, ") of ", b.kernel, ": ", describe_blocked(b));
+    g_thread = t;
+    threadIdx = t->tid;
+    t->fiber.resume();
+    g_thread = nullptr;
+    if (t->fiber.finished()) {
+      t->state = State::Done;
+      --b.live;
+      if (auto error = t->fiber.error()) {
+        try {
+          std::rethrow_exception(error);
+        } catch (const lathe::Error& e) {
+          std::string what = e.what();
+          if (what.find(" of block (") == std::string::npos) what += " [" + where(b, t->tid) + "]";
+          throw lathe::Error(what);
+        }
+      }
+      const WarpState& w = b.warps[t->linear / 32];
+      LATHE_CHECK(!(w.pending && (w.mask >> (t->linear % 32) & 1u) &&
+                    !(w.arrived >> (t->linear % 32) & 1u)),
+                  "cuda simulator: ", where(b, t->tid),
+                  " exited while its warp waits for it in a collective with mask 0x", std::hex,
+                  w.mask, std::dec, " (", w.file, ":", w.line, ")");
+      if (b.barrier_arrived > 0 && b.barrier_arrived == b.live) release_barrier(b);
+    }
+  }
+}
+
+}  // namespace
+
+Schedule parse_schedule(const std::string& name) {
+  if (name == "forward") return Schedule::Forward;
+  if (name == "reverse") return Schedule::Reverse;
+  if (name == "random") return Schedule::Random;
+  if (name == "warp-random") return Schedule::WarpRandom;
+  LATHE_FAIL("LATHE_SIM_SCHEDULE: unknown schedule '", name,
+             "' (expected forward, reverse, random or warp-random)");
+}
+
+const char* schedule_name(Schedule s) {
+  switch (s) {
+    case Schedule::Forward:
+      return "forward";
+    case Schedule::Reverse:
+      return "reverse";
+    case Schedule::Random:
+      return "random";
+    case Schedule::WarpRandom:
+      return "warp-random";
+  }
+  return "?";
+}
+
+namespace {
+void load_config_from_env() {
+  ScheduleConfig& c = config();
+  if (c.set) return;
+  c.set = true;
+  if (const char* s = std::getenv("LATHE_SIM_SCHEDULE"); s && *s) c.schedule = parse_schedule(s);
+  if (const char* s = std::getenv("LATHE_SIM_SEED"); s && *s)
+    c.seed = std::strtoull(s, nullptr, 10);
+}
+}  // namespace
+
+Schedule current_schedule() {
+  load_config_from_env();
+  return config().schedule;
+}
+uint64_t current_seed() {
+  load_config_from_env();
+  return config().seed;
+}
+void set_schedule(Schedule schedule, uint64_t seed) {
+  config().set = true;
+  config().schedule = schedule;
+  config().seed = seed;
+}
+
+void launch(dim3 grid, dim3 block, size_t dynamic_shared_bytes,
+            const std::function<void()>& kernel_body, const char* kernel_name) {
+  LATHE_CHECK(g_block == nullptr, "cuda simulator: launching ", kernel_name,
+              " from inside a kernel is not supported");
+  const uint64_t threads = uint64_t(block.x) * block.y * block.z;
+  LATHE_CHECK(threads >= 1 && threads <= kMaxThreadsPerBlock && block.z <= 64, "launch of ",
+              kernel_name, ": block (", block.x, ",", block.y, ",", block.z, ") has ", threads,
+              " threads; the limit is ", kMaxThreadsPerBlock, " (and z <= 64)");
+  LATHE_CHECK(grid.x >= 1 && grid.y >= 1 && grid.z >= 1 && grid.x <= 2147483647u &&
+                  grid.y <= 65535 && grid.z <= 65535,
+              "launch of ", kernel_name, ": invalid grid (", grid.x, ",", grid.y, ",", grid.z, ")");
+  LATHE_CHECK(dynamic_shared_bytes <= kMaxDynamicSharedBytes, "launch of ", kernel_name, ": ",
+              dynamic_shared_bytes, " bytes of dynamic shared memory exceed the limit of ",
+              kMaxDynamicSharedBytes);
+
+  BlockState b;
+  b.kernel = kernel_name;
+  b.dim = block;
+  b.count = unsigned(threads);
+  b.schedule = current_schedule();
+  b.rng.seed(current_seed() * 0x9E3779B97F4A7C15ULL + ++g_launch_counter);
+  b.threads.reserve(b.count);
+  for (unsigned i = 0; i < b.count; ++i) {
+    auto t = std::make_unique<ThreadState>();
+    t->linear = i;
+    t->tid = uint3{i % block.x, (i / block.x) % block.y, i / (block.x * block.y)};
+    b.threads.push_back(std::move(t));
+  }
+  b.warps.resize((b.count + 31) / 32);
+  b.shared.resize(dynamic_shared_bytes);
+  blockDim = block;
+  gridDim = grid;
+
+  g_block = &b;
+  try {
+    for (unsigned z = 0; z < grid.z; ++z) {
+      for (unsigned y = 0; y < grid.y; ++y) {
+        for (unsigned x = 0; x < grid.x; ++x) {
+          b.idx = uint3{x, y, z};
+          blockIdx = b.idx;
+          run_block(b, kernel_body);
+        }
+      }
+    }
+  } catch (...) {
+    g_block = nullptr;
+    throw;
+  }
+  g_block = nullptr;
+}
+
+bool in_kernel() {
+  return g_block != nullptr;
+}
+
+void* dynamic_shared_memory() {
+  LATHE_CHECK(g_block != nullptr, "dynamic shared memory used outside a kernel");
+  return g_block->shared.empty() ? nullptr : g_block->shared.data();
+}
+
+void barrier(int kind, int predicate, int* result, const char* file, int line) {
+  LATHE_CHECK(g_block != nullptr, "__syncthreads called outside a kernel (", file, ":", line, ")");
+  BlockState& b = *g_block;
+  ThreadState& t = *g_thread;
+  if (b.barrier_arrived > 0) {
+    LATHE_CHECK(b.barrier_file == file && b.barrier_line == line && b.barrier_kind == kind,
+                "cuda simulator: threads of block (", b.idx.x, ",", b.idx.y, ",", b.idx.z, ") in ",
+                b.kernel, " wait at different __syncthreads: ", b.barrier_file, ":", b.barrier_line,
+                " and ", file, ":", line, " (", here(), ")");
+  } else {
+    b.barrier_file = file;
+    b.barrier_line = line;
+    b.barrier_kind = kind;
+  }
+  ++b.barrier_arrived;
+  if (predicate) ++b.barrier_count;
+  t.state = State::Barrier;
+  t.file = file;
+  t.line = line;
+  LATHE_SIM_TSAN_RELEASE(&b);
+  if (b.barrier_arrived == b.live) release_barrier(b);
+  t.fiber.yield();
+  LATHE_SIM_TSAN_ACQUIRE(&b);
+  if (result) *result = t.barrier_result;
+}
+
+unsigned lane_id() {
+  return g_thread ? g_thread->linear % 32 : 0;
+}
+
+uint32_t active_mask() {
+  if (!g_block) return 0;
+  unsigned warp = g_thread->linear / 32;
+  uint32_t mask = 0;
+  for (unsigned lane = 0; lane < threads_in_warp(*g_block, warp); ++lane) {
+    if (g_block->threads[warp * 32 + lane]->state != State::Done) mask |= 1u << lane;
+  }
+  return mask;
+}
+
+namespace {
+
+// Source lane of a shuffle, or -1 when the lane keeps its own value.
+int shuffle_source(WarpOp op, int lane, int arg, int width) {
+  int base = lane / width * width;
+  switch (op) {
+    case WarpOp::ShflIdx:
+      return base + ((arg % width) + width) % width;
+    case WarpOp::ShflUp:
+      return (lane - base) < arg ? -1 : lane - arg;
+    case WarpOp::ShflDown:
+      return (lane - base) + arg >= width ? -1 : lane + arg;
+    case WarpOp::ShflXor: {
+      int src = lane ^ arg;
+      return src >= base + width ? -1 : src;
+    }
+    default:
+      return -1;
+  }
+}
+
+void complete_collective(BlockState& b, unsigned warp, WarpState& w) {
+  uint32_t mask = w.mask;
+  if (w.compute) {
+    w.compute(w.lane_in, w.lane_out, mask, w.context);
+  } else {
+    uint32_t ballot = 0;
+    for (int lane = 0; lane < 32; ++lane) {
+      if ((mask >> lane & 1u) && w.arg[lane]) ballot |= 1u << lane;
+    }
+    for (int lane = 0; lane < 32; ++lane) {
+      if (!(mask >> lane & 1u)) continue;
+      switch (w.op) {
+        case WarpOp::Sync:
+          break;
+        case WarpOp::Ballot:
+          std::memcpy(w.lane_out[lane], &ballot, 4);
+          break;
+        case WarpOp::Any: {
+          int v = ballot != 0;
+          std::memcpy(w.lane_out[lane], &v, 4);
+          break;
+        }
+        case WarpOp::All: {
+          int v = ballot == mask;
+          std::memcpy(w.lane_out[lane], &v, 4);
+          break;
+        }
+        default: {
+          int src = shuffle_source(w.op, lane, w.arg[lane], w.width);
+          if (src < 0) src = lane;
+          const ThreadState& reader = *b.threads[warp * 32 + unsigned(lane)];
+          LATHE_CHECK(unsigned(src) < threads_in_warp(b, warp),
+                      "cuda simulator: ", where(b, reader.tid), " shuffles from lane ", src,
+                      " but warp ", warp, " has only ", threads_in_warp(b, warp),
+                      " threads (blockDim ", b.dim.x, "x", b.dim.y, "x", b.dim.z, ") at ", w.file,
+                      ":", w.line);
+          LATHE_CHECK(mask >> src & 1u, "cuda simulator: ", where(b, reader.tid),
+                      " shuffles from lane ", src, " which is not in the mask 0x", std::hex, mask,
+                      std::dec, " at ", w.file, ":", w.line);
+          std::memcpy(w.lane_out[lane], w.in[src], w.bytes);
+        }
+      }
+    }
+  }
+  for (int lane = 0; lane < 32; ++lane) {
+    if (mask >> lane & 1u) make_runnable(b, *b.threads[warp * 32 + unsigned(lane)]);
+  }
+  w.pending = false;
+  w.arrived = 0;
+  w.compute = nullptr;
+}
+
+void join_collective(WarpOp op, uint32_t mask, const void* in, size_t bytes, int arg, int width,
+                     void* out, WarpCompute compute, void* context, void* lane_input,
+                     const char* file, int line) {
+  LATHE_CHECK(g_block != nullptr, "warp collective called outside a kernel (", file, ":", line,
+              ")");
+  BlockState& b = *g_block;
+  ThreadState& t = *g_thread;
+  const unsigned warp = t.linear / 32;
+  const int lane = int(t.linear % 32);
+  const unsigned lanes = threads_in_warp(b, warp);
+  WarpState& w = b.warps[warp];
+  LATHE_CHECK(mask >> lane & 1u, "cuda simulator: ", here(),
+              " calls a warp collective with mask 0x", std::hex, mask, std::dec,
+              " that does not include its own lane ", lane, " (", file, ":", line, ")");
+  LATHE_CHECK(lanes == 32 || (mask >> lanes) == 0, "cuda simulator: ", here(), " uses mask 0x",
+              std::hex, mask, std::dec, " but warp ", warp, " has only ", lanes,
+              " threads (blockDim ", b.dim.x, "x", b.dim.y, "x", b.dim.z, ") at ", file, ":", line);
+  LATHE_CHECK(width > 0 && width <= 32 && (width & (width - 1)) == 0,
+              "cuda simulator: shuffle width ", width, " is not a power of two <= 32 (", file, ":",
+              line, ")");
+  if (w.pending) {
+    LATHE_CHECK(w.mask == mask && w.op == op && w.file == file && w.line == line,
+                "cuda simulator: lanes of warp ", warp,
+                " meet in different warp collectives: ", w.file, ":", w.line, " (mask 0x", std::hex,
+                w.mask, ") and ", file, ":", line, " (mask 0x", mask, std::dec, ") — ", here());
+  } else {
+    w.pending = true;
+    w.op = op;
+    w.mask = mask;
+    w.file = file;
+    w.line = line;
+    w.width = width;
+    w.bytes = bytes;
+    w.compute = compute;
+    w.context = context;
+  }
+  if (bytes) std::memcpy(w.in[lane], in, bytes);
+  w.arg[lane] = arg;
+  w.lane_out[lane] = out;
+  w.lane_in[lane] = lane_input;
+  w.arrived |= 1u << lane;
+  t.state = State::Warp;
+  t.file = file;
+  t.line = line;
+  LATHE_SIM_TSAN_RELEASE(&w);
+  if (w.arrived == mask) complete_collective(b, warp, w);
+  t.fiber.yield();
+  LATHE_SIM_TSAN_ACQUIRE(&w);
+}
+
+}  // namespace
+
+void warp_collective(WarpOp op, uint32_t mask, const void* in, size_t bytes, int arg, int width,
+                     void* out, const char* file, int line) {
+  LATHE_CHECK(bytes <= 16, "warp collective on a value of ", bytes, " bytes (at most 16)");
+  join_collective(op, mask, in, bytes, arg, width, out, nullptr, nullptr, nullptr, file, line);
+}
+
+void warp_compute(uint32_t mask, void* lane_input, void* lane_output, WarpCompute compute,
+                  void* context, const char* file, int line) {
+  join_collective(WarpOp::Sync, mask, nullptr, 0, 0, 32, lane_output, compute, context, lane_input,
+                  file, line);
+}
+
+}  // namespace lathe::sim

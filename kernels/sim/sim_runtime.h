@@ -1,0 +1,54 @@
+// The CUDA simulator's execution engine: launches a grid block by block on the calling OS thread,
+// each block's threads as fibers, and implements the synchronizing built-ins (__syncthreads, warp
+// collectives) as rendezvous between fibers. Misuse that would hang or silently corrupt on a GPU —
+// threads waiting at different barriers, deadlocks, shuffles reading lanes outside the mask or
+// past the end of the block, launch limits — raises lathe::Error naming the thread and block.
+#pragma once
+
+#include <vector_types.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <string>
+
+namespace lathe::sim {
+
+enum class Schedule { Forward, Reverse, Random, WarpRandom };
+
+// From LATHE_SIM_SCHEDULE / LATHE_SIM_SEED unless overridden by set_schedule().
+Schedule current_schedule();
+uint64_t current_seed();
+void set_schedule(Schedule schedule, uint64_t seed);
+Schedule parse_schedule(const std::string& name);  // throws lathe::Error on unknown names
+const char* schedule_name(Schedule schedule);
+
+// Device limits the simulator enforces (those of an H100).
+inline constexpr unsigned kMaxThreadsPerBlock = 1024;
+inline constexpr size_t kMaxDynamicSharedBytes = 227 * 1024;
+
+// Runs `kernel_body` (the kernel call with its arguments bound) for every thread of the grid.
+void launch(dim3 grid, dim3 block, size_t dynamic_shared_bytes,
+            const std::function<void()>& kernel_body, const char* kernel_name = "kernel");
+
+// ---- used by the built-ins in sim.h ----
+void* dynamic_shared_memory();
+void barrier(int kind, int predicate, int* result, const char* file, int line);
+enum class WarpOp : int { Sync, ShflIdx, ShflUp, ShflDown, ShflXor, Ballot, Any, All };
+// A warp-wide rendezvous: each lane in `mask` contributes `in` (up to 16 bytes) and an int
+// argument; `out` receives the lane's result once every lane of the mask has arrived.
+void warp_collective(WarpOp op, uint32_t mask, const void* in, size_t bytes, int arg, int width,
+                     void* out, const char* file, int line);
+unsigned lane_id();
+uint32_t active_mask();
+// Whether the calling code runs inside a simulated kernel.
+bool in_kernel();
+
+// A warp-level operation evaluated by the last lane to arrive, for wrappers of tensor-core and
+// matrix-load instructions: `compute(inputs, outputs)` sees every lane's input record pointer.
+using WarpCompute = void (*)(void* const* lane_inputs, void* const* lane_outputs, uint32_t mask,
+                             void* context);
+void warp_compute(uint32_t mask, void* lane_input, void* lane_output, WarpCompute compute,
+                  void* context, const char* file, int line);
+
+}  // namespace lathe::sim
