@@ -39,7 +39,7 @@ if(LATHE_CUDA_SIM)
   # (barriers are announced to TSan explicitly instead).
   if(LATHE_SANITIZE MATCHES "thread")
     set_source_files_properties(${LATHE_SIM_SOURCES} TARGET_DIRECTORY lathe PROPERTIES
-      COMPILE_OPTIONS "-fno-sanitize=thread")
+      COMPILE_OPTIONS "-fno-sanitize=thread" COMPILE_DEFINITIONS LATHE_SIM_TSAN=1)
   endif()
   file(GLOB LATHE_CUDA_KERNEL_SOURCES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/kernels/cuda/*.cu)
   if(LATHE_CUDA_KERNEL_SOURCES)

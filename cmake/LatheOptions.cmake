@@ -37,6 +37,23 @@ target_compile_options(lathe_warnings INTERFACE
   $<$<COMPILE_LANGUAGE:CXX>:-Wall -Wextra -Wpedantic -Wshadow=local -Wno-unknown-pragmas>)
 if(LATHE_NATIVE)
   add_compile_options($<$<COMPILE_LANGUAGE:CXX>:-march=native>)
+  # GCC 12.2 with -march=native on this machine type (znver3 tuning + AVX-512) miscompiles vector
+  # constants whose upper half is zero: it broadcasts the lower half over the whole register, even
+  # at -O0. Detect it at configure time and keep AVX-512 off where it happens.
+  include(CheckCXXSourceRuns)
+  set(CMAKE_REQUIRED_FLAGS "-march=native -O2")
+  check_cxx_source_runs([=[
+    __attribute__((noinline)) int check(const char* c) {
+      for (int i = 16; i < 32; ++i) if (c[i]) return 1;
+      return 0;
+    }
+    int main() { char a[32] = {5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5}; return check(a); }
+  ]=] LATHE_NATIVE_CODEGEN_OK)
+  unset(CMAKE_REQUIRED_FLAGS)
+  if(NOT LATHE_NATIVE_CODEGEN_OK)
+    message(STATUS "lathe: this compiler miscompiles AVX-512 constants here; building with -mno-avx512f")
+    add_compile_options($<$<COMPILE_LANGUAGE:CXX>:-mno-avx512f>)
+  endif()
 endif()
 
 function(lathe_apply_sanitizers target)

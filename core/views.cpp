@@ -26,9 +26,9 @@ std::optional<Strides> view_strides(const Shape& old_shape, const Strides& old_s
   int64_t tensor_numel = 1, view_numel = 1;
   for (int64_t tensor_d = int64_t(old_shape.size()) - 1; tensor_d >= 0; --tensor_d) {
     tensor_numel *= old_shape[size_t(tensor_d)];
-    bool chunk_ends = tensor_d == 0 ||
-                      (old_shape[size_t(tensor_d - 1)] != 1 &&
-                       old_strides[size_t(tensor_d - 1)] != tensor_numel * chunk_base_stride);
+    bool chunk_ends =
+        tensor_d == 0 || (old_shape[size_t(tensor_d - 1)] != 1 &&
+                          old_strides[size_t(tensor_d - 1)] != tensor_numel * chunk_base_stride);
     if (!chunk_ends) continue;
     while (view_d >= 0 && (view_numel < tensor_numel || new_shape[size_t(view_d)] == 1)) {
       new_strides[size_t(view_d)] = view_numel * chunk_base_stride;
@@ -82,9 +82,9 @@ void record_reshape_like(const char* op, const Tensor& input, const Tensor& out)
 Tensor Tensor::view(const Shape& requested) const {
   Shape shape = infer_shape(requested, numel(), "view", this->shape());
   auto strides = view_strides(this->shape(), this->strides(), shape);
-  LATHE_CHECK(strides.has_value(), "view: cannot view a tensor of shape ",
-              shape_str(this->shape()), " with strides ", shape_str(this->strides()), " as ",
-              shape_str(shape), "; use reshape() (which copies) instead");
+  LATHE_CHECK(strides.has_value(), "view: cannot view a tensor of shape ", shape_str(this->shape()),
+              " with strides ", shape_str(this->strides()), " as ", shape_str(shape),
+              "; use reshape() (which copies) instead");
   Tensor out = make_view_of(*this, shape, *strides, offset());
   record_reshape_like("view", *this, out);
   return out;
@@ -167,17 +167,18 @@ Tensor Tensor::slice(int64_t d, int64_t start, int64_t end, int64_t step) const 
   strides[size_t(d)] *= step;
   Tensor out = make_view_of(*this, shape, strides, offset() + start * this->strides()[size_t(d)]);
   if (autograd::any_requires_grad({this})) {
-    autograd::record("slice", {*this}, {out},
-                     [in = *this, d, start, end, step](const std::vector<Tensor>& g) {
-                       Tensor gx = zeros(in.shape(), TensorOptions(g[0].dtype()).device(g[0].device()));
-                       gx.slice(d, start, end, step).copy_(g[0]);
-                       return std::vector<Tensor>{gx};
-                     });
+    autograd::record(
+        "slice", {*this}, {out}, [in = *this, d, start, end, step](const std::vector<Tensor>& g) {
+          Tensor gx = zeros(in.shape(), TensorOptions(g[0].dtype()).device(g[0].device()));
+          gx.slice(d, start, end, step).copy_(g[0]);
+          return std::vector<Tensor>{gx};
+        });
   }
   return out;
 }
 
 Tensor Tensor::narrow(int64_t d, int64_t start, int64_t length) const {
+  LATHE_CHECK(dim() > 0, "narrow: cannot narrow a 0-dim tensor");
   d = wrap_dim(d, dim(), "narrow");
   int64_t n = shape()[size_t(d)];
   if (start < 0) start += n;
@@ -187,6 +188,7 @@ Tensor Tensor::narrow(int64_t d, int64_t start, int64_t length) const {
 }
 
 Tensor Tensor::select(int64_t d, int64_t index) const {
+  LATHE_CHECK(dim() > 0, "select: cannot select from a 0-dim tensor");
   d = wrap_dim(d, dim(), "select");
   int64_t n = shape()[size_t(d)];
   LATHE_CHECK(index >= -n && index < n, "select: index ", index, " out of range for dim ", d,
@@ -198,11 +200,13 @@ Tensor Tensor::select(int64_t d, int64_t index) const {
   strides.erase(strides.begin() + d);
   Tensor out = make_view_of(*this, shape, strides, offset() + index * this->strides()[size_t(d)]);
   if (autograd::any_requires_grad({this})) {
-    autograd::record("select", {*this}, {out}, [in_shape = this->shape(), d, index](const std::vector<Tensor>& g) {
-      Tensor gx = zeros(in_shape, TensorOptions(g[0].dtype()).device(g[0].device()));
-      gx.select(d, index).copy_(g[0]);
-      return std::vector<Tensor>{gx};
-    });
+    autograd::record("select", {*this}, {out},
+                     [in_shape = this->shape(), d, index](const std::vector<Tensor>& g) {
+                       Tensor gx =
+                           zeros(in_shape, TensorOptions(g[0].dtype()).device(g[0].device()));
+                       gx.select(d, index).copy_(g[0]);
+                       return std::vector<Tensor>{gx};
+                     });
   }
   return out;
 }
@@ -222,6 +226,8 @@ Tensor Tensor::expand(const Shape& requested) const {
       continue;
     }
     int64_t have = this->shape()[i - lead];
+    LATHE_CHECK(requested[i] >= -1, "expand: invalid size ", requested[i], " in ",
+                shape_str(requested));
     int64_t want = requested[i] == -1 ? have : requested[i];
     LATHE_CHECK(have == want || have == 1, "expand: cannot expand ", shape_str(this->shape()),
                 " to ", shape_str(requested), " (dim ", i, ": ", have, " -> ", want, ")");
@@ -230,14 +236,17 @@ Tensor Tensor::expand(const Shape& requested) const {
   }
   Tensor out = make_view_of(*this, shape, strides, offset());
   if (autograd::any_requires_grad({this})) {
-    autograd::record("expand", {*this}, {out}, [in_shape = this->shape()](const std::vector<Tensor>& g) {
-      return std::vector<Tensor>{sum_to(g[0], in_shape)};
-    });
+    autograd::record("expand", {*this}, {out},
+                     [in_shape = this->shape()](const std::vector<Tensor>& g) {
+                       return std::vector<Tensor>{sum_to(g[0], in_shape)};
+                     });
   }
   return out;
 }
 
-Tensor Tensor::broadcast_to(const Shape& shape) const { return expand(shape); }
+Tensor Tensor::broadcast_to(const Shape& shape) const {
+  return expand(shape);
+}
 
 Tensor Tensor::squeeze() const {
   Shape shape;

@@ -16,12 +16,36 @@ thread_local bool g_grad_enabled = true;
 std::atomic<uint64_t> g_next_sequence_nr{0};
 }  // namespace
 
-bool grad_mode_enabled() { return g_grad_enabled; }
-void set_grad_mode(bool enabled) { g_grad_enabled = enabled; }
-NoGradGuard::NoGradGuard() : previous_(g_grad_enabled) { g_grad_enabled = false; }
-NoGradGuard::~NoGradGuard() { g_grad_enabled = previous_; }
+bool grad_mode_enabled() {
+  return g_grad_enabled;
+}
+void set_grad_mode(bool enabled) {
+  g_grad_enabled = enabled;
+}
+NoGradGuard::NoGradGuard() : previous_(g_grad_enabled) {
+  g_grad_enabled = false;
+}
+NoGradGuard::~NoGradGuard() {
+  g_grad_enabled = previous_;
+}
 
 namespace autograd {
+
+Node::~Node() {
+  thread_local bool releasing = false;
+  thread_local std::vector<std::shared_ptr<Node>> pending;
+  for (Edge& e : next_edges) {
+    if (e.node && e.node.use_count() == 1) pending.push_back(std::move(e.node));
+  }
+  if (releasing) return;  // an outer destructor drains `pending`
+  releasing = true;
+  while (!pending.empty()) {
+    std::shared_ptr<Node> last = std::move(pending.back());
+    pending.pop_back();
+    last.reset();  // its destructor only queues its own edges
+  }
+  releasing = false;
+}
 
 namespace {
 
@@ -30,7 +54,6 @@ AutogradMeta& meta_of(const Tensor& t) {
   if (!impl.autograd) impl.autograd = std::make_unique<AutogradMeta>();
   return *impl.autograd;
 }
-
 
 // A node made by an op's forward: runs the op's backward closure.
 class FunctionNode final : public Node {
@@ -41,7 +64,9 @@ class FunctionNode final : public Node {
                 "' a second time; its saved tensors were freed after the first backward. Pass "
                 "retain_graph=true to the first backward() to keep them.");
     for (size_t i = 0; i < grads.size(); ++i) {
-      if (!grads[i].defined()) grads[i] = zeros(outputs[i].shape, TensorOptions(outputs[i].dtype).device(outputs[i].device));
+      if (!grads[i].defined())
+        grads[i] =
+            zeros(outputs[i].shape, TensorOptions(outputs[i].dtype).device(outputs[i].device));
     }
     return fn_(grads);
   }
@@ -106,11 +131,10 @@ SavedTensor::SavedTensor(const Tensor& t, const char* op)
 const Tensor& SavedTensor::get() const {
   if (tensor_.defined()) {
     uint64_t now = tensor_.storage()->version();
-    LATHE_CHECK(now == version_, "backward of '", op_,
-                "': a tensor it saved for backward (", dtype_name(tensor_.dtype()), " ",
-                shape_str(tensor_.shape()), ") was modified by an in-place operation (version ",
-                version_, " when saved, now ", now,
-                "). Clone the tensor before modifying it in place.");
+    LATHE_CHECK(now == version_, "backward of '", op_, "': a tensor it saved for backward (",
+                dtype_name(tensor_.dtype()), " ", shape_str(tensor_.shape()),
+                ") was modified by an in-place operation (version ", version_, " when saved, now ",
+                now, "). Clone the tensor before modifying it in place.");
   }
   return tensor_;
 }
@@ -269,11 +293,14 @@ bool Tensor::requires_grad() const {
 
 Tensor& Tensor::requires_grad_(bool enabled) {
   auto& meta = impl().autograd;
-  LATHE_CHECK(!(meta && meta->grad_fn), "requires_grad_: only leaf tensors can change "
-              "requires_grad; this tensor was produced by '", meta ? meta->grad_fn->name() : "",
-              "' (use detach() first)");
-  LATHE_CHECK(!enabled || is_floating(dtype()), "requires_grad_: only floating tensors can "
-              "require gradients, this one is ", dtype());
+  LATHE_CHECK(!(meta && meta->grad_fn),
+              "requires_grad_: only leaf tensors can change "
+              "requires_grad; this tensor was produced by '",
+              meta ? meta->grad_fn->name() : "", "' (use detach() first)");
+  LATHE_CHECK(!enabled || is_floating(dtype()),
+              "requires_grad_: only floating tensors can "
+              "require gradients, this one is ",
+              dtype());
   if (!meta) meta = std::make_unique<autograd::AutogradMeta>();
   meta->requires_grad = enabled;
   return *this;

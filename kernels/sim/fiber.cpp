@@ -12,7 +12,8 @@
 #define LATHE_SIM_ASAN 1
 #include <sanitizer/common_interface_defs.h>
 #endif
-#if defined(__SANITIZE_THREAD__)
+#if defined(__SANITIZE_THREAD__) || defined(LATHE_SIM_TSAN)
+#undef LATHE_SIM_TSAN
 #define LATHE_SIM_TSAN 1
 #include <sanitizer/tsan_interface.h>
 #endif
@@ -39,6 +40,12 @@ Stack::Stack(size_t usable_bytes) {
 
 Stack::~Stack() {
   munmap(base_, usable_ + guard_);
+}
+
+Fiber::~Fiber() {
+#if LATHE_SIM_TSAN
+  if (tsan_fiber_) __tsan_destroy_fiber(tsan_fiber_);
+#endif
 }
 
 Stack* StackPool::get(size_t index) {

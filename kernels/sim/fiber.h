@@ -48,6 +48,9 @@ class StackPool {
 class Fiber {
  public:
   Fiber() = default;
+  ~Fiber();
+  Fiber(const Fiber&) = delete;
+  Fiber& operator=(const Fiber&) = delete;
   // Prepares the fiber to run `entry` on `stack` the first time it is resumed.
   void reset(Stack* stack, std::function<void()> entry);
   // Switches from the scheduler into this fiber; returns when the fiber yields or finishes.

@@ -21,7 +21,9 @@
 #include "kernels/sim/fiber.h"
 #include "lathe/core/error.h"
 
-#if defined(__SANITIZE_THREAD__)
+// LATHE_SIM_TSAN: this file is compiled without -fsanitize=thread, but the annotations must reach
+// the TSan runtime the rest of the program uses.
+#if defined(__SANITIZE_THREAD__) || defined(LATHE_SIM_TSAN)
 #include <sanitizer/tsan_interface.h>
 #define LATHE_SIM_TSAN_RELEASE(addr) __tsan_release(addr)
 #define LATHE_SIM_TSAN_ACQUIRE(addr) __tsan_acquire(addr)
@@ -214,11 +216,21 @@ unsigned threads_in_warp(const BlockState& b, unsigned warp) {
   return std::min(32u, b.count - warp * 32);
 }
 
+// Happens-before edges between the host and the kernel's threads (but none between the threads
+// themselves, which only barriers and collectives provide): the host's writes before a launch are
+// visible to every thread, and every thread's writes are visible to the host after it.
+char g_host_to_kernel;
+char g_kernel_to_host;
+
 void run_block(BlockState& b, const std::function<void()>& body) {
   for (unsigned i = 0; i < b.count; ++i) {
     ThreadState& t = *b.threads[i];
     t.state = State::Runnable;
-    t.fiber.reset(g_stacks.get(i), [&body] { body(); });
+    t.fiber.reset(g_stacks.get(i), [&body] {
+      LATHE_SIM_TSAN_ACQUIRE(&g_host_to_kernel);
+      body();
+      LATHE_SIM_TSAN_RELEASE(&g_kernel_to_host);
+    });
   }
   for (auto& w : b.warps) w = WarpState{};
   for (unsigned i = 0; i < b.count; ++i) b.warps[i / 32].ready |= 1u << (i % 32);
@@ -343,6 +355,7 @@ void launch(dim3 grid, dim3 block, size_t dynamic_shared_bytes,
   gridDim = grid;
 
   g_block = &b;
+  LATHE_SIM_TSAN_RELEASE(&g_host_to_kernel);
   try {
     for (unsigned z = 0; z < grid.z; ++z) {
       for (unsigned y = 0; y < grid.y; ++y) {
@@ -358,6 +371,7 @@ void launch(dim3 grid, dim3 block, size_t dynamic_shared_bytes,
     throw;
   }
   g_block = nullptr;
+  LATHE_SIM_TSAN_ACQUIRE(&g_kernel_to_host);
 }
 
 bool in_kernel() {

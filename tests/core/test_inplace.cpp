@@ -55,3 +55,11 @@ TEST_CASE("inplace: refused on tensors that require grad, allowed under NoGradGu
       {"add_", "[2, 3]"});
   check_error([&] { zeros({2}).masked_fill_(zeros({2}), 1); }, {"masked_fill_", "bool"});
 }
+
+TEST_CASE("autograd: a very long graph is released without deep recursion", "[autograd]") {
+  Tensor x = ones({1}, TensorOptions(DType::F64).requires_grad());
+  Tensor y = x;
+  for (int i = 0; i < 1000000; ++i) y = y * 1.0;
+  y = Tensor();  // dropping the last reference frees 10^6 nodes iteratively
+  CHECK(x.requires_grad());
+}

@@ -145,3 +145,15 @@ TEST_CASE("sim: launch limits are enforced", "[sim]") {
   CHECK(error_of([] { (void)sim::parse_schedule("sideways"); }).find("sideways") !=
         std::string::npos);
 }
+
+// Hidden cases, run as subprocesses by the sanitizer builds (tests/sim/CMakeLists.txt), which
+// assert that the sanitizer reports the planted bug.
+TEST_CASE("sim: planted race for ThreadSanitizer", "[.race]") {
+  std::vector<float> in(256, 1.0f), out(1);
+  sim_tests::launch_block_sum(in.data(), out.data(), 256, 1, 256, true);
+}
+
+TEST_CASE("sim: planted out-of-bounds read for AddressSanitizer", "[.oob]") {
+  std::vector<float> in(8, 1.0f), out(8);
+  sim_tests::launch_out_of_bounds_read(in.data(), out.data(), 8);
+}

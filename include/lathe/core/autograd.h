@@ -1,5 +1,5 @@
-// Dynamic reverse-mode autograd. Every differentiable op that sees an input requiring grad records a
-// Node holding its backward rule (a closure next to the op's forward, tinygrad-style) and the
+// Dynamic reverse-mode autograd. Every differentiable op that sees an input requiring grad records
+// a Node holding its backward rule (a closure next to the op's forward, tinygrad-style) and the
 // tensors it saved. backward() runs the nodes in reverse topological order; gradients of a tensor
 // used several times accumulate. Saved tensors remember their storage version, so an in-place
 // write between forward and backward is reported instead of silently giving wrong gradients.
@@ -47,7 +47,9 @@ struct OutputMeta {
 
 class Node {
  public:
-  virtual ~Node() = default;
+  // Releases the graph behind this node iteratively, so that dropping a very long chain (an RNN
+  // unrolled over 10^6 steps) cannot overflow the stack through nested destructors.
+  virtual ~Node();
   // Maps gradients of the forward outputs to gradients of the forward inputs (one per edge).
   virtual std::vector<Tensor> apply(std::vector<Tensor>&& grad_outputs) = 0;
   virtual std::string name() const = 0;
@@ -65,9 +67,9 @@ struct AutogradMeta {
   bool requires_grad = false;
   bool retains_grad = false;
   Tensor grad;
-  std::shared_ptr<Node> grad_fn;          // non-leaf: the node that made this tensor
-  uint32_t output_nr = 0;                 // which output of grad_fn
-  std::weak_ptr<Node> grad_accumulator;   // leaf: created on first use
+  std::shared_ptr<Node> grad_fn;         // non-leaf: the node that made this tensor
+  uint32_t output_nr = 0;                // which output of grad_fn
+  std::weak_ptr<Node> grad_accumulator;  // leaf: created on first use
 };
 
 // A tensor saved for backward, with the storage version at the time it was saved. It keeps a

@@ -1,0 +1,463 @@
+// Test kernels for the PTX wrappers of kernels/cuda/ptx.cuh. Compiled by g++ against the simulator
+// in the simulated build and by nvcc in the real one, so the same kernels (and self_check, which
+// compares them with host references) confirm on a GPU what the simulator's emulation assumes
+// about fragment layouts. The host entry points copy their arrays to and from the device.
+#include "tests/sim/ptx_test_kernels.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <sstream>
+#include <vector>
+
+#include "kernels/cuda/launch.cuh"
+#include "kernels/cuda/ptx.cuh"
+#include "lathe/core/error.h"
+#include "lathe/core/half.h"
+
+namespace lathe::ptx_tests {
+
+namespace {
+
+using cuda::cp_async_16;
+using cuda::cp_async_commit;
+using cuda::cp_async_wait;
+using cuda::cp_async_wait_all;
+using cuda::ldmatrix_x1;
+using cuda::ldmatrix_x1_trans;
+using cuda::ldmatrix_x2;
+using cuda::ldmatrix_x2_trans;
+using cuda::ldmatrix_x4;
+using cuda::ldmatrix_x4_trans;
+
+// An array on the device initialized from host memory (zeros when `host` is null). In the
+// simulated build device memory is host memory; the copy keeps exact bounds for ASan.
+template <class T>
+class DeviceArray {
+ public:
+  DeviceArray(const T* host, size_t n) : n_(n) {
+#ifdef __CUDACC__
+    check(cudaMalloc(&ptr_, bytes()), "cudaMalloc");
+    if (host) {
+      check(cudaMemcpy(ptr_, host, bytes(), cudaMemcpyHostToDevice), "cudaMemcpy to device");
+    } else {
+      check(cudaMemset(ptr_, 0, bytes()), "cudaMemset");
+    }
+#else
+    data_.assign(n, T{});
+    if (host) std::copy(host, host + n, data_.begin());
+#endif
+  }
+  DeviceArray(const DeviceArray&) = delete;
+  DeviceArray& operator=(const DeviceArray&) = delete;
+  ~DeviceArray() {
+#ifdef __CUDACC__
+    cudaFree(ptr_);
+#endif
+  }
+  T* get() {
+#ifdef __CUDACC__
+    return ptr_;
+#else
+    return data_.data();
+#endif
+  }
+  void to_host(T* host) {
+#ifdef __CUDACC__
+    check(cudaMemcpy(host, ptr_, bytes(), cudaMemcpyDeviceToHost), "cudaMemcpy to host");
+#else
+    std::copy(data_.begin(), data_.end(), host);
+#endif
+  }
+
+ private:
+  size_t bytes() const { return n_ * sizeof(T); }
+#ifdef __CUDACC__
+  static void check(cudaError_t status, const char* what) {
+    LATHE_CHECK(status == cudaSuccess, "ptx tests: ", what, " failed: ", cudaGetErrorString(status));
+  }
+  T* ptr_ = nullptr;
+#else
+  std::vector<T> data_;
+#endif
+  size_t n_;
+};
+
+template <bool BF16>
+__device__ __forceinline__ void mma(float d[4], const uint32_t a[4], const uint32_t b[2],
+                                    const float c[4]) {
+  if constexpr (BF16) {
+    cuda::mma_m16n8k16_bf16(d, a, b, c);
+  } else {
+    cuda::mma_m16n8k16_f16(d, a, b, c);
+  }
+}
+
+// ---- one m16n8k16 product from shared memory ----
+template <bool BF16, bool BNMajor>
+__global__ void mma_tile_kernel(const uint16_t* a, const uint16_t* b, const float* c, float* d) {
+  // Rows padded to 48 bytes: 16-byte aligned as ldmatrix needs, and not one dense block.
+  __shared__ alignas(16) uint16_t sa[16][24];
+  __shared__ alignas(16) uint16_t sb[16][24];
+  const int lane = threadIdx.x;
+  for (int i = lane; i < 256; i += 32) sa[i / 16][i % 16] = a[i];
+  for (int i = lane; i < 128; i += 32) {
+    if (BNMajor) {
+      sb[i / 16][i % 16] = b[i];  // [n][k]
+    } else {
+      sb[i / 8][i % 8] = b[i];  // [k][n]
+    }
+  }
+  __syncthreads();
+  // A: matrices 0..3 are the quadrants top-left, bottom-left, top-right, bottom-right.
+  uint32_t fa[4], fb[2];
+  ldmatrix_x4(fa, &sa[lane % 8 + 8 * (lane / 8 % 2)][8 * (lane / 16)]);
+  if (BNMajor) {
+    ldmatrix_x2(fb, &sb[lane % 8][8 * (lane / 8 % 2)]);  // matrix m: k = 8m..8m+7
+  } else {
+    ldmatrix_x2_trans(fb, &sb[lane % 16][0]);  // matrix m: rows k = 8m..8m+7
+  }
+  const int g = lane / 4, t = lane % 4;
+  float fc[4], fd[4];
+  for (int i = 0; i < 4; ++i) fc[i] = c[(g + 8 * (i / 2)) * 8 + 2 * t + i % 2];
+  mma<BF16>(fd, fa, fb, fc);
+  for (int i = 0; i < 4; ++i) d[(g + 8 * (i / 2)) * 8 + 2 * t + i % 2] = fd[i];
+}
+
+// ---- ldmatrix registers lane by lane ----
+__global__ void ldmatrix_kernel(const uint16_t* matrices, uint32_t* out) {
+  // Row q = 8*matrix + row lives in slot (13 q) % 32 (a permutation); slot 32 is garbage that
+  // lanes whose address the instruction ignores point at.
+  __shared__ alignas(16) uint16_t rows[33][16];
+  const int lane = threadIdx.x;
+  for (int i = lane; i < 256; i += 32) {
+    const int slot = (i / 8) * 13 % 32;
+    rows[slot][i % 8] = matrices[i];
+    rows[slot][8 + i % 8] = 0x7777;
+  }
+  if (lane < 16) rows[32][lane] = uint16_t(0xDEAD ^ lane);
+  __syncthreads();
+  const void* used[3] = {lane < 8 ? rows[lane * 13 % 32] : rows[32],
+                         lane < 16 ? rows[lane * 13 % 32] : rows[32], rows[lane * 13 % 32]};
+  uint32_t* o = out + lane * 4;
+  uint32_t r[4];
+  for (int v = 0; v < kLdmatrixVariants; ++v) {
+    r[0] = r[1] = r[2] = r[3] = 0;
+    switch (v) {
+      case 0:
+        ldmatrix_x1(r, used[0]);
+        break;
+      case 1:
+        ldmatrix_x2(r, used[1]);
+        break;
+      case 2:
+        ldmatrix_x4(r, used[2]);
+        break;
+      case 3:
+        ldmatrix_x1_trans(r, used[0]);
+        break;
+      case 4:
+        ldmatrix_x2_trans(r, used[1]);
+        break;
+      default:
+        ldmatrix_x4_trans(r, used[2]);
+        break;
+    }
+    for (int k = 0; k < 4; ++k) o[v * 32 * 4 + k] = r[k];
+  }
+}
+
+// ---- cp.async with zero fill ----
+__global__ void cp_async_kernel(const uint8_t* src, uint8_t* dst) {
+  __shared__ alignas(16) uint8_t buf[32 * 16];
+  const int lane = threadIdx.x;
+  for (int i = lane; i < 32 * 16; i += 32) buf[i] = 0xAB;
+  __syncthreads();
+  cp_async_16(&buf[16 * lane], src + 16 * lane, lane % 17);
+  cp_async_commit();
+  cp_async_wait_all();
+  __syncthreads();
+  for (int i = lane; i < 32 * 16; i += 32) dst[i] = buf[i];
+}
+
+// ---- tiled tensor-core GEMM: one block of 4 warps (2x2, 16x16 each) walks 32x32 output tiles,
+// staging 32-wide k slices of A and B in shared memory with double-buffered cp.async ----
+constexpr int kTile = 32;  // BM = BN = BK
+constexpr int kPad = 8;    // keeps rows 16-byte aligned (80 bytes) and off a single bank pattern
+
+template <bool BF16, bool BNMajor>
+__global__ void __launch_bounds__(128)
+    hgemm_kernel(int M, int N, int K, const uint16_t* a, const uint16_t* b, float* c) {
+  __shared__ alignas(16) uint16_t sa[2][kTile][kTile + kPad];  // [m][k]
+  __shared__ alignas(16) uint16_t sb[2][kTile][kTile + kPad];  // [n][k] or [k][n]
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int wm = warp / 2, wn = warp % 2, g = lane / 4, t = lane % 4;
+  const int k_tiles = (K + kTile - 1) / kTile;
+
+  // Each thread stages one 16-byte chunk of A and one of B; chunks past the matrix are zero-filled
+  // (K and N are multiples of 8, so a chunk is entirely inside or outside).
+  auto load = [&](int stage, int row0, int col0, int k0) {
+    const int r = tid / 4, chunk = 8 * (tid % 4);
+    {
+      const int gm = row0 + r, gk = k0 + chunk;
+      const bool inside = gm < M && gk < K;
+      cp_async_16(&sa[stage][r][chunk], inside ? a + size_t(gm) * K + gk : a, inside ? 16 : 0);
+    }
+    if (BNMajor) {
+      const int gn = col0 + r, gk = k0 + chunk;
+      const bool inside = gn < N && gk < K;
+      cp_async_16(&sb[stage][r][chunk], inside ? b + size_t(gn) * K + gk : b, inside ? 16 : 0);
+    } else {
+      const int gk = k0 + r, gn = col0 + chunk;
+      const bool inside = gk < K && gn < N;
+      cp_async_16(&sb[stage][r][chunk], inside ? b + size_t(gk) * N + gn : b, inside ? 16 : 0);
+    }
+  };
+
+  for (int row0 = 0; row0 < M; row0 += kTile) {
+    for (int col0 = 0; col0 < N; col0 += kTile) {
+      float acc[2][4] = {};
+      load(0, row0, col0, 0);
+      cp_async_commit();
+      for (int kt = 0; kt < k_tiles; ++kt) {
+        if (kt + 1 < k_tiles) {
+          load((kt + 1) % 2, row0, col0, (kt + 1) * kTile);
+          cp_async_commit();
+          cp_async_wait<1>();  // this k slice has landed, the next may still be in flight
+        } else {
+          cp_async_wait<0>();
+        }
+        __syncthreads();
+        const int s = kt % 2, m = lane / 8, r = lane % 8;
+        for (int kk = 0; kk < kTile; kk += 16) {
+          uint32_t fa[4], fb[4];
+          ldmatrix_x4(fa, &sa[s][wm * 16 + r + 8 * (m % 2)][kk + 8 * (m / 2)]);
+          // fb[0..1]: B fragment of columns wn*16 + 0..7, fb[2..3]: of columns + 8..15.
+          if (BNMajor) {
+            ldmatrix_x4(fb, &sb[s][wn * 16 + 8 * (m / 2) + r][kk + 8 * (m % 2)]);
+          } else {
+            ldmatrix_x4_trans(fb, &sb[s][kk + 8 * (m % 2) + r][wn * 16 + 8 * (m / 2)]);
+          }
+          mma<BF16>(acc[0], fa, &fb[0], acc[0]);
+          mma<BF16>(acc[1], fa, &fb[2], acc[1]);
+        }
+        __syncthreads();  // the stage is overwritten by the load two slices later
+      }
+      for (int j = 0; j < 2; ++j) {
+        for (int i = 0; i < 4; ++i) {
+          const int row = row0 + wm * 16 + g + 8 * (i / 2);
+          const int col = col0 + wn * 16 + 8 * j + 2 * t + i % 2;
+          if (row < M && col < N) c[size_t(row) * N + col] = acc[j][i];
+        }
+      }
+    }
+  }
+}
+
+// ---- misuse the simulator reports ----
+__global__ void ldmatrix_misaligned_kernel(uint32_t* out) {
+  __shared__ alignas(16) uint16_t rows[8][16];
+  const int lane = threadIdx.x;
+  if (lane < 8) {
+    for (int i = 0; i < 16; ++i) rows[lane][i] = uint16_t(i);
+  }
+  __syncthreads();
+  uint32_t r[1];
+  ldmatrix_x1(r, &rows[lane % 8][1]);  // 2 bytes past a 16-byte boundary
+  out[lane] = r[0];
+}
+
+__global__ void mma_partial_warp_kernel(float* out) {
+  const uint32_t a[4] = {}, b[2] = {};
+  const float c[4] = {};
+  float d[4];
+  if (threadIdx.x < 16) {
+    mma<false>(d, a, b, c);
+    out[threadIdx.x] = d[0];
+  }
+}
+
+// ---- host references for self_check ----
+struct Lcg {
+  uint64_t state;
+  float uniform() {  // in [-1, 1)
+    state = state * 6364136223846793005ULL + 1442695040888963407ULL;
+    return float(state >> 40) / float(1 << 23) - 1.0f;
+  }
+};
+
+uint16_t to_bits(Elem e, float v) {
+  return e == Elem::F16 ? Half::from_float(v) : BFloat16::from_float(v);
+}
+double to_double(Elem e, uint16_t bits) {
+  return e == Elem::F16 ? double(Half::to_float(bits)) : double(detail::bits_float(uint32_t(bits) << 16));
+}
+
+std::vector<uint16_t> random_matrix(Elem e, size_t n, uint64_t seed) {
+  Lcg rng{seed};
+  std::vector<uint16_t> m(n);
+  for (auto& v : m) v = to_bits(e, rng.uniform());
+  return m;
+}
+
+const char* elem_name(Elem e) {
+  return e == Elem::F16 ? "f16" : "bf16";
+}
+
+}  // namespace
+
+void mma_tile(Elem elem, bool b_n_major, const uint16_t* a, const uint16_t* b, const float* c,
+              float* d) {
+  DeviceArray<uint16_t> da(a, 256), db(b, 128);
+  DeviceArray<float> dc(c, 128), dd(nullptr, 128);
+  auto run = [&](auto kernel) {
+    cuda::launch(kernel, dim3(1), dim3(32), 0, nullptr, "mma_tile", da.get(), db.get(), dc.get(),
+                 dd.get());
+  };
+  if (elem == Elem::F16) {
+    b_n_major ? run(mma_tile_kernel<false, true>) : run(mma_tile_kernel<false, false>);
+  } else {
+    b_n_major ? run(mma_tile_kernel<true, true>) : run(mma_tile_kernel<true, false>);
+  }
+  dd.to_host(d);
+}
+
+void ldmatrix_fragments(const uint16_t* matrices, uint32_t* out) {
+  DeviceArray<uint16_t> dm(matrices, 256);
+  DeviceArray<uint32_t> dout(nullptr, kLdmatrixVariants * 32 * 4);
+  cuda::launch(ldmatrix_kernel, dim3(1), dim3(32), 0, nullptr, "ldmatrix_fragments", dm.get(),
+               dout.get());
+  dout.to_host(out);
+}
+
+void cp_async_zero_fill(const uint8_t* src, uint8_t* dst) {
+  DeviceArray<uint8_t> dsrc(src, 512), ddst(nullptr, 512);
+  cuda::launch(cp_async_kernel, dim3(1), dim3(32), 0, nullptr, "cp_async_zero_fill", dsrc.get(),
+               ddst.get());
+  ddst.to_host(dst);
+}
+
+void hgemm(Elem elem, bool b_n_major, int M, int N, int K, const uint16_t* a, const uint16_t* b,
+           float* c) {
+  LATHE_CHECK(M >= 1 && N >= 8 && K >= 8 && N % 8 == 0 && K % 8 == 0,
+              "ptx_tests::hgemm: N and K must be positive multiples of 8, got M=", M, " N=", N,
+              " K=", K);
+  DeviceArray<uint16_t> da(a, size_t(M) * K), db(b, size_t(K) * N);
+  DeviceArray<float> dc(nullptr, size_t(M) * N);
+  auto run = [&](auto kernel) {
+    cuda::launch(kernel, dim3(1), dim3(128), 0, nullptr, "hgemm", M, N, K, da.get(), db.get(),
+                 dc.get());
+  };
+  if (elem == Elem::F16) {
+    b_n_major ? run(hgemm_kernel<false, true>) : run(hgemm_kernel<false, false>);
+  } else {
+    b_n_major ? run(hgemm_kernel<true, true>) : run(hgemm_kernel<true, false>);
+  }
+  dc.to_host(c);
+}
+
+void ldmatrix_misaligned() {
+  DeviceArray<uint32_t> out(nullptr, 32);
+  cuda::launch(ldmatrix_misaligned_kernel, dim3(1), dim3(32), 0, nullptr, "ldmatrix_misaligned",
+               out.get());
+}
+
+void mma_partial_warp() {
+  DeviceArray<float> out(nullptr, 32);
+  cuda::launch(mma_partial_warp_kernel, dim3(1), dim3(32), 0, nullptr, "mma_partial_warp",
+               out.get());
+}
+
+int self_check(std::string* report) {
+  std::ostringstream log;
+  int failures = 0;
+  auto record = [&](bool ok, const std::string& what) {
+    failures += ok ? 0 : 1;
+    log << (ok ? "ok   " : "FAIL ") << what << "\n";
+  };
+  // Error of a computed product against an f64 reference, relative to sum_k |a_ik b_kj| + |c_ij|:
+  // the error bound of a sum in f32 scales with it.
+  auto product_check = [&](const std::string& what, Elem e, bool b_n_major, int M, int N, int K,
+                           const std::vector<uint16_t>& a, const std::vector<uint16_t>& b,
+                           const std::vector<float>& c, const std::vector<float>& got) {
+    double worst = 0;
+    for (int i = 0; i < M; ++i) {
+      for (int j = 0; j < N; ++j) {
+        double sum = c.empty() ? 0.0 : double(c[size_t(i) * N + j]), scale = std::abs(sum);
+        for (int k = 0; k < K; ++k) {
+          const double p = to_double(e, a[size_t(i) * K + k]) *
+                           to_double(e, b_n_major ? b[size_t(j) * K + k] : b[size_t(k) * N + j]);
+          sum += p;
+          scale += std::abs(p);
+        }
+        const double err = std::abs(double(got[size_t(i) * N + j]) - sum) / (scale + 1e-30);
+        worst = std::isnan(err) ? INFINITY : std::max(worst, err);
+      }
+    }
+    std::ostringstream line;
+    line << what << ": max relative error " << worst << " (limit 1e-5)";
+    record(worst <= 1e-5, line.str());
+  };
+
+  for (Elem e : {Elem::F16, Elem::BF16}) {
+    for (bool n_major : {false, true}) {
+      const std::string layout = n_major ? "n-major B (ldmatrix)" : "k-major B (ldmatrix.trans)";
+      auto a = random_matrix(e, 256, 11), b = random_matrix(e, 128, 12);
+      std::vector<float> c(128), d(128);
+      Lcg rng{13};
+      for (auto& v : c) v = rng.uniform();
+      mma_tile(e, n_major, a.data(), b.data(), c.data(), d.data());
+      product_check(std::string("mma m16n8k16 ") + elem_name(e) + ", " + layout, e, n_major, 16, 8,
+                    16, a, b, c, d);
+
+      const int M = 70, N = 40, K = 72;
+      auto ga = random_matrix(e, size_t(M) * K, 21), gb = random_matrix(e, size_t(K) * N, 22);
+      std::vector<float> gc(size_t(M) * N);
+      hgemm(e, n_major, M, N, K, ga.data(), gb.data(), gc.data());
+      product_check(std::string("hgemm 70x40x72 ") + elem_name(e) + ", " + layout, e, n_major, M, N,
+                    K, ga, gb, {}, gc);
+    }
+  }
+
+  std::vector<uint16_t> matrices(256);
+  for (int i = 0; i < 256; ++i) matrices[size_t(i)] = uint16_t(0x1000 + 7 * i);
+  std::vector<uint32_t> frags(kLdmatrixVariants * 32 * 4);
+  ldmatrix_fragments(matrices.data(), frags.data());
+  const char* names[kLdmatrixVariants] = {"x1", "x2", "x4", "x1.trans", "x2.trans", "x4.trans"};
+  for (int v = 0; v < kLdmatrixVariants; ++v) {
+    const int count = v % 3 == 2 ? 4 : v % 3 + 1;
+    const bool trans = v >= 3;
+    int wrong = 0;
+    for (int lane = 0; lane < 32; ++lane) {
+      for (int m = 0; m < 4; ++m) {
+        auto at = [&](int row, int col) { return uint32_t(matrices[size_t(m * 64 + row * 8 + col)]); };
+        const int pair = 2 * (lane % 4), other = lane / 4;
+        uint32_t want = 0;
+        if (m < count) {
+          want = trans ? at(pair, other) | at(pair + 1, other) << 16
+                       : at(other, pair) | at(other, pair + 1) << 16;
+        }
+        wrong += frags[size_t((v * 32 + lane) * 4 + m)] != want;
+      }
+    }
+    record(wrong == 0, std::string("ldmatrix.") + names[v] + ": " + std::to_string(wrong) +
+                           " wrong registers of 128");
+  }
+
+  std::vector<uint8_t> src(512), dst(512);
+  for (int i = 0; i < 512; ++i) src[size_t(i)] = uint8_t(1 + i % 251);
+  cp_async_zero_fill(src.data(), dst.data());
+  int wrong = 0;
+  for (int lane = 0; lane < 32; ++lane) {
+    for (int i = 0; i < 16; ++i) {
+      const size_t at = size_t(16 * lane + i);
+      wrong += dst[at] != (i < lane % 17 ? src[at] : 0);
+    }
+  }
+  record(wrong == 0, "cp.async 16 with src-size 0..16: " + std::to_string(wrong) + " wrong bytes");
+
+  if (report) *report = log.str();
+  return failures;
+}
+
+}  // namespace lathe::ptx_tests
