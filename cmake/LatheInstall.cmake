@@ -1,11 +1,12 @@
 # `cmake --install` exports lathe::lathe with a package config, for find_package(lathe CONFIG).
+# The include directory reaches consumers through the target's INSTALL_INTERFACE include path
+# (CMakeLists.txt), so install(TARGETS) does not add it a second time.
 include(CMakePackageConfigHelpers)
 
 install(TARGETS lathe EXPORT latheTargets
   LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}
   ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
-  RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR}
-  INCLUDES DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
+  RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
 install(DIRECTORY ${PROJECT_SOURCE_DIR}/include/lathe DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
 install(EXPORT latheTargets NAMESPACE lathe:: DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/lathe)
 

@@ -117,12 +117,18 @@ struct CrossEntropyBackwardArgs {
   double label_smoothing = 0.0;
 };
 
-// q/out: [batch, q_len, head_dim], k/v: [batch, kv_len, head_dim], contiguous; `batch` is every
-// leading dim (batch x heads) flattened. mask: a 3-d view [batch, q_len, kv_len] (strides may be 0)
-// or data == null; Bool masks keep true positions, floating masks are added to the scores.
+// q: [batch, q_len, head_dim], k: [batch, kv_len, head_dim], v: [batch, kv_len, value_dim],
+// out: [batch, q_len, value_dim], all contiguous; `batch` is every leading dim (batch x heads)
+// flattened. mask: a view of shape [leading dims..., q_len, kv_len] whose leading sizes multiply to
+// `batch` (strides may be 0: a [B, 1, 1, T] key-padding mask broadcast over heads cannot be
+// flattened to one batch stride), or data == null. Bool masks keep true positions; floating masks
+// (of `dtype`) are added to the scaled scores. causal masks key j > query i (PyTorch's top-left
+// tril). Dropout keeps element n = (b * q_len + i) * kv_len + j of the probabilities iff
+// philox::to_uniform(block(offset + n / 4, seed)[n % 4]) >= float(dropout_p) (the dropout
+// kernel's rule), scaled by 1 / (1 - p).
 struct AttentionForwardArgs {
   DType dtype = DType::F32;
-  int64_t batch = 0, q_len = 0, kv_len = 0, head_dim = 0;
+  int64_t batch = 0, q_len = 0, kv_len = 0, head_dim = 0, value_dim = 0;
   const void* q = nullptr;
   const void* k = nullptr;
   const void* v = nullptr;
@@ -135,12 +141,16 @@ struct AttentionForwardArgs {
   void* lse = nullptr;  // [batch, q_len], accumulation type; -inf for fully masked rows
 };
 
+// Gradients are overwritten, not accumulated. grad_mask (optional, contiguous
+// [batch, q_len, kv_len] of `dtype`) receives the gradient of the scores, i.e. of an additive mask
+// before it is reduced over its broadcast dims.
 struct AttentionBackwardArgs {
   AttentionForwardArgs forward;  // the same inputs; out and lse as written by the forward
   const void* grad_out = nullptr;
   void* grad_q = nullptr;
   void* grad_k = nullptr;
   void* grad_v = nullptr;
+  void* grad_mask = nullptr;
 };
 
 using CopyFn = void (*)(const View& src, const View& dst);  // same shape; converts dtype

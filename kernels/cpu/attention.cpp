@@ -1,9 +1,512 @@
-// Placeholder: replaced by the real kernels of this family.
+// Fused scaled-dot-product attention on the cpu, FlashAttention-2 style: no [q_len, kv_len] score
+// matrix is ever materialized. The forward walks each block of 64 query rows over 64-key tiles with
+// an online softmax (running max and sum per row, rescaling the partial output when the max grows)
+// and keeps only the output and the per-row log-sum-exp. The backward recomputes the probabilities
+// of a tile from q, k and the lse, so it needs O(q_len) extra memory, not O(q_len * kv_len).
+//
+// Inner loops: the five products per tile (S = QK^T, PV; dP = dO V^T, dV, dK, dQ) are 64x64xD
+// GEMMs on OpenBLAS's single-threaded micro-kernels — a hand-written transposed-tile loop ran ~5x
+// slower, store-bound on its accumulators. The softmax bookkeeping in between is vectorized
+// (a polynomial exp for f32). Arithmetic stays in the element type (f32 accumulation for f32, f64
+// for f64).
+//
+// Threads: the forward splits (batch, query block); the backward gives each work item a
+// (batch, key range), so dK and dV have a single writer; dQ, which sums over keys, goes either
+// straight to the output (one key range per batch) or to per-range partials summed at the end.
+// Dropout regenerates its Philox mask from (seed, offset) with the same rule as the dropout kernel.
+#include <cblas.h>
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
 #include "kernels/cpu/cpu_kernels.h"
+#include "lathe/core/random.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 namespace lathe::kernels::cpu {
 
-extern const AttentionForwardFn attention_forward = nullptr;
-extern const AttentionBackwardFn attention_backward = nullptr;
+namespace {
+
+constexpr int64_t kKeyTile = 64;
+constexpr int64_t kQueryBlock = 64;
+// Below this many multiply-adds a call runs on one thread.
+constexpr int64_t kParallelWork = 1 << 16;
+
+int team_size() {
+#ifdef _OPENMP
+  if (omp_in_parallel()) return 1;
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+// exp(x) for f32 in a form the compiler vectorizes (Cephes' expf: range reduction by ln 2, degree-6
+// polynomial, exponent built from bits; std::exp stays a scalar libm call without -ffast-math); ~1
+// ulp, and exactly 0 below ln(FLT_MIN), including -inf.
+inline float exp_elem(float x) {
+  constexpr float kLo = -87.3365447505531f, kHi = 88.3762626647949f;
+  float xc = std::min(std::max(x, kLo), kHi);
+  // Round to nearest with the 1.5 * 2^23 trick: std::floor does not vectorize under the default
+  // -ftrapping-math.
+  float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  float r = xc - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  float y = p * r * r + r + 1.0f;
+  float two_n = std::bit_cast<float>((static_cast<int32_t>(n) + 127) << 23);
+  return x < kLo ? 0.0f : y * two_n;
+}
+inline double exp_elem(double x) {
+  return std::exp(x);
+}
+
+template <class T>
+constexpr T neg_inf() {
+  return -std::numeric_limits<T>::infinity();
+}
+
+// Everything a tile computation needs, resolved once per call.
+template <class T>
+struct Problem {
+  int64_t batch = 0, tq = 0, tk = 0, d = 0, dv = 0;
+  const T* q = nullptr;
+  const T* k = nullptr;
+  const T* v = nullptr;
+  T scale = 1;
+  bool causal = false;
+  // Mask: element (b, i, j) at mask + mask_batch[b] + i * mask_sq + j * mask_sk (elements).
+  const char* mask = nullptr;
+  bool mask_bool = false;
+  std::vector<int64_t> mask_batch;
+  int64_t mask_sq = 0, mask_sk = 0;
+  // Dropout.
+  bool dropout = false;
+  float p = 0;  // compared in f32, exactly like the dropout kernel
+  T keep_scale = 1;
+  uint64_t seed = 0, offset = 0;
+
+  explicit Problem(const AttentionForwardArgs& a) {
+    batch = a.batch;
+    tq = a.q_len;
+    tk = a.kv_len;
+    d = a.head_dim;
+    dv = a.value_dim;
+    q = static_cast<const T*>(a.q);
+    k = static_cast<const T*>(a.k);
+    v = static_cast<const T*>(a.v);
+    scale = T(a.scale);
+    causal = a.causal;
+    if (a.mask.data != nullptr) {
+      const View& m = a.mask;
+      LATHE_CHECK(m.ndim >= 2 && m.size[m.ndim - 2] == tq && m.size[m.ndim - 1] == tk,
+                  "attention: mask view does not end in [q_len, kv_len]");
+      LATHE_CHECK(m.dtype == DType::Bool || m.dtype == a.dtype,
+                  "attention: mask dtype must be bool or the dtype of q");
+      mask = static_cast<const char*>(m.data);
+      mask_bool = m.dtype == DType::Bool;
+      mask_sq = m.stride[m.ndim - 2];
+      mask_sk = m.stride[m.ndim - 1];
+      const int lead = m.ndim - 2;
+      int64_t lead_numel = 1;
+      for (int i = 0; i < lead; ++i) lead_numel *= m.size[i];
+      LATHE_CHECK(lead_numel == batch, "attention: mask leading dims do not multiply to batch");
+      // A [B, 1, 1, T] mask broadcast over heads has no single batch stride, so unravel each b.
+      mask_batch.resize(size_t(batch));
+      for (int64_t b = 0; b < batch; ++b) {
+        int64_t rest = b, off = 0;
+        for (int i = lead - 1; i >= 0; --i) {
+          off += (rest % m.size[i]) * m.stride[i];
+          rest /= m.size[i];
+        }
+        mask_batch[size_t(b)] = off;
+      }
+    }
+    dropout = a.dropout_p > 0;
+    p = float(a.dropout_p);
+    keep_scale = a.dropout_p < 1 ? T(1.0 / (1.0 - a.dropout_p)) : T(0);
+    seed = a.seed;
+    offset = a.offset;
+  }
+};
+
+// C = alpha * op(A) op(B) + beta * C on one thread (OpenBLAS's micro-kernels; the threads are
+// ours). Leading dims are clamped to 1 so empty head dims stay valid BLAS calls.
+template <class T>
+void tile_gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda,
+               const T* b, int64_t ldb, T beta, T* c, int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  if (k == 0) {
+    for (int64_t i = 0; i < m; ++i) {
+      for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == T(0) ? T(0) : beta * c[i * ldc + j];
+    }
+    return;
+  }
+  const auto t = [](bool x) { return x ? CblasTrans : CblasNoTrans; };
+  const blasint la = blasint(std::max<int64_t>(1, lda)), lb = blasint(std::max<int64_t>(1, ldb));
+  if constexpr (std::is_same_v<T, float>) {
+    cblas_sgemm(CblasRowMajor, t(ta), t(tb), blasint(m), blasint(n), blasint(k), alpha, a, la, b,
+                lb, beta, c, blasint(ldc));
+  } else {
+    cblas_dgemm(CblasRowMajor, t(ta), t(tb), blasint(m), blasint(n), blasint(k), alpha, a, la, b,
+                lb, beta, c, blasint(ldc));
+  }
+}
+
+// OpenBLAS's own thread pool would fight our OpenMP team for the same cores (see gemm.cpp).
+void keep_blas_single_threaded() {
+  if (openblas_get_num_threads() != 1) openblas_set_num_threads(1);
+}
+
+// x[c] = exp(x[c] - shift)
+template <class T>
+inline void exp_shifted(T* __restrict x, T shift, int64_t n) {
+#pragma omp simd
+  for (int64_t c = 0; c < n; ++c) x[c] = exp_elem(x[c] - shift);
+}
+
+// x[c] = exp(x[c] - shift), returning the sum.
+template <class T>
+inline T exp_shifted_sum(T* __restrict x, T shift, int64_t n) {
+  T sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t c = 0; c < n; ++c) {
+    x[c] = exp_elem(x[c] - shift);
+    sum += x[c];
+  }
+  return sum;
+}
+
+// Applies the mask and the causal rule to scaled scores s of query row i of batch b against keys
+// [j0, j0 + nj): adds a floating mask, sets masked positions to -inf.
+template <class T>
+void mask_row(const Problem<T>& P, int64_t b, int64_t i, int64_t j0, int64_t nj, T* s) {
+  if (P.mask != nullptr) {
+    const int64_t base = P.mask_batch[size_t(b)] + i * P.mask_sq + j0 * P.mask_sk;
+    const int64_t sk = P.mask_sk;
+    if (P.mask_bool) {
+      const bool* m = reinterpret_cast<const bool*>(P.mask) + base;
+      for (int64_t jj = 0; jj < nj; ++jj) {
+        if (!m[jj * sk]) s[jj] = neg_inf<T>();
+      }
+    } else {
+      const T* m = reinterpret_cast<const T*>(P.mask) + base;
+      if (sk == 1) {
+#pragma omp simd
+        for (int64_t jj = 0; jj < nj; ++jj) s[jj] += m[jj];
+      } else {
+        for (int64_t jj = 0; jj < nj; ++jj) s[jj] += m[jj * sk];
+      }
+    }
+  }
+  if (P.causal) {
+    for (int64_t jj = std::max<int64_t>(0, i + 1 - j0); jj < nj; ++jj) s[jj] = neg_inf<T>();
+  }
+}
+
+// z[jj] = dropout factor (keep_scale or 0) of probability (b, i, j0 + jj).
+template <class T>
+void dropout_factors(const Problem<T>& P, int64_t b, int64_t i, int64_t j0, int64_t nj, T* z) {
+  uint64_t n = uint64_t((b * P.tq + i) * P.tk + j0);
+  int64_t jj = 0;
+  while (jj < nj) {
+    const auto words = philox::block(P.offset + n / 4, P.seed);
+    for (uint64_t lane = n % 4; lane < 4 && jj < nj; ++lane, ++jj, ++n) {
+      z[jj] = philox::to_uniform(words[lane]) >= P.p ? P.keep_scale : T(0);
+    }
+  }
+}
+
+// ---- forward ----
+
+template <class T>
+struct ForwardScratch {
+  std::vector<T> s, z, acc, m, l;
+  explicit ForwardScratch(const Problem<T>& P)
+      : s(size_t(kQueryBlock * kKeyTile)),
+        z(kKeyTile),
+        acc(size_t(kQueryBlock * P.dv)),
+        m(kQueryBlock),
+        l(kQueryBlock) {}
+};
+
+// Query rows [i0, i1) of batch b.
+template <class T>
+void forward_block(const Problem<T>& P, int64_t b, int64_t i0, int64_t i1, T* out, T* lse,
+                   ForwardScratch<T>& w) {
+  const int64_t nq = i1 - i0, d = P.d, dv = P.dv;
+  const T* q = P.q + (b * P.tq + i0) * d;
+  const T* k = P.k + b * P.tk * d;
+  const T* v = P.v + b * P.tk * dv;
+  std::fill(w.m.begin(), w.m.begin() + nq, neg_inf<T>());
+  std::fill(w.l.begin(), w.l.begin() + nq, T(0));
+  std::fill(w.acc.begin(), w.acc.begin() + nq * dv, T(0));
+  T* z = w.z.data();
+  // Causal rows below i1 see only keys below i1.
+  const int64_t j_end = P.causal ? std::min(P.tk, i1) : P.tk;
+  for (int64_t j0 = 0; j0 < j_end; j0 += kKeyTile) {
+    const int64_t nj = std::min(kKeyTile, P.tk - j0);
+    // S = scale * Q K^T for the whole block, then the softmax bookkeeping row by row.
+    tile_gemm(false, true, nq, nj, d, P.scale, q, d, k + j0 * d, d, T(0), w.s.data(), kKeyTile);
+    bool any = false;
+    for (int64_t r = 0; r < nq; ++r) {
+      const int64_t i = i0 + r;
+      T* s = w.s.data() + r * kKeyTile;
+      mask_row(P, b, i, j0, nj, s);
+      T tile_max = neg_inf<T>();
+#pragma omp simd reduction(max : tile_max)
+      for (int64_t jj = 0; jj < nj; ++jj) tile_max = std::max(tile_max, s[jj]);
+      if (tile_max == neg_inf<T>()) {  // every key of this tile is masked for this row
+        std::fill(s, s + nj, T(0));
+        continue;
+      }
+      any = true;
+      T* acc = w.acc.data() + r * dv;
+      const T m_new = std::max(w.m[size_t(r)], tile_max);
+      if (m_new != w.m[size_t(r)]) {
+        // Rescale what was accumulated under the old max (0 when there was none).
+        const T correction = exp_elem(w.m[size_t(r)] - m_new);
+        w.l[size_t(r)] *= correction;
+#pragma omp simd
+        for (int64_t c = 0; c < dv; ++c) acc[c] *= correction;
+        w.m[size_t(r)] = m_new;
+      }
+      w.l[size_t(r)] += exp_shifted_sum(s, m_new, nj);
+      if (P.dropout) {
+        dropout_factors(P, b, i, j0, nj, z);
+#pragma omp simd
+        for (int64_t jj = 0; jj < nj; ++jj) s[jj] *= z[jj];
+      }
+    }
+    // acc += P V
+    if (any) {
+      tile_gemm(false, false, nq, dv, nj, T(1), w.s.data(), kKeyTile, v + j0 * dv, dv, T(1),
+                w.acc.data(), dv);
+    }
+  }
+  for (int64_t r = 0; r < nq; ++r) {
+    const int64_t i = i0 + r;
+    T* o = out + (b * P.tq + i) * dv;
+    const T l = w.l[size_t(r)];
+    if (l == T(0)) {  // fully masked row: defined as zeros
+      std::fill(o, o + dv, T(0));
+      lse[b * P.tq + i] = neg_inf<T>();
+      continue;
+    }
+    const T inv = T(1) / l;
+    const T* acc = w.acc.data() + r * dv;
+#pragma omp simd
+    for (int64_t c = 0; c < dv; ++c) o[c] = acc[c] * inv;
+    lse[b * P.tq + i] = w.m[size_t(r)] + std::log(l);
+  }
+}
+
+template <class T>
+void forward_typed(const AttentionForwardArgs& args) {
+  const Problem<T> P(args);
+  T* out = static_cast<T*>(args.out);
+  T* lse = static_cast<T*>(args.lse);
+  const int64_t blocks = (P.tq + kQueryBlock - 1) / kQueryBlock;
+  const int64_t items = P.batch * blocks;
+  const int64_t work = P.batch * P.tq * P.tk * (P.d + P.dv);
+  const bool parallel = team_size() > 1 && items > 1 && work >= kParallelWork;
+  keep_blas_single_threaded();
+#pragma omp parallel if (parallel)
+  {
+    ForwardScratch<T> scratch(P);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t item = 0; item < items; ++item) {
+      const int64_t b = item / blocks, blk = item % blocks;
+      const int64_t i0 = blk * kQueryBlock, i1 = std::min(P.tq, i0 + kQueryBlock);
+      forward_block(P, b, i0, i1, out, lse, scratch);
+    }
+  }
+}
+
+void attention_forward_kernel(const AttentionForwardArgs& args) {
+  if (args.batch == 0 || args.q_len == 0) return;
+  dispatch_float(args.dtype, "attention_forward", [&]<class T>() { forward_typed<T>(args); });
+}
+
+// ---- backward ----
+
+template <class T>
+struct BackwardScratch {
+  std::vector<T> s, dp, z;
+  BackwardScratch()
+      : s(size_t(kQueryBlock * kKeyTile)), dp(size_t(kQueryBlock * kKeyTile)), z(kKeyTile) {}
+};
+
+struct BackwardOut {
+  const void* grad_out;
+  const void* lse;
+  const void* row_dot;  // D_i = dO_i . O_i
+  void* grad_k;
+  void* grad_v;
+  void* grad_mask;
+};
+
+// Keys [jbeg, jend) of batch b against every query row; dq is batch b's [tq, d] accumulator.
+template <class T>
+void backward_chunk(const Problem<T>& P, const BackwardOut& o, int64_t b, int64_t jbeg,
+                    int64_t jend, T* dq, BackwardScratch<T>& w) {
+  const int64_t d = P.d, dvw = P.dv, tq = P.tq, tk = P.tk;
+  const T* q = P.q + b * tq * d;
+  const T* k = P.k + b * tk * d;
+  const T* v = P.v + b * tk * dvw;
+  const T* dout = static_cast<const T*>(o.grad_out) + b * tq * dvw;
+  const T* lse = static_cast<const T*>(o.lse) + b * tq;
+  const T* row_dot = static_cast<const T*>(o.row_dot) + b * tq;
+  T* grad_k = static_cast<T*>(o.grad_k) + b * tk * d;
+  T* grad_v = static_cast<T*>(o.grad_v) + b * tk * dvw;
+  T* grad_mask = o.grad_mask ? static_cast<T*>(o.grad_mask) + b * tq * tk : nullptr;
+  if (grad_mask) {
+    for (int64_t i = 0; i < tq; ++i) {
+      std::fill(grad_mask + i * tk + jbeg, grad_mask + i * tk + jend, T(0));
+    }
+  }
+  std::fill(grad_k + jbeg * d, grad_k + jend * d, T(0));
+  std::fill(grad_v + jbeg * dvw, grad_v + jend * dvw, T(0));
+  T* z = w.z.data();
+  for (int64_t j0 = jbeg; j0 < jend; j0 += kKeyTile) {
+    const int64_t nj = std::min(kKeyTile, jend - j0);
+    // Causal: query blocks that end above the tile see none of its keys.
+    const int64_t first = P.causal ? j0 / kQueryBlock * kQueryBlock : 0;
+    for (int64_t i0 = first; i0 < tq; i0 += kQueryBlock) {
+      const int64_t nq = std::min(kQueryBlock, tq - i0);
+      // S = scale * Q K^T and dP = dO V^T for the block.
+      tile_gemm(false, true, nq, nj, d, P.scale, q + i0 * d, d, k + j0 * d, d, T(0), w.s.data(),
+                kKeyTile);
+      tile_gemm(false, true, nq, nj, dvw, T(1), dout + i0 * dvw, dvw, v + j0 * dvw, dvw, T(0),
+                w.dp.data(), kKeyTile);
+      bool any = false;
+      for (int64_t r = 0; r < nq; ++r) {
+        const int64_t i = i0 + r;
+        T* s = w.s.data() + r * kKeyTile;
+        T* dp = w.dp.data() + r * kKeyTile;
+        const T lse_i = lse[i];
+        if (lse_i == neg_inf<T>()) {  // fully masked row: zero gradient
+          std::fill(s, s + nj, T(0));
+          std::fill(dp, dp + nj, T(0));
+          continue;
+        }
+        any = true;
+        mask_row(P, b, i, j0, nj, s);
+        exp_shifted(s, lse_i, nj);  // probabilities
+        const T di = row_dot[i];
+        if (P.dropout) {
+          dropout_factors(P, b, i, j0, nj, z);
+          // dS = P (Z dP' - D); the product with V used the kept probabilities Z P.
+#pragma omp simd
+          for (int64_t jj = 0; jj < nj; ++jj) {
+            dp[jj] = s[jj] * (z[jj] * dp[jj] - di);
+            s[jj] *= z[jj];
+          }
+        } else {
+#pragma omp simd
+          for (int64_t jj = 0; jj < nj; ++jj) dp[jj] = s[jj] * (dp[jj] - di);
+        }
+        if (grad_mask) std::copy(dp, dp + nj, grad_mask + i * tk + j0);
+      }
+      if (!any) continue;
+      // dV += (Z P)^T dO, dK += scale dS^T Q, dQ += scale dS K.
+      tile_gemm(true, false, nj, dvw, nq, T(1), w.s.data(), kKeyTile, dout + i0 * dvw, dvw, T(1),
+                grad_v + j0 * dvw, dvw);
+      tile_gemm(true, false, nj, d, nq, P.scale, w.dp.data(), kKeyTile, q + i0 * d, d, T(1),
+                grad_k + j0 * d, d);
+      tile_gemm(false, false, nq, d, nj, P.scale, w.dp.data(), kKeyTile, k + j0 * d, d, T(1),
+                dq + i0 * d, d);
+    }
+  }
+}
+
+template <class T>
+void backward_typed(const AttentionBackwardArgs& args) {
+  const Problem<T> P(args.forward);
+  const int64_t batch = P.batch, tq = P.tq, tk = P.tk, d = P.d, dv = P.dv;
+  const int threads = team_size();
+  const int64_t work = batch * tq * tk * (2 * d + 2 * dv);
+  const bool parallel = threads > 1 && work >= kParallelWork;
+  keep_blas_single_threaded();
+
+  // D_i = dO_i . O_i, the row term of the softmax backward (unchanged by dropout, since
+  // O = (Z o P) V already contains the dropout factors).
+  std::vector<T> row_dot(size_t(batch * tq));
+  {
+    const T* dout = static_cast<const T*>(args.grad_out);
+    const T* out = static_cast<const T*>(args.forward.out);
+    const int64_t rows = batch * tq;
+#pragma omp parallel for schedule(static) if (parallel && rows * dv >= kParallelWork)
+    for (int64_t r = 0; r < rows; ++r) {
+      T acc = 0;
+#pragma omp simd reduction(+ : acc)
+      for (int64_t c = 0; c < dv; ++c) acc += dout[r * dv + c] * out[r * dv + c];
+      row_dot[size_t(r)] = acc;
+    }
+  }
+
+  // Split the keys of each batch into `splits` ranges when there are fewer batches than threads.
+  const int64_t tiles = (tk + kKeyTile - 1) / kKeyTile;
+  int64_t splits = 1;
+  if (parallel && batch < 2 * threads && tiles > 1) {
+    splits = std::clamp<int64_t>((2 * threads + batch - 1) / batch, 1, tiles);
+  }
+  const int64_t tiles_per_split = std::max<int64_t>(1, (tiles + splits - 1) / splits);
+  splits = std::max<int64_t>(1, (tiles + tiles_per_split - 1) / tiles_per_split);
+
+  T* grad_q = static_cast<T*>(args.grad_q);
+  std::vector<T> partial;
+  if (splits > 1) {
+    partial.assign(size_t(splits * batch * tq * d), T(0));
+  } else {
+    std::fill(grad_q, grad_q + batch * tq * d, T(0));
+  }
+  const BackwardOut o{args.grad_out, args.forward.lse, row_dot.data(),
+                      args.grad_k,   args.grad_v,      args.grad_mask};
+  const int64_t items = batch * splits;
+#pragma omp parallel if (parallel && items > 1)
+  {
+    BackwardScratch<T> scratch;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t item = 0; item < items; ++item) {
+      const int64_t b = item / splits, part = item % splits;
+      const int64_t jbeg = std::min(tk, part * tiles_per_split * kKeyTile);
+      const int64_t jend = std::min(tk, jbeg + tiles_per_split * kKeyTile);
+      T* dq = splits > 1 ? partial.data() + (part * batch + b) * tq * d : grad_q + b * tq * d;
+      backward_chunk(P, o, b, jbeg, jend, dq, scratch);
+    }
+  }
+  if (splits > 1) {
+    const int64_t n = batch * tq * d;
+#pragma omp parallel for schedule(static) if (parallel && n >= kParallelWork)
+    for (int64_t e = 0; e < n; ++e) {
+      T acc = 0;
+      for (int64_t part = 0; part < splits; ++part) acc += partial[size_t(part * n + e)];
+      grad_q[e] = acc;
+    }
+  }
+}
+
+void attention_backward_kernel(const AttentionBackwardArgs& args) {
+  dispatch_float(args.forward.dtype, "attention_backward",
+                 [&]<class T>() { backward_typed<T>(args); });
+}
+
+}  // namespace
+
+extern const AttentionForwardFn attention_forward = attention_forward_kernel;
+extern const AttentionBackwardFn attention_backward = attention_backward_kernel;
 
 }  // namespace lathe::kernels::cpu

@@ -97,8 +97,8 @@ __device__ __forceinline__ void mma(float d[4], const uint32_t a[4], const uint3
 template <bool BF16, bool BNMajor>
 __global__ void mma_tile_kernel(const uint16_t* a, const uint16_t* b, const float* c, float* d) {
   // Rows padded to 48 bytes: 16-byte aligned as ldmatrix needs, and not one dense block.
-  __shared__ alignas(16) uint16_t sa[16][24];
-  __shared__ alignas(16) uint16_t sb[16][24];
+  alignas(16) __shared__ uint16_t sa[16][24];
+  alignas(16) __shared__ uint16_t sb[16][24];
   const int lane = threadIdx.x;
   for (int i = lane; i < 256; i += 32) sa[i / 16][i % 16] = a[i];
   for (int i = lane; i < 128; i += 32) {
@@ -128,7 +128,7 @@ __global__ void mma_tile_kernel(const uint16_t* a, const uint16_t* b, const floa
 __global__ void ldmatrix_kernel(const uint16_t* matrices, uint32_t* out) {
   // Row q = 8*matrix + row lives in slot (13 q) % 32 (a permutation); slot 32 is garbage that
   // lanes whose address the instruction ignores point at.
-  __shared__ alignas(16) uint16_t rows[33][16];
+  alignas(16) __shared__ uint16_t rows[33][16];
   const int lane = threadIdx.x;
   for (int i = lane; i < 256; i += 32) {
     const int slot = (i / 8) * 13 % 32;
@@ -169,7 +169,7 @@ __global__ void ldmatrix_kernel(const uint16_t* matrices, uint32_t* out) {
 
 // ---- cp.async with zero fill ----
 __global__ void cp_async_kernel(const uint8_t* src, uint8_t* dst) {
-  __shared__ alignas(16) uint8_t buf[32 * 16];
+  alignas(16) __shared__ uint8_t buf[32 * 16];
   const int lane = threadIdx.x;
   for (int i = lane; i < 32 * 16; i += 32) buf[i] = 0xAB;
   __syncthreads();
@@ -188,8 +188,8 @@ constexpr int kPad = 8;    // keeps rows 16-byte aligned (80 bytes) and off a si
 template <bool BF16, bool BNMajor>
 __global__ void __launch_bounds__(128)
     hgemm_kernel(int M, int N, int K, const uint16_t* a, const uint16_t* b, float* c) {
-  __shared__ alignas(16) uint16_t sa[2][kTile][kTile + kPad];  // [m][k]
-  __shared__ alignas(16) uint16_t sb[2][kTile][kTile + kPad];  // [n][k] or [k][n]
+  alignas(16) __shared__ uint16_t sa[2][kTile][kTile + kPad];  // [m][k]
+  alignas(16) __shared__ uint16_t sb[2][kTile][kTile + kPad];  // [n][k] or [k][n]
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int wm = warp / 2, wn = warp % 2, g = lane / 4, t = lane % 4;
   const int k_tiles = (K + kTile - 1) / kTile;
@@ -256,7 +256,7 @@ __global__ void __launch_bounds__(128)
 
 // ---- misuse the simulator reports ----
 __global__ void ldmatrix_misaligned_kernel(uint32_t* out) {
-  __shared__ alignas(16) uint16_t rows[8][16];
+  alignas(16) __shared__ uint16_t rows[8][16];
   const int lane = threadIdx.x;
   if (lane < 8) {
     for (int i = 0; i < 16; ++i) rows[lane][i] = uint16_t(i);

@@ -1,0 +1,161 @@
+// SGEMM through lathe (the gemm kernel on preallocated buffers, and the matmul op with its output
+// allocation), next to OpenBLAS's cblas_sgemm with its own thread pool and Eigen, all in one run.
+// Square sizes for the >= 0.9x OpenBLAS target and the GEMM shapes of a BERT-base layer at 4096
+// tokens. The "then OpenMP" pair shows why lathe does not let OpenBLAS thread on its own (see
+// kernels/cpu/gemm.cpp). Every entry reports FLOP/s (2mnk per product) in wall-clock time.
+#include <benchmark/benchmark.h>
+#include <cblas.h>
+
+#include <Eigen/Core>
+#include <vector>
+
+#include "kernels/kernel_table.h"
+#include "lathe/lathe.h"
+
+namespace {
+
+struct Problem {
+  int64_t m, n, k;
+  std::vector<float> a, b, c;
+  explicit Problem(const benchmark::State& state)
+      : m(state.range(0)), n(state.range(1)), k(state.range(2)) {
+    a = lathe::rand({m, k}).to_vector<float>();
+    b = lathe::rand({k, n}).to_vector<float>();
+    c.assign(size_t(m * n), 0.0f);
+  }
+  void report(benchmark::State& state) const {
+    state.counters["FLOPS"] = benchmark::Counter(2.0 * double(m) * double(n) * double(k),
+                                                 benchmark::Counter::kIsIterationInvariantRate,
+                                                 benchmark::Counter::kIs1000);
+  }
+};
+
+void lathe_gemm(const Problem& p, float* c) {
+  lathe::kernels::GemmArgs args;
+  args.dtype = lathe::DType::F32;
+  args.m = p.m;
+  args.n = p.n;
+  args.k = p.k;
+  args.a = p.a.data();
+  args.lda = p.k;
+  args.b = p.b.data();
+  args.ldb = p.n;
+  args.c = c;
+  args.ldc = p.n;
+  lathe::kernels::kernel_table(lathe::DeviceType::CPU).gemm(args);
+}
+
+void openblas_sgemm(const Problem& p, float* c) {
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, blasint(p.m), blasint(p.n), blasint(p.k),
+              1.0f, p.a.data(), blasint(p.k), p.b.data(), blasint(p.n), 0.0f, c, blasint(p.n));
+}
+
+void BM_Sgemm_Lathe(benchmark::State& state) {
+  Problem p(state);
+  for (auto _ : state) {
+    lathe_gemm(p, p.c.data());
+    benchmark::DoNotOptimize(p.c.data());
+  }
+  p.report(state);
+}
+
+void BM_Sgemm_LatheMatmul(benchmark::State& state) {
+  Problem p(state);
+  lathe::Tensor a = lathe::from_vector(p.a, {p.m, p.k});
+  lathe::Tensor b = lathe::from_vector(p.b, {p.k, p.n});
+  for (auto _ : state) {
+    lathe::Tensor c = lathe::matmul(a, b);
+    benchmark::DoNotOptimize(c.data_ptr());
+  }
+  p.report(state);
+}
+
+void BM_Sgemm_OpenBLAS(benchmark::State& state) {
+  Problem p(state);
+  // OpenBLAS's own pthread pool with as many threads as lathe uses (lathe's kernel pins it to 1).
+  openblas_set_num_threads(lathe::get_num_threads());
+  for (auto _ : state) {
+    openblas_sgemm(p, p.c.data());
+    benchmark::DoNotOptimize(p.c.data());
+  }
+  p.report(state);
+}
+
+void BM_Sgemm_Eigen(benchmark::State& state) {
+  Problem p(state);
+  using Map = Eigen::Map<Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>;
+  using ConstMap =
+      Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>;
+  ConstMap a(p.a.data(), p.m, p.k), b(p.b.data(), p.k, p.n);
+  Map c(p.c.data(), p.m, p.n);
+  Eigen::setNbThreads(lathe::get_num_threads());
+  for (auto _ : state) {
+    c.noalias() = a * b;
+    benchmark::DoNotOptimize(p.c.data());
+  }
+  p.report(state);
+}
+
+// A GEMM followed by a small OpenMP elementwise pass (a bias-free ReLU), as in an MLP layer.
+void relu_in_place(std::vector<float>& c) {
+  const int64_t n = int64_t(c.size());
+  float* data = c.data();
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) data[i] = data[i] > 0.0f ? data[i] : 0.0f;
+}
+
+void BM_GemmThenOpenMP_Lathe(benchmark::State& state) {
+  Problem p(state);
+  for (auto _ : state) {
+    lathe_gemm(p, p.c.data());
+    relu_in_place(p.c);
+    benchmark::DoNotOptimize(p.c.data());
+  }
+  p.report(state);
+}
+
+void BM_GemmThenOpenMP_OpenBLAS(benchmark::State& state) {
+  Problem p(state);
+  openblas_set_num_threads(lathe::get_num_threads());
+  for (auto _ : state) {
+    openblas_sgemm(p, p.c.data());
+    relu_in_place(p.c);
+    benchmark::DoNotOptimize(p.c.data());
+  }
+  p.report(state);
+}
+
+void square_sizes(benchmark::internal::Benchmark* b) {
+  for (int64_t s : {512, 1024, 2048}) b->Args({s, s, s});
+}
+void bert_sizes(benchmark::internal::Benchmark* b) {
+  // QKV/attention-output projection, MLP up, MLP down (m = tokens, n = out, k = in).
+  b->Args({4096, 384, 384})->Args({4096, 1536, 384})->Args({4096, 384, 1536});
+}
+
+}  // namespace
+
+BENCHMARK(BM_Sgemm_Lathe)
+    ->Apply(square_sizes)
+    ->Apply(bert_sizes)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_Sgemm_LatheMatmul)->Apply(square_sizes)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_Sgemm_OpenBLAS)
+    ->Apply(square_sizes)
+    ->Apply(bert_sizes)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_Sgemm_Eigen)
+    ->Apply(square_sizes)
+    ->Apply(bert_sizes)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_GemmThenOpenMP_Lathe)
+    ->Args({512, 384, 384})
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_GemmThenOpenMP_OpenBLAS)
+    ->Args({512, 384, 384})
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);

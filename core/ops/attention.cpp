@@ -1,0 +1,235 @@
+// Scaled dot-product attention: the fused op (one forward and one backward kernel, never a
+// [Tq, Tk] matrix per batch in memory) and its composite twin built from public ops, which the
+// tests hold the fused kernels to.
+//
+// Conventions shared by both (and by every device's kernels):
+// - causal masks key j > query i (PyTorch's top-left tril(ones(Tq, Tk))), also when Tq != Tk;
+// - a query row whose every key is masked returns zeros and gets a zero gradient (PyTorch returns
+//   NaN there; zeros keep padded sequences from poisoning a whole batch);
+// - dropout on the probabilities reserves batch * Tq * Tk Philox values once per call and keeps
+//   element n (row-major over [batch, Tq, Tk]) by the same rule as dropout(), so the two versions
+//   agree for the same seed;
+// - leading dims of q, k, v (and the mask) broadcast; a floating mask is differentiable.
+#include <cmath>
+#include <limits>
+
+#include "core/tensor_internal.h"
+#include "lathe/core/random.h"
+
+namespace lathe {
+
+namespace {
+
+constexpr const char* kFused = "scaled_dot_product_attention";
+constexpr const char* kSlow = "scaled_dot_product_attention_slow";
+
+struct AttentionShapes {
+  Shape lead;  // broadcast leading dims of q, k and v
+  int64_t batch = 1, tq = 0, tk = 0, d = 0, dv = 0;
+  double scale = 1.0;
+  Shape scores() const {
+    Shape s = lead;
+    s.push_back(tq);
+    s.push_back(tk);
+    return s;
+  }
+  Shape with_last2(int64_t rows, int64_t cols) const {
+    Shape s = lead;
+    s.push_back(rows);
+    s.push_back(cols);
+    return s;
+  }
+};
+
+Shape leading(const Tensor& t) {
+  return Shape(t.shape().begin(), t.shape().end() - 2);
+}
+
+AttentionShapes check_args(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask,
+                           double dropout_p, std::optional<double> scale, const char* op) {
+  detail::check_defined(q, op, "q");
+  detail::check_defined(k, op, "k");
+  detail::check_defined(v, op, "v");
+  LATHE_CHECK(q.dtype() == DType::F32 || q.dtype() == DType::F64, op,
+              ": q must be f32 or f64, got ", detail::describe(q));
+  LATHE_CHECK(k.dtype() == q.dtype() && v.dtype() == q.dtype(), op,
+              ": q, k and v must share a dtype, got q ", detail::describe(q), ", k ",
+              detail::describe(k), ", v ", detail::describe(v));
+  LATHE_CHECK(k.device() == q.device() && v.device() == q.device(), op,
+              ": q, k and v must be on one device, got q ", detail::describe(q), ", k ",
+              detail::describe(k), ", v ", detail::describe(v));
+  LATHE_CHECK(q.dim() >= 2 && k.dim() >= 2 && v.dim() >= 2, op,
+              ": q, k and v need at least 2 dims ([..., T, D]), got q ", detail::describe(q),
+              ", k ", detail::describe(k), ", v ", detail::describe(v));
+  AttentionShapes s;
+  s.tq = q.size(-2);
+  s.tk = k.size(-2);
+  s.d = q.size(-1);
+  s.dv = v.size(-1);
+  LATHE_CHECK(k.size(-1) == s.d, op, ": head dims of q and k differ (q ", detail::describe(q),
+              ", k ", detail::describe(k), ")");
+  LATHE_CHECK(v.size(-2) == s.tk, op, ": k and v must have the same number of keys (k ",
+              detail::describe(k), ", v ", detail::describe(v), ")");
+  s.lead = broadcast_shapes(broadcast_shapes(leading(q), leading(k), op), leading(v), op);
+  s.batch = shape_numel(s.lead);
+  LATHE_CHECK(int64_t(s.lead.size()) + 2 <= kernels::kMaxDims, op, ": too many dims in q ",
+              detail::describe(q));
+  LATHE_CHECK(dropout_p >= 0.0 && dropout_p <= 1.0, op, ": dropout_p must be in [0, 1], got ",
+              dropout_p);
+  s.scale = scale.has_value() ? *scale : 1.0 / std::sqrt(double(s.d));
+  LATHE_CHECK(std::isfinite(s.scale) || s.d == 0, op, ": scale must be finite, got ", s.scale);
+  if (mask.defined()) {
+    LATHE_CHECK(mask.dtype() == DType::Bool || is_floating(mask.dtype()), op,
+                ": mask must be bool (true = attend) or floating (added to the scores), got ",
+                detail::describe(mask));
+    LATHE_CHECK(mask.device() == q.device(), op, ": mask is on another device than q (mask ",
+                detail::describe(mask), ", q ", detail::describe(q), ")");
+    const Shape target = s.scores();
+    bool ok = mask.dim() <= int64_t(target.size());
+    for (int64_t i = 0; ok && i < mask.dim(); ++i) {
+      const int64_t m = mask.shape()[size_t(mask.dim() - 1 - i)];
+      ok = m == 1 || m == target[target.size() - 1 - size_t(i)];
+    }
+    LATHE_CHECK(ok, op, ": mask ", detail::describe(mask), " does not broadcast to the scores ",
+                shape_str(target), " (q ", detail::describe(q), ", k ", detail::describe(k), ")");
+  }
+  return s;
+}
+
+// q/k/v broadcast to the common leading dims and made contiguous (differentiably).
+Tensor prepare(const Tensor& t, const AttentionShapes& s) {
+  Shape full = s.with_last2(t.size(-2), t.size(-1));
+  Tensor x = t.shape() == full ? t : t.expand(full);
+  return x.contiguous();
+}
+
+kernels::AttentionForwardArgs make_args(const Tensor& q, const Tensor& k, const Tensor& v,
+                                        const Tensor& mask, bool causal, double dropout_p,
+                                        PhiloxState philox, const AttentionShapes& s) {
+  kernels::AttentionForwardArgs a;
+  a.dtype = q.dtype();
+  a.batch = s.batch;
+  a.q_len = s.tq;
+  a.kv_len = s.tk;
+  a.head_dim = s.d;
+  a.value_dim = s.dv;
+  a.q = q.data_ptr();
+  a.k = k.data_ptr();
+  a.v = v.data_ptr();
+  if (mask.defined()) a.mask = detail::make_broadcast_view(mask, s.scores());
+  a.causal = causal;
+  a.scale = s.scale;
+  a.dropout_p = dropout_p;
+  a.seed = philox.seed;
+  a.offset = philox.offset;
+  return a;
+}
+
+}  // namespace
+
+Tensor scaled_dot_product_attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
+                                    const Tensor& mask_in, bool causal, double dropout_p,
+                                    std::optional<double> scale) {
+  const AttentionShapes s = check_args(q_in, k_in, v_in, mask_in, dropout_p, scale, kFused);
+  Tensor q = prepare(q_in, s), k = prepare(k_in, s), v = prepare(v_in, s);
+  // The kernel reads a floating mask in the dtype of q; bool masks are read as they are.
+  Tensor mask = mask_in;
+  if (mask.defined() && mask.dtype() != DType::Bool && mask.dtype() != q.dtype()) {
+    mask = mask.to(q.dtype());
+  }
+  const TensorOptions options = TensorOptions(q.dtype()).device(q.device());
+  Tensor out = Tensor::empty(s.with_last2(s.tq, s.dv), options);
+  Tensor lse = Tensor::empty({s.batch, s.tq}, options);
+
+  const int64_t draws = s.batch * s.tq * s.tk;
+  const PhiloxState philox = dropout_p > 0 && draws > 0 ? philox_reserve(draws) : PhiloxState{};
+  kernels::AttentionForwardArgs args = make_args(q, k, v, mask, causal, dropout_p, philox, s);
+  args.out = out.data_ptr();
+  args.lse = lse.data_ptr();
+  if (s.batch > 0 && s.tq > 0) LATHE_KERNEL(q.device(), attention_forward, kFused)(args);
+
+  const bool mask_grad = mask.defined() && mask.dtype() != DType::Bool;
+  if (autograd::any_requires_grad({&q, &k, &v, mask_grad ? &mask : nullptr})) {
+    autograd::record(
+        kFused, {q, k, v, mask_grad ? mask : Tensor()}, {out},
+        [sq = autograd::SavedTensor(q, kFused), sk = autograd::SavedTensor(k, kFused),
+         sv = autograd::SavedTensor(v, kFused), sout = autograd::SavedTensor(out, kFused),
+         smask = autograd::SavedTensor(mask, kFused), lse, causal, dropout_p, philox, s,
+         mask_grad](const std::vector<Tensor>& g) {
+          const Tensor& q0 = sq.get();
+          const Tensor& k0 = sk.get();
+          const Tensor& v0 = sv.get();
+          const Tensor& out0 = sout.get();
+          const Tensor mask0 = smask.defined() ? smask.get() : Tensor();
+          Tensor grad_out = g[0].contiguous();
+          const TensorOptions opts = TensorOptions(q0.dtype()).device(q0.device());
+          Tensor grad_q = Tensor::empty(q0.shape(), opts);
+          Tensor grad_k = Tensor::empty(k0.shape(), opts);
+          Tensor grad_v = Tensor::empty(v0.shape(), opts);
+          Tensor grad_scores = mask_grad ? Tensor::empty(s.scores(), opts) : Tensor();
+          kernels::AttentionBackwardArgs b;
+          b.forward = make_args(q0, k0, v0, mask0, causal, dropout_p, philox, s);
+          b.forward.out = out0.data_ptr();
+          b.forward.lse = lse.data_ptr();
+          b.grad_out = grad_out.data_ptr();
+          b.grad_q = grad_q.data_ptr();
+          b.grad_k = grad_k.data_ptr();
+          b.grad_v = grad_v.data_ptr();
+          if (mask_grad) b.grad_mask = grad_scores.data_ptr();
+          if (s.batch > 0) LATHE_KERNEL(q0.device(), attention_backward, kFused)(b);
+          Tensor grad_mask = mask_grad ? sum_to(grad_scores, mask0.shape()) : Tensor();
+          return std::vector<Tensor>{grad_q, grad_k, grad_v, grad_mask};
+        });
+  }
+  return out;
+}
+
+Tensor scaled_dot_product_attention_slow(const Tensor& q, const Tensor& k, const Tensor& v,
+                                         const Tensor& mask, bool causal, double dropout_p,
+                                         std::optional<double> scale) {
+  const AttentionShapes s = check_args(q, k, v, mask, dropout_p, scale, kSlow);
+  const TensorOptions options = TensorOptions(q.dtype()).device(q.device());
+  const double inf = std::numeric_limits<double>::infinity();
+  Tensor neg_inf = scalar_tensor(-inf, options);
+  Tensor zero = scalar_tensor(0.0, options);
+
+  Tensor scores = matmul(q, k.transpose(-2, -1)) * s.scale;
+  if (mask.defined()) {
+    if (mask.dtype() == DType::Bool) {
+      scores = where(mask, scores, neg_inf);
+    } else {
+      scores = scores + (mask.dtype() == q.dtype() ? mask : mask.to(q.dtype()));
+    }
+  }
+  if (causal) {
+    const TensorOptions index_options = TensorOptions(DType::I64).device(q.device());
+    Tensor rows = arange(s.tq, index_options).unsqueeze(1);
+    Tensor cols = arange(s.tk, index_options).unsqueeze(0);
+    scores = where(ge(rows, cols), scores, neg_inf);
+  }
+  Tensor probs;
+  if (mask.defined() || causal) {
+    // Rows with every key masked would be NaN; softmax a finite stand-in and zero them after, so
+    // neither the values nor the gradients see a NaN.
+    Tensor valid;
+    {
+      NoGradGuard no_grad;
+      valid = gt(max(scores.detach(), {-1}, true), neg_inf);
+    }
+    probs = where(valid, softmax(where(valid, scores, zero), -1), zero);
+  } else {
+    probs = softmax(scores, -1);
+  }
+  if (dropout_p > 0 && probs.numel() > 0) {
+    // Draw from exactly the Philox slice the fused op would reserve, then leave the generator
+    // where that reservation leaves it, whatever dropout() reserves internally.
+    const PhiloxState state = philox_reserve(probs.numel());
+    const PhiloxState after = philox_current();
+    philox_set(state);
+    probs = dropout(probs, dropout_p, true);
+    philox_set(after);
+  }
+  return matmul(probs, v);
+}
+
+}  // namespace lathe

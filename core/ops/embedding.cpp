@@ -1,0 +1,66 @@
+// embedding: rows of weight [V, D] picked by integer indices of any shape, out = indices.shape + [D].
+// The forward is the index_select kernel over the flattened indices; the backward scatters the
+// gradient rows back with index_add (deterministic order, so repeated indices sum reproducibly)
+// into a zero [V, D] gradient, then clears the padding row: only positions that used padding_idx
+// ever add to that row, so clearing it is the same as skipping them. Indices are validated on
+// the host first, so an out-of-range index is reported by value instead of reading out of bounds.
+#include "core/tensor_internal.h"
+
+namespace lathe {
+
+Tensor embedding(const Tensor& indices, const Tensor& weight, std::optional<int64_t> padding_idx) {
+  const char* op = "embedding";
+  detail::check_defined(indices, op, "indices");
+  detail::check_defined(weight, op, "weight");
+  LATHE_CHECK(indices.dtype() == DType::I64 || indices.dtype() == DType::I32, op,
+              ": indices must be i32 or i64, got ", detail::describe(indices));
+  LATHE_CHECK(weight.dim() == 2, op, ": weight must be [num_embeddings, dim], got ",
+              detail::describe(weight));
+  detail::check_same_device(indices, weight, op);
+  const int64_t V = weight.size(0), D = weight.size(1);
+  std::optional<int64_t> pad;
+  if (padding_idx) {
+    LATHE_CHECK(*padding_idx >= -V && *padding_idx < V, op, ": padding_idx ", *padding_idx,
+                " is out of range for ", V, " embeddings (weight ", detail::describe(weight), ")");
+    pad = *padding_idx < 0 ? *padding_idx + V : *padding_idx;
+  }
+  const std::vector<int64_t> values = indices.to_vector<int64_t>();
+  for (size_t i = 0; i < values.size(); ++i) {
+    LATHE_CHECK(values[i] >= 0 && values[i] < V, op, ": index ", values[i], " (at flat position ",
+                i, ") is out of range for ", V, " embeddings (weight ", detail::describe(weight),
+                ")");
+  }
+
+  const int64_t n = indices.numel();
+  Tensor flat = indices.detach().to(DType::I64).reshape({n}).contiguous();
+  Tensor out_2d = empty({n, D}, TensorOptions(weight.dtype()).device(weight.device()));
+  if (n > 0 && D > 0) {
+    LATHE_KERNEL(weight.device(), index_select, op)(detail::make_view(weight.detach()), 0,
+                                                   detail::make_view(flat),
+                                                   detail::make_view(out_2d));
+  }
+  Shape out_shape = indices.shape();
+  out_shape.push_back(D);
+  Tensor out = out_2d.view(out_shape);
+
+  if (autograd::any_requires_grad({&weight})) {
+    autograd::record(op, {indices, weight}, {out},
+                     [saved = autograd::SavedTensor(flat, op), V, D, n,
+                      pad](const std::vector<Tensor>& g) {
+                       const Tensor& gy = g[0];
+                       const Tensor& index = saved.get();
+                       Tensor gw = zeros({V, D}, TensorOptions(gy.dtype()).device(gy.device()));
+                       if (n > 0 && D > 0) {
+                         Tensor src = gy.reshape({n, D});
+                         LATHE_KERNEL(gy.device(), index_add, "embedding backward")(
+                             detail::make_view(gw), 0, detail::make_view(index),
+                             detail::make_view(src));
+                       }
+                       if (pad) gw.select(0, *pad).zero_();
+                       return std::vector<Tensor>{Tensor(), gw};
+                     });
+  }
+  return out;
+}
+
+}  // namespace lathe

@@ -1,0 +1,123 @@
+// The cuda device's runtime layer: devices, raw device memory, streams, events and copies, as a
+// small lathe-flavoured API over cudart. Two implementations share this header:
+//  - runtime_cudart.cpp (LATHE_CUDA): thin wrappers over the CUDA runtime, every call checked;
+//  - runtime_sim.cpp (LATHE_CUDA_SIM): one simulated device, "cuda:0 (simulated)", whose memory
+//    is host memory and whose streams execute synchronously (kernels already ran when launch()
+//    returned), so every call here completes immediately and events are always complete.
+// Code above (the caching allocator, the kernel launchers, core/) is written once against this
+// header and cannot tell the builds apart. Only host-side CUDA types (driver_types.h) appear here,
+// so the header compiles without cudart in the simulated build.
+#pragma once
+
+#include <driver_types.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace lathe::cuda {
+
+// ---- errors ----
+
+// The CUDA error's name and description ("cudaErrorMemoryAllocation: out of memory").
+std::string error_string(cudaError_t status);
+// Throws lathe::Error "<file>:<line>: <expr> failed: <error string>".
+[[noreturn]] void throw_error(cudaError_t status, const char* expr, const char* file, int line);
+
+}  // namespace lathe::cuda
+
+// Checks a cudaError_t-returning expression; throws lathe::Error naming file:line, the expression
+// and the CUDA error string.
+#define LATHE_CUDA_CHECK(expr)                                               \
+  do {                                                                       \
+    const cudaError_t lathe_cuda_status_ = (expr);                           \
+    if (lathe_cuda_status_ != cudaSuccess) [[unlikely]] {                    \
+      ::lathe::cuda::throw_error(lathe_cuda_status_, #expr, __FILE__, __LINE__); \
+    }                                                                        \
+  } while (0)
+
+namespace lathe::cuda {
+
+// ---- devices ----
+
+struct DeviceProperties {
+  std::string name;  // "NVIDIA H100 80GB HBM3" or "simulated"
+  bool simulated = false;
+  int compute_major = 0, compute_minor = 0;
+  int multiprocessor_count = 0;
+  int max_threads_per_block = 0;
+  int warp_size = 32;
+  size_t total_memory = 0;                 // bytes
+  size_t max_shared_memory_per_block = 0;  // bytes, with the opt-in carve-out
+  size_t l2_cache_bytes = 0;
+};
+
+// 0 when the build has no cuda device or no GPU/driver is present (never throws).
+int device_count();
+const DeviceProperties& device_properties(int device);
+// "cuda:0 (simulated)" or "cuda:0 (NVIDIA H100 80GB HBM3, sm_90, 132 SMs, 79.1 GiB)".
+std::string describe_device(int device);
+int current_device();
+void set_device(int device);
+// Throws a lathe::Error naming `what` unless 0 <= device < device_count().
+void check_device(int device, const char* what);
+// Waits for all work on the device.
+void device_synchronize(int device);
+
+// ---- raw device memory (the caching allocator sits on top of these) ----
+
+// Device memory aligned to at least 256 bytes, or nullptr when the device is out of memory
+// (other failures throw).
+void* raw_malloc(size_t bytes, int device);
+void raw_free(void* ptr, int device);
+// Free and total device memory in bytes.
+void memory_info(int device, size_t* free_bytes, size_t* total_bytes);
+
+// ---- streams ----
+
+// Streams are cudaStream_t handles; nullptr is the device's default (legacy) stream.
+cudaStream_t stream_create(int device);
+void stream_destroy(cudaStream_t stream);
+void stream_synchronize(cudaStream_t stream);
+// The stream kernels and copies of this OS thread go to (per device; default nullptr).
+cudaStream_t current_stream(int device = -1);
+void set_current_stream(cudaStream_t stream, int device = -1);
+
+// Makes `stream` current for the scope.
+class StreamGuard {
+ public:
+  explicit StreamGuard(cudaStream_t stream, int device = -1);
+  ~StreamGuard();
+  StreamGuard(const StreamGuard&) = delete;
+  StreamGuard& operator=(const StreamGuard&) = delete;
+
+ private:
+  int device_;
+  cudaStream_t previous_;
+};
+
+// ---- events ----
+
+cudaEvent_t event_create(int device, bool timing = false);
+void event_destroy(cudaEvent_t event);
+void event_record(cudaEvent_t event, cudaStream_t stream);
+// True once the work recorded before the event has completed.
+bool event_query(cudaEvent_t event);
+void event_synchronize(cudaEvent_t event);
+// Work later submitted to `stream` waits for `event`.
+void stream_wait_event(cudaStream_t stream, cudaEvent_t event);
+// Milliseconds between two recorded timing events.
+float event_elapsed_ms(cudaEvent_t start, cudaEvent_t end);
+
+// ---- copies ----
+
+enum class CopyKind { HostToDevice, DeviceToHost, DeviceToDevice };
+
+// Ordered on `stream`. For HostToDevice the host buffer must stay valid until the stream reaches
+// the copy; for DeviceToHost the data is there after stream_synchronize.
+void memcpy_async(void* dst, const void* src, size_t bytes, CopyKind kind, cudaStream_t stream);
+// memcpy_async followed by stream_synchronize: safe with any host buffer.
+void memcpy_sync(void* dst, const void* src, size_t bytes, CopyKind kind, cudaStream_t stream);
+void memset_async(void* dst, int byte_value, size_t bytes, cudaStream_t stream);
+
+}  // namespace lathe::cuda

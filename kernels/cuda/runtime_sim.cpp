@@ -1,0 +1,199 @@
+// The runtime of the simulated cuda device (LATHE_CUDA_SIM): one device whose memory is host
+// memory. Kernels run to completion inside cuda::launch, so every stream operation is complete as
+// soon as it is issued: copies are memcpy, synchronization is a no-op and events are complete once
+// recorded. Streams and events are still real objects with identities, because the caching
+// allocator keys its pools on streams and must behave exactly as on a GPU.
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+
+#include "kernels/cuda/runtime.h"
+#include "lathe/core/error.h"
+
+// driver_types.h only declares these; the simulated build owns their definitions.
+struct CUstream_st {
+  int device = 0;
+};
+struct CUevent_st {
+  int device = 0;
+  bool timing = false;
+  bool recorded = false;
+  double time_ms = 0;
+};
+
+namespace lathe::cuda {
+
+namespace {
+
+constexpr size_t kAlignment = 256;  // cudaMalloc's guarantee
+
+double now_ms() {
+  using clock = std::chrono::steady_clock;
+  return std::chrono::duration<double, std::milli>(clock::now().time_since_epoch()).count();
+}
+
+thread_local cudaStream_t t_current_stream = nullptr;
+
+// The error codes the simulated runtime can produce, with cudart's strings.
+const char* sim_error_string(cudaError_t status) {
+  switch (status) {
+    case cudaSuccess: return "cudaSuccess: no error";
+    case cudaErrorInvalidValue: return "cudaErrorInvalidValue: invalid argument";
+    case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation: out of memory";
+    case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice: invalid device ordinal";
+    case cudaErrorNoDevice: return "cudaErrorNoDevice: no CUDA-capable device is detected";
+    case cudaErrorNotReady: return "cudaErrorNotReady: device not ready";
+    case cudaErrorInvalidResourceHandle:
+      return "cudaErrorInvalidResourceHandle: invalid resource handle";
+    case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure: unspecified launch failure";
+    default: return nullptr;
+  }
+}
+
+}  // namespace
+
+std::string error_string(cudaError_t status) {
+  const char* s = sim_error_string(status);
+  return s ? s : "cuda error " + std::to_string(int(status));
+}
+
+void throw_error(cudaError_t status, const char* expr, const char* file, int line) {
+  LATHE_FAIL(file, ":", line, ": ", expr, " failed: ", error_string(status));
+}
+
+int device_count() { return 1; }
+
+const DeviceProperties& device_properties(int device) {
+  check_device(device, "device_properties");
+  // An H100's limits, but few SMs: grids sized from the SM count stay small, and the simulator
+  // pays ~10 us per block.
+  static const DeviceProperties props = [] {
+    DeviceProperties p;
+    p.name = "simulated";
+    p.simulated = true;
+    p.compute_major = 9;
+    p.compute_minor = 0;
+    p.multiprocessor_count = 4;
+    p.max_threads_per_block = 1024;
+    p.warp_size = 32;
+    p.total_memory = size_t(16) << 30;
+    p.max_shared_memory_per_block = 227 * 1024;
+    p.l2_cache_bytes = size_t(50) << 20;
+    return p;
+  }();
+  return props;
+}
+
+std::string describe_device(int device) {
+  check_device(device, "describe_device");
+  return "cuda:" + std::to_string(device) + " (simulated)";
+}
+
+int current_device() { return 0; }
+
+void check_device(int device, const char* what) {
+  LATHE_CHECK(device >= 0 && device < device_count(), what, ": device cuda:", device,
+              " does not exist (", device_count(), " cuda devices in this build)");
+}
+
+void set_device(int device) { check_device(device, "set_device"); }
+
+void device_synchronize(int device) { check_device(device, "device_synchronize"); }
+
+void* raw_malloc(size_t bytes, int device) {
+  check_device(device, "raw_malloc");
+  size_t rounded = (std::max<size_t>(bytes, 1) + kAlignment - 1) / kAlignment * kAlignment;
+  return std::aligned_alloc(kAlignment, rounded);
+}
+
+void raw_free(void* ptr, int device) {
+  check_device(device, "raw_free");
+  std::free(ptr);
+}
+
+void memory_info(int device, size_t* free_bytes, size_t* total_bytes) {
+  const DeviceProperties& p = device_properties(device);
+  if (free_bytes) *free_bytes = p.total_memory;
+  if (total_bytes) *total_bytes = p.total_memory;
+}
+
+cudaStream_t stream_create(int device) {
+  check_device(device, "stream_create");
+  auto* s = new CUstream_st;
+  s->device = device;
+  return s;
+}
+
+void stream_destroy(cudaStream_t stream) { delete stream; }
+
+void stream_synchronize(cudaStream_t) {}
+
+cudaStream_t current_stream(int) { return t_current_stream; }
+
+void set_current_stream(cudaStream_t stream, int) { t_current_stream = stream; }
+
+StreamGuard::StreamGuard(cudaStream_t stream, int device)
+    : device_(device < 0 ? current_device() : device), previous_(current_stream(device_)) {
+  set_current_stream(stream, device_);
+}
+
+StreamGuard::~StreamGuard() { set_current_stream(previous_, device_); }
+
+cudaEvent_t event_create(int device, bool timing) {
+  check_device(device, "event_create");
+  auto* e = new CUevent_st;
+  e->device = device;
+  e->timing = timing;
+  return e;
+}
+
+void event_destroy(cudaEvent_t event) { delete event; }
+
+void event_record(cudaEvent_t event, cudaStream_t) {
+  LATHE_CHECK(event != nullptr, "event_record: null event");
+  event->recorded = true;
+  event->time_ms = now_ms();
+}
+
+bool event_query(cudaEvent_t event) {
+  LATHE_CHECK(event != nullptr, "event_query: null event");
+  return true;
+}
+
+void event_synchronize(cudaEvent_t event) {
+  LATHE_CHECK(event != nullptr, "event_synchronize: null event");
+}
+
+void stream_wait_event(cudaStream_t, cudaEvent_t event) {
+  LATHE_CHECK(event != nullptr, "stream_wait_event: null event");
+}
+
+float event_elapsed_ms(cudaEvent_t start, cudaEvent_t end) {
+  LATHE_CHECK(start && end && start->timing && end->timing,
+              "event_elapsed_ms: both events must be created with timing enabled");
+  if (!start->recorded || !end->recorded) {
+    LATHE_CUDA_CHECK(cudaErrorInvalidResourceHandle);
+  }
+  return float(end->time_ms - start->time_ms);
+}
+
+void memcpy_async(void* dst, const void* src, size_t bytes, CopyKind, cudaStream_t) {
+  if (bytes == 0) return;
+  LATHE_CHECK(dst != nullptr && src != nullptr, "memcpy_async: null pointer (dst ", dst, ", src ",
+              src, ", ", bytes, " bytes)");
+  std::memmove(dst, src, bytes);
+}
+
+void memcpy_sync(void* dst, const void* src, size_t bytes, CopyKind kind, cudaStream_t stream) {
+  memcpy_async(dst, src, bytes, kind, stream);
+  stream_synchronize(stream);
+}
+
+void memset_async(void* dst, int byte_value, size_t bytes, cudaStream_t) {
+  if (bytes == 0) return;
+  LATHE_CHECK(dst != nullptr, "memset_async: null pointer");
+  std::memset(dst, byte_value, bytes);
+}
+
+}  // namespace lathe::cuda
