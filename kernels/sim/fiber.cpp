@@ -130,12 +130,25 @@ lathe_sim_switch:
   .size lathe_sim_switch,.-lathe_sim_switch
 )");
 
-namespace {
-thread_local Fiber* g_starting = nullptr;
+// First code a new fiber runs: the initial frame put the Fiber* in r12 (restored by the switch).
+extern "C" void lathe_sim_fiber_start();
+extern "C" void lathe_sim_fiber_run(Fiber* self) {
+  fiber_entry_trampoline(self);
 }
+asm(R"(
+  .text
+  .globl lathe_sim_fiber_start
+  .type lathe_sim_fiber_start,@function
+lathe_sim_fiber_start:
+  movq %r12, %rdi
+  andq $-16, %rsp
+  call lathe_sim_fiber_run
+  ud2
+  .size lathe_sim_fiber_start,.-lathe_sim_fiber_start
+)");
 
-void fiber_entry_trampoline() {
-  Fiber::run(g_starting);
+void fiber_entry_trampoline(Fiber* self) {
+  Fiber::run(self);
 }
 
 void Fiber::reset(Stack* stack, std::function<void()> entry) {
@@ -148,8 +161,9 @@ void Fiber::reset(Stack* stack, std::function<void()> entry) {
   uintptr_t top = (reinterpret_cast<uintptr_t>(stack->bottom()) + stack->size()) & ~uintptr_t(15);
   auto* slots = reinterpret_cast<uint64_t*>(top);
   slots[-1] = 0;  // fake return address of the trampoline (it never returns)
-  slots[-2] = reinterpret_cast<uint64_t>(&fiber_entry_trampoline);
-  for (int i = 3; i <= 8; ++i) slots[-i] = 0;  // rbp rbx r12 r13 r14 r15
+  slots[-2] = reinterpret_cast<uint64_t>(&lathe_sim_fiber_start);
+  for (int i = 3; i <= 8; ++i) slots[-i] = 0;    // rbp rbx r12 r13 r14 r15
+  slots[-5] = reinterpret_cast<uint64_t>(this);  // r12
   auto* control = reinterpret_cast<uint32_t*>(&slots[-10]);
   control[2] = 0x1F80;  // MXCSR default
   control[3] = 0x037F;  // x87 control word default
@@ -157,7 +171,6 @@ void Fiber::reset(Stack* stack, std::function<void()> entry) {
 }
 
 void Fiber::resume() {
-  if (!finished_ && entry_) g_starting = this;
 #if LATHE_SIM_TSAN
   if (!tsan_fiber_) tsan_fiber_ = __tsan_create_fiber(0);
   tsan_caller_ = __tsan_get_current_fiber();

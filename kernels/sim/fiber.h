@@ -18,6 +18,9 @@
 
 namespace lathe::sim {
 
+class Fiber;
+void fiber_entry_trampoline(Fiber* self);
+
 // A fixed-size stack with a PROT_NONE guard page at its low end.
 class Stack {
  public:
@@ -67,7 +70,7 @@ class Fiber {
   ucontext_t context_{};
   ucontext_t caller_{};
 #else
-  friend void fiber_entry_trampoline();
+  friend void fiber_entry_trampoline(Fiber* self);
   void* sp_ = nullptr;
   void* caller_sp_ = nullptr;
 #endif
