@@ -22,6 +22,37 @@ SUMMARIES=()  # "<dir>\n<ctest summary>" per configuration, printed last
 FAILURES=()   # steps that failed without stopping the run
 START_SECONDS=$SECONDS
 
+# run_ctest <dir> <title> [env assignments...] [-- ctest args...]: runs ctest in <dir> (optionally
+# under extra environment variables and with extra ctest arguments, e.g. a label), records its
+# summary under <title> and any failure; never stops the script.
+run_ctest() {
+  local dir="$1" title="$2"
+  shift 2
+  local envs=() args=()
+  while (($#)); do
+    if [[ "$1" == "--" ]]; then
+      shift
+      args=("$@")
+      break
+    fi
+    envs+=("$1")
+    shift
+  done
+  lathe_log "ctest ${title} (-j$(lathe_jobs), timeout ${TEST_TIMEOUT}s per test)"
+  local log="$dir/lathe-ctest-${#SUMMARIES[@]}.log" rc=0
+  # ctest -j runs several OpenMP programs at once on few cores; passive waiting keeps idle
+  # OpenMP threads from spinning on cores another test needs.
+  (cd "$dir" && env OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-passive}" "${envs[@]}" \
+    ctest --output-on-failure -j "$(lathe_jobs)" --timeout "$TEST_TIMEOUT" "${args[@]}") 2>&1 |
+    tee "$log" || rc=$?
+  # ctest's summary starts at "NN% tests passed, M tests failed out of K".
+  local summary
+  summary="$(sed -n '/tests failed out of/,$p' "$log")"
+  [[ -n "$summary" ]] || summary="$(tail -n 5 "$log")"
+  SUMMARIES+=("${title}:"$'\n'"${summary}")
+  ((rc == 0)) || FAILURES+=("ctest ${title} (exit ${rc})")
+}
+
 # build_and_test <dir> [cmake args...]: configures and builds <dir>, then runs its ctest suite.
 # A build error stops the script; failing tests are recorded and reported at the end, after the
 # remaining steps have run.
@@ -29,19 +60,7 @@ build_and_test() {
   local dir="$1"
   shift
   lathe_configure_and_build "$dir" "$@"
-  lathe_log "ctest ${dir} (-j$(lathe_jobs), timeout ${TEST_TIMEOUT}s per test)"
-  local log="$dir/lathe-ctest.log" rc=0
-  # ctest -j runs several OpenMP programs at once on few cores; passive waiting keeps idle
-  # OpenMP threads from spinning on cores another test needs.
-  (cd "$dir" && OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-passive}" \
-    ctest --output-on-failure -j "$(lathe_jobs)" --timeout "$TEST_TIMEOUT") 2>&1 | tee "$log" ||
-    rc=$?
-  # ctest's summary starts at "NN% tests passed, M tests failed out of K".
-  local summary
-  summary="$(sed -n '/tests failed out of/,$p' "$log")"
-  [[ -n "$summary" ]] || summary="$(tail -n 5 "$log")"
-  SUMMARIES+=("${dir}:"$'\n'"${summary}")
-  ((rc == 0)) || FAILURES+=("ctest in ${dir} (exit ${rc})")
+  run_ctest "$dir" "$dir"
 }
 
 # install_and_consume <dir>: cmake --install <dir> into <dir>/install-test, then configures, builds
@@ -93,7 +112,12 @@ main() {
   lathe_ensure_packages "${LATHE_PACKAGES[@]}"
   lathe_ccache_setup
 
+  # (a) The default build: cpu device + the cuda device on the CPU simulator, every test, with the
+  # simulator's default (forward) schedule; then the cuda tests again under warp-random, the
+  # schedule that exposes races between warps.
   build_and_test "$BUILD_DIR"
+  run_ctest "$BUILD_DIR" "${BUILD_DIR} (cuda tests, LATHE_SIM_SCHEDULE=warp-random)" \
+    LATHE_SIM_SCHEDULE=warp-random LATHE_SIM_SEED=1 -- -L cuda
   install_and_consume "$BUILD_DIR" || FAILURES+=("install + tests/consumer")
 
   format_check
