@@ -9,6 +9,7 @@
 #include <Eigen/Core>
 #include <vector>
 
+#include "bench/bench_util.h"
 #include "kernels/kernel_table.h"
 #include "lathe/lathe.h"
 
@@ -138,24 +139,33 @@ void bert_sizes(benchmark::internal::Benchmark* b) {
 BENCHMARK(BM_Sgemm_Lathe)
     ->Apply(square_sizes)
     ->Apply(bert_sizes)
+    ->Apply(lathe_bench::robust)
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
-BENCHMARK(BM_Sgemm_LatheMatmul)->Apply(square_sizes)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_Sgemm_LatheMatmul)
+    ->Apply(square_sizes)
+    ->Apply(lathe_bench::robust)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_Sgemm_OpenBLAS)
     ->Apply(square_sizes)
     ->Apply(bert_sizes)
+    ->Apply(lathe_bench::robust)
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_Sgemm_Eigen)
     ->Apply(square_sizes)
     ->Apply(bert_sizes)
+    ->Apply(lathe_bench::robust)
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_GemmThenOpenMP_Lathe)
     ->Args({512, 384, 384})
+    ->Apply(lathe_bench::robust)
     ->UseRealTime()
     ->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_GemmThenOpenMP_OpenBLAS)
     ->Args({512, 384, 384})
+    ->Apply(lathe_bench::robust)
     ->UseRealTime()
     ->Unit(benchmark::kMicrosecond);

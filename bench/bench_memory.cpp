@@ -8,6 +8,7 @@
 #include <cstring>
 #include <vector>
 
+#include "bench/bench_util.h"
 #include "kernels/kernel_table.h"
 #include "lathe/lathe.h"
 
@@ -130,12 +131,33 @@ void bert_rows(benchmark::internal::Benchmark* b) {
 
 }  // namespace
 
-BENCHMARK(BM_CopyLoop)->Arg(64)->UseRealTime()->Unit(benchmark::kMillisecond);
-BENCHMARK(BM_Memcpy1Thread)->Arg(64)->UseRealTime()->Unit(benchmark::kMillisecond);
-BENCHMARK(BM_LayerNormForward)->Apply(bert_rows)->UseRealTime()->Unit(benchmark::kMillisecond);
-BENCHMARK(BM_LayerNormForwardKernel)
-    ->Apply(bert_rows)
+BENCHMARK(BM_CopyLoop)
+    ->Arg(64)
+    ->Apply(lathe_bench::robust)
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
-BENCHMARK(BM_SoftmaxForward)->Apply(bert_rows)->UseRealTime()->Unit(benchmark::kMillisecond);
-BENCHMARK(BM_SoftmaxForwardKernel)->Apply(bert_rows)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_Memcpy1Thread)
+    ->Arg(64)
+    ->Apply(lathe_bench::robust)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_LayerNormForward)
+    ->Apply(bert_rows)
+    ->Apply(lathe_bench::robust)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_LayerNormForwardKernel)
+    ->Apply(bert_rows)
+    ->Apply(lathe_bench::robust)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_SoftmaxForward)
+    ->Apply(bert_rows)
+    ->Apply(lathe_bench::robust)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_SoftmaxForwardKernel)
+    ->Apply(bert_rows)
+    ->Apply(lathe_bench::robust)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);

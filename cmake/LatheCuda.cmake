@@ -45,10 +45,29 @@ if(LATHE_CUDA_SIM)
   if(LATHE_CUDA_KERNEL_SOURCES)
     lathe_target_cuda_sources(lathe ${LATHE_CUDA_KERNEL_SOURCES})
   endif()
+  # The cuda device's host side (allocator, DeviceApi, runtime): plain C++; runtime_sim.cpp is the
+  # simulated runtime, runtime_cudart.cpp the real one.
+  file(GLOB LATHE_CUDA_HOST_SOURCES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/kernels/cuda/*.cpp)
+  list(FILTER LATHE_CUDA_HOST_SOURCES EXCLUDE REGEX "runtime_cudart\\.cpp$")
+  target_sources(lathe PRIVATE ${LATHE_CUDA_HOST_SOURCES})
 elseif(LATHE_CUDA)
   message(STATUS "lathe: cuda device = real GPU backend (nvcc, archs ${LATHE_CUDA_ARCHS})")
   set(CMAKE_CUDA_ARCHITECTURES ${LATHE_CUDA_ARCHS})
   enable_language(CUDA)
+  # The lathe target exists already, so it does not pick up CMAKE_CUDA_ARCHITECTURES by itself.
+  set_target_properties(lathe PROPERTIES CUDA_ARCHITECTURES "${LATHE_CUDA_ARCHS}")
+  # lathe requires cxx_std_20, which applies to its .cu files too; CMake 3.25 does not know
+  # nvcc's C++20 flag yet.
+  if(NOT CMAKE_CUDA20_STANDARD_COMPILE_OPTION)
+    set(CMAKE_CUDA20_STANDARD_COMPILE_OPTION "-std=c++20")
+    set(CMAKE_CUDA20_EXTENSION_COMPILE_OPTION "-std=c++20")
+  endif()
+  # std::array's constexpr members are called from device code (lathe/core/random.h's Philox).
+  target_compile_options(lathe PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:--expt-relaxed-constexpr>)
+  target_include_directories(lathe SYSTEM PUBLIC $<BUILD_INTERFACE:${CUDAToolkit_INCLUDE_DIRS}>)
+  file(GLOB LATHE_CUDA_HOST_SOURCES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/kernels/cuda/*.cpp)
+  list(FILTER LATHE_CUDA_HOST_SOURCES EXCLUDE REGEX "runtime_sim\\.cpp$")
+  target_sources(lathe PRIVATE ${LATHE_CUDA_HOST_SOURCES})
   file(GLOB LATHE_CUDA_KERNEL_SOURCES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/kernels/cuda/*.cu)
   if(LATHE_CUDA_KERNEL_SOURCES)
     lathe_target_cuda_sources(lathe ${LATHE_CUDA_KERNEL_SOURCES})

@@ -2,13 +2,24 @@
 
 #include "kernels/device_api.h"
 
+// Builds with a cuda device (nvcc, or the CPU simulator) provide its tables.
+#if defined(LATHE_CUDA_BUILD) || defined(LATHE_CUDA_SIM_BUILD)
+#define LATHE_HAS_CUDA_DEVICE 1
+#include "kernels/cuda/cuda_device.h"
+#endif
+
 namespace lathe::kernels {
 
 const KernelTable& kernel_table(DeviceType type) {
   static const KernelTable empty_table{};
   switch (type) {
     case DeviceType::CPU: return cpu_kernel_table();
-    case DeviceType::CUDA: return empty_table;  // the cuda backend registers here once it exists
+    case DeviceType::CUDA:
+#ifdef LATHE_HAS_CUDA_DEVICE
+      return cuda_kernel_table();
+#else
+      return empty_table;
+#endif
   }
   return empty_table;
 }
@@ -33,7 +44,12 @@ std::vector<std::string_view> kernel_family_names() {
 const DeviceApi* device_api(DeviceType type) {
   switch (type) {
     case DeviceType::CPU: return &cpu_device_api();
-    case DeviceType::CUDA: return nullptr;
+    case DeviceType::CUDA:
+#ifdef LATHE_HAS_CUDA_DEVICE
+      return &cuda_device_api();
+#else
+      return nullptr;
+#endif
   }
   return nullptr;
 }

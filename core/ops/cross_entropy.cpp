@@ -26,11 +26,11 @@ CrossEntropyShape check_cross_entropy(const Tensor& logits, const Tensor& target
   detail::check_defined(targets, op, "targets");
   LATHE_CHECK(logits.dtype() == DType::F32 || logits.dtype() == DType::F64, op,
               ": logits must be f32 or f64, got ", detail::describe(logits));
-  LATHE_CHECK(targets.dtype() == DType::I64, op,
-              ": targets must be i64 class indices, got ", detail::describe(targets));
+  LATHE_CHECK(targets.dtype() == DType::I64, op, ": targets must be i64 class indices, got ",
+              detail::describe(targets));
   detail::check_same_device(logits, targets, op);
-  LATHE_CHECK(logits.dim() == 1 || logits.dim() == 2, op,
-              ": logits must be [N, C] or [C], got ", detail::describe(logits));
+  LATHE_CHECK(logits.dim() == 1 || logits.dim() == 2, op, ": logits must be [N, C] or [C], got ",
+              detail::describe(logits));
   LATHE_CHECK(options.label_smoothing >= 0.0 && options.label_smoothing <= 1.0, op,
               ": label_smoothing must be in [0, 1], got ", options.label_smoothing);
   CrossEntropyShape s;
@@ -113,7 +113,8 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, CrossEntropyOp
           if (options.reduction == Reduction::None) {
             grad_loss = g[0].to(xs.dtype()).reshape({s.rows}).contiguous();
           } else {
-            grad_loss = (g[0].to(xs.dtype()) * grad_scale).reshape({1}).expand({s.rows}).contiguous();
+            grad_loss =
+                (g[0].to(xs.dtype()) * grad_scale).reshape({1}).expand({s.rows}).contiguous();
           }
           Tensor grad = empty({s.rows, s.classes}, o);
           if (s.rows > 0) {
@@ -143,8 +144,8 @@ Tensor cross_entropy_slow(const Tensor& logits, const Tensor& targets,
   Tensor x = logits.reshape({s.rows, s.classes});
   Tensor t = targets.reshape({s.rows});
   Tensor log_p = log_softmax(x, 1);
-  Tensor ignore = full({}, double(options.ignore_index),
-                       TensorOptions(DType::I64).device(targets.device()));
+  Tensor ignore =
+      full({}, double(options.ignore_index), TensorOptions(DType::I64).device(targets.device()));
   Tensor valid = ne(t, ignore);
   // Ignored rows gather class 0 (always in range) and are masked out afterwards.
   Tensor safe_t = where(valid, t, zeros_like(t));
@@ -156,9 +157,12 @@ Tensor cross_entropy_slow(const Tensor& logits, const Tensor& targets,
   }
   row_loss = row_loss * valid.to(logits.dtype());
   switch (options.reduction) {
-    case Reduction::None: return logits.dim() == 1 ? row_loss.reshape({}) : row_loss;
-    case Reduction::Sum: return sum(row_loss);
-    case Reduction::Mean: return sum(row_loss) / double(s.counted);
+    case Reduction::None:
+      return logits.dim() == 1 ? row_loss.reshape({}) : row_loss;
+    case Reduction::Sum:
+      return sum(row_loss);
+    case Reduction::Mean:
+      return sum(row_loss) / double(s.counted);
   }
   return row_loss;
 }

@@ -1,5 +1,5 @@
-// embedding: rows of weight [V, D] picked by integer indices of any shape, out = indices.shape + [D].
-// The forward is the index_select kernel over the flattened indices; the backward scatters the
+// embedding: rows of weight [V, D] picked by integer indices of any shape, out = indices.shape +
+// [D]. The forward is the index_select kernel over the flattened indices; the backward scatters the
 // gradient rows back with index_add (deterministic order, so repeated indices sum reproducibly)
 // into a zero [V, D] gradient, then clears the padding row: only positions that used padding_idx
 // ever add to that row, so clearing it is the same as skipping them. Indices are validated on
@@ -35,30 +35,28 @@ Tensor embedding(const Tensor& indices, const Tensor& weight, std::optional<int6
   Tensor flat = indices.detach().to(DType::I64).reshape({n}).contiguous();
   Tensor out_2d = empty({n, D}, TensorOptions(weight.dtype()).device(weight.device()));
   if (n > 0 && D > 0) {
-    LATHE_KERNEL(weight.device(), index_select, op)(detail::make_view(weight.detach()), 0,
-                                                   detail::make_view(flat),
-                                                   detail::make_view(out_2d));
+    LATHE_KERNEL(weight.device(), index_select, op)
+    (detail::make_view(weight.detach()), 0, detail::make_view(flat), detail::make_view(out_2d));
   }
   Shape out_shape = indices.shape();
   out_shape.push_back(D);
   Tensor out = out_2d.view(out_shape);
 
   if (autograd::any_requires_grad({&weight})) {
-    autograd::record(op, {indices, weight}, {out},
-                     [saved = autograd::SavedTensor(flat, op), V, D, n,
-                      pad](const std::vector<Tensor>& g) {
-                       const Tensor& gy = g[0];
-                       const Tensor& index = saved.get();
-                       Tensor gw = zeros({V, D}, TensorOptions(gy.dtype()).device(gy.device()));
-                       if (n > 0 && D > 0) {
-                         Tensor src = gy.reshape({n, D});
-                         LATHE_KERNEL(gy.device(), index_add, "embedding backward")(
-                             detail::make_view(gw), 0, detail::make_view(index),
-                             detail::make_view(src));
-                       }
-                       if (pad) gw.select(0, *pad).zero_();
-                       return std::vector<Tensor>{Tensor(), gw};
-                     });
+    autograd::record(
+        op, {indices, weight}, {out},
+        [saved = autograd::SavedTensor(flat, op), V, D, n, pad](const std::vector<Tensor>& g) {
+          const Tensor& gy = g[0];
+          const Tensor& index = saved.get();
+          Tensor gw = zeros({V, D}, TensorOptions(gy.dtype()).device(gy.device()));
+          if (n > 0 && D > 0) {
+            Tensor src = gy.reshape({n, D});
+            LATHE_KERNEL(gy.device(), index_add, "embedding backward")
+            (detail::make_view(gw), 0, detail::make_view(index), detail::make_view(src));
+          }
+          if (pad) gw.select(0, *pad).zero_();
+          return std::vector<Tensor>{Tensor(), gw};
+        });
   }
   return out;
 }

@@ -49,7 +49,9 @@ LayerNormShape check_layer_norm(const Tensor& x, const Tensor& weight, const Ten
   return s;
 }
 
-const void* data_or_null(const Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
+const void* data_or_null(const Tensor& t) {
+  return t.defined() ? t.data_ptr() : nullptr;
+}
 
 }  // namespace
 

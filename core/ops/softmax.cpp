@@ -39,8 +39,8 @@ Tensor softmax_impl(const Tensor& x, int64_t dim_in, bool log) {
   } else {
     Tensor xr = to_rows(x_nd, dim);
     Tensor yr = empty(xr.shape(), TensorOptions(x.dtype()).device(x.device()));
-    LATHE_KERNEL(x.device(), softmax_forward, op)(detail::make_view(xr), detail::make_view(yr),
-                                                 log);
+    LATHE_KERNEL(x.device(), softmax_forward, op)
+    (detail::make_view(xr), detail::make_view(yr), log);
     out = from_rows(yr, dim);
     if (x.dim() == 0) out = out.reshape({});
   }
@@ -55,9 +55,8 @@ Tensor softmax_impl(const Tensor& x, int64_t dim_in, bool log) {
                        Tensor yr = to_rows(y_nd, dim);
                        Tensor gr = to_rows(g_nd.to(y.dtype()), dim);
                        Tensor gxr = empty(yr.shape(), TensorOptions(y.dtype()).device(y.device()));
-                       LATHE_KERNEL(y.device(), softmax_backward, op)(
-                           detail::make_view(yr), detail::make_view(gr), detail::make_view(gxr),
-                           log);
+                       LATHE_KERNEL(y.device(), softmax_backward, op)
+                       (detail::make_view(yr), detail::make_view(gr), detail::make_view(gxr), log);
                        Tensor gx = from_rows(gxr, dim);
                        return std::vector<Tensor>{scalar ? gx.reshape({}) : gx};
                      });
@@ -67,7 +66,11 @@ Tensor softmax_impl(const Tensor& x, int64_t dim_in, bool log) {
 
 }  // namespace
 
-Tensor softmax(const Tensor& x, int64_t dim) { return softmax_impl(x, dim, false); }
-Tensor log_softmax(const Tensor& x, int64_t dim) { return softmax_impl(x, dim, true); }
+Tensor softmax(const Tensor& x, int64_t dim) {
+  return softmax_impl(x, dim, false);
+}
+Tensor log_softmax(const Tensor& x, int64_t dim) {
+  return softmax_impl(x, dim, true);
+}
 
 }  // namespace lathe

@@ -10,6 +10,12 @@
 // Rows whose target is ignore_index get loss 0 and gradient 0 (grad_loss is not even read, so a
 // NaN there from an all-ignored mean cannot leak in). The f32 exponential is the same vectorizable
 // polynomial as the softmax kernel's; sums of exponentials are accumulated in f64 lanes.
+// GCC only if-converts the float selects below (clamps, masks, max) into blends, and so only
+// vectorizes these loops on AVX2, when FP ops may be assumed not to trap; kernels never read the
+// FP exception flags, so this costs nothing.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-trapping-math")
+#endif
 #include <bit>
 #include <cmath>
 #include <limits>
@@ -29,7 +35,11 @@ inline float exp_f32(float x) {
   constexpr float kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
   constexpr float kRound = 12582912.0f;
   float xc = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
-  float n = (xc * kLog2e + kRound) - kRound;
+  // Adding 1.5 * 2^23 rounds to an integer that lands in the low mantissa bits: n as a float and
+  // as an int without a (non-vectorizable, trapping) float -> int conversion.
+  const float t = xc * kLog2e + kRound;
+  const int32_t ni = std::bit_cast<int32_t>(t) - std::bit_cast<int32_t>(kRound);
+  const float n = t - kRound;
   float r = xc - n * kLn2Hi - n * kLn2Lo;
   float p = 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
@@ -38,7 +48,7 @@ inline float exp_f32(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  float scale = std::bit_cast<float>((static_cast<int32_t>(n) + 127) << 23);
+  float scale = std::bit_cast<float>((ni + 127) << 23);
   float y = p * scale;
   y = x < -87.0f ? 0.0f : y;
   return x != x ? x : y;
@@ -120,8 +130,8 @@ void forward_impl(const CrossEntropyForwardArgs& a) {
     const T* x = logits + r * C;
     const T m = row_max(x, C);
     double sum_x = 0;
-    const double s = eps > 0 ? row_sum_exp<T, true>(x, m, C, sum_x)
-                             : row_sum_exp<T, false>(x, m, C, sum_x);
+    const double s =
+        eps > 0 ? row_sum_exp<T, true>(x, m, C, sum_x) : row_sum_exp<T, false>(x, m, C, sum_x);
     const double lse = double(m) + std::log(s);
     if (lse_out) lse_out[r] = Acc(lse);
     const int64_t t = a.targets[r];
@@ -166,12 +176,10 @@ void cross_entropy_forward_kernel(const CrossEntropyForwardArgs& args) {
 }
 
 void cross_entropy_backward_kernel(const CrossEntropyBackwardArgs& args) {
-  LATHE_CHECK(args.rows >= 0 && args.classes > 0, "cross_entropy backward: invalid sizes rows=",
-              args.rows, " classes=", args.classes);
-  check_targets(args.targets, args.rows, args.classes, args.ignore_index,
-                "cross_entropy backward");
-  dispatch_float(args.dtype, "cross_entropy backward",
-                 [&]<class T>() { backward_impl<T>(args); });
+  LATHE_CHECK(args.rows >= 0 && args.classes > 0,
+              "cross_entropy backward: invalid sizes rows=", args.rows, " classes=", args.classes);
+  check_targets(args.targets, args.rows, args.classes, args.ignore_index, "cross_entropy backward");
+  dispatch_float(args.dtype, "cross_entropy backward", [&]<class T>() { backward_impl<T>(args); });
 }
 
 }  // namespace

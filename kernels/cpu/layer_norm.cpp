@@ -185,8 +185,8 @@ void layer_norm_forward_kernel(const LayerNormForwardArgs& args) {
 }
 
 void layer_norm_backward_kernel(const LayerNormBackwardArgs& args) {
-  LATHE_CHECK(args.rows >= 0 && args.cols > 0, "layer_norm backward: invalid sizes rows=",
-              args.rows, " cols=", args.cols);
+  LATHE_CHECK(args.rows >= 0 && args.cols > 0,
+              "layer_norm backward: invalid sizes rows=", args.rows, " cols=", args.cols);
   dispatch_float(args.dtype, "layer_norm backward", [&]<class T>() { backward_impl<T>(args); });
 }
 

@@ -7,6 +7,12 @@
 // -ffast-math); it is accurate to about 2 ulp, well below the f32 tolerance of any caller, and the
 // row sum is accumulated in f64 so rows of 100k classes lose nothing. f64 uses std::exp and f64
 // sums. Rows are split across OpenMP threads once the tensor is large enough to pay for the fork.
+// GCC only if-converts the float selects below (clamps, masks, max) into blends, and so only
+// vectorizes these loops on AVX2, when FP ops may be assumed not to trap; kernels never read the
+// FP exception flags, so this costs nothing.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-trapping-math")
+#endif
 #include <bit>
 #include <cmath>
 #include <limits>
@@ -28,7 +34,11 @@ inline float exp_f32(float x) {
   constexpr float kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
   constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
   float xc = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
-  float n = (xc * kLog2e + kRound) - kRound;
+  // Adding 1.5 * 2^23 rounds to an integer that lands in the low mantissa bits: n as a float and
+  // as an int without a (non-vectorizable, trapping) float -> int conversion.
+  const float t = xc * kLog2e + kRound;
+  const int32_t ni = std::bit_cast<int32_t>(t) - std::bit_cast<int32_t>(kRound);
+  const float n = t - kRound;
   float r = xc - n * kLn2Hi - n * kLn2Lo;
   float p = 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
@@ -37,7 +47,7 @@ inline float exp_f32(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  float scale = std::bit_cast<float>((static_cast<int32_t>(n) + 127) << 23);
+  float scale = std::bit_cast<float>((ni + 127) << 23);
   float y = p * scale;
   y = x < -87.0f ? 0.0f : y;
   return x != x ? x : y;  // NaN stays NaN
@@ -120,29 +130,46 @@ void for_rows(int64_t rows, int64_t cols, Fn&& fn) {
   for (int64_t r = 0; r < rows; ++r) fn(r);
 }
 
+// One row. Separate functions with __restrict pointers (not lambda bodies reading captured
+// pointers) so the loops vectorize without a runtime aliasing check that can fall back to scalar.
+template <class T>
+void forward_row(const T* __restrict xr, T* __restrict yr, int64_t cols, bool log) {
+  const T m = row_max(xr, cols);
+  if (log) {
+    // (x - max) - log(sum), not x - (max + log(sum)): the latter rounds log(sum) at the scale of
+    // max and loses digits when the logits are large.
+    const T log_sum = T(std::log(row_sum_exp<T>(xr, m, cols)));
+    for (int64_t j = 0; j < cols; ++j) yr[j] = (xr[j] - m) - log_sum;
+  } else {
+    // Exponentials first (a plain loop that vectorizes), then their sum from the row just
+    // written, which is still in L1/L2.
+    for (int64_t j = 0; j < cols; ++j) yr[j] = exp_fast<T>(xr[j] - m);
+    const T inv = T(1.0 / row_sum(yr, cols));
+    for (int64_t j = 0; j < cols; ++j) yr[j] *= inv;
+  }
+}
+
+template <class T>
+void backward_row(const T* __restrict yr, const T* __restrict gr, T* __restrict out, int64_t cols,
+                  bool log) {
+  if (log) {
+    // d/dx log_softmax: gx = gy - softmax * sum(gy), softmax = exp(y).
+    const T total = T(row_sum(gr, cols));
+    for (int64_t j = 0; j < cols; ++j) out[j] = gr[j] - exp_fast<T>(yr[j]) * total;
+  } else {
+    // d/dx softmax: gx = y * (gy - sum(gy * y)).
+    const T dot = T(row_dot(gr, yr, cols));
+    for (int64_t j = 0; j < cols; ++j) out[j] = yr[j] * (gr[j] - dot);
+  }
+}
+
 template <class T>
 void forward_rows(const View& xv, const View& yv, bool log) {
   int64_t rows = 0, cols = 0;
   rows_cols(xv, rows, cols);
   const T* x = static_cast<const T*>(xv.data);
   T* y = static_cast<T*>(yv.data);
-  for_rows(rows, cols, [&](int64_t r) {
-    const T* xr = x + r * cols;
-    T* yr = y + r * cols;
-    const T m = row_max(xr, cols);
-    if (log) {
-      // (x - max) - log(sum), not x - (max + log(sum)): the latter rounds log(sum) at the scale
-      // of max and loses digits when the logits are large.
-      const T log_sum = T(std::log(row_sum_exp<T>(xr, m, cols)));
-      for (int64_t j = 0; j < cols; ++j) yr[j] = (xr[j] - m) - log_sum;
-    } else {
-      // Exponentials first (a plain loop that vectorizes), then their sum from the row just
-      // written, which is still in L1/L2.
-      for (int64_t j = 0; j < cols; ++j) yr[j] = exp_fast<T>(xr[j] - m);
-      const T inv = T(1.0 / row_sum(yr, cols));
-      for (int64_t j = 0; j < cols; ++j) yr[j] *= inv;
-    }
-  });
+  for_rows(rows, cols, [=](int64_t r) { forward_row<T>(x + r * cols, y + r * cols, cols, log); });
 }
 
 template <class T>
@@ -152,19 +179,8 @@ void backward_rows(const View& yv, const View& gyv, const View& gxv, bool log) {
   const T* y = static_cast<const T*>(yv.data);
   const T* gy = static_cast<const T*>(gyv.data);
   T* gx = static_cast<T*>(gxv.data);
-  for_rows(rows, cols, [&](int64_t r) {
-    const T* yr = y + r * cols;
-    const T* gr = gy + r * cols;
-    T* out = gx + r * cols;
-    if (log) {
-      // d/dx log_softmax: gx = gy - softmax * sum(gy), softmax = exp(y).
-      const T total = T(row_sum(gr, cols));
-      for (int64_t j = 0; j < cols; ++j) out[j] = gr[j] - exp_fast<T>(yr[j]) * total;
-    } else {
-      // d/dx softmax: gx = y * (gy - sum(gy * y)).
-      const T dot = T(row_dot(gr, yr, cols));
-      for (int64_t j = 0; j < cols; ++j) out[j] = yr[j] * (gr[j] - dot);
-    }
+  for_rows(rows, cols, [=](int64_t r) {
+    backward_row<T>(y + r * cols, gy + r * cols, gx + r * cols, cols, log);
   });
 }
 
@@ -185,8 +201,8 @@ void softmax_backward_kernel(const View& y, const View& grad_y, const View& grad
   check_contiguous(y, op, "output");
   check_contiguous(grad_y, op, "grad_output");
   check_contiguous(grad_x, op, "grad_input");
-  LATHE_CHECK(y.dtype == grad_y.dtype && y.dtype == grad_x.dtype &&
-                  y.numel() == grad_y.numel() && y.numel() == grad_x.numel(),
+  LATHE_CHECK(y.dtype == grad_y.dtype && y.dtype == grad_x.dtype && y.numel() == grad_y.numel() &&
+                  y.numel() == grad_x.numel(),
               op, ": operand mismatch");
   dispatch_float(y.dtype, op, [&]<class T>() { backward_rows<T>(y, grad_y, grad_x, log); });
 }

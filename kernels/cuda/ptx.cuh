@@ -19,8 +19,9 @@
 // ldmatrix_x2_trans over a k-major [16][8] one) yields the B fragment.
 //
 // All 32 lanes of the warp must execute mma/ldmatrix together (the simulator reports otherwise).
-// In the simulated build the wrappers take two trailing defaulted arguments (the call site), used
-// to report lanes of a warp that meet at different instructions.
+// In the simulated build the wrappers take two trailing defaulted arguments (the call site), which
+// name the instruction in errors and tell lanes of a warp meeting at different instructions apart.
+// There, cp.async copies at issue time, so a missing cp_async_wait shows only on a real GPU.
 #pragma once
 
 #include <cstdint>
@@ -140,8 +141,7 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t* regs, const void* sm
 // 16 bytes global -> shared, bypassing L1 (.cg). Both addresses must be 16-byte aligned.
 __device__ __forceinline__ void cp_async_16(void* smem, const void* gmem) {
 #if LATHE_PTX_AVAILABLE
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(shared_address(smem)),
-               "l"(gmem)
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(shared_address(smem)), "l"(gmem)
                : "memory");
 #else
   LATHE_PTX_UNSUPPORTED();
@@ -198,18 +198,15 @@ __forceinline__ void mma_m16n8k16_bf16(float d[4], const uint32_t a[4], const ui
 }
 
 __forceinline__ void ldmatrix_x1(uint32_t* regs, const void* smem_row_ptr,
-                                 const char* file = __builtin_FILE(),
-                                 int line = __builtin_LINE()) {
+                                 const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
   sim::ldmatrix(1, false, regs, smem_row_ptr, file, line);
 }
 __forceinline__ void ldmatrix_x2(uint32_t* regs, const void* smem_row_ptr,
-                                 const char* file = __builtin_FILE(),
-                                 int line = __builtin_LINE()) {
+                                 const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
   sim::ldmatrix(2, false, regs, smem_row_ptr, file, line);
 }
 __forceinline__ void ldmatrix_x4(uint32_t* regs, const void* smem_row_ptr,
-                                 const char* file = __builtin_FILE(),
-                                 int line = __builtin_LINE()) {
+                                 const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
   sim::ldmatrix(4, false, regs, smem_row_ptr, file, line);
 }
 __forceinline__ void ldmatrix_x1_trans(uint32_t* regs, const void* smem_row_ptr,
@@ -233,8 +230,7 @@ __forceinline__ void cp_async_16(void* smem, const void* gmem, const char* file 
   sim::cp_async(smem, gmem, 16, 16, file, line);
 }
 __forceinline__ void cp_async_16(void* smem, const void* gmem, int src_size,
-                                 const char* file = __builtin_FILE(),
-                                 int line = __builtin_LINE()) {
+                                 const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
   sim::cp_async(smem, gmem, 16, src_size, file, line);
 }
 // The copies above complete at issue time, so groups need no bookkeeping.

@@ -28,12 +28,12 @@ std::string error_string(cudaError_t status);
 
 // Checks a cudaError_t-returning expression; throws lathe::Error naming file:line, the expression
 // and the CUDA error string.
-#define LATHE_CUDA_CHECK(expr)                                               \
-  do {                                                                       \
-    const cudaError_t lathe_cuda_status_ = (expr);                           \
-    if (lathe_cuda_status_ != cudaSuccess) [[unlikely]] {                    \
+#define LATHE_CUDA_CHECK(expr)                                                   \
+  do {                                                                           \
+    const cudaError_t lathe_cuda_status_ = (expr);                               \
+    if (lathe_cuda_status_ != cudaSuccess) [[unlikely]] {                        \
       ::lathe::cuda::throw_error(lathe_cuda_status_, #expr, __FILE__, __LINE__); \
-    }                                                                        \
+    }                                                                            \
   } while (0)
 
 namespace lathe::cuda {

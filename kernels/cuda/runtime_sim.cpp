@@ -38,16 +38,24 @@ thread_local cudaStream_t t_current_stream = nullptr;
 // The error codes the simulated runtime can produce, with cudart's strings.
 const char* sim_error_string(cudaError_t status) {
   switch (status) {
-    case cudaSuccess: return "cudaSuccess: no error";
-    case cudaErrorInvalidValue: return "cudaErrorInvalidValue: invalid argument";
-    case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation: out of memory";
-    case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice: invalid device ordinal";
-    case cudaErrorNoDevice: return "cudaErrorNoDevice: no CUDA-capable device is detected";
-    case cudaErrorNotReady: return "cudaErrorNotReady: device not ready";
+    case cudaSuccess:
+      return "cudaSuccess: no error";
+    case cudaErrorInvalidValue:
+      return "cudaErrorInvalidValue: invalid argument";
+    case cudaErrorMemoryAllocation:
+      return "cudaErrorMemoryAllocation: out of memory";
+    case cudaErrorInvalidDevice:
+      return "cudaErrorInvalidDevice: invalid device ordinal";
+    case cudaErrorNoDevice:
+      return "cudaErrorNoDevice: no CUDA-capable device is detected";
+    case cudaErrorNotReady:
+      return "cudaErrorNotReady: device not ready";
     case cudaErrorInvalidResourceHandle:
       return "cudaErrorInvalidResourceHandle: invalid resource handle";
-    case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure: unspecified launch failure";
-    default: return nullptr;
+    case cudaErrorLaunchFailure:
+      return "cudaErrorLaunchFailure: unspecified launch failure";
+    default:
+      return nullptr;
   }
 }
 
@@ -62,7 +70,9 @@ void throw_error(cudaError_t status, const char* expr, const char* file, int lin
   LATHE_FAIL(file, ":", line, ": ", expr, " failed: ", error_string(status));
 }
 
-int device_count() { return 1; }
+int device_count() {
+  return 1;
+}
 
 const DeviceProperties& device_properties(int device) {
   check_device(device, "device_properties");
@@ -90,16 +100,22 @@ std::string describe_device(int device) {
   return "cuda:" + std::to_string(device) + " (simulated)";
 }
 
-int current_device() { return 0; }
+int current_device() {
+  return 0;
+}
 
 void check_device(int device, const char* what) {
   LATHE_CHECK(device >= 0 && device < device_count(), what, ": device cuda:", device,
               " does not exist (", device_count(), " cuda devices in this build)");
 }
 
-void set_device(int device) { check_device(device, "set_device"); }
+void set_device(int device) {
+  check_device(device, "set_device");
+}
 
-void device_synchronize(int device) { check_device(device, "device_synchronize"); }
+void device_synchronize(int device) {
+  check_device(device, "device_synchronize");
+}
 
 void* raw_malloc(size_t bytes, int device) {
   check_device(device, "raw_malloc");
@@ -125,20 +141,28 @@ cudaStream_t stream_create(int device) {
   return s;
 }
 
-void stream_destroy(cudaStream_t stream) { delete stream; }
+void stream_destroy(cudaStream_t stream) {
+  delete stream;
+}
 
 void stream_synchronize(cudaStream_t) {}
 
-cudaStream_t current_stream(int) { return t_current_stream; }
+cudaStream_t current_stream(int) {
+  return t_current_stream;
+}
 
-void set_current_stream(cudaStream_t stream, int) { t_current_stream = stream; }
+void set_current_stream(cudaStream_t stream, int) {
+  t_current_stream = stream;
+}
 
 StreamGuard::StreamGuard(cudaStream_t stream, int device)
     : device_(device < 0 ? current_device() : device), previous_(current_stream(device_)) {
   set_current_stream(stream, device_);
 }
 
-StreamGuard::~StreamGuard() { set_current_stream(previous_, device_); }
+StreamGuard::~StreamGuard() {
+  set_current_stream(previous_, device_);
+}
 
 cudaEvent_t event_create(int device, bool timing) {
   check_device(device, "event_create");
@@ -148,7 +172,9 @@ cudaEvent_t event_create(int device, bool timing) {
   return e;
 }
 
-void event_destroy(cudaEvent_t event) { delete event; }
+void event_destroy(cudaEvent_t event) {
+  delete event;
+}
 
 void event_record(cudaEvent_t event, cudaStream_t) {
   LATHE_CHECK(event != nullptr, "event_record: null event");

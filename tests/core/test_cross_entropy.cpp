@@ -179,28 +179,49 @@ TEST_CASE("cross_entropy: errors name the op, the bad target and the shapes",
           "[cross_entropy][errors]") {
   auto device = GENERATE(from_range(test_devices()));
   Tensor x = zeros({3, 4}, TensorOptions(DType::F32).device(device));
-  check_error([&] { cross_entropy(x, targets_of({0, 7, 1}, device)); },
-              {"cross_entropy", "target 7", "4 classes"});
-  check_error([&] { cross_entropy(x, targets_of({0, -1, 1}, device)); },
-              {"cross_entropy", "target -1"});
-  check_error([&] { cross_entropy_slow(x, targets_of({0, 4, 1}, device)); },
-              {"cross_entropy_slow", "target 4"});
+  check_error(
+      [&] {
+        cross_entropy(x, targets_of({0, 7, 1}, device));
+      },
+      {"cross_entropy", "target 7", "4 classes"});
+  check_error(
+      [&] {
+        cross_entropy(x, targets_of({0, -1, 1}, device));
+      },
+      {"cross_entropy", "target -1"});
+  check_error(
+      [&] {
+        cross_entropy_slow(x, targets_of({0, 4, 1}, device));
+      },
+      {"cross_entropy_slow", "target 4"});
   check_error(
       [&] {
         cross_entropy(x, from_vector(std::vector<int32_t>{0, 1, 2}, {3},
                                      TensorOptions(DType::I32).device(device)));
       },
       {"cross_entropy", "i64", "i32"});
-  check_error([&] { cross_entropy(x, targets_of({0, 1}, device)); },
-              {"cross_entropy", "[2]", "[3, 4]"});
-  check_error([&] { cross_entropy(zeros({3, 4}, TensorOptions(DType::I64).device(device)),
-                                  targets_of({0, 1, 2}, device)); },
-              {"cross_entropy", "logits", "i64"});
-  check_error([&] { cross_entropy(zeros({2, 3, 4}, TensorOptions(DType::F32).device(device)),
-                                  targets_of({0, 1}, device)); },
-              {"cross_entropy", "[2, 3, 4]"});
+  check_error(
+      [&] {
+        cross_entropy(x, targets_of({0, 1}, device));
+      },
+      {"cross_entropy", "[2]", "[3, 4]"});
+  check_error(
+      [&] {
+        cross_entropy(zeros({3, 4}, TensorOptions(DType::I64).device(device)),
+                      targets_of({0, 1, 2}, device));
+      },
+      {"cross_entropy", "logits", "i64"});
+  check_error(
+      [&] {
+        cross_entropy(zeros({2, 3, 4}, TensorOptions(DType::F32).device(device)),
+                      targets_of({0, 1}, device));
+      },
+      {"cross_entropy", "[2, 3, 4]"});
   CrossEntropyOptions o;
   o.label_smoothing = 1.5;
-  check_error([&] { cross_entropy(x, targets_of({0, 1, 2}, device), o); },
-              {"cross_entropy", "label_smoothing"});
+  check_error(
+      [&] {
+        cross_entropy(x, targets_of({0, 1, 2}, device), o);
+      },
+      {"cross_entropy", "label_smoothing"});
 }

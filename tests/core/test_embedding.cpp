@@ -39,15 +39,16 @@ TEST_CASE("embedding: rows of the weight for i32/i64 indices of any shape", "[em
     check_close(out, embedding_ref(idx, wv, D), out_shape);
   }
   // A non-contiguous weight gives the same rows.
-  Tensor idx = from_vector(std::vector<int64_t>{0, 36, 5}, {3}, TensorOptions(index_dtype).device(device));
+  Tensor idx =
+      from_vector(std::vector<int64_t>{0, 36, 5}, {3}, TensorOptions(index_dtype).device(device));
   check_close(embedding(idx, non_contiguous(w)), embedding_ref({0, 36, 5}, wv, D), {3, D});
 }
 
 TEST_CASE("embedding: repeated indices accumulate, padding_idx gets no gradient",
           "[embedding][grad]") {
   auto device = GENERATE(from_range(test_devices()));
-  auto pad = GENERATE(std::optional<int64_t>(), std::optional<int64_t>(2),
-                      std::optional<int64_t>(-1));
+  auto pad =
+      GENERATE(std::optional<int64_t>(), std::optional<int64_t>(2), std::optional<int64_t>(-1));
   const int64_t V = 6, D = 5;
   std::vector<int64_t> idx{2, 0, 2, 5, 2, 3, 5, 0, 1};
   Tensor indices = from_vector(idx, {3, 3}, TensorOptions(DType::I64).device(device));
@@ -61,11 +62,13 @@ TEST_CASE("embedding: repeated indices accumulate, padding_idx gets no gradient"
   const int64_t pad_row = pad ? (*pad < 0 ? *pad + V : *pad) : -1;
   for (size_t i = 0; i < idx.size(); ++i) {
     if (idx[i] == pad_row) continue;
-    for (int64_t d = 0; d < D; ++d) expected[size_t(idx[i] * D + d)] += gv[i * size_t(D) + size_t(d)];
+    for (int64_t d = 0; d < D; ++d)
+      expected[size_t(idx[i] * D + d)] += gv[i * size_t(D) + size_t(d)];
   }
   check_close(w.grad(), expected, {V, D});
   if (pad) {
-    for (int64_t d = 0; d < D; ++d) CHECK(w.grad().to_vector<double>()[size_t(pad_row * D + d)] == 0.0);
+    for (int64_t d = 0; d < D; ++d)
+      CHECK(w.grad().to_vector<double>()[size_t(pad_row * D + d)] == 0.0);
   }
 }
 

@@ -90,15 +90,17 @@ TEST_CASE("layer_norm: gradients match finite differences", "[layer_norm][grad]"
           [&](const std::vector<Tensor>& in) {
             return layer_norm(to_dev(in[0]), to_dev(in[1]), to_dev(in[2]), 1e-5);
           },
-          {random_tensor({5, cols}, 1, DType::F64, Device::cpu(), -2, 2),
-           random_tensor({cols}, 2), random_tensor({cols}, 3)},
+          {random_tensor({5, cols}, 1, DType::F64, Device::cpu(), -2, 2), random_tensor({cols}, 2),
+           random_tensor({cols}, 3)},
           1e-6, 1e-5, 1e-4);
     }
   }
   SECTION("no parameters, non-contiguous input") {
-    gradcheck([&](const std::vector<Tensor>& in) {
-      return layer_norm(non_contiguous(to_dev(in[0])), Tensor(), Tensor(), 1e-5);
-    }, {random_tensor({6, 7}, 4, DType::F64, Device::cpu(), -2, 2)}, 1e-6, 1e-5, 1e-4);
+    gradcheck(
+        [&](const std::vector<Tensor>& in) {
+          return layer_norm(non_contiguous(to_dev(in[0])), Tensor(), Tensor(), 1e-5);
+        },
+        {random_tensor({6, 7}, 4, DType::F64, Device::cpu(), -2, 2)}, 1e-6, 1e-5, 1e-4);
   }
   SECTION("weight only, 2-d normalized shape, broadcast input") {
     gradcheck(
@@ -113,8 +115,8 @@ TEST_CASE("layer_norm: gradients match finite differences", "[layer_norm][grad]"
         [&](const std::vector<Tensor>& in) {
           return layer_norm(to_dev(in[0]), Tensor(), to_dev(in[1]), 1e-5);
         },
-        {random_tensor({4, 5}, 7, DType::F64, Device::cpu(), -2, 2), random_tensor({5}, 8)},
-        1e-6, 1e-5, 1e-4);
+        {random_tensor({4, 5}, 7, DType::F64, Device::cpu(), -2, 2), random_tensor({5}, 8)}, 1e-6,
+        1e-5, 1e-4);
   }
 }
 
@@ -180,13 +182,19 @@ TEST_CASE("layer_norm: errors name the op and the shapes", "[layer_norm][errors]
               {"layer_norm", "[4]", "[3]", "[2, 3]"});
   check_error([&] { layer_norm(x, zeros({3}, f32), zeros({2}, f32)); },
               {"layer_norm", "weight", "bias"});
-  check_error([&] { layer_norm(x, zeros({2, 2, 3}, f32), Tensor()); },
-              {"layer_norm", "fewer dims"});
-  check_error([&] { layer_norm(x, zeros({3}, TensorOptions(DType::F64).device(device)), Tensor()); },
-              {"layer_norm", "dtype", "f64"});
-  check_error([&] { layer_norm(zeros({2, 3}, TensorOptions(DType::I64).device(device)), Tensor(), Tensor()); },
-              {"layer_norm", "i64"});
-  check_error([&] { layer_norm_slow(x, zeros({4}, f32), Tensor()); },
-              {"layer_norm_slow", "[4]"});
+  check_error(
+      [&] {
+        layer_norm(x, zeros({2, 2, 3}, f32), Tensor());
+      },
+      {"layer_norm", "fewer dims"});
+  check_error(
+      [&] { layer_norm(x, zeros({3}, TensorOptions(DType::F64).device(device)), Tensor()); },
+      {"layer_norm", "dtype", "f64"});
+  check_error(
+      [&] {
+        layer_norm(zeros({2, 3}, TensorOptions(DType::I64).device(device)), Tensor(), Tensor());
+      },
+      {"layer_norm", "i64"});
+  check_error([&] { layer_norm_slow(x, zeros({4}, f32), Tensor()); }, {"layer_norm_slow", "[4]"});
   check_error([&] { layer_norm(x, Tensor(), Tensor(), -1.0); }, {"layer_norm", "eps"});
 }

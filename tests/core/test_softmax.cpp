@@ -33,8 +33,12 @@ std::vector<double> softmax_ref(const std::vector<double>& x, const Shape& shape
   return out;
 }
 
-double atol_of(DType t) { return t == DType::F32 ? 2e-6 : 1e-13; }
-double rtol_of(DType t) { return t == DType::F32 ? 2e-5 : 1e-11; }
+double atol_of(DType t) {
+  return t == DType::F32 ? 2e-6 : 1e-13;
+}
+double rtol_of(DType t) {
+  return t == DType::F32 ? 2e-5 : 1e-11;
+}
 
 }  // namespace
 
@@ -111,7 +115,9 @@ TEST_CASE("softmax: 0-dim and empty tensors", "[softmax]") {
 TEST_CASE("softmax: gradients match finite differences", "[softmax][grad]") {
   auto device = GENERATE(from_range(test_devices()));
   auto log = GENERATE(false, true);
-  auto op = [log](const Tensor& x, int64_t dim) { return log ? log_softmax(x, dim) : softmax(x, dim); };
+  auto op = [log](const Tensor& x, int64_t dim) {
+    return log ? log_softmax(x, dim) : softmax(x, dim);
+  };
   INFO("log " << log);
   SECTION("last dim, odd widths") {
     for (int64_t cols : {1, 3, 17}) {

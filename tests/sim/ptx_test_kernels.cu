@@ -71,10 +71,13 @@ class DeviceArray {
   }
 
  private:
-  size_t bytes() const { return n_ * sizeof(T); }
+  size_t bytes() const {
+    return n_ * sizeof(T);
+  }
 #ifdef __CUDACC__
   static void check(cudaError_t status, const char* what) {
-    LATHE_CHECK(status == cudaSuccess, "ptx tests: ", what, " failed: ", cudaGetErrorString(status));
+    LATHE_CHECK(status == cudaSuccess, "ptx tests: ", what,
+                " failed: ", cudaGetErrorString(status));
   }
   T* ptr_ = nullptr;
 #else
@@ -290,7 +293,8 @@ uint16_t to_bits(Elem e, float v) {
   return e == Elem::F16 ? Half::from_float(v) : BFloat16::from_float(v);
 }
 double to_double(Elem e, uint16_t bits) {
-  return e == Elem::F16 ? double(Half::to_float(bits)) : double(detail::bits_float(uint32_t(bits) << 16));
+  return e == Elem::F16 ? double(Half::to_float(bits))
+                        : double(detail::bits_float(uint32_t(bits) << 16));
 }
 
 std::vector<uint16_t> random_matrix(Elem e, size_t n, uint64_t seed) {
@@ -430,7 +434,9 @@ int self_check(std::string* report) {
     int wrong = 0;
     for (int lane = 0; lane < 32; ++lane) {
       for (int m = 0; m < 4; ++m) {
-        auto at = [&](int row, int col) { return uint32_t(matrices[size_t(m * 64 + row * 8 + col)]); };
+        auto at = [&](int row, int col) {
+          return uint32_t(matrices[size_t(m * 64 + row * 8 + col)]);
+        };
         const int pair = 2 * (lane % 4), other = lane / 4;
         uint32_t want = 0;
         if (m < count) {

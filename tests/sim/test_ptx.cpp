@@ -127,7 +127,8 @@ TEST_CASE("ptx: mma.m16n8k16 on ldmatrix fragments matches an f64 product", "[pt
         auto a = matrix(e, 256, 1, integers), b = matrix(e, 128, 2, integers);
         std::vector<float> c(128);
         std::mt19937 rng(3);
-        for (auto& v : c) v = integers ? float(int(rng() % 9) - 4) : float(rng() % 2001) / 1000.f - 1.f;
+        for (auto& v : c)
+          v = integers ? float(int(rng() % 9) - 4) : float(rng() % 2001) / 1000.f - 1.f;
         std::vector<double> want, scale;
         reference(e, n_major, 16, 8, 16, a, b, c, want, scale);
 
@@ -135,7 +136,8 @@ TEST_CASE("ptx: mma.m16n8k16 on ldmatrix fragments matches an f64 product", "[pt
         for (const Schedule& s : kSchedules) {
           INFO("schedule " << s.name << " seed " << s.seed);
           std::vector<float> d(128, -12345.f);
-          under(s, [&] { ptx_tests::mma_tile(e, n_major, a.data(), b.data(), c.data(), d.data()); });
+          under(s,
+                [&] { ptx_tests::mma_tile(e, n_major, a.data(), b.data(), c.data(), d.data()); });
           if (integers) {
             // Every product and partial sum is an exact small integer.
             std::vector<float> exact(want.begin(), want.end());
@@ -165,7 +167,8 @@ TEST_CASE("ptx: ldmatrix x1/x2/x4 and .trans registers lane by lane", "[ptx]") {
     const bool trans = v >= 3;
     for (int lane = 0; lane < 32; ++lane) {
       for (int reg = 0; reg < 4; ++reg) {
-        INFO("x" << counts[v] << (trans ? ".trans" : "") << " lane " << lane << " register " << reg);
+        INFO("x" << counts[v] << (trans ? ".trans" : "") << " lane " << lane << " register "
+                 << reg);
         uint32_t want = 0;
         if (reg < counts[v]) {
           // Documented: thread `lane` holds row lane/4, columns 2*(lane%4) and +1 of matrix `reg`
@@ -244,6 +247,9 @@ TEST_CASE("ptx: the simulator reports misaligned ldmatrix rows and partial-warp 
   CHECK(e.find("of block (0,0,0)") != std::string::npos);
   e = error_of(ptx_tests::mma_partial_warp);
   INFO(e);
-  CHECK(e.find("exited while its warp waits") != std::string::npos);
+  // Depending on the schedule the other lanes have exited before or after the first arrives.
+  CHECK((e.find("exited while its warp waits") != std::string::npos ||
+         e.find("deadlock") != std::string::npos));
+  CHECK(e.find("mma_partial_warp") != std::string::npos);
 }
 #endif

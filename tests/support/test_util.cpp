@@ -1,13 +1,25 @@
 #include "support/test_util.h"
 
 #include <cmath>
+#include <cstdlib>
 #include <sstream>
 
 namespace lathe::testing {
 
 std::vector<Device> test_devices() {
-  std::vector<Device> devices{Device::cpu()};
-  if (cuda_available()) devices.push_back(Device::cuda(0));
+  // ctest runs the suite once per device (LATHE_TEST_DEVICE=cpu or cuda, tests/CMakeLists.txt);
+  // a direct run without the variable covers every device of the build.
+  const char* only_env = std::getenv("LATHE_TEST_DEVICE");
+  const std::string only = only_env ? only_env : "";
+  LATHE_CHECK(only.empty() || only == "cpu" || only == "cuda",
+              "LATHE_TEST_DEVICE must be cpu or cuda, got '", only, "'");
+  std::vector<Device> devices;
+  if (only.empty() || only == "cpu") devices.push_back(Device::cpu());
+  if (only.empty() || only == "cuda") {
+    LATHE_CHECK(only.empty() || cuda_available(),
+                "LATHE_TEST_DEVICE=cuda, but this build or machine has no cuda device");
+    if (cuda_available()) devices.push_back(Device::cuda(0));
+  }
   return devices;
 }
 

@@ -7,6 +7,15 @@
 #include <array>
 #include <cstdint>
 
+// The Philox functions below are also device code: nvcc compiles the cuda kernels' calls to them.
+// (std::array's members are constexpr, which nvcc accepts in device code with
+// --expt-relaxed-constexpr.)
+#if defined(__CUDACC__)
+#define LATHE_HOST_DEVICE __host__ __device__
+#else
+#define LATHE_HOST_DEVICE
+#endif
+
 namespace lathe {
 
 // Seeds the global generator and resets its offset.
@@ -30,7 +39,8 @@ constexpr uint32_t kKey0 = 0x9E3779B9u, kKey1 = 0xBB67AE85u;
 
 // Philox4x32 with 10 rounds (Salmon et al., SC'11): a 128-bit counter and a 64-bit key give four
 // random 32-bit words.
-inline std::array<uint32_t, 4> block4(std::array<uint32_t, 4> c, uint32_t k0, uint32_t k1) {
+LATHE_HOST_DEVICE inline std::array<uint32_t, 4> block4(std::array<uint32_t, 4> c, uint32_t k0,
+                                                        uint32_t k1) {
   for (int round = 0; round < 10; ++round) {
     uint64_t p0 = uint64_t(kMul0) * c[0];
     uint64_t p1 = uint64_t(kMul1) * c[2];
@@ -43,17 +53,17 @@ inline std::array<uint32_t, 4> block4(std::array<uint32_t, 4> c, uint32_t k0, ui
 }
 
 // lathe's use: the counter is a 64-bit block index, the key the 64-bit seed.
-inline std::array<uint32_t, 4> block(uint64_t counter, uint64_t seed) {
+LATHE_HOST_DEVICE inline std::array<uint32_t, 4> block(uint64_t counter, uint64_t seed) {
   return block4({uint32_t(counter), uint32_t(counter >> 32), 0u, 0u}, uint32_t(seed),
                 uint32_t(seed >> 32));
 }
 
 // Uniform float in [0, 1) from the top 24 bits (exactly representable in f32).
-inline float to_uniform(uint32_t bits) {
+LATHE_HOST_DEVICE inline float to_uniform(uint32_t bits) {
   return float(bits >> 8) * (1.0f / 16777216.0f);
 }
 // Uniform double in [0, 1) from 32 bits (used by f64 draws).
-inline double to_uniform_double(uint32_t bits) {
+LATHE_HOST_DEVICE inline double to_uniform_double(uint32_t bits) {
   return double(bits) * (1.0 / 4294967296.0);
 }
 

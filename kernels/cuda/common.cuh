@@ -1,0 +1,332 @@
+// Shared by the cuda kernel families (kernels/cuda/*.cu): element types, conversions, strided
+// indexing and launch sizing. Everything here compiles under nvcc and, through kernels/sim/sim.h,
+// under g++ for the simulator.
+//
+// - Element types: lathe::Half / lathe::BFloat16 (host storage types) map to __half /
+//   __nv_bfloat16 on the device. Conversions go through float and round to nearest even like
+//   lathe's host types, and NaNs are encoded exactly as half.h encodes them (cuda_fp16's
+//   conversions return a canonical 0x7fff NaN instead), so casts give identical bits on both
+//   devices for every input.
+// - Strided operands: an OffsetCalc<N> (sizes and per-operand strides of the coalesced iteration
+//   shape, by value in the kernel parameters) maps a row-major flat index to N element offsets.
+//   Dims of size 1 are dropped and dims every operand walks as one run are merged, so most
+//   strided views cost one or two div/mod per element.
+// - Launch sizing: grid-stride loops over at most a few blocks per SM, so a launch on the
+//   simulator (~10 us per block) stays cheap and a GPU is still filled.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <type_traits>
+
+#include "kernels/cuda/allocator.h"
+#include "kernels/cuda/launch.cuh"
+#include "kernels/cuda/runtime.h"
+#include "kernels/kernel_api.h"
+#include "lathe/core/dtype.h"
+
+#ifdef __CUDACC__
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#endif
+
+#define LATHE_DEVICE_INLINE __device__ __forceinline__
+#define LATHE_HD_INLINE __host__ __device__ __forceinline__
+
+namespace lathe::kernels::cuda {
+
+namespace rt = ::lathe::cuda;
+
+// ---- element types ----
+
+template <class T>
+struct DeviceTypeOf {
+  using type = T;
+};
+template <>
+struct DeviceTypeOf<Half> {
+  using type = __half;
+};
+template <>
+struct DeviceTypeOf<BFloat16> {
+  using type = __nv_bfloat16;
+};
+// The device storage type of a host element type (Half -> __half, others unchanged).
+template <class T>
+using device_t = typename DeviceTypeOf<T>::type;
+
+template <class T>
+inline constexpr bool is_half_v = std::is_same_v<T, __half> || std::is_same_v<T, __nv_bfloat16>;
+
+// The type arithmetic on T is done in: float for the 16-bit floats, T otherwise.
+template <class T>
+using compute_t = std::conditional_t<is_half_v<T>, float, T>;
+
+LATHE_DEVICE_INLINE float half_to_float(__half h) {
+  const uint16_t bits = __half_raw(h).x;
+  if ((bits & 0x7c00u) == 0x7c00u && (bits & 0x3ffu) != 0) {  // NaN: keep sign and payload
+    return __uint_as_float((uint32_t(bits & 0x8000u) << 16) | 0x7f800000u |
+                           (uint32_t(bits & 0x3ffu) << 13));
+  }
+  return __half2float(h);
+}
+LATHE_DEVICE_INLINE __half float_to_half(float f) {
+  const uint32_t u = __float_as_uint(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) {
+    __half_raw raw;
+    raw.x = uint16_t(((u >> 16) & 0x8000u) | 0x7e00u);
+    return __half(raw);
+  }
+  return __float2half_rn(f);
+}
+LATHE_DEVICE_INLINE float bf16_to_float(__nv_bfloat16 b) {
+  return __uint_as_float(uint32_t(__nv_bfloat16_raw(b).x) << 16);
+}
+LATHE_DEVICE_INLINE __nv_bfloat16 float_to_bf16(float f) {
+  const uint32_t u = __float_as_uint(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) {
+    __nv_bfloat16_raw raw;
+    raw.x = uint16_t((u >> 16) | 0x40u);
+    return __nv_bfloat16(raw);
+  }
+  return __float2bfloat16_rn(f);
+}
+
+// Converts like the cpu backend's convert<To>(From) (kernels/cpu/strided_loop.h): 16-bit floats
+// through float, bool as v != 0, everything else a static_cast.
+template <class To, class From>
+LATHE_DEVICE_INLINE To convert(From v) {
+  if constexpr (std::is_same_v<To, From>) {
+    return v;
+  } else if constexpr (std::is_same_v<From, __half>) {
+    return convert<To>(half_to_float(v));
+  } else if constexpr (std::is_same_v<From, __nv_bfloat16>) {
+    return convert<To>(bf16_to_float(v));
+  } else if constexpr (std::is_same_v<To, __half>) {
+    return float_to_half(static_cast<float>(v));
+  } else if constexpr (std::is_same_v<To, __nv_bfloat16>) {
+    return float_to_bf16(static_cast<float>(v));
+  } else if constexpr (std::is_same_v<To, bool>) {
+    return v != From(0);
+  } else {
+    return static_cast<To>(v);
+  }
+}
+
+// Host: the bits of `value` converted to T exactly as convert<T>(double) does on the device.
+template <class T>
+T host_convert(double value) {
+  if constexpr (std::is_same_v<T, Half> || std::is_same_v<T, BFloat16>) {
+    return T(static_cast<float>(value));
+  } else if constexpr (std::is_same_v<T, bool>) {
+    return value != 0.0;
+  } else {
+    return static_cast<T>(value);
+  }
+}
+
+// ---- strided indexing ----
+
+template <int N>
+struct OffsetCalc {
+  int ndim = 0;
+  int64_t size[kMaxDims] = {};
+  int64_t stride[N][kMaxDims] = {};  // in elements
+
+  // Element offsets of row-major flat index `i` in each operand.
+  LATHE_DEVICE_INLINE void get(int64_t i, int64_t (&off)[N]) const {
+    for (int k = 0; k < N; ++k) off[k] = 0;
+    for (int d = ndim - 1; d > 0; --d) {
+      const int64_t q = i / size[d];
+      const int64_t r = i - q * size[d];
+      i = q;
+      for (int k = 0; k < N; ++k) off[k] += r * stride[k][d];
+    }
+    if (ndim > 0) {
+      for (int k = 0; k < N; ++k) off[k] += i * stride[k][0];
+    }
+  }
+};
+
+// The coalesced layout of N views over the iteration shape `shape` (views[k]->size is ignored;
+// each view's strides must describe `shape`).
+template <int N>
+OffsetCalc<N> make_offset_calc(const View& shape, const std::array<const View*, N>& views) {
+  OffsetCalc<N> c;
+  for (int d = 0; d < shape.ndim; ++d) {
+    if (shape.size[d] == 1) continue;
+    c.size[c.ndim] = shape.size[d];
+    for (int k = 0; k < N; ++k) c.stride[k][c.ndim] = views[size_t(k)]->stride[d];
+    ++c.ndim;
+  }
+  if (c.ndim <= 1) return c;
+  int write = 0;
+  for (int d = 1; d < c.ndim; ++d) {
+    bool mergeable = true;
+    for (int k = 0; k < N; ++k) {
+      mergeable = mergeable && c.stride[k][write] == c.stride[k][d] * c.size[d];
+    }
+    if (mergeable) {
+      c.size[write] *= c.size[d];
+      for (int k = 0; k < N; ++k) c.stride[k][write] = c.stride[k][d];
+    } else {
+      ++write;
+      c.size[write] = c.size[d];
+      for (int k = 0; k < N; ++k) c.stride[k][write] = c.stride[k][d];
+    }
+  }
+  c.ndim = write + 1;
+  return c;
+}
+
+template <int N>
+OffsetCalc<N> make_offset_calc(const std::array<const View*, N>& views) {
+  return make_offset_calc<N>(*views[0], views);
+}
+
+// Whether every view is a dense row-major layout of `shape` (flat index == element offset).
+template <int N>
+bool all_contiguous(const View& shape, const std::array<const View*, N>& views) {
+  for (const View* v : views) {
+    int64_t expected = 1;
+    for (int d = shape.ndim - 1; d >= 0; --d) {
+      if (shape.size[d] != 1 && v->stride[d] != expected) return false;
+      expected *= shape.size[d];
+    }
+  }
+  return true;
+}
+
+// ---- launch sizing ----
+
+inline constexpr int kThreads = 256;
+
+// Blocks for a grid-stride loop over `work` items with `threads` threads per block: enough to
+// fill the device a few times over, never more than the work needs.
+inline unsigned grid_for(int64_t work, int threads = kThreads, int blocks_per_sm = 4) {
+  const int64_t sms = rt::device_properties(rt::current_device()).multiprocessor_count;
+  const int64_t needed = (work + threads - 1) / threads;
+  const int64_t cap = sms * blocks_per_sm;
+  const int64_t blocks = needed < cap ? needed : cap;
+  return unsigned(blocks < 1 ? 1 : blocks);
+}
+
+// The first and the step of a grid-stride loop.
+LATHE_DEVICE_INLINE int64_t global_thread() {
+  return int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+}
+LATHE_DEVICE_INLINE int64_t grid_threads() {
+  return int64_t(gridDim.x) * blockDim.x;
+}
+
+// The stream kernels of this thread are issued to.
+inline cudaStream_t stream() {
+  return rt::current_stream();
+}
+
+// A temporary device buffer from the caching allocator, on the current stream.
+class DeviceScratch {
+ public:
+  explicit DeviceScratch(size_t bytes)
+      : device_(rt::current_device()),
+        ptr_(rt::device_allocator(device_).allocate(bytes, stream())) {}
+  ~DeviceScratch() { rt::device_allocator(device_).deallocate(ptr_); }
+  DeviceScratch(const DeviceScratch&) = delete;
+  DeviceScratch& operator=(const DeviceScratch&) = delete;
+  template <class T>
+  T* as() const {
+    return static_cast<T*>(ptr_);
+  }
+
+ private:
+  int device_;
+  void* ptr_;
+};
+
+// ---- host dispatch helpers ----
+
+// dispatch_all with the device storage type: fn.template operator()<device_t<T>>().
+template <class Fn>
+decltype(auto) dispatch_device_all(DType t, const char* op, Fn&& fn) {
+  return dispatch_all(t, op, [&]<class T>() { return fn.template operator()<device_t<T>>(); });
+}
+
+// f32, f64, f16, bf16, i32, i64: the dtypes arithmetic kernels accept on cuda.
+template <class Fn>
+decltype(auto) dispatch_device_arith(DType t, const char* op, Fn&& fn) {
+  switch (t) {
+    case DType::F32:
+      return fn.template operator()<float>();
+    case DType::F64:
+      return fn.template operator()<double>();
+    case DType::F16:
+      return fn.template operator()<__half>();
+    case DType::BF16:
+      return fn.template operator()<__nv_bfloat16>();
+    case DType::I32:
+      return fn.template operator()<int32_t>();
+    case DType::I64:
+      return fn.template operator()<int64_t>();
+    default:
+      break;
+  }
+  LATHE_FAIL(op, ": dtype ", t, " is not supported on cuda here (expected f32, f64, f16, bf16, ",
+             "i32 or i64)");
+}
+
+template <class Fn>
+decltype(auto) dispatch_device_float(DType t, const char* op, Fn&& fn) {
+  switch (t) {
+    case DType::F32:
+      return fn.template operator()<float>();
+    case DType::F64:
+      return fn.template operator()<double>();
+    case DType::F16:
+      return fn.template operator()<__half>();
+    case DType::BF16:
+      return fn.template operator()<__nv_bfloat16>();
+    default:
+      break;
+  }
+  LATHE_FAIL(op, ": dtype ", t, " is not supported on cuda here (expected f32, f64, f16 or bf16)");
+}
+
+// ---- generic elementwise kernels ----
+
+// f(off) for every element, with off[k] the element offset in operand k.
+template <int N, class F>
+__global__ void elementwise_strided_kernel(int64_t n, OffsetCalc<N> calc, F f) {
+  for (int64_t i = global_thread(); i < n; i += grid_threads()) {
+    int64_t off[N];
+    calc.get(i, off);
+    f(off);
+  }
+}
+
+template <int N, class F>
+__global__ void elementwise_contiguous_kernel(int64_t n, F f) {
+  for (int64_t i = global_thread(); i < n; i += grid_threads()) {
+    int64_t off[N];
+    for (int k = 0; k < N; ++k) off[k] = i;
+    f(off);
+  }
+}
+
+// Runs f over the iteration shape of views[0] (all views have that shape, broadcast strides
+// allowed). f is a functor with a __device__ operator()(const int64_t (&off)[N]).
+template <int N, class F>
+void launch_elementwise(const char* name, const std::array<const View*, N>& views, const F& f) {
+  const View& shape = *views[0];
+  const int64_t n = shape.numel();
+  if (n == 0) return;
+  const unsigned grid = grid_for(n);
+  if (all_contiguous<N>(shape, views)) {
+    rt::launch(elementwise_contiguous_kernel<N, F>, dim3(grid), dim3(kThreads), 0, stream(), name,
+               n, f);
+  } else {
+    rt::launch(elementwise_strided_kernel<N, F>, dim3(grid), dim3(kThreads), 0, stream(), name, n,
+               make_offset_calc<N>(views), f);
+  }
+}
+
+}  // namespace lathe::kernels::cuda

@@ -1,0 +1,84 @@
+// The cuda device as core/ sees it: a DeviceApi (memory from the caching allocator, copies through
+// the runtime on the thread's current stream) and the KernelTable of the cuda kernels. The same
+// file serves the real and the simulated build; only runtime_*.cpp differs.
+//
+// Host copies synchronize the stream before returning: the host buffer of copy_from_host may be a
+// temporary that is freed right after the call, and copy_to_host's caller reads the data at once.
+// Kernels run on the current device; a multi-GPU process selects it with cuda::set_device.
+#include "kernels/cuda/cuda_device.h"
+
+#include <cstdio>
+
+#include "kernels/cuda/allocator.h"
+#include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda/runtime.h"
+#include "kernels/device_api.h"
+#include "kernels/kernel_table.h"
+
+namespace lathe::kernels {
+
+namespace {
+
+namespace rt = ::lathe::cuda;
+
+void* cuda_allocate(size_t nbytes, int index) {
+  return rt::device_allocator(index).allocate(nbytes, rt::current_stream(index));
+}
+
+void cuda_deallocate(void* ptr, size_t, int index) {
+  // Called from Storage's destructor: report instead of throwing through it.
+  try {
+    rt::device_allocator(index).deallocate(ptr);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "lathe: %s\n", e.what());
+  }
+}
+
+void cuda_copy_from_host(void* dst, const void* src, size_t nbytes, int index) {
+  rt::memcpy_sync(dst, src, nbytes, rt::CopyKind::HostToDevice, rt::current_stream(index));
+}
+
+void cuda_copy_to_host(void* dst, const void* src, size_t nbytes, int index) {
+  rt::memcpy_sync(dst, src, nbytes, rt::CopyKind::DeviceToHost, rt::current_stream(index));
+}
+
+void cuda_synchronize(int index) {
+  rt::device_synchronize(index);
+}
+
+int cuda_count() {
+  return rt::device_count();
+}
+
+}  // namespace
+
+const DeviceApi& cuda_device_api() {
+  static const DeviceApi api{cuda_allocate,     cuda_deallocate,  cuda_copy_from_host,
+                             cuda_copy_to_host, cuda_synchronize, cuda_count};
+  return api;
+}
+
+const KernelTable& cuda_kernel_table() {
+  static const KernelTable table = [] {
+    KernelTable t;
+    t.copy = cuda::copy;
+    t.fill = cuda::fill;
+    t.unary = cuda::unary;
+    t.unary_backward = cuda::unary_backward;
+    t.binary = cuda::binary;
+    t.where = cuda::where;
+    t.reduce = cuda::reduce;
+    t.arg_reduce = cuda::arg_reduce;
+    t.gemm = cuda::gemm;
+    t.index_select = cuda::index_select;
+    t.index_add = cuda::index_add;
+    t.gather = cuda::gather;
+    t.scatter_add = cuda::scatter_add;
+    t.random = cuda::random;
+    t.dropout = cuda::dropout;
+    return t;
+  }();
+  return table;
+}
+
+}  // namespace lathe::kernels

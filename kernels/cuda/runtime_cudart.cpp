@@ -1,0 +1,229 @@
+// The runtime of the real cuda device (LATHE_CUDA): thin wrappers over cudart with every status
+// checked by LATHE_CUDA_CHECK. device_count() never throws, so a build with CUDA on a machine
+// without a GPU or driver simply reports no cuda device.
+#include <cuda_runtime.h>
+
+#include <array>
+#include <cstdio>
+#include <mutex>
+#include <vector>
+
+#include "kernels/cuda/runtime.h"
+#include "lathe/core/error.h"
+
+namespace lathe::cuda {
+
+namespace {
+
+constexpr int kMaxDevices = 64;
+thread_local std::array<cudaStream_t, kMaxDevices> t_current_stream{};
+
+}  // namespace
+
+std::string error_string(cudaError_t status) {
+  return std::string(cudaGetErrorName(status)) + ": " + cudaGetErrorString(status);
+}
+
+void throw_error(cudaError_t status, const char* expr, const char* file, int line) {
+  LATHE_FAIL(file, ":", line, ": ", expr, " failed: ", error_string(status));
+}
+
+int device_count() {
+  static const int count = [] {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+      (void)cudaGetLastError();  // no driver or no device: clear the sticky status
+      return 0;
+    }
+    return n < kMaxDevices ? n : kMaxDevices;
+  }();
+  return count;
+}
+
+void check_device(int device, const char* what) {
+  LATHE_CHECK(device >= 0 && device < device_count(), what, ": device cuda:", device,
+              " does not exist (", device_count(), " cuda devices)");
+}
+
+const DeviceProperties& device_properties(int device) {
+  check_device(device, "device_properties");
+  static std::once_flag once;
+  static std::vector<DeviceProperties> all;
+  std::call_once(once, [] {
+    all.resize(size_t(device_count()));
+    for (int d = 0; d < device_count(); ++d) {
+      cudaDeviceProp prop{};
+      LATHE_CUDA_CHECK(cudaGetDeviceProperties(&prop, d));
+      DeviceProperties& p = all[size_t(d)];
+      p.name = prop.name;
+      p.simulated = false;
+      p.compute_major = prop.major;
+      p.compute_minor = prop.minor;
+      p.multiprocessor_count = prop.multiProcessorCount;
+      p.max_threads_per_block = prop.maxThreadsPerBlock;
+      p.warp_size = prop.warpSize;
+      p.total_memory = prop.totalGlobalMem;
+      p.max_shared_memory_per_block = prop.sharedMemPerBlockOptin;
+      p.l2_cache_bytes = size_t(prop.l2CacheSize);
+    }
+  });
+  return all[size_t(device)];
+}
+
+std::string describe_device(int device) {
+  const DeviceProperties& p = device_properties(device);
+  char memory[32];
+  std::snprintf(memory, sizeof memory, "%.1f GiB", double(p.total_memory) / double(1ull << 30));
+  return "cuda:" + std::to_string(device) + " (" + p.name + ", sm_" +
+         std::to_string(p.compute_major * 10 + p.compute_minor) + ", " +
+         std::to_string(p.multiprocessor_count) + " SMs, " + memory + ")";
+}
+
+int current_device() {
+  int d = 0;
+  LATHE_CUDA_CHECK(cudaGetDevice(&d));
+  return d;
+}
+
+void set_device(int device) {
+  check_device(device, "set_device");
+  LATHE_CUDA_CHECK(cudaSetDevice(device));
+}
+
+void device_synchronize(int device) {
+  set_device(device);
+  LATHE_CUDA_CHECK(cudaDeviceSynchronize());
+}
+
+void* raw_malloc(size_t bytes, int device) {
+  set_device(device);
+  void* p = nullptr;
+  cudaError_t status = cudaMalloc(&p, bytes == 0 ? 1 : bytes);
+  if (status == cudaErrorMemoryAllocation) {
+    (void)cudaGetLastError();  // not sticky, but keep cudaGetLastError clean for launch checks
+    return nullptr;
+  }
+  LATHE_CUDA_CHECK(status);
+  return p;
+}
+
+void raw_free(void* ptr, int device) {
+  if (!ptr) return;
+  set_device(device);
+  LATHE_CUDA_CHECK(cudaFree(ptr));
+}
+
+void memory_info(int device, size_t* free_bytes, size_t* total_bytes) {
+  set_device(device);
+  size_t f = 0, t = 0;
+  LATHE_CUDA_CHECK(cudaMemGetInfo(&f, &t));
+  if (free_bytes) *free_bytes = f;
+  if (total_bytes) *total_bytes = t;
+}
+
+cudaStream_t stream_create(int device) {
+  set_device(device);
+  cudaStream_t s = nullptr;
+  LATHE_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  return s;
+}
+
+void stream_destroy(cudaStream_t stream) {
+  if (stream) LATHE_CUDA_CHECK(cudaStreamDestroy(stream));
+}
+
+void stream_synchronize(cudaStream_t stream) {
+  LATHE_CUDA_CHECK(cudaStreamSynchronize(stream));
+}
+
+cudaStream_t current_stream(int device) {
+  if (device < 0) device = current_device();
+  check_device(device, "current_stream");
+  return t_current_stream[size_t(device)];
+}
+
+void set_current_stream(cudaStream_t stream, int device) {
+  if (device < 0) device = current_device();
+  check_device(device, "set_current_stream");
+  t_current_stream[size_t(device)] = stream;
+}
+
+StreamGuard::StreamGuard(cudaStream_t stream, int device)
+    : device_(device < 0 ? current_device() : device), previous_(current_stream(device_)) {
+  set_current_stream(stream, device_);
+}
+
+StreamGuard::~StreamGuard() {
+  t_current_stream[size_t(device_)] = previous_;
+}
+
+cudaEvent_t event_create(int device, bool timing) {
+  set_device(device);
+  cudaEvent_t e = nullptr;
+  LATHE_CUDA_CHECK(
+      cudaEventCreateWithFlags(&e, timing ? cudaEventDefault : cudaEventDisableTiming));
+  return e;
+}
+
+void event_destroy(cudaEvent_t event) {
+  if (event) LATHE_CUDA_CHECK(cudaEventDestroy(event));
+}
+
+void event_record(cudaEvent_t event, cudaStream_t stream) {
+  LATHE_CUDA_CHECK(cudaEventRecord(event, stream));
+}
+
+bool event_query(cudaEvent_t event) {
+  cudaError_t status = cudaEventQuery(event);
+  if (status == cudaErrorNotReady) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  LATHE_CUDA_CHECK(status);
+  return true;
+}
+
+void event_synchronize(cudaEvent_t event) {
+  LATHE_CUDA_CHECK(cudaEventSynchronize(event));
+}
+
+void stream_wait_event(cudaStream_t stream, cudaEvent_t event) {
+  LATHE_CUDA_CHECK(cudaStreamWaitEvent(stream, event, 0));
+}
+
+float event_elapsed_ms(cudaEvent_t start, cudaEvent_t end) {
+  float ms = 0;
+  LATHE_CUDA_CHECK(cudaEventElapsedTime(&ms, start, end));
+  return ms;
+}
+
+namespace {
+cudaMemcpyKind to_cuda(CopyKind kind) {
+  switch (kind) {
+    case CopyKind::HostToDevice:
+      return cudaMemcpyHostToDevice;
+    case CopyKind::DeviceToHost:
+      return cudaMemcpyDeviceToHost;
+    case CopyKind::DeviceToDevice:
+      return cudaMemcpyDeviceToDevice;
+  }
+  return cudaMemcpyDefault;
+}
+}  // namespace
+
+void memcpy_async(void* dst, const void* src, size_t bytes, CopyKind kind, cudaStream_t stream) {
+  if (bytes == 0) return;
+  LATHE_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, to_cuda(kind), stream));
+}
+
+void memcpy_sync(void* dst, const void* src, size_t bytes, CopyKind kind, cudaStream_t stream) {
+  memcpy_async(dst, src, bytes, kind, stream);
+  stream_synchronize(stream);
+}
+
+void memset_async(void* dst, int byte_value, size_t bytes, cudaStream_t stream) {
+  if (bytes == 0) return;
+  LATHE_CUDA_CHECK(cudaMemsetAsync(dst, byte_value, bytes, stream));
+}
+
+}  // namespace lathe::cuda
