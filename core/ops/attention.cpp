@@ -131,6 +131,11 @@ Tensor scaled_dot_product_attention(const Tensor& q_in, const Tensor& k_in, cons
                                     const Tensor& mask_in, bool causal, double dropout_p,
                                     std::optional<double> scale) {
   const AttentionShapes s = check_args(q_in, k_in, v_in, mask_in, dropout_p, scale, kFused);
+  // Devices without the fused kernel use the composite twin, which reserves the same Philox
+  // state, so dropout masks agree too.
+  if (!detail::kernels_of(q_in).attention_forward) {
+    return scaled_dot_product_attention_slow(q_in, k_in, v_in, mask_in, causal, dropout_p, scale);
+  }
   Tensor q = prepare(q_in, s), k = prepare(k_in, s), v = prepare(v_in, s);
   // The kernel reads a floating mask in the dtype of q; bool masks are read as they are.
   Tensor mask = mask_in;

@@ -48,7 +48,9 @@ Tensor Tensor::clone() const {
   return out;
 }
 
-Tensor Tensor::contiguous() const { return is_contiguous() ? *this : clone(); }
+Tensor Tensor::contiguous() const {
+  return is_contiguous() ? *this : clone();
+}
 
 Tensor Tensor::to(DType target) const {
   if (target == dtype()) return *this;
@@ -78,8 +80,8 @@ Tensor& Tensor::copy_(const Tensor& src) {
   check_inplace(*this, "copy_");
   Tensor s = src.device() == device() ? src : src.to(device());
   if (numel() > 0) {
-    LATHE_KERNEL(device(), copy, "copy_")(detail::make_broadcast_view(s, shape()),
-                                         detail::make_view(*this));
+    LATHE_KERNEL(device(), copy, "copy_")
+    (detail::make_broadcast_view(s, shape()), detail::make_view(*this));
   }
   storage()->bump_version();
   return *this;
@@ -92,7 +94,9 @@ Tensor& Tensor::fill_(double value) {
   return *this;
 }
 
-Tensor& Tensor::zero_() { return fill_(0.0); }
+Tensor& Tensor::zero_() {
+  return fill_(0.0);
+}
 
 Tensor& Tensor::add_(const Tensor& other, double alpha) {
   detail::check_defined(other, "add_", "other");
@@ -108,9 +112,9 @@ Tensor& Tensor::add_(const Tensor& other, double alpha) {
               detail::describe(*this), " in place (the result would have shape ",
               shape_str(out_shape), ")");
   if (numel() > 0) {
-    LATHE_KERNEL(device(), binary, "add_")(kernels::BinaryOp::Add, detail::make_view(*this),
-                                          detail::make_broadcast_view(o, shape()),
-                                          detail::make_view(*this));
+    LATHE_KERNEL(device(), binary, "add_")
+    (kernels::BinaryOp::Add, detail::make_view(*this), detail::make_broadcast_view(o, shape()),
+     detail::make_view(*this));
   }
   storage()->bump_version();
   return *this;
@@ -120,9 +124,9 @@ Tensor& Tensor::mul_(double value) {
   check_inplace(*this, "mul_");
   Tensor factor = scalar_tensor(value, TensorOptions(dtype()).device(device()));
   if (numel() > 0) {
-    LATHE_KERNEL(device(), binary, "mul_")(kernels::BinaryOp::Mul, detail::make_view(*this),
-                                          detail::make_broadcast_view(factor, shape()),
-                                          detail::make_view(*this));
+    LATHE_KERNEL(device(), binary, "mul_")
+    (kernels::BinaryOp::Mul, detail::make_view(*this), detail::make_broadcast_view(factor, shape()),
+     detail::make_view(*this));
   }
   storage()->bump_version();
   return *this;
@@ -136,9 +140,9 @@ Tensor& Tensor::masked_fill_(const Tensor& mask, double value) {
               detail::describe(mask));
   Tensor fill = scalar_tensor(value, TensorOptions(dtype()).device(device()));
   if (numel() > 0) {
-    LATHE_KERNEL(device(), where, "masked_fill_")(
-        detail::make_broadcast_view(mask, shape()), detail::make_broadcast_view(fill, shape()),
-        detail::make_view(*this), detail::make_view(*this));
+    LATHE_KERNEL(device(), where, "masked_fill_")
+    (detail::make_broadcast_view(mask, shape()), detail::make_broadcast_view(fill, shape()),
+     detail::make_view(*this), detail::make_view(*this));
   }
   storage()->bump_version();
   return *this;

@@ -9,6 +9,8 @@
 // read out of bounds by a kernel).
 #include <cmath>
 
+#include <limits>
+
 #include "core/tensor_internal.h"
 
 namespace lathe {
@@ -64,6 +66,10 @@ CrossEntropyShape check_cross_entropy(const Tensor& logits, const Tensor& target
 Tensor cross_entropy(const Tensor& logits, const Tensor& targets, CrossEntropyOptions options) {
   const char* op = "cross_entropy";
   const CrossEntropyShape s = check_cross_entropy(logits, targets, options, op);
+  // Devices without the fused kernel use the composite twin (same values, autograd gradients).
+  if (!detail::kernels_of(logits).cross_entropy_forward) {
+    return cross_entropy_slow(logits, targets, options);
+  }
   const TensorOptions opts = TensorOptions(logits.dtype()).device(logits.device());
   Tensor x = logits.detach().reshape({s.rows, s.classes}).contiguous();
   Tensor t = targets.detach().reshape({s.rows}).contiguous();
@@ -162,6 +168,11 @@ Tensor cross_entropy_slow(const Tensor& logits, const Tensor& targets,
     case Reduction::Sum:
       return sum(row_loss);
     case Reduction::Mean:
+      if (s.counted == 0) {
+        // Every row ignored: the mean is 0/0 = NaN, as in PyTorch, but the gradient is zero
+        // (as the fused kernel's), not NaN.
+        return sum(row_loss) * 0.0 + std::numeric_limits<double>::quiet_NaN();
+      }
       return sum(row_loss) / double(s.counted);
   }
   return row_loss;

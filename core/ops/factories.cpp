@@ -21,7 +21,9 @@ TensorOptions without_grad(TensorOptions options, DType fallback) {
 }
 }  // namespace
 
-Tensor empty(const Shape& shape, TensorOptions options) { return Tensor::empty(shape, options); }
+Tensor empty(const Shape& shape, TensorOptions options) {
+  return Tensor::empty(shape, options);
+}
 
 Tensor full(const Shape& shape, double value, TensorOptions options) {
   Tensor t = Tensor::empty(shape, without_grad(options, DType::F32));
@@ -29,16 +31,26 @@ Tensor full(const Shape& shape, double value, TensorOptions options) {
   return finish(t, options);
 }
 
-Tensor zeros(const Shape& shape, TensorOptions options) { return full(shape, 0.0, options); }
-Tensor ones(const Shape& shape, TensorOptions options) { return full(shape, 1.0, options); }
+Tensor zeros(const Shape& shape, TensorOptions options) {
+  return full(shape, 0.0, options);
+}
+Tensor ones(const Shape& shape, TensorOptions options) {
+  return full(shape, 1.0, options);
+}
 
 Tensor full_like(const Tensor& t, double value) {
   return full(t.shape(), value, TensorOptions(t.dtype()).device(t.device()));
 }
-Tensor zeros_like(const Tensor& t) { return full_like(t, 0.0); }
-Tensor ones_like(const Tensor& t) { return full_like(t, 1.0); }
+Tensor zeros_like(const Tensor& t) {
+  return full_like(t, 0.0);
+}
+Tensor ones_like(const Tensor& t) {
+  return full_like(t, 1.0);
+}
 
-Tensor scalar_tensor(double value, TensorOptions options) { return full({}, value, options); }
+Tensor scalar_tensor(double value, TensorOptions options) {
+  return full({}, value, options);
+}
 
 Tensor arange(double start, double end, double step, TensorOptions options) {
   LATHE_CHECK(step != 0 && std::isfinite(start) && std::isfinite(end) && std::isfinite(step),
@@ -52,7 +64,9 @@ Tensor arange(double start, double end, double step, TensorOptions options) {
   return from_vector(values, {n}, opts);
 }
 
-Tensor arange(int64_t end, TensorOptions options) { return arange(0.0, double(end), 1.0, options); }
+Tensor arange(int64_t end, TensorOptions options) {
+  return arange(0.0, double(end), 1.0, options);
+}
 
 namespace {
 Tensor random_tensor(const Shape& shape, TensorOptions options, kernels::RandomDist dist,

@@ -58,6 +58,8 @@ const void* data_or_null(const Tensor& t) {
 Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps) {
   const char* op = "layer_norm";
   LayerNormShape s = check_layer_norm(x, weight, bias, eps, op);
+  // Devices without the fused kernel use the composite twin (same values, autograd gradients).
+  if (!detail::kernels_of(x).layer_norm_forward) return layer_norm_slow(x, weight, bias, eps);
   const TensorOptions opts = TensorOptions(x.dtype()).device(x.device());
   Tensor out = empty(x.shape(), opts);
   if (x.numel() == 0) {

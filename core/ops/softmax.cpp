@@ -33,6 +33,17 @@ Tensor softmax_impl(const Tensor& x, int64_t dim_in, bool log) {
               " is out of range for ", detail::describe(x));
   const int64_t dim = wrap_dim(dim_in, x_nd.dim(), op);
 
+  // A device without the fused kernels (the cuda device until its transformer kernels land)
+  // composes the op from primitives; autograd differentiates the composition.
+  if (!detail::kernels_of(x).softmax_forward) {
+    if (x.numel() == 0) return x * 0.0;
+    Tensor xs = x.dim() == 0 ? x.reshape({1}) : x;
+    Tensor shifted = xs - xs.max({dim}, true).detach();
+    Tensor log_p = shifted - lathe::log(lathe::exp(shifted).sum({dim}, true));
+    Tensor out = log ? log_p : lathe::exp(log_p);
+    return x.dim() == 0 ? out.reshape({}) : out;
+  }
+
   Tensor out;
   if (x.numel() == 0) {
     out = empty(x.shape(), TensorOptions(x.dtype()).device(x.device()));

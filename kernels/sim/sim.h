@@ -14,10 +14,16 @@
 #include <vector_functions.h>
 #include <vector_types.h>
 
+// Standard headers first: some use attribute names (__noinline__) that the macros below redefine.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <functional>
+#include <memory>
 #include <type_traits>
+#include <utility>
+#include <vector>
 
 #include "kernels/sim/sim_runtime.h"
 

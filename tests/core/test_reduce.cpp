@@ -95,7 +95,9 @@ TEST_CASE("reduce: mean, var, argmax, argmin, integer and bool sums", "[reduce]"
   Tensor ints = arange(10, TensorOptions().device(device));
   CHECK(ints.sum().item<int64_t>() == 45);
   CHECK(ints.sum().dtype() == DType::I64);
-  CHECK(gt(ints, scalar_tensor(6, DType::I64)).sum().item<int64_t>() == 3);
+  CHECK(
+      gt(ints, scalar_tensor(6, TensorOptions(DType::I64).device(device))).sum().item<int64_t>() ==
+      3);
 }
 
 TEST_CASE("reduce: gradients against finite differences", "[reduce][grad]") {

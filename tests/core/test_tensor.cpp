@@ -122,8 +122,11 @@ TEST_CASE("tensor: the op table is consistent with the kernels of this build", "
   REQUIRE(ops.size() > 50);
   for (const OpInfo& op : ops) {
     INFO("op " << op.name);
-    // Every op of the foundation runs on the cpu.
+    // Every op of the foundation runs on the cpu, and on cuda directly or composed.
     CHECK(op_supported_on(op, DeviceType::CPU));
+    if (cuda_available()) {
+      CHECK((op_supported_on(op, DeviceType::CUDA) || op_composed_on(op, DeviceType::CUDA)));
+    }
   }
   std::string md = ops_markdown();
   CHECK(md.find("| `layer_norm` |") != std::string::npos);

@@ -75,10 +75,9 @@ void check_close(const Tensor& actual, const std::vector<double>& expected, cons
     bool ok = std::isnan(e) ? std::isnan(a[i])
                             : (a[i] == e || std::abs(a[i] - e) <= atol + rtol * std::abs(e));
     if (!ok) {
-      FAIL_CHECK("mismatch at flat index " << i << " (index "
-                                           << shape_str(unravel(int64_t(i), shape))
-                                           << "): actual " << a[i] << ", expected " << e
-                                           << ", diff " << std::abs(a[i] - e));
+      FAIL_CHECK("mismatch at flat index "
+                 << i << " (index " << shape_str(unravel(int64_t(i), shape)) << "): actual " << a[i]
+                 << ", expected " << e << ", diff " << std::abs(a[i] - e));
       return;
     }
   }
@@ -99,7 +98,7 @@ void gradcheck(const std::function<Tensor(const std::vector<Tensor>&)>& f,
   }
   Tensor y = f(inputs);
   REQUIRE(y.dtype() == DType::F64);
-  Tensor w = random_tensor(y.shape(), 4242);
+  Tensor w = random_tensor(y.shape(), 4242, DType::F64, y.device());
   (y * w).sum().backward();
 
   auto loss_value = [&]() {
@@ -108,8 +107,9 @@ void gradcheck(const std::function<Tensor(const std::vector<Tensor>&)>& f,
   };
   for (size_t i = 0; i < inputs.size(); ++i) {
     Tensor grad = inputs[i].grad();
-    std::vector<double> analytic = grad.defined() ? grad.to_vector<double>()
-                                                  : std::vector<double>(size_t(inputs[i].numel()), 0.0);
+    std::vector<double> analytic = grad.defined()
+                                       ? grad.to_vector<double>()
+                                       : std::vector<double>(size_t(inputs[i].numel()), 0.0);
     double* x = static_cast<double*>(inputs[i].data_ptr());
     for (int64_t j = 0; j < inputs[i].numel(); ++j) {
       double saved = x[j];
@@ -121,10 +121,9 @@ void gradcheck(const std::function<Tensor(const std::vector<Tensor>&)>& f,
       double numeric = (plus - minus) / (2 * eps);
       double a = analytic[size_t(j)];
       if (std::abs(a - numeric) > atol + rtol * std::abs(numeric)) {
-        FAIL_CHECK("gradient mismatch for input " << i << " (shape "
-                                                  << shape_str(inputs[i].shape()) << ") at flat index "
-                                                  << j << ": autograd " << a << ", finite difference "
-                                                  << numeric);
+        FAIL_CHECK("gradient mismatch for input " << i << " (shape " << shape_str(inputs[i].shape())
+                                                  << ") at flat index " << j << ": autograd " << a
+                                                  << ", finite difference " << numeric);
         return;
       }
     }

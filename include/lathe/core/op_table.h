@@ -18,11 +18,16 @@ struct OpInfo {
   std::vector<std::string> kernels;
   BackwardKind backward;
   const char* note;
+  // Where the fused kernels are missing on a device, the op composes itself from these families.
+  std::vector<std::string> fallback_kernels;
+  std::string fallback;  // how, for docs/ops.md
 };
 
 const std::vector<OpInfo>& op_table();
 // Whether every kernel the op needs is present for `type` in this build.
 bool op_supported_on(const OpInfo& op, DeviceType type);
+// Whether the op runs on `type` through its composed fallback (see FALLBACK in op_table.def).
+bool op_composed_on(const OpInfo& op, DeviceType type);
 // The Markdown table written to docs/ops.md.
 std::string ops_markdown();
 
