@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "kernels/cpu/cpu_kernels.h"
+#include "kernels/cpu/vec_math.h"
 #include "lathe/core/random.h"
 
 #ifdef _OPENMP
@@ -48,29 +49,9 @@ int team_size() {
 #endif
 }
 
-// exp(x) for f32 in a form the compiler vectorizes (Cephes' expf: range reduction by ln 2, degree-6
-// polynomial, exponent built from bits; std::exp stays a scalar libm call without -ffast-math); ~1
-// ulp, and exactly 0 below ln(FLT_MIN), including -inf.
-inline float exp_elem(float x) {
-  constexpr float kLo = -87.3365447505531f, kHi = 88.3762626647949f;
-  float xc = std::min(std::max(x, kLo), kHi);
-  // Round to nearest with the 1.5 * 2^23 trick: std::floor does not vectorize under the default
-  // -ftrapping-math.
-  float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  float r = xc - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  float y = p * r * r + r + 1.0f;
-  float two_n = std::bit_cast<float>((static_cast<int32_t>(n) + 127) << 23);
-  return x < kLo ? 0.0f : y * two_n;
-}
-inline double exp_elem(double x) {
-  return std::exp(x);
+template <class T>
+inline T exp_elem(T x) {
+  return exp_fast<T>(x);
 }
 
 template <class T>

@@ -17,15 +17,21 @@ void* cpu_allocate(size_t nbytes, int) {
   if (!p) throw std::bad_alloc();
   return p;
 }
-void cpu_deallocate(void* p, size_t, int) { std::free(p); }
-void cpu_copy(void* dst, const void* src, size_t nbytes, int) { std::memcpy(dst, src, nbytes); }
+void cpu_deallocate(void* p, size_t, int) {
+  std::free(p);
+}
+void cpu_copy(void* dst, const void* src, size_t nbytes, int) {
+  std::memcpy(dst, src, nbytes);
+}
 void cpu_synchronize(int) {}
-int cpu_count() { return 1; }
+int cpu_count() {
+  return 1;
+}
 }  // namespace
 
 const DeviceApi& cpu_device_api() {
-  static const DeviceApi api{cpu_allocate, cpu_deallocate, cpu_copy, cpu_copy, cpu_synchronize,
-                             cpu_count};
+  static const DeviceApi api{cpu_allocate, cpu_deallocate,  cpu_copy,
+                             cpu_copy,     cpu_synchronize, cpu_count};
   return api;
 }
 

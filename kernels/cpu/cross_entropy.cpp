@@ -10,18 +10,15 @@
 // Rows whose target is ignore_index get loss 0 and gradient 0 (grad_loss is not even read, so a
 // NaN there from an all-ignored mean cannot leak in). The f32 exponential is the same vectorizable
 // polynomial as the softmax kernel's; sums of exponentials are accumulated in f64 lanes.
-// GCC only if-converts the float selects below (clamps, masks, max) into blends, and so only
-// vectorizes these loops on AVX2, when FP ops may be assumed not to trap; kernels never read the
-// FP exception flags, so this costs nothing.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC optimize("no-trapping-math")
-#endif
+// The float selects (clamps, masks, max) vectorize because liblathe is built with
+// -fno-trapping-math (CMakeLists.txt).
 #include <bit>
 #include <cmath>
 #include <limits>
 
 #include "kernels/cpu/cpu_kernels.h"
 #include "kernels/cpu/strided_loop.h"
+#include "kernels/cpu/vec_math.h"
 
 namespace lathe::kernels::cpu {
 
@@ -30,38 +27,6 @@ namespace {
 constexpr int kLanes = 16;
 
 // See softmax.cpp: Cephes-style exp for f32 that vectorizes without -ffast-math.
-inline float exp_f32(float x) {
-  constexpr float kLog2e = 1.44269504088896341f;
-  constexpr float kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
-  constexpr float kRound = 12582912.0f;
-  float xc = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
-  // Adding 1.5 * 2^23 rounds to an integer that lands in the low mantissa bits: n as a float and
-  // as an int without a (non-vectorizable, trapping) float -> int conversion.
-  const float t = xc * kLog2e + kRound;
-  const int32_t ni = std::bit_cast<int32_t>(t) - std::bit_cast<int32_t>(kRound);
-  const float n = t - kRound;
-  float r = xc - n * kLn2Hi - n * kLn2Lo;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  float scale = std::bit_cast<float>((ni + 127) << 23);
-  float y = p * scale;
-  y = x < -87.0f ? 0.0f : y;
-  return x != x ? x : y;
-}
-
-template <class T>
-inline T exp_fast(T x) {
-  if constexpr (std::is_same_v<T, float>) {
-    return exp_f32(x);
-  } else {
-    return std::exp(x);
-  }
-}
 
 template <class T>
 T row_max(const T* x, int64_t n) {

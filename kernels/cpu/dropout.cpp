@@ -12,12 +12,8 @@
 // across counters), batches split across threads. Strided operands are processed in chunks
 // gathered into a contiguous buffer.
 //
-// GCC only if-converts the float selects below (the keep mask) into blends, and so only
-// vectorizes these loops on AVX2, when FP ops may be assumed not to trap; kernels never read the
-// FP exception flags, so this costs nothing.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC optimize("no-trapping-math")
-#endif
+// The float selects (clamps, masks, max) vectorize because liblathe is built with
+// -fno-trapping-math (CMakeLists.txt).
 #include <algorithm>
 
 #include "kernels/cpu/cpu_kernels.h"

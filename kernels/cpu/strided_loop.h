@@ -48,8 +48,7 @@ StridedLayout<N> coalesce(const std::array<const View*, N>& views) {
   for (int d = 1; d < out.ndim; ++d) {
     bool mergeable = true;
     for (int k = 0; k < N; ++k) {
-      mergeable = mergeable &&
-                  out.byte_stride[k][write] == out.byte_stride[k][d] * out.size[d];
+      mergeable = mergeable && out.byte_stride[k][write] == out.byte_stride[k][d] * out.size[d];
     }
     if (mergeable) {
       out.size[write] *= out.size[d];

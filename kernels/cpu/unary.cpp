@@ -6,6 +6,7 @@
 
 #include "kernels/cpu/cpu_kernels.h"
 #include "kernels/cpu/strided_loop.h"
+#include "kernels/cpu/vec_math.h"
 
 namespace lathe::kernels::cpu {
 
@@ -47,7 +48,7 @@ void map2(const View& x_view, const View& g_view, const View& out, F f) {
 
 template <class T>
 T sigmoid_of(T x) {
-  return T(1) / (T(1) + std::exp(-x));
+  return T(1) / (T(1) + exp_fast<T>(-x));
 }
 
 template <class T>
