@@ -7,8 +7,10 @@
 #      with find_package(lathe CONFIG REQUIRED), proving the installed package works on its own,
 #   4. ends with ctest's summary of every configuration.
 #
-# A new configuration (a simulated-cuda build, an nvcc compile-only build, a sanitizer build) is one
-# more `build_and_test <dir> <cmake args...>` line in main() below.
+# Configurations: (a) the default build — cpu + the cuda device on the CPU simulator — with every
+# test, and the cuda tests again under the warp-random schedule; (b) an nvcc compile-and-link-only
+# build of the real CUDA backend. Sanitizer runs are in scripts/sanitize.sh (they do not fit CI's
+# time budget). A new configuration is one more `build_and_test <dir> <cmake args...>` line.
 #
 # Environment: LATHE_BUILD_DIR (default build), LATHE_JOBS (default nproc), LATHE_TEST_TIMEOUT
 # (seconds per test, default 300), CCACHE_DIR (default ~/.cache/ccache).
@@ -119,6 +121,16 @@ main() {
   run_ctest "$BUILD_DIR" "${BUILD_DIR} (cuda tests, LATHE_SIM_SCHEDULE=warp-random)" \
     LATHE_SIM_SCHEDULE=warp-random LATHE_SIM_SEED=1 -- -L cuda
   install_and_consume "$BUILD_DIR" || FAILURES+=("install + tests/consumer")
+
+  # (b) The real CUDA backend, compiled and linked by nvcc with its tests: nothing can run here
+  # without a GPU, but nvcc breakage fails CI. scripts/gpu-check.sh runs this build on a GPU.
+  local nvcc="${CUDACXX:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}"
+  if [[ -x "$nvcc" ]]; then
+    CUDACXX="$nvcc" lathe_configure_and_build "${BUILD_DIR}-nvcc" -DLATHE_CUDA=ON \
+      -DLATHE_CUDA_SIM=OFF || FAILURES+=("nvcc build of the real CUDA backend")
+  else
+    lathe_log "nvcc not found: skipping the compile-only build of the real CUDA backend"
+  fi
 
   format_check
   lathe_ccache_report

@@ -107,6 +107,7 @@ bool same_bits(const std::vector<float>& x, const std::vector<float>& y) {
   return x.size() == y.size() && std::memcmp(x.data(), y.data(), x.size() * sizeof(float)) == 0;
 }
 
+#ifdef LATHE_CUDA_SIM_BUILD
 std::string error_of(void (*fn)()) {
   try {
     fn();
@@ -115,6 +116,7 @@ std::string error_of(void (*fn)()) {
   }
   return "";
 }
+#endif
 
 }  // namespace
 
