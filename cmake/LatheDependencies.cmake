@@ -6,6 +6,14 @@ set(BLA_VENDOR OpenBLAS)
 find_package(BLAS REQUIRED)
 find_path(LATHE_CBLAS_INCLUDE_DIR cblas.h PATH_SUFFIXES openblas openblas-pthread REQUIRED)
 
+# Model and data I/O: JSON (config.json, tokenizer.json, safetensors headers) and Unicode
+# normalization for the WordPiece tokenizer.
+find_package(nlohmann_json 3 REQUIRED)
+find_path(LATHE_UTF8PROC_INCLUDE_DIR utf8proc.h REQUIRED)
+find_library(LATHE_UTF8PROC_LIBRARY utf8proc REQUIRED)
+
 add_library(lathe_cpu_deps INTERFACE)
-target_link_libraries(lathe_cpu_deps INTERFACE OpenMP::OpenMP_CXX Eigen3::Eigen ${BLAS_LIBRARIES})
-target_include_directories(lathe_cpu_deps INTERFACE ${LATHE_CBLAS_INCLUDE_DIR})
+target_link_libraries(lathe_cpu_deps INTERFACE OpenMP::OpenMP_CXX Eigen3::Eigen ${BLAS_LIBRARIES}
+  nlohmann_json::nlohmann_json ${LATHE_UTF8PROC_LIBRARY})
+target_include_directories(lathe_cpu_deps INTERFACE ${LATHE_CBLAS_INCLUDE_DIR}
+  ${LATHE_UTF8PROC_INCLUDE_DIR})

@@ -29,6 +29,8 @@ int cuda_device_count() {
   return api && api->device_count ? api->device_count() : 0;
 }
 
-bool cuda_available() { return cuda_device_count() > 0; }
+bool cuda_available() {
+  return cuda_device_count() > 0;
+}
 
 }  // namespace lathe

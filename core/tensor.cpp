@@ -48,10 +48,11 @@ Tensor Tensor::from_storage(StoragePtr storage, Shape shape, Strides strides, in
     int64_t extent = (shape[i] - 1) * strides[i];
     (extent > 0 ? max_offset : min_offset) += extent;
   }
-  LATHE_CHECK(min_offset >= 0 && (shape_numel(shape) == 0 ||
-                                  size_t(max_offset + 1) * element_size(dtype) <= storage->nbytes()),
-              "from_storage: layout ", shape_str(shape), " strides ", shape_str(strides),
-              " offset ", offset, " exceeds a storage of ", storage->nbytes(), " bytes");
+  LATHE_CHECK(
+      min_offset >= 0 && (shape_numel(shape) == 0 ||
+                          size_t(max_offset + 1) * element_size(dtype) <= storage->nbytes()),
+      "from_storage: layout ", shape_str(shape), " strides ", shape_str(strides), " offset ",
+      offset, " exceeds a storage of ", storage->nbytes(), " bytes");
   auto impl = std::make_shared<TensorImpl>();
   impl->storage = std::move(storage);
   impl->shape = std::move(shape);
@@ -61,7 +62,9 @@ Tensor Tensor::from_storage(StoragePtr storage, Shape shape, Strides strides, in
   return Tensor(std::move(impl));
 }
 
-int64_t Tensor::size(int64_t d) const { return shape()[wrap_dim(d, dim(), "size")]; }
+int64_t Tensor::size(int64_t d) const {
+  return shape()[wrap_dim(d, dim(), "size")];
+}
 
 bool Tensor::is_contiguous() const {
   int64_t expected = 1;
@@ -196,6 +199,8 @@ std::string Tensor::str() const {
   return out.str();
 }
 
-std::ostream& operator<<(std::ostream& os, const Tensor& t) { return os << t.str(); }
+std::ostream& operator<<(std::ostream& os, const Tensor& t) {
+  return os << t.str();
+}
 
 }  // namespace lathe

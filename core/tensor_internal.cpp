@@ -18,8 +18,8 @@ kernels::View make_view(const Tensor& t) {
 }
 
 kernels::View make_broadcast_view(const Tensor& t, const Shape& shape) {
-  LATHE_CHECK(shape.size() >= size_t(t.dim()), "broadcast: cannot broadcast ",
-              shape_str(t.shape()), " to ", shape_str(shape));
+  LATHE_CHECK(shape.size() >= size_t(t.dim()), "broadcast: cannot broadcast ", shape_str(t.shape()),
+              " to ", shape_str(shape));
   kernels::View v;
   v.data = t.data_ptr();
   v.dtype = t.dtype();
@@ -66,13 +66,13 @@ void check_defined(const Tensor& t, const char* op, const char* arg) {
 }
 
 void check_same_device(const Tensor& a, const Tensor& b, const char* op) {
-  LATHE_CHECK(a.device() == b.device(), op, ": tensors are on different devices (",
-              describe(a), " and ", describe(b), ")");
+  LATHE_CHECK(a.device() == b.device(), op, ": tensors are on different devices (", describe(a),
+              " and ", describe(b), ")");
 }
 
 void check_same_dtype(const Tensor& a, const Tensor& b, const char* op) {
-  LATHE_CHECK(a.dtype() == b.dtype(), op, ": dtype mismatch (", describe(a), " and ",
-              describe(b), ")");
+  LATHE_CHECK(a.dtype() == b.dtype(), op, ": dtype mismatch (", describe(a), " and ", describe(b),
+              ")");
 }
 
 void check_floating(const Tensor& t, const char* op) {
@@ -88,8 +88,8 @@ std::vector<int64_t> normalize_dims(const std::vector<int64_t>& dims, int64_t nd
   }
   for (int64_t d : dims) out.push_back(wrap_dim(d, ndim, op));
   std::sort(out.begin(), out.end());
-  LATHE_CHECK(std::adjacent_find(out.begin(), out.end()) == out.end(), op,
-              ": dim listed twice in ", shape_str(dims));
+  LATHE_CHECK(std::adjacent_find(out.begin(), out.end()) == out.end(), op, ": dim listed twice in ",
+              shape_str(dims));
   return out;
 }
 

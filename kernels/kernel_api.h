@@ -38,16 +38,35 @@ struct View {
 };
 
 enum class UnaryOp : uint8_t {
-  Neg, Exp, Log, Sqrt, Rsqrt, Abs, Tanh, Sigmoid, Relu,
-  Gelu,      // exact: x * Phi(x)
-  GeluTanh,  // tanh approximation
-  Clamp,     // alpha = min (or -inf), beta = max (or +inf)
-  PowScalar, // x ^ alpha
+  Neg,
+  Exp,
+  Log,
+  Sqrt,
+  Rsqrt,
+  Abs,
+  Tanh,
+  Sigmoid,
+  Relu,
+  Gelu,       // exact: x * Phi(x)
+  GeluTanh,   // tanh approximation
+  Clamp,      // alpha = min (or -inf), beta = max (or +inf)
+  PowScalar,  // x ^ alpha
 };
 
 enum class BinaryOp : uint8_t {
-  Add, Sub, Mul, Div, Pow, Maximum, Minimum,
-  Eq, Ne, Lt, Le, Gt, Ge,  // write Bool outputs
+  Add,
+  Sub,
+  Mul,
+  Div,
+  Pow,
+  Maximum,
+  Minimum,
+  Eq,
+  Ne,
+  Lt,
+  Le,
+  Gt,
+  Ge,  // write Bool outputs
 };
 
 enum class ReduceOp : uint8_t { Sum, Max, Min };
@@ -97,10 +116,10 @@ struct LayerNormBackwardArgs {
 struct CrossEntropyForwardArgs {
   DType dtype = DType::F32;
   int64_t rows = 0, classes = 0;
-  const void* logits = nullptr;     // [rows, classes]
-  const int64_t* targets = nullptr; // [rows]
-  void* loss = nullptr;             // [rows], 0 where target == ignore_index
-  void* lse = nullptr;              // [rows] log-sum-exp, accumulation type
+  const void* logits = nullptr;      // [rows, classes]
+  const int64_t* targets = nullptr;  // [rows]
+  void* loss = nullptr;              // [rows], 0 where target == ignore_index
+  void* lse = nullptr;               // [rows] log-sum-exp, accumulation type
   int64_t ignore_index = -100;
   double label_smoothing = 0.0;
 };
@@ -182,8 +201,7 @@ using DropoutFn = void (*)(const View& in, const View& out, double p, uint64_t s
                            uint64_t offset);
 // Over the last dim of contiguous x/y: y = softmax(x) or log_softmax(x).
 using SoftmaxForwardFn = void (*)(const View& x, const View& y, bool log);
-using SoftmaxBackwardFn = void (*)(const View& y, const View& grad_y, const View& grad_x,
-                                   bool log);
+using SoftmaxBackwardFn = void (*)(const View& y, const View& grad_y, const View& grad_x, bool log);
 using LayerNormForwardFn = void (*)(const LayerNormForwardArgs& args);
 using LayerNormBackwardFn = void (*)(const LayerNormBackwardArgs& args);
 using CrossEntropyForwardFn = void (*)(const CrossEntropyForwardArgs& args);

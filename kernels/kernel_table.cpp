@@ -13,7 +13,8 @@ namespace lathe::kernels {
 const KernelTable& kernel_table(DeviceType type) {
   static const KernelTable empty_table{};
   switch (type) {
-    case DeviceType::CPU: return cpu_kernel_table();
+    case DeviceType::CPU:
+      return cpu_kernel_table();
     case DeviceType::CUDA:
 #ifdef LATHE_HAS_CUDA_DEVICE
       return cuda_kernel_table();
@@ -43,7 +44,8 @@ std::vector<std::string_view> kernel_family_names() {
 
 const DeviceApi* device_api(DeviceType type) {
   switch (type) {
-    case DeviceType::CPU: return &cpu_device_api();
+    case DeviceType::CPU:
+      return &cpu_device_api();
     case DeviceType::CUDA:
 #ifdef LATHE_HAS_CUDA_DEVICE
       return &cuda_device_api();

@@ -30,10 +30,10 @@ const KernelTable& cpu_kernel_table();
 }  // namespace lathe::kernels
 
 // Fetches family `name` for `device`, throwing "op: no <name> kernel for cuda:0 in this build".
-#define LATHE_KERNEL(device, name, op)                                                       \
-  [&]() {                                                                                    \
-    auto fn__ = ::lathe::kernels::kernel_table((device).type).name;                          \
+#define LATHE_KERNEL(device, name, op)                                                      \
+  [&]() {                                                                                   \
+    auto fn__ = ::lathe::kernels::kernel_table((device).type).name;                         \
     LATHE_CHECK(fn__ != nullptr, op, ": no '" #name "' kernel for device ", (device).str(), \
-                " in this build");                                                           \
-    return fn__;                                                                             \
+                " in this build");                                                          \
+    return fn__;                                                                            \
   }()

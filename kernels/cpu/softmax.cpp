@@ -104,8 +104,23 @@ void forward_row(const T* __restrict xr, T* __restrict yr, int64_t cols, bool lo
   } else {
     // Exponentials first (a plain loop that vectorizes), then their sum from the row just
     // written, which is still in L1/L2.
-    for (int64_t j = 0; j < cols; ++j) yr[j] = exp_fast<T>(xr[j] - m);
-    const T inv = T(1.0 / row_sum(yr, cols));
+    // One pass writes the exponentials and sums them (kLanes f64 partial sums, vectorized).
+    double lanes[kLanes] = {};
+    int64_t c = 0;
+    for (; c + kLanes <= cols; c += kLanes) {
+      for (int l = 0; l < kLanes; ++l) {
+        const T e = exp_fast<T>(xr[c + l] - m);
+        yr[c + l] = e;
+        lanes[l] += double(e);
+      }
+    }
+    double total = 0;
+    for (int l = 0; l < kLanes; ++l) total += lanes[l];
+    for (; c < cols; ++c) {
+      yr[c] = exp_fast<T>(xr[c] - m);
+      total += double(yr[c]);
+    }
+    const T inv = T(1.0 / total);
     for (int64_t j = 0; j < cols; ++j) yr[j] *= inv;
   }
 }

@@ -44,6 +44,8 @@ size_t fiber_stack_bytes();
 class StackPool {
  public:
   Stack* get(size_t index);  // grows on demand
+  void clear() { stacks_.clear(); }
+
  private:
   std::vector<std::unique_ptr<Stack>> stacks_;
 };

@@ -228,7 +228,12 @@ void run_block(BlockState& b, const std::function<void()>& body) {
     t.state = State::Runnable;
     t.fiber.reset(g_stacks.get(i), [&body] {
       LATHE_SIM_TSAN_ACQUIRE(&g_host_to_kernel);
-      body();
+      try {
+        body();
+      } catch (...) {
+        LATHE_SIM_TSAN_RELEASE(&g_kernel_to_host);  // the host reads the error object
+        throw;
+      }
       LATHE_SIM_TSAN_RELEASE(&g_kernel_to_host);
     });
   }
@@ -368,6 +373,11 @@ void launch(dim3 grid, dim3 block, size_t dynamic_shared_bytes,
     }
   } catch (...) {
     g_block = nullptr;
+    LATHE_SIM_TSAN_ACQUIRE(&g_kernel_to_host);
+    // The block's other threads were abandoned mid-kernel: their stacks are dropped rather than
+    // reused, so no later fiber inherits their frames (or, under TSan, their unordered writes).
+    b.threads.clear();
+    g_stacks.clear();
     throw;
   }
   g_block = nullptr;

@@ -53,6 +53,10 @@ lathe_ccache_setup() {
   command -v ccache >/dev/null 2>&1 || return 0
   export CCACHE_DIR="${CCACHE_DIR:-$HOME/.cache/ccache}"
   export CCACHE_MAXSIZE="${CCACHE_MAXSIZE:-5G}"
+  # Paths under the checkout become relative in ccache's hash, so a clone in another folder (CI's
+  # fresh clone) hits the cache filled by earlier builds.
+  export CCACHE_BASEDIR="${CCACHE_BASEDIR:-$PWD}"
+  export CCACHE_NOHASHDIR="${CCACHE_NOHASHDIR:-true}"
   mkdir -p "$CCACHE_DIR"
   # CMake picks ccache up by itself (cmake/LatheOptions.cmake); side builds such as
   # tests/consumer get it passed explicitly.

@@ -143,3 +143,24 @@ TEST_CASE("tensor: thread count can be set", "[tensor]") {
   set_num_threads(before);
   check_error([] { set_num_threads(0); }, {"set_num_threads"});
 }
+
+TEST_CASE("tensor: to(dtype) and to(device) pass gradients back in the source's type",
+          "[tensor][grad]") {
+  Tensor x = from_vector<float>({1.5f, -2.0f, 0.25f}, {3}).requires_grad_();
+  Tensor y = x.to(DType::F64);
+  CHECK(y.dtype() == DType::F64);
+  (y * from_vector<double>({2, 3, 4})).sum().backward();
+  CHECK(x.grad().dtype() == DType::F32);
+  check_close(x.grad(), {2, 3, 4}, {3});
+  gradcheck([](auto& in) { return in[0].to(DType::F64) * in[0]; }, {random_tensor({4}, 3)});
+  for (Device device : test_devices()) {
+    Tensor a = random_tensor({2, 3}, 5).requires_grad_();
+    Tensor moved = a.to(device);
+    CHECK(moved.device() == device);
+    (moved * moved).sum().backward();
+    CHECK(a.grad().device() == Device::cpu());
+    check_close(a.grad(), (a.detach() * 2.0).to_vector<double>(), {2, 3}, 1e-15, 0);
+    gradcheck([device](auto& in) { return (in[0].to(device) * 3.0).to(Device::cpu()); },
+              {random_tensor({2, 2}, 6)});
+  }
+}

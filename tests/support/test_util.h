@@ -1,6 +1,6 @@
 // Test support shared by every suite. Test bodies take the device from test_devices() (Catch2
-// GENERATE), so the same body runs on the cpu today and on the cuda device (simulated in CI, real on
-// a GPU) once it exists. References are float64 naive loops written in the tests themselves, and
+// GENERATE), so the same body runs on the cpu today and on the cuda device (simulated in CI, real
+// on a GPU) once it exists. References are float64 naive loops written in the tests themselves, and
 // gradients are checked against central finite differences in float64.
 #pragma once
 

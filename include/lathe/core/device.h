@@ -26,7 +26,9 @@ struct Device {
   friend bool operator==(const Device&, const Device&) = default;
 };
 
-inline std::ostream& operator<<(std::ostream& os, const Device& d) { return os << d.str(); }
+inline std::ostream& operator<<(std::ostream& os, const Device& d) {
+  return os << d.str();
+}
 
 // True when this build of lathe has a cuda device (real GPU or simulator) and one is present.
 bool cuda_available();

@@ -17,26 +17,40 @@ enum class DType : uint8_t { F32, F64, F16, BF16, I32, I64, Bool };
 
 constexpr size_t element_size(DType t) {
   switch (t) {
-    case DType::F32: return 4;
-    case DType::F64: return 8;
-    case DType::F16: return 2;
-    case DType::BF16: return 2;
-    case DType::I32: return 4;
-    case DType::I64: return 8;
-    case DType::Bool: return 1;
+    case DType::F32:
+      return 4;
+    case DType::F64:
+      return 8;
+    case DType::F16:
+      return 2;
+    case DType::BF16:
+      return 2;
+    case DType::I32:
+      return 4;
+    case DType::I64:
+      return 8;
+    case DType::Bool:
+      return 1;
   }
   return 0;
 }
 
 constexpr std::string_view dtype_name(DType t) {
   switch (t) {
-    case DType::F32: return "f32";
-    case DType::F64: return "f64";
-    case DType::F16: return "f16";
-    case DType::BF16: return "bf16";
-    case DType::I32: return "i32";
-    case DType::I64: return "i64";
-    case DType::Bool: return "bool";
+    case DType::F32:
+      return "f32";
+    case DType::F64:
+      return "f64";
+    case DType::F16:
+      return "f16";
+    case DType::BF16:
+      return "bf16";
+    case DType::I32:
+      return "i32";
+    case DType::I64:
+      return "i64";
+    case DType::Bool:
+      return "bool";
   }
   return "?";
 }
@@ -44,20 +58,45 @@ constexpr std::string_view dtype_name(DType t) {
 constexpr bool is_floating(DType t) {
   return t == DType::F32 || t == DType::F64 || t == DType::F16 || t == DType::BF16;
 }
-constexpr bool is_integral(DType t) { return t == DType::I32 || t == DType::I64; }
+constexpr bool is_integral(DType t) {
+  return t == DType::I32 || t == DType::I64;
+}
 
-inline std::ostream& operator<<(std::ostream& os, DType t) { return os << dtype_name(t); }
+inline std::ostream& operator<<(std::ostream& os, DType t) {
+  return os << dtype_name(t);
+}
 
 // Maps a C++ element type to its DType.
 template <class T>
 struct dtype_of;
-template <> struct dtype_of<float> { static constexpr DType value = DType::F32; };
-template <> struct dtype_of<double> { static constexpr DType value = DType::F64; };
-template <> struct dtype_of<Half> { static constexpr DType value = DType::F16; };
-template <> struct dtype_of<BFloat16> { static constexpr DType value = DType::BF16; };
-template <> struct dtype_of<int32_t> { static constexpr DType value = DType::I32; };
-template <> struct dtype_of<int64_t> { static constexpr DType value = DType::I64; };
-template <> struct dtype_of<bool> { static constexpr DType value = DType::Bool; };
+template <>
+struct dtype_of<float> {
+  static constexpr DType value = DType::F32;
+};
+template <>
+struct dtype_of<double> {
+  static constexpr DType value = DType::F64;
+};
+template <>
+struct dtype_of<Half> {
+  static constexpr DType value = DType::F16;
+};
+template <>
+struct dtype_of<BFloat16> {
+  static constexpr DType value = DType::BF16;
+};
+template <>
+struct dtype_of<int32_t> {
+  static constexpr DType value = DType::I32;
+};
+template <>
+struct dtype_of<int64_t> {
+  static constexpr DType value = DType::I64;
+};
+template <>
+struct dtype_of<bool> {
+  static constexpr DType value = DType::Bool;
+};
 template <class T>
 inline constexpr DType dtype_v = dtype_of<T>::value;
 
@@ -71,9 +110,12 @@ namespace lathe {
 template <class Fn>
 decltype(auto) dispatch_float(DType t, const char* op, Fn&& fn) {
   switch (t) {
-    case DType::F32: return fn.template operator()<float>();
-    case DType::F64: return fn.template operator()<double>();
-    default: break;
+    case DType::F32:
+      return fn.template operator()<float>();
+    case DType::F64:
+      return fn.template operator()<double>();
+    default:
+      break;
   }
   LATHE_FAIL(op, ": dtype ", t, " is not supported here (expected f32 or f64)");
 }
@@ -81,11 +123,16 @@ decltype(auto) dispatch_float(DType t, const char* op, Fn&& fn) {
 template <class Fn>
 decltype(auto) dispatch_numeric(DType t, const char* op, Fn&& fn) {
   switch (t) {
-    case DType::F32: return fn.template operator()<float>();
-    case DType::F64: return fn.template operator()<double>();
-    case DType::I32: return fn.template operator()<int32_t>();
-    case DType::I64: return fn.template operator()<int64_t>();
-    default: break;
+    case DType::F32:
+      return fn.template operator()<float>();
+    case DType::F64:
+      return fn.template operator()<double>();
+    case DType::I32:
+      return fn.template operator()<int32_t>();
+    case DType::I64:
+      return fn.template operator()<int64_t>();
+    default:
+      break;
   }
   LATHE_FAIL(op, ": dtype ", t, " is not supported here (expected f32, f64, i32 or i64)");
 }
@@ -93,13 +140,20 @@ decltype(auto) dispatch_numeric(DType t, const char* op, Fn&& fn) {
 template <class Fn>
 decltype(auto) dispatch_all(DType t, const char* op, Fn&& fn) {
   switch (t) {
-    case DType::F32: return fn.template operator()<float>();
-    case DType::F64: return fn.template operator()<double>();
-    case DType::F16: return fn.template operator()<Half>();
-    case DType::BF16: return fn.template operator()<BFloat16>();
-    case DType::I32: return fn.template operator()<int32_t>();
-    case DType::I64: return fn.template operator()<int64_t>();
-    case DType::Bool: return fn.template operator()<bool>();
+    case DType::F32:
+      return fn.template operator()<float>();
+    case DType::F64:
+      return fn.template operator()<double>();
+    case DType::F16:
+      return fn.template operator()<Half>();
+    case DType::BF16:
+      return fn.template operator()<BFloat16>();
+    case DType::I32:
+      return fn.template operator()<int32_t>();
+    case DType::I64:
+      return fn.template operator()<int64_t>();
+    case DType::Bool:
+      return fn.template operator()<bool>();
   }
   LATHE_FAIL(op, ": unknown dtype");
 }

@@ -27,11 +27,11 @@ std::string concat(Args&&... args) {
 }  // namespace lathe
 
 // LATHE_CHECK(cond, "op: ", "message parts ", value, ...) throws lathe::Error when cond is false.
-#define LATHE_CHECK(cond, ...)                                 \
-  do {                                                         \
-    if (!(cond)) [[unlikely]] {                                \
+#define LATHE_CHECK(cond, ...)                                    \
+  do {                                                            \
+    if (!(cond)) [[unlikely]] {                                   \
       throw ::lathe::Error(::lathe::detail::concat(__VA_ARGS__)); \
-    }                                                          \
+    }                                                             \
   } while (0)
 
 #define LATHE_FAIL(...) throw ::lathe::Error(::lathe::detail::concat(__VA_ARGS__))

@@ -44,7 +44,7 @@ struct Half {
     uint32_t u = detail::float_bits(f);
     uint32_t sign = (u >> 16) & 0x8000u;
     uint32_t abs = u & 0x7fffffffu;
-    if (abs > 0x7f800000u) return uint16_t(sign | 0x7e00u);  // NaN
+    if (abs > 0x7f800000u) return uint16_t(sign | 0x7e00u);   // NaN
     if (abs >= 0x477ff000u) return uint16_t(sign | 0x7c00u);  // overflow (rounds to) inf
     if (abs < 0x38800000u) {                                  // subnormal or zero in half
       // Scale into the subnormal range with a float add, which rounds to nearest even for us.

@@ -169,8 +169,8 @@ std::vector<T> Tensor::to_vector() const {
 
 template <class T>
 T Tensor::item() const {
-  LATHE_CHECK(numel() == 1, "item(): tensor of shape ", shape_str(shape()),
-              " has ", numel(), " elements, expected exactly 1");
+  LATHE_CHECK(numel() == 1, "item(): tensor of shape ", shape_str(shape()), " has ", numel(),
+              " elements, expected exactly 1");
   return to_vector<T>()[0];
 }
 

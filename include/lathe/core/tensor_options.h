@@ -16,12 +16,21 @@ struct TensorOptions {
   bool requires_grad_ = false;
 
   TensorOptions() = default;
-  TensorOptions(DType t) : dtype_(t) {}   // NOLINT: implicit on purpose, zeros(s, DType::F64)
+  TensorOptions(DType t) : dtype_(t) {}    // NOLINT: implicit on purpose, zeros(s, DType::F64)
   TensorOptions(Device d) : device_(d) {}  // NOLINT
 
-  TensorOptions& dtype(DType t) { dtype_ = t; return *this; }
-  TensorOptions& device(Device d) { device_ = d; return *this; }
-  TensorOptions& requires_grad(bool r = true) { requires_grad_ = r; return *this; }
+  TensorOptions& dtype(DType t) {
+    dtype_ = t;
+    return *this;
+  }
+  TensorOptions& device(Device d) {
+    device_ = d;
+    return *this;
+  }
+  TensorOptions& requires_grad(bool r = true) {
+    requires_grad_ = r;
+    return *this;
+  }
 
   DType dtype_or(DType fallback) const { return dtype_.value_or(fallback); }
 };
