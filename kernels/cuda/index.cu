@@ -20,21 +20,6 @@ namespace lathe::kernels::cuda {
 
 namespace {
 
-// `v` without dim `dim`, sizes from `size_from` when given (see kernels/cpu/index.cpp).
-View drop_dim(const View& v, int dim, const View* size_from = nullptr) {
-  View r;
-  r.data = v.data;
-  r.dtype = v.dtype;
-  r.ndim = v.ndim - 1;
-  for (int d = 0, w = 0; d < v.ndim; ++d) {
-    if (d == dim) continue;
-    r.size[w] = size_from ? size_from->size[d] : v.size[d];
-    r.stride[w] = v.stride[d];
-    ++w;
-  }
-  return r;
-}
-
 // ---- index validation ----
 
 __global__ void find_bad_index_kernel(const int64_t* index, OffsetCalc<1> calc, int64_t n,
