@@ -14,3 +14,4 @@
 #include "lathe/core/threading.h"
 #include "lathe/data/batching.h"
 #include "lathe/data/dataset.h"
+#include "lathe/data/tokenizer.h"
