@@ -15,3 +15,5 @@
 #include "lathe/data/batching.h"
 #include "lathe/data/dataset.h"
 #include "lathe/data/tokenizer.h"
+#include "lathe/io/safetensors.h"
+#include "lathe/nn/bert_config.h"

@@ -367,7 +367,12 @@ void launch(dim3 grid, dim3 block, size_t dynamic_shared_bytes,
         for (unsigned x = 0; x < grid.x; ++x) {
           b.idx = uint3{x, y, z};
           blockIdx = b.idx;
+          // Blocks run one after another here, so the host orders each block after the previous
+          // one (its shared memory and bookkeeping are reused); TSan therefore checks races inside
+          // a block, not between blocks of one launch.
+          LATHE_SIM_TSAN_RELEASE(&g_host_to_kernel);
           run_block(b, kernel_body);
+          LATHE_SIM_TSAN_ACQUIRE(&g_kernel_to_host);
         }
       }
     }
@@ -550,8 +555,14 @@ void join_collective(WarpOp op, uint32_t mask, const void* in, size_t bytes, int
   t.state = State::Warp;
   t.file = file;
   t.line = line;
+  // Every lane publishes its input; the last one first acquires them all, computes, and publishes
+  // the outputs it wrote into the other lanes' records before they resume.
   LATHE_SIM_TSAN_RELEASE(&w);
-  if (w.arrived == mask) complete_collective(b, warp, w);
+  if (w.arrived == mask) {
+    LATHE_SIM_TSAN_ACQUIRE(&w);
+    complete_collective(b, warp, w);
+    LATHE_SIM_TSAN_RELEASE(&w);
+  }
   t.fiber.yield();
   LATHE_SIM_TSAN_ACQUIRE(&w);
 }
