@@ -48,6 +48,18 @@ Fiber::~Fiber() {
 #endif
 }
 
+void Fiber::sanitizer_release(void* address) {
+#if LATHE_SIM_TSAN
+  if (!tsan_fiber_) return;
+  void* current = __tsan_get_current_fiber();
+  __tsan_switch_to_fiber(tsan_fiber_, __tsan_switch_to_fiber_no_sync);
+  __tsan_release(address);
+  __tsan_switch_to_fiber(current, __tsan_switch_to_fiber_no_sync);
+#else
+  (void)address;
+#endif
+}
+
 Stack* StackPool::get(size_t index) {
   while (stacks_.size() <= index) stacks_.push_back(std::make_unique<Stack>(fiber_stack_bytes()));
   return stacks_[index].get();

@@ -63,6 +63,9 @@ class Fiber {
   // Called from inside the running fiber: back to the scheduler.
   void yield();
   bool finished() const { return finished_; }
+  // For a fiber abandoned mid-kernel (another thread raised an error): tells ThreadSanitizer that
+  // this fiber released `address`, without running it, so the host can acquire its accesses.
+  void sanitizer_release(void* address);
   std::exception_ptr error() const { return error_; }
 
  private:

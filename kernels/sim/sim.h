@@ -16,6 +16,7 @@
 
 // Standard headers first: some use attribute names (__noinline__) that the macros below redefine.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -149,48 +150,47 @@ inline unsigned __activemask() {
   return lathe::sim::active_mask();
 }
 
-// ---- atomics: fibers interleave only at synchronization points, so plain read-modify-write is
-// atomic here ----
+// ---- atomics: fibers interleave only at synchronization points, so these could be plain
+// read-modify-writes; they go through std::atomic_ref so that ThreadSanitizer sees atomic
+// accesses (and reports a racing plain access to the same address). ----
 template <class T>
 inline T atomicAdd(T* address, T value) {
-  T old = *address;
-  *address = old + value;
-  return old;
+  return std::atomic_ref<T>(*address).fetch_add(value, std::memory_order_relaxed);
 }
 template <class T>
 inline T atomicSub(T* address, T value) {
-  T old = *address;
-  *address = old - value;
+  return std::atomic_ref<T>(*address).fetch_sub(value, std::memory_order_relaxed);
+}
+namespace lathe::sim::detail {
+template <class T, class Pick>
+T atomic_update(T* address, T value, Pick pick) {
+  std::atomic_ref<T> ref(*address);
+  T old = ref.load(std::memory_order_relaxed);
+  while (!ref.compare_exchange_weak(old, pick(old, value), std::memory_order_relaxed)) {
+  }
   return old;
 }
+}  // namespace lathe::sim::detail
 template <class T>
 inline T atomicMax(T* address, T value) {
-  T old = *address;
-  *address = old > value ? old : value;
-  return old;
+  return lathe::sim::detail::atomic_update(address, value, [](T a, T b) { return a > b ? a : b; });
 }
 template <class T>
 inline T atomicMin(T* address, T value) {
-  T old = *address;
-  *address = old < value ? old : value;
-  return old;
+  return lathe::sim::detail::atomic_update(address, value, [](T a, T b) { return a < b ? a : b; });
 }
 template <class T>
 inline T atomicExch(T* address, T value) {
-  T old = *address;
-  *address = value;
-  return old;
+  return std::atomic_ref<T>(*address).exchange(value, std::memory_order_relaxed);
 }
 template <class T>
 inline T atomicCAS(T* address, T compare, T value) {
-  T old = *address;
-  if (old == compare) *address = value;
-  return old;
+  std::atomic_ref<T>(*address).compare_exchange_strong(compare, value, std::memory_order_relaxed);
+  return compare;
 }
 inline unsigned atomicInc(unsigned* address, unsigned limit) {
-  unsigned old = *address;
-  *address = old >= limit ? 0 : old + 1;
-  return old;
+  return lathe::sim::detail::atomic_update(
+      address, limit, [](unsigned old, unsigned lim) { return old >= lim ? 0u : old + 1; });
 }
 
 // ---- device math and bit intrinsics with host definitions ----

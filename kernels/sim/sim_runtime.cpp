@@ -244,6 +244,8 @@ void run_block(BlockState& b, const std::function<void()>& body) {
   b.barrier_file = nullptr;
   b.current_warp = -1;
   if (!b.shared.empty()) std::memset(b.shared.data(), 0xFF, b.shared.size());  // NaN poison
+  // The block's threads see the state just reset (and everything the host did before).
+  LATHE_SIM_TSAN_RELEASE(&g_host_to_kernel);
 
   while (b.live > 0) {
     ThreadState* t = pick(b);
@@ -368,9 +370,8 @@ void launch(dim3 grid, dim3 block, size_t dynamic_shared_bytes,
           b.idx = uint3{x, y, z};
           blockIdx = b.idx;
           // Blocks run one after another here, so the host orders each block after the previous
-          // one (its shared memory and bookkeeping are reused); TSan therefore checks races inside
-          // a block, not between blocks of one launch.
-          LATHE_SIM_TSAN_RELEASE(&g_host_to_kernel);
+          // one (its shared memory and bookkeeping are reused; run_block releases to the next
+          // block); TSan therefore checks races inside a block, not between blocks of a launch.
           run_block(b, kernel_body);
           LATHE_SIM_TSAN_ACQUIRE(&g_kernel_to_host);
         }
@@ -378,6 +379,9 @@ void launch(dim3 grid, dim3 block, size_t dynamic_shared_bytes,
     }
   } catch (...) {
     g_block = nullptr;
+    for (auto& t : b.threads) {
+      if (!t->fiber.finished()) t->fiber.sanitizer_release(&g_kernel_to_host);
+    }
     LATHE_SIM_TSAN_ACQUIRE(&g_kernel_to_host);
     // The block's other threads were abandoned mid-kernel: their stacks are dropped rather than
     // reused, so no later fiber inherits their frames (or, under TSan, their unordered writes).

@@ -64,6 +64,10 @@ TEST_CASE("sim: a correct block reduction is bit-identical under every schedule"
 }
 
 TEST_CASE("sim: a missing barrier changes the result under warp-random", "[sim]") {
+#if defined(__SANITIZE_THREAD__)
+  // Under ThreadSanitizer the planted race is reported instead (the "[.race]" case below).
+  return;
+#endif
   std::vector<float> in(256);
   for (size_t i = 0; i < in.size(); ++i) in[i] = float(i % 7) + 0.5f;
   float ref = std::accumulate(in.begin(), in.end(), 0.0f);
