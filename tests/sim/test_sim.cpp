@@ -106,7 +106,7 @@ TEST_CASE("sim: shuffles, votes and barrier counts, lane by lane", "[sim]") {
 }
 
 TEST_CASE("sim: a shuffle past the end of a partial warp is reported", "[sim]") {
-  std::vector<float> in(48, 1.0f);
+  std::vector<float> in(64, 1.0f);  // the full-warp launch below reads 64 values
   float out = 0;
   sim_tests::launch_warp_sum_full_warps(in.data(), &out, 64);  // full warps: fine
   std::string e = error_of([&] { sim_tests::launch_warp_sum_full_warps(in.data(), &out, 48); });
