@@ -1,0 +1,64 @@
+#include "lathe/nn/transformer.h"
+
+#include "lathe/core/functional.h"
+
+namespace lathe::nn {
+
+ResidualOutput::ResidualOutput(int64_t in_features, int64_t hidden_size, double dropout_p,
+                               double eps)
+    : Module("ResidualOutput") {
+  dense = register_module("dense", std::make_shared<Linear>(in_features, hidden_size));
+  layer_norm = register_module("LayerNorm", std::make_shared<LayerNorm>(hidden_size, eps));
+  dropout = register_module("dropout", std::make_shared<Dropout>(dropout_p));
+}
+
+Tensor ResidualOutput::forward(const Tensor& h, const Tensor& residual, bool pre_layer_norm) const {
+  const Tensor projected = dropout->forward(dense->forward(h));
+  if (pre_layer_norm) return projected + residual;
+  return layer_norm->forward(projected + residual);
+}
+
+AttentionBlock::AttentionBlock(const TransformerLayerOptions& o) : Module("AttentionBlock") {
+  self = register_module("self", std::make_shared<MultiHeadSelfAttention>(
+                                     o.hidden_size, o.num_heads, o.attention_dropout, o.causal));
+  output = register_module(
+      "output", std::make_shared<ResidualOutput>(o.hidden_size, o.hidden_size, o.hidden_dropout,
+                                                 o.layer_norm_eps));
+}
+
+Tensor AttentionBlock::forward(const Tensor& x, const Tensor& mask, bool pre_layer_norm) const {
+  if (pre_layer_norm) {
+    return output->forward(self->forward(output->layer_norm->forward(x), mask), x, true);
+  }
+  return output->forward(self->forward(x, mask), x, false);
+}
+
+FeedForwardIn::FeedForwardIn(int64_t hidden_size, int64_t intermediate_size,
+                             const std::string& activation)
+    : Module("FeedForwardIn"), activation_(parse_activation(activation)) {
+  dense = register_module("dense", std::make_shared<Linear>(hidden_size, intermediate_size));
+}
+
+Tensor FeedForwardIn::forward(const Tensor& x) const {
+  return apply_activation(activation_, dense->forward(x));
+}
+
+TransformerEncoderLayer::TransformerEncoderLayer(const TransformerLayerOptions& o)
+    : Module("TransformerEncoderLayer"), options_(o) {
+  attention = register_module("attention", std::make_shared<AttentionBlock>(o));
+  intermediate = register_module(
+      "intermediate",
+      std::make_shared<FeedForwardIn>(o.hidden_size, o.intermediate_size, o.activation));
+  output = register_module("output",
+                           std::make_shared<ResidualOutput>(o.intermediate_size, o.hidden_size,
+                                                            o.hidden_dropout, o.layer_norm_eps));
+}
+
+Tensor TransformerEncoderLayer::forward(const Tensor& x, const Tensor& mask) const {
+  const bool pre = options_.pre_layer_norm;
+  const Tensor h = attention->forward(x, mask, pre);
+  const Tensor ffn_in = pre ? output->layer_norm->forward(h) : h;
+  return output->forward(intermediate->forward(ffn_in), h, pre);
+}
+
+}  // namespace lathe::nn
