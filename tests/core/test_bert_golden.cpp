@@ -131,7 +131,7 @@ TEST_CASE("bert golden: save_pretrained round-trips the tiny model exactly",
 }
 
 TEST_CASE("bert golden: all-MiniLM-L6-v2 hidden states and embeddings match",
-          "[nn][golden][assets]") {
+          "[nn][golden][assets][cpu-only]") {
   const char* cache = std::getenv("LATHE_CACHE");
   const fs::path home = std::getenv("HOME") ? std::getenv("HOME") : "/root";
   const fs::path dir =
@@ -166,8 +166,9 @@ TEST_CASE("bert golden: all-MiniLM-L6-v2 hidden states and embeddings match",
   CHECK(flat_ids == ids.to_vector<int64_t>());
   CHECK(flat_mask == g.tensor("attention_mask").to_vector<int64_t>());
 
-  const Device device = GENERATE(from_range(test_devices()));
-  INFO("device " << device.str());
+  // cpu only: the same forward on the simulated cuda device takes ~45 s (the tiny model covers
+  // the cuda device); a lent GPU runs it through scripts/gpu-check.sh.
+  const Device device = Device::cpu();
   nn::PretrainedReport report;
   auto model = nn::load_bert_model(dir.string(), quiet(device), &report);
   CHECK(report.initialized.empty());
