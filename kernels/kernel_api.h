@@ -226,4 +226,37 @@ using CrossEntropyBackwardFn = void (*)(const CrossEntropyBackwardArgs& args);
 using AttentionForwardFn = void (*)(const AttentionForwardArgs& args);
 using AttentionBackwardFn = void (*)(const AttentionBackwardArgs& args);
 
+// One tensor of a fused Adam/AdamW step (multi-tensor apply): `numel` contiguous elements in each
+// buffer. param and grad have AdamWArgs::param_dtype; the moments are f32. master (f32) is the
+// master copy of a 16-bit param: the update runs on it and param receives it rounded; null for f32
+// params.
+struct AdamWTensor {
+  void* param = nullptr;
+  const void* grad = nullptr;
+  float* exp_avg = nullptr;
+  float* exp_avg_sq = nullptr;
+  float* master = nullptr;
+  int64_t numel = 0;
+};
+
+// Every tensor gets the same scalars, computed on the host in f64 and rounded to f32 once, then per
+// element in f32 (torch.optim's single-tensor formulas, in this order):
+//   decoupled:  p = p * (1 - lr * weight_decay)          else  g = g + weight_decay * p
+//   m = m + (1 - beta1) * (g - m)
+//   v = v * beta2 + (1 - beta2) * g * g
+//   p = p - (lr / bias_correction1) * (m / (sqrt(v) / sqrt(bias_correction2) + eps))
+// with bias_correction_k = 1 - beta_k^step.
+struct AdamWArgs {
+  DType param_dtype = DType::F32;        // F32, or F16/BF16 with master weights
+  const AdamWTensor* tensors = nullptr;  // host array of `count` entries (device pointers inside)
+  int64_t count = 0;
+  double lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.0;
+  bool decoupled_weight_decay = true;  // AdamW; false: Adam's L2 term added to the gradient
+  double bias_correction1 = 1.0, bias_correction2 = 1.0;
+  // Elements per unit of work (a CUDA block's chunk, a cpu thread's share); 0 = the backend's
+  // default. Results do not depend on it; tests set it small to cover multi-launch splitting.
+  int64_t chunk = 0;
+};
+using AdamWFn = void (*)(const AdamWArgs& args);
+
 }  // namespace lathe::kernels

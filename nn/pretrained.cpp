@@ -19,6 +19,7 @@
 #include "lathe/data/tokenizer.h"
 #include "lathe/io/safetensors.h"
 #include "lathe/nn/bert.h"
+#include "lathe/nn/lora.h"
 
 namespace lathe::nn {
 
@@ -285,14 +286,14 @@ void save_pretrained(const BertForSequenceClassification& model, const std::stri
   } else {
     config.extra.erase("lathe_pooling");
   }
-  save_model_dir(model.state_dict(), config, dir, tokenizer);
+  save_model_dir(merged_state_dict(model), config, dir, tokenizer);
 }
 
 void save_pretrained(const BertModel& model, const std::string& dir,
                      const data::Tokenizer* tokenizer) {
   BertConfig config = model.config();
   config.architectures = {"BertModel"};
-  save_model_dir(model.state_dict(), config, dir, tokenizer);
+  save_model_dir(merged_state_dict(model), config, dir, tokenizer);
 }
 
 void write_directory_atomically(const std::string& dir_in,

@@ -25,5 +25,7 @@
 #include "lathe/nn/init.h"
 #include "lathe/nn/layer_norm.h"
 #include "lathe/nn/linear.h"
+#include "lathe/nn/lora.h"
 #include "lathe/nn/module.h"
 #include "lathe/nn/transformer.h"
+#include "lathe/optim/optim.h"

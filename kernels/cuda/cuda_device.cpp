@@ -76,6 +76,7 @@ const KernelTable& cuda_kernel_table() {
     t.scatter_add = cuda::scatter_add;
     t.random = cuda::random;
     t.dropout = cuda::dropout;
+    t.adamw = cuda::adamw;
     return t;
   }();
   return table;

@@ -24,5 +24,6 @@ extern const GatherFn gather;
 extern const ScatterAddFn scatter_add;
 extern const RandomFn random;
 extern const DropoutFn dropout;
+extern const AdamWFn adamw;
 
 }  // namespace lathe::kernels::cuda

@@ -319,3 +319,59 @@ TEST_CASE("nn: bad inputs and configs are named errors", "[nn]") {
   check_error([&] { nn::BertModel m(bad); }, {"unknown activation 'swiglu'"});
   check_error([&] { nn::parse_pooling("max"); }, {"unknown pooling 'max'"});
 }
+
+TEST_CASE("nn: LoRA starts at the pretrained function and merges into plain weights", "[nn]") {
+  const Device device = GENERATE(from_range(test_devices()));
+  nn::BertForSequenceClassification model(tiny_config());
+  model.to(DType::F64);
+  model.to(device);
+  model.eval();
+  const TensorOptions i64 = TensorOptions(DType::I64).device(device);
+  const Tensor ids = from_vector<int64_t>({1, 5, 7, 9, 2, 3, 4, 0}, {2, 4}, i64);
+  const Tensor mask = from_vector<int64_t>({1, 1, 1, 1, 1, 1, 1, 0}, {2, 4}, i64);
+  const Tensor before = model.forward(ids, mask).detach();
+
+  const int64_t adapted = nn::enable_lora(model, 2, 4.0);
+  CHECK(adapted == 2 * 6);  // q, k, v, attention output, intermediate, output per layer
+  check_close(model.forward(ids, mask), before, 1e-12, 0);  // B = 0: unchanged
+  int64_t trainable = 0;
+  for (const auto& [name, p] : model.named_parameters()) {
+    const bool expect = name.find("lora_") != std::string::npos || name.rfind("classifier.", 0) == 0;
+    INFO(name);
+    CHECK(p.requires_grad() == expect);
+    if (p.requires_grad()) trainable += p.numel();
+  }
+  // 12 adapters of rank 2: (in + out) * 2 each; the classifier 16 * 2 + 2.
+  CHECK(trainable == 2 * (4 * (16 + 16) + (16 + 24) + (24 + 16)) * 2 + 34);
+  auto* query = dynamic_cast<nn::Linear*>(&model.submodule("bert.encoder.layer.0.attention.self.query"));
+  REQUIRE(query != nullptr);
+  CHECK(query->lora_scale() == 2.0);
+
+  // Train-like change of B; the merged export must compute the same function.
+  {
+    NoGradGuard ng;
+    for (const auto& [name, p] : model.named_parameters()) {
+      if (name.find("lora_B") != std::string::npos) {
+        Tensor(p).copy_(random_tensor(p.shape(), 11, DType::F64, device, -0.5, 0.5));
+      }
+    }
+  }
+  const Tensor adapted_logits = model.forward(ids, mask).detach();
+  CHECK(max(abs(adapted_logits - before)).item<double>() > 1e-6);  // the adapter does something
+  const nn::StateDict merged = nn::merged_state_dict(model);
+  for (const auto& [name, t] : merged) CHECK(name.find("lora_") == std::string::npos);
+  nn::BertForSequenceClassification plain(tiny_config());
+  plain.to(DType::F64);
+  plain.to(device);
+  plain.eval();
+  plain.load_state_dict(merged);
+  check_close(plain.forward(ids, mask), adapted_logits, 1e-12, 1e-10);
+
+  // Gradients reach A and B only (B = random now, so A gets a nonzero gradient too).
+  model.train();
+  model.forward(ids, mask).sum().backward();
+  CHECK(query->lora_A.grad().defined());
+  CHECK(query->lora_B.grad().defined());
+  CHECK(!query->weight.grad().defined());
+  check_error([&] { query->enable_lora(2, 4.0); }, {"already has an adapter"});
+}

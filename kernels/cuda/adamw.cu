@@ -1,0 +1,168 @@
+// Fused Adam/AdamW step on cuda with multi-tensor apply (the scheme of apex / PyTorch's
+// _foreach kernels): the tensors are cut into chunks of 65536 elements and each CUDA block
+// updates one chunk. The table of tensor pointers and the block -> (tensor, chunk) map travel in
+// the kernel's parameter struct (under the 4 KiB parameter limit), so a step costs one launch per
+// kMaxBlocks chunks or kMaxTensors tensors, no host -> device copy and no synchronization. A
+// tensor whose chunks do not fit in one launch is carried over into the next table.
+//
+// The per-element expressions are those of kernels/cpu/adamw.cpp (documented on AdamWArgs), in
+// f32 with the scalars rounded from the host's f64 once; the simulated build therefore agrees
+// with the cpu up to floating-point contraction, and a GPU up to its sqrt/div rounding.
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda/math.cuh"
+
+namespace lathe::kernels::cuda {
+
+namespace {
+
+constexpr int64_t kDefaultChunk = 65536;
+constexpr int kMaxTensors = 36;
+constexpr int kMaxBlocks = 320;
+
+struct AdamWScalars {
+  int64_t chunk;
+  float decay, l2, one_minus_beta1, beta2, one_minus_beta2, step_size, bc2_sqrt, eps;
+};
+
+// 36 x 48 + 320 x 5 bytes + scalars: ~3.4 KiB, within the 4 KiB kernel-parameter limit.
+struct AdamWTable {
+  void* param[kMaxTensors];
+  const void* grad[kMaxTensors];
+  float* exp_avg[kMaxTensors];
+  float* exp_avg_sq[kMaxTensors];
+  float* master[kMaxTensors];
+  int64_t numel[kMaxTensors];
+  int32_t block_chunk[kMaxBlocks];
+  uint8_t block_tensor[kMaxBlocks];
+};
+static_assert(sizeof(AdamWTable) + sizeof(AdamWScalars) < 4000, "kernel parameters exceed 4 KiB");
+
+template <class T, bool Decoupled>
+__global__ void adamw_kernel_impl(AdamWTable table, AdamWScalars s) {
+  const int t = table.block_tensor[blockIdx.x];
+  const int64_t begin = int64_t(table.block_chunk[blockIdx.x]) * s.chunk;
+  const int64_t n = table.numel[t];
+  const int64_t end = begin + s.chunk < n ? begin + s.chunk : n;
+  T* param = static_cast<T*>(table.param[t]);
+  const T* grad = static_cast<const T*>(table.grad[t]);
+  float* m = table.exp_avg[t];
+  float* v = table.exp_avg_sq[t];
+  float* master = table.master[t];
+  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
+    float w;
+    if constexpr (std::is_same_v<T, float>) {
+      w = param[i];
+    } else {
+      w = master[i];
+    }
+    float g = convert<float>(grad[i]);
+    if constexpr (Decoupled) {
+      w = w * s.decay;
+    } else {
+      g = g + s.l2 * w;
+    }
+    const float mi = m[i] + s.one_minus_beta1 * (g - m[i]);
+    const float vi = v[i] * s.beta2 + s.one_minus_beta2 * g * g;
+    m[i] = mi;
+    v[i] = vi;
+    w = w - s.step_size * (mi / (dmath::sqrt(vi) / s.bc2_sqrt + s.eps));
+    if constexpr (std::is_same_v<T, float>) {
+      param[i] = w;
+    } else {
+      master[i] = w;
+      param[i] = convert<T>(w);
+    }
+  }
+}
+
+template <class T>
+void launch_table(const AdamWTable& table, int blocks, const AdamWScalars& s, bool decoupled) {
+  if (decoupled) {
+    rt::launch(adamw_kernel_impl<T, true>, dim3(unsigned(blocks)), dim3(kThreads), 0, stream(),
+               "adamw", table, s);
+  } else {
+    rt::launch(adamw_kernel_impl<T, false>, dim3(unsigned(blocks)), dim3(kThreads), 0, stream(),
+               "adamw", table, s);
+  }
+}
+
+void adamw_kernel(const AdamWArgs& a) {
+  LATHE_CHECK(a.chunk >= 0, "adamw: chunk must be >= 0, got ", a.chunk);
+  LATHE_CHECK(a.count == 0 || a.tensors != nullptr, "adamw: ", a.count, " tensors but no list");
+  const int64_t chunk_size = a.chunk > 0 ? a.chunk : kDefaultChunk;
+  LATHE_CHECK(
+      a.param_dtype == DType::F32 || a.param_dtype == DType::BF16 || a.param_dtype == DType::F16,
+      "adamw: params must be f32, bf16 or f16, got ", a.param_dtype);
+  for (int64_t k = 0; k < a.count; ++k) {
+    const AdamWTensor& t = a.tensors[k];
+    LATHE_CHECK(t.numel >= 0, "adamw: tensor ", k, " has a negative size ", t.numel);
+    LATHE_CHECK(t.numel == 0 || (t.param && t.grad && t.exp_avg && t.exp_avg_sq), "adamw: tensor ",
+                k, " is missing a param, grad or moment pointer");
+    LATHE_CHECK(a.param_dtype == DType::F32 || t.numel == 0 || t.master, "adamw: tensor ", k,
+                " has ", a.param_dtype, " params but no f32 master weights");
+    LATHE_CHECK((t.numel + chunk_size - 1) / chunk_size <= int64_t(INT32_MAX), "adamw: tensor ", k,
+                " has too many elements (", t.numel, ")");
+  }
+  AdamWScalars s;
+  s.chunk = chunk_size;
+  s.decay = float(1.0 - a.lr * a.weight_decay);
+  s.l2 = float(a.weight_decay);
+  s.one_minus_beta1 = float(1.0 - a.beta1);
+  s.beta2 = float(a.beta2);
+  s.one_minus_beta2 = float(1.0 - a.beta2);
+  s.step_size = float(a.lr / a.bias_correction1);
+  s.bc2_sqrt = float(std::sqrt(a.bias_correction2));
+  s.eps = float(a.eps);
+
+  dispatch_device_float(a.param_dtype, "adamw", [&]<class T>() {
+    if constexpr (std::is_same_v<T, double>) {
+      return;  // rejected above; f64 params take the composed path
+    } else {
+      AdamWTable table;
+      int slot = 0, blocks = 0;
+      for (int64_t k = 0; k < a.count; ++k) {
+        const AdamWTensor& t = a.tensors[k];
+        if (t.numel == 0) continue;
+        table.param[slot] = t.param;
+        table.grad[slot] = t.grad;
+        table.exp_avg[slot] = t.exp_avg;
+        table.exp_avg_sq[slot] = t.exp_avg_sq;
+        table.master[slot] = t.master;
+        table.numel[slot] = t.numel;
+        const int64_t chunks = (t.numel + chunk_size - 1) / chunk_size;
+        for (int64_t c = 0; c < chunks; ++c) {
+          table.block_tensor[blocks] = uint8_t(slot);
+          table.block_chunk[blocks] = int32_t(c);
+          ++blocks;
+          const bool last_chunk = c == chunks - 1;
+          const bool tensors_full = last_chunk && slot == kMaxTensors - 1;
+          if (blocks == kMaxBlocks || tensors_full) {
+            launch_table<T>(table, blocks, s, a.decoupled_weight_decay);
+            blocks = 0;
+            if (last_chunk) {
+              slot = -1;  // the ++slot below starts the next table at 0
+            } else {
+              // The rest of this tensor goes on in the next table, as its slot 0.
+              table.param[0] = table.param[slot];
+              table.grad[0] = table.grad[slot];
+              table.exp_avg[0] = table.exp_avg[slot];
+              table.exp_avg_sq[0] = table.exp_avg_sq[slot];
+              table.master[0] = table.master[slot];
+              table.numel[0] = table.numel[slot];
+              slot = 0;
+            }
+          }
+        }
+        ++slot;
+      }
+      if (blocks > 0) launch_table<T>(table, blocks, s, a.decoupled_weight_decay);
+    }
+  });
+}
+
+}  // namespace
+
+extern const AdamWFn adamw = adamw_kernel;
+
+}  // namespace lathe::kernels::cuda
