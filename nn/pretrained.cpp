@@ -277,8 +277,8 @@ void save_model_dir(const StateDict& state, BertConfig config, const std::string
 
 }  // namespace
 
-void save_pretrained(const BertForSequenceClassification& model, const std::string& dir,
-                     const data::Tokenizer* tokenizer) {
+namespace {
+BertConfig export_config(const BertForSequenceClassification& model) {
   BertConfig config = model.config();
   config.architectures = {"BertForSequenceClassification"};
   if (model.pooling() == Pooling::Mean) {
@@ -286,7 +286,23 @@ void save_pretrained(const BertForSequenceClassification& model, const std::stri
   } else {
     config.extra.erase("lathe_pooling");
   }
-  save_model_dir(merged_state_dict(model), config, dir, tokenizer);
+  return config;
+}
+}  // namespace
+
+void save_pretrained(const BertForSequenceClassification& model, const std::string& dir,
+                     const data::Tokenizer* tokenizer) {
+  save_model_dir(merged_state_dict(model), export_config(model), dir, tokenizer);
+}
+
+void write_pretrained_files(const BertForSequenceClassification& model, const std::string& dir,
+                            const data::Tokenizer* tokenizer) {
+  const StateDict state = merged_state_dict(model);
+  io::save_safetensors((fs::path(dir) / "model.safetensors").string(),
+                       std::map<std::string, Tensor>(state.begin(), state.end()),
+                       {{"format", "pt"}});
+  export_config(model).save((fs::path(dir) / "config.json").string());
+  if (tokenizer) write_tokenizer_files(*tokenizer, dir);
 }
 
 void save_pretrained(const BertModel& model, const std::string& dir,

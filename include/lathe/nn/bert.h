@@ -154,6 +154,11 @@ void save_pretrained(const BertForSequenceClassification& model, const std::stri
 void save_pretrained(const BertModel& model, const std::string& dir,
                      const data::Tokenizer* tokenizer = nullptr);
 
+// The files of save_pretrained written into an existing directory `dir` (not atomic by itself:
+// for composing a checkpoint directory inside write_directory_atomically).
+void write_pretrained_files(const BertForSequenceClassification& model, const std::string& dir,
+                            const data::Tokenizer* tokenizer = nullptr);
+
 // Atomically replaces directory `dir` with the files `write(tmp_dir)` produces.
 void write_directory_atomically(const std::string& dir,
                                 const std::function<void(const std::string& tmp_dir)>& write);

@@ -1,0 +1,227 @@
+#include "options.h"
+
+#include <CLI/CLI.hpp>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "lathe/core/error.h"
+
+namespace lathe::finetune {
+
+namespace fs = std::filesystem;
+
+namespace {
+fs::path cache_dir() {
+  if (const char* c = std::getenv("LATHE_CACHE"); c && *c) return c;
+  const char* home = std::getenv("HOME");
+  return fs::path(home ? home : ".") / ".cache" / "lathe";
+}
+}  // namespace
+
+void add_options(CLI::App& app, Options& o) {
+  app.description(
+      "Fine-tunes a pretrained BERT encoder with a new classification head on labelled text, "
+      "evaluates it on dev during training and on test at the end, and writes Hugging Face "
+      "loadable checkpoints (best and last), metrics.jsonl, summary.json and a plot.");
+  app.get_formatter()->column_width(34);
+  auto* g = "Model and data";
+  app.add_option("--model", o.model,
+                 "Hugging Face BERT directory (config.json, model.safetensors, vocab.txt) "
+                 "[default: the fetched all-MiniLM-L6-v2]")
+      ->group(g);
+  app.add_flag("--random-init", o.random_init,
+               "build the model from --model's config.json with random weights (tests, "
+               "training from scratch)")
+      ->group(g);
+  app.add_option("--data", o.data,
+                 "one labelled file (.tsv/.csv/.jsonl), split into train/dev/test here "
+                 "(stratified, seeded)")
+      ->group(g);
+  app.add_option("--train", o.train, "training file [default: the fetched movie-review split]")
+      ->group(g);
+  app.add_option("--dev", o.dev, "development file (evaluation during training)")->group(g);
+  app.add_option("--test", o.test, "test file (evaluated once, at the end, with the best model)")
+      ->group(g);
+  app.add_option("--text-field", o.text_field, "column or key holding the text")
+      ->capture_default_str()
+      ->group(g);
+  app.add_option("--label-field", o.label_field, "column or key holding the label")
+      ->capture_default_str()
+      ->group(g);
+  app.add_option("--subset", o.subset,
+                 "train on a seeded stratified subset of N examples (0 = all)")
+      ->check(CLI::NonNegativeNumber)
+      ->group(g);
+  app.add_option("--max-len", o.max_len,
+                 "tokens per example incl. [CLS]/[SEP]; longer ones are "
+                 "truncated (the summary reports how many)")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t(3), int64_t(1 << 20)))
+      ->group(g);
+  g = "Training";
+  app.add_option("--batch-size", o.batch_size, "examples per step")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber)
+      ->group(g);
+  app.add_option("--epochs", o.epochs, "passes over the training set")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber)
+      ->group(g);
+  app.add_option("--max-steps", o.max_steps, "stop after N optimizer steps (0 = epochs decide)")
+      ->check(CLI::NonNegativeNumber)
+      ->group(g);
+  app.add_option("--lr", o.lr, "peak learning rate (AdamW)")->capture_default_str()->group(g);
+  app.add_option("--weight-decay", o.weight_decay,
+                 "decoupled weight decay; biases and LayerNorm weights get none")
+      ->capture_default_str()
+      ->group(g);
+  app.add_option("--warmup-ratio", o.warmup_ratio,
+                 "fraction of the steps with a linear warmup from 0")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 1.0))
+      ->group(g);
+  app.add_option("--schedule", o.schedule, "learning-rate decay after warmup")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"linear", "cosine", "constant"}))
+      ->group(g);
+  app.add_option("--max-grad-norm", o.max_grad_norm, "clip the global gradient norm (0 = off)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber)
+      ->group(g);
+  app.add_option("--layerwise-lr-decay", o.layerwise_lr_decay,
+                 "lr of encoder layer i is lr * d^(L - i), embeddings lr * d^(L + 1); 1 = off")
+      ->capture_default_str()
+      ->group(g);
+  app.add_option("--freeze-layers", o.freeze_layers,
+                 "freeze the embeddings and the first N encoder layers (keeps more pretrained "
+                 "knowledge, trains faster)")
+      ->check(CLI::NonNegativeNumber)
+      ->group(g);
+  app.add_option("--lora-rank", o.lora_rank,
+                 "train rank-R LoRA adapters on the attention and FFN projections (plus the "
+                 "head) instead of all weights; merged into the weights on save (0 = off)")
+      ->check(CLI::NonNegativeNumber)
+      ->group(g);
+  app.add_option("--lora-alpha", o.lora_alpha, "LoRA scale numerator (scale = alpha / rank)")
+      ->capture_default_str()
+      ->group(g);
+  app.add_option("--lora-dropout", o.lora_dropout, "dropout on the LoRA input")
+      ->capture_default_str()
+      ->group(g);
+  app.add_option("--dropout", o.dropout,
+                 "hidden, attention and head dropout (default: the checkpoint's config)")
+      ->group(g);
+  app.add_option("--pooling", o.pooling,
+                 "sentence features for the head: mean of the token states (what sentence "
+                 "encoders like MiniLM are trained for) or cls (BERT's pooler)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"cls", "mean"}))
+      ->group(g);
+  app.add_option("--seed", o.seed, "seed of the head init, data order, split and dropout")
+      ->capture_default_str()
+      ->group(g);
+  g = "Execution";
+  app.add_option("--device", o.device, "cpu or cuda[:N]")->capture_default_str()->group(g);
+  app.add_option("--precision", o.precision, "fp32 (bf16: not supported yet)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"fp32", "bf16"}))
+      ->group(g);
+  app.add_option("--threads", o.threads, "cpu threads (0 = all cores)")
+      ->check(CLI::NonNegativeNumber)
+      ->group(g);
+  app.add_option("--eval-every", o.eval_every,
+                 "evaluate on dev and checkpoint every N steps (0 = at each epoch end)")
+      ->check(CLI::NonNegativeNumber)
+      ->group(g);
+  app.add_option("--patience", o.patience,
+                 "early stopping: stop after N evaluations without a better dev macro-F1 "
+                 "(0 = never)")
+      ->check(CLI::NonNegativeNumber)
+      ->group(g);
+  app.add_option("--train-eval-size", o.train_eval_size,
+                 "training examples re-evaluated at each evaluation for the train-dev gap")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber)
+      ->group(g);
+  app.add_option("--out", o.out,
+                 "output directory: checkpoints/{best,last}, metrics.jsonl, summary.json, plot")
+      ->capture_default_str()
+      ->group(g);
+  app.add_flag("--resume", o.resume,
+               "continue the run in --out from its last checkpoint (after a crash or kill); "
+               "the result is identical to an uninterrupted run")
+      ->group(g);
+  app.add_flag("--quiet", o.quiet, "no progress bar")->group(g);
+}
+
+void finalize_options(Options& o) {
+  if (o.model.empty()) o.model = (cache_dir() / "models" / "all-MiniLM-L6-v2").string();
+  if (o.data.empty() && o.train.empty()) {
+    const fs::path d = cache_dir() / "data" / "movie-review-snippets";
+    o.train = (d / "train.tsv").string();
+    if (o.dev.empty()) o.dev = (d / "dev.tsv").string();
+    if (o.test.empty()) o.test = (d / "test.tsv").string();
+  }
+  LATHE_CHECK(o.data.empty() || (o.train.empty() && o.dev.empty() && o.test.empty()),
+              "--data splits one file; do not combine it with --train/--dev/--test");
+  LATHE_CHECK(!o.train.empty() || !o.data.empty(), "give --data FILE or --train FILE");
+  LATHE_CHECK(!o.data.empty() || !o.dev.empty(),
+              "--train needs --dev too (evaluation during training)");
+  LATHE_CHECK(o.lr > 0 && std::isfinite(o.lr), "--lr must be positive, got ", o.lr);
+  LATHE_CHECK(o.weight_decay >= 0, "--weight-decay must be >= 0, got ", o.weight_decay);
+  LATHE_CHECK(o.layerwise_lr_decay > 0 && o.layerwise_lr_decay <= 1,
+              "--layerwise-lr-decay must be in (0, 1], got ", o.layerwise_lr_decay);
+  LATHE_CHECK(o.lora_rank == 0 || (o.lora_alpha > 0 && o.lora_dropout >= 0 && o.lora_dropout < 1),
+              "--lora-alpha must be > 0 and --lora-dropout in [0, 1)");
+  LATHE_CHECK(o.lora_rank == 0 || o.freeze_layers == 0,
+              "--lora-rank and --freeze-layers are alternatives; give one");
+  LATHE_CHECK(o.dropout < 0 || o.dropout < 1, "--dropout must be in [0, 1), got ", o.dropout);
+  LATHE_CHECK(o.precision == "fp32",
+              "--precision bf16 is not supported yet (bf16 autocast is open work, see "
+              "docs/finetuning.md); use fp32");
+}
+
+std::string Options::fingerprint() const {
+  nlohmann::json j;
+  j["model"] = fs::absolute(model).lexically_normal().string();
+  j["random_init"] = random_init;
+  auto abs = [](const std::string& p) {
+    return p.empty() ? p : fs::absolute(p).lexically_normal().string();
+  };
+  j["data"] = abs(data);
+  j["train"] = abs(train);
+  j["dev"] = abs(dev);
+  j["test"] = abs(test);
+  j["text_field"] = text_field;
+  j["label_field"] = label_field;
+  j["dev_fraction"] = dev_fraction;
+  j["test_fraction"] = test_fraction;
+  j["subset"] = subset;
+  j["max_len"] = max_len;
+  j["batch_size"] = batch_size;
+  j["epochs"] = epochs;
+  j["max_steps"] = max_steps;
+  j["lr"] = lr;
+  j["weight_decay"] = weight_decay;
+  j["warmup_ratio"] = warmup_ratio;
+  j["schedule"] = schedule;
+  j["max_grad_norm"] = max_grad_norm;
+  j["layerwise_lr_decay"] = layerwise_lr_decay;
+  j["freeze_layers"] = freeze_layers;
+  j["lora_rank"] = lora_rank;
+  j["lora_alpha"] = lora_alpha;
+  j["lora_dropout"] = lora_dropout;
+  j["dropout"] = dropout;
+  j["pooling"] = pooling;
+  j["seed"] = seed;
+  j["device"] = device;
+  j["precision"] = precision;
+  j["eval_every"] = eval_every;
+  j["patience"] = patience;
+  j["train_eval_size"] = train_eval_size;
+  return j.dump();
+}
+
+}  // namespace lathe::finetune
