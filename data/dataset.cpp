@@ -364,6 +364,9 @@ void jsonl_examples(std::string_view content, const ReadOptions& options, const 
       if (it->is_string()) {
         example.label = it->get<std::string>();
         check_text(example.label, "label", number, false);
+      } else if (it->is_number_unsigned()) {
+        // Before the signed case, which would print 2^63 and above as negative numbers.
+        example.label = std::to_string(it->get<uint64_t>());
       } else if (it->is_number_integer()) {
         example.label = std::to_string(it->get<int64_t>());
       } else if (it->is_boolean()) {

@@ -11,6 +11,7 @@
 #include <array>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <nlohmann/json.hpp>
 
 #include "lathe/core/error.h"
@@ -164,6 +165,14 @@ class PieceTable {
   std::size_t mask_ = 0;
   std::size_t max_len_ = 0;
 };
+
+std::string read_text_file(const std::string& path, const char* what) {
+  std::ifstream in(path, std::ios::binary);
+  LATHE_CHECK(in, "Tokenizer: cannot open ", what, " '", path, "'");
+  std::string content((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  LATHE_CHECK(!in.bad(), "Tokenizer: cannot read ", what, " '", path, "'");
+  return content;
+}
 
 }  // namespace
 
@@ -322,6 +331,10 @@ struct Tokenizer::Impl {
   void finish(std::vector<int64_t>& a, std::vector<int64_t>* b, const EncodeOptions& opt,
               Encoding& enc) const {
     const int64_t added = opt.add_special_tokens ? (b ? 3 : 2) : 0;
+    // Otherwise a negative length would silently mean "no limit", and MaxLength would not pad.
+    LATHE_CHECK(opt.max_length >= 0, "Tokenizer: max_length ", opt.max_length, " is negative");
+    LATHE_CHECK(opt.padding != Padding::MaxLength || opt.max_length > 0,
+                "Tokenizer: Padding::MaxLength needs max_length > 0");
     if (opt.max_length > 0) {
       LATHE_CHECK(opt.max_length >= added, "Tokenizer: max_length ", opt.max_length,
                   " cannot hold the ", added, " special tokens");
@@ -431,36 +444,44 @@ Tokenizer::Tokenizer(Tokenizer&&) noexcept = default;
 Tokenizer& Tokenizer::operator=(Tokenizer&&) noexcept = default;
 
 Tokenizer Tokenizer::from_vocab_file(const std::string& path, TokenizerOptions options) {
-  std::ifstream in(path, std::ios::binary);
-  LATHE_CHECK(in, "Tokenizer: cannot open vocabulary file '", path, "'");
+  return from_vocab_string(read_text_file(path, "vocabulary file"), path, std::move(options));
+}
+
+Tokenizer Tokenizer::from_vocab_string(std::string_view content, const std::string& source,
+                                       TokenizerOptions options) {
   std::vector<std::string> vocab;
-  std::string line;
-  while (std::getline(in, line)) {
+  // Lines as std::getline gives them: a final line needs no '\n', and a final '\n' adds none.
+  for (std::size_t pos = 0; pos < content.size();) {
+    std::size_t nl = std::min(content.find('\n', pos), content.size());
+    std::string_view line = content.substr(pos, nl - pos);
     // Hugging Face trims trailing whitespace (and with it a '\r' of CRLF files).
     std::size_t end = line.find_last_not_of(" \t\r\n\v\f");
-    line.resize(end == std::string::npos ? 0 : end + 1);
-    vocab.push_back(line);
+    vocab.emplace_back(line.substr(0, end == std::string_view::npos ? 0 : end + 1));
+    pos = nl + 1;
   }
-  LATHE_CHECK(!vocab.empty(), "Tokenizer: vocabulary file '", path, "' is empty");
+  LATHE_CHECK(!vocab.empty(), "Tokenizer: vocabulary '", source, "' is empty");
   try {
     return Tokenizer(std::move(vocab), std::move(options));
   } catch (const Error& e) {
-    throw Error(std::string(e.what()) + " (in '" + path + "')");
+    throw Error(std::string(e.what()) + " (in '" + source + "')");
   }
 }
 
 Tokenizer Tokenizer::from_tokenizer_json(const std::string& path) {
+  return from_tokenizer_json_string(read_text_file(path, "tokenizer file"), path);
+}
+
+Tokenizer Tokenizer::from_tokenizer_json_string(std::string_view content,
+                                                const std::string& source) {
   using nlohmann::json;
-  std::ifstream in(path, std::ios::binary);
-  LATHE_CHECK(in, "Tokenizer: cannot open '", path, "'");
   json j;
   try {
-    j = json::parse(in);
+    j = json::parse(content.begin(), content.end());
   } catch (const json::exception& e) {
-    throw Error("Tokenizer: '" + path + "' is not valid JSON: " + e.what());
+    throw Error("Tokenizer: '" + source + "' is not valid JSON: " + e.what());
   }
   auto fail = [&](const std::string& what) -> Error {
-    return Error("Tokenizer: '" + path + "': " + what);
+    return Error("Tokenizer: '" + source + "': " + what);
   };
   if (!j.is_object()) throw fail("top level is not an object");
   TokenizerOptions opt;
@@ -472,8 +493,13 @@ Tokenizer Tokenizer::from_tokenizer_json(const std::string& path) {
     opt.unk_token = model.value("unk_token", opt.unk_token);
     opt.continuing_subword_prefix =
         model.value("continuing_subword_prefix", opt.continuing_subword_prefix);
-    opt.max_input_chars_per_word =
-        model.value("max_input_chars_per_word", opt.max_input_chars_per_word);
+    if (model.contains("max_input_chars_per_word")) {
+      // get<int64_t>() would convert a float such as 1e300 with undefined behaviour.
+      const json& limit = model.at("max_input_chars_per_word");
+      if (!limit.is_number_integer())
+        throw fail("model.max_input_chars_per_word is not an integer");
+      opt.max_input_chars_per_word = limit.get<int64_t>();
+    }
     const json& vocab_json = model.at("vocab");
     if (!vocab_json.is_object() || vocab_json.empty())
       throw fail("model.vocab is not a non-empty object");
@@ -526,7 +552,7 @@ Tokenizer Tokenizer::from_tokenizer_json(const std::string& path) {
   try {
     return Tokenizer(std::move(vocab), std::move(opt));
   } catch (const Error& e) {
-    throw Error(std::string(e.what()) + " (in '" + path + "')");
+    throw Error(std::string(e.what()) + " (in '" + source + "')");
   }
 }
 

@@ -12,7 +12,7 @@ source scripts/lib/deps.sh
 seconds="${1:-60}"
 shift || true
 [[ "$seconds" =~ ^[0-9]+$ ]] || { echo "usage: scripts/fuzz.sh [SECONDS] [TARGET...]" >&2; exit 2; }
-lathe_ensure_packages clang cmake nlohmann-json3-dev
+lathe_ensure_packages clang cmake nlohmann-json3-dev libutf8proc-dev
 
 build=build-fuzz
 cmake -S tests/fuzz -B "$build" -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=Release \
@@ -30,8 +30,13 @@ run_one() {
   local corpus="$build/corpus/$name" artifacts="$build/artifacts/$name/" log="$build/fuzz_$name.log"
   mkdir -p "$corpus" "$artifacts"
   [[ -d "tests/fuzz/corpus/$name" ]] && cp -n "tests/fuzz/corpus/$name"/* "$corpus"/ 2>/dev/null || true
+  # A target's own tests/fuzz/<name>.dict, else the shared JSON one.
   local dict=()
-  [[ -f tests/fuzz/json.dict ]] && dict=(-dict=tests/fuzz/json.dict)
+  if [[ -f "tests/fuzz/$name.dict" ]]; then
+    dict=(-dict="tests/fuzz/$name.dict")
+  elif [[ -f tests/fuzz/json.dict ]]; then
+    dict=(-dict=tests/fuzz/json.dict)
+  fi
   # -timeout=30: under ASan+UBSan a valid but large input (a config with 100,000 labels) takes
   # seconds; a hang still shows up as a timeout- reproducer.
   local rc=0 start=$SECONDS

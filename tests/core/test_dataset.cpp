@@ -443,3 +443,11 @@ TEST_CASE("fetched sentiment dataset matches docs/data.md", "[dataset][assets]")
   CHECK(total == 10070);
   CHECK(all_texts.size() == 10070);  // no text in two splits
 }
+
+TEST_CASE("JSONL reader: integer labels past INT64_MAX keep their value", "[dataset]") {
+  // Read as int64_t, 18446744073709551615 became the label "-1".
+  Dataset d = parse_dataset(
+      "{\"text\": \"a\", \"label\": 18446744073709551615}\n{\"text\": \"b\", \"label\": -3}\n",
+      "big.jsonl");
+  CHECK(labels(d.examples) == std::vector<std::string>{"18446744073709551615", "-3"});
+}

@@ -450,3 +450,59 @@ TEST_CASE("tokenizer: loading errors name the file", "[tokenizer][cpu-only]") {
               {"tokenizer_config.json", "not valid"});
   fs::remove_all(dir);
 }
+
+TEST_CASE("tokenizer: loading from memory matches loading from files", "[tokenizer][cpu-only]") {
+  using lathe::testing::check_error;
+  Tokenizer from_file = Tokenizer::from_vocab_file(small_vocab());
+  Tokenizer from_memory = Tokenizer::from_vocab_string(read_file(small_vocab()), "small_vocab.txt");
+  CHECK(from_memory.vocab_size() == from_file.vocab_size());
+  const std::string text = "The caf\xC3\xA9 in Z\xC3\xBCrich was [MASK] \xE4\xB8\xAD\xE6\x96\x87!";
+  CHECK(from_memory.encode_ids(text) == from_file.encode_ids(text));
+  // Lines as std::getline splits them: a last line needs no '\n', a final '\n' adds no piece.
+  CHECK(Tokenizer::from_vocab_string("[PAD]\n[UNK]\n[CLS]\n[SEP]", "m").vocab_size() == 4);
+  CHECK(Tokenizer::from_vocab_string("[PAD]\n[UNK]\n[CLS]\n[SEP]\n", "m").vocab_size() == 4);
+  CHECK(Tokenizer::from_vocab_string("[PAD]\n[UNK]\n[CLS]\n[SEP]\n\n", "m").vocab_size() == 5);
+  check_error([&] { Tokenizer::from_vocab_string("", "mem.txt"); }, {"mem.txt", "empty"});
+  check_error([&] { Tokenizer::from_vocab_string("[PAD]\n", "mem.txt"); }, {"mem.txt", "[UNK]"});
+  check_error([&] { Tokenizer::from_tokenizer_json_string("[1]", "mem.json"); },
+              {"mem.json", "not an object"});
+  // Without a normalizer nothing is lowercased.
+  Tokenizer json = Tokenizer::from_tokenizer_json_string(
+      R"({"model": {"type": "WordPiece",
+                    "vocab": {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "a": 4}}})",
+      "mem.json");
+  CHECK(json.encode_ids("A a") == std::vector<int64_t>{1, 4});
+}
+
+// Reproducers of problems found by the libFuzzer targets in tests/fuzz (or while writing them).
+TEST_CASE("tokenizer: fuzzing regressions", "[tokenizer][cpu-only]") {
+  using lathe::testing::check_error;
+  // fuzz_vocab: a float max_input_chars_per_word was converted to int64_t with undefined
+  // behaviour (UBSan: 1e+300 is outside the range of representable values).
+  check_error(
+      [] {
+        Tokenizer::from_tokenizer_json_string(
+            R"({"model":{"type":"WordPiece","max_input_chars_per_word":1e300,)"
+            R"("vocab":{"[UNK]":0,"[CLS]":1,"[SEP]":2,"[PAD]":3}}})",
+            "f.json");
+      },
+      {"f.json", "max_input_chars_per_word is not an integer"});
+  check_error(
+      [] {
+        Tokenizer::from_tokenizer_json_string(
+            R"({"model":{"type":"WordPiece","max_input_chars_per_word":-1,)"
+            R"("vocab":{"[UNK]":0,"[CLS]":1,"[SEP]":2,"[PAD]":3}}})",
+            "f.json");
+      },
+      {"f.json", "max_input_chars_per_word must be > 0"});
+  // fuzz_tokenizer's length invariant: a negative max_length meant "no limit", and MaxLength
+  // padding without a max_length did not pad; both now throw.
+  Tokenizer tok = tiny();
+  EncodeOptions negative;
+  negative.max_length = -1;
+  check_error([&] { tok.encode("x x x", negative); }, {"max_length -1", "negative"});
+  EncodeOptions unbounded;
+  unbounded.padding = Padding::MaxLength;
+  check_error([&] { tok.encode_pair("a", "b", unbounded); }, {"MaxLength", "max_length > 0"});
+  check_error([&] { tok.encode_batch({"a"}, unbounded); }, {"MaxLength", "max_length > 0"});
+}

@@ -45,7 +45,8 @@ enum class Padding {
 struct EncodeOptions {
   bool add_special_tokens = true;
   // 0: no truncation. Otherwise the encoding (special tokens included) is cut to max_length;
-  // pairs lose tokens from the longer side first (Hugging Face's longest_first).
+  // pairs lose tokens from the longer side first (Hugging Face's longest_first). Negative, or 0
+  // with Padding::MaxLength, throws lathe::Error.
   int64_t max_length = 0;
   Padding padding = Padding::None;
 };
@@ -66,9 +67,13 @@ class Tokenizer {
 
   // One piece per line (BERT's vocab.txt); the line number (from 0) is the id.
   static Tokenizer from_vocab_file(const std::string& path, TokenizerOptions options = {});
+  // The same from memory; `source` names the data in error messages.
+  static Tokenizer from_vocab_string(std::string_view content, const std::string& source,
+                                     TokenizerOptions options = {});
   // A Hugging Face tokenizer.json with a WordPiece model; reads the BertNormalizer settings, the
   // vocabulary, unk token, prefix and max_input_chars_per_word.
   static Tokenizer from_tokenizer_json(const std::string& path);
+  static Tokenizer from_tokenizer_json_string(std::string_view content, const std::string& source);
   // DIR/tokenizer.json when present, else DIR/vocab.txt (with DIR/tokenizer_config.json's
   // do_lower_case / strip_accents / tokenize_chinese_chars when present).
   static Tokenizer from_directory(const std::string& dir);
