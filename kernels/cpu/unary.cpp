@@ -74,7 +74,13 @@ void unary_float(UnaryOp op, const View& in, const View& out, double alpha, doub
     case UnaryOp::Relu:
       return map1<T>(in, out, [](T x) { return x > T(0) ? x : T(0); });
     case UnaryOp::Gelu:
-      return map1<T>(in, out, [](T x) { return T(0.5) * x * (T(1) + std::erf(x * T(kInvSqrt2))); });
+      return map1<T>(in, out, [](T x) {
+        if constexpr (std::is_same_v<T, float>) {
+          return x * normal_cdf_f32(x);
+        } else {
+          return T(0.5) * x * (T(1) + std::erf(x * T(kInvSqrt2)));
+        }
+      });
     case UnaryOp::GeluTanh:
       return map1<T>(in, out, [](T x) {
         T inner = T(kSqrt2OverPi) * (x + T(0.044715) * x * x * x);
@@ -149,9 +155,14 @@ void unary_backward_float(UnaryOp op, const View& x, const View& g, const View& 
       return map2<T>(x, g, out, [](T v, T d) { return v > 0 ? d : T(0); });
     case UnaryOp::Gelu:
       return map2<T>(x, g, out, [](T v, T d) {
-        T cdf = T(0.5) * (T(1) + std::erf(v * T(kInvSqrt2)));
-        T pdf = T(kInvSqrt2Pi) * std::exp(T(-0.5) * v * v);
-        return d * (cdf + v * pdf);
+        if constexpr (std::is_same_v<T, float>) {
+          const float pdf = float(kInvSqrt2Pi) * exp_f32(-0.5f * v * v);
+          return d * (normal_cdf_f32(v) + v * pdf);
+        } else {
+          T cdf = T(0.5) * (T(1) + std::erf(v * T(kInvSqrt2)));
+          T pdf = T(kInvSqrt2Pi) * std::exp(T(-0.5) * v * v);
+          return d * (cdf + v * pdf);
+        }
       });
     case UnaryOp::GeluTanh:
       return map2<T>(x, g, out, [](T v, T d) {

@@ -141,6 +141,39 @@ TEST_CASE("elementwise: float32 kernels stay close to float64", "[elementwise]")
   check_close(gelu(x), g, {1000}, 1e-6, 2e-6);
 }
 
+TEST_CASE("elementwise: float32 GELU and its gradient keep relative accuracy into the tails",
+          "[elementwise]") {
+  // The cpu kernel evaluates Φ(x) with its own polynomials (no libm erf): they must hold across
+  // the whole range, at the branch point |x| = sqrt(2), and in the tails (absolute 1e-7 where
+  // GELU is tiny, as 0.5·x·(1 + erf) gives on any device).
+  auto device = GENERATE(from_range(test_devices()));
+  std::vector<float> xs;
+  for (int i = -2000; i <= 2000; ++i) xs.push_back(float(i) * 0.006f);  // [-12, 12]
+  for (float v : {1.41421f, 1.41422f, -1.41421f, -1.41422f, 0.0f, -0.0f, 1e-20f, -1e-20f}) {
+    xs.push_back(v);
+  }
+  const auto n = static_cast<int64_t>(xs.size());
+  Tensor x = from_vector<float>(xs, {n}, TensorOptions().device(device));
+  std::vector<double> g, dg;
+  for (float f : xs) {
+    const double v = f, cdf = 0.5 * std::erfc(-v / std::sqrt(2.0));
+    const double pdf = std::exp(-0.5 * v * v) / std::sqrt(2.0 * M_PI);
+    g.push_back(v * cdf);
+    dg.push_back(cdf + v * pdf);
+  }
+  check_close(gelu(x), g, {n}, 1e-7, 2e-6);
+  Tensor xg = x.detach().requires_grad_();
+  gelu(xg).backward(ones_like(xg));
+  check_close(xg.grad(), dg, {n}, 1e-7, 2e-6);
+  // Non-finite inputs.
+  Tensor edges =
+      from_vector<float>({-INFINITY, INFINITY, NAN}, {3}, TensorOptions().device(device));
+  const auto ge = gelu(edges).to_vector<double>();
+  CHECK(std::isnan(ge[0]));  // -inf * 0, as PyTorch
+  CHECK(ge[1] == std::numeric_limits<double>::infinity());
+  CHECK(std::isnan(ge[2]));
+}
+
 TEST_CASE("elementwise: binary gradients, with broadcasting and views", "[elementwise][grad]") {
   Tensor a = random_tensor({3, 4}, 11, DType::F64, Device::cpu(), 0.5, 2.0);
   Tensor b = random_tensor({4}, 12, DType::F64, Device::cpu(), 0.5, 2.0);
