@@ -11,7 +11,10 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "lathe/lathe.h"
+#include "tool_util.h"
 
 namespace {
 
@@ -30,92 +33,14 @@ constexpr const char* kUsage =
     "Output: LABEL<TAB>PROBABILITY<TAB>TEXT per text (tabs and newlines in TEXT shown as "
     "spaces).\n";
 
-[[noreturn]] void fail(const std::string& reason) {
-  std::cerr << "lathe-classify: " << reason << "\n";
-  std::exit(2);
-}
+using lathe::tools::fail;
+using lathe::tools::positive_int;
 
-int64_t positive_int(const std::string& flag, const std::string& v) {
-  std::size_t used = 0;
-  int64_t n = 0;
-  try {
-    n = std::stoll(v, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  if (used != v.size() || n < 1) fail(flag + " needs a positive integer, got '" + v + "'");
-  return n;
-}
-
-// Length of the well-formed UTF-8 sequence at s[i], 0 if the byte there starts none. JSON must be
-// valid UTF-8, and input text is whatever bytes the user had.
-std::size_t utf8_length(const std::string& s, std::size_t i) {
-  const auto byte = [&](std::size_t k) -> unsigned {
-    return i + k < s.size() ? static_cast<unsigned char>(s[i + k]) : 0x100u;
-  };
-  const auto cont = [&](std::size_t k) { return (byte(k) & 0xC0u) == 0x80u; };
-  const unsigned b0 = byte(0);
-  if (b0 < 0x80) return 1;
-  if (b0 >= 0xC2 && b0 <= 0xDF) return cont(1) ? 2 : 0;
-  if (b0 >= 0xE0 && b0 <= 0xEF) {
-    const unsigned lo = b0 == 0xE0 ? 0xA0 : 0x80, hi = b0 == 0xED ? 0x9F : 0xBF;
-    return byte(1) >= lo && byte(1) <= hi && cont(2) ? 3 : 0;
-  }
-  if (b0 >= 0xF0 && b0 <= 0xF4) {
-    const unsigned lo = b0 == 0xF0 ? 0x90 : 0x80, hi = b0 == 0xF4 ? 0x8F : 0xBF;
-    return byte(1) >= lo && byte(1) <= hi && cont(2) && cont(3) ? 4 : 0;
-  }
-  return 0;
-}
-
+// JSON string literal of s; bytes that are not well-formed UTF-8 become U+FFFD (what the
+// tokenizer made of them too), since JSON must be valid UTF-8 and input text is whatever bytes
+// the user had.
 void append_json_string(std::string& out, const std::string& s) {
-  out += '"';
-  for (std::size_t i = 0; i < s.size();) {
-    const std::size_t len = utf8_length(s, i);
-    if (len == 0) {
-      out += "\\ufffd";  // what the tokenizer made of the byte too
-      ++i;
-      continue;
-    }
-    if (len > 1) {
-      out.append(s, i, len);
-      i += len;
-      continue;
-    }
-    const char c = s[i++];
-    switch (c) {
-      case '"':
-        out += "\\\"";
-        break;
-      case '\\':
-        out += "\\\\";
-        break;
-      case '\n':
-        out += "\\n";
-        break;
-      case '\r':
-        out += "\\r";
-        break;
-      case '\t':
-        out += "\\t";
-        break;
-      case '\b':
-        out += "\\b";
-        break;
-      case '\f':
-        out += "\\f";
-        break;
-      default:
-        if (static_cast<unsigned char>(c) < 0x20) {
-          char buf[8];
-          std::snprintf(buf, sizeof buf, "\\u%04x", unsigned(c));
-          out += buf;
-        } else {
-          out += c;
-        }
-    }
-  }
-  out += '"';
+  out += nlohmann::json(s).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
 // The shortest decimal that reads back as the value in the model's precision (float32 models give
@@ -130,6 +55,7 @@ void append_probability(std::string& out, double p, bool single_precision) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  lathe::tools::tool_name() = "lathe-classify";
   std::string model_dir, device_name = "cpu";
   bool json = false;
   int64_t batch_size = 32, max_length = 128;

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "lathe/lathe.h"
+#include "tool_util.h"
 
 namespace {
 
@@ -28,22 +29,8 @@ constexpr const char* kUsage =
     "                    model's max_position_embeddings)\n"
     "  --device D        cpu (default) or cuda\n";
 
-[[noreturn]] void fail(const std::string& reason) {
-  std::cerr << "lathe-encode: " << reason << "\n";
-  std::exit(2);
-}
-
-int64_t positive_int(const std::string& flag, const std::string& v) {
-  std::size_t used = 0;
-  int64_t n = 0;
-  try {
-    n = std::stoll(v, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  if (used != v.size() || n < 1) fail(flag + " needs a positive integer, got '" + v + "'");
-  return n;
-}
+using lathe::tools::fail;
+using lathe::tools::positive_int;
 
 // sentence-transformers keeps the truncation length in sentence_bert_config.json.
 int64_t sentence_transformers_max_length(const std::string& dir) {
@@ -60,6 +47,7 @@ int64_t sentence_transformers_max_length(const std::string& dir) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  lathe::tools::tool_name() = "lathe-encode";
   std::string model_dir, pooling_name = "mean", device_name = "cpu";
   bool normalize = false;
   int64_t batch_size = 32, max_length = 0;
