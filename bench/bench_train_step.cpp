@@ -1,0 +1,123 @@
+// End to end: one training step (forward, cross-entropy, backward, clip, fused AdamW) and one
+// inference pass of BERT-shaped sequence classifiers, in examples/s and tokens/s. Shapes:
+// MiniLM (6 layers, hidden 384, 12 heads, FFN 1536) and BERT-base (12, 768, 12, 3072), batch 32,
+// T = 64 and 128, random weights (speed does not depend on them), vocabulary 30,522.
+// bench/compare_torch.py runs the same shapes in PyTorch for the ratio table of
+// docs/benchmarks.md.
+#include <benchmark/benchmark.h>
+
+#include <memory>
+
+#include "lathe/lathe.h"
+
+namespace {
+
+using namespace lathe;
+
+nn::BertConfig shape_config(int64_t layers, int64_t hidden, int64_t heads, int64_t ffn) {
+  nn::BertConfig c;
+  c.vocab_size = 30522;
+  c.num_hidden_layers = layers;
+  c.hidden_size = hidden;
+  c.num_attention_heads = heads;
+  c.intermediate_size = ffn;
+  c.set_num_labels(2);
+  return c;
+}
+
+struct Setup {
+  std::shared_ptr<nn::BertForSequenceClassification> model;
+  Tensor ids, mask, labels;
+};
+
+Setup make_setup(const benchmark::State& state) {
+  const bool base = state.range(0) == 1;
+  const int64_t batch = 32, seq = state.range(1);
+  manual_seed(0);
+  Setup s;
+  s.model = std::make_shared<nn::BertForSequenceClassification>(
+      base ? shape_config(12, 768, 12, 3072) : shape_config(6, 384, 12, 1536), nn::Pooling::Cls);
+  s.ids = (rand({batch, seq}) * 30000.0 + 100.0).to(DType::I64);
+  s.mask = ones({batch, seq}, DType::I64);
+  s.labels = (rand({batch}) * 2.0).to(DType::I64);
+  return s;
+}
+
+void set_counters(benchmark::State& state, int64_t seq) {
+  const double examples = 32.0 * double(state.iterations());
+  state.counters["examples/s"] = benchmark::Counter(examples, benchmark::Counter::kIsRate);
+  state.counters["tokens/s"] =
+      benchmark::Counter(examples * double(seq), benchmark::Counter::kIsRate);
+}
+
+void BM_TrainStep(benchmark::State& state) {
+  Setup s = make_setup(state);
+  s.model->train();
+  optim::AdamW opt(optim::no_decay_param_groups(s.model->named_parameters(), 5e-5, 0.01));
+  for (auto _ : state) {
+    Tensor loss = cross_entropy(s.model->forward(s.ids, s.mask), s.labels);
+    loss.backward();
+    optim::clip_grad_norm_(opt, 1.0);
+    opt.step();
+    opt.zero_grad();
+    benchmark::DoNotOptimize(loss.item<float>());
+  }
+  set_counters(state, state.range(1));
+}
+
+void BM_Inference(benchmark::State& state) {
+  Setup s = make_setup(state);
+  s.model->eval();
+  NoGradGuard no_grad;
+  for (auto _ : state) {
+    Tensor logits = s.model->forward(s.ids, s.mask);
+    benchmark::DoNotOptimize(logits.to_vector<float>());
+  }
+  set_counters(state, state.range(1));
+}
+
+// Attention forward at MiniLM's shape (B 32, 12 heads, head dim 32): the fused op against its
+// composite reference (scores materialized), T from the range.
+void BM_Attention(benchmark::State& state) {
+  const bool fused = state.range(0) == 1;
+  const int64_t seq = state.range(1);
+  manual_seed(0);
+  const Tensor q = randn({32, 12, seq, 32}), k = randn({32, 12, seq, 32}),
+               v = randn({32, 12, seq, 32});
+  NoGradGuard no_grad;
+  for (auto _ : state) {
+    Tensor out =
+        fused ? scaled_dot_product_attention(q, k, v) : scaled_dot_product_attention_slow(q, k, v);
+    benchmark::DoNotOptimize(out.data_ptr());
+  }
+  state.counters["GFLOP/s"] = benchmark::Counter(
+      4.0 * 32 * 12 * double(seq) * double(seq) * 32 * double(state.iterations()),
+      benchmark::Counter::kIsRate, benchmark::Counter::kIs1000);
+}
+BENCHMARK(BM_Attention)
+    ->ArgNames({"fused", "T"})
+    ->ArgsProduct({{0, 1}, {64, 128, 256, 512}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+
+// Args: {0 = MiniLM shape | 1 = BERT-base shape, T}.
+BENCHMARK(BM_TrainStep)
+    ->ArgNames({"base", "T"})
+    ->Args({0, 64})
+    ->Args({0, 128})
+    ->Args({1, 64})
+    ->Args({1, 128})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime()
+    ->MinTime(5.0);
+BENCHMARK(BM_Inference)
+    ->ArgNames({"base", "T"})
+    ->Args({0, 64})
+    ->Args({0, 128})
+    ->Args({1, 64})
+    ->Args({1, 128})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime()
+    ->MinTime(3.0);
+
+}  // namespace
