@@ -2,10 +2,13 @@
 // outputs, picking a device's kernels and checking arguments with uniform error messages.
 #pragma once
 
+#include <initializer_list>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "kernels/kernel_table.h"
+#include "lathe/core/autocast.h"
 #include "lathe/core/autograd.h"
 #include "lathe/core/functional.h"
 #include "lathe/core/tensor.h"
@@ -40,5 +43,20 @@ Shape reduced_shape(const Shape& shape, const std::vector<int64_t>& dims);
 
 // Strided element copy with dtype conversion; shapes of src and dst must match.
 void copy_into(const Tensor& src, const Tensor& dst);
+
+// f16/bf16 arithmetic on a device whose kernels only store those types (the cpu backend): the op
+// widens its operands to f32 (exact), runs the f32 kernel and rounds the result once. That is what
+// the cuda kernels do in f32 registers, so both devices give the same values.
+inline bool half_via_f32(const Tensor& t) {
+  return t.device().is_cpu() && is_low_precision(t.dtype());
+}
+
+// Autocast at an op's entry (core/autocast.cpp). When autocast is on for the device of the inputs
+// and `op` is in the policy table, returns the inputs cast as the policy says (undefined and
+// non-floating ones as they are); the op then calls itself again with them under NoAutocastGuard,
+// so the ops it is built from do not cast again. nullopt otherwise.
+// Costs two thread-local reads while autocast is off.
+std::optional<std::vector<Tensor>> autocast_inputs(const char* op,
+                                                   std::initializer_list<const Tensor*> inputs);
 
 }  // namespace lathe::detail

@@ -6,6 +6,7 @@
 #include <queue>
 #include <unordered_map>
 
+#include "lathe/core/autocast.h"
 #include "lathe/core/autograd.h"
 #include "lathe/core/functional.h"
 
@@ -223,8 +224,14 @@ void run_backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& g
     LATHE_CHECK(grad.shape() == expected.shape, "backward: gradient of shape ",
                 shape_str(grad.shape()), " delivered to '", e.node->name(), "' whose output ",
                 e.input_nr, " has shape ", shape_str(expected.shape));
+    // A gradient arrives in its output's dtype (an op may hand back an f32 gradient for a bf16
+    // output it consumed, or the caller seed one), so each backward rule sees the dtypes its
+    // forward saw, and accumulation stays in that dtype.
+    Tensor g = grad.dtype() == expected.dtype || !is_floating(expected.dtype)
+                   ? grad
+                   : grad.to(expected.dtype);
     Tensor& slot = slots[e.input_nr];
-    slot = slot.defined() ? add(slot, grad) : grad;
+    slot = slot.defined() ? add(slot, g) : g;
   };
 
   auto later_first = [](const std::shared_ptr<Node>& a, const std::shared_ptr<Node>& b) {
@@ -235,6 +242,9 @@ void run_backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& g
       ready(later_first);
 
   NoGradGuard no_grad;
+  // Gradients run in the dtypes of the forward, whether or not backward() is called inside an
+  // AutocastGuard (PyTorch's autocast does not apply to backward ops either).
+  NoAutocastGuard no_autocast;
   for (size_t i = 0; i < root_edges.size(); ++i) {
     const Tensor& r = roots[i];
     Tensor g = grad_roots[i];

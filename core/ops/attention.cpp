@@ -9,7 +9,11 @@
 // - dropout on the probabilities reserves batch * Tq * Tk Philox values once per call and keeps
 //   element n (row-major over [batch, Tq, Tk]) by the same rule as dropout(), so the two versions
 //   agree for the same seed;
-// - leading dims of q, k, v (and the mask) broadcast; a floating mask is differentiable.
+// - leading dims of q, k, v (and the mask) broadcast; a floating mask is differentiable;
+// - f16/bf16 q, k, v are attended in f32 (scores, softmax statistics, the weighted sum) and the
+//   output rounded once, as flash attention keeps its statistics and accumulators in f32; a
+//   floating mask is read in f32 then. Under autocast q, k and v are cast down first, the mask is
+//   left as it is.
 #include <cmath>
 #include <limits>
 
@@ -50,8 +54,8 @@ AttentionShapes check_args(const Tensor& q, const Tensor& k, const Tensor& v, co
   detail::check_defined(q, op, "q");
   detail::check_defined(k, op, "k");
   detail::check_defined(v, op, "v");
-  LATHE_CHECK(q.dtype() == DType::F32 || q.dtype() == DType::F64, op,
-              ": q must be f32 or f64, got ", detail::describe(q));
+  LATHE_CHECK(is_floating(q.dtype()), op,
+              ": q must be f32 or f64 (or f16/bf16, attended in f32), got ", detail::describe(q));
   LATHE_CHECK(k.dtype() == q.dtype() && v.dtype() == q.dtype(), op,
               ": q, k and v must share a dtype, got q ", detail::describe(q), ", k ",
               detail::describe(k), ", v ", detail::describe(v));
@@ -125,12 +129,42 @@ kernels::AttentionForwardArgs make_args(const Tensor& q, const Tensor& k, const 
   return a;
 }
 
+// The attention of f16/bf16 q, k, v computed in f32 by `attend`, rounded back; the casts are
+// recorded, so the gradients arrive in the dtypes of q, k, v (and of the mask).
+template <class Attend>
+Tensor attend_in_f32(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask,
+                     Attend&& attend) {
+  auto widen = [](const Tensor& t) {
+    return t.defined() && is_low_precision(t.dtype()) ? t.to(DType::F32) : t;
+  };
+  return attend(widen(q), widen(k), widen(v), widen(mask)).to(q.dtype());
+}
+
+// Autocast casts q, k and v but not the mask: a floating mask (-inf or large negative biases) is
+// read in f32 by the computation anyway, so rounding it to bf16 would only lose precision.
+std::optional<std::vector<Tensor>> autocast_qkv(const char* op, const Tensor& q, const Tensor& k,
+                                                const Tensor& v) {
+  return detail::autocast_inputs(op, {&q, &k, &v});
+}
+
 }  // namespace
 
 Tensor scaled_dot_product_attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
                                     const Tensor& mask_in, bool causal, double dropout_p,
                                     std::optional<double> scale) {
+  if (auto cast = autocast_qkv(kFused, q_in, k_in, v_in)) {
+    NoAutocastGuard inside;
+    return scaled_dot_product_attention((*cast)[0], (*cast)[1], (*cast)[2], mask_in, causal,
+                                        dropout_p, scale);
+  }
   const AttentionShapes s = check_args(q_in, k_in, v_in, mask_in, dropout_p, scale, kFused);
+  if (is_low_precision(q_in.dtype())) {
+    return attend_in_f32(q_in, k_in, v_in, mask_in,
+                         [&](const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& m) {
+                           return scaled_dot_product_attention(q, k, v, m, causal, dropout_p,
+                                                               scale);
+                         });
+  }
   // Devices without the fused kernel use the composite twin, which reserves the same Philox
   // state, so dropout masks agree too.
   if (!detail::kernels_of(q_in).attention_forward) {
@@ -192,7 +226,19 @@ Tensor scaled_dot_product_attention(const Tensor& q_in, const Tensor& k_in, cons
 Tensor scaled_dot_product_attention_slow(const Tensor& q, const Tensor& k, const Tensor& v,
                                          const Tensor& mask, bool causal, double dropout_p,
                                          std::optional<double> scale) {
+  if (auto cast = autocast_qkv(kSlow, q, k, v)) {
+    NoAutocastGuard inside;
+    return scaled_dot_product_attention_slow((*cast)[0], (*cast)[1], (*cast)[2], mask, causal,
+                                             dropout_p, scale);
+  }
   const AttentionShapes s = check_args(q, k, v, mask, dropout_p, scale, kSlow);
+  if (is_low_precision(q.dtype())) {
+    return attend_in_f32(
+        q, k, v, mask,
+        [&](const Tensor& q32, const Tensor& k32, const Tensor& v32, const Tensor& m) {
+          return scaled_dot_product_attention_slow(q32, k32, v32, m, causal, dropout_p, scale);
+        });
+  }
   const TensorOptions options = TensorOptions(q.dtype()).device(q.device());
   const double inf = std::numeric_limits<double>::infinity();
   Tensor neg_inf = scalar_tensor(-inf, options);

@@ -111,7 +111,11 @@ Tensor& Tensor::add_(const Tensor& other, double alpha) {
   LATHE_CHECK(out_shape == shape(), "add_: cannot add ", detail::describe(other), " into ",
               detail::describe(*this), " in place (the result would have shape ",
               shape_str(out_shape), ")");
-  if (numel() > 0) {
+  if (numel() > 0 && detail::half_via_f32(*this)) {
+    // No f16/bf16 arithmetic on the cpu: add in f32, round once into place.
+    NoGradGuard no_grad;
+    detail::copy_into(add(to(DType::F32), o.to(DType::F32)), *this);
+  } else if (numel() > 0) {
     LATHE_KERNEL(device(), binary, "add_")
     (kernels::BinaryOp::Add, detail::make_view(*this), detail::make_broadcast_view(o, shape()),
      detail::make_view(*this));
@@ -123,7 +127,11 @@ Tensor& Tensor::add_(const Tensor& other, double alpha) {
 Tensor& Tensor::mul_(double value) {
   check_inplace(*this, "mul_");
   Tensor factor = scalar_tensor(value, TensorOptions(dtype()).device(device()));
-  if (numel() > 0) {
+  if (numel() > 0 && detail::half_via_f32(*this)) {
+    // The factor rounded to the dtype, the product in f32 and rounded once, as on cuda.
+    NoGradGuard no_grad;
+    detail::copy_into(mul(to(DType::F32), factor.to(DType::F32)), *this);
+  } else if (numel() > 0) {
     LATHE_KERNEL(device(), binary, "mul_")
     (kernels::BinaryOp::Mul, detail::make_view(*this), detail::make_broadcast_view(factor, shape()),
      detail::make_view(*this));

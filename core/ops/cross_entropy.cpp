@@ -65,6 +65,10 @@ CrossEntropyShape check_cross_entropy(const Tensor& logits, const Tensor& target
 
 Tensor cross_entropy(const Tensor& logits, const Tensor& targets, CrossEntropyOptions options) {
   const char* op = "cross_entropy";
+  if (auto cast = detail::autocast_inputs(op, {&logits, &targets})) {
+    NoAutocastGuard inside;
+    return cross_entropy((*cast)[0], (*cast)[1], options);
+  }
   const CrossEntropyShape s = check_cross_entropy(logits, targets, options, op);
   // Devices without the fused kernel use the composite twin (same values, autograd gradients).
   if (!detail::kernels_of(logits).cross_entropy_forward) {
@@ -146,6 +150,10 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, CrossEntropyOp
 Tensor cross_entropy_slow(const Tensor& logits, const Tensor& targets,
                           CrossEntropyOptions options) {
   const char* op = "cross_entropy_slow";
+  if (auto cast = detail::autocast_inputs(op, {&logits, &targets})) {
+    NoAutocastGuard inside;
+    return cross_entropy_slow((*cast)[0], (*cast)[1], options);
+  }
   const CrossEntropyShape s = check_cross_entropy(logits, targets, options, op);
   Tensor x = logits.reshape({s.rows, s.classes});
   Tensor t = targets.reshape({s.rows});

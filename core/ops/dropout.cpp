@@ -9,31 +9,43 @@
 
 namespace lathe {
 
+namespace {
+
+// The dropout kernel into a new tensor. f16/bf16 on the cpu run the f32 kernel on the widened
+// values and round once: the mask depends only on the element index, and the cuda kernel scales in
+// f32 too, so both devices agree.
+Tensor run_dropout(const Tensor& in, double p, PhiloxState state, const char* op) {
+  if (detail::half_via_f32(in)) {
+    return run_dropout(in.to(DType::F32), p, state, op).to(in.dtype());
+  }
+  Tensor out = empty(in.shape(), TensorOptions(in.dtype()).device(in.device()));
+  if (in.numel() > 0) {
+    LATHE_KERNEL(in.device(), dropout, op)
+    (detail::make_view(in), detail::make_view(out), p, state.seed, state.offset);
+  }
+  return out;
+}
+
+}  // namespace
+
 Tensor dropout(const Tensor& x, double p, bool training) {
   const char* op = "dropout";
   detail::check_defined(x, op, "x");
   LATHE_CHECK(p >= 0.0 && p <= 1.0, op, ": probability p must be in [0, 1], got ", p, " (input ",
               detail::describe(x), ")");
   if (!training || p == 0.0) return x;
-  LATHE_CHECK(x.dtype() == DType::F32 || x.dtype() == DType::F64, op,
-              ": expected an f32 or f64 tensor, got ", detail::describe(x));
+  detail::check_floating(x, op);
   // p == 1 goes through the kernel as well (it writes zeros), so the graph and the Philox stream
   // advance the same way for every p.
   const PhiloxState state = philox_reserve(x.numel());
-  Tensor out = empty(x.shape(), TensorOptions(x.dtype()).device(x.device()));
-  if (x.numel() > 0) {
-    LATHE_KERNEL(x.device(), dropout, op)
-    (detail::make_view(x), detail::make_view(out), p, state.seed, state.offset);
+  Tensor out;
+  {
+    NoGradGuard no_grad;  // the node is recorded below
+    out = run_dropout(x, p, state, op);
   }
   if (autograd::any_requires_grad({&x})) {
     autograd::record(op, {x}, {out}, [p, state](const std::vector<Tensor>& g) {
-      const Tensor& gy = g[0];
-      Tensor gx = empty(gy.shape(), TensorOptions(gy.dtype()).device(gy.device()));
-      if (gy.numel() > 0) {
-        LATHE_KERNEL(gy.device(), dropout, "dropout backward")
-        (detail::make_view(gy), detail::make_view(gx), p, state.seed, state.offset);
-      }
-      return std::vector<Tensor>{gx};
+      return std::vector<Tensor>{run_dropout(g[0], p, state, "dropout backward")};
     });
   }
   return out;

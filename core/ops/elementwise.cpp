@@ -1,6 +1,8 @@
 // Elementwise ops. Binary ops broadcast (numpy rules) and promote mixed dtypes (float beats int,
-// wider beats narrower); their gradients are reduced back to each input's shape and dtype with
-// sum_to. Unary ops run one kernel forward and one fused backward kernel (grad * f'(x)).
+// wider beats narrower, f16 with bf16 gives f32, as in PyTorch); their gradients are reduced back
+// to each input's shape and dtype with sum_to, so a bf16 input gets a bf16 gradient even when the
+// result was f32. f16/bf16 compute in f32 and round once (widened on the cpu, whose kernels only
+// store them). Unary ops run one kernel forward and one fused backward kernel (grad * f'(x)).
 #include <cmath>
 #include <limits>
 
@@ -68,8 +70,14 @@ Tensor binary_forward(BinaryOp op, const char* name, const Tensor& a_in, const T
   if (common == DType::Bool && !(op == BinaryOp::Eq || op == BinaryOp::Ne)) common = DType::I64;
   // `/` is true division, as in PyTorch and numpy: integers divide into f32.
   if (op == BinaryOp::Div && !is_floating(common)) common = DType::F32;
+  // The forward is not recorded here (the op records its own node), so neither are the casts.
+  NoGradGuard no_grad;
   Tensor a = a_in.dtype() == common ? a_in : a_in.to(common);
   Tensor b = b_in.dtype() == common ? b_in : b_in.to(common);
+  if (detail::half_via_f32(a)) {
+    Tensor out = binary_forward(op, name, a.to(DType::F32), b.to(DType::F32));
+    return is_comparison(op) ? out : out.to(common);
+  }
   Shape shape = broadcast_shapes(a.shape(), b.shape(), name);
   Tensor out = Tensor::empty(
       shape, TensorOptions(is_comparison(op) ? DType::Bool : common).device(a.device()));
@@ -94,6 +102,10 @@ Tensor unary_forward(UnaryOp op, const char* name, const Tensor& x, double alpha
   detail::check_defined(x, name, "x");
   if (floating_only) detail::check_floating(x, name);
   LATHE_CHECK(x.dtype() != DType::Bool, name, ": not defined for bool tensors");
+  if (detail::half_via_f32(x)) {
+    NoGradGuard no_grad;
+    return unary_forward(op, name, x.to(DType::F32), alpha, beta, floating_only).to(x.dtype());
+  }
   Tensor out = Tensor::empty(x.shape(), TensorOptions(x.dtype()).device(x.device()));
   if (out.numel() > 0) {
     LATHE_KERNEL(x.device(), unary, name)
@@ -110,7 +122,10 @@ Tensor unary_op(UnaryOp op, const char* name, const Tensor& x, double alpha = 0,
     autograd::record(name, {x}, {out},
                      [op, name, alpha, beta,
                       saved = autograd::SavedTensor(x, name)](const std::vector<Tensor>& g) {
-                       const Tensor& xs = saved.get();
+                       const Tensor& saved_x = saved.get();
+                       // f16/bf16 on the cpu: the f32 kernel on widened values, rounded once.
+                       const bool widen = detail::half_via_f32(saved_x);
+                       const Tensor xs = widen ? saved_x.to(DType::F32) : saved_x;
                        Tensor gx =
                            Tensor::empty(xs.shape(), TensorOptions(xs.dtype()).device(xs.device()));
                        if (gx.numel() > 0) {
@@ -119,7 +134,7 @@ Tensor unary_op(UnaryOp op, const char* name, const Tensor& x, double alpha = 0,
                          (op, detail::make_view(xs), detail::make_broadcast_view(gy, xs.shape()),
                           detail::make_view(gx), alpha, beta);
                        }
-                       return std::vector<Tensor>{gx};
+                       return std::vector<Tensor>{widen ? gx.to(saved_x.dtype()) : gx};
                      });
   }
   return out;

@@ -57,6 +57,10 @@ const void* data_or_null(const Tensor& t) {
 
 Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps) {
   const char* op = "layer_norm";
+  if (auto cast = detail::autocast_inputs(op, {&x, &weight, &bias})) {
+    NoAutocastGuard inside;
+    return layer_norm((*cast)[0], (*cast)[1], (*cast)[2], eps);
+  }
   LayerNormShape s = check_layer_norm(x, weight, bias, eps, op);
   // Devices without the fused kernel use the composite twin (same values, autograd gradients).
   if (!detail::kernels_of(x).layer_norm_forward) return layer_norm_slow(x, weight, bias, eps);
@@ -127,6 +131,10 @@ Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, dou
 }
 
 Tensor layer_norm_slow(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps) {
+  if (auto cast = detail::autocast_inputs("layer_norm_slow", {&x, &weight, &bias})) {
+    NoAutocastGuard inside;
+    return layer_norm_slow((*cast)[0], (*cast)[1], (*cast)[2], eps);
+  }
   LayerNormShape s = check_layer_norm(x, weight, bias, eps, "layer_norm_slow");
   std::vector<int64_t> dims;
   for (int64_t d = x.dim() - s.normalized_dims; d < x.dim(); ++d) dims.push_back(d);

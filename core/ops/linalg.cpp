@@ -8,6 +8,9 @@
 // when the right operand is shared by the whole batch (x[B, T, in] @ w[in, out]) the batch folds
 // into the rows of a single GEMM. linear is its own node so the bias is written into the output
 // before the GEMM accumulates into it (beta = 1) and the weight is read transposed in place.
+//
+// f16/bf16 operands multiply with f32 accumulation and one rounding of the result on every device;
+// under autocast both ops cast their f32 inputs down first (core/autocast.cpp).
 #include <algorithm>
 #include <optional>
 
@@ -75,6 +78,16 @@ void gemm_into(const Tensor& c, const Tensor& a_in, const Tensor& b_in, const Sh
   const int64_t m = c.shape()[c.shape().size() - 2], n = c.shape().back();
   const int64_t k = a_in.shape().back();
   if (c.numel() == 0) return;
+  if (detail::half_via_f32(c)) {
+    // The cpu GEMM is f32/f64 only: widen (exact), multiply with f32 accumulation, round once,
+    // as the cuda GEMM does with bf16/f16 inputs.
+    Tensor c32 = beta != 0.0
+                     ? c.to(DType::F32)
+                     : Tensor::empty(c.shape(), TensorOptions(DType::F32).device(c.device()));
+    gemm_into(c32, a_in.to(DType::F32), b_in.to(DType::F32), batch, beta, op_name);
+    detail::copy_into(c32, c);
+    return;
+  }
   Operand a = prepare_operand(a_in, batch), b = prepare_operand(b_in, batch);
   const Strides c_strides = c.strides();
   const int64_t ldc = std::max<int64_t>(1, c_strides[c_strides.size() - 2]);
@@ -216,6 +229,10 @@ Tensor matmul_nd(const Tensor& a, const Tensor& b) {
 }  // namespace
 
 Tensor matmul(const Tensor& a, const Tensor& b) {
+  if (auto cast = detail::autocast_inputs("matmul", {&a, &b})) {
+    NoAutocastGuard inside;
+    return matmul((*cast)[0], (*cast)[1]);
+  }
   check_matmul_args(a, b, "matmul", "a", "b");
   LATHE_CHECK(a.dim() >= 1 && b.dim() >= 1, "matmul: both arguments need at least 1 dim, got ",
               detail::describe(a), " and ", detail::describe(b));
@@ -234,6 +251,10 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
 }
 
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
+  if (auto cast = detail::autocast_inputs("linear", {&x, &weight, &bias})) {
+    NoAutocastGuard inside;
+    return linear((*cast)[0], (*cast)[1], (*cast)[2]);
+  }
   check_matmul_args(x, weight, "linear", "x", "weight");
   LATHE_CHECK(weight.dim() == 2, "linear: weight must be 2-D [out_features, in_features], got ",
               detail::describe(weight));

@@ -21,17 +21,25 @@ Tensor reduce_forward(ReduceOp op, const char* name, const Tensor& x,
     }
   }
   DType out_dtype = x.dtype() == DType::Bool ? DType::I64 : x.dtype();
+  NoGradGuard no_grad;  // the op records its own node
   Tensor xs = x.dtype() == out_dtype ? x : x.to(out_dtype);
-  Tensor out = Tensor::empty(keep, TensorOptions(out_dtype).device(x.device()));
+  // f16/bf16 on the cpu: reduce the widened values in f32 and round once.
+  if (detail::half_via_f32(xs)) xs = xs.to(DType::F32);
+  Tensor out = Tensor::empty(keep, TensorOptions(xs.dtype()).device(x.device()));
   if (out.numel() > 0) {
     LATHE_KERNEL(x.device(), reduce, name)(op, detail::make_view(xs), detail::make_view(out));
   }
+  if (out.dtype() != out_dtype) out = out.to(out_dtype);
   return keepdim ? out : out.view(detail::reduced_shape(x.shape(), d));
 }
 
 }  // namespace
 
 Tensor sum(const Tensor& x, const std::vector<int64_t>& dims, bool keepdim) {
+  if (auto cast = detail::autocast_inputs("sum", {&x})) {
+    NoAutocastGuard inside;
+    return sum((*cast)[0], dims, keepdim);
+  }
   Tensor out = reduce_forward(ReduceOp::Sum, "sum", x, dims, keepdim);
   if (autograd::any_requires_grad({&x})) {
     std::vector<int64_t> d = detail::normalize_dims(dims, x.dim(), "sum");
@@ -45,6 +53,10 @@ Tensor sum(const Tensor& x, const std::vector<int64_t>& dims, bool keepdim) {
 }
 
 Tensor mean(const Tensor& x, const std::vector<int64_t>& dims, bool keepdim) {
+  if (auto cast = detail::autocast_inputs("mean", {&x})) {
+    NoAutocastGuard inside;
+    return mean((*cast)[0], dims, keepdim);
+  }
   detail::check_defined(x, "mean", "x");
   detail::check_floating(x, "mean");
   std::vector<int64_t> d = detail::normalize_dims(dims, x.dim(), "mean");
@@ -81,6 +93,10 @@ Tensor min(const Tensor& x, const std::vector<int64_t>& dims, bool keepdim) {
 }
 
 Tensor var(const Tensor& x, const std::vector<int64_t>& dims, bool keepdim, int64_t correction) {
+  if (auto cast = detail::autocast_inputs("var", {&x})) {
+    NoAutocastGuard inside;
+    return var((*cast)[0], dims, keepdim, correction);
+  }
   detail::check_defined(x, "var", "x");
   detail::check_floating(x, "var");
   LATHE_CHECK(correction >= 0, "var: correction must be >= 0, got ", correction);
@@ -103,8 +119,10 @@ Tensor arg_extremum(ReduceOp op, const char* name, const Tensor& x, int64_t dim,
   Shape keep = x.shape();
   keep[size_t(d)] = 1;
   Tensor out = Tensor::empty(keep, TensorOptions(DType::I64).device(x.device()));
+  // Widening f16/bf16 on the cpu is exact, so the winning index is the same.
+  const Tensor xs = detail::half_via_f32(x) ? x.detach().to(DType::F32) : x;
   LATHE_KERNEL(x.device(), arg_reduce, name)
-  (op, detail::make_view(x), int(d), detail::make_view(out));
+  (op, detail::make_view(xs), int(d), detail::make_view(out));
   return keepdim ? out : out.squeeze(d);
 }
 }  // namespace

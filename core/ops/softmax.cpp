@@ -78,9 +78,17 @@ Tensor softmax_impl(const Tensor& x, int64_t dim_in, bool log) {
 }  // namespace
 
 Tensor softmax(const Tensor& x, int64_t dim) {
+  if (auto cast = detail::autocast_inputs("softmax", {&x})) {
+    NoAutocastGuard inside;
+    return softmax((*cast)[0], dim);
+  }
   return softmax_impl(x, dim, false);
 }
 Tensor log_softmax(const Tensor& x, int64_t dim) {
+  if (auto cast = detail::autocast_inputs("log_softmax", {&x})) {
+    NoAutocastGuard inside;
+    return log_softmax((*cast)[0], dim);
+  }
   return softmax_impl(x, dim, true);
 }
 

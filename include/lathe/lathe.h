@@ -1,6 +1,7 @@
 // Umbrella header: #include <lathe/lathe.h> gives the whole public API.
 #pragma once
 
+#include "lathe/core/autocast.h"
 #include "lathe/core/autograd.h"
 #include "lathe/core/device.h"
 #include "lathe/core/dtype.h"

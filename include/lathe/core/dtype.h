@@ -58,6 +58,11 @@ constexpr std::string_view dtype_name(DType t) {
 constexpr bool is_floating(DType t) {
   return t == DType::F32 || t == DType::F64 || t == DType::F16 || t == DType::BF16;
 }
+// f16 and bf16: storage types whose arithmetic runs in f32 (in registers on cuda, by widening on
+// the cpu), the result rounded once.
+constexpr bool is_low_precision(DType t) {
+  return t == DType::F16 || t == DType::BF16;
+}
 constexpr bool is_integral(DType t) {
   return t == DType::I32 || t == DType::I64;
 }
