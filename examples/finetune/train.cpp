@@ -117,8 +117,10 @@ struct EvalResult {
 };
 
 EvalResult evaluate(const nn::BertForSequenceClassification& model, const data::Batcher& batcher,
-                    int64_t num_labels, Device device) {
+                    int64_t num_labels, Device device, bool bf16) {
   NoGradGuard no_grad;
+  std::optional<AutocastGuard> autocast;
+  if (bf16) autocast.emplace(DType::BF16, device.type);
   const bool was_training = model.is_training();
   const_cast<nn::BertForSequenceClassification&>(model).eval();
   std::vector<int64_t> predicted(static_cast<size_t>(batcher.size()), 0), truth(predicted.size());
@@ -219,6 +221,7 @@ int run(const Options& o) {
   const auto wall_start = std::chrono::steady_clock::now();
   if (o.threads > 0) set_num_threads(static_cast<int>(o.threads));
   const Device device = Device::parse(o.device);
+  const bool bf16 = o.precision == "bf16";
   const fs::path out = o.out;
   const fs::path ckpt_dir = out / "checkpoints";
   const fs::path last_dir = ckpt_dir / "last", best_dir = ckpt_dir / "best";
@@ -398,7 +401,18 @@ int run(const Options& o) {
   };
 
   // ---- 4. train ----
-  Progress progress(stderr, total_steps, 50);
+  // --quiet: evaluations and the summary only, no per-step progress.
+  std::unique_ptr<std::FILE, int (*)(std::FILE*)> devnull(
+      o.quiet ? std::fopen("/dev/null", "w") : nullptr,
+      [](std::FILE* f) { return f ? std::fclose(f) : 0; });
+  Progress progress(devnull ? devnull.get() : stderr, total_steps, 50);
+  auto say = [&](const std::string& line) {
+    if (o.quiet) {
+      std::fprintf(stderr, "%s\n", line.c_str());
+    } else {
+      progress.message(line);
+    }
+  };
   const int64_t kill_at = env_step("LATHE_FINETUNE_KILL_AT_STEP");
   const auto run_start = std::chrono::steady_clock::now();
   auto elapsed_now = [&] {
@@ -416,14 +430,17 @@ int run(const Options& o) {
     for (; st.batch_in_epoch < static_cast<int64_t>(plan.size()); ++st.batch_in_epoch) {
       if (st.global_step >= total_steps) break;
       const data::Batch b = train_batcher.collate(plan[size_t(st.batch_in_epoch)]);
+      std::optional<AutocastGuard> autocast;
+      if (bf16) autocast.emplace(DType::BF16, device.type);
       const Tensor logits = model->forward(b.input_ids.to(device), b.attention_mask.to(device),
                                            b.token_type_ids.to(device));
       const Tensor loss = cross_entropy(logits, b.labels.to(device));
+      autocast.reset();
       const double loss_value = loss.item<double>();
       const int64_t step = st.global_step + 1;
       if (!std::isfinite(loss_value)) {
-        progress.message("step " + std::to_string(step) + ": the loss is " +
-                         std::to_string(loss_value) + "; stopping");
+        say("step " + std::to_string(step) + ": the loss is " + std::to_string(loss_value) +
+            "; stopping");
         exit_code = 3;
         break;
       }
@@ -432,8 +449,8 @@ int run(const Options& o) {
       last_grad_norm =
           optim::clip_grad_norm_(optimizer, o.max_grad_norm > 0 ? o.max_grad_norm : INFINITY);
       if (!std::isfinite(last_grad_norm)) {
-        progress.message("step " + std::to_string(step) + ": the gradient norm is " +
-                         std::to_string(last_grad_norm) + "; stopping");
+        say("step " + std::to_string(step) + ": the gradient norm is " +
+            std::to_string(last_grad_norm) + "; stopping");
         exit_code = 3;
         break;
       }
@@ -469,9 +486,10 @@ int run(const Options& o) {
       if (!evaluate_now) continue;
 
       // ---- evaluation, best/last checkpoints, early stopping ----
-      const EvalResult dev = evaluate(*model, dev_batcher, d.labels.size(), device);
+      const EvalResult dev = evaluate(*model, dev_batcher, d.labels.size(), device, bf16);
       const EvalResult tr =
-          have_train_sample ? evaluate(*model, train_eval_batcher, d.labels.size(), device) : dev;
+          have_train_sample ? evaluate(*model, train_eval_batcher, d.labels.size(), device, bf16)
+                            : dev;
       const double train_loss = st.loss_sum / double(std::max<int64_t>(1, st.loss_count));
       const double gap = tr.metrics.accuracy - dev.metrics.accuracy;
       char line[512];
@@ -484,7 +502,7 @@ int run(const Options& o) {
                     gap > 0.1 ? "  (overfitting: consider fewer epochs, more dropout, "
                                 "--freeze-layers or LoRA)"
                               : "");
-      progress.message(line);
+      say(line);
       metrics.write({{"step", double(step)},
                      {"epoch", double(step) / double(steps_per_epoch)},
                      {"train_loss", train_loss},
@@ -526,9 +544,8 @@ int run(const Options& o) {
       write_training_plot_svg((out / "plot.svg").string(), title, history.train_loss,
                               history.dev_loss, history.dev_accuracy, history.dev_f1);
       if (o.patience > 0 && st.evals_without_improvement >= o.patience) {
-        progress.message("early stopping: dev macro-F1 has not improved for " +
-                         std::to_string(o.patience) + " evaluation(s); best was step " +
-                         std::to_string(st.best_step));
+        say("early stopping: dev macro-F1 has not improved for " + std::to_string(o.patience) +
+            " evaluation(s); best was step " + std::to_string(st.best_step));
         stop_reason = "early_stopping";
         break;
       }
@@ -573,14 +590,14 @@ int run(const Options& o) {
   best_po.device = device;
   best_po.verbose = false;
   const auto best = nn::load_bert_for_sequence_classification(best_dir.string(), best_po);
-  const EvalResult best_dev = evaluate(*best, dev_batcher, d.labels.size(), device);
+  const EvalResult best_dev = evaluate(*best, dev_batcher, d.labels.size(), device, bf16);
   summary["dev"] = metrics_json(best_dev.metrics, d.labels);
   std::fprintf(stderr, "best checkpoint: step %lld, dev accuracy %.4f, macro-F1 %.4f (%s)\n",
                static_cast<long long>(st.best_step), best_dev.metrics.accuracy,
                best_dev.metrics.macro_f1, best_dir.c_str());
   if (!d.test.empty()) {
     const data::Batcher test_batcher(d.test, eval_bo);
-    const EvalResult test = evaluate(*best, test_batcher, d.labels.size(), device);
+    const EvalResult test = evaluate(*best, test_batcher, d.labels.size(), device, bf16);
     summary["test"] = metrics_json(test.metrics, d.labels);
     std::fprintf(stderr, "test: %lld examples, loss %.4f, accuracy %.4f, macro-F1 %.4f\n%s",
                  static_cast<long long>(test.metrics.count), test.metrics.loss,
