@@ -26,6 +26,8 @@ void add_options(CLI::App& app, Options& o) {
       "evaluates it on dev during training and on test at the end, and writes Hugging Face "
       "loadable checkpoints (best and last), metrics.jsonl, summary.json and a plot.");
   app.get_formatter()->column_width(34);
+  // A repeated flag takes its last value, so scripts can append overrides to a base command.
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   auto* g = "Model and data";
   app.add_option("--model", o.model,
                  "Hugging Face BERT directory (config.json, model.safetensors, vocab.txt) "

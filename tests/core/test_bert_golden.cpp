@@ -177,6 +177,8 @@ TEST_CASE("bert golden: save_pretrained round-trips the tiny model exactly",
   for (const auto& [name, t] : original) {
     INFO(name);
     REQUIRE(written.count(name));
+    CHECK(written.at(name).dtype() == t.dtype());
+    CHECK(written.at(name).shape() == t.shape());
     CHECK(max_abs_diff(written.at(name), t) == 0.0);
   }
   const nn::BertConfig saved = nn::BertConfig::load(out.string());
