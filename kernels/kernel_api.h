@@ -226,6 +226,20 @@ using CrossEntropyBackwardFn = void (*)(const CrossEntropyBackwardArgs& args);
 using AttentionForwardFn = void (*)(const AttentionForwardArgs& args);
 using AttentionBackwardFn = void (*)(const AttentionBackwardArgs& args);
 
+// The gradient of an embedding lookup: grad_weight[v] = sum of grad_out[k] over the positions k
+// with indices[k] == v, in increasing k (backends may group the terms, always in the same way for
+// the same indices), for every v except padding_idx; rows that no index names (and the padding
+// row) are zero. grad_weight is overwritten, not accumulated.
+struct EmbeddingBackwardArgs {
+  const int64_t* indices = nullptr;  // [n], contiguous
+  int64_t n = 0;
+  View grad_out;                // [n, dim], any strides; its dtype is the gradient's
+  void* grad_weight = nullptr;  // [num_embeddings, dim], contiguous
+  int64_t num_embeddings = 0;
+  int64_t padding_idx = -1;  // < 0: none
+};
+using EmbeddingBackwardFn = void (*)(const EmbeddingBackwardArgs& args);
+
 // One tensor of a fused Adam/AdamW step (multi-tensor apply): `numel` contiguous elements in each
 // buffer. param and grad have AdamWArgs::param_dtype; the moments are f32. master (f32) is the
 // master copy of a 16-bit param: the update runs on it and param receives it rounded; null for f32

@@ -1,9 +1,10 @@
 // embedding: rows of weight [V, D] picked by integer indices of any shape, out = indices.shape +
-// [D]. The forward is the index_select kernel over the flattened indices; the backward scatters the
-// gradient rows back with index_add (deterministic order, so repeated indices sum reproducibly)
-// into a zero [V, D] gradient, then clears the padding row: only positions that used padding_idx
-// ever add to that row, so clearing it is the same as skipping them. Indices are validated on
-// the host first, so an out-of-range index is reported by value instead of reading out of bounds.
+// [D]. The forward is the index_select kernel over the flattened indices; the backward is the
+// embedding_backward kernel, which writes the whole [V, D] gradient: each row the sum of the
+// gradient rows of the positions that picked it (in a deterministic order, so repeated indices sum
+// reproducibly; on cuda by sorting the positions by index and summing segments), the padding row
+// and unused rows zero. Indices are validated on the host first, so an out-of-range index is
+// reported by value instead of reading out of bounds.
 #include "core/tensor_internal.h"
 
 namespace lathe {
@@ -46,16 +47,21 @@ Tensor embedding(const Tensor& indices, const Tensor& weight, std::optional<int6
     autograd::record(
         op, {indices, weight}, {out},
         [saved = autograd::SavedTensor(flat, op), V, D, n, pad](const std::vector<Tensor>& g) {
-          const Tensor& gy = g[0];
           const Tensor& index = saved.get();
-          Tensor gw = zeros({V, D}, TensorOptions(gy.dtype()).device(gy.device()));
-          if (n > 0 && D > 0) {
-            Tensor src = gy.reshape({n, D});
-            LATHE_KERNEL(gy.device(), index_add, "embedding backward")
-            (detail::make_view(gw), 0, detail::make_view(index), detail::make_view(src));
-          }
-          if (pad) gw.select(0, *pad).zero_();
-          return std::vector<Tensor>{Tensor(), gw};
+          // f16/bf16 on the cpu: the f32 kernel on the widened gradient, rounded once.
+          const bool widen = detail::half_via_f32(g[0]);
+          const Tensor gy = widen ? g[0].to(DType::F32) : g[0];
+          Tensor gw = empty({V, D}, TensorOptions(gy.dtype()).device(gy.device()));
+          const Tensor src = gy.reshape({n, D});
+          kernels::EmbeddingBackwardArgs args;
+          args.indices = static_cast<const int64_t*>(index.data_ptr());
+          args.n = n;
+          args.grad_out = detail::make_view(src);
+          args.grad_weight = gw.data_ptr();
+          args.num_embeddings = V;
+          args.padding_idx = pad ? *pad : -1;
+          LATHE_KERNEL(gy.device(), embedding_backward, "embedding backward")(args);
+          return std::vector<Tensor>{Tensor(), widen ? gw.to(g[0].dtype()) : gw};
         });
   }
   return out;

@@ -76,7 +76,14 @@ const KernelTable& cuda_kernel_table() {
     t.scatter_add = cuda::scatter_add;
     t.random = cuda::random;
     t.dropout = cuda::dropout;
+    t.softmax_forward = cuda::softmax_forward;
+    t.softmax_backward = cuda::softmax_backward;
+    t.layer_norm_forward = cuda::layer_norm_forward;
+    t.layer_norm_backward = cuda::layer_norm_backward;
+    t.cross_entropy_forward = cuda::cross_entropy_forward;
+    t.cross_entropy_backward = cuda::cross_entropy_backward;
     t.adamw = cuda::adamw;
+    t.embedding_backward = cuda::embedding_backward;
     return t;
   }();
   return table;

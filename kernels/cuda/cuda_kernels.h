@@ -1,8 +1,8 @@
 // Declarations of the cuda backend's kernels, one per family of kernels/kernel_table.def, with the
 // same signatures and semantics as the cpu backend's (kernels/cpu). Each family lives in its own
-// .cu file; cuda_device.cpp puts them in the cuda KernelTable. The fused transformer families
-// (softmax, layer_norm, cross_entropy, attention) have no cuda kernel yet: their slots stay null
-// and the op layer composes them from these primitives.
+// .cu file; cuda_device.cpp puts them in the cuda KernelTable. Attention has no cuda kernel yet:
+// its slots stay null and the op composes it from these primitives. docs/kernels.md describes the
+// transformer kernels (softmax, layer_norm, cross_entropy, embedding_backward).
 #pragma once
 
 #include "kernels/kernel_api.h"
@@ -24,6 +24,13 @@ extern const GatherFn gather;
 extern const ScatterAddFn scatter_add;
 extern const RandomFn random;
 extern const DropoutFn dropout;
+extern const SoftmaxForwardFn softmax_forward;
+extern const SoftmaxBackwardFn softmax_backward;
+extern const LayerNormForwardFn layer_norm_forward;
+extern const LayerNormBackwardFn layer_norm_backward;
+extern const CrossEntropyForwardFn cross_entropy_forward;
+extern const CrossEntropyBackwardFn cross_entropy_backward;
 extern const AdamWFn adamw;
+extern const EmbeddingBackwardFn embedding_backward;
 
 }  // namespace lathe::kernels::cuda

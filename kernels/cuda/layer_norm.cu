@@ -1,0 +1,294 @@
+// Layer norm over the last `cols` elements of contiguous rows on cuda, forward and backward, for
+// f32, f64, f16 and bf16 (statistics and sums in f32, or f64 for f64 data; 16-bit values rounded
+// once on store). The formulas are those of kernels/cpu/layer_norm.cpp.
+//
+// Forward, a warp or a block per row: the mean, then the centered sum of squares (two passes, so
+// values far from zero lose nothing to E[x^2] - E[x]^2 cancellation), then y. The row is read three
+// times but from DRAM once: a warp's row (at most 4 KiB in f32) stays in L1, a block's in L2.
+//
+// Backward:
+//  - dx, a warp or a block per row: sum(g) and sum(g * xhat) in one pass (g = dy * weight), then
+//    dx = rstd * (g - mean(g) - xhat * mean(g * xhat)).
+//  - dweight = sum over rows of dy * xhat and dbias = sum over rows of dy, deterministically and
+//    without atomics: the rows are cut into chunks (how many depends on the row count only), a
+//    block of 32 x 8 threads sums a chunk for 32 column packs (the 8 thread rows combined in a
+//    fixed order through shared memory) into a partial row, and a second kernel adds the partial
+//    rows in chunk order. Neighbouring threads read neighbouring columns, 16 bytes each.
+#include <limits>
+
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda/math.cuh"
+#include "kernels/cuda/rows.cuh"
+
+namespace lathe::kernels::cuda {
+
+namespace {
+
+using rows::acc_t;
+
+template <class C>
+struct SumPair {
+  C a, b;
+};
+
+template <class C>
+LATHE_DEVICE_INLINE SumPair<C> shfl_xor(SumPair<C> v, int mask) {
+  return {rows::shfl_xor(v.a, mask), rows::shfl_xor(v.b, mask)};
+}
+
+struct AddPair {
+  template <class C>
+  LATHE_DEVICE_INLINE SumPair<C> operator()(SumPair<C> x, SumPair<C> y) const {
+    return {x.a + y.a, x.b + y.b};
+  }
+};
+
+template <class T, bool kBlock>
+__global__ void layer_norm_forward_kernel(const T* x, const T* w, const T* b, T* y,
+                                          acc_t<T>* mean_out, acc_t<T>* rstd_out, int64_t n_rows,
+                                          int64_t cols, acc_t<T> eps) {
+  using C = acc_t<T>;
+  __shared__ C scratch[32];
+  const rows::RowGroup<kBlock> g = rows::row_group<kBlock>();
+  for (int64_t r = g.first; r < n_rows; r += g.step) {
+    const T* xr = x + r * cols;
+    T* yr = y + r * cols;
+    const void* const ptrs[4] = {xr, yr, w, b};
+    const rows::RowCut cut = rows::cut_row<T>(cols, ptrs);
+    C part = C(0);
+    rows::for_row<T>(cut, g.t, g.nt, [&]<int W>(int64_t j) {
+      C v[W];
+      rows::load<W>(xr + j, v);
+      for (int k = 0; k < W; ++k) part += v[k];
+    });
+    const C mean = rows::group_allreduce<kBlock>(part, rows::Sum{}, scratch) / C(cols);
+    part = C(0);
+    rows::for_row<T>(cut, g.t, g.nt, [&]<int W>(int64_t j) {
+      C v[W];
+      rows::load<W>(xr + j, v);
+      for (int k = 0; k < W; ++k) part += (v[k] - mean) * (v[k] - mean);
+    });
+    const C var = rows::group_allreduce<kBlock>(part, rows::Sum{}, scratch) / C(cols);
+    const C rstd = C(1) / dmath::sqrt(var + eps);
+    if (g.t == 0) {
+      if (mean_out) mean_out[r] = mean;
+      if (rstd_out) rstd_out[r] = rstd;
+    }
+    rows::for_row<T>(cut, g.t, g.nt, [&]<int W>(int64_t j) {
+      C v[W], wv[W] = {}, bv[W] = {};
+      rows::load<W>(xr + j, v);
+      if (w) rows::load<W>(w + j, wv);
+      if (b) rows::load<W>(b + j, bv);
+      for (int k = 0; k < W; ++k) {
+        C o = (v[k] - mean) * rstd;
+        if (w) o = o * wv[k];
+        if (b) o = o + bv[k];
+        v[k] = o;
+      }
+      rows::store<W>(yr + j, v);
+    });
+  }
+}
+
+template <class T, bool kBlock>
+__global__ void layer_norm_grad_x_kernel(const T* x, const T* w, const acc_t<T>* mean,
+                                         const acc_t<T>* rstd, const T* gy, T* gx, int64_t n_rows,
+                                         int64_t cols) {
+  using C = acc_t<T>;
+  __shared__ SumPair<C> scratch[32];
+  const rows::RowGroup<kBlock> g = rows::row_group<kBlock>();
+  for (int64_t r = g.first; r < n_rows; r += g.step) {
+    const T* xr = x + r * cols;
+    const T* gyr = gy + r * cols;
+    T* gxr = gx + r * cols;
+    const void* const ptrs[4] = {xr, gyr, gxr, w};
+    const rows::RowCut cut = rows::cut_row<T>(cols, ptrs);
+    const C m = mean[r], s = rstd[r];
+    // g = dy * w and xhat = (x - mean) * rstd of W elements at j.
+    auto terms = [&]<int W>(int64_t j, C(&gv)[W], C(&xhat)[W]) {
+      rows::load<W>(gyr + j, gv);
+      rows::load<W>(xr + j, xhat);
+      C wv[W] = {};
+      if (w) rows::load<W>(w + j, wv);
+      for (int k = 0; k < W; ++k) {
+        if (w) gv[k] = gv[k] * wv[k];
+        xhat[k] = (xhat[k] - m) * s;
+      }
+    };
+    SumPair<C> part{C(0), C(0)};
+    rows::for_row<T>(cut, g.t, g.nt, [&]<int W>(int64_t j) {
+      C gv[W], xhat[W];
+      terms.template operator()<W>(j, gv, xhat);
+      for (int k = 0; k < W; ++k) {
+        part.a += gv[k];
+        part.b += gv[k] * xhat[k];
+      }
+    });
+    const SumPair<C> sums = rows::group_allreduce<kBlock>(part, AddPair{}, scratch);
+    const C mean_g = sums.a / C(cols), mean_gx = sums.b / C(cols);
+    rows::for_row<T>(cut, g.t, g.nt, [&]<int W>(int64_t j) {
+      C gv[W], xhat[W];
+      terms.template operator()<W>(j, gv, xhat);
+      for (int k = 0; k < W; ++k) gv[k] = s * (gv[k] - mean_g - xhat[k] * mean_gx);
+      rows::store<W>(gxr + j, gv);
+    });
+  }
+}
+
+// ---- dweight / dbias ----
+
+constexpr int kParamThreadRows = 8;    // blockDim.y: threads splitting a chunk's rows
+constexpr int64_t kRowsPerChunk = 32;  // target rows per chunk
+constexpr int64_t kMaxChunks = 256;    // bounds the partial rows (and the final pass's reads)
+
+// Chunk count: a function of the row count only, so the summation order never depends on the
+// device or the launch.
+int64_t param_chunks(int64_t n_rows) {
+  const int64_t c = (n_rows + kRowsPerChunk - 1) / kRowsPerChunk;
+  return c < 1 ? 1 : (c > kMaxChunks ? kMaxChunks : c);
+}
+
+// Block (blockIdx.x, blockIdx.y): columns [32 * W * blockIdx.x, +32 * W) of chunk blockIdx.y.
+// Thread (tx, ty) sums rows begin + ty, begin + ty + 8, ... of its W columns.
+template <class T, int W>
+__global__ void layer_norm_param_partial_kernel(const T* x, const acc_t<T>* mean,
+                                                const acc_t<T>* rstd, const T* gy, int64_t n_rows,
+                                                int64_t cols, int64_t chunks, acc_t<T>* partial_w,
+                                                acc_t<T>* partial_b) {
+  using C = acc_t<T>;
+  __shared__ C shared_w[kParamThreadRows][32 * W];
+  __shared__ C shared_b[kParamThreadRows][32 * W];
+  const int tx = int(threadIdx.x), ty = int(threadIdx.y);
+  const int64_t col = (int64_t(blockIdx.x) * 32 + tx) * W;
+  const int64_t chunk = blockIdx.y;
+  const int64_t begin = n_rows * chunk / chunks, end = n_rows * (chunk + 1) / chunks;
+  C aw[W], ab[W];
+  for (int k = 0; k < W; ++k) aw[k] = ab[k] = C(0);
+  if (col < cols) {
+    for (int64_t r = begin + ty; r < end; r += kParamThreadRows) {
+      C dy[W], xv[W];
+      rows::load<W>(gy + r * cols + col, dy);
+      rows::load<W>(x + r * cols + col, xv);
+      const C m = mean[r], s = rstd[r];
+      for (int k = 0; k < W; ++k) {
+        aw[k] += dy[k] * ((xv[k] - m) * s);
+        ab[k] += dy[k];
+      }
+    }
+  }
+  for (int k = 0; k < W; ++k) {
+    shared_w[ty][tx * W + k] = aw[k];
+    shared_b[ty][tx * W + k] = ab[k];
+  }
+  __syncthreads();
+  if (ty == 0 && col < cols) {
+    for (int yy = 1; yy < kParamThreadRows; ++yy) {
+      for (int k = 0; k < W; ++k) {
+        aw[k] += shared_w[yy][tx * W + k];
+        ab[k] += shared_b[yy][tx * W + k];
+      }
+    }
+    for (int k = 0; k < W; ++k) {
+      if (partial_w) partial_w[chunk * cols + col + k] = aw[k];
+      if (partial_b) partial_b[chunk * cols + col + k] = ab[k];
+    }
+  }
+}
+
+// Column j of dweight / dbias: the chunks' partial sums added in chunk order.
+template <class T>
+__global__ void layer_norm_param_final_kernel(const acc_t<T>* partial_w, const acc_t<T>* partial_b,
+                                              int64_t cols, int64_t chunks, T* gw, T* gb) {
+  using C = acc_t<T>;
+  for (int64_t j = global_thread(); j < cols; j += grid_threads()) {
+    C sw = C(0), sb = C(0);
+    for (int64_t c = 0; c < chunks; ++c) {
+      if (gw) sw += partial_w[c * cols + j];
+      if (gb) sb += partial_b[c * cols + j];
+    }
+    if (gw) gw[j] = convert<T>(sw);
+    if (gb) gb[j] = convert<T>(sb);
+  }
+}
+
+bool aligned16(const void* p) {
+  return reinterpret_cast<uintptr_t>(p) % 16 == 0;
+}
+
+template <class T>
+void param_grads(const LayerNormBackwardArgs& a) {
+  using C = acc_t<T>;
+  const int64_t chunks = param_chunks(a.rows);
+  DeviceScratch partial(size_t(2 * chunks * a.cols) * sizeof(C));
+  C* pw = a.grad_weight ? partial.as<C>() : nullptr;
+  C* pb = a.grad_bias ? partial.as<C>() + chunks * a.cols : nullptr;
+  const T* x = static_cast<const T*>(a.x);
+  const T* gy = static_cast<const T*>(a.grad_y);
+  const C* mean = static_cast<const C*>(a.mean);
+  const C* rstd = static_cast<const C*>(a.rstd);
+  constexpr int V = rows::kPack<T>;
+  // Packs of columns need every row to start on a 16-byte boundary.
+  const bool vec = a.cols % V == 0 && aligned16(x) && aligned16(gy);
+  const dim3 threads(32, kParamThreadRows);
+  if (vec) {
+    const dim3 grid(unsigned((a.cols / V + 31) / 32), unsigned(chunks));
+    rt::launch(layer_norm_param_partial_kernel<T, V>, grid, threads, 0, stream(),
+               "layer_norm_param_partial", x, mean, rstd, gy, a.rows, a.cols, chunks, pw, pb);
+  } else {
+    const dim3 grid(unsigned((a.cols + 31) / 32), unsigned(chunks));
+    rt::launch(layer_norm_param_partial_kernel<T, 1>, grid, threads, 0, stream(),
+               "layer_norm_param_partial", x, mean, rstd, gy, a.rows, a.cols, chunks, pw, pb);
+  }
+  rt::launch(layer_norm_param_final_kernel<T>, dim3(grid_for(a.cols)), dim3(kThreads), 0, stream(),
+             "layer_norm_param_final", static_cast<const C*>(pw), static_cast<const C*>(pb), a.cols,
+             chunks, static_cast<T*>(a.grad_weight), static_cast<T*>(a.grad_bias));
+}
+
+void layer_norm_forward_impl(const LayerNormForwardArgs& a) {
+  LATHE_CHECK(a.rows >= 0 && a.cols > 0, "layer_norm: invalid sizes rows=", a.rows,
+              " cols=", a.cols);
+  if (a.rows == 0) return;
+  const rows::RowLaunch l = rows::row_launch(a.rows, a.cols);
+  dispatch_device_float(a.dtype, "layer_norm", [&]<class T>() {
+    using C = acc_t<T>;
+    auto kernel =
+        l.block ? layer_norm_forward_kernel<T, true> : layer_norm_forward_kernel<T, false>;
+    rt::launch(kernel, l.grid, l.threads, 0, stream(), "layer_norm_forward",
+               static_cast<const T*>(a.x), static_cast<const T*>(a.weight),
+               static_cast<const T*>(a.bias), static_cast<T*>(a.y), static_cast<C*>(a.mean),
+               static_cast<C*>(a.rstd), a.rows, a.cols, C(a.eps));
+  });
+}
+
+void layer_norm_backward_impl(const LayerNormBackwardArgs& a) {
+  LATHE_CHECK(a.rows >= 0 && a.cols > 0, "layer_norm backward: invalid sizes rows=", a.rows,
+              " cols=", a.cols);
+  dispatch_device_float(a.dtype, "layer_norm backward", [&]<class T>() {
+    using C = acc_t<T>;
+    if (a.rows == 0) {
+      // No rows: the parameter gradients are sums of nothing.
+      const size_t bytes = size_t(a.cols) * sizeof(T);
+      if (a.grad_weight) rt::memset_async(a.grad_weight, 0, bytes, stream());
+      if (a.grad_bias) rt::memset_async(a.grad_bias, 0, bytes, stream());
+      return;
+    }
+    if (a.grad_x) {
+      const rows::RowLaunch l = rows::row_launch(a.rows, a.cols);
+      auto kernel =
+          l.block ? layer_norm_grad_x_kernel<T, true> : layer_norm_grad_x_kernel<T, false>;
+      rt::launch(kernel, l.grid, l.threads, 0, stream(), "layer_norm_grad_x",
+                 static_cast<const T*>(a.x), static_cast<const T*>(a.weight),
+                 static_cast<const C*>(a.mean), static_cast<const C*>(a.rstd),
+                 static_cast<const T*>(a.grad_y), static_cast<T*>(a.grad_x), a.rows, a.cols);
+    }
+    if (a.grad_weight || a.grad_bias) param_grads<T>(a);
+  });
+}
+
+}  // namespace
+
+extern const LayerNormForwardFn layer_norm_forward = layer_norm_forward_impl;
+extern const LayerNormBackwardFn layer_norm_backward = layer_norm_backward_impl;
+
+}  // namespace lathe::kernels::cuda

@@ -1,0 +1,291 @@
+// Building blocks of the row-wise transformer kernels (layer_norm.cu, softmax.cu,
+// cross_entropy.cu, embedding.cu): 16-byte vector loads and stores with scalar head and tail,
+// warp and block all-reductions, and a deterministic device-wide integer scan.
+//
+// - A row is cut into a scalar head (up to the first 16-byte boundary), whole 16-byte packs and a
+//   scalar tail. Packs are used only when every operand of the row sits at the same offset from a
+//   16-byte boundary (the rows of a contiguous tensor whose width is a multiple of the pack, or
+//   row 0 of any width); otherwise the whole row is scalar. Which elements a thread touches
+//   depends only on the sizes and addresses, so results are reproducible.
+// - All-reductions combine in a fixed tree (warp butterflies, then the warps' results read in
+//   order from shared memory by every thread), so every thread gets bitwise the same value and no
+//   float atomics are involved. Both lanes of a butterfly step must compute op(a, b) and op(b, a)
+//   to the same bits: true of IEEE addition and max; ops with products order their operands first
+//   (softmax.cu), since an FMA-contracted a * x + b * y is not symmetric.
+// - Row kernels come in two shapes: a warp per row for rows up to kWarpRowMax elements (no
+//   barriers, a block of 4 warps works on 4 rows) and a block per row for longer rows.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/math.cuh"
+
+namespace lathe::kernels::cuda::rows {
+
+// Accumulation type: f64 for f64 data, f32 for f32, f16 and bf16.
+template <class T>
+using acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+// Elements of T in one 16-byte access.
+template <class T>
+inline constexpr int kPack = 16 / int(sizeof(T));
+
+// Rows up to this many elements get a warp each; longer rows a block of kRowBlockThreads.
+inline constexpr int64_t kWarpRowMax = 1024;
+inline constexpr int kRowBlockThreads = 256;
+inline constexpr int kWarpsPerRowBlock = 4;  // warp-per-row kernels: 128 threads, 4 rows at once
+
+template <class T, int W>
+struct alignas(W == 1 ? alignof(T) : 16) Vec {
+  T v[W];
+};
+
+// W consecutive elements at p (16-byte aligned when W > 1) in the compute type C.
+template <int W, class C, class T>
+LATHE_DEVICE_INLINE void load(const T* p, C (&out)[W]) {
+  if constexpr (W == 1) {
+    out[0] = convert<C>(p[0]);
+  } else {
+    static_assert(W * sizeof(T) == 16, "a pack is 16 bytes");
+    Vec<T, W> pack;
+#ifdef __CUDACC__
+    pack = *reinterpret_cast<const Vec<T, W>*>(p);  // one 16-byte load
+#else
+    std::memcpy(static_cast<void*>(&pack), p, sizeof pack);  // no aliasing questions on the host
+#endif
+#pragma unroll
+    for (int k = 0; k < W; ++k) out[k] = convert<C>(pack.v[k]);
+  }
+}
+
+template <int W, class C, class T>
+LATHE_DEVICE_INLINE void store(T* p, const C (&in)[W]) {
+  if constexpr (W == 1) {
+    p[0] = convert<T>(in[0]);
+  } else {
+    static_assert(W * sizeof(T) == 16, "a pack is 16 bytes");
+    Vec<T, W> pack;
+#pragma unroll
+    for (int k = 0; k < W; ++k) pack.v[k] = convert<T>(in[k]);
+#ifdef __CUDACC__
+    *reinterpret_cast<Vec<T, W>*>(p) = pack;
+#else
+    std::memcpy(static_cast<void*>(p), &pack, sizeof pack);
+#endif
+  }
+}
+
+// How one row of `cols` elements is cut: [0, head) scalar, `packs` packs from `head`, then a
+// scalar tail. head == cols and packs == 0 when the operands are not mutually aligned.
+struct RowCut {
+  int64_t head = 0, packs = 0, cols = 0;
+};
+
+// `ptrs` are the row's first elements in every operand (nulls are skipped).
+template <class T, int N>
+LATHE_DEVICE_INLINE RowCut cut_row(int64_t cols, const void* const (&ptrs)[N]) {
+  RowCut c;
+  c.cols = cols;
+  int64_t misalign = -1;
+  bool same = true;
+  for (int k = 0; k < N; ++k) {
+    if (ptrs[k] == nullptr) continue;
+    const int64_t m = int64_t(reinterpret_cast<uintptr_t>(ptrs[k]) % 16);
+    if (misalign < 0) misalign = m;
+    same = same && m == misalign && m % int64_t(sizeof(T)) == 0;
+  }
+  if (!same || misalign < 0) {
+    c.head = cols;
+    return c;
+  }
+  const int64_t head = ((16 - misalign) % 16) / int64_t(sizeof(T));
+  c.head = head < cols ? head : cols;
+  c.packs = (cols - c.head) / kPack<T>;
+  return c;
+}
+
+// Calls fn.template operator()<W>(j) for the elements of the row that thread t of nt handles:
+// W == kPack<T> at the start j of each of its packs, W == 1 at each of its head and tail elements.
+template <class T, class Fn>
+LATHE_DEVICE_INLINE void for_row(const RowCut& c, int t, int nt, Fn&& fn) {
+  constexpr int V = kPack<T>;
+  for (int64_t p = t; p < c.packs; p += nt) fn.template operator()<V>(c.head + p * V);
+  const int64_t tail = c.head + c.packs * V;
+  const int64_t scalars = c.head + (c.cols - tail);
+  for (int64_t k = t; k < scalars; k += nt) {
+    fn.template operator()<1>(k < c.head ? k : tail + (k - c.head));
+  }
+}
+
+// ---- warp and block all-reductions ----
+
+LATHE_DEVICE_INLINE float shfl_xor(float v, int mask) {
+  return __shfl_xor_sync(0xffffffffu, v, mask);
+}
+LATHE_DEVICE_INLINE double shfl_xor(double v, int mask) {
+  return __shfl_xor_sync(0xffffffffu, v, mask);
+}
+
+struct Sum {
+  template <class A>
+  LATHE_DEVICE_INLINE A operator()(A a, A b) const {
+    return a + b;
+  }
+};
+
+// Every lane of a full warp gets op over the 32 lanes' values.
+template <class A, class Op>
+LATHE_DEVICE_INLINE A warp_allreduce(A v, Op op) {
+#pragma unroll
+  for (int mask = 16; mask > 0; mask /= 2) v = op(v, shfl_xor(v, mask));
+  return v;
+}
+
+// Every thread of the block (a multiple of 32 threads, at most 1024) gets op over all values.
+// `scratch` holds 32 values of shared memory; the trailing barrier lets the caller reuse it.
+template <class A, class Op>
+LATHE_DEVICE_INLINE A block_allreduce(A v, Op op, A* scratch) {
+  v = warp_allreduce(v, op);
+  const int warp = int(threadIdx.x) / 32;
+  if (threadIdx.x % 32 == 0) scratch[warp] = v;
+  __syncthreads();
+  A r = scratch[0];
+  const int warps = int(blockDim.x) / 32;
+  for (int w = 1; w < warps; ++w) r = op(r, scratch[w]);
+  __syncthreads();
+  return r;
+}
+
+// The reduction of a row's group: a warp (kBlock false) or the whole block.
+template <bool kBlock, class A, class Op>
+LATHE_DEVICE_INLINE A group_allreduce(A v, Op op, A* scratch) {
+  if constexpr (kBlock) {
+    return block_allreduce(v, op, scratch);
+  } else {
+    (void)scratch;
+    return warp_allreduce(v, op);
+  }
+}
+
+// Rows of a row kernel handled by this group and its thread index within the group.
+template <bool kBlock>
+struct RowGroup {
+  int64_t first, step;  // rows first, first + step, ...
+  int t, nt;            // thread within the group, threads per group
+};
+
+template <bool kBlock>
+LATHE_DEVICE_INLINE RowGroup<kBlock> row_group() {
+  if constexpr (kBlock) {
+    return {int64_t(blockIdx.x), int64_t(gridDim.x), int(threadIdx.x), int(blockDim.x)};
+  } else {
+    const int warps = int(blockDim.x) / 32;
+    return {int64_t(blockIdx.x) * warps + threadIdx.x / 32, int64_t(gridDim.x) * warps,
+            int(threadIdx.x % 32), 32};
+  }
+}
+
+// Grid and block of a row kernel over `rows` rows of `cols` elements.
+struct RowLaunch {
+  bool block = false;
+  dim3 grid, threads;
+};
+
+inline RowLaunch row_launch(int64_t rows, int64_t cols) {
+  RowLaunch l;
+  l.block = cols > kWarpRowMax;
+  const int64_t sms = rt::device_properties(rt::current_device()).multiprocessor_count;
+  // Enough resident groups to fill every SM several times; rows beyond that are grid-strided.
+  if (l.block) {
+    const int64_t cap = sms * 8;
+    l.grid = dim3(unsigned(rows < cap ? rows : cap));
+    l.threads = dim3(kRowBlockThreads);
+  } else {
+    const int64_t blocks = (rows + kWarpsPerRowBlock - 1) / kWarpsPerRowBlock;
+    const int64_t cap = sms * 16;
+    l.grid = dim3(unsigned(blocks < cap ? blocks : cap));
+    l.threads = dim3(32 * kWarpsPerRowBlock);
+  }
+  return l;
+}
+
+// ---- device-wide inclusive scan of int64 values (sum or max) ----
+
+inline constexpr int kScanThreads = 256;
+inline constexpr int kScanItems = 8;  // consecutive elements per thread
+inline constexpr int64_t kScanTile = int64_t(kScanThreads) * kScanItems;
+
+struct Max {
+  template <class A>
+  LATHE_DEVICE_INLINE A operator()(A a, A b) const {
+    return a > b ? a : b;
+  }
+};
+
+// Inclusive scan of each kScanTile-element tile in place; the tile's total goes to totals[tile].
+// Integer arithmetic, so the result does not depend on the order anyway; the order is fixed.
+template <class Op>
+__global__ void scan_tiles_kernel(int64_t* data, int64_t n, int64_t* totals, Op op,
+                                  int64_t identity) {
+  __shared__ int64_t warp_totals[kScanThreads / 32];
+  const int64_t base = int64_t(blockIdx.x) * kScanTile + int64_t(threadIdx.x) * kScanItems;
+  int64_t items[kScanItems];
+  int64_t local = identity;
+  for (int k = 0; k < kScanItems; ++k) {
+    items[k] = base + k < n ? data[base + k] : identity;
+    local = op(local, items[k]);
+  }
+  // Inclusive scan of the threads' totals: within the warp by shuffles, then across warps.
+  const int lane = int(threadIdx.x) % 32, warp = int(threadIdx.x) / 32;
+  int64_t incl = local;
+  for (int d = 1; d < 32; d *= 2) {
+    const int64_t other = __shfl_up_sync(0xffffffffu, incl, unsigned(d));
+    if (lane >= d) incl = op(incl, other);
+  }
+  if (lane == 31) warp_totals[warp] = incl;
+  __syncthreads();
+  int64_t before = identity;
+  for (int w = 0; w < warp; ++w) before = op(before, warp_totals[w]);
+  // Exclusive prefix of this thread = everything before it in the tile.
+  const int64_t prev_lane = __shfl_up_sync(0xffffffffu, incl, 1u);
+  int64_t running = op(before, lane == 0 ? identity : prev_lane);
+  for (int k = 0; k < kScanItems; ++k) {
+    running = op(running, items[k]);
+    if (base + k < n) data[base + k] = running;
+  }
+  if (threadIdx.x == blockDim.x - 1) {
+    int64_t total = identity;
+    for (int w = 0; w < kScanThreads / 32; ++w) total = op(total, warp_totals[w]);
+    totals[blockIdx.x] = total;
+  }
+}
+
+// data[i] = op(prefix of the tiles before i's tile, data[i]).
+template <class Op>
+__global__ void scan_add_prefix_kernel(int64_t* data, int64_t n, const int64_t* tile_prefix,
+                                       Op op) {
+  for (int64_t i = global_thread() + kScanTile; i < n; i += grid_threads()) {
+    data[i] = op(tile_prefix[i / kScanTile - 1], data[i]);
+  }
+}
+
+// In-place inclusive scan of n int64 values on the current stream: a tile pass, the scan of the
+// tiles' totals (recursively), and a pass adding each tile's prefix.
+template <class Op>
+void inclusive_scan(int64_t* data, int64_t n, Op op, int64_t identity) {
+  if (n <= 0) return;
+  const int64_t tiles = (n + kScanTile - 1) / kScanTile;
+  DeviceScratch totals(size_t(tiles) * sizeof(int64_t));
+  rt::launch(scan_tiles_kernel<Op>, dim3(unsigned(tiles)), dim3(kScanThreads), 0, stream(),
+             "scan_tiles", data, n, totals.as<int64_t>(), op, identity);
+  if (tiles == 1) return;
+  inclusive_scan(totals.as<int64_t>(), tiles, op, identity);
+  rt::launch(scan_add_prefix_kernel<Op>, dim3(grid_for(n - kScanTile)), dim3(kThreads), 0, stream(),
+             "scan_add_prefix", data, n, static_cast<const int64_t*>(totals.as<int64_t>()), op);
+}
+
+}  // namespace lathe::kernels::cuda::rows
