@@ -491,17 +491,21 @@ int run(const Options& o) {
           have_train_sample ? evaluate(*model, train_eval_batcher, d.labels.size(), device, bf16)
                             : dev;
       const double train_loss = st.loss_sum / double(std::max<int64_t>(1, st.loss_count));
-      const double gap = tr.metrics.accuracy - dev.metrics.accuracy;
+      const double gap = have_train_sample ? tr.metrics.accuracy - dev.metrics.accuracy : NAN;
       char line[512];
-      std::snprintf(line, sizeof line,
-                    "step %lld (epoch %.2f): train loss %.4f | dev loss %.4f, accuracy %.4f, "
-                    "macro-F1 %.4f | train accuracy %.4f, train-dev gap %+.4f%s",
-                    static_cast<long long>(step), double(step) / double(steps_per_epoch),
-                    train_loss, dev.metrics.loss, dev.metrics.accuracy, dev.metrics.macro_f1,
-                    tr.metrics.accuracy, gap,
-                    gap > 0.1 ? "  (overfitting: consider fewer epochs, more dropout, "
-                                "--freeze-layers or LoRA)"
-                              : "");
+      int used =
+          std::snprintf(line, sizeof line,
+                        "step %lld (epoch %.2f): train loss %.4f | dev loss %.4f, accuracy "
+                        "%.4f, macro-F1 %.4f",
+                        static_cast<long long>(step), double(step) / double(steps_per_epoch),
+                        train_loss, dev.metrics.loss, dev.metrics.accuracy, dev.metrics.macro_f1);
+      if (have_train_sample && used > 0 && used < int(sizeof line)) {
+        std::snprintf(line + used, sizeof line - size_t(used),
+                      " | train accuracy %.4f, train-dev gap %+.4f%s", tr.metrics.accuracy, gap,
+                      gap > 0.1 ? "  (overfitting: consider fewer epochs, more dropout, "
+                                  "--freeze-layers or LoRA)"
+                                : "");
+      }
       say(line);
       metrics.write({{"step", double(step)},
                      {"epoch", double(step) / double(steps_per_epoch)},
@@ -509,7 +513,7 @@ int run(const Options& o) {
                      {"dev_loss", dev.metrics.loss},
                      {"dev_accuracy", dev.metrics.accuracy},
                      {"dev_macro_f1", dev.metrics.macro_f1},
-                     {"train_accuracy", tr.metrics.accuracy},
+                     {"train_accuracy", have_train_sample ? tr.metrics.accuracy : NAN},
                      {"train_dev_gap", gap},
                      {"lr", optimizer.param_groups().back().lr},
                      {"elapsed_s", secs}},
