@@ -35,8 +35,8 @@ void Linear::enable_lora(int64_t rank, double alpha, double dropout_p) {
               "Linear.enable_lora: rank must be in [1, ", std::min(in_features_, out_features_),
               "], got ", rank);
   LATHE_CHECK(alpha > 0, "Linear.enable_lora: alpha must be positive, got ", alpha);
-  LATHE_CHECK(dropout_p >= 0 && dropout_p < 1, "Linear.enable_lora: dropout must be in [0, 1), got ",
-              dropout_p);
+  LATHE_CHECK(dropout_p >= 0 && dropout_p < 1,
+              "Linear.enable_lora: dropout must be in [0, 1), got ", dropout_p);
   const TensorOptions like = TensorOptions(weight.dtype()).device(weight.device());
   lora_A = register_parameter("lora_A", empty({rank, in_features_}, like));
   lora_B = register_parameter("lora_B", zeros({out_features_, rank}, like));

@@ -7,7 +7,8 @@ namespace lathe::nn {
 
 namespace {
 bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+  return s.size() >= suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 bool is_lora_target(const std::string& name) {
   if (name.find("encoder.layer.") == std::string::npos) return false;

@@ -144,7 +144,9 @@ void check_tiny_adamw(Device device, DType dtype, double atol) {
 }  // namespace
 
 TEST_CASE("bert golden: three AdamW steps with warmup match PyTorch", "[nn][golden][optim]") {
-  SECTION("float64 on the cpu to 1e-10") { check_tiny_adamw(Device::cpu(), DType::F64, 1e-10); }
+  SECTION("float64 on the cpu to 1e-10") {
+    check_tiny_adamw(Device::cpu(), DType::F64, 1e-10);
+  }
   SECTION("float32 on every device to 1e-5") {
     const Device device = GENERATE(from_range(test_devices()));
     INFO("device " << device.str());

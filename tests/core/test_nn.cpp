@@ -336,14 +336,16 @@ TEST_CASE("nn: LoRA starts at the pretrained function and merges into plain weig
   check_close(model.forward(ids, mask), before, 1e-12, 0);  // B = 0: unchanged
   int64_t trainable = 0;
   for (const auto& [name, p] : model.named_parameters()) {
-    const bool expect = name.find("lora_") != std::string::npos || name.rfind("classifier.", 0) == 0;
+    const bool expect =
+        name.find("lora_") != std::string::npos || name.rfind("classifier.", 0) == 0;
     INFO(name);
     CHECK(p.requires_grad() == expect);
     if (p.requires_grad()) trainable += p.numel();
   }
   // 12 adapters of rank 2: (in + out) * 2 each; the classifier 16 * 2 + 2.
   CHECK(trainable == 2 * (4 * (16 + 16) + (16 + 24) + (24 + 16)) * 2 + 34);
-  auto* query = dynamic_cast<nn::Linear*>(&model.submodule("bert.encoder.layer.0.attention.self.query"));
+  auto* query =
+      dynamic_cast<nn::Linear*>(&model.submodule("bert.encoder.layer.0.attention.self.query"));
   REQUIRE(query != nullptr);
   CHECK(query->lora_scale() == 2.0);
 

@@ -26,7 +26,7 @@ class Linear : public Module {
   int64_t in_features() const { return in_features_; }
   int64_t out_features() const { return out_features_; }
   Tensor weight;
-  Tensor bias;  // undefined when built without bias
+  Tensor bias;            // undefined when built without bias
   Tensor lora_A, lora_B;  // undefined without an adapter
 
  private:
