@@ -536,12 +536,12 @@ Tokenizer Tokenizer::from_tokenizer_json_string(std::string_view content,
                  "' is not supported (BertPreTokenizer only)");
     if (j.contains("added_tokens")) {
       for (const json& t : j["added_tokens"]) {
-        const std::string content = t.at("content").get<std::string>();
+        const std::string token = t.at("content").get<std::string>();
         if (t.value("normalized", false) || t.value("lstrip", false) || t.value("rstrip", false) ||
             t.value("single_word", false))
-          throw fail("added token '" + content +
+          throw fail("added token '" + token +
                      "' uses normalized/lstrip/rstrip/single_word, which lathe does not support");
-        opt.added_tokens.push_back(content);
+        opt.added_tokens.push_back(token);
       }
     }
     if (j.contains("padding") && j["padding"].is_object())
