@@ -124,18 +124,8 @@ int main(int argc, char** argv) {
     auto classify = [&](const std::vector<std::string>& batch) {
       if (batch.empty()) return;
       const auto encodings = tokenizer.encode_batch(batch, enc);
-      const int64_t n = static_cast<int64_t>(encodings.size());
-      const int64_t len = static_cast<int64_t>(encodings[0].input_ids.size());
-      std::vector<int64_t> ids, mask, types;
-      for (const auto& e : encodings) {
-        ids.insert(ids.end(), e.input_ids.begin(), e.input_ids.end());
-        mask.insert(mask.end(), e.attention_mask.begin(), e.attention_mask.end());
-        types.insert(types.end(), e.token_type_ids.begin(), e.token_type_ids.end());
-      }
-      const lathe::TensorOptions on_device = lathe::TensorOptions().device(device);
-      const lathe::Tensor logits = model->forward(lathe::from_vector(ids, {n, len}, on_device),
-                                                  lathe::from_vector(mask, {n, len}, on_device),
-                                                  lathe::from_vector(types, {n, len}, on_device));
+      const auto b = lathe::tools::batch_tensors(encodings, device);
+      const lathe::Tensor logits = model->forward(b.input_ids, b.attention_mask, b.token_type_ids);
       const lathe::Tensor probs = lathe::softmax(logits, 1);
       const bool single = probs.dtype() != lathe::DType::F64;
       const std::vector<double> p = probs.to_vector<double>();

@@ -104,18 +104,10 @@ int main(int argc, char** argv) {
     auto flush = [&] {
       if (batch.empty()) return;
       const auto encodings = tokenizer.encode_batch(batch, enc);
-      const int64_t n = static_cast<int64_t>(encodings.size());
-      const int64_t len = static_cast<int64_t>(encodings[0].input_ids.size());
-      std::vector<int64_t> ids, mask, types;
-      for (const auto& e : encodings) {
-        ids.insert(ids.end(), e.input_ids.begin(), e.input_ids.end());
-        mask.insert(mask.end(), e.attention_mask.begin(), e.attention_mask.end());
-        types.insert(types.end(), e.token_type_ids.begin(), e.token_type_ids.end());
-      }
-      const lathe::TensorOptions on_device = lathe::TensorOptions().device(device);
-      const lathe::Tensor mask_t = lathe::from_vector(mask, {n, len}, on_device);
-      const auto result = model->forward(lathe::from_vector(ids, {n, len}, on_device), mask_t,
-                                         lathe::from_vector(types, {n, len}, on_device));
+      const auto n = static_cast<int64_t>(encodings.size());
+      const auto b = lathe::tools::batch_tensors(encodings, device);
+      const auto result = model->forward(b.input_ids, b.attention_mask, b.token_type_ids);
+      const lathe::Tensor& mask_t = b.attention_mask;
       lathe::Tensor emb = pooling == lathe::nn::Pooling::Mean
                               ? lathe::nn::mean_pool(result.last_hidden_state, mask_t)
                               : result.pooler_output;

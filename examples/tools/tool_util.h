@@ -6,6 +6,9 @@
 #include <cstdlib>
 #include <iostream>
 #include <string>
+#include <vector>
+
+#include "lathe/lathe.h"
 
 namespace lathe::tools {
 
@@ -30,6 +33,26 @@ inline int64_t positive_int(const std::string& flag, const std::string& v) {
   }
   if (used != v.size() || n < 1) fail(flag + " needs a positive integer, got '" + v + "'");
   return n;
+}
+
+// A padded batch of encodings (Padding::Longest: equal lengths) as [n, len] I64 tensors on
+// `device`, ready for BertModel / BertForSequenceClassification::forward.
+struct BatchTensors {
+  Tensor input_ids, attention_mask, token_type_ids;
+};
+
+inline BatchTensors batch_tensors(const std::vector<data::Encoding>& encodings, Device device) {
+  const auto n = static_cast<int64_t>(encodings.size());
+  const auto len = static_cast<int64_t>(encodings.at(0).input_ids.size());
+  std::vector<int64_t> ids, mask, types;
+  for (const auto& e : encodings) {
+    ids.insert(ids.end(), e.input_ids.begin(), e.input_ids.end());
+    mask.insert(mask.end(), e.attention_mask.begin(), e.attention_mask.end());
+    types.insert(types.end(), e.token_type_ids.begin(), e.token_type_ids.end());
+  }
+  const TensorOptions on_device = TensorOptions().device(device);
+  return {from_vector(ids, {n, len}, on_device), from_vector(mask, {n, len}, on_device),
+          from_vector(types, {n, len}, on_device)};
 }
 
 }  // namespace lathe::tools
