@@ -3,18 +3,29 @@
 // as the ceiling of the same run. Registered only in the real build (LATHE_CUDA): the simulated
 // build runs kernels on the CPU, where timings mean nothing.
 //
-// Each iteration launches the kernel on the current stream and synchronizes, so the time includes
-// one launch and one synchronization (a few microseconds); the shapes keep kernels well above that.
+// Each timed iteration launches the kernel kLaunches times back to back and then synchronizes
+// (run() in bench_cuda_util.h); the reported time is per iteration (kLaunches launches), the GB/s
+// per launch. bytes of small shapes stay in the 50-60 MB L2 across launches, as they would between
+// the layers of a real model.
+//
+// Also here: GEMM through lathe's matmul op against cuBLAS called directly (cublasGemmEx) on the
+// same buffers, and attention through the op (the composed path until the fused kernel lands).
 #ifdef LATHE_CUDA_BUILD
 
 #include <benchmark/benchmark.h>
 
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <array>
 #include <cstdint>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
+#include "bench/bench_cuda_util.h"
 #include "bench/bench_util.h"
 #include "core/tensor_internal.h"
-#include "kernels/device_api.h"
 #include "kernels/kernel_table.h"
 #include "lathe/lathe.h"
 
@@ -22,47 +33,13 @@ namespace {
 
 using lathe::DType;
 using lathe::Tensor;
-
-const lathe::Device kCuda = lathe::Device::cuda(0);
-
-const lathe::kernels::KernelTable& cuda_k() {
-  return lathe::kernels::kernel_table(lathe::DeviceType::CUDA);
-}
-
-void sync() {
-  lathe::kernels::device_api(lathe::DeviceType::CUDA)->synchronize(0);
-}
-
-DType dtype_of(int64_t code) {
-  return code == 0 ? DType::F32 : DType::BF16;
-}
-// Statistics (mean, rstd, lse) are f32 for f32 and bf16 data.
-lathe::TensorOptions on_cuda(DType t) {
-  return lathe::TensorOptions(t).device(kCuda);
-}
-
-Tensor randn_on(const lathe::Shape& shape, DType t) {
-  return lathe::randn(shape, on_cuda(DType::F32)).to(t);
-}
-
-// Times body() + a synchronization per iteration and reports `bytes` per iteration as GB/s.
-template <class Body>
-void run(benchmark::State& state, double bytes, Body&& body) {
-  body();  // warm-up: allocator, first-launch costs
-  sync();
-  for (auto _ : state) {
-    body();
-    sync();
-  }
-  state.counters["GB/s"] =
-      benchmark::Counter(bytes / 1e9, benchmark::Counter::kIsIterationInvariantRate);
-}
+using namespace lathe_bench::gpu;
 
 // Args: rows, cols, dtype (0 = f32, 1 = bf16).
 void rows_cols(benchmark::internal::Benchmark* b) {
   for (int64_t dtype : {0, 1}) {
-    for (int64_t rows : {8192, 32768}) {
-      for (int64_t cols : {384, 768, 1024, 4096}) b->Args({rows, cols, dtype});
+    for (int64_t rows : {4096, 32768}) {
+      for (int64_t cols : {384, 768, 1536, 4096}) b->Args({rows, cols, dtype});
     }
   }
 }
@@ -98,51 +75,28 @@ void BM_CudaSoftmaxBackward(benchmark::State& state) {
 }
 
 void BM_CudaLayerNormForward(benchmark::State& state) {
-  const int64_t rows = state.range(0), cols = state.range(1);
-  const DType t = dtype_of(state.range(2));
-  Tensor x = randn_on({rows, cols}, t), y = lathe::empty({rows, cols}, on_cuda(t));
-  Tensor w = randn_on({cols}, t), b = randn_on({cols}, t);
-  Tensor mean = lathe::empty({rows}, on_cuda(DType::F32)),
-         rstd = lathe::empty({rows}, on_cuda(DType::F32));
-  lathe::kernels::LayerNormForwardArgs a;
-  a.dtype = t;
-  a.rows = rows;
-  a.cols = cols;
-  a.x = x.data_ptr();
-  a.weight = w.data_ptr();
-  a.bias = b.data_ptr();
-  a.y = y.data_ptr();
-  a.mean = mean.data_ptr();
-  a.rstd = rstd.data_ptr();
-  const double es = double(lathe::element_size(t));
-  run(state, 2.0 * double(rows * cols) * es, [&] { cuda_k().layer_norm_forward(a); });
+  const RowArgs s(state);
+  Tensor x = randn_on({s.rows, s.cols}, s.t), y = lathe::empty({s.rows, s.cols}, on_cuda(s.t));
+  Tensor w = randn_on({s.cols}, s.t), b = randn_on({s.cols}, s.t);
+  Tensor mean = lathe::empty({s.rows}, on_cuda(DType::F32)),
+         rstd = lathe::empty({s.rows}, on_cuda(DType::F32));
+  const lathe::kernels::LayerNormForwardArgs a = layer_norm_forward_args(s, x, w, b, y, mean, rstd);
+  run(state, s.bytes(2.0), [&] { cuda_k().layer_norm_forward(a); });
 }
 
 // dx, dweight and dbias: x and dy read, dx written (the minimum; the parameter pass reads x and dy
 // a second time, which shows up as a rate below the copy's).
 void BM_CudaLayerNormBackward(benchmark::State& state) {
-  const int64_t rows = state.range(0), cols = state.range(1);
-  const DType t = dtype_of(state.range(2));
-  Tensor x = randn_on({rows, cols}, t), gy = randn_on({rows, cols}, t);
-  Tensor w = randn_on({cols}, t);
-  Tensor mean = lathe::zeros({rows}, on_cuda(DType::F32)),
-         rstd = lathe::ones({rows}, on_cuda(DType::F32));
-  Tensor gx = lathe::empty({rows, cols}, on_cuda(t));
-  Tensor gw = lathe::empty({cols}, on_cuda(t)), gb = lathe::empty({cols}, on_cuda(t));
-  lathe::kernels::LayerNormBackwardArgs a;
-  a.dtype = t;
-  a.rows = rows;
-  a.cols = cols;
-  a.x = x.data_ptr();
-  a.weight = w.data_ptr();
-  a.mean = mean.data_ptr();
-  a.rstd = rstd.data_ptr();
-  a.grad_y = gy.data_ptr();
-  a.grad_x = gx.data_ptr();
-  a.grad_weight = gw.data_ptr();
-  a.grad_bias = gb.data_ptr();
-  const double es = double(lathe::element_size(t));
-  run(state, 3.0 * double(rows * cols) * es, [&] { cuda_k().layer_norm_backward(a); });
+  const RowArgs s(state);
+  Tensor x = randn_on({s.rows, s.cols}, s.t), gy = randn_on({s.rows, s.cols}, s.t);
+  Tensor w = randn_on({s.cols}, s.t);
+  Tensor mean = lathe::zeros({s.rows}, on_cuda(DType::F32)),
+         rstd = lathe::ones({s.rows}, on_cuda(DType::F32));
+  Tensor gx = lathe::empty({s.rows, s.cols}, on_cuda(s.t));
+  Tensor gw = lathe::empty({s.cols}, on_cuda(s.t)), gb = lathe::empty({s.cols}, on_cuda(s.t));
+  const lathe::kernels::LayerNormBackwardArgs a =
+      layer_norm_backward_args(s, x, w, mean, rstd, gy, gx, gw, gb);
+  run(state, s.bytes(3.0), [&] { cuda_k().layer_norm_backward(a); });
 }
 
 // Args: rows, classes, dtype. Forward reads the logits; backward reads them and writes dlogits.
@@ -258,14 +212,91 @@ void gelu_shapes(benchmark::internal::Benchmark* b) {
   }
 }
 
-}  // namespace
+// ---- GEMM: lathe's matmul op vs cuBLAS directly
+// --------------------------------------------------
 
-#define LATHE_CUDA_BENCH(fn, shapes) \
-  BENCHMARK(fn)                      \
-      ->Apply(shapes)                \
-      ->Apply(lathe_bench::robust)   \
-      ->UseRealTime()                \
-      ->Unit(benchmark::kMicrosecond)
+void check_cublas(cublasStatus_t st, const char* what) {
+  if (st != CUBLAS_STATUS_SUCCESS) {
+    throw std::runtime_error(std::string("cuBLAS ") + what + " failed: status " +
+                             std::to_string(int(st)));
+  }
+}
+
+// Args: m, n, k, dtype (0 = f32 in full f32, 1 = bf16 with f32 accumulation; both write their own
+// dtype, as lathe's matmul does). C[m,n] = A[m,k] B[k,n], row-major.
+void gemm_counters(benchmark::State& state, int64_t m, int64_t n, int64_t k) {
+  tflops_counter(state, 2.0 * double(m) * double(n) * double(k));
+}
+
+void BM_CudaGemm_Lathe(benchmark::State& state) {
+  const int64_t m = state.range(0), n = state.range(1), k = state.range(2);
+  const DType t = dtype_of(state.range(3));
+  Tensor a = randn_on({m, k}, t), b = randn_on({k, n}, t);
+  run(state, 0.0, [&] { benchmark::DoNotOptimize(lathe::matmul(a, b)); });
+  gemm_counters(state, m, n, k);
+}
+
+void BM_CudaGemm_Cublas(benchmark::State& state) {
+  const int64_t m = state.range(0), n = state.range(1), k = state.range(2);
+  const DType t = dtype_of(state.range(3));
+  Tensor a = randn_on({m, k}, t), b = randn_on({k, n}, t), c = lathe::empty({m, n}, on_cuda(t));
+  sync_device();
+  static cublasHandle_t handle = [] {
+    cublasHandle_t h = nullptr;
+    check_cublas(cublasCreate(&h), "cublasCreate");
+    return h;
+  }();
+  const float alpha = 1.0f, beta = 0.0f;
+  const cudaDataType_t type = t == DType::F32 ? CUDA_R_32F : CUDA_R_16BF;
+  // Row-major C = A B is column-major C^T = B^T A^T: swap the operands, no transposes.
+  auto body = [&] {
+    check_cublas(cublasGemmEx(handle, CUBLAS_OP_N, CUBLAS_OP_N, int(n), int(m), int(k), &alpha,
+                              b.data_ptr(), type, int(n), a.data_ptr(), type, int(k), &beta,
+                              c.data_ptr(), type, int(n), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                 "cublasGemmEx");
+  };
+  body();
+  cudaDeviceSynchronize();
+  for (auto _ : state) {
+    for (int i = 0; i < kLaunches; ++i) body();
+    cudaDeviceSynchronize();
+  }
+  gemm_counters(state, m, n, k);
+}
+
+// BERT's linear layers at B·T = 4096 (MiniLM 384/1536, BERT-base 768/3072) and square sizes.
+void gemm_shapes(benchmark::internal::Benchmark* b) {
+  for (int64_t dtype : {0, 1}) {
+    for (auto [m, n, k] : std::vector<std::array<int64_t, 3>>{{4096, 384, 384},
+                                                              {4096, 1536, 384},
+                                                              {4096, 384, 1536},
+                                                              {4096, 768, 768},
+                                                              {4096, 3072, 768},
+                                                              {4096, 768, 3072},
+                                                              {512, 512, 512},
+                                                              {1024, 1024, 1024},
+                                                              {2048, 2048, 2048},
+                                                              {4096, 4096, 4096}}) {
+      b->Args({m, n, k, dtype});
+    }
+  }
+}
+
+// ---- attention through the op (B, H = 12, T, d), bf16
+// ---------------------------------------------
+
+// Args: batch, T, head dim. FLOPs: 4·B·H·T²·d (QKᵀ and PV).
+void BM_CudaAttentionOp(benchmark::State& state) {
+  const int64_t batch = state.range(0), seq = state.range(1), dim = state.range(2);
+  Tensor q = randn_on({batch, 12, seq, dim}, DType::BF16),
+         k = randn_on({batch, 12, seq, dim}, DType::BF16),
+         v = randn_on({batch, 12, seq, dim}, DType::BF16);
+  lathe::NoGradGuard no_grad;
+  run(state, 0.0, [&] { benchmark::DoNotOptimize(lathe::scaled_dot_product_attention(q, k, v)); });
+  tflops_counter(state, 4.0 * double(batch) * 12 * double(seq) * double(seq) * double(dim));
+}
+
+}  // namespace
 
 LATHE_CUDA_BENCH(BM_CudaCopy, rows_cols);
 LATHE_CUDA_BENCH(BM_CudaSoftmaxForward, rows_cols);
@@ -277,5 +308,15 @@ LATHE_CUDA_BENCH(BM_CudaCrossEntropyBackward, ce_shapes);
 LATHE_CUDA_BENCH(BM_CudaEmbeddingBackward, embedding_shapes);
 LATHE_CUDA_BENCH(BM_CudaGeluForward, gelu_shapes);
 LATHE_CUDA_BENCH(BM_CudaGeluBackward, gelu_shapes);
+LATHE_CUDA_BENCH(BM_CudaGemm_Lathe, gemm_shapes);
+LATHE_CUDA_BENCH(BM_CudaGemm_Cublas, gemm_shapes);
+BENCHMARK(BM_CudaAttentionOp)
+    ->ArgNames({"B", "T", "d"})
+    ->Args({32, 128, 32})
+    ->Args({32, 128, 64})
+    ->Args({8, 512, 64})
+    ->Args({2, 2048, 64})
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
 
 #endif  // LATHE_CUDA_BUILD

@@ -7,6 +7,7 @@
 #include <benchmark/benchmark.h>
 
 #include <memory>
+#include <optional>
 
 #include "lathe/lathe.h"
 
@@ -119,5 +120,71 @@ BENCHMARK(BM_Inference)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime()
     ->MinTime(3.0);
+
+#ifdef LATHE_CUDA_BUILD
+// The same step on the GPU (real CUDA build only): f32, or bf16 autocast with f32 master weights
+// (PyTorch's torch.autocast recipe). bench/compare_torch_gpu.py times PyTorch eager and
+// torch.compile on the same shapes. Args: {base, T, bf16}.
+Setup make_cuda_setup(const benchmark::State& state) {
+  Setup s = make_setup(state);
+  const Device cuda = Device::cuda(0);
+  s.model->to(cuda);
+  s.ids = s.ids.to(cuda);
+  s.mask = s.mask.to(cuda);
+  s.labels = s.labels.to(cuda);
+  return s;
+}
+
+void BM_CudaTrainStep(benchmark::State& state) {
+  Setup s = make_cuda_setup(state);
+  s.model->train();
+  optim::AdamW opt(optim::no_decay_param_groups(s.model->named_parameters(), 5e-5, 0.01));
+  const bool bf16 = state.range(2) == 1;
+  auto step = [&] {
+    Tensor loss;
+    {
+      std::optional<AutocastGuard> autocast;
+      if (bf16) autocast.emplace(DType::BF16, DeviceType::CUDA);
+      loss = cross_entropy(s.model->forward(s.ids, s.mask), s.labels);
+    }
+    loss.backward();
+    optim::clip_grad_norm_(opt, 1.0);
+    opt.step();
+    opt.zero_grad();
+    return loss.item<float>();  // synchronizes
+  };
+  step();  // warm-up: allocator pools, cuBLASLt heuristics
+  for (auto _ : state) benchmark::DoNotOptimize(step());
+  set_counters(state, state.range(1));
+}
+
+void BM_CudaInference(benchmark::State& state) {
+  Setup s = make_cuda_setup(state);
+  s.model->eval();
+  NoGradGuard no_grad;
+  const bool bf16 = state.range(2) == 1;
+  auto run = [&] {
+    std::optional<AutocastGuard> autocast;
+    if (bf16) autocast.emplace(DType::BF16, DeviceType::CUDA);
+    return s.model->forward(s.ids, s.mask).to(DType::F32).to_vector<float>();
+  };
+  run();
+  for (auto _ : state) benchmark::DoNotOptimize(run());
+  set_counters(state, state.range(1));
+}
+
+BENCHMARK(BM_CudaTrainStep)
+    ->ArgNames({"base", "T", "bf16"})
+    ->ArgsProduct({{0, 1}, {128}, {0, 1}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime()
+    ->MinTime(1.0);
+BENCHMARK(BM_CudaInference)
+    ->ArgNames({"base", "T", "bf16"})
+    ->ArgsProduct({{0, 1}, {128}, {0, 1}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime()
+    ->MinTime(1.0);
+#endif  // LATHE_CUDA_BUILD
 
 }  // namespace

@@ -38,6 +38,7 @@ const std::vector<std::pair<std::string_view, AutocastPolicy>>& autocast_policy_
       {"log_softmax", P::F32},
       {"layer_norm", P::F32},
       {"layer_norm_slow", P::F32},
+      {"add_layer_norm", P::F32},
       {"cross_entropy", P::F32},
       {"cross_entropy_slow", P::F32},
       {"sum", P::F32},

@@ -5,6 +5,7 @@
 #include <cstddef>
 
 #include "lathe/core/device.h"
+#include "lathe/core/memory.h"
 
 namespace lathe::kernels {
 
@@ -15,6 +16,10 @@ struct DeviceApi {
   void (*copy_to_host)(void* dst, const void* src, size_t nbytes, int index) = nullptr;
   void (*synchronize)(int index) = nullptr;
   int (*device_count)() = nullptr;
+  // The allocator's bookkeeping (lathe/core/memory.h).
+  MemoryStats (*memory_stats)(int index) = nullptr;
+  void (*empty_cache)(int index) = nullptr;
+  void (*reset_peak_memory_stats)(int index) = nullptr;
 };
 
 // Null when this build has no backend for `type`.

@@ -130,6 +130,47 @@ struct LayerNormBackwardArgs {
   void* grad_bias = nullptr;    // may be null; overwritten
 };
 
+// Residual add fused into layer norm: s = x + residual, rounded to `dtype` (what a separate add
+// would store), then y = layer_norm(s) exactly as LayerNormForwardArgs. `sum` (nullable) receives
+// s for the backward, which is layer_norm_backward on s (and d residual = d x).
+struct AddLayerNormForwardArgs {
+  DType dtype = DType::F32;
+  int64_t rows = 0, cols = 0;
+  const void* x = nullptr;         // [rows, cols], contiguous
+  const void* residual = nullptr;  // [rows, cols], contiguous
+  const void* weight = nullptr;    // [cols] or null
+  const void* bias = nullptr;      // [cols] or null
+  void* y = nullptr;
+  void* sum = nullptr;   // [rows, cols] or null
+  void* mean = nullptr;  // [rows], accumulation type
+  void* rstd = nullptr;  // [rows], accumulation type
+  double eps = 1e-5;
+};
+
+// Bias add fused into GELU over contiguous [rows, cols]: y = gelu(x + bias[col]) (x + bias in the
+// accumulation type, not rounded), erf form or tanh approximation.
+struct BiasGeluArgs {
+  DType dtype = DType::F32;
+  int64_t rows = 0, cols = 0;
+  const void* x = nullptr;
+  const void* bias = nullptr;  // [cols]
+  void* y = nullptr;
+  bool tanh = false;
+};
+
+// grad_x = grad_y * gelu'(x + bias); grad_bias = sum over rows of grad_x (of the unrounded values),
+// deterministic. Either output may be null; grad_bias is overwritten, not accumulated.
+struct BiasGeluBackwardArgs {
+  DType dtype = DType::F32;
+  int64_t rows = 0, cols = 0;
+  const void* x = nullptr;
+  const void* bias = nullptr;
+  const void* grad_y = nullptr;
+  void* grad_x = nullptr;
+  void* grad_bias = nullptr;
+  bool tanh = false;
+};
+
 struct CrossEntropyForwardArgs {
   DType dtype = DType::F32;
   int64_t rows = 0, classes = 0;
@@ -158,10 +199,10 @@ struct CrossEntropyBackwardArgs {
 // flattened. mask: a view of shape [leading dims..., q_len, kv_len] whose leading sizes multiply to
 // `batch` (strides may be 0: a [B, 1, 1, T] key-padding mask broadcast over heads cannot be
 // flattened to one batch stride), or data == null. Bool masks keep true positions; floating masks
-// (of `dtype`) are added to the scaled scores. causal masks key j > query i (PyTorch's top-left
-// tril). Dropout keeps element n = (b * q_len + i) * kv_len + j of the probabilities iff
-// philox::to_uniform(block(offset + n / 4, seed)[n % 4]) >= float(dropout_p) (the dropout
-// kernel's rule), scaled by 1 / (1 - p).
+// (of the accumulation type: `dtype`, f32 for f16/bf16) are added to the scaled scores. causal
+// masks key j > query i (PyTorch's top-left tril). Dropout keeps element n = (b * q_len + i) *
+// kv_len + j of the probabilities iff philox::to_uniform(block(offset + n / 4, seed)[n % 4]) >=
+// float(dropout_p) (the dropout kernel's rule), scaled by 1 / (1 - p).
 struct AttentionForwardArgs {
   DType dtype = DType::F32;
   int64_t batch = 0, q_len = 0, kv_len = 0, head_dim = 0, value_dim = 0;
@@ -176,10 +217,13 @@ struct AttentionForwardArgs {
   void* out = nullptr;
   void* lse = nullptr;  // [batch, q_len], accumulation type; -inf for fully masked rows
 };
+// Which dtypes a backend's attention kernels take: cpu f32/f64; cuda f16/bf16 with head_dim ==
+// value_dim in {32, 64, 128} and 16-byte aligned q, k, v, grad_out (the op widens or composes the
+// rest, see core/ops/attention.cpp). A fully masked row gives zeros and zero gradients.
 
 // Gradients are overwritten, not accumulated. grad_mask (optional, contiguous
-// [batch, q_len, kv_len] of `dtype`) receives the gradient of the scores, i.e. of an additive mask
-// before it is reduced over its broadcast dims.
+// [batch, q_len, kv_len] of the accumulation type) receives the gradient of the scores, i.e. of an
+// additive mask before it is reduced over its broadcast dims.
 struct AttentionBackwardArgs {
   AttentionForwardArgs forward;  // the same inputs; out and lse as written by the forward
   const void* grad_out = nullptr;
@@ -221,6 +265,9 @@ using SoftmaxForwardFn = void (*)(const View& x, const View& y, bool log);
 using SoftmaxBackwardFn = void (*)(const View& y, const View& grad_y, const View& grad_x, bool log);
 using LayerNormForwardFn = void (*)(const LayerNormForwardArgs& args);
 using LayerNormBackwardFn = void (*)(const LayerNormBackwardArgs& args);
+using AddLayerNormForwardFn = void (*)(const AddLayerNormForwardArgs& args);
+using BiasGeluForwardFn = void (*)(const BiasGeluArgs& args);
+using BiasGeluBackwardFn = void (*)(const BiasGeluBackwardArgs& args);
 using CrossEntropyForwardFn = void (*)(const CrossEntropyForwardArgs& args);
 using CrossEntropyBackwardFn = void (*)(const CrossEntropyBackwardArgs& args);
 using AttentionForwardFn = void (*)(const AttentionForwardArgs& args);
@@ -272,5 +319,30 @@ struct AdamWArgs {
   int64_t chunk = 0;
 };
 using AdamWFn = void (*)(const AdamWArgs& args);
+
+// Many contiguous tensors of one device at once (gradient clipping): one or two launches instead
+// of several per tensor. Tensors may differ in dtype (f32, f64, f16, bf16).
+struct MultiTensor {
+  void* data = nullptr;
+  int64_t numel = 0;
+  DType dtype = DType::F32;
+};
+
+// norms[k] (host array of `count`) = sum |x|^p over tensor k (p = norm_type), or max |x| when
+// norm_type is infinite; computed in f64. The per-element order of the sums is fixed (chunks of
+// `chunk` elements summed in a fixed tree, chunks added in order): the result does not depend on
+// the thread count or the schedule. NaN propagates. Synchronous: the norms are on the host on
+// return.
+struct MultiTensorNormArgs {
+  const MultiTensor* tensors = nullptr;
+  int64_t count = 0;
+  double norm_type = 2.0;
+  double* norms = nullptr;
+  int64_t chunk = 0;  // 0: the backend's default; tests set it small
+};
+using MultiTensorNormFn = void (*)(const MultiTensorNormArgs& args);
+
+// x *= scale for every tensor, in place, computed in f32 (f64 for f64 data) and rounded once.
+using MultiTensorScaleFn = void (*)(const MultiTensor* tensors, int64_t count, double scale);
 
 }  // namespace lathe::kernels

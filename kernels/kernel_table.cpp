@@ -1,6 +1,7 @@
 #include "kernels/kernel_table.h"
 
 #include "kernels/device_api.h"
+#include "kernels/kernel_profile.h"
 
 // Builds with a cuda device (nvcc, or the CPU simulator) provide its tables.
 #if defined(LATHE_CUDA_BUILD) || defined(LATHE_CUDA_SIM_BUILD)
@@ -10,7 +11,8 @@
 
 namespace lathe::kernels {
 
-const KernelTable& kernel_table(DeviceType type) {
+namespace {
+const KernelTable& backend_kernel_table(DeviceType type) {
   static const KernelTable empty_table{};
   switch (type) {
     case DeviceType::CPU:
@@ -23,6 +25,31 @@ const KernelTable& kernel_table(DeviceType type) {
 #endif
   }
   return empty_table;
+}
+
+const DeviceApi* backend_device_api(DeviceType type) {
+  switch (type) {
+    case DeviceType::CPU:
+      return &cpu_device_api();
+    case DeviceType::CUDA:
+#ifdef LATHE_HAS_CUDA_DEVICE
+      return &cuda_device_api();
+#else
+      return nullptr;
+#endif
+  }
+  return nullptr;
+}
+}  // namespace
+
+const KernelTable& kernel_table(DeviceType type) {
+  const KernelTable& base = backend_kernel_table(type);
+  return profiling_enabled() ? profiled_kernel_table(type, base) : base;
+}
+
+const DeviceApi* device_api(DeviceType type) {
+  const DeviceApi* base = backend_device_api(type);
+  return base && profiling_enabled() ? &profiled_device_api(type, *base) : base;
 }
 
 bool has_kernel(DeviceType type, std::string_view family) {
@@ -40,20 +67,6 @@ std::vector<std::string_view> kernel_family_names() {
 #include "kernels/kernel_table.def"
 #undef X
   };
-}
-
-const DeviceApi* device_api(DeviceType type) {
-  switch (type) {
-    case DeviceType::CPU:
-      return &cpu_device_api();
-    case DeviceType::CUDA:
-#ifdef LATHE_HAS_CUDA_DEVICE
-      return &cuda_device_api();
-#else
-      return nullptr;
-#endif
-  }
-  return nullptr;
 }
 
 }  // namespace lathe::kernels

@@ -1,5 +1,6 @@
 #include "lathe/nn/transformer.h"
 
+#include "lathe/core/autocast.h"
 #include "lathe/core/functional.h"
 
 namespace lathe::nn {
@@ -15,6 +16,17 @@ ResidualOutput::ResidualOutput(int64_t in_features, int64_t hidden_size, double 
 Tensor ResidualOutput::forward(const Tensor& h, const Tensor& residual, bool pre_layer_norm) const {
   const Tensor projected = dropout->forward(dense->forward(h));
   if (pre_layer_norm) return projected + residual;
+  // Post-LN: the add fused into the LayerNorm kernel (add_layer_norm) when the two operands can
+  // meet in one kernel: same shape, and the same dtype, or any non-f64 dtypes under autocast
+  // (which runs add_layer_norm in f32). Otherwise the add, then the LayerNorm module.
+  const bool same_dtype = projected.dtype() == residual.dtype();
+  const bool autocast_f32 = autocast_enabled(projected.device().type) &&
+                            projected.dtype() != DType::F64 && residual.dtype() != DType::F64;
+  if (projected.shape() == residual.shape() && (same_dtype || autocast_f32) &&
+      residual.size(-1) == layer_norm->weight.size(0)) {
+    return add_layer_norm(projected, residual, layer_norm->weight, layer_norm->bias,
+                          layer_norm->eps());
+  }
   return layer_norm->forward(projected + residual);
 }
 
@@ -40,6 +52,17 @@ FeedForwardIn::FeedForwardIn(int64_t hidden_size, int64_t intermediate_size,
 }
 
 Tensor FeedForwardIn::forward(const Tensor& x) const {
+  // GELU: the Linear without its bias add, then bias + GELU in one kernel (bias_gelu), unless the
+  // layer has no bias or a LoRA adapter (whose output joins before the bias would be added).
+  const bool gelu = activation_ == Activation::Gelu || activation_ == Activation::GeluTanh;
+  if (gelu && dense->bias.defined() && !dense->has_lora()) {
+    LATHE_CHECK(x.dim() >= 1 && x.size(-1) == dense->in_features(), "Linear(", dense->in_features(),
+                " -> ", dense->out_features(), "): input of shape ", shape_str(x.shape()),
+                " does not end in ", dense->in_features());
+    return bias_gelu(
+        linear(x, dense->weight), dense->bias,
+        activation_ == Activation::GeluTanh ? GeluApproximation::Tanh : GeluApproximation::None);
+  }
   return apply_activation(activation_, dense->forward(x));
 }
 

@@ -7,8 +7,8 @@
 #   scripts/gpu-check.sh           # on the GPU machine: runs everything below, prints a table
 #
 # With the device tool: run `prepare` here, then one `run` with
-#   carry = ["build-gpu/bin", "build-gpu/lib", "build-gpu/bundle"]   (~60 MiB of the 64 allowed)
-#   command = "bash scripts/gpu-check.sh"   and a timeout of ~480 s.
+#   carry = ["build-gpu/gpu-carry.tar.gz"]   (~20 MiB: stripped binaries, liblathe, the bundle)
+#   command = "bash scripts/gpu-check.sh"   and a timeout of ~540 s.
 #
 # On the GPU it runs, each with a time limit so the whole fits one device call (< 8 min):
 #   1. nvidia-smi (card, driver);
@@ -16,9 +16,15 @@
 #   3. the cuda device's own tests (runtime, caching allocator, every kernel family vs the cpu);
 #   4. the PTX wrapper tests, including the self-check of mma/ldmatrix/cp.async against known
 #      products — the confirmation that the simulator's emulation matches the hardware;
-#   5. lathe-bench (cpu kernels today; cuda entries arrive with the kernels issue).
+#   5. lathe-bench's cuda entries (BM_Cuda*: every kernel in GB/s, GEMM through lathe and through
+#      cuBLAS directly, attention, the BERT training step and inference in f32 and bf16), as JSON;
+#   6. the BERT-base bf16 training step again under LATHE_PROFILE=1 (time per kernel family);
+#   7. bench/compare_torch_gpu.py: PyTorch eager / torch.compile / SDPA on the same shapes, and the
+#      ratio and %-of-copy-bandwidth tables of docs/benchmarks.md (compare.md).
 # Test binaries are run directly (not through ctest), because the carried build tree's ctest files
-# hold this machine's absolute paths. Results go to $OUT (or build-gpu/gpu-check/) as logs.
+# hold this machine's absolute paths; the source path compiled into the tests (golden files) is
+# linked to this checkout when it does not exist there. Results go to $OUT (or
+# build-gpu/gpu-check/): 8 files, as many as the device tool returns.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 BUILD="${LATHE_GPU_BUILD_DIR:-build-gpu}"
@@ -33,11 +39,20 @@ if [[ "${1:-}" == "prepare" ]]; then
     -DLATHE_CUDA_ARCHS="${LATHE_CUDA_ARCHS:-90a}" -DLATHE_NATIVE=OFF
   mkdir -p "$BUILD/bundle"
   # Every non-glibc, non-CUDA library the binaries need, from this machine.
-  ldd "$BUILD"/bin/* "$BUILD"/lib/liblathe.so* 2>/dev/null | awk '/=> \//{print $3}' | sort -u |
+  { ldd "$BUILD"/bin/lathe-* "$BUILD"/lib/liblathe.so* 2>/dev/null || true; } | awk '/=> \//{print $3}' | sort -u |
     grep -vE '/(libc|libm|libdl|libpthread|librt|ld-linux[^/]*|libstdc\+\+|libgcc_s|libcuda|libcudart|libcublas[^/]*|libnvidia[^/]*)\.so' |
     grep -v "$PWD/$BUILD" | while read -r lib; do cp -L "$lib" "$BUILD/bundle/"; done
-  du -shc "$BUILD/bin" "$BUILD/lib" "$BUILD/bundle" | tail -n 1 |
-    awk '{print "bin + lib + bundle: " $1 " (the device tool carries at most 64 MiB)"}'
+  echo "$PWD" >"$BUILD/bin/source-dir.txt"
+  # One compressed file to carry: the binaries gpu-check runs (stripped), liblathe and the bundle.
+  rm -rf "$BUILD/pack" && mkdir -p "$BUILD/pack/bin" "$BUILD/pack/lib"
+  cp "$BUILD"/bin/{lathe-tests-core,lathe-tests-cuda,lathe-tests-ptx,lathe-bench,source-dir.txt} \
+    "$BUILD/pack/bin/"
+  cp -P "$BUILD"/lib/liblathe.so* "$BUILD/pack/lib/"
+  cp -r "$BUILD/bundle" "$BUILD/pack/"
+  strip --strip-unneeded "$BUILD"/pack/bin/lathe-* "$BUILD"/pack/lib/liblathe.so.*.*
+  tar -C "$BUILD/pack" -czf "$BUILD/gpu-carry.tar.gz" .
+  du -h "$BUILD/gpu-carry.tar.gz" |
+    awk '{print "carry " $2 ": " $1 " (the device tool carries at most 64 MiB with the tree)"}'
   exit 0
 fi
 
@@ -56,28 +71,57 @@ step() {
   timeout "$limit" "$@" >"$log" 2>&1 || rc=$?
   local counts
   counts="$(grep -E '^(All tests passed|test cases:)' "$log" | tail -n 1)"
-  ROWS+=("$(printf '%-34s %-6s %5ss  %s' "$name" "$([[ $rc == 0 ]] && echo ok || echo FAIL)" \
+  ROWS+=("$(printf '%-34s %-6s %5ss  %s' "$name" "$([[ $rc == 0 ]] && echo ok || echo "FAIL($rc)")" \
     "$((SECONDS - start))" "${counts:-see $(basename "$log")}")")
   ((rc == 0)) || STATUS=1
 }
 
+if [[ ! -x "$BUILD/bin/lathe-tests-cuda" && -f "$BUILD/gpu-carry.tar.gz" ]]; then
+  tar -C "$BUILD" -xzf "$BUILD/gpu-carry.tar.gz"
+fi
 if [[ ! -x "$BUILD/bin/lathe-tests-cuda" ]]; then
   echo "gpu-check: $BUILD/bin/lathe-tests-cuda is missing; run 'scripts/gpu-check.sh prepare'" \
     "where the build dependencies are installed and carry $BUILD" >&2
   exit 2
 fi
+# cudart / cuBLAS(Lt) 13 come from the machine: the toolkit's lib64, else a pip wheel's copy.
+for lib in libcudart.so.13 libcublasLt.so.13 libcublas.so.13; do
+  if ! ldconfig -p 2>/dev/null | grep -q "$lib" &&
+    ! compgen -G "/usr/local/cuda/lib64/$lib" >/dev/null; then
+    found="$(find /usr /opt -name "$lib" 2>/dev/null | head -n 1)"
+    [[ -n "$found" ]] && export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$(dirname "$found")"
+  fi
+done
+ldd "$BUILD/bin/lathe-bench" | grep "not found" >&2 || true
+# The golden tests open files under the source path compiled in at `prepare`.
+src="$(cat "$BUILD/bin/source-dir.txt" 2>/dev/null || true)"
+if [[ -n "$src" && ! -e "$src" ]]; then
+  mkdir -p "$(dirname "$src")" && ln -s "$PWD" "$src"
+fi
 
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader \
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader \
   >"$OUT_DIR/gpu.txt" 2>&1 || true
-step "core ops on cuda:0" 300 core-cuda.log env LATHE_TEST_DEVICE=cuda \
+step "ptx wrappers (mma/ldmatrix/cp.async)" 60 ptx.log "$BUILD/bin/lathe-tests-ptx" --use-colour no
+step "cuda runtime, allocator, kernels" 150 cuda.log "$BUILD/bin/lathe-tests-cuda" --use-colour no
+step "core ops + BERT goldens on cuda:0" 180 core-cuda.log env LATHE_TEST_DEVICE=cuda \
   "$BUILD/bin/lathe-tests-core" "~[cpu-only]" --use-colour no
-step "cuda runtime, allocator, kernels" 120 cuda.log "$BUILD/bin/lathe-tests-cuda" --use-colour no
-step "ptx wrappers (mma/ldmatrix/cp.async)" 60 ptx.log "$BUILD/bin/lathe-tests-ptx" -s \
-  "ptx: self-check entry for a real GPU passes" --use-colour no
-step "ptx tests (all)" 60 ptx-all.log "$BUILD/bin/lathe-tests-ptx" --use-colour no
-step "lathe-bench" 150 bench.log "$BUILD/bin/lathe-bench" --benchmark_min_time=0.05
+step "lathe-bench BM_Cuda*" "${LATHE_GPU_BENCH_LIMIT:-200}" bench.log "$BUILD/bin/lathe-bench" \
+  --benchmark_filter="${LATHE_GPU_BENCH_FILTER:-BM_Cuda}" --benchmark_min_time=0.05 \
+  --benchmark_out="$OUT_DIR/bench.json" --benchmark_out_format=json
+# Where the headline step's time goes (kernels/kernel_profile.h): per kernel family, synchronized.
+step "LATHE_PROFILE BERT-base bf16 step" 90 profile.txt env LATHE_PROFILE=1 \
+  "$BUILD/bin/lathe-bench" --benchmark_filter='BM_CudaTrainStep/base:1/T:128/bf16:1/'
+if [[ -s "$OUT_DIR/bench.json" ]] && command -v python3 >/dev/null; then
+  step "PyTorch comparison" "${LATHE_GPU_COMPARE_LIMIT:-240}" compare.md env PYTHONUNBUFFERED=1 \
+    python3 bench/compare_torch_gpu.py --lathe-json "$OUT_DIR/bench.json" ${LATHE_GPU_COMPARE_ARGS:-}
+fi
 
 echo "== lathe gpu-check $(date -u +%Y-%m-%dT%H:%MZ) on $(cat "$OUT_DIR/gpu.txt" 2>/dev/null)"
 printf '%s\n' "${ROWS[@]}"
 grep -E '^(ok|FAIL)' "$OUT_DIR/ptx.log" 2>/dev/null | head -n 20
+for log in ptx cuda core-cuda; do
+  grep -B2 -A12 -E 'FAILED|REQUIRE|CHECK\(' "$OUT_DIR/$log.log" 2>/dev/null | head -n 60
+done
+sed -n '/LATHE_PROFILE:/,$p' "$OUT_DIR/profile.txt" 2>/dev/null | head -n 16
+grep -E '^\| (train step|inference|GEMM 4096x3072|attention|flash)' "$OUT_DIR/compare.md" 2>/dev/null
 exit "$STATUS"

@@ -12,9 +12,12 @@
 // - leading dims of q, k, v (and the mask) broadcast; a floating mask is differentiable;
 // - f16/bf16 q, k, v are attended in f32 (scores, softmax statistics, the weighted sum) and the
 //   output rounded once, as flash attention keeps its statistics and accumulators in f32; a
-//   floating mask is read in f32 then. Under autocast q, k and v are cast down first, the mask is
-//   left as it is.
+//   floating mask is read in f32 then. On cuda (head dims 32/64/128) the flash kernel does this on
+//   tensor cores: f32 scores and statistics, the probabilities rounded to f16/bf16 for P V (and
+//   for the backward's products), as FlashAttention does. Under autocast q, k and v are cast down
+//   first, the mask is left as it is.
 #include <cmath>
+#include <cstdint>
 #include <limits>
 
 #include "core/tensor_internal.h"
@@ -140,6 +143,23 @@ Tensor attend_in_f32(const Tensor& q, const Tensor& k, const Tensor& v, const Te
   return attend(widen(q), widen(k), widen(v), widen(mask)).to(q.dtype());
 }
 
+// Whether the fused kernel of q's device takes this dtype and shape. cpu: f32/f64 (f16/bf16 are
+// widened to f32 first); cuda: f16/bf16 with head dim = value dim in {32, 64, 128}, on tensor cores
+// (kernels/cuda/attention.cu). Everything else widens and/or composes itself from primitives
+// (scaled_dot_product_attention_slow), f32/f64 on cuda included.
+bool fused_kernel_takes(const Tensor& q, const AttentionShapes& s) {
+  if (!detail::kernels_of(q).attention_forward) return false;
+  if (q.device().is_cuda()) {
+    return is_low_precision(q.dtype()) && s.d == s.dv && (s.d == 32 || s.d == 64 || s.d == 128);
+  }
+  return !is_low_precision(q.dtype());
+}
+
+// The kernels read q, k and v in 16-byte pieces on cuda.
+Tensor aligned(const Tensor& t) {
+  return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0 ? t : t.clone();
+}
+
 // Autocast casts q, k and v but not the mask: a floating mask (-inf or large negative biases) is
 // read in f32 by the computation anyway, so rounding it to bf16 would only lose precision.
 std::optional<std::vector<Tensor>> autocast_qkv(const char* op, const Tensor& q, const Tensor& k,
@@ -158,27 +178,30 @@ Tensor scaled_dot_product_attention(const Tensor& q_in, const Tensor& k_in, cons
                                         dropout_p, scale);
   }
   const AttentionShapes s = check_args(q_in, k_in, v_in, mask_in, dropout_p, scale, kFused);
-  if (is_low_precision(q_in.dtype())) {
-    return attend_in_f32(q_in, k_in, v_in, mask_in,
-                         [&](const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& m) {
-                           return scaled_dot_product_attention(q, k, v, m, causal, dropout_p,
-                                                               scale);
-                         });
-  }
-  // Devices without the fused kernel use the composite twin, which reserves the same Philox
-  // state, so dropout masks agree too.
-  if (!detail::kernels_of(q_in).attention_forward) {
+  if (!fused_kernel_takes(q_in, s)) {
+    if (is_low_precision(q_in.dtype())) {
+      return attend_in_f32(q_in, k_in, v_in, mask_in,
+                           [&](const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& m) {
+                             return scaled_dot_product_attention(q, k, v, m, causal, dropout_p,
+                                                                 scale);
+                           });
+    }
+    // Devices (and dtypes) without the fused kernel use the composite twin, which reserves the
+    // same Philox state, so dropout masks agree too.
     return scaled_dot_product_attention_slow(q_in, k_in, v_in, mask_in, causal, dropout_p, scale);
   }
-  Tensor q = prepare(q_in, s), k = prepare(k_in, s), v = prepare(v_in, s);
-  // The kernel reads a floating mask in the dtype of q; bool masks are read as they are.
+  Tensor q = aligned(prepare(q_in, s)), k = aligned(prepare(k_in, s)),
+         v = aligned(prepare(v_in, s));
+  // Statistics (lse) are kept in the accumulation type: f32 for f16/bf16. The kernel reads a
+  // floating mask in that type too; bool masks are read as they are.
+  const DType acc = is_low_precision(q.dtype()) ? DType::F32 : q.dtype();
   Tensor mask = mask_in;
-  if (mask.defined() && mask.dtype() != DType::Bool && mask.dtype() != q.dtype()) {
-    mask = mask.to(q.dtype());
+  if (mask.defined() && mask.dtype() != DType::Bool && mask.dtype() != acc) {
+    mask = mask.to(acc);
   }
   const TensorOptions options = TensorOptions(q.dtype()).device(q.device());
   Tensor out = Tensor::empty(s.with_last2(s.tq, s.dv), options);
-  Tensor lse = Tensor::empty({s.batch, s.tq}, options);
+  Tensor lse = Tensor::empty({s.batch, s.tq}, TensorOptions(acc).device(q.device()));
 
   const int64_t draws = s.batch * s.tq * s.tk;
   const PhiloxState philox = dropout_p > 0 && draws > 0 ? philox_reserve(draws) : PhiloxState{};
@@ -200,12 +223,15 @@ Tensor scaled_dot_product_attention(const Tensor& q_in, const Tensor& k_in, cons
           const Tensor& v0 = sv.get();
           const Tensor& out0 = sout.get();
           const Tensor mask0 = smask.defined() ? smask.get() : Tensor();
-          Tensor grad_out = g[0].contiguous();
+          Tensor grad_out = aligned(g[0].contiguous());
           const TensorOptions opts = TensorOptions(q0.dtype()).device(q0.device());
           Tensor grad_q = Tensor::empty(q0.shape(), opts);
           Tensor grad_k = Tensor::empty(k0.shape(), opts);
           Tensor grad_v = Tensor::empty(v0.shape(), opts);
-          Tensor grad_scores = mask_grad ? Tensor::empty(s.scores(), opts) : Tensor();
+          Tensor grad_scores =
+              mask_grad
+                  ? Tensor::empty(s.scores(), TensorOptions(mask0.dtype()).device(q0.device()))
+                  : Tensor();
           kernels::AttentionBackwardArgs b;
           b.forward = make_args(q0, k0, v0, mask0, causal, dropout_p, philox, s);
           b.forward.out = out0.data_ptr();

@@ -26,8 +26,8 @@ CrossEntropyShape check_cross_entropy(const Tensor& logits, const Tensor& target
                                       const CrossEntropyOptions& options, const char* op) {
   detail::check_defined(logits, op, "logits");
   detail::check_defined(targets, op, "targets");
-  LATHE_CHECK(logits.dtype() == DType::F32 || logits.dtype() == DType::F64, op,
-              ": logits must be f32 or f64, got ", detail::describe(logits));
+  LATHE_CHECK(is_floating(logits.dtype()), op,
+              ": logits must be floating (f32, f64, f16, bf16), got ", detail::describe(logits));
   LATHE_CHECK(targets.dtype() == DType::I64, op, ": targets must be i64 class indices, got ",
               detail::describe(targets));
   detail::check_same_device(logits, targets, op);
@@ -74,11 +74,18 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, CrossEntropyOp
   if (!detail::kernels_of(logits).cross_entropy_forward) {
     return cross_entropy_slow(logits, targets, options);
   }
+  // f16/bf16 on the cpu: the f32 op on the widened logits, the loss rounded once; autograd goes
+  // through the casts. On cuda the kernels read 16-bit logits and keep lse in f32.
+  if (detail::half_via_f32(logits)) {
+    return cross_entropy(logits.to(DType::F32), targets, options).to(logits.dtype());
+  }
   const TensorOptions opts = TensorOptions(logits.dtype()).device(logits.device());
   Tensor x = logits.detach().reshape({s.rows, s.classes}).contiguous();
   Tensor t = targets.detach().reshape({s.rows}).contiguous();
   Tensor losses = empty({s.rows}, opts);
-  Tensor lse = empty({s.rows}, opts);  // accumulation type == data type for f32/f64
+  // The accumulation type: f64 for f64, f32 for f32/f16/bf16.
+  Tensor lse = empty({s.rows}, TensorOptions(logits.dtype() == DType::F64 ? DType::F64 : DType::F32)
+                                   .device(logits.device()));
   if (s.rows > 0) {
     kernels::CrossEntropyForwardArgs args;
     args.dtype = logits.dtype();

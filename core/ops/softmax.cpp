@@ -25,8 +25,8 @@ Tensor from_rows(const Tensor& rows, int64_t dim) {
 Tensor softmax_impl(const Tensor& x, int64_t dim_in, bool log) {
   const char* op = log ? "log_softmax" : "softmax";
   detail::check_defined(x, op, "x");
-  LATHE_CHECK(x.dtype() == DType::F32 || x.dtype() == DType::F64, op,
-              ": expected an f32 or f64 tensor, got ", detail::describe(x));
+  LATHE_CHECK(is_floating(x.dtype()), op,
+              ": expected a floating tensor (f32, f64, f16, bf16), got ", detail::describe(x));
   // A 0-dim tensor is treated as one row of one element (dim 0 or -1), as in PyTorch.
   Tensor x_nd = x.dim() == 0 ? x.detach().reshape({1}) : x;
   LATHE_CHECK(dim_in >= -x_nd.dim() && dim_in < x_nd.dim(), op, ": dim ", dim_in,
@@ -43,6 +43,10 @@ Tensor softmax_impl(const Tensor& x, int64_t dim_in, bool log) {
     Tensor out = log ? log_p : lathe::exp(log_p);
     return x.dim() == 0 ? out.reshape({}) : out;
   }
+
+  // f16/bf16 on the cpu: the f32 op on the widened values, rounded once (the cuda kernels compute
+  // in f32 registers); autograd goes through the casts.
+  if (detail::half_via_f32(x)) return softmax_impl(x.to(DType::F32), dim_in, log).to(x.dtype());
 
   Tensor out;
   if (x.numel() == 0) {

@@ -7,6 +7,7 @@
 #include "lathe/core/dtype.h"
 #include "lathe/core/error.h"
 #include "lathe/core/functional.h"
+#include "lathe/core/memory.h"
 #include "lathe/core/op_table.h"
 #include "lathe/core/random.h"
 #include "lathe/core/shape.h"

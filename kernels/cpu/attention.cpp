@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "kernels/cpu/cpu_kernels.h"
+#include "kernels/cpu/philox_batch.h"
 #include "kernels/cpu/vec_math.h"
 #include "lathe/core/random.h"
 
@@ -35,8 +36,8 @@ namespace lathe::kernels::cpu {
 
 namespace {
 
-constexpr int64_t kKeyTile = 64;
-constexpr int64_t kQueryBlock = 64;
+constexpr int64_t kKeyTile = 128;
+constexpr int64_t kQueryBlock = 128;
 // Below this many multiply-adds a call runs on one thread.
 constexpr int64_t kParallelWork = 1 << 16;
 
@@ -198,16 +199,14 @@ void mask_row(const Problem<T>& P, int64_t b, int64_t i, int64_t j0, int64_t nj,
 }
 
 // z[jj] = dropout factor (keep_scale or 0) of probability (b, i, j0 + jj).
+// The uniforms come from the batched Philox (kernels/cpu/philox_batch.h): called per element
+// block, Philox's scalar rounds cost as much as the attention arithmetic of a training step.
 template <class T>
 void dropout_factors(const Problem<T>& P, int64_t b, int64_t i, int64_t j0, int64_t nj, T* z) {
-  uint64_t n = uint64_t((b * P.tq + i) * P.tk + j0);
-  int64_t jj = 0;
-  while (jj < nj) {
-    const auto words = philox::block(P.offset + n / 4, P.seed);
-    for (uint64_t lane = n % 4; lane < 4 && jj < nj; ++lane, ++jj, ++n) {
-      z[jj] = philox::to_uniform(words[lane]) >= P.p ? P.keep_scale : T(0);
-    }
-  }
+  float u[kKeyTile];
+  philox_uniforms(P.seed, P.offset, uint64_t((b * P.tq + i) * P.tk + j0), nj, u);
+#pragma omp simd
+  for (int64_t jj = 0; jj < nj; ++jj) z[jj] = u[jj] >= P.p ? P.keep_scale : T(0);
 }
 
 // ---- forward ----

@@ -17,6 +17,7 @@
 #include <algorithm>
 
 #include "kernels/cpu/cpu_kernels.h"
+#include "kernels/cpu/philox_batch.h"
 #include "kernels/cpu/strided_loop.h"
 #include "lathe/core/random.h"
 
@@ -38,46 +39,16 @@ inline void dropout_block(uint64_t counter, uint64_t seed, const T* in, T* out, 
   }
 }
 
-// kBatch consecutive Philox blocks (4 * kBatch elements) at once: the rounds of
-// philox::block written over arrays of counters, so each round is a few SIMD multiplies instead
-// of kBatch dependent scalar chains. Bit-identical to philox::block.
-constexpr int kBatch = 64;
+// kBatch consecutive Philox blocks (4 * kBatch elements) at once (kernels/cpu/philox_batch.h).
+constexpr int kBatch = kPhiloxBatch;
 static_assert(kChunk % (4 * kBatch) == 0);
 
 template <class T>
 inline void dropout_batch(uint64_t counter, uint64_t seed, const T* in, T* out, float p, T scale) {
-  uint32_t c0[kBatch], c1[kBatch], c2[kBatch], c3[kBatch];
-  for (int l = 0; l < kBatch; ++l) {
-    const uint64_t ctr = counter + uint64_t(l);
-    c0[l] = uint32_t(ctr);
-    c1[l] = uint32_t(ctr >> 32);
-    c2[l] = 0;
-    c3[l] = 0;
-  }
-  uint32_t k0 = uint32_t(seed), k1 = uint32_t(seed >> 32);
-  for (int round = 0; round < 10; ++round) {
-    for (int l = 0; l < kBatch; ++l) {
-      const uint64_t p0 = uint64_t(philox::kMul0) * c0[l];
-      const uint64_t p1 = uint64_t(philox::kMul1) * c2[l];
-      const uint32_t n0 = uint32_t(p1 >> 32) ^ c1[l] ^ k0;
-      const uint32_t n2 = uint32_t(p0 >> 32) ^ c3[l] ^ k1;
-      c1[l] = uint32_t(p1);
-      c3[l] = uint32_t(p0);
-      c0[l] = n0;
-      c2[l] = n2;
-    }
-    k0 += philox::kKey0;
-    k1 += philox::kKey1;
-  }
-  // Element 4 * l + j takes word j of block l. Interleave into element order first, so the final
-  // loop is a plain unit-stride select (loads are unconditional, so it vectorizes).
+  // Uniforms in element order first, so the final loop is a plain unit-stride select (loads are
+  // unconditional, so it vectorizes).
   float u[4 * kBatch];
-  for (int l = 0; l < kBatch; ++l) {
-    u[4 * l + 0] = philox::to_uniform(c0[l]);
-    u[4 * l + 1] = philox::to_uniform(c1[l]);
-    u[4 * l + 2] = philox::to_uniform(c2[l]);
-    u[4 * l + 3] = philox::to_uniform(c3[l]);
-  }
+  philox_uniform_blocks(counter, seed, kBatch, u);
   for (int e = 0; e < 4 * kBatch; ++e) {
     const T v = in[e] * scale;
     out[e] = u[e] >= p ? v : T(0);

@@ -5,16 +5,13 @@
 #include <limits>
 
 #include "kernels/cpu/cpu_kernels.h"
+#include "kernels/cpu/gelu.h"
 #include "kernels/cpu/strided_loop.h"
 #include "kernels/cpu/vec_math.h"
 
 namespace lathe::kernels::cpu {
 
 namespace {
-
-constexpr double kInvSqrt2 = 0.70710678118654752440;
-constexpr double kInvSqrt2Pi = 0.39894228040143267794;
-constexpr double kSqrt2OverPi = 0.79788456080286535588;
 
 template <class T, class F>
 void map1(const View& in, const View& out, F f) {
@@ -74,18 +71,9 @@ void unary_float(UnaryOp op, const View& in, const View& out, double alpha, doub
     case UnaryOp::Relu:
       return map1<T>(in, out, [](T x) { return x > T(0) ? x : T(0); });
     case UnaryOp::Gelu:
-      return map1<T>(in, out, [](T x) {
-        if constexpr (std::is_same_v<T, float>) {
-          return x * normal_cdf_f32(x);
-        } else {
-          return T(0.5) * x * (T(1) + std::erf(x * T(kInvSqrt2)));
-        }
-      });
+      return map1<T>(in, out, [](T x) { return gelu_erf(x); });
     case UnaryOp::GeluTanh:
-      return map1<T>(in, out, [](T x) {
-        T inner = T(kSqrt2OverPi) * (x + T(0.044715) * x * x * x);
-        return T(0.5) * x * (T(1) + std::tanh(inner));
-      });
+      return map1<T>(in, out, [](T x) { return gelu_tanh(x); });
     case UnaryOp::Clamp:
       return map1<T>(in, out, [a, b](T x) { return x != x ? x : (x < a ? a : (x > b ? b : x)); });
     case UnaryOp::PowScalar:
@@ -154,23 +142,9 @@ void unary_backward_float(UnaryOp op, const View& x, const View& g, const View& 
     case UnaryOp::Relu:
       return map2<T>(x, g, out, [](T v, T d) { return v > 0 ? d : T(0); });
     case UnaryOp::Gelu:
-      return map2<T>(x, g, out, [](T v, T d) {
-        if constexpr (std::is_same_v<T, float>) {
-          const float pdf = float(kInvSqrt2Pi) * exp_f32(-0.5f * v * v);
-          return d * (normal_cdf_f32(v) + v * pdf);
-        } else {
-          T cdf = T(0.5) * (T(1) + std::erf(v * T(kInvSqrt2)));
-          T pdf = T(kInvSqrt2Pi) * std::exp(T(-0.5) * v * v);
-          return d * (cdf + v * pdf);
-        }
-      });
+      return map2<T>(x, g, out, [](T v, T d) { return gelu_erf_grad(v, d); });
     case UnaryOp::GeluTanh:
-      return map2<T>(x, g, out, [](T v, T d) {
-        T inner = T(kSqrt2OverPi) * (v + T(0.044715) * v * v * v);
-        T t = std::tanh(inner);
-        T dinner = T(kSqrt2OverPi) * (T(1) + T(3 * 0.044715) * v * v);
-        return d * (T(0.5) * (T(1) + t) + T(0.5) * v * (T(1) - t * t) * dinner);
-      });
+      return map2<T>(x, g, out, [](T v, T d) { return gelu_tanh_grad(v, d); });
     case UnaryOp::Clamp:
       return map2<T>(x, g, out, [a, b](T v, T d) { return (v >= a && v <= b) ? d : T(0); });
     case UnaryOp::PowScalar:

@@ -50,11 +50,29 @@ int cuda_count() {
   return rt::device_count();
 }
 
+MemoryStats cuda_memory_stats(int index) {
+  const rt::AllocatorStats s = rt::device_allocator(index).stats();
+  MemoryStats m;
+  m.allocated_bytes = s.allocated_bytes;
+  m.reserved_bytes = s.reserved_bytes;
+  m.peak_allocated_bytes = s.peak_allocated_bytes;
+  m.allocations = s.allocations;
+  m.cache_hits = s.cache_hits;
+  return m;
+}
+void cuda_empty_cache(int index) {
+  rt::device_allocator(index).empty_cache();
+}
+void cuda_reset_peak(int index) {
+  rt::device_allocator(index).reset_peak_stats();
+}
+
 }  // namespace
 
 const DeviceApi& cuda_device_api() {
   static const DeviceApi api{cuda_allocate,     cuda_deallocate,  cuda_copy_from_host,
-                             cuda_copy_to_host, cuda_synchronize, cuda_count};
+                             cuda_copy_to_host, cuda_synchronize, cuda_count,
+                             cuda_memory_stats, cuda_empty_cache, cuda_reset_peak};
   return api;
 }
 
@@ -80,10 +98,17 @@ const KernelTable& cuda_kernel_table() {
     t.softmax_backward = cuda::softmax_backward;
     t.layer_norm_forward = cuda::layer_norm_forward;
     t.layer_norm_backward = cuda::layer_norm_backward;
+    t.add_layer_norm_forward = cuda::add_layer_norm_forward;
+    t.bias_gelu_forward = cuda::bias_gelu_forward;
+    t.bias_gelu_backward = cuda::bias_gelu_backward;
     t.cross_entropy_forward = cuda::cross_entropy_forward;
     t.cross_entropy_backward = cuda::cross_entropy_backward;
+    t.attention_forward = cuda::attention_forward;
+    t.attention_backward = cuda::attention_backward;
     t.adamw = cuda::adamw;
     t.embedding_backward = cuda::embedding_backward;
+    t.multi_tensor_norm = cuda::multi_tensor_norm;
+    t.multi_tensor_scale = cuda::multi_tensor_scale;
     return t;
   }();
   return table;

@@ -1,8 +1,9 @@
 // Declarations of the cuda backend's kernels, one per family of kernels/kernel_table.def, with the
 // same signatures and semantics as the cpu backend's (kernels/cpu). Each family lives in its own
-// .cu file; cuda_device.cpp puts them in the cuda KernelTable. Attention has no cuda kernel yet:
-// its slots stay null and the op composes it from these primitives. docs/kernels.md describes the
-// transformer kernels (softmax, layer_norm, cross_entropy, embedding_backward).
+// .cu file; cuda_device.cpp puts them in the cuda KernelTable. Attention (attention.cu) is fused
+// for f16/bf16 only; f32/f64 attention composes itself from these primitives. docs/kernels.md
+// describes the transformer kernels (softmax, layer_norm, cross_entropy, embedding_backward, flash
+// attention).
 #pragma once
 
 #include "kernels/kernel_api.h"
@@ -28,9 +29,16 @@ extern const SoftmaxForwardFn softmax_forward;
 extern const SoftmaxBackwardFn softmax_backward;
 extern const LayerNormForwardFn layer_norm_forward;
 extern const LayerNormBackwardFn layer_norm_backward;
+extern const AddLayerNormForwardFn add_layer_norm_forward;
+extern const BiasGeluForwardFn bias_gelu_forward;
+extern const BiasGeluBackwardFn bias_gelu_backward;
 extern const CrossEntropyForwardFn cross_entropy_forward;
 extern const CrossEntropyBackwardFn cross_entropy_backward;
+extern const AttentionForwardFn attention_forward;  // attention.cu: f16/bf16 only
+extern const AttentionBackwardFn attention_backward;
 extern const AdamWFn adamw;
 extern const EmbeddingBackwardFn embedding_backward;
+extern const MultiTensorNormFn multi_tensor_norm;  // multi_tensor.cu
+extern const MultiTensorScaleFn multi_tensor_scale;
 
 }  // namespace lathe::kernels::cuda

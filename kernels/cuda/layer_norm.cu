@@ -18,6 +18,7 @@
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda/layer_norm_row.cuh"
 #include "kernels/cuda/math.cuh"
 #include "kernels/cuda/rows.cuh"
 
@@ -56,38 +57,9 @@ __global__ void layer_norm_forward_kernel(const T* x, const T* w, const T* b, T*
     T* yr = y + r * cols;
     const void* const ptrs[4] = {xr, yr, w, b};
     const rows::RowCut cut = rows::cut_row<T>(cols, ptrs);
-    C part = C(0);
-    rows::for_row<T>(cut, g.t, g.nt, [&]<int W>(int64_t j) {
-      C v[W];
-      rows::load<W>(xr + j, v);
-      for (int k = 0; k < W; ++k) part += v[k];
-    });
-    const C mean = rows::group_allreduce<kBlock>(part, rows::Sum{}, scratch) / C(cols);
-    part = C(0);
-    rows::for_row<T>(cut, g.t, g.nt, [&]<int W>(int64_t j) {
-      C v[W];
-      rows::load<W>(xr + j, v);
-      for (int k = 0; k < W; ++k) part += (v[k] - mean) * (v[k] - mean);
-    });
-    const C var = rows::group_allreduce<kBlock>(part, rows::Sum{}, scratch) / C(cols);
-    const C rstd = C(1) / dmath::sqrt(var + eps);
-    if (g.t == 0) {
-      if (mean_out) mean_out[r] = mean;
-      if (rstd_out) rstd_out[r] = rstd;
-    }
-    rows::for_row<T>(cut, g.t, g.nt, [&]<int W>(int64_t j) {
-      C v[W], wv[W] = {}, bv[W] = {};
-      rows::load<W>(xr + j, v);
-      if (w) rows::load<W>(w + j, wv);
-      if (b) rows::load<W>(b + j, bv);
-      for (int k = 0; k < W; ++k) {
-        C o = (v[k] - mean) * rstd;
-        if (w) o = o * wv[k];
-        if (b) o = o + bv[k];
-        v[k] = o;
-      }
-      rows::store<W>(yr + j, v);
-    });
+    rows::layer_norm_row_forward(
+        g, cut, r, cols, [&]<int W>(int64_t j, C(&v)[W]) { rows::load<W>(xr + j, v); },
+        [](int64_t, auto&) {}, w, b, yr, mean_out, rstd_out, eps, scratch);
   }
 }
 

@@ -12,16 +12,13 @@
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda/gelu.cuh"
 #include "kernels/cuda/math.cuh"
 #include "kernels/cuda/rows.cuh"
 
 namespace lathe::kernels::cuda {
 
 namespace {
-
-constexpr double kInvSqrt2 = 0.70710678118654752440;
-constexpr double kInvSqrt2Pi = 0.39894228040143267794;
-constexpr double kSqrt2OverPi = 0.79788456080286535588;
 
 // ---- forward functors: C operator()(C x) with C the compute type ----
 
@@ -87,24 +84,9 @@ struct ReluF {
     return x > C(0) ? x : C(0);
   }
 };
-// f32 uses the cpu kernel's polynomial Phi and exp (math.cuh), f64 erf and exp.
-struct GeluF {
-  template <class C>
-  LATHE_DEVICE_INLINE C operator()(C x) const {
-    if constexpr (std::is_same_v<C, float>) {
-      return x * dmath::normal_cdf(x);
-    } else {
-      return C(0.5) * x * (C(1) + dmath::erf(x * C(kInvSqrt2)));
-    }
-  }
-};
-struct GeluTanhF {
-  template <class C>
-  LATHE_DEVICE_INLINE C operator()(C x) const {
-    C inner = C(kSqrt2OverPi) * (x + C(0.044715) * x * x * x);
-    return C(0.5) * x * (C(1) + dmath::tanh(inner));
-  }
-};
+// GELU (both forms): gelu.cuh, shared with bias_gelu.cu.
+using GeluF = gelu_ops::ErfF;
+using GeluTanhF = gelu_ops::TanhF;
 // Bounds in the compute type; for integers they were clamped into range on the host.
 template <class C>
 struct ClampF {
@@ -310,28 +292,8 @@ struct ReluB {
     return v > 0 ? d : C(0);
   }
 };
-struct GeluB {
-  template <class C>
-  LATHE_DEVICE_INLINE C operator()(C v, C d) const {
-    if constexpr (std::is_same_v<C, float>) {
-      const float pdf = float(kInvSqrt2Pi) * dmath::exp_poly(-0.5f * v * v);
-      return d * (dmath::normal_cdf(v) + v * pdf);
-    } else {
-      C cdf = C(0.5) * (C(1) + dmath::erf(v * C(kInvSqrt2)));
-      C pdf = C(kInvSqrt2Pi) * dmath::exp(C(-0.5) * v * v);
-      return d * (cdf + v * pdf);
-    }
-  }
-};
-struct GeluTanhB {
-  template <class C>
-  LATHE_DEVICE_INLINE C operator()(C v, C d) const {
-    C inner = C(kSqrt2OverPi) * (v + C(0.044715) * v * v * v);
-    C t = dmath::tanh(inner);
-    C dinner = C(kSqrt2OverPi) * (C(1) + C(3 * 0.044715) * v * v);
-    return d * (C(0.5) * (C(1) + t) + C(0.5) * v * (C(1) - t * t) * dinner);
-  }
-};
+using GeluB = gelu_ops::ErfB;
+using GeluTanhB = gelu_ops::TanhB;
 template <class C>
 struct ClampB {
   C lo, hi;

@@ -163,7 +163,7 @@ TEST_CASE("autocast: every op of the policy table is in the op table", "[autocas
     f32 += policy == AutocastPolicy::F32;
   }
   CHECK(low == 4);
-  CHECK(f32 == 9);
+  CHECK(f32 == 10);
   CHECK(autocast_policy("matmul") == AutocastPolicy::LowPrecision);
   CHECK(autocast_policy("layer_norm") == AutocastPolicy::F32);
   CHECK(autocast_policy("gelu") == AutocastPolicy::None);

@@ -156,6 +156,11 @@ TEST_CASE("matmul: transposed, sliced, permuted and expanded inputs", "[matmul]"
   check_matmul(q, k.transpose(-1, -2));
   check_matmul(q.permute({1, 0, 2, 3}), k.permute({1, 0, 3, 2}));
   check_matmul(q.transpose(-1, -2), random_tensor({3, 7, 2}, 9, dtype, device));
+  // Attention's heads: [B, T, H, d] projections viewed as [B, H, T, d] (two batch dims that no
+  // single stride describes; the cuda device copies them to one strided batch).
+  Tensor proj_q = random_tensor({2, 7, 3, 8}, 13, dtype, device).permute({0, 2, 1, 3});
+  Tensor proj_k = random_tensor({2, 9, 3, 8}, 14, dtype, device).permute({0, 2, 3, 1});
+  check_matmul(proj_q, proj_k);
   // Expanded (stride 0) batch given directly, and a wide product split by columns.
   Tensor shared = random_tensor({1, 8, 6}, 10, dtype, device);
   check_matmul(q, shared.expand({2, 3, 8, 6}));

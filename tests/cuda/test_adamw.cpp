@@ -5,21 +5,16 @@
 // bf16 params with f32 master weights, decoupled and L2 weight decay. The simulated build must
 // also give identical bits under every thread schedule.
 #include <catch2/catch.hpp>
-#include <cstring>
 
-#include "kernels/kernel_table.h"
-#include "support/test_util.h"
-
-#ifdef LATHE_CUDA_SIM_BUILD
-#include "kernels/sim/sim_runtime.h"
-#endif
+#include "cuda/kernel_test_util.h"
 
 using namespace lathe;
+using kernel_test::bytes_of;
+using kernel_test::check_schedule_invariant;
+using kernel_test::kCuda;
 using testing::random_tensor;
 
 namespace {
-
-const Device kCuda = Device::cuda(0);
 
 struct Buffers {
   std::vector<Tensor> p, g, m, v, master;
@@ -77,12 +72,6 @@ void run(const kernels::KernelTable& table, Buffers& b, DType dtype, bool decoup
   table.adamw(a);
 }
 
-std::vector<uint8_t> bytes_of(const Tensor& t) {
-  Tensor c = t.to(Device::cpu()).contiguous();
-  const auto* p = static_cast<const uint8_t*>(c.data_ptr());
-  return std::vector<uint8_t>(p, p + size_t(c.numel()) * element_size(c.dtype()));
-}
-
 // 45 tensors, the empty one and odd sizes included: with chunk 8 they need ~540 blocks.
 std::vector<int64_t> sizes() {
   std::vector<int64_t> s = {1, 0, 3, 127, 1000};
@@ -103,12 +92,14 @@ TEST_CASE("cuda adamw: multi-tensor kernel matches the cpu kernel", "[cuda][adam
   run(kernels::kernel_table(DeviceType::CUDA), cuda, dtype, decoupled, chunk);
   for (size_t k = 0; k < cpu.p.size(); ++k) {
     INFO("tensor " << k << " of " << cpu.p[k].numel() << " elements");
-    // Same f32 expressions; only contraction into FMAs may differ.
+    // Same f32 expressions; only contraction into FMAs may differ (on a GPU): in L2 mode
+    // g' = g + wd * p loses up to an ulp of |g'| <= 2 before m and v take their (1 - beta) share
+    // (seen on an H200: m off by 1.4e-8).
     const Tensor& w_cpu = cpu.master.empty() ? cpu.p[k] : cpu.master[k];
     const Tensor& w_cuda = cuda.master.empty() ? cuda.p[k] : cuda.master[k];
     testing::check_close(w_cuda.to(Device::cpu()), w_cpu, 1e-7, 1e-6);
-    testing::check_close(cuda.m[k].to(Device::cpu()), cpu.m[k], 1e-8, 1e-6);
-    testing::check_close(cuda.v[k].to(Device::cpu()), cpu.v[k], 1e-10, 1e-6);
+    testing::check_close(cuda.m[k].to(Device::cpu()), cpu.m[k], 5e-8, 1e-6);
+    testing::check_close(cuda.v[k].to(Device::cpu()), cpu.v[k], 2e-9, 1e-6);
     // Every element was updated (the parameter moved off its start).
     const std::vector<double> before = host.p[k].to_vector<double>(),
                               after = w_cuda.to_vector<double>();
@@ -121,27 +112,14 @@ TEST_CASE("cuda adamw: multi-tensor kernel matches the cpu kernel", "[cuda][adam
 
 #ifdef LATHE_CUDA_SIM_BUILD
 TEST_CASE("cuda adamw: identical bits under every simulator schedule", "[cuda][adamw][sim]") {
-  using sim::Schedule;
-  const Schedule old = sim::current_schedule();
-  const uint64_t old_seed = sim::current_seed();
   const Buffers host = make_buffers(sizes(), DType::F32, Device::cpu());
-  Buffers reference = to_device(host, kCuda);
-  sim::set_schedule(Schedule::Forward, 0);
-  run(kernels::kernel_table(DeviceType::CUDA), reference, DType::F32, true, 8);
-  const std::pair<Schedule, uint64_t> runs[] = {
-      {Schedule::Reverse, 0}, {Schedule::Random, 3}, {Schedule::WarpRandom, 7}};
-  for (auto [schedule, seed] : runs) {
-    INFO("schedule " << sim::schedule_name(schedule) << " seed " << seed);
+  check_schedule_invariant([&] {
     Buffers b = to_device(host, kCuda);
-    sim::set_schedule(schedule, seed);
     run(kernels::kernel_table(DeviceType::CUDA), b, DType::F32, true, 8);
-    sim::set_schedule(old, old_seed);
-    for (size_t k = 0; k < b.p.size(); ++k) {
-      CHECK(bytes_of(b.p[k]) == bytes_of(reference.p[k]));
-      CHECK(bytes_of(b.m[k]) == bytes_of(reference.m[k]));
-      CHECK(bytes_of(b.v[k]) == bytes_of(reference.v[k]));
-    }
-  }
-  sim::set_schedule(old, old_seed);
+    std::vector<Tensor> out = b.p;
+    out.insert(out.end(), b.m.begin(), b.m.end());
+    out.insert(out.end(), b.v.begin(), b.v.end());
+    return out;
+  });
 }
 #endif

@@ -12,140 +12,15 @@
 #include <algorithm>
 #include <catch2/catch.hpp>
 #include <cmath>
-#include <cstring>
 #include <functional>
-#include <limits>
 #include <map>
 
-#include "core/tensor_internal.h"
-#include "kernels/kernel_table.h"
-#include "support/test_util.h"
-
-#ifdef LATHE_CUDA_SIM_BUILD
-#include "kernels/sim/sim_runtime.h"
-#endif
+#include "cuda/kernel_test_util.h"
 
 using namespace lathe;
-using kernels::View;
-using testing::random_tensor;
+using namespace lathe::kernel_test;
 
 namespace {
-
-const Device kCuda = Device::cuda(0);
-const Device kCpu = Device::cpu();
-const double kNaN = std::numeric_limits<double>::quiet_NaN();
-const double kInf = std::numeric_limits<double>::infinity();
-const DType kFloatTypes[] = {DType::F32, DType::F64, DType::F16, DType::BF16};
-
-const kernels::KernelTable& cpu_k() {
-  return kernels::cpu_kernel_table();
-}
-const kernels::KernelTable& cuda_k() {
-  return kernels::kernel_table(DeviceType::CUDA);
-}
-
-View view(const Tensor& t) {
-  return detail::make_view(t);
-}
-
-bool is_half(DType t) {
-  return t == DType::F16 || t == DType::BF16;
-}
-// The dtype of the cpu reference and of saved statistics: f32 for the 16-bit types.
-DType wide(DType t) {
-  return is_half(t) ? DType::F32 : t;
-}
-
-Tensor nan_tensor(const Shape& shape, DType dtype, Device device) {
-  return full(shape, kNaN, TensorOptions(dtype).device(device));
-}
-
-// Values in [lo, hi) exactly representable in `dtype`, on the cpu.
-Tensor values(const Shape& shape, uint64_t seed, DType dtype, double lo = -1, double hi = 1) {
-  return random_tensor(shape, seed, DType::F64, kCpu, lo, hi).to(dtype);
-}
-
-// Tolerances of a cuda result of `dtype` against the cpu reference rounded to `dtype`. f32/f64:
-// libm vs the cpu's polynomial exp, f32 vs f64 sums; `scale` is the size of the terms that may
-// cancel. 16-bit outputs: the two f32 results agree to f32 accuracy, so after rounding they differ
-// by at most one unit in the last place (2^-7 of the value for bf16, 2^-10 for f16).
-struct Tol {
-  double atol, rtol;
-};
-Tol tol_of(DType t, double scale = 1.0) {
-  switch (t) {
-    case DType::F64:
-      return {1e-12 * scale, 1e-11};
-    case DType::F16:
-      return {2e-6 * scale, 2e-3};
-    case DType::BF16:
-      return {2e-6 * scale, 1e-2};
-    default:
-      return {2e-6 * scale, 2e-5};
-  }
-}
-
-// actual (any device, `dtype`) against expected (cpu, wide(dtype)) rounded to `dtype`.
-void check_kernel(const Tensor& actual, const Tensor& expected, DType dtype, double scale = 1.0) {
-  REQUIRE(actual.dtype() == dtype);
-  const Tol tol = tol_of(dtype, scale);
-  testing::check_close(actual.to(kCpu), expected.to(dtype), tol.atol, tol.rtol);
-}
-
-std::vector<uint8_t> bytes_of(const Tensor& t) {
-  Tensor c = t.to(kCpu).contiguous();
-  const auto* p = static_cast<const uint8_t*>(c.data_ptr());
-  return std::vector<uint8_t>(p, p + size_t(c.numel()) * element_size(c.dtype()));
-}
-
-// Runs fn under the forward, reverse, random and warp-random schedules and asserts identical bytes
-// each time.
-void check_schedule_invariant(const std::function<std::vector<Tensor>()>& fn) {
-#ifdef LATHE_CUDA_SIM_BUILD
-  using sim::Schedule;
-  const Schedule old = sim::current_schedule();
-  const uint64_t old_seed = sim::current_seed();
-  std::vector<std::vector<uint8_t>> first;
-  const std::pair<Schedule, uint64_t> runs[] = {{Schedule::Forward, 0},
-                                                {Schedule::Reverse, 0},
-                                                {Schedule::Random, 3},
-                                                {Schedule::WarpRandom, 1},
-                                                {Schedule::WarpRandom, 7}};
-  for (auto [schedule, seed] : runs) {
-    INFO("schedule " << sim::schedule_name(schedule) << " seed " << seed);
-    sim::set_schedule(schedule, seed);
-    std::vector<std::vector<uint8_t>> now;
-    try {
-      for (const Tensor& t : fn()) now.push_back(bytes_of(t));
-    } catch (...) {
-      sim::set_schedule(old, old_seed);
-      throw;
-    }
-    if (first.empty()) first = now;
-    REQUIRE(now.size() == first.size());
-    for (size_t i = 0; i < now.size(); ++i) {
-      INFO("output " << i);
-      CHECK(now[i] == first[i]);
-    }
-  }
-  sim::set_schedule(old, old_seed);
-#else
-  (void)fn;
-#endif
-}
-
-// The sizes every row kernel is tried at: all row counts up to 384 columns (warp per row), fewer
-// rows at the block-per-row widths (each simulated block costs ~0.1 ms per barrier).
-std::vector<std::pair<int64_t, int64_t>> row_sizes() {
-  std::vector<std::pair<int64_t, int64_t>> s;
-  for (int64_t cols : {1, 3, 127, 384}) {
-    for (int64_t rows : {1, 7, 37}) s.push_back({rows, cols});
-  }
-  for (int64_t cols : {1000, 1536}) {
-    for (int64_t rows : {1, 7}) s.push_back({rows, cols});
-  }
-  return s;
-}
 
 // ---- softmax ----
 
@@ -595,8 +470,15 @@ TEST_CASE("cuda transformer kernels: embedding backward edge cases and errors",
     a.num_embeddings = 5;
     testing::check_error([&] { cuda_k().embedding_backward(a); },
                          {"embedding backward", "index 9", "position 2", "5 embeddings"});
-    testing::check_error([&] { cpu_k().embedding_backward(a); },
+    // The cpu kernel gets host buffers (on a GPU the cuda ones are not host-readable).
+    Tensor gw_host = nan_tensor({5, 6}, DType::F32, Device::cpu());
+    kernels::EmbeddingBackwardArgs h = a;
+    h.indices = static_cast<const int64_t*>(indices.data_ptr());
+    h.grad_out = view(grad);
+    h.grad_weight = gw_host.data_ptr();
+    testing::check_error([&] { cpu_k().embedding_backward(h); },
                          {"embedding backward", "index 9", "position 2", "5 embeddings"});
+    for (double v : gw_host.to_vector<double>()) CHECK(std::isnan(v));
     for (double v : gw.to_vector<double>()) CHECK(std::isnan(v));
   }
 }
@@ -695,39 +577,6 @@ TEST_CASE("cuda transformer kernels: bit-identical under every simulator schedul
 
 // ------------------------------------------------------------------ the ops on the cuda device
 
-namespace {
-
-// Central difference of sum(f(x) * weights) along random directions, against the autograd
-// gradient's projection, in f64. Cheap for wide rows (2 evaluations per direction), and it checks
-// the whole gradient rather than a few entries.
-void check_directional(const std::function<Tensor(const std::vector<Tensor>&)>& f,
-                       std::vector<Tensor> inputs, uint64_t seed) {
-  for (Tensor& t : inputs) t = t.detach().to(kCuda).requires_grad_(true);
-  const Tensor out = f(inputs);
-  const Tensor weights = values(out.shape(), seed, DType::F64).to(kCuda);
-  (out * weights).sum().backward();
-  for (int dir = 0; dir < 3; ++dir) {
-    std::vector<Tensor> plus, minus;
-    double projected = 0;
-    const double h = 1e-6;
-    for (size_t i = 0; i < inputs.size(); ++i) {
-      const Tensor v =
-          values(inputs[i].shape(), seed * 31 + uint64_t(dir * 7 + i), DType::F64).to(kCuda);
-      plus.push_back(inputs[i].detach() + v * h);
-      minus.push_back(inputs[i].detach() - v * h);
-      projected += (inputs[i].grad() * v).sum().item<double>();
-    }
-    NoGradGuard no_grad;
-    const double numeric =
-        ((f(plus) * weights).sum().item<double>() - (f(minus) * weights).sum().item<double>()) /
-        (2 * h);
-    INFO("direction " << dir);
-    CHECK(numeric == Approx(projected).epsilon(1e-6).margin(1e-6));
-  }
-}
-
-}  // namespace
-
 TEST_CASE("cuda transformer kernels: fused ops on cuda agree with their composite twins",
           "[cuda][transformer][ops]") {
   for (int64_t cols : {37, 1100}) {
@@ -791,17 +640,20 @@ TEST_CASE("cuda transformer kernels: op gradients on cuda match central differen
     INFO("cols " << cols);
     const Shape shape{2, cols};
     check_directional(
-        [](const std::vector<Tensor>& in) { return layer_norm(in[0], in[1], in[2], 1e-5); },
+        kCuda, [](const std::vector<Tensor>& in) { return layer_norm(in[0], in[1], in[2], 1e-5); },
         {values(shape, 1, DType::F64, -2, 2), values({cols}, 2, DType::F64, 0.5, 1.5),
          values({cols}, 3, DType::F64)},
         11);
-    check_directional([](const std::vector<Tensor>& in) { return softmax(in[0], 1); },
-                      {values(shape, 4, DType::F64, -3, 3)}, 12);
-    check_directional([](const std::vector<Tensor>& in) { return log_softmax(in[0], 1); },
-                      {values(shape, 5, DType::F64, -3, 3)}, 13);
+    check_directional(
+        kCuda, [](const std::vector<Tensor>& in) { return softmax(in[0], 1); },
+        {values(shape, 4, DType::F64, -3, 3)}, 12);
+    check_directional(
+        kCuda, [](const std::vector<Tensor>& in) { return log_softmax(in[0], 1); },
+        {values(shape, 5, DType::F64, -3, 3)}, 13);
     const Tensor t =
         from_vector(std::vector<int64_t>{0, cols - 1}, {2}, TensorOptions().device(kCuda));
     check_directional(
+        kCuda,
         [&](const std::vector<Tensor>& in) {
           CrossEntropyOptions o;
           o.label_smoothing = 0.2;

@@ -125,6 +125,24 @@ decltype(auto) dispatch_float(DType t, const char* op, Fn&& fn) {
   LATHE_FAIL(op, ": dtype ", t, " is not supported here (expected f32 or f64)");
 }
 
+// Every floating dtype, 16-bit storage types included (as Half / BFloat16).
+template <class Fn>
+decltype(auto) dispatch_floating(DType t, const char* op, Fn&& fn) {
+  switch (t) {
+    case DType::F32:
+      return fn.template operator()<float>();
+    case DType::F64:
+      return fn.template operator()<double>();
+    case DType::F16:
+      return fn.template operator()<Half>();
+    case DType::BF16:
+      return fn.template operator()<BFloat16>();
+    default:
+      break;
+  }
+  LATHE_FAIL(op, ": dtype ", t, " is not supported here (expected f32, f64, f16 or bf16)");
+}
+
 template <class Fn>
 decltype(auto) dispatch_numeric(DType t, const char* op, Fn&& fn) {
   switch (t) {

@@ -114,6 +114,14 @@ Tensor log_softmax(const Tensor& x, int64_t dim);
 Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps = 1e-5);
 Tensor layer_norm_slow(const Tensor& x, const Tensor& weight, const Tensor& bias,
                        double eps = 1e-5);  // composite reference
+// layer_norm(x + residual, weight, bias, eps) in one kernel (post-LN residual blocks); x and
+// residual have the same shape and dtype; the sum is rounded to that dtype, as add would store it.
+Tensor add_layer_norm(const Tensor& x, const Tensor& residual, const Tensor& weight,
+                      const Tensor& bias, double eps = 1e-5);
+// gelu(x + bias) in one kernel, bias [x.size(-1)] broadcast over the rows (a feed-forward block's
+// Linear without its bias, then this); a bias of another floating dtype is cast to x's.
+Tensor bias_gelu(const Tensor& x, const Tensor& bias,
+                 GeluApproximation approximate = GeluApproximation::None);
 // Rows of `weight` picked by integer `indices`; rows equal to padding_idx get no gradient.
 Tensor embedding(const Tensor& indices, const Tensor& weight,
                  std::optional<int64_t> padding_idx = std::nullopt);

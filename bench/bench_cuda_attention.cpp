@@ -1,0 +1,137 @@
+// The fused flash attention kernels of the cuda device (kernels/cuda/attention.cu), called through
+// the KernelTable, bf16, in TFLOP/s with FlashAttention's convention: forward 4·B·H·T²·d (QKᵀ and
+// PV), backward 2.5x the forward (its five GEMMs; lathe's backward runs seven, recomputing S and dP
+// for dQ instead of accumulating dQ with atomics), both halved for causal. Shapes follow the
+// FlashAttention papers: B·T = 16k tokens, H·d = 2048 (H = 32 for d = 64, 16 for d = 128), so every
+// T fills the GPU and each tensor is 64 MiB. Registered only in the real build (LATHE_CUDA).
+//
+// Each timed iteration launches kLaunches calls back to back and synchronizes once.
+//   lathe-bench --benchmark_filter=BM_CudaFlashAttention
+#ifdef LATHE_CUDA_BUILD
+
+#include <benchmark/benchmark.h>
+
+#include <cmath>
+#include <cstdint>
+
+#include "bench/bench_util.h"
+#include "core/tensor_internal.h"
+#include "kernels/device_api.h"
+#include "kernels/kernel_table.h"
+#include "lathe/lathe.h"
+
+namespace {
+
+using lathe::DType;
+using lathe::Tensor;
+
+const lathe::Device kCuda = lathe::Device::cuda(0);
+constexpr int kLaunches = 5;
+constexpr int64_t kTokens = 16384;
+constexpr int64_t kHidden = 2048;
+
+void sync() {
+  lathe::kernels::device_api(lathe::DeviceType::CUDA)->synchronize(0);
+}
+
+const lathe::kernels::KernelTable& cuda_k() {
+  return lathe::kernels::kernel_table(lathe::DeviceType::CUDA);
+}
+
+struct Problem {
+  int64_t batch, heads, seq, dim;
+  bool causal;
+  Tensor q, k, v, out, lse, grad_out, grad_q, grad_k, grad_v;
+  lathe::kernels::AttentionForwardArgs args;
+
+  Problem(int64_t seq_, int64_t dim_, bool causal_)
+      : batch(kTokens / seq_), heads(kHidden / dim_), seq(seq_), dim(dim_), causal(causal_) {
+    const lathe::TensorOptions bf16 = lathe::TensorOptions(DType::BF16).device(kCuda);
+    const lathe::Shape shape = {batch, heads, seq, dim};
+    auto randn = [&] {
+      return lathe::randn(shape, lathe::TensorOptions(DType::F32).device(kCuda)).to(DType::BF16);
+    };
+    q = randn();
+    k = randn();
+    v = randn();
+    grad_out = randn();
+    out = lathe::empty(shape, bf16);
+    grad_q = lathe::empty(shape, bf16);
+    grad_k = lathe::empty(shape, bf16);
+    grad_v = lathe::empty(shape, bf16);
+    lse = lathe::empty({batch * heads, seq}, lathe::TensorOptions(DType::F32).device(kCuda));
+    args.dtype = DType::BF16;
+    args.batch = batch * heads;
+    args.q_len = args.kv_len = seq;
+    args.head_dim = args.value_dim = dim;
+    args.q = q.data_ptr();
+    args.k = k.data_ptr();
+    args.v = v.data_ptr();
+    args.causal = causal;
+    args.scale = 1.0 / std::sqrt(double(dim));
+    args.out = out.data_ptr();
+    args.lse = lse.data_ptr();
+  }
+
+  void forward() const { cuda_k().attention_forward(args); }
+  void backward() const {
+    lathe::kernels::AttentionBackwardArgs b;
+    b.forward = args;
+    b.grad_out = grad_out.data_ptr();
+    b.grad_q = grad_q.data_ptr();
+    b.grad_k = grad_k.data_ptr();
+    b.grad_v = grad_v.data_ptr();
+    cuda_k().attention_backward(b);
+  }
+  double forward_flops() const {
+    const double f = 4.0 * double(batch * heads) * double(seq) * double(seq) * double(dim);
+    return causal ? f / 2 : f;
+  }
+};
+
+template <class Body>
+void run(benchmark::State& state, double flops, Body&& body) {
+  body();  // warm-up
+  sync();
+  for (auto _ : state) {
+    for (int i = 0; i < kLaunches; ++i) body();
+    sync();
+  }
+  state.counters["TFLOP/s"] =
+      benchmark::Counter(flops * kLaunches / 1e12, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// Args: T, head dim, causal.
+void BM_CudaFlashAttentionForward(benchmark::State& state) {
+  const Problem p(state.range(0), state.range(1), state.range(2) != 0);
+  run(state, p.forward_flops(), [&] { p.forward(); });
+}
+
+void BM_CudaFlashAttentionBackward(benchmark::State& state) {
+  const Problem p(state.range(0), state.range(1), state.range(2) != 0);
+  p.forward();
+  run(state, 2.5 * p.forward_flops(), [&] { p.backward(); });
+}
+
+void flash_shapes(benchmark::internal::Benchmark* b) {
+  for (int64_t dim : {64, 128}) {
+    for (int64_t seq : {512, 1024, 2048, 4096, 8192}) b->Args({seq, dim, 0});
+  }
+  b->Args({2048, 128, 1});
+  b->Args({2048, 64, 1});
+}
+
+}  // namespace
+
+BENCHMARK(BM_CudaFlashAttentionForward)
+    ->ArgNames({"T", "d", "causal"})
+    ->Apply(flash_shapes)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_CudaFlashAttentionBackward)
+    ->ArgNames({"T", "d", "causal"})
+    ->Apply(flash_shapes)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+
+#endif  // LATHE_CUDA_BUILD

@@ -1,0 +1,962 @@
+// Fused scaled-dot-product attention on cuda for f16/bf16 q, k, v, FlashAttention-2 style, on
+// tensor cores (mma.sync m16n8k16 with f32 accumulation, ldmatrix, cp.async through
+// kernels/cuda/ptx.cuh). The [q_len, kv_len] score matrix is never stored.
+//
+// Forward: one block of 4 warps per (batch, 64-query tile); each warp owns 16 query rows. The
+// query tile sits in shared memory (and in registers as mma A fragments); 64-key K/V tiles are
+// streamed through a double buffer with cp.async (tile t+1 in flight while t is used). Per tile:
+// S = Q K^T on tensor cores, scale/mask/causal/tail masking in f32, online softmax (running max and
+// sum per row, in log2 units, the partial output rescaled when the max grows), dropout from
+// Philox, then O += P V with P rounded to the input type. The output is divided by the row sum once
+// at the end; the log-sum-exp of each row (natural log, f32) is saved for backward.
+//
+// Backward, three kernels, no float atomics (bit-reproducible):
+//  1. D_i = dO_i . O_i (f32), a warp per row;
+//  2. dK, dV: a block per (batch, 64-key tile), each warp owning 16 keys, looping over 64-query
+//     tiles (double-buffered Q, dO, lse, D): S^T = K Q^T, P^T = exp(S^T - lse), dP^T = V dO^T,
+//     dV += (Z P)^T dO, dS^T = P^T (Z dP^T - D), dK += dS^T Q (and grad_mask = dS when asked);
+//  3. dQ: a block per (batch, 64-query tile), like the forward, looping over key tiles:
+//     recomputes S and dP and accumulates dQ += dS K in registers. This recomputation (two extra
+//     GEMMs per tile) replaces FlashAttention-2's atomic dQ accumulation and keeps every sum in a
+//     fixed order.
+//
+// Conventions (core/ops/attention.cpp): a row whose every key is masked gives zeros, lse = -inf
+// and zero gradients; causal masks key j > query i; dropout keeps element
+// n = (b * q_len + i) * kv_len + j iff philox::to_uniform(block(offset + n / 4, seed)[n % 4]) >= p
+// (the dropout kernel's rule), scaled by 1 / (1 - p); masks are bool (true = attend) or f32
+// (added to the scaled scores), any strides. Head dims 32, 64 and 128 (value dim = head dim);
+// q, k, v contiguous and 16-byte aligned. docs/kernels.md ("flash attention") has the details.
+#include <cmath>
+#include <limits>
+
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda/ptx.cuh"
+#include "kernels/sim/sim.h"  // LATHE_DYNAMIC_SHARED in both builds
+#include "lathe/core/random.h"
+
+namespace lathe::kernels::cuda {
+
+namespace {
+
+namespace flash {
+
+constexpr int kWarps = 4;
+constexpr int kThreads = 32 * kWarps;
+constexpr int kBlockM = 64;  // query rows per dQ block (and forward block at d = 128), 16 per warp
+constexpr int kBlockN = 64;  // keys per tile, and per dK/dV block (16 per warp)
+constexpr int kPad = 8;      // halves added to every shared row: ldmatrix rows hit distinct banks
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+// Query rows per tile of the dK/dV kernel: 32 for d = 128 keeps the transposed score tiles small
+// enough that the two [16, d] accumulators stay in registers.
+template <int D>
+constexpr int kv_query_tile() {
+  return D >= 128 ? 32 : 64;
+}
+
+struct MaskDesc {
+  const void* data = nullptr;
+  bool is_bool = false;
+  int lead = 0;  // leading dims, whose sizes multiply to the batch
+  int64_t size[kMaxDims] = {};
+  int64_t stride[kMaxDims] = {};
+  int64_t sq = 0, sk = 0;
+
+  LATHE_DEVICE_INLINE int64_t batch_offset(int64_t b) const {
+    int64_t off = 0;
+    for (int i = lead - 1; i >= 0; --i) {
+      const int64_t q = b / size[i];
+      off += (b - q * size[i]) * stride[i];
+      b = q;
+    }
+    return off;
+  }
+};
+
+struct Params {
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  void* out = nullptr;
+  float* lse = nullptr;
+  // backward
+  const void* grad_out = nullptr;
+  void* grad_q = nullptr;
+  void* grad_k = nullptr;
+  void* grad_v = nullptr;
+  float* grad_mask = nullptr;
+  // Per query row, written by the backward's first kernel, rows padded to tq_pad (a multiple of 64)
+  // so that the dK/dV kernel can copy a tile's values with cp.async: D_i = dO_i . O_i (0 on
+  // padding) and lse in log2 units (+inf for fully masked and padding rows).
+  float* row_dot = nullptr;
+  float* lse2 = nullptr;
+  int64_t tq_pad = 0;
+  int64_t batch = 0, tq = 0, tk = 0;
+  float scale = 1, scale_log2 = kLog2e;
+  MaskDesc mask;
+  bool causal = false;
+  bool dropout = false;
+  float p = 0, keep_scale = 1;
+  uint64_t seed = 0, offset = 0;
+};
+
+// ---- small device helpers ----
+
+template <class T>
+LATHE_DEVICE_INLINE uint16_t bits_of(float f) {
+  if constexpr (std::is_same_v<T, __half>) {
+    return __half_raw(__float2half_rn(f)).x;
+  } else {
+    return __nv_bfloat16_raw(__float2bfloat16_rn(f)).x;
+  }
+}
+
+// Two floats rounded to T, packed as one 32-bit register (lo in the low half).
+template <class T>
+LATHE_DEVICE_INLINE uint32_t pack2(float lo, float hi) {
+  return uint32_t(bits_of<T>(lo)) | (uint32_t(bits_of<T>(hi)) << 16);
+}
+
+template <class T>
+LATHE_DEVICE_INLINE void mma(float d[4], const uint32_t a[4], const uint32_t b[2]) {
+  if constexpr (std::is_same_v<T, __half>) {
+    rt::mma_m16n8k16_f16(d, a, b, d);
+  } else {
+    rt::mma_m16n8k16_bf16(d, a, b, d);
+  }
+}
+
+LATHE_DEVICE_INLINE float quad_max(float x) {
+  x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+  return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+}
+LATHE_DEVICE_INLINE float quad_sum(float x) {
+  x = x + __shfl_xor_sync(0xffffffffu, x, 1);
+  return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+
+// 2^x: one ex2.approx instruction on the GPU (relative error ~2^-22, exp2(-inf) = 0, far below
+// what rounding P to 16 bits costs), libm's exp2f in the simulator.
+LATHE_DEVICE_INLINE float fast_exp2(float x) {
+#if defined(__CUDA_ARCH__)
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+#else
+  return exp2f(x);
+#endif
+}
+
+// Whether keys [j0, j0 + kBlockN) need no masking for queries [i0, i0 + rows): no mask, all keys
+// before the end, and (causal) every key at or below the first query.
+LATHE_DEVICE_INLINE bool tile_unmasked(const Params& p, int64_t i0, int64_t j0) {
+  return p.mask.data == nullptr && j0 + kBlockN <= p.tk && (!p.causal || j0 + kBlockN - 1 <= i0);
+}
+
+// The dropout factor of probability element n: keep_scale or 0.
+LATHE_DEVICE_INLINE float dropout_factor(const Params& p, uint64_t n) {
+  const std::array<uint32_t, 4> w = philox::block(p.offset + n / 4, p.seed);
+  const uint32_t lane = uint32_t(n & 3u);
+  const uint32_t bits = lane == 0 ? w[0] : lane == 1 ? w[1] : lane == 2 ? w[2] : w[3];
+  return philox::to_uniform(bits) >= p.p ? p.keep_scale : 0.0f;
+}
+
+LATHE_DEVICE_INLINE uint32_t word(const std::array<uint32_t, 4>& w, uint32_t lane) {
+  return lane == 0 ? w[0] : lane == 1 ? w[1] : lane == 2 ? w[2] : w[3];
+}
+
+// The dropout factors of keys j and j + 1 of query row i (1 for elements outside the problem):
+// one Philox block covers both unless element (i, j) is the last of its block.
+LATHE_DEVICE_INLINE void dropout_pair(const Params& p, int64_t b, int64_t i, int64_t j,
+                                      float z[2]) {
+  z[0] = z[1] = 1.0f;
+  if (i >= p.tq || j >= p.tk) return;
+  const uint64_t n = uint64_t((b * p.tq + i) * p.tk + j);
+  const std::array<uint32_t, 4> w = philox::block(p.offset + n / 4, p.seed);
+  const uint32_t lane = uint32_t(n & 3u);
+  z[0] = philox::to_uniform(word(w, lane)) >= p.p ? p.keep_scale : 0.0f;
+  if (j + 1 >= p.tk) return;
+  z[1] = lane == 3 ? dropout_factor(p, n + 1)
+                   : (philox::to_uniform(word(w, lane + 1)) >= p.p ? p.keep_scale : 0.0f);
+}
+
+// A scaled score in log2 units with the mask, the causal rule and the key tail applied (query row
+// i < tq, any key j). Masked positions are -inf.
+LATHE_DEVICE_INLINE float masked_score(const Params& p, int64_t mask_base, float s, int64_t i,
+                                       int64_t j) {
+  if (j >= p.tk || (p.causal && j > i)) return -INFINITY;
+  float x = s * p.scale_log2;
+  if (p.mask.data != nullptr && i < p.tq) {
+    const int64_t off = mask_base + i * p.mask.sq + j * p.mask.sk;
+    if (p.mask.is_bool) {
+      if (!static_cast<const bool*>(p.mask.data)[off]) x = -INFINITY;
+    } else {
+      x += static_cast<const float*>(p.mask.data)[off] * kLog2e;
+    }
+  }
+  return x;
+}
+
+// Rows [0, valid) of a [ROWS, D] tile at gmem (row stride D) into shared rows of D + kPad halves;
+// rows past `valid` are zero-filled (cp.async with src-size 0 at a valid address).
+template <int D, int ROWS, class T>
+LATHE_DEVICE_INLINE void load_tile(T* smem, const T* gmem, int64_t valid, const T* any_valid) {
+  constexpr int kChunks = D / 8;
+  for (int c = int(threadIdx.x); c < ROWS * kChunks; c += kThreads) {
+    const int r = c / kChunks, col = (c % kChunks) * 8;
+    const bool ok = r < valid;
+    rt::cp_async_16(smem + r * (D + kPad) + col, ok ? gmem + int64_t(r) * D + col : any_valid,
+                    ok ? 16 : 0);
+  }
+}
+
+// A fragment (16x16, rows r0.., cols c0..) of a row-major shared tile with row stride LD.
+template <int LD, class T>
+LATHE_DEVICE_INLINE void load_a(uint32_t a[4], const T* tile, int r0, int c0, int lane) {
+  rt::ldmatrix_x4(a, tile + (r0 + (lane & 15)) * LD + c0 + 8 * (lane >> 4));
+}
+
+// B fragments of two adjacent n-tiles (n0.., n0 + 8..) for k-step c0 from an n-major shared tile
+// (row = n, col = k): b[0..1] for n0, b[2..3] for n0 + 8.
+template <int LD, class T>
+LATHE_DEVICE_INLINE void load_b_nmajor(uint32_t b[4], const T* tile, int n0, int c0, int lane) {
+  rt::ldmatrix_x4(b, tile + (n0 + (lane & 7) + 8 * (lane >> 4)) * LD + c0 + 8 * ((lane >> 3) & 1));
+}
+
+// B fragments of two adjacent n-tiles (cols n0.., n0 + 8..) for the k-step of rows k0..k0 + 15
+// from a k-major shared tile (row = k, col = n).
+template <int LD, class T>
+LATHE_DEVICE_INLINE void load_b_kmajor(uint32_t b[4], const T* tile, int k0, int n0, int lane) {
+  rt::ldmatrix_x4_trans(
+      b, tile + (k0 + (lane & 7) + 8 * ((lane >> 3) & 1)) * LD + n0 + 8 * (lane >> 4));
+}
+
+// The A fragment of k-step kk from a C-layout [16, 8 * NT] tile (two n-tiles per k-step).
+template <class T>
+LATHE_DEVICE_INLINE void c_to_a(uint32_t a[4], const float lo[4], const float hi[4]) {
+  a[0] = pack2<T>(lo[0], lo[1]);
+  a[1] = pack2<T>(lo[2], lo[3]);
+  a[2] = pack2<T>(hi[0], hi[1]);
+  a[3] = pack2<T>(hi[2], hi[3]);
+}
+
+// ---- forward ----
+
+// Query rows per forward block: 16 * kWarps * MT, each warp owning MT m-tiles of 16 rows (rows
+// 16 * (kWarps * mt + warp) ..), so that every K/V fragment loaded from shared memory feeds MT
+// mma instructions. MT = 2 for d <= 64 (128-row blocks, FlashAttention-2's shape); d = 128 keeps
+// MT = 1 so the [16, 128] f32 output accumulators fit in registers.
+template <int D>
+constexpr int forward_m_tiles() {
+  return D <= 64 ? 2 : 1;
+}
+template <int D>
+constexpr int forward_block_m() {
+  return 16 * kWarps * forward_m_tiles<D>();
+}
+
+template <class T, int D>
+__global__ void __launch_bounds__(kThreads) forward_kernel(Params p, int64_t q_tiles) {
+  constexpr int LD = D + kPad;
+  constexpr int MT = forward_m_tiles<D>();
+  constexpr int BM = forward_block_m<D>();
+  LATHE_DYNAMIC_SHARED(T, smem);
+  T* sQ = smem;                   // [BM][LD]
+  T* sK = sQ + BM * LD;           // [2][kBlockN][LD]
+  T* sV = sK + 2 * kBlockN * LD;  // [2][kBlockN][LD]
+
+  const int64_t b = int64_t(blockIdx.x) / q_tiles;
+  const int64_t i0 = (int64_t(blockIdx.x) - b * q_tiles) * BM;
+  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
+  const int g = lane >> 2, t = lane & 3;
+  const T* q_all = static_cast<const T*>(p.q);
+  const T* k_all = static_cast<const T*>(p.k);
+  const T* v_all = static_cast<const T*>(p.v);
+  const T* k = k_all + b * p.tk * D;
+  const T* v = v_all + b * p.tk * D;
+
+  load_tile<D, BM>(sQ, q_all + (b * p.tq + i0) * D, p.tq - i0, q_all);
+  const int64_t j_end = p.causal ? (p.tk < i0 + BM ? p.tk : i0 + BM) : p.tk;
+  const int n_tiles = int((j_end + kBlockN - 1) / kBlockN);
+  if (n_tiles > 0) {
+    load_tile<D, kBlockN>(sK, k, p.tk, k_all);
+    load_tile<D, kBlockN>(sV, v, p.tk, v_all);
+  }
+  rt::cp_async_commit();
+
+  // row[mt][r]: the query row of this thread's accumulator rows g (r = 0) and g + 8 (r = 1).
+  int64_t row[MT][2];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+    row[mt][0] = i0 + 16 * (kWarps * mt + warp) + g;
+    row[mt][1] = row[mt][0] + 8;
+  }
+  const int64_t mask_base = p.mask.data != nullptr ? p.mask.batch_offset(b) : 0;
+  uint32_t qf[MT][D / 16][4];
+  float o[MT][D / 8][4];
+  float m_run[MT][2], l_run[MT][2];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) o[mt][n][e] = 0.0f;
+    }
+    m_run[mt][0] = m_run[mt][1] = -INFINITY;
+    l_run[mt][0] = l_run[mt][1] = 0.0f;
+  }
+
+  for (int it = 0; it < n_tiles; ++it) {
+    const int buf = it & 1;
+    if (it + 1 < n_tiles) {
+      const int64_t j1 = int64_t(it + 1) * kBlockN;
+      load_tile<D, kBlockN>(sK + (buf ^ 1) * kBlockN * LD, k + j1 * D, p.tk - j1, k_all);
+      load_tile<D, kBlockN>(sV + (buf ^ 1) * kBlockN * LD, v + j1 * D, p.tk - j1, v_all);
+      rt::cp_async_commit();
+      rt::cp_async_wait<1>();
+    } else {
+      rt::cp_async_wait<0>();
+    }
+    __syncthreads();
+    if (it == 0) {
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) {
+          load_a<LD>(qf[mt][kk], sQ, 16 * (kWarps * mt + warp), 16 * kk, lane);
+        }
+      }
+    }
+    const T* cK = sK + buf * kBlockN * LD;
+    const T* cV = sV + buf * kBlockN * LD;
+
+    // S = Q K^T: 16 MT rows x 64 keys per warp.
+    float s[MT][kBlockN / 8][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+      for (int n = 0; n < kBlockN / 8; ++n) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[mt][n][e] = 0.0f;
+      }
+    }
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+#pragma unroll
+      for (int np = 0; np < kBlockN / 16; ++np) {
+        uint32_t bk[4];
+        load_b_nmajor<LD>(bk, cK, 16 * np, 16 * kk, lane);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          mma<T>(s[mt][2 * np], qf[mt][kk], bk);
+          mma<T>(s[mt][2 * np + 1], qf[mt][kk], bk + 2);
+        }
+      }
+    }
+
+    // Scale and mask (log2 units), then the online softmax of rows g and g + 8.
+    const int64_t j0 = int64_t(it) * kBlockN;
+    const bool plain = tile_unmasked(p, i0, j0);
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+      if (plain) {
+#pragma unroll
+        for (int n = 0; n < kBlockN / 8; ++n) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) s[mt][n][e] *= p.scale_log2;
+        }
+      } else {
+#pragma unroll
+        for (int n = 0; n < kBlockN / 8; ++n) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            s[mt][n][e] = masked_score(p, mask_base, s[mt][n][e], row[mt][e >> 1],
+                                       j0 + 8 * n + 2 * t + (e & 1));
+          }
+        }
+      }
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        float mx = -INFINITY;
+#pragma unroll
+        for (int n = 0; n < kBlockN / 8; ++n) {
+          mx = fmaxf(mx, fmaxf(s[mt][n][2 * r], s[mt][n][2 * r + 1]));
+        }
+        mx = quad_max(mx);
+        const float m_new = fmaxf(m_run[mt][r], mx);
+        // No key above -inf yet: shift by 0 so exp2(-inf - 0) = 0 instead of NaN.
+        const float m_use = m_new == -INFINITY ? 0.0f : m_new;
+        const float corr = fast_exp2(m_run[mt][r] - m_use);
+        m_run[mt][r] = m_new;
+        l_run[mt][r] *= corr;
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n) {
+          o[mt][n][2 * r] *= corr;
+          o[mt][n][2 * r + 1] *= corr;
+        }
+#pragma unroll
+        for (int n = 0; n < kBlockN / 8; ++n) {
+#pragma unroll
+          for (int c = 0; c < 2; ++c) {
+            const float e = fast_exp2(s[mt][n][2 * r + c] - m_use);
+            l_run[mt][r] += e;
+            s[mt][n][2 * r + c] = e;
+          }
+        }
+      }
+      if (p.dropout) {
+#pragma unroll
+        for (int n = 0; n < kBlockN / 8; ++n) {
+#pragma unroll
+          for (int r = 0; r < 2; ++r) {
+            float z[2];
+            dropout_pair(p, b, row[mt][r], j0 + 8 * n + 2 * t, z);
+            s[mt][n][2 * r] *= z[0];
+            s[mt][n][2 * r + 1] *= z[1];
+          }
+        }
+      }
+    }
+
+    // O += P V
+#pragma unroll
+    for (int kk = 0; kk < kBlockN / 16; ++kk) {
+      uint32_t a[MT][4];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) c_to_a<T>(a[mt], s[mt][2 * kk], s[mt][2 * kk + 1]);
+#pragma unroll
+      for (int np = 0; np < D / 16; ++np) {
+        uint32_t bv[4];
+        load_b_kmajor<LD>(bv, cV, 16 * kk, 16 * np, lane);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          mma<T>(o[mt][2 * np], a[mt], bv);
+          mma<T>(o[mt][2 * np + 1], a[mt], bv + 2);
+        }
+      }
+    }
+    __syncthreads();  // the next iteration refills this buffer
+  }
+  if (n_tiles == 0) rt::cp_async_wait<0>();
+
+  T* out = static_cast<T*>(p.out);
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const float l = quad_sum(l_run[mt][r]);
+      const int64_t i = row[mt][r];
+      if (i >= p.tq) continue;
+      const bool empty = l == 0.0f;  // every key masked: zeros, lse = -inf
+      const float inv = empty ? 0.0f : 1.0f / l;
+      T* orow = out + (b * p.tq + i) * D;
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n) {
+        *reinterpret_cast<uint32_t*>(orow + 8 * n + 2 * t) =
+            pack2<T>(o[mt][n][2 * r] * inv, o[mt][n][2 * r + 1] * inv);
+      }
+      if (t == 0) p.lse[b * p.tq + i] = empty ? -INFINITY : (m_run[mt][r] + log2f(l)) * kLn2;
+    }
+  }
+}
+
+// ---- backward ----
+
+// lse in log2 units for recomputing probabilities; +inf for a fully masked row, so that
+// exp2(s - lse) = 0 there.
+LATHE_DEVICE_INLINE float lse_log2(const Params& p, int64_t b, int64_t i) {
+  const float l = p.lse[b * p.tq + i];
+  return l == -INFINITY ? INFINITY : l * kLog2e;
+}
+
+// D_i = dO_i . O_i in f32 (fixed butterfly order) and lse in log2 units, a warp per padded row.
+template <class T, int D>
+__global__ void __launch_bounds__(kThreads) row_dot_kernel(Params p) {
+  const int64_t rows = p.batch * p.tq_pad;
+  const int lane = int(threadIdx.x) % 32;
+  const T* out = static_cast<const T*>(p.out);
+  const T* dout = static_cast<const T*>(p.grad_out);
+  for (int64_t r = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32; r < rows;
+       r += int64_t(gridDim.x) * kWarps) {
+    const int64_t b = r / p.tq_pad, i = r - b * p.tq_pad;
+    if (i >= p.tq) {  // padding (uniform over the warp)
+      if (lane == 0) {
+        p.row_dot[r] = 0.0f;
+        p.lse2[r] = INFINITY;
+      }
+      continue;
+    }
+    const int64_t src = (b * p.tq + i) * D;
+    float acc = 0.0f;
+    for (int c = lane; c < D; c += 32) {
+      acc += convert<float>(out[src + c]) * convert<float>(dout[src + c]);
+    }
+#pragma unroll
+    for (int m = 16; m >= 1; m /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, m);
+    if (lane == 0) {
+      p.row_dot[r] = acc;
+      p.lse2[r] = lse_log2(p, b, i);
+    }
+  }
+}
+
+// dK and dV of 64 keys: warp w owns keys j0 + 16w .. j0 + 16w + 15.
+template <class T, int D>
+__global__ void __launch_bounds__(kThreads) dkdv_kernel(Params p, int64_t k_tiles) {
+  constexpr int LD = D + kPad;
+  constexpr int BQ = kv_query_tile<D>();
+  LATHE_DYNAMIC_SHARED(T, smem);
+  T* sK = smem;                                             // [kBlockN][LD]
+  T* sV = sK + kBlockN * LD;                                // [kBlockN][LD]
+  T* sQ = sV + kBlockN * LD;                                // [2][BQ][LD]
+  T* sdO = sQ + 2 * BQ * LD;                                // [2][BQ][LD]
+  float* sL = reinterpret_cast<float*>(sdO + 2 * BQ * LD);  // [2][BQ] lse (log2 units)
+  float* sD = sL + 2 * BQ;                                  // [2][BQ] row dots
+
+  const int64_t b = int64_t(blockIdx.x) / k_tiles;
+  const int64_t j0 = (int64_t(blockIdx.x) - b * k_tiles) * kBlockN;
+  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
+  const int g = lane >> 2, t = lane & 3;
+  const T* q_all = static_cast<const T*>(p.q);
+  const T* k_all = static_cast<const T*>(p.k);
+  const T* v_all = static_cast<const T*>(p.v);
+  const T* do_all = static_cast<const T*>(p.grad_out);
+  const T* q = q_all + b * p.tq * D;
+  const T* dout = do_all + b * p.tq * D;
+
+  load_tile<D, kBlockN>(sK, k_all + (b * p.tk + j0) * D, p.tk - j0, k_all);
+  load_tile<D, kBlockN>(sV, v_all + (b * p.tk + j0) * D, p.tk - j0, v_all);
+  // Causal: queries above the key tile see none of its keys.
+  const int first = p.causal ? int(j0 / BQ) : 0;
+  const int n_tiles = int((p.tq + BQ - 1) / BQ);
+  auto load_q_tile = [&](int tile, int buf) {
+    const int64_t i0 = int64_t(tile) * BQ;
+    load_tile<D, BQ>(sQ + buf * BQ * LD, q + i0 * D, p.tq - i0, q_all);
+    load_tile<D, BQ>(sdO + buf * BQ * LD, dout + i0 * D, p.tq - i0, do_all);
+    // BQ / 4 16-byte pieces of each (rows padded to tq_pad, so the whole tile exists).
+    const int c = int(threadIdx.x);
+    if (c < BQ / 4) {
+      rt::cp_async_16(sL + buf * BQ + 4 * c, p.lse2 + b * p.tq_pad + i0 + 4 * c);
+    } else if (c < BQ / 2) {
+      rt::cp_async_16(sD + buf * BQ + 4 * (c - BQ / 4),
+                      p.row_dot + b * p.tq_pad + i0 + 4 * (c - BQ / 4));
+    }
+  };
+  if (first < n_tiles) load_q_tile(first, 0);
+  rt::cp_async_commit();
+
+  // grad_mask rows the causal skip leaves out are zero.
+  if (p.grad_mask != nullptr && first > 0) {
+    const int64_t rows = int64_t(first) * BQ < p.tq ? int64_t(first) * BQ : p.tq;
+    const int64_t cols = p.tk - j0 < kBlockN ? p.tk - j0 : kBlockN;
+    for (int64_t e = threadIdx.x; e < rows * cols; e += kThreads) {
+      p.grad_mask[(b * p.tq + e / cols) * p.tk + j0 + e % cols] = 0.0f;
+    }
+  }
+
+  const int64_t key[2] = {j0 + 16 * warp + g, j0 + 16 * warp + g + 8};
+  const int64_t mask_base = p.mask.data != nullptr ? p.mask.batch_offset(b) : 0;
+  float dk[D / 8][4], dv[D / 8][4];
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dk[n][e] = dv[n][e] = 0.0f;
+  }
+
+  for (int it = first; it < n_tiles; ++it) {
+    const int buf = (it - first) & 1;
+    if (it + 1 < n_tiles) {
+      load_q_tile(it + 1, buf ^ 1);
+      rt::cp_async_commit();
+      rt::cp_async_wait<1>();
+    } else {
+      rt::cp_async_wait<0>();
+    }
+    __syncthreads();
+    const T* cQ = sQ + buf * BQ * LD;
+    const T* cdO = sdO + buf * BQ * LD;
+    const float* cL = sL + buf * BQ;
+    const float* cD = sD + buf * BQ;
+    const int64_t i0 = int64_t(it) * BQ;
+
+    // S^T = K Q^T and dP^T = V dO^T: 16 keys x BQ queries per warp.
+    float s[BQ / 8][4], dp[BQ / 8][4];
+#pragma unroll
+    for (int n = 0; n < BQ / 8; ++n) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[n][e] = dp[n][e] = 0.0f;
+    }
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t ak[4], av[4];
+      load_a<LD>(ak, sK, 16 * warp, 16 * kk, lane);
+      load_a<LD>(av, sV, 16 * warp, 16 * kk, lane);
+#pragma unroll
+      for (int np = 0; np < BQ / 16; ++np) {
+        uint32_t bq[4], bo[4];
+        load_b_nmajor<LD>(bq, cQ, 16 * np, 16 * kk, lane);
+        load_b_nmajor<LD>(bo, cdO, 16 * np, 16 * kk, lane);
+        mma<T>(s[2 * np], ak, bq);
+        mma<T>(s[2 * np + 1], ak, bq + 2);
+        mma<T>(dp[2 * np], av, bo);
+        mma<T>(dp[2 * np + 1], av, bo + 2);
+      }
+    }
+    // P^T, Z, dS^T = P^T (Z dP^T - D); s becomes Z P^T and dp becomes dS^T.
+    const bool plain = tile_unmasked(p, i0, j0);
+#pragma unroll
+    for (int n = 0; n < BQ / 8; ++n) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int col = 8 * n + 2 * t + (e & 1);
+        const int64_t i = i0 + col, j = key[e >> 1];
+        const float x = plain ? s[n][e] * p.scale_log2 : masked_score(p, mask_base, s[n][e], i, j);
+        const float pr = fast_exp2(x - cL[col]);
+        float z = 1.0f;
+        if (p.dropout && i < p.tq && j < p.tk) {
+          z = dropout_factor(p, uint64_t((b * p.tq + i) * p.tk + j));
+        }
+        const float ds = pr * (z * dp[n][e] - cD[col]);
+        s[n][e] = z * pr;
+        dp[n][e] = ds;
+        if (p.grad_mask != nullptr && i < p.tq && j < p.tk) {
+          p.grad_mask[(b * p.tq + i) * p.tk + j] = ds;
+        }
+      }
+    }
+    // dV += (Z P)^T dO, dK += dS^T Q (k = the BQ queries).
+#pragma unroll
+    for (int kk = 0; kk < BQ / 16; ++kk) {
+      uint32_t ap[4], as[4];
+      c_to_a<T>(ap, s[2 * kk], s[2 * kk + 1]);
+      c_to_a<T>(as, dp[2 * kk], dp[2 * kk + 1]);
+#pragma unroll
+      for (int np = 0; np < D / 16; ++np) {
+        uint32_t bo[4], bq[4];
+        load_b_kmajor<LD>(bo, cdO, 16 * kk, 16 * np, lane);
+        load_b_kmajor<LD>(bq, cQ, 16 * kk, 16 * np, lane);
+        mma<T>(dv[2 * np], ap, bo);
+        mma<T>(dv[2 * np + 1], ap, bo + 2);
+        mma<T>(dk[2 * np], as, bq);
+        mma<T>(dk[2 * np + 1], as, bq + 2);
+      }
+    }
+    __syncthreads();  // the next iteration refills this buffer
+  }
+  if (first >= n_tiles) rt::cp_async_wait<0>();
+
+  T* grad_k = static_cast<T*>(p.grad_k);
+  T* grad_v = static_cast<T*>(p.grad_v);
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int64_t j = key[r];
+    if (j >= p.tk) continue;
+    T* gk = grad_k + (b * p.tk + j) * D;
+    T* gv = grad_v + (b * p.tk + j) * D;
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+      *reinterpret_cast<uint32_t*>(gk + 8 * n + 2 * t) =
+          pack2<T>(dk[n][2 * r] * p.scale, dk[n][2 * r + 1] * p.scale);
+      *reinterpret_cast<uint32_t*>(gv + 8 * n + 2 * t) = pack2<T>(dv[n][2 * r], dv[n][2 * r + 1]);
+    }
+  }
+}
+
+// dQ of 64 queries: warp w owns rows i0 + 16w .. i0 + 16w + 15; K/V tiles double-buffered.
+template <class T, int D>
+__global__ void __launch_bounds__(kThreads) dq_kernel(Params p, int64_t q_tiles) {
+  constexpr int LD = D + kPad;
+  LATHE_DYNAMIC_SHARED(T, smem);
+  T* sQ = smem;                   // [kBlockM][LD]
+  T* sdO = sQ + kBlockM * LD;     // [kBlockM][LD]
+  T* sK = sdO + kBlockM * LD;     // [2][kBlockN][LD]
+  T* sV = sK + 2 * kBlockN * LD;  // [2][kBlockN][LD]
+
+  const int64_t b = int64_t(blockIdx.x) / q_tiles;
+  const int64_t i0 = (int64_t(blockIdx.x) - b * q_tiles) * kBlockM;
+  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
+  const int g = lane >> 2, t = lane & 3;
+  const T* q_all = static_cast<const T*>(p.q);
+  const T* k_all = static_cast<const T*>(p.k);
+  const T* v_all = static_cast<const T*>(p.v);
+  const T* do_all = static_cast<const T*>(p.grad_out);
+  const T* k = k_all + b * p.tk * D;
+  const T* v = v_all + b * p.tk * D;
+
+  load_tile<D, kBlockM>(sQ, q_all + (b * p.tq + i0) * D, p.tq - i0, q_all);
+  load_tile<D, kBlockM>(sdO, do_all + (b * p.tq + i0) * D, p.tq - i0, do_all);
+  const int64_t j_end = p.causal ? (p.tk < i0 + kBlockM ? p.tk : i0 + kBlockM) : p.tk;
+  const int n_tiles = int((j_end + kBlockN - 1) / kBlockN);
+  if (n_tiles > 0) {
+    load_tile<D, kBlockN>(sK, k, p.tk, k_all);
+    load_tile<D, kBlockN>(sV, v, p.tk, v_all);
+  }
+  rt::cp_async_commit();
+
+  const int64_t row[2] = {i0 + 16 * warp + g, i0 + 16 * warp + g + 8};
+  const int64_t mask_base = p.mask.data != nullptr ? p.mask.batch_offset(b) : 0;
+  // Rows below tq_pad (i0 + 64 <= tq_pad): padding rows read +inf and 0.
+  const float lse2[2] = {p.lse2[b * p.tq_pad + row[0]], p.lse2[b * p.tq_pad + row[1]]};
+  const float rd[2] = {p.row_dot[b * p.tq_pad + row[0]], p.row_dot[b * p.tq_pad + row[1]]};
+  float dq[D / 8][4];
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dq[n][e] = 0.0f;
+  }
+
+  for (int it = 0; it < n_tiles; ++it) {
+    const int buf = it & 1;
+    if (it + 1 < n_tiles) {
+      const int64_t j1 = int64_t(it + 1) * kBlockN;
+      load_tile<D, kBlockN>(sK + (buf ^ 1) * kBlockN * LD, k + j1 * D, p.tk - j1, k_all);
+      load_tile<D, kBlockN>(sV + (buf ^ 1) * kBlockN * LD, v + j1 * D, p.tk - j1, v_all);
+      rt::cp_async_commit();
+      rt::cp_async_wait<1>();
+    } else {
+      rt::cp_async_wait<0>();
+    }
+    __syncthreads();
+    const T* cK = sK + buf * kBlockN * LD;
+    const T* cV = sV + buf * kBlockN * LD;
+
+    float s[kBlockN / 8][4], dp[kBlockN / 8][4];
+#pragma unroll
+    for (int n = 0; n < kBlockN / 8; ++n) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[n][e] = dp[n][e] = 0.0f;
+    }
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t aq[4], ao[4];
+      load_a<LD>(aq, sQ, 16 * warp, 16 * kk, lane);
+      load_a<LD>(ao, sdO, 16 * warp, 16 * kk, lane);
+#pragma unroll
+      for (int np = 0; np < kBlockN / 16; ++np) {
+        uint32_t bk[4], bv[4];
+        load_b_nmajor<LD>(bk, cK, 16 * np, 16 * kk, lane);
+        load_b_nmajor<LD>(bv, cV, 16 * np, 16 * kk, lane);
+        mma<T>(s[2 * np], aq, bk);
+        mma<T>(s[2 * np + 1], aq, bk + 2);
+        mma<T>(dp[2 * np], ao, bv);
+        mma<T>(dp[2 * np + 1], ao, bv + 2);
+      }
+    }
+    const int64_t j0 = int64_t(it) * kBlockN;
+    const bool plain = tile_unmasked(p, i0, j0);
+#pragma unroll
+    for (int n = 0; n < kBlockN / 8; ++n) {
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int64_t i = row[r], jb = j0 + 8 * n + 2 * t;
+        float z[2] = {1.0f, 1.0f};
+        if (p.dropout) dropout_pair(p, b, i, jb, z);
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+          const int e = 2 * r + c;
+          const float x =
+              plain ? s[n][e] * p.scale_log2 : masked_score(p, mask_base, s[n][e], i, jb + c);
+          const float pr = fast_exp2(x - lse2[r]);
+          s[n][e] = pr * (z[c] * dp[n][e] - rd[r]);  // dS
+        }
+      }
+    }
+    // dQ += dS K
+#pragma unroll
+    for (int kk = 0; kk < kBlockN / 16; ++kk) {
+      uint32_t a[4];
+      c_to_a<T>(a, s[2 * kk], s[2 * kk + 1]);
+#pragma unroll
+      for (int np = 0; np < D / 16; ++np) {
+        uint32_t bk[4];
+        load_b_kmajor<LD>(bk, cK, 16 * kk, 16 * np, lane);
+        mma<T>(dq[2 * np], a, bk);
+        mma<T>(dq[2 * np + 1], a, bk + 2);
+      }
+    }
+    __syncthreads();
+  }
+  if (n_tiles == 0) rt::cp_async_wait<0>();
+
+  T* grad_q = static_cast<T*>(p.grad_q);
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int64_t i = row[r];
+    if (i >= p.tq) continue;
+    T* gq = grad_q + (b * p.tq + i) * D;
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+      *reinterpret_cast<uint32_t*>(gq + 8 * n + 2 * t) =
+          pack2<T>(dq[n][2 * r] * p.scale, dq[n][2 * r + 1] * p.scale);
+    }
+  }
+}
+
+// ---- host side ----
+
+template <class Kernel>
+void allow_shared(Kernel kernel, size_t bytes) {
+#ifdef __CUDACC__
+  if (bytes > 48 * 1024) {
+    const cudaError_t status =
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
+    LATHE_CHECK(status == cudaSuccess, "flash attention: cannot get ", bytes,
+                " bytes of shared memory: ", cudaGetErrorString(status));
+  }
+#else
+  (void)kernel;
+  (void)bytes;
+#endif
+}
+
+template <int D, class T>
+constexpr size_t forward_smem() {
+  return size_t(forward_block_m<D>() + 4 * kBlockN) * (D + kPad) * sizeof(T);
+}
+template <int D, class T>
+constexpr size_t dq_smem() {
+  return size_t(2 * kBlockM + 4 * kBlockN) * (D + kPad) * sizeof(T);
+}
+template <int D, class T>
+constexpr size_t dkdv_smem() {
+  return size_t(2 * kBlockN + 4 * kv_query_tile<D>()) * (D + kPad) * sizeof(T) +
+         4 * kv_query_tile<D>() * sizeof(float);
+}
+
+bool aligned16(const void* ptr) {
+  return reinterpret_cast<uintptr_t>(ptr) % 16 == 0;
+}
+
+Params make_params(const AttentionForwardArgs& a) {
+  LATHE_CHECK(a.dtype == DType::F16 || a.dtype == DType::BF16,
+              "attention on cuda: the fused kernel takes f16/bf16 (f32/f64 attention composes "
+              "itself from primitives), got ",
+              a.dtype);
+  LATHE_CHECK(
+      a.head_dim == a.value_dim && (a.head_dim == 32 || a.head_dim == 64 || a.head_dim == 128),
+      "attention on cuda: head dims 32, 64 or 128 with value dim = head dim, got ", a.head_dim,
+      " and ", a.value_dim);
+  LATHE_CHECK(aligned16(a.q) && aligned16(a.k) && aligned16(a.v),
+              "attention on cuda: q, k and v must be 16-byte aligned");
+  Params p;
+  p.q = a.q;
+  p.k = a.k;
+  p.v = a.v;
+  p.out = a.out;
+  p.lse = static_cast<float*>(a.lse);
+  p.batch = a.batch;
+  p.tq = a.q_len;
+  p.tk = a.kv_len;
+  p.scale = float(a.scale);
+  p.scale_log2 = float(a.scale * 1.4426950408889634);
+  p.causal = a.causal;
+  if (a.mask.data != nullptr) {
+    const View& m = a.mask;
+    LATHE_CHECK(m.ndim >= 2 && m.size[m.ndim - 2] == a.q_len && m.size[m.ndim - 1] == a.kv_len,
+                "attention on cuda: mask view does not end in [q_len, kv_len]");
+    LATHE_CHECK(m.dtype == DType::Bool || m.dtype == DType::F32,
+                "attention on cuda: the mask of f16/bf16 attention must be bool or f32, got ",
+                m.dtype);
+    p.mask.data = m.data;
+    p.mask.is_bool = m.dtype == DType::Bool;
+    p.mask.lead = m.ndim - 2;
+    int64_t lead_numel = 1;
+    for (int i = 0; i < p.mask.lead; ++i) {
+      p.mask.size[i] = m.size[i];
+      p.mask.stride[i] = m.stride[i];
+      lead_numel *= m.size[i];
+    }
+    LATHE_CHECK(lead_numel == a.batch, "attention on cuda: mask leading dims do not multiply to ",
+                "batch");
+    p.mask.sq = m.stride[m.ndim - 2];
+    p.mask.sk = m.stride[m.ndim - 1];
+  }
+  p.dropout = a.dropout_p > 0;
+  p.p = float(a.dropout_p);
+  p.keep_scale = a.dropout_p < 1 ? float(1.0 / (1.0 - a.dropout_p)) : 0.0f;
+  p.seed = a.seed;
+  p.offset = a.offset;
+  return p;
+}
+
+// fn.template operator()<T, D>() for the dtype and head dim of `a`.
+template <class Fn>
+void dispatch(const AttentionForwardArgs& a, Fn&& fn) {
+  auto by_dim = [&]<class T>() {
+    switch (a.head_dim) {
+      case 32:
+        return fn.template operator()<T, 32>();
+      case 64:
+        return fn.template operator()<T, 64>();
+      default:
+        return fn.template operator()<T, 128>();
+    }
+  };
+  if (a.dtype == DType::F16) {
+    by_dim.template operator()<__half>();
+  } else {
+    by_dim.template operator()<__nv_bfloat16>();
+  }
+}
+
+void forward_impl(const AttentionForwardArgs& a) {
+  if (a.batch == 0 || a.q_len == 0) return;
+  const Params p = make_params(a);
+  dispatch(a, [&]<class T, int D>() {
+    const int64_t q_tiles = (a.q_len + forward_block_m<D>() - 1) / forward_block_m<D>();
+    constexpr size_t smem = forward_smem<D, T>();
+    allow_shared(forward_kernel<T, D>, smem);
+    rt::launch(forward_kernel<T, D>, dim3(unsigned(q_tiles * a.batch)), dim3(kThreads), smem,
+               stream(), "flash_attention_forward", p, q_tiles);
+  });
+}
+
+void backward_impl(const AttentionBackwardArgs& args) {
+  const AttentionForwardArgs& a = args.forward;
+  if (a.batch == 0) return;
+  Params p = make_params(a);
+  p.grad_out = args.grad_out;
+  p.grad_q = args.grad_q;
+  p.grad_k = args.grad_k;
+  p.grad_v = args.grad_v;
+  p.grad_mask = static_cast<float*>(args.grad_mask);
+  LATHE_CHECK(aligned16(p.grad_out), "attention on cuda: grad_out must be 16-byte aligned");
+  p.tq_pad = (a.q_len + kBlockN - 1) / kBlockN * kBlockN;
+  const int64_t rows = a.batch * p.tq_pad;
+  DeviceScratch row_stats(size_t(rows > 0 ? 2 * rows : 1) * sizeof(float));
+  p.row_dot = row_stats.as<float>();
+  p.lse2 = p.row_dot + rows;
+  dispatch(a, [&]<class T, int D>() {
+    if (rows > 0) {
+      const int64_t blocks = (rows + kWarps - 1) / kWarps;
+      const unsigned grid = grid_for(blocks * kThreads, kThreads, 8);
+      rt::launch(row_dot_kernel<T, D>, dim3(grid), dim3(kThreads), 0, stream(),
+                 "flash_attention_row_dot", p);
+    }
+    const int64_t k_tiles = (a.kv_len + kBlockN - 1) / kBlockN;
+    if (k_tiles > 0) {
+      constexpr size_t smem = dkdv_smem<D, T>();
+      allow_shared(dkdv_kernel<T, D>, smem);
+      rt::launch(dkdv_kernel<T, D>, dim3(unsigned(k_tiles * a.batch)), dim3(kThreads), smem,
+                 stream(), "flash_attention_backward_dkdv", p, k_tiles);
+    }
+    const int64_t q_tiles = (a.q_len + kBlockM - 1) / kBlockM;
+    if (q_tiles > 0) {
+      constexpr size_t smem = dq_smem<D, T>();
+      allow_shared(dq_kernel<T, D>, smem);
+      rt::launch(dq_kernel<T, D>, dim3(unsigned(q_tiles * a.batch)), dim3(kThreads), smem, stream(),
+                 "flash_attention_backward_dq", p, q_tiles);
+    }
+  });
+}
+
+}  // namespace flash
+
+}  // namespace
+
+extern const AttentionForwardFn attention_forward = flash::forward_impl;
+extern const AttentionBackwardFn attention_backward = flash::backward_impl;
+
+}  // namespace lathe::kernels::cuda
