@@ -20,6 +20,7 @@
 #include <sstream>
 
 #include "core/tensor_internal.h"
+#include "cuda/kernel_test_util.h"
 #include "kernels/kernel_table.h"
 #include "lathe/core/random.h"
 #include "support/test_util.h"
@@ -29,6 +30,8 @@
 #endif
 
 using namespace lathe;
+using kernel_test::bytes_of;
+using kernel_test::check_schedule_invariant;
 using testing::random_tensor;
 
 namespace {
@@ -230,47 +233,6 @@ void check_case(const Case& c, const Results& r, const Reference& ref) {
   // The log-sum-exp of every row: finite, or -inf exactly for fully masked rows.
   const std::vector<float> lse = r.lse.to(kCpu).to_vector<float>();
   for (float x : lse) REQUIRE((std::isfinite(x) || x == -std::numeric_limits<float>::infinity()));
-}
-
-std::vector<uint8_t> bytes_of(const Tensor& t) {
-  Tensor c = t.to(kCpu).contiguous();
-  const auto* p = static_cast<const uint8_t*>(c.data_ptr());
-  return std::vector<uint8_t>(p, p + size_t(c.numel()) * element_size(c.dtype()));
-}
-
-// fn's outputs are bit-identical under the forward, reverse, random and warp-random schedules.
-void check_schedule_invariant(const std::function<std::vector<Tensor>()>& fn) {
-#ifdef LATHE_CUDA_SIM_BUILD
-  using sim::Schedule;
-  const Schedule old = sim::current_schedule();
-  const uint64_t old_seed = sim::current_seed();
-  std::vector<std::vector<uint8_t>> first;
-  const std::pair<Schedule, uint64_t> runs[] = {{Schedule::Forward, 0},
-                                                {Schedule::Reverse, 0},
-                                                {Schedule::Random, 3},
-                                                {Schedule::WarpRandom, 1},
-                                                {Schedule::WarpRandom, 7}};
-  for (auto [schedule, seed] : runs) {
-    INFO("schedule " << sim::schedule_name(schedule) << " seed " << seed);
-    sim::set_schedule(schedule, seed);
-    std::vector<std::vector<uint8_t>> now;
-    try {
-      for (const Tensor& t : fn()) now.push_back(bytes_of(t));
-    } catch (...) {
-      sim::set_schedule(old, old_seed);
-      throw;
-    }
-    if (first.empty()) first = now;
-    REQUIRE(now.size() == first.size());
-    for (size_t i = 0; i < now.size(); ++i) {
-      INFO("output " << i);
-      CHECK(now[i] == first[i]);
-    }
-  }
-  sim::set_schedule(old, old_seed);
-#else
-  (void)fn;
-#endif
 }
 
 }  // namespace
