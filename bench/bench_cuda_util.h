@@ -109,6 +109,8 @@ void run(benchmark::State& state, double bytes, Body&& body) {
   if (bytes > 0) {
     state.counters["GB/s"] =
         benchmark::Counter(bytes * kLaunches / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+    state.counters["of_copy"] =
+        lathe_bench::fraction_of(bytes * kLaunches, lathe_bench::cuda_copy_ceiling_gbps() * 1e9);
   }
 }
 

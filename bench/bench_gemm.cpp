@@ -28,6 +28,8 @@ struct Problem {
     state.counters["FLOPS"] = benchmark::Counter(2.0 * double(m) * double(n) * double(k),
                                                  benchmark::Counter::kIsIterationInvariantRate,
                                                  benchmark::Counter::kIs1000);
+    state.counters["of_sgemm"] = lathe_bench::fraction_of(
+        2.0 * double(m) * double(n) * double(k), lathe_bench::cpu_sgemm_ceiling_gflops() * 1e9);
   }
 };
 

@@ -18,6 +18,8 @@ void report_bytes(benchmark::State& state, double bytes_per_iteration) {
   state.counters["bytes"] =
       benchmark::Counter(bytes_per_iteration, benchmark::Counter::kIsIterationInvariantRate,
                          benchmark::Counter::kIs1000);
+  state.counters["of_copy"] =
+      lathe_bench::fraction_of(bytes_per_iteration, lathe_bench::cpu_copy_ceiling_gbps() * 1e9);
 }
 
 void BM_CopyLoop(benchmark::State& state) {
