@@ -2,7 +2,8 @@
 // use (so a filtered run measures only what it needs): the cpu's copy bandwidth (an OpenMP copy
 // of 256 MiB, bytes read + written), the cpu's SGEMM rate (the better of OpenBLAS's cblas_sgemm
 // and Eigen at 2048^3), and on a GPU the device-to-device copy bandwidth (cudaMemcpyAsync of
-// 1 GiB). Each is the best of a few repetitions after a warm-up: a ceiling, not a typical value.
+// 1 GiB) and cuBLAS's GEMM rate at 4096^3 (bf16 with f32 accumulation, and full f32). Each is the
+// best of a few repetitions after a warm-up: a ceiling, not a typical value.
 #include <cblas.h>
 
 #include <Eigen/Core>
@@ -14,6 +15,7 @@
 #include "bench/bench_util.h"
 
 #ifdef LATHE_CUDA_BUILD
+#include <cublas_v2.h>
 #include <cuda_runtime.h>
 #endif
 
@@ -105,6 +107,55 @@ double cuda_copy_ceiling_gbps() {
     return v;
   }();
   return gbps;
+}
+
+double cuda_gemm_ceiling_tflops(bool f32) {
+  auto measure = [](bool full) {
+    const int n = 4096;
+    const size_t elem = full ? 4 : 2;
+    void *a = nullptr, *b = nullptr, *c = nullptr;
+    cublasHandle_t handle = nullptr;
+    if (cudaMalloc(&a, elem * n * n) != cudaSuccess ||
+        cudaMalloc(&b, elem * n * n) != cudaSuccess ||
+        cudaMalloc(&c, elem * n * n) != cudaSuccess ||
+        cublasCreate(&handle) != CUBLAS_STATUS_SUCCESS) {
+      std::fprintf(stderr, "lathe-bench: no cuBLAS ceiling (allocation or handle failed)\n");
+      return 0.0;
+    }
+    // Nonzero data: a product of zeros runs measurably faster on some GPUs.
+    cudaMemset(a, 0x3c, elem * n * n);
+    cudaMemset(b, 0x3c, elem * n * n);
+    const float alpha = 1.0f, beta = 0.0f;
+    const cudaDataType_t type = full ? CUDA_R_32F : CUDA_R_16BF;
+    cudaEvent_t start, stop;
+    cudaEventCreate(&start);
+    cudaEventCreate(&stop);
+    float best_ms = 1e30f;
+    for (int r = 0; r < 6; ++r) {  // the first is the warm-up
+      cudaEventRecord(start);
+      cublasGemmEx(handle, CUBLAS_OP_N, CUBLAS_OP_N, n, n, n, &alpha, b, type, n, a, type, n, &beta,
+                   c, type, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+      cudaEventRecord(stop);
+      cudaEventSynchronize(stop);
+      float ms = 0;
+      cudaEventElapsedTime(&ms, start, stop);
+      if (r > 0) best_ms = std::min(best_ms, ms);
+    }
+    cudaEventDestroy(start);
+    cudaEventDestroy(stop);
+    cublasDestroy(handle);
+    cudaFree(a);
+    cudaFree(b);
+    cudaFree(c);
+    const double v = 2.0 * double(n) * n * n / (double(best_ms) * 1e-3) / 1e12;
+    std::fprintf(stderr, "lathe-bench: cuBLAS %s GEMM ceiling %.0f TFLOP/s (4096^3)\n",
+                 full ? "f32" : "bf16", v);
+    return v;
+  };
+  static const double bf16_tflops = measure(false);
+  if (!f32) return bf16_tflops;
+  static const double f32_tflops = measure(true);
+  return f32_tflops;
 }
 #endif
 

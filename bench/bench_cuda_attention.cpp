@@ -99,6 +99,8 @@ void run(benchmark::State& state, double flops, Body&& body) {
   }
   state.counters["TFLOP/s"] =
       benchmark::Counter(flops * kLaunches / 1e12, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["of_cublas"] = lathe_bench::fraction_of(
+      flops * kLaunches, lathe_bench::cuda_gemm_ceiling_tflops(false) * 1e12);
 }
 
 // Args: T, head dim, causal.

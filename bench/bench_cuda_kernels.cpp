@@ -225,7 +225,7 @@ void check_cublas(cublasStatus_t st, const char* what) {
 // Args: m, n, k, dtype (0 = f32 in full f32, 1 = bf16 with f32 accumulation; both write their own
 // dtype, as lathe's matmul does). C[m,n] = A[m,k] B[k,n], row-major.
 void gemm_counters(benchmark::State& state, int64_t m, int64_t n, int64_t k) {
-  tflops_counter(state, 2.0 * double(m) * double(n) * double(k));
+  tflops_counter(state, 2.0 * double(m) * double(n) * double(k), state.range(3) == 0);
 }
 
 void BM_CudaGemm_Lathe(benchmark::State& state) {

@@ -114,10 +114,13 @@ void run(benchmark::State& state, double bytes, Body&& body) {
   }
 }
 
-// Reports `flops` per launch as TFLOP/s (call after run()).
-inline void tflops_counter(benchmark::State& state, double flops) {
+// Reports `flops` per launch as TFLOP/s and as a fraction of cuBLAS's GEMM rate (`of_cublas`,
+// bf16 unless `f32`), measured at start-up (call after run()).
+inline void tflops_counter(benchmark::State& state, double flops, bool f32 = false) {
   state.counters["TFLOP/s"] =
       benchmark::Counter(flops * kLaunches / 1e12, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["of_cublas"] = lathe_bench::fraction_of(
+      flops * kLaunches, lathe_bench::cuda_gemm_ceiling_tflops(f32) * 1e12);
 }
 
 }  // namespace lathe_bench::gpu

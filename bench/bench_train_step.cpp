@@ -9,6 +9,7 @@
 #include <memory>
 #include <optional>
 
+#include "bench/bench_util.h"
 #include "lathe/lathe.h"
 
 namespace {
@@ -91,9 +92,11 @@ void BM_Attention(benchmark::State& state) {
         fused ? scaled_dot_product_attention(q, k, v) : scaled_dot_product_attention_slow(q, k, v);
     benchmark::DoNotOptimize(out.data_ptr());
   }
+  const double flops = 4.0 * 32 * 12 * double(seq) * double(seq) * 32;
   state.counters["GFLOP/s"] = benchmark::Counter(
-      4.0 * 32 * 12 * double(seq) * double(seq) * 32 * double(state.iterations()),
-      benchmark::Counter::kIsRate, benchmark::Counter::kIs1000);
+      flops * double(state.iterations()), benchmark::Counter::kIsRate, benchmark::Counter::kIs1000);
+  state.counters["of_sgemm"] =
+      lathe_bench::fraction_of(flops, lathe_bench::cpu_sgemm_ceiling_gflops() * 1e9);
 }
 BENCHMARK(BM_Attention)
     ->ArgNames({"fused", "T"})

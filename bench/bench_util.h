@@ -1,6 +1,7 @@
 // Shared by the benchmark files. Every rate is also reported as a fraction of a ceiling measured
-// in the same process (`of_copy`, `of_sgemm`), so ratios need no second run. The dev machine is
-// shared with compiling jobs, so besides the median every entry reports the best repetition
+// in the same process (`of_copy`, `of_sgemm`, `of_cublas`), so ratios need no second run. The dev
+// machine is shared with compiling jobs, so besides the median every entry reports the best
+// repetition
 // ("min" time, "max" counter rate): the closest estimate of the uncontended number when
 // --benchmark_repetitions is used.
 #pragma once
@@ -18,6 +19,7 @@ double cpu_copy_ceiling_gbps();
 double cpu_sgemm_ceiling_gflops();
 #ifdef LATHE_CUDA_BUILD
 double cuda_copy_ceiling_gbps();
+double cuda_gemm_ceiling_tflops(bool f32);  // cuBLAS at 4096^3: bf16 inputs, or full f32
 #endif
 
 // A counter whose reported value is (`per_iteration` per second) / `ceiling_per_second`: the
