@@ -36,6 +36,29 @@ double best_seconds(int repetitions, Fn&& fn) {
   return best;
 }
 
+#ifdef LATHE_CUDA_BUILD
+// The best of 5 device-timed (CUDA events) runs of fn on the default stream, after a warm-up.
+template <class Fn>
+double best_event_ms(Fn&& fn) {
+  cudaEvent_t start, stop;
+  cudaEventCreate(&start);
+  cudaEventCreate(&stop);
+  float best = 1e30f;
+  for (int r = 0; r < 6; ++r) {  // the first is the warm-up
+    cudaEventRecord(start);
+    fn();
+    cudaEventRecord(stop);
+    cudaEventSynchronize(stop);
+    float ms = 0;
+    cudaEventElapsedTime(&ms, start, stop);
+    if (r > 0) best = std::min(best, ms);
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  return double(best);
+}
+#endif
+
 }  // namespace
 
 double cpu_copy_ceiling_gbps() {
@@ -85,24 +108,11 @@ double cuda_copy_ceiling_gbps() {
       return 0.0;
     }
     cudaMemset(src, 1, bytes);
-    cudaEvent_t start, stop;
-    cudaEventCreate(&start);
-    cudaEventCreate(&stop);
-    float best_ms = 1e30f;
-    for (int r = 0; r < 6; ++r) {  // the first is the warm-up
-      cudaEventRecord(start);
-      cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice);
-      cudaEventRecord(stop);
-      cudaEventSynchronize(stop);
-      float ms = 0;
-      cudaEventElapsedTime(&ms, start, stop);
-      if (r > 0) best_ms = std::min(best_ms, ms);
-    }
-    cudaEventDestroy(start);
-    cudaEventDestroy(stop);
+    const double best_ms =
+        best_event_ms([&] { cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice); });
     cudaFree(src);
     cudaFree(dst);
-    const double v = 2.0 * double(bytes) / (double(best_ms) * 1e-3) / 1e9;
+    const double v = 2.0 * double(bytes) / (best_ms * 1e-3) / 1e9;
     std::fprintf(stderr, "lathe-bench: cuda copy ceiling %.0f GB/s (cudaMemcpy, 1 GiB)\n", v);
     return v;
   }();
@@ -127,27 +137,15 @@ double cuda_gemm_ceiling_tflops(bool f32) {
     cudaMemset(b, 0x3c, elem * n * n);
     const float alpha = 1.0f, beta = 0.0f;
     const cudaDataType_t type = full ? CUDA_R_32F : CUDA_R_16BF;
-    cudaEvent_t start, stop;
-    cudaEventCreate(&start);
-    cudaEventCreate(&stop);
-    float best_ms = 1e30f;
-    for (int r = 0; r < 6; ++r) {  // the first is the warm-up
-      cudaEventRecord(start);
+    const double best_ms = best_event_ms([&] {
       cublasGemmEx(handle, CUBLAS_OP_N, CUBLAS_OP_N, n, n, n, &alpha, b, type, n, a, type, n, &beta,
                    c, type, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
-      cudaEventRecord(stop);
-      cudaEventSynchronize(stop);
-      float ms = 0;
-      cudaEventElapsedTime(&ms, start, stop);
-      if (r > 0) best_ms = std::min(best_ms, ms);
-    }
-    cudaEventDestroy(start);
-    cudaEventDestroy(stop);
+    });
     cublasDestroy(handle);
     cudaFree(a);
     cudaFree(b);
     cudaFree(c);
-    const double v = 2.0 * double(n) * n * n / (double(best_ms) * 1e-3) / 1e12;
+    const double v = 2.0 * double(n) * n * n / (best_ms * 1e-3) / 1e12;
     std::fprintf(stderr, "lathe-bench: cuBLAS %s GEMM ceiling %.0f TFLOP/s (4096^3)\n",
                  full ? "f32" : "bf16", v);
     return v;

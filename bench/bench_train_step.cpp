@@ -105,24 +105,14 @@ BENCHMARK(BM_Attention)
     ->UseRealTime();
 
 // Args: {0 = MiniLM shape | 1 = BERT-base shape, T}.
-BENCHMARK(BM_TrainStep)
-    ->ArgNames({"base", "T"})
-    ->Args({0, 64})
-    ->Args({0, 128})
-    ->Args({1, 64})
-    ->Args({1, 128})
-    ->Unit(benchmark::kMillisecond)
-    ->UseRealTime()
-    ->MinTime(5.0);
-BENCHMARK(BM_Inference)
-    ->ArgNames({"base", "T"})
-    ->Args({0, 64})
-    ->Args({0, 128})
-    ->Args({1, 64})
-    ->Args({1, 128})
-    ->Unit(benchmark::kMillisecond)
-    ->UseRealTime()
-    ->MinTime(3.0);
+void model_shapes(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"base", "T"})
+      ->ArgsProduct({{0, 1}, {64, 128}})
+      ->Unit(benchmark::kMillisecond)
+      ->UseRealTime();
+}
+BENCHMARK(BM_TrainStep)->Apply(model_shapes)->MinTime(5.0);
+BENCHMARK(BM_Inference)->Apply(model_shapes)->MinTime(3.0);
 
 #ifdef LATHE_CUDA_BUILD
 // The same step on the GPU (real CUDA build only): f32, or bf16 autocast with f32 master weights
