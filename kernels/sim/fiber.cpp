@@ -39,20 +39,24 @@ Stack::Stack(size_t usable_bytes) {
 }
 
 Stack::~Stack() {
-  munmap(base_, usable_ + guard_);
-}
-
-Fiber::~Fiber() {
 #if LATHE_SIM_TSAN
   if (tsan_fiber_) __tsan_destroy_fiber(tsan_fiber_);
 #endif
+  munmap(base_, usable_ + guard_);
+}
+
+void* Stack::tsan_fiber() {
+#if LATHE_SIM_TSAN
+  if (!tsan_fiber_) tsan_fiber_ = __tsan_create_fiber(0);
+#endif
+  return tsan_fiber_;
 }
 
 void Fiber::sanitizer_release(void* address) {
 #if LATHE_SIM_TSAN
-  if (!tsan_fiber_) return;
+  if (!stack_) return;
   void* current = __tsan_get_current_fiber();
-  __tsan_switch_to_fiber(tsan_fiber_, __tsan_switch_to_fiber_no_sync);
+  __tsan_switch_to_fiber(stack_->tsan_fiber(), __tsan_switch_to_fiber_no_sync);
   __tsan_release(address);
   __tsan_switch_to_fiber(current, __tsan_switch_to_fiber_no_sync);
 #else
@@ -184,9 +188,8 @@ void Fiber::reset(Stack* stack, std::function<void()> entry) {
 
 void Fiber::resume() {
 #if LATHE_SIM_TSAN
-  if (!tsan_fiber_) tsan_fiber_ = __tsan_create_fiber(0);
   tsan_caller_ = __tsan_get_current_fiber();
-  __tsan_switch_to_fiber(tsan_fiber_, __tsan_switch_to_fiber_no_sync);
+  __tsan_switch_to_fiber(stack_->tsan_fiber(), __tsan_switch_to_fiber_no_sync);
 #endif
 #if LATHE_SIM_ASAN
   void* fake = nullptr;

@@ -30,11 +30,19 @@ class Stack {
   Stack& operator=(const Stack&) = delete;
   char* bottom() const { return base_ + guard_; }  // lowest usable address
   size_t size() const { return usable_; }
+  // The ThreadSanitizer fiber of whichever simulated thread runs on this stack (null without
+  // TSan). It lives as long as the stack: creating one maps and clears a TSan thread state, and
+  // doing that for every thread of every launch kept the TSan run in the kernel clearing pages
+  // (a small f64 gradient check took 10 minutes). Reuse hides nothing, since the host orders
+  // every block after the previous one anyway; stacks of abandoned fibers are dropped
+  // (sim_runtime.cpp), and their TSan fibers with them.
+  void* tsan_fiber();
 
  private:
   char* base_ = nullptr;
   size_t guard_ = 0;
   size_t usable_ = 0;
+  void* tsan_fiber_ = nullptr;
 };
 
 // Stack size per simulated thread: 64 KiB, or 256 KiB under sanitizers (their frames are larger).
@@ -53,7 +61,6 @@ class StackPool {
 class Fiber {
  public:
   Fiber() = default;
-  ~Fiber();
   Fiber(const Fiber&) = delete;
   Fiber& operator=(const Fiber&) = delete;
   // Prepares the fiber to run `entry` on `stack` the first time it is resumed.
@@ -87,7 +94,6 @@ class Fiber {
   void* asan_fake_stack_ = nullptr;
   const void* caller_stack_bottom_ = nullptr;
   size_t caller_stack_size_ = 0;
-  void* tsan_fiber_ = nullptr;
   void* tsan_caller_ = nullptr;
 };
 
