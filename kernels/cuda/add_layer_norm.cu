@@ -5,8 +5,9 @@
 // row up to 1024 columns, a block per row above; 16-byte packs with scalar head and tail
 // (rows.cuh); f32 statistics for f32/f16/bf16, f64 for f64.
 //
-// Each pass re-adds x + residual from the row's two inputs (L1/L2 hits after the first pass)
-// instead of reading s back. When autograd will need it, the first pass also stores s to `sum`:
+// Rows that fit are held in registers after the first pass (rows.cuh); longer or unaligned rows
+// re-add x + residual from the two inputs on each pass (L1/L2 hits after the first) instead of
+// reading s back. When autograd will need it, the first pass also stores s to `sum`:
 // the backward is then layer_norm_backward on s (dx = dresidual), with no kernel of its own.
 // Traffic: x and residual read once, y written once, plus s written once when training.
 #include "kernels/cuda/common.cuh"
@@ -31,7 +32,7 @@ LATHE_DEVICE_INLINE void load_sum(const T* x, const T* res, int64_t j, C (&s)[W]
   for (int k = 0; k < W; ++k) s[k] = convert<C>(convert<T>(s[k] + r[k]));
 }
 
-template <class T, bool kBlock>
+template <class T, bool kBlock, int N>
 __global__ void add_layer_norm_forward_kernel(const T* x, const T* res, const T* w, const T* b,
                                               T* y, T* sum_out, acc_t<T>* mean_out,
                                               acc_t<T>* rstd_out, int64_t n_rows, int64_t cols,
@@ -46,7 +47,7 @@ __global__ void add_layer_norm_forward_kernel(const T* x, const T* res, const T*
     T* sr = sum_out ? sum_out + r * cols : nullptr;
     const void* const ptrs[6] = {xr, rr, yr, sr, w, b};
     const rows::RowCut cut = rows::cut_row<T>(cols, ptrs);
-    rows::layer_norm_row_forward(
+    rows::layer_norm_row_forward<T, kBlock, N>(
         g, cut, r, cols, [&]<int W>(int64_t j, C(&s)[W]) { load_sum<W>(xr, rr, j, s); },
         [&]<int W>(int64_t j, C(&s)[W]) {
           if (sr) rows::store<W>(sr + j, s);
@@ -62,13 +63,15 @@ void add_layer_norm_forward_impl(const AddLayerNormForwardArgs& a) {
   const rows::RowLaunch l = rows::row_launch(a.rows, a.cols);
   dispatch_device_float(a.dtype, "add_layer_norm", [&]<class T>() {
     using C = acc_t<T>;
-    auto kernel =
-        l.block ? add_layer_norm_forward_kernel<T, true> : add_layer_norm_forward_kernel<T, false>;
-    rt::launch(kernel, l.grid, l.threads, 0, stream(), "add_layer_norm_forward",
-               static_cast<const T*>(a.x), static_cast<const T*>(a.residual),
-               static_cast<const T*>(a.weight), static_cast<const T*>(a.bias), static_cast<T*>(a.y),
-               static_cast<T*>(a.sum), static_cast<C*>(a.mean), static_cast<C*>(a.rstd), a.rows,
-               a.cols, C(a.eps));
+    rows::dispatch_row_cache<T>(a.cols, l.block, [&]<int N>() {
+      auto kernel = l.block ? add_layer_norm_forward_kernel<T, true, N>
+                            : add_layer_norm_forward_kernel<T, false, N>;
+      rt::launch(kernel, l.grid, l.threads, 0, stream(), "add_layer_norm_forward",
+                 static_cast<const T*>(a.x), static_cast<const T*>(a.residual),
+                 static_cast<const T*>(a.weight), static_cast<const T*>(a.bias),
+                 static_cast<T*>(a.y), static_cast<T*>(a.sum), static_cast<C*>(a.mean),
+                 static_cast<C*>(a.rstd), a.rows, a.cols, C(a.eps));
+    });
   });
 }
 

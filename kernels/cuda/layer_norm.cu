@@ -3,12 +3,15 @@
 // once on store). The formulas are those of kernels/cpu/layer_norm.cpp.
 //
 // Forward, a warp or a block per row: the mean, then the centered sum of squares (two passes, so
-// values far from zero lose nothing to E[x^2] - E[x]^2 cancellation), then y. The row is read three
-// times but from DRAM once: a warp's row (at most 4 KiB in f32) stays in L1, a block's in L2.
+// values far from zero lose nothing to E[x^2] - E[x]^2 cancellation), then y. A row of up to 8
+// packs per thread (8192 f32 / 16384 bf16 columns in a block) is read once and kept in registers
+// for the later passes (rows.cuh); longer or unaligned rows are read on every pass, from DRAM once
+// (a warp's row, at most 4 KiB in f32, stays in L1, a block's in L2).
 //
 // Backward:
 //  - dx, a warp or a block per row: sum(g) and sum(g * xhat) in one pass (g = dy * weight), then
-//    dx = rstd * (g - mean(g) - xhat * mean(g * xhat)).
+//    dx = rstd * (g - mean(g) - xhat * mean(g * xhat)); g and xhat stay in registers between the
+//    passes for rows that fit.
 //  - dweight = sum over rows of dy * xhat and dbias = sum over rows of dy, deterministically and
 //    without atomics: the rows are cut into chunks (how many depends on the row count only), a
 //    block of 32 x 8 threads sums a chunk for 32 column packs (the 8 thread rows combined in a
@@ -45,7 +48,7 @@ struct AddPair {
   }
 };
 
-template <class T, bool kBlock>
+template <class T, bool kBlock, int N>
 __global__ void layer_norm_forward_kernel(const T* x, const T* w, const T* b, T* y,
                                           acc_t<T>* mean_out, acc_t<T>* rstd_out, int64_t n_rows,
                                           int64_t cols, acc_t<T> eps) {
@@ -57,17 +60,18 @@ __global__ void layer_norm_forward_kernel(const T* x, const T* w, const T* b, T*
     T* yr = y + r * cols;
     const void* const ptrs[4] = {xr, yr, w, b};
     const rows::RowCut cut = rows::cut_row<T>(cols, ptrs);
-    rows::layer_norm_row_forward(
+    rows::layer_norm_row_forward<T, kBlock, N>(
         g, cut, r, cols, [&]<int W>(int64_t j, C(&v)[W]) { rows::load<W>(xr + j, v); },
         [](int64_t, auto&) {}, w, b, yr, mean_out, rstd_out, eps, scratch);
   }
 }
 
-template <class T, bool kBlock>
+template <class T, bool kBlock, int N>
 __global__ void layer_norm_grad_x_kernel(const T* x, const T* w, const acc_t<T>* mean,
                                          const acc_t<T>* rstd, const T* gy, T* gx, int64_t n_rows,
                                          int64_t cols) {
   using C = acc_t<T>;
+  constexpr int V = rows::kPack<T>;
   __shared__ SumPair<C> scratch[32];
   const rows::RowGroup<kBlock> g = rows::row_group<kBlock>();
   for (int64_t r = g.first; r < n_rows; r += g.step) {
@@ -88,23 +92,44 @@ __global__ void layer_norm_grad_x_kernel(const T* x, const T* w, const acc_t<T>*
         xhat[k] = (xhat[k] - m) * s;
       }
     };
-    SumPair<C> part{C(0), C(0)};
-    rows::for_row<T>(cut, g.t, g.nt, [&]<int W>(int64_t j) {
-      C gv[W], xhat[W];
-      terms.template operator()<W>(j, gv, xhat);
+    auto add = []<int W>(SumPair<C>& part, const C(&gv)[W], const C(&xhat)[W]) {
       for (int k = 0; k < W; ++k) {
         part.a += gv[k];
         part.b += gv[k] * xhat[k];
       }
-    });
+    };
+    // Rows that fit keep g and xhat in registers between the two passes (rows.cuh).
+    const bool cached = rows::row_fits_cache<T, N>(cut, g.nt);
+    C g_regs[N > 0 ? N : 1][V], xhat_regs[N > 0 ? N : 1][V];
+    SumPair<C> part{C(0), C(0)};
+    if (cached) {
+      rows::for_row_cached<T, N>(cut, g.t, g.nt, [&]<int S>(int64_t j) {
+        terms(j, g_regs[S], xhat_regs[S]);
+        add(part, g_regs[S], xhat_regs[S]);
+      });
+    } else {
+      rows::for_row<T>(cut, g.t, g.nt, [&]<int W>(int64_t j) {
+        C gv[W], xhat[W];
+        terms(j, gv, xhat);
+        add(part, gv, xhat);
+      });
+    }
     const SumPair<C> sums = rows::group_allreduce<kBlock>(part, AddPair{}, scratch);
     const C mean_g = sums.a / C(cols), mean_gx = sums.b / C(cols);
-    rows::for_row<T>(cut, g.t, g.nt, [&]<int W>(int64_t j) {
-      C gv[W], xhat[W];
-      terms.template operator()<W>(j, gv, xhat);
+    auto write = [&]<int W>(int64_t j, C(&gv)[W], const C(&xhat)[W]) {
       for (int k = 0; k < W; ++k) gv[k] = s * (gv[k] - mean_g - xhat[k] * mean_gx);
       rows::store<W>(gxr + j, gv);
-    });
+    };
+    if (cached) {
+      rows::for_row_cached<T, N>(cut, g.t, g.nt,
+                                 [&]<int S>(int64_t j) { write(j, g_regs[S], xhat_regs[S]); });
+    } else {
+      rows::for_row<T>(cut, g.t, g.nt, [&]<int W>(int64_t j) {
+        C gv[W], xhat[W];
+        terms(j, gv, xhat);
+        write(j, gv, xhat);
+      });
+    }
   }
 }
 
@@ -224,12 +249,14 @@ void layer_norm_forward_impl(const LayerNormForwardArgs& a) {
   const rows::RowLaunch l = rows::row_launch(a.rows, a.cols);
   dispatch_device_float(a.dtype, "layer_norm", [&]<class T>() {
     using C = acc_t<T>;
-    auto kernel =
-        l.block ? layer_norm_forward_kernel<T, true> : layer_norm_forward_kernel<T, false>;
-    rt::launch(kernel, l.grid, l.threads, 0, stream(), "layer_norm_forward",
-               static_cast<const T*>(a.x), static_cast<const T*>(a.weight),
-               static_cast<const T*>(a.bias), static_cast<T*>(a.y), static_cast<C*>(a.mean),
-               static_cast<C*>(a.rstd), a.rows, a.cols, C(a.eps));
+    rows::dispatch_row_cache<T>(a.cols, l.block, [&]<int N>() {
+      auto kernel =
+          l.block ? layer_norm_forward_kernel<T, true, N> : layer_norm_forward_kernel<T, false, N>;
+      rt::launch(kernel, l.grid, l.threads, 0, stream(), "layer_norm_forward",
+                 static_cast<const T*>(a.x), static_cast<const T*>(a.weight),
+                 static_cast<const T*>(a.bias), static_cast<T*>(a.y), static_cast<C*>(a.mean),
+                 static_cast<C*>(a.rstd), a.rows, a.cols, C(a.eps));
+    });
   });
 }
 
@@ -247,12 +274,14 @@ void layer_norm_backward_impl(const LayerNormBackwardArgs& a) {
     }
     if (a.grad_x) {
       const rows::RowLaunch l = rows::row_launch(a.rows, a.cols);
-      auto kernel =
-          l.block ? layer_norm_grad_x_kernel<T, true> : layer_norm_grad_x_kernel<T, false>;
-      rt::launch(kernel, l.grid, l.threads, 0, stream(), "layer_norm_grad_x",
-                 static_cast<const T*>(a.x), static_cast<const T*>(a.weight),
-                 static_cast<const C*>(a.mean), static_cast<const C*>(a.rstd),
-                 static_cast<const T*>(a.grad_y), static_cast<T*>(a.grad_x), a.rows, a.cols);
+      rows::dispatch_row_cache<T>(a.cols, l.block, [&]<int N>() {
+        auto kernel =
+            l.block ? layer_norm_grad_x_kernel<T, true, N> : layer_norm_grad_x_kernel<T, false, N>;
+        rt::launch(kernel, l.grid, l.threads, 0, stream(), "layer_norm_grad_x",
+                   static_cast<const T*>(a.x), static_cast<const T*>(a.weight),
+                   static_cast<const C*>(a.mean), static_cast<const C*>(a.rstd),
+                   static_cast<const T*>(a.grad_y), static_cast<T*>(a.grad_x), a.rows, a.cols);
+      });
     }
     if (a.grad_weight || a.grad_bias) param_grads<T>(a);
   });

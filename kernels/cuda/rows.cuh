@@ -13,13 +13,15 @@
 //   to the same bits: true of IEEE addition and max; ops with products order their operands first
 //   (softmax.cu), since an FMA-contracted a * x + b * y is not symmetric.
 // - Row kernels come in two shapes: a warp per row for rows up to kWarpRowMax elements (no
-//   barriers, a block of 4 warps works on 4 rows) and a block per row for longer rows.
+//   barriers, a block of 4 warps works on 4 rows) and a block per row for longer rows; rows that
+//   fit are held in registers between passes (row_fits_cache).
 #pragma once
 
 #include <cstdint>
 #include <cstring>
 #include <limits>
 #include <type_traits>
+#include <utility>
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/math.cuh"
@@ -119,6 +121,70 @@ LATHE_DEVICE_INLINE void for_row(const RowCut& c, int t, int nt, Fn&& fn) {
   for (int64_t k = t; k < scalars; k += nt) {
     fn.template operator()<1>(k < c.head ? k : tail + (k - c.head));
   }
+}
+
+// ---- rows held in registers ----
+//
+// A row kernel whose row fits in its group's registers reads the row once and runs its later
+// passes on the registers: fewer loads, and all of a thread's loads issued together (the
+// streaming loops above wait on each pack before the next). A thread holds up to N packs, the
+// packs t, t + nt, ... of a row made of whole packs (cut.head == 0, no tail), in the order for_row
+// visits them, so sums over the cached row equal the streamed ones bit for bit. Other rows (not
+// 16-byte aligned, widths not a multiple of the pack, too long) are streamed.
+
+// Packs per thread a kernel instantiates for rows of `cols` elements, a warp (block false) or a
+// block of kRowBlockThreads per row: 2, 4 or 8, or 0 (stream) for f64 and for rows that need more
+// than 8 (8 f32 packs are 32 registers per cached operand).
+template <class T>
+inline int row_cache_packs(int64_t cols, bool block) {
+  if (sizeof(T) == 8) return 0;
+  const int64_t threads = block ? kRowBlockThreads : 32;
+  const int64_t per_thread = (cols / kPack<T> + threads - 1) / threads;
+  if (per_thread <= 2) return 2;
+  if (per_thread <= 4) return 4;
+  if (per_thread <= 8) return 8;
+  return 0;
+}
+
+// fn.template operator()<N>() with N = row_cache_packs<T>(cols, block); f64 kernels are only
+// instantiated streaming.
+template <class T, class Fn>
+decltype(auto) dispatch_row_cache(int64_t cols, bool block, Fn&& fn) {
+  if constexpr (sizeof(T) == 8) {
+    return fn.template operator()<0>();
+  } else {
+    switch (row_cache_packs<T>(cols, block)) {
+      case 2:
+        return fn.template operator()<2>();
+      case 4:
+        return fn.template operator()<4>();
+      case 8:
+        return fn.template operator()<8>();
+      default:
+        return fn.template operator()<0>();
+    }
+  }
+}
+
+// Whether the row cut as `c` is held in registers by a group of nt threads with N packs each.
+template <class T, int N>
+LATHE_DEVICE_INLINE bool row_fits_cache(const RowCut& c, int nt) {
+  return N > 0 && c.head == 0 && c.packs * kPack<T> == c.cols && c.packs <= int64_t(N) * nt;
+}
+
+// Calls fn.template operator()<S>(j) for each cached pack S of thread t (j its first column);
+// S is a compile-time index, so the packs stay in registers.
+template <class T, int N, class Fn>
+LATHE_DEVICE_INLINE void for_row_cached(const RowCut& c, int t, int nt, Fn&& fn) {
+  [&]<int... S>(std::integer_sequence<int, S...>) {
+    (
+        [&] {
+          const int64_t p = t + int64_t(S) * nt;
+          if (p < c.packs) fn.template operator()<S>(p * kPack<T>);
+        }(),
+        ...);
+  }
+  (std::make_integer_sequence<int, N>{});
 }
 
 // ---- warp and block all-reductions ----

@@ -1,12 +1,15 @@
 // Softmax and log-softmax over the last dim on cuda, forward and backward, for f32, f64, f16 and
 // bf16 (f16/bf16 computed in f32, rounded once on store).
 //
-// Forward is two passes over a row instead of three: the first keeps a running (max, sum) pair per
-// thread — when a larger value arrives the sum is rescaled by exp(old max - new max) ("online
-// softmax") — and the pairs are merged across the row's warp or block; the second writes
-// exp(x - max) / sum or (x - max) - log(sum). Each element costs two exponentials, as in the
-// three-pass form, but the row is read twice instead of three times.
-// Backward is one reduction pass (sum(gy * y), or sum(gy) for log-softmax) and one writing pass.
+// Forward, rows that fit in the group's registers (up to 8 packs per thread, rows.cuh): the row is
+// read once; its max, then the sum of exp(x - max) with the exponentials kept in registers, then
+// the scaled values written: one exponential per element. Longer or unaligned rows are streamed
+// in two passes instead of three: the first keeps a running (max, sum) pair per thread — when a
+// larger value arrives the sum is rescaled by exp(old max - new max) ("online softmax") — and the
+// pairs are merged across the row's warp or block; the second writes exp(x - max) / sum or
+// (x - max) - log(sum) (two exponentials per element, the row read twice).
+// Backward is one reduction pass (sum(gy * y), or sum(gy) for log-softmax) and one writing pass,
+// from registers for rows that fit.
 //
 // Special values give the cpu kernel's results (kernels/cpu/softmax.cpp): -inf entries give exact
 // zeros (and -inf for log-softmax); a row that is all -inf, or holds +inf or NaN, gives NaN
@@ -70,11 +73,47 @@ LATHE_DEVICE_INLINE void online_add(MaxSum<C>& a, C x) {
   }
 }
 
-template <class T, bool kBlock>
+// A row held in registers (rows.cuh): its max first, then the sum of exp(x - max) with the
+// exponentials kept in place, then the scaling. One exponential per element instead of two, and
+// one read of the row. The special values come out as in the streamed form: +inf or NaN entries
+// make the sum NaN, -inf entries give exp(-inf) = 0, an all -inf row is NaN.
+template <class T, bool kBlock, int N>
+LATHE_DEVICE_INLINE void softmax_row_cached(const rows::RowGroup<kBlock>& g,
+                                            const rows::RowCut& cut, const T* xr, T* yr, bool log,
+                                            acc_t<T>* scratch) {
+  using C = acc_t<T>;
+  constexpr int V = rows::kPack<T>;
+  C v[N][V];
+  C m = -std::numeric_limits<C>::infinity();
+  rows::for_row_cached<T, N>(cut, g.t, g.nt, [&]<int S>(int64_t j) {
+    rows::load<V>(xr + j, v[S]);
+    for (int k = 0; k < V; ++k) m = v[S][k] > m ? v[S][k] : m;
+  });
+  m = rows::group_allreduce<kBlock>(m, rows::Max{}, scratch);
+  C part = C(0);
+  rows::for_row_cached<T, N>(cut, g.t, g.nt, [&]<int S>(int64_t) {
+    for (int k = 0; k < V; ++k) {
+      const C e = dmath::exp(v[S][k] - m);
+      part += e;
+      if (!log) v[S][k] = e;
+    }
+  });
+  C sum = rows::group_allreduce<kBlock>(part, rows::Sum{}, scratch);
+  if (m == -std::numeric_limits<C>::infinity()) sum = std::numeric_limits<C>::quiet_NaN();
+  const C inv = C(1) / sum;
+  const C log_sum = dmath::log(sum);
+  rows::for_row_cached<T, N>(cut, g.t, g.nt, [&]<int S>(int64_t j) {
+    for (int k = 0; k < V; ++k) v[S][k] = log ? (v[S][k] - m) - log_sum : v[S][k] * inv;
+    rows::store<V>(yr + j, v[S]);
+  });
+}
+
+template <class T, bool kBlock, int N>
 __global__ void softmax_forward_kernel(const T* x, T* y, int64_t n_rows, int64_t cols,
                                        OffsetCalc<3> rows_calc, bool log) {
   using C = acc_t<T>;
   __shared__ MaxSum<C> scratch[32];
+  __shared__ C cached_scratch[N > 0 ? 32 : 1];
   const rows::RowGroup<kBlock> g = rows::row_group<kBlock>();
   for (int64_t r = g.first; r < n_rows; r += g.step) {
     int64_t off[3];
@@ -83,6 +122,12 @@ __global__ void softmax_forward_kernel(const T* x, T* y, int64_t n_rows, int64_t
     T* yr = y + off[1];
     const void* const ptrs[2] = {xr, yr};
     const rows::RowCut cut = rows::cut_row<T>(cols, ptrs);
+    if constexpr (N > 0) {
+      if (rows::row_fits_cache<T, N>(cut, g.nt)) {
+        softmax_row_cached<T, kBlock, N>(g, cut, xr, yr, log, cached_scratch);
+        continue;
+      }
+    }
     MaxSum<C> part{-std::numeric_limits<C>::infinity(), C(0)};
     rows::for_row<T>(cut, g.t, g.nt, [&]<int W>(int64_t j) {
       C v[W];
@@ -104,10 +149,11 @@ __global__ void softmax_forward_kernel(const T* x, T* y, int64_t n_rows, int64_t
   }
 }
 
-template <class T, bool kBlock>
+template <class T, bool kBlock, int N>
 __global__ void softmax_backward_kernel(const T* y, const T* gy, T* gx, int64_t n_rows,
                                         int64_t cols, OffsetCalc<3> rows_calc, bool log) {
   using C = acc_t<T>;
+  constexpr int V = rows::kPack<T>;
   __shared__ C scratch[32];
   const rows::RowGroup<kBlock> g = rows::row_group<kBlock>();
   for (int64_t r = g.first; r < n_rows; r += g.step) {
@@ -119,23 +165,46 @@ __global__ void softmax_backward_kernel(const T* y, const T* gy, T* gx, int64_t 
     const void* const ptrs[3] = {yr, gyr, gxr};
     const rows::RowCut cut = rows::cut_row<T>(cols, ptrs);
     // log: gx = gy - exp(y) * sum(gy); softmax: gx = y * (gy - sum(gy * y)).
-    C part = C(0);
-    rows::for_row<T>(cut, g.t, g.nt, [&]<int W>(int64_t j) {
-      C a[W], b[W];
-      rows::load<W>(gyr + j, a);
-      if (!log) rows::load<W>(yr + j, b);
+    auto add = [&]<int W>(C& part, const C(&a)[W], const C(&b)[W]) {
       for (int k = 0; k < W; ++k) part += log ? a[k] : a[k] * b[k];
-    });
-    const C total = rows::group_allreduce<kBlock>(part, rows::Sum{}, scratch);
-    rows::for_row<T>(cut, g.t, g.nt, [&]<int W>(int64_t j) {
-      C a[W], b[W];
-      rows::load<W>(gyr + j, a);
-      rows::load<W>(yr + j, b);
+    };
+    auto write = [&]<int W>(int64_t j, C(&a)[W], const C(&b)[W], C total) {
       for (int k = 0; k < W; ++k) {
         a[k] = log ? a[k] - dmath::exp(b[k]) * total : b[k] * (a[k] - total);
       }
       rows::store<W>(gxr + j, a);
-    });
+    };
+    // Rows that fit keep gy and y in registers between the two passes (rows.cuh); the sums are
+    // taken in the same order either way.
+    const bool cached = rows::row_fits_cache<T, N>(cut, g.nt);
+    C a_regs[N > 0 ? N : 1][V], b_regs[N > 0 ? N : 1][V];
+    C part = C(0);
+    if (cached) {
+      rows::for_row_cached<T, N>(cut, g.t, g.nt, [&]<int S>(int64_t j) {
+        rows::load<V>(gyr + j, a_regs[S]);
+        rows::load<V>(yr + j, b_regs[S]);
+        add(part, a_regs[S], b_regs[S]);
+      });
+    } else {
+      rows::for_row<T>(cut, g.t, g.nt, [&]<int W>(int64_t j) {
+        C a[W], b[W] = {};
+        rows::load<W>(gyr + j, a);
+        if (!log) rows::load<W>(yr + j, b);
+        add(part, a, b);
+      });
+    }
+    const C total = rows::group_allreduce<kBlock>(part, rows::Sum{}, scratch);
+    if (cached) {
+      rows::for_row_cached<T, N>(cut, g.t, g.nt,
+                                 [&]<int S>(int64_t j) { write(j, a_regs[S], b_regs[S], total); });
+    } else {
+      rows::for_row<T>(cut, g.t, g.nt, [&]<int W>(int64_t j) {
+        C a[W], b[W];
+        rows::load<W>(gyr + j, a);
+        rows::load<W>(yr + j, b);
+        write(j, a, b, total);
+      });
+    }
   }
 }
 
@@ -171,9 +240,12 @@ void softmax_forward_impl(const View& x, const View& y, bool log) {
   if (n_rows == 0) return;
   const rows::RowLaunch l = rows::row_launch(n_rows, cols);
   dispatch_device_float(x.dtype, op, [&]<class T>() {
-    auto kernel = l.block ? softmax_forward_kernel<T, true> : softmax_forward_kernel<T, false>;
-    rt::launch(kernel, l.grid, l.threads, 0, stream(), op, static_cast<const T*>(x.data),
-               static_cast<T*>(y.data), n_rows, cols, calc, log);
+    rows::dispatch_row_cache<T>(cols, l.block, [&]<int N>() {
+      auto kernel =
+          l.block ? softmax_forward_kernel<T, true, N> : softmax_forward_kernel<T, false, N>;
+      rt::launch(kernel, l.grid, l.threads, 0, stream(), op, static_cast<const T*>(x.data),
+                 static_cast<T*>(y.data), n_rows, cols, calc, log);
+    });
   });
 }
 
@@ -185,10 +257,13 @@ void softmax_backward_impl(const View& y, const View& grad_y, const View& grad_x
   if (n_rows == 0) return;
   const rows::RowLaunch l = rows::row_launch(n_rows, cols);
   dispatch_device_float(y.dtype, op, [&]<class T>() {
-    auto kernel = l.block ? softmax_backward_kernel<T, true> : softmax_backward_kernel<T, false>;
-    rt::launch(kernel, l.grid, l.threads, 0, stream(), op, static_cast<const T*>(y.data),
-               static_cast<const T*>(grad_y.data), static_cast<T*>(grad_x.data), n_rows, cols, calc,
-               log);
+    rows::dispatch_row_cache<T>(cols, l.block, [&]<int N>() {
+      auto kernel =
+          l.block ? softmax_backward_kernel<T, true, N> : softmax_backward_kernel<T, false, N>;
+      rt::launch(kernel, l.grid, l.threads, 0, stream(), op, static_cast<const T*>(y.data),
+                 static_cast<const T*>(grad_y.data), static_cast<T*>(grad_x.data), n_rows, cols,
+                 calc, log);
+    });
   });
 }
 
