@@ -64,12 +64,12 @@ struct Problem {
     args.batch = batch * heads;
     args.q_len = args.kv_len = seq;
     args.head_dim = args.value_dim = dim;
-    args.q = q.data_ptr();
-    args.k = k.data_ptr();
-    args.v = v.data_ptr();
+    args.q = lathe::detail::make_view(q);
+    args.k = lathe::detail::make_view(k);
+    args.v = lathe::detail::make_view(v);
     args.causal = causal;
     args.scale = 1.0 / std::sqrt(double(dim));
-    args.out = out.data_ptr();
+    args.out = lathe::detail::make_view(out);
     args.lse = lse.data_ptr();
   }
 
@@ -77,10 +77,10 @@ struct Problem {
   void backward() const {
     lathe::kernels::AttentionBackwardArgs b;
     b.forward = args;
-    b.grad_out = grad_out.data_ptr();
-    b.grad_q = grad_q.data_ptr();
-    b.grad_k = grad_k.data_ptr();
-    b.grad_v = grad_v.data_ptr();
+    b.grad_out = lathe::detail::make_view(grad_out);
+    b.grad_q = lathe::detail::make_view(grad_q);
+    b.grad_k = lathe::detail::make_view(grad_k);
+    b.grad_v = lathe::detail::make_view(grad_v);
     cuda_k().attention_backward(b);
   }
   double forward_flops() const {

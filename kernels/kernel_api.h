@@ -194,42 +194,56 @@ struct CrossEntropyBackwardArgs {
   double label_smoothing = 0.0;
 };
 
-// q: [batch, q_len, head_dim], k: [batch, kv_len, head_dim], v: [batch, kv_len, value_dim],
-// out: [batch, q_len, value_dim], all contiguous; `batch` is every leading dim (batch x heads)
-// flattened. mask: a view of shape [leading dims..., q_len, kv_len] whose leading sizes multiply to
-// `batch` (strides may be 0: a [B, 1, 1, T] key-padding mask broadcast over heads cannot be
-// flattened to one batch stride), or data == null. Bool masks keep true positions; floating masks
-// (of the accumulation type: `dtype`, f32 for f16/bf16) are added to the scaled scores. causal
-// masks key j > query i (PyTorch's top-left tril). Dropout keeps element n = (b * q_len + i) *
-// kv_len + j of the probabilities iff philox::to_uniform(block(offset + n / 4, seed)[n % 4]) >=
-// float(dropout_p) (the dropout kernel's rule), scaled by 1 / (1 - p).
+// q: [lead..., q_len, head_dim], k: [lead..., kv_len, head_dim], v: [lead..., kv_len, value_dim],
+// out: [lead..., q_len, value_dim]: views with the same leading sizes (batch x heads, broadcast
+// already applied), whose product is `batch`; batch index b is row-major over them. The cpu kernels
+// take contiguous views. The cuda kernels take any strides whose rows they can copy in 16-byte
+// pieces (attention_rows_aligned), so a [B, H, T, d] head view of a [B, T, H, d] projection is
+// read, and out written, where it is, without a layout copy on either side. mask: a view of
+// shape [leading dims..., q_len, kv_len] whose leading sizes multiply to `batch` (strides may be
+// 0: a [B, 1, 1, T] key-padding mask broadcast over heads cannot be flattened to one batch
+// stride), or data == null. Bool masks keep true positions; floating masks (of the accumulation
+// type: `dtype`, f32 for f16/bf16) are added to the scaled scores. causal masks key j > query i
+// (PyTorch's top-left tril). Dropout keeps element n = (b * q_len + i) * kv_len + j of the
+// probabilities iff philox::to_uniform(block(offset + n / 4, seed)[n % 4]) >= float(dropout_p)
+// (the dropout kernel's rule), scaled by 1 / (1 - p).
 struct AttentionForwardArgs {
   DType dtype = DType::F32;
   int64_t batch = 0, q_len = 0, kv_len = 0, head_dim = 0, value_dim = 0;
-  const void* q = nullptr;
-  const void* k = nullptr;
-  const void* v = nullptr;
+  View q, k, v;
   View mask;
   bool causal = false;
   double scale = 1.0;
   double dropout_p = 0.0;
   uint64_t seed = 0, offset = 0;  // Philox state of the dropout mask over [batch, q_len, kv_len]
-  void* out = nullptr;
-  void* lse = nullptr;  // [batch, q_len], accumulation type; -inf for fully masked rows
+  View out;
+  void* lse = nullptr;  // [batch, q_len] contiguous, accumulation type; -inf for fully masked rows
 };
 // Which dtypes a backend's attention kernels take: cpu f32/f64; cuda f16/bf16 with head_dim ==
-// value_dim in {32, 64, 128} and 16-byte aligned q, k, v, grad_out (the op widens or composes the
-// rest, see core/ops/attention.cpp). A fully masked row gives zeros and zero gradients.
+// value_dim in {32, 64, 128} (the op widens or composes the rest, see core/ops/attention.cpp). A
+// fully masked row gives zeros and zero gradients.
 
-// Gradients are overwritten, not accumulated. grad_mask (optional, contiguous
-// [batch, q_len, kv_len] of the accumulation type) receives the gradient of the scores, i.e. of an
-// additive mask before it is reduced over its broadcast dims.
+// Whether the cuda attention kernels can read or write `v` where it is (see AttentionForwardArgs):
+// the last dim contiguous, the address and every other stride of a dim longer than 1 multiples of
+// 16 bytes.
+inline bool attention_rows_aligned(const View& v) {
+  const int64_t elem = int64_t(element_size(v.dtype));
+  if (reinterpret_cast<uintptr_t>(v.data) % 16 != 0) return false;
+  for (int i = 0; i < v.ndim; ++i) {
+    if (v.size[i] <= 1) continue;
+    if (i == v.ndim - 1 ? v.stride[i] != 1 : (v.stride[i] * elem) % 16 != 0) return false;
+  }
+  return true;
+}
+
+// Gradients are overwritten, not accumulated; grad_out, grad_q, grad_k and grad_v are views like
+// out, q, k and v (with the same rules on strides), grad_q/k/v of the shapes of q/k/v. grad_mask
+// (optional, contiguous [batch, q_len, kv_len] of the accumulation type) receives the gradient of
+// the scores, i.e. of an additive mask before it is reduced over its broadcast dims.
 struct AttentionBackwardArgs {
   AttentionForwardArgs forward;  // the same inputs; out and lse as written by the forward
-  const void* grad_out = nullptr;
-  void* grad_q = nullptr;
-  void* grad_k = nullptr;
-  void* grad_v = nullptr;
+  View grad_out;
+  View grad_q, grad_k, grad_v;
   void* grad_mask = nullptr;
 };
 

@@ -1,6 +1,7 @@
 #include "kernels/kernel_profile.h"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -39,6 +40,13 @@ struct Profile {
     c.seconds += std::chrono::duration<double>(end - start).count();
   }
 
+  std::map<std::string, uint64_t> calls() {
+    std::lock_guard<std::mutex> lock(mutex);
+    std::map<std::string, uint64_t> out;
+    for (const auto& [key, c] : counters) out[key] = c.calls;
+    return out;
+  }
+
   void report() {
     std::lock_guard<std::mutex> lock(mutex);
     if (!started) return;
@@ -61,10 +69,21 @@ struct Profile {
   }
 };
 
+bool env_enabled() {
+  static const bool enabled = [] {
+    const char* env = std::getenv("LATHE_PROFILE");
+    return env && *env && std::string(env) != "0";
+  }();
+  return enabled;
+}
+
+std::atomic<int> live_counters{0};
+
 Profile& profile() {
   static Profile* p = [] {
     auto* prof = new Profile;
-    std::atexit([] { profile().report(); });
+    // KernelCallCounter's counts are read by the program; only LATHE_PROFILE prints.
+    if (env_enabled()) std::atexit([] { profile().report(); });
     return prof;
   }();
   return *p;
@@ -183,11 +202,23 @@ DeviceApi wrap_api(const DeviceApi& base) {
 }  // namespace
 
 bool profiling_enabled() {
-  static const bool enabled = [] {
-    const char* env = std::getenv("LATHE_PROFILE");
-    return env && *env && std::string(env) != "0";
-  }();
-  return enabled;
+  return env_enabled() || live_counters.load(std::memory_order_relaxed) > 0;
+}
+
+KernelCallCounter::KernelCallCounter() : start_(profile().calls()) {
+  live_counters.fetch_add(1, std::memory_order_relaxed);
+}
+
+KernelCallCounter::~KernelCallCounter() {
+  live_counters.fetch_sub(1, std::memory_order_relaxed);
+}
+
+uint64_t KernelCallCounter::calls(const std::string& key) const {
+  const std::map<std::string, uint64_t> now = profile().calls();
+  const auto it = now.find(key);
+  if (it == now.end()) return 0;
+  const auto before = start_.find(key);
+  return it->second - (before == start_.end() ? 0 : before->second);
 }
 
 const KernelTable& profiled_kernel_table(DeviceType type, const KernelTable& base) {

@@ -53,6 +53,8 @@ Tensor MultiHeadSelfAttention::forward(const Tensor& x, const Tensor& mask) cons
   const Tensor v = split_heads(value->forward(x));
   const double p = is_training() ? attention_dropout_ : 0.0;
   const Tensor context = scaled_dot_product_attention(q, k, v, mask, causal_, p);
+  // The flash kernel (cuda, f16/bf16) writes context in q's memory order, [B, T, heads, head_dim],
+  // so this reshape is a view there, and so are the reshapes of the gradients on the way back.
   return context.transpose(1, 2).reshape({batch, seq, hidden_size_});
 }
 

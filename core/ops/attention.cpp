@@ -16,9 +16,16 @@
 //   tensor cores: f32 scores and statistics, the probabilities rounded to f16/bf16 for P V (and
 //   for the backward's products), as FlashAttention does. Under autocast q, k and v are cast down
 //   first, the mask is left as it is.
+// - layouts: on cuda the flash kernel reads q, k, v and dO where they are (any strides with
+//   contiguous, 16-byte aligned rows; others are copied) and writes the output and dq, dk, dv in
+//   the memory order of q, k and v, so a [B, H, T, d] head view of a [B, T, H, d] buffer gets its
+//   output and gradients as such views and splitting or merging heads costs no copy either way.
+//   The cpu kernel and the composite work on contiguous copies.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <numeric>
 
 #include "core/tensor_internal.h"
 #include "lathe/core/random.h"
@@ -103,11 +110,47 @@ AttentionShapes check_args(const Tensor& q, const Tensor& k, const Tensor& v, co
   return s;
 }
 
-// q/k/v broadcast to the common leading dims and made contiguous (differentiably).
+// Whether the fused kernel of t's device reads and writes strided rows where they are. The cpu
+// kernel takes contiguous operands. The cuda kernels take any batch, head and row strides with
+// contiguous, 16-byte aligned rows (kernels::attention_rows_aligned): BERT's heads are [B, H, T, d]
+// views of [B, T, H, d] projections, and copying q, k, v, the output, dO and three gradients
+// around every attention was a good part of the copy kernels of a GPU training step.
+bool strided_rows(const Tensor& t) {
+  return t.device().is_cuda();
+}
+
+// An operand as the fused kernel takes it (differentiably): where it is when the kernel reads that
+// layout, else a contiguous copy (clone also moves a contiguous view off a 16-byte boundary).
+Tensor kernel_operand(const Tensor& x) {
+  if (!strided_rows(x)) return x.contiguous();
+  return kernels::attention_rows_aligned(detail::make_view(x)) ? x : x.clone();
+}
+
+// q/k/v broadcast to the common leading dims (a view: stride 0 is a layout the cuda kernels read).
 Tensor prepare(const Tensor& t, const AttentionShapes& s) {
   Shape full = s.with_last2(t.size(-2), t.size(-1));
-  Tensor x = t.shape() == full ? t : t.expand(full);
-  return x.contiguous();
+  return kernel_operand(t.shape() == full ? t : t.expand(full));
+}
+
+// An uninitialized tensor of `shape` whose memory is ordered like `like`'s (dims by decreasing
+// stride, the last dim innermost): the output of attention on a [B, H, T, d] view of a
+// [B, T, H, d] buffer is itself such a view, so context.transpose(1, 2).reshape(B, T, H * d) needs
+// no copy, and the gradients of q, k and v flow back through view and transpose the same way.
+Tensor empty_like_rows(const Tensor& like, const Shape& shape, const TensorOptions& options) {
+  if (!strided_rows(like)) return Tensor::empty(shape, options);
+  const int64_t n = like.dim();
+  const Strides& strides = like.strides();
+  std::vector<int64_t> order(size_t(n - 1));
+  std::iota(order.begin(), order.end(), int64_t(0));
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t a, int64_t b) { return strides[size_t(a)] > strides[size_t(b)]; });
+  order.push_back(n - 1);
+  Shape physical(order.size()), inverse(order.size());
+  for (int64_t i = 0; i < n; ++i) {
+    physical[size_t(i)] = shape[size_t(order[size_t(i)])];
+    inverse[size_t(order[size_t(i)])] = i;
+  }
+  return Tensor::empty(physical, options).permute(inverse);
 }
 
 kernels::AttentionForwardArgs make_args(const Tensor& q, const Tensor& k, const Tensor& v,
@@ -120,9 +163,9 @@ kernels::AttentionForwardArgs make_args(const Tensor& q, const Tensor& k, const 
   a.kv_len = s.tk;
   a.head_dim = s.d;
   a.value_dim = s.dv;
-  a.q = q.data_ptr();
-  a.k = k.data_ptr();
-  a.v = v.data_ptr();
+  a.q = detail::make_view(q);
+  a.k = detail::make_view(k);
+  a.v = detail::make_view(v);
   if (mask.defined()) a.mask = detail::make_broadcast_view(mask, s.scores());
   a.causal = causal;
   a.scale = s.scale;
@@ -155,11 +198,6 @@ bool fused_kernel_takes(const Tensor& q, const AttentionShapes& s) {
   return !is_low_precision(q.dtype());
 }
 
-// The kernels read q, k and v in 16-byte pieces on cuda.
-Tensor aligned(const Tensor& t) {
-  return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0 ? t : t.clone();
-}
-
 // Autocast casts q, k and v but not the mask: a floating mask (-inf or large negative biases) is
 // read in f32 by the computation anyway, so rounding it to bf16 would only lose precision.
 std::optional<std::vector<Tensor>> autocast_qkv(const char* op, const Tensor& q, const Tensor& k,
@@ -190,8 +228,7 @@ Tensor scaled_dot_product_attention(const Tensor& q_in, const Tensor& k_in, cons
     // same Philox state, so dropout masks agree too.
     return scaled_dot_product_attention_slow(q_in, k_in, v_in, mask_in, causal, dropout_p, scale);
   }
-  Tensor q = aligned(prepare(q_in, s)), k = aligned(prepare(k_in, s)),
-         v = aligned(prepare(v_in, s));
+  Tensor q = prepare(q_in, s), k = prepare(k_in, s), v = prepare(v_in, s);
   // Statistics (lse) are kept in the accumulation type: f32 for f16/bf16. The kernel reads a
   // floating mask in that type too; bool masks are read as they are.
   const DType acc = is_low_precision(q.dtype()) ? DType::F32 : q.dtype();
@@ -200,13 +237,13 @@ Tensor scaled_dot_product_attention(const Tensor& q_in, const Tensor& k_in, cons
     mask = mask.to(acc);
   }
   const TensorOptions options = TensorOptions(q.dtype()).device(q.device());
-  Tensor out = Tensor::empty(s.with_last2(s.tq, s.dv), options);
+  Tensor out = empty_like_rows(q, s.with_last2(s.tq, s.dv), options);
   Tensor lse = Tensor::empty({s.batch, s.tq}, TensorOptions(acc).device(q.device()));
 
   const int64_t draws = s.batch * s.tq * s.tk;
   const PhiloxState philox = dropout_p > 0 && draws > 0 ? philox_reserve(draws) : PhiloxState{};
   kernels::AttentionForwardArgs args = make_args(q, k, v, mask, causal, dropout_p, philox, s);
-  args.out = out.data_ptr();
+  args.out = detail::make_view(out);
   args.lse = lse.data_ptr();
   if (s.batch > 0 && s.tq > 0) LATHE_KERNEL(q.device(), attention_forward, kFused)(args);
 
@@ -223,23 +260,23 @@ Tensor scaled_dot_product_attention(const Tensor& q_in, const Tensor& k_in, cons
           const Tensor& v0 = sv.get();
           const Tensor& out0 = sout.get();
           const Tensor mask0 = smask.defined() ? smask.get() : Tensor();
-          Tensor grad_out = aligned(g[0].contiguous());
+          Tensor grad_out = kernel_operand(g[0]);
           const TensorOptions opts = TensorOptions(q0.dtype()).device(q0.device());
-          Tensor grad_q = Tensor::empty(q0.shape(), opts);
-          Tensor grad_k = Tensor::empty(k0.shape(), opts);
-          Tensor grad_v = Tensor::empty(v0.shape(), opts);
+          Tensor grad_q = empty_like_rows(q0, q0.shape(), opts);
+          Tensor grad_k = empty_like_rows(k0, k0.shape(), opts);
+          Tensor grad_v = empty_like_rows(v0, v0.shape(), opts);
           Tensor grad_scores =
               mask_grad
                   ? Tensor::empty(s.scores(), TensorOptions(mask0.dtype()).device(q0.device()))
                   : Tensor();
           kernels::AttentionBackwardArgs b;
           b.forward = make_args(q0, k0, v0, mask0, causal, dropout_p, philox, s);
-          b.forward.out = out0.data_ptr();
+          b.forward.out = detail::make_view(out0);
           b.forward.lse = lse.data_ptr();
-          b.grad_out = grad_out.data_ptr();
-          b.grad_q = grad_q.data_ptr();
-          b.grad_k = grad_k.data_ptr();
-          b.grad_v = grad_v.data_ptr();
+          b.grad_out = detail::make_view(grad_out);
+          b.grad_q = detail::make_view(grad_q);
+          b.grad_k = detail::make_view(grad_k);
+          b.grad_v = detail::make_view(grad_v);
           if (mask_grad) b.grad_mask = grad_scores.data_ptr();
           if (s.batch > 0) LATHE_KERNEL(q0.device(), attention_backward, kFused)(b);
           Tensor grad_mask = mask_grad ? sum_to(grad_scores, mask0.shape()) : Tensor();

@@ -55,6 +55,14 @@ inline T exp_elem(T x) {
   return exp_fast<T>(x);
 }
 
+// The data of an operand view; the cpu kernels read and write rows of contiguous memory (the op
+// makes its operands contiguous here).
+template <class T>
+T* contiguous_data(const View& v, const char* what) {
+  LATHE_CHECK(v.is_contiguous(), "attention on the cpu: ", what, " must be a contiguous view");
+  return static_cast<T*>(v.data);
+}
+
 template <class T>
 constexpr T neg_inf() {
   return -std::numeric_limits<T>::infinity();
@@ -86,9 +94,9 @@ struct Problem {
     tk = a.kv_len;
     d = a.head_dim;
     dv = a.value_dim;
-    q = static_cast<const T*>(a.q);
-    k = static_cast<const T*>(a.k);
-    v = static_cast<const T*>(a.v);
+    q = contiguous_data<const T>(a.q, "q");
+    k = contiguous_data<const T>(a.k, "k");
+    v = contiguous_data<const T>(a.v, "v");
     scale = T(a.scale);
     causal = a.causal;
     if (a.mask.data != nullptr) {
@@ -296,7 +304,7 @@ void forward_block(const Problem<T>& P, int64_t b, int64_t i0, int64_t i1, T* ou
 template <class T>
 void forward_typed(const AttentionForwardArgs& args) {
   const Problem<T> P(args);
-  T* out = static_cast<T*>(args.out);
+  T* out = contiguous_data<T>(args.out, "out");
   T* lse = static_cast<T*>(args.lse);
   const int64_t blocks = (P.tq + kQueryBlock - 1) / kQueryBlock;
   const int64_t items = P.batch * blocks;
@@ -425,8 +433,8 @@ void backward_typed(const AttentionBackwardArgs& args) {
   // O = (Z o P) V already contains the dropout factors).
   std::vector<T> row_dot(size_t(batch * tq));
   {
-    const T* dout = static_cast<const T*>(args.grad_out);
-    const T* out = static_cast<const T*>(args.forward.out);
+    const T* dout = contiguous_data<const T>(args.grad_out, "grad_out");
+    const T* out = contiguous_data<const T>(args.forward.out, "out");
     const int64_t rows = batch * tq;
 #pragma omp parallel for schedule(static) if (parallel && rows * dv >= kParallelWork)
     for (int64_t r = 0; r < rows; ++r) {
@@ -446,15 +454,19 @@ void backward_typed(const AttentionBackwardArgs& args) {
   const int64_t tiles_per_split = std::max<int64_t>(1, (tiles + splits - 1) / splits);
   splits = std::max<int64_t>(1, (tiles + tiles_per_split - 1) / tiles_per_split);
 
-  T* grad_q = static_cast<T*>(args.grad_q);
+  T* grad_q = contiguous_data<T>(args.grad_q, "grad_q");
   std::vector<T> partial;
   if (splits > 1) {
     partial.assign(size_t(splits * batch * tq * d), T(0));
   } else {
     std::fill(grad_q, grad_q + batch * tq * d, T(0));
   }
-  const BackwardOut o{args.grad_out, args.forward.lse, row_dot.data(),
-                      args.grad_k,   args.grad_v,      args.grad_mask};
+  const BackwardOut o{contiguous_data<const T>(args.grad_out, "grad_out"),
+                      args.forward.lse,
+                      row_dot.data(),
+                      contiguous_data<T>(args.grad_k, "grad_k"),
+                      contiguous_data<T>(args.grad_v, "grad_v"),
+                      args.grad_mask};
   const int64_t items = batch * splits;
 #pragma omp parallel if (parallel && items > 1)
   {

@@ -24,9 +24,14 @@
 // and zero gradients; causal masks key j > query i; dropout keeps element
 // n = (b * q_len + i) * kv_len + j iff philox::to_uniform(block(offset + n / 4, seed)[n % 4]) >= p
 // (the dropout kernel's rule), scaled by 1 / (1 - p); masks are bool (true = attend) or f32
-// (added to the scaled scores), any strides. Head dims 32, 64 and 128 (value dim = head dim);
-// q, k, v contiguous and 16-byte aligned. docs/kernels.md ("flash attention") has the details.
+// (added to the scaled scores), any strides. Head dims 32, 64 and 128 (value dim = head dim).
+// q, k, v, out and the gradients may have any batch, head and row strides as long as each row is
+// contiguous and starts on a 16-byte boundary (attention_rows_aligned): the op hands over the
+// [B, H, T, d] head views of BERT's [B, T, H, d] projections as they are, and receives out and
+// dq/dk/dv in that layout, so neither side copies. docs/kernels.md ("flash attention") has the
+// details.
 #include <cmath>
+#include <initializer_list>
 #include <limits>
 
 #include "kernels/cuda/common.cuh"
@@ -75,6 +80,15 @@ struct MaskDesc {
   }
 };
 
+constexpr int kMaxLead = kMaxDims - 2;
+
+// Where the rows of one operand are: row i of batch b starts at data + offset(b) + i * row
+// (elements), offset(b) unravelling b over Params::lead_size with the strides `lead`.
+struct Rows {
+  int64_t lead[kMaxLead] = {};
+  int64_t row = 0;
+};
+
 struct Params {
   const void* q = nullptr;
   const void* k = nullptr;
@@ -87,6 +101,11 @@ struct Params {
   void* grad_k = nullptr;
   void* grad_v = nullptr;
   float* grad_mask = nullptr;
+  // The leading dims every operand shares (batch x heads), size-1 dims dropped and neighbours
+  // merged where every operand allows it, and each operand's strides over them.
+  int lead = 0;
+  int64_t lead_size[kMaxLead] = {};
+  Rows q_rows, k_rows, v_rows, out_rows, do_rows, dq_rows, dk_rows, dv_rows;
   // Per query row, written by the backward's first kernel, rows padded to tq_pad (a multiple of 64)
   // so that the dK/dV kernel can copy a tile's values with cp.async: D_i = dO_i . O_i (0 on
   // padding) and lse in log2 units (+inf for fully masked and padding rows).
@@ -103,6 +122,18 @@ struct Params {
 };
 
 // ---- small device helpers ----
+
+// Elements from an operand's data to batch b's first row (once per block; lead is 1 or 2 for the
+// layouts attention sees, so this is one or two divisions).
+LATHE_DEVICE_INLINE int64_t batch_offset(const Params& p, const Rows& r, int64_t b) {
+  int64_t off = 0;
+  for (int i = p.lead - 1; i >= 0; --i) {
+    const int64_t q = b / p.lead_size[i];
+    off += (b - q * p.lead_size[i]) * r.lead[i];
+    b = q;
+  }
+  return off;
+}
 
 template <class T>
 LATHE_DEVICE_INLINE uint16_t bits_of(float f) {
@@ -199,15 +230,17 @@ LATHE_DEVICE_INLINE float masked_score(const Params& p, int64_t mask_base, float
   return x;
 }
 
-// Rows [0, valid) of a [ROWS, D] tile at gmem (row stride D) into shared rows of D + kPad halves;
-// rows past `valid` are zero-filled (cp.async with src-size 0 at a valid address).
+// Rows [0, valid) of a [ROWS, D] tile at gmem (row stride ld elements, rows 16-byte aligned) into
+// shared rows of D + kPad halves; rows past `valid` are zero-filled (cp.async with src-size 0 at a
+// valid address).
 template <int D, int ROWS, class T>
-LATHE_DEVICE_INLINE void load_tile(T* smem, const T* gmem, int64_t valid, const T* any_valid) {
+LATHE_DEVICE_INLINE void load_tile(T* smem, const T* gmem, int64_t ld, int64_t valid,
+                                   const T* any_valid) {
   constexpr int kChunks = D / 8;
   for (int c = int(threadIdx.x); c < ROWS * kChunks; c += kThreads) {
     const int r = c / kChunks, col = (c % kChunks) * 8;
     const bool ok = r < valid;
-    rt::cp_async_16(smem + r * (D + kPad) + col, ok ? gmem + int64_t(r) * D + col : any_valid,
+    rt::cp_async_16(smem + r * (D + kPad) + col, ok ? gmem + int64_t(r) * ld + col : any_valid,
                     ok ? 16 : 0);
   }
 }
@@ -274,15 +307,17 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(Params p, int64_t q_t
   const T* q_all = static_cast<const T*>(p.q);
   const T* k_all = static_cast<const T*>(p.k);
   const T* v_all = static_cast<const T*>(p.v);
-  const T* k = k_all + b * p.tk * D;
-  const T* v = v_all + b * p.tk * D;
+  const T* q = q_all + batch_offset(p, p.q_rows, b);
+  const T* k = k_all + batch_offset(p, p.k_rows, b);
+  const T* v = v_all + batch_offset(p, p.v_rows, b);
+  const int64_t ldk = p.k_rows.row, ldv = p.v_rows.row;
 
-  load_tile<D, BM>(sQ, q_all + (b * p.tq + i0) * D, p.tq - i0, q_all);
+  load_tile<D, BM>(sQ, q + i0 * p.q_rows.row, p.q_rows.row, p.tq - i0, q_all);
   const int64_t j_end = p.causal ? (p.tk < i0 + BM ? p.tk : i0 + BM) : p.tk;
   const int n_tiles = int((j_end + kBlockN - 1) / kBlockN);
   if (n_tiles > 0) {
-    load_tile<D, kBlockN>(sK, k, p.tk, k_all);
-    load_tile<D, kBlockN>(sV, v, p.tk, v_all);
+    load_tile<D, kBlockN>(sK, k, ldk, p.tk, k_all);
+    load_tile<D, kBlockN>(sV, v, ldv, p.tk, v_all);
   }
   rt::cp_async_commit();
 
@@ -312,8 +347,8 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(Params p, int64_t q_t
     const int buf = it & 1;
     if (it + 1 < n_tiles) {
       const int64_t j1 = int64_t(it + 1) * kBlockN;
-      load_tile<D, kBlockN>(sK + (buf ^ 1) * kBlockN * LD, k + j1 * D, p.tk - j1, k_all);
-      load_tile<D, kBlockN>(sV + (buf ^ 1) * kBlockN * LD, v + j1 * D, p.tk - j1, v_all);
+      load_tile<D, kBlockN>(sK + (buf ^ 1) * kBlockN * LD, k + j1 * ldk, ldk, p.tk - j1, k_all);
+      load_tile<D, kBlockN>(sV + (buf ^ 1) * kBlockN * LD, v + j1 * ldv, ldv, p.tk - j1, v_all);
       rt::cp_async_commit();
       rt::cp_async_wait<1>();
     } else {
@@ -441,7 +476,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(Params p, int64_t q_t
   }
   if (n_tiles == 0) rt::cp_async_wait<0>();
 
-  T* out = static_cast<T*>(p.out);
+  T* out = static_cast<T*>(p.out) + batch_offset(p, p.out_rows, b);
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
@@ -451,7 +486,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(Params p, int64_t q_t
       if (i >= p.tq) continue;
       const bool empty = l == 0.0f;  // every key masked: zeros, lse = -inf
       const float inv = empty ? 0.0f : 1.0f / l;
-      T* orow = out + (b * p.tq + i) * D;
+      T* orow = out + i * p.out_rows.row;
 #pragma unroll
       for (int n = 0; n < D / 8; ++n) {
         *reinterpret_cast<uint32_t*>(orow + 8 * n + 2 * t) =
@@ -488,10 +523,11 @@ __global__ void __launch_bounds__(kThreads) row_dot_kernel(Params p) {
       }
       continue;
     }
-    const int64_t src = (b * p.tq + i) * D;
+    const T* o_row = out + batch_offset(p, p.out_rows, b) + i * p.out_rows.row;
+    const T* do_row = dout + batch_offset(p, p.do_rows, b) + i * p.do_rows.row;
     float acc = 0.0f;
     for (int c = lane; c < D; c += 32) {
-      acc += convert<float>(out[src + c]) * convert<float>(dout[src + c]);
+      acc += convert<float>(o_row[c]) * convert<float>(do_row[c]);
     }
 #pragma unroll
     for (int m = 16; m >= 1; m /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, m);
@@ -523,18 +559,21 @@ __global__ void __launch_bounds__(kThreads) dkdv_kernel(Params p, int64_t k_tile
   const T* k_all = static_cast<const T*>(p.k);
   const T* v_all = static_cast<const T*>(p.v);
   const T* do_all = static_cast<const T*>(p.grad_out);
-  const T* q = q_all + b * p.tq * D;
-  const T* dout = do_all + b * p.tq * D;
+  const T* q = q_all + batch_offset(p, p.q_rows, b);
+  const T* dout = do_all + batch_offset(p, p.do_rows, b);
+  const int64_t ldq = p.q_rows.row, ldo = p.do_rows.row;
 
-  load_tile<D, kBlockN>(sK, k_all + (b * p.tk + j0) * D, p.tk - j0, k_all);
-  load_tile<D, kBlockN>(sV, v_all + (b * p.tk + j0) * D, p.tk - j0, v_all);
+  load_tile<D, kBlockN>(sK, k_all + batch_offset(p, p.k_rows, b) + j0 * p.k_rows.row, p.k_rows.row,
+                        p.tk - j0, k_all);
+  load_tile<D, kBlockN>(sV, v_all + batch_offset(p, p.v_rows, b) + j0 * p.v_rows.row, p.v_rows.row,
+                        p.tk - j0, v_all);
   // Causal: queries above the key tile see none of its keys.
   const int first = p.causal ? int(j0 / BQ) : 0;
   const int n_tiles = int((p.tq + BQ - 1) / BQ);
   auto load_q_tile = [&](int tile, int buf) {
     const int64_t i0 = int64_t(tile) * BQ;
-    load_tile<D, BQ>(sQ + buf * BQ * LD, q + i0 * D, p.tq - i0, q_all);
-    load_tile<D, BQ>(sdO + buf * BQ * LD, dout + i0 * D, p.tq - i0, do_all);
+    load_tile<D, BQ>(sQ + buf * BQ * LD, q + i0 * ldq, ldq, p.tq - i0, q_all);
+    load_tile<D, BQ>(sdO + buf * BQ * LD, dout + i0 * ldo, ldo, p.tq - i0, do_all);
     // BQ / 4 16-byte pieces of each (rows padded to tq_pad, so the whole tile exists).
     const int c = int(threadIdx.x);
     if (c < BQ / 4) {
@@ -647,14 +686,14 @@ __global__ void __launch_bounds__(kThreads) dkdv_kernel(Params p, int64_t k_tile
   }
   if (first >= n_tiles) rt::cp_async_wait<0>();
 
-  T* grad_k = static_cast<T*>(p.grad_k);
-  T* grad_v = static_cast<T*>(p.grad_v);
+  T* grad_k = static_cast<T*>(p.grad_k) + batch_offset(p, p.dk_rows, b);
+  T* grad_v = static_cast<T*>(p.grad_v) + batch_offset(p, p.dv_rows, b);
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const int64_t j = key[r];
     if (j >= p.tk) continue;
-    T* gk = grad_k + (b * p.tk + j) * D;
-    T* gv = grad_v + (b * p.tk + j) * D;
+    T* gk = grad_k + j * p.dk_rows.row;
+    T* gv = grad_v + j * p.dv_rows.row;
 #pragma unroll
     for (int n = 0; n < D / 8; ++n) {
       *reinterpret_cast<uint32_t*>(gk + 8 * n + 2 * t) =
@@ -682,16 +721,19 @@ __global__ void __launch_bounds__(kThreads) dq_kernel(Params p, int64_t q_tiles)
   const T* k_all = static_cast<const T*>(p.k);
   const T* v_all = static_cast<const T*>(p.v);
   const T* do_all = static_cast<const T*>(p.grad_out);
-  const T* k = k_all + b * p.tk * D;
-  const T* v = v_all + b * p.tk * D;
+  const T* k = k_all + batch_offset(p, p.k_rows, b);
+  const T* v = v_all + batch_offset(p, p.v_rows, b);
+  const int64_t ldk = p.k_rows.row, ldv = p.v_rows.row;
 
-  load_tile<D, kBlockM>(sQ, q_all + (b * p.tq + i0) * D, p.tq - i0, q_all);
-  load_tile<D, kBlockM>(sdO, do_all + (b * p.tq + i0) * D, p.tq - i0, do_all);
+  load_tile<D, kBlockM>(sQ, q_all + batch_offset(p, p.q_rows, b) + i0 * p.q_rows.row, p.q_rows.row,
+                        p.tq - i0, q_all);
+  load_tile<D, kBlockM>(sdO, do_all + batch_offset(p, p.do_rows, b) + i0 * p.do_rows.row,
+                        p.do_rows.row, p.tq - i0, do_all);
   const int64_t j_end = p.causal ? (p.tk < i0 + kBlockM ? p.tk : i0 + kBlockM) : p.tk;
   const int n_tiles = int((j_end + kBlockN - 1) / kBlockN);
   if (n_tiles > 0) {
-    load_tile<D, kBlockN>(sK, k, p.tk, k_all);
-    load_tile<D, kBlockN>(sV, v, p.tk, v_all);
+    load_tile<D, kBlockN>(sK, k, ldk, p.tk, k_all);
+    load_tile<D, kBlockN>(sV, v, ldv, p.tk, v_all);
   }
   rt::cp_async_commit();
 
@@ -711,8 +753,8 @@ __global__ void __launch_bounds__(kThreads) dq_kernel(Params p, int64_t q_tiles)
     const int buf = it & 1;
     if (it + 1 < n_tiles) {
       const int64_t j1 = int64_t(it + 1) * kBlockN;
-      load_tile<D, kBlockN>(sK + (buf ^ 1) * kBlockN * LD, k + j1 * D, p.tk - j1, k_all);
-      load_tile<D, kBlockN>(sV + (buf ^ 1) * kBlockN * LD, v + j1 * D, p.tk - j1, v_all);
+      load_tile<D, kBlockN>(sK + (buf ^ 1) * kBlockN * LD, k + j1 * ldk, ldk, p.tk - j1, k_all);
+      load_tile<D, kBlockN>(sV + (buf ^ 1) * kBlockN * LD, v + j1 * ldv, ldv, p.tk - j1, v_all);
       rt::cp_async_commit();
       rt::cp_async_wait<1>();
     } else {
@@ -780,12 +822,12 @@ __global__ void __launch_bounds__(kThreads) dq_kernel(Params p, int64_t q_tiles)
   }
   if (n_tiles == 0) rt::cp_async_wait<0>();
 
-  T* grad_q = static_cast<T*>(p.grad_q);
+  T* grad_q = static_cast<T*>(p.grad_q) + batch_offset(p, p.dq_rows, b);
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const int64_t i = row[r];
     if (i >= p.tq) continue;
-    T* gq = grad_q + (b * p.tq + i) * D;
+    T* gq = grad_q + i * p.dq_rows.row;
 #pragma unroll
     for (int n = 0; n < D / 8; ++n) {
       *reinterpret_cast<uint32_t*>(gq + 8 * n + 2 * t) =
@@ -825,8 +867,59 @@ constexpr size_t dkdv_smem() {
          4 * kv_query_tile<D>() * sizeof(float);
 }
 
-bool aligned16(const void* ptr) {
-  return reinterpret_cast<uintptr_t>(ptr) % 16 == 0;
+// One operand as the launcher sees it: its view, the rows it must have, and whether the kernels
+// write it.
+struct Operand {
+  const char* name;
+  const View* view;
+  Rows* rows;
+  int64_t n_rows;
+  bool written = false;
+};
+
+// Checks the operands' views and fills p.lead, p.lead_size and each operand's Rows. Leading dims
+// of size 1 are dropped and neighbours merged wherever every operand's strides allow it, so that
+// contiguous operands have one batch dim and the [B, H, T, d] head views of [B, T, H, d] buffers
+// two; a block then finds its rows in one or two divisions.
+void set_rows(Params& p, const AttentionForwardArgs& a, std::initializer_list<Operand> ops) {
+  const View& first = *ops.begin()->view;
+  const int lead = first.ndim - 2;
+  for (const Operand& op : ops) {
+    const View& v = *op.view;
+    LATHE_CHECK(v.dtype == a.dtype && v.ndim == first.ndim && v.ndim >= 2 &&
+                    v.size[v.ndim - 2] == op.n_rows && v.size[v.ndim - 1] == a.head_dim,
+                "attention on cuda: ", op.name, " must be a [lead..., ", op.n_rows, ", ",
+                a.head_dim, "] view of the attention's dtype");
+    for (int i = 0; i < lead; ++i) {
+      LATHE_CHECK(v.size[i] == first.size[i], "attention on cuda: the leading dims of ", op.name,
+                  " differ from those of ", ops.begin()->name);
+    }
+    LATHE_CHECK(attention_rows_aligned(v), "attention on cuda: the rows of ", op.name,
+                " must be contiguous and start on 16-byte boundaries (the op copies others)");
+    for (int i = 0; op.written && i < v.ndim - 1; ++i) {
+      // Two blocks writing one element would race.
+      LATHE_CHECK(v.size[i] <= 1 || v.stride[i] != 0, "attention on cuda: ", op.name,
+                  " is written and must not be broadcast (stride 0)");
+    }
+  }
+  // Merged dims, outermost first: a size and each operand's stride.
+  int n = 0;
+  int64_t numel = 1;
+  for (int i = 0; i < lead; ++i) {
+    const int64_t size = first.size[i];
+    numel *= size;
+    if (size == 1) continue;
+    bool merge = n > 0;
+    for (const Operand& op : ops) {
+      merge = merge && op.rows->lead[n - 1] == op.view->stride[i] * size;
+    }
+    if (!merge) ++n;
+    p.lead_size[n - 1] = merge ? p.lead_size[n - 1] * size : size;
+    for (const Operand& op : ops) op.rows->lead[n - 1] = op.view->stride[i];
+  }
+  LATHE_CHECK(numel == a.batch, "attention on cuda: leading dims do not multiply to batch");
+  p.lead = n;
+  for (const Operand& op : ops) op.rows->row = op.view->stride[first.ndim - 2];
 }
 
 Params make_params(const AttentionForwardArgs& a) {
@@ -838,13 +931,11 @@ Params make_params(const AttentionForwardArgs& a) {
       a.head_dim == a.value_dim && (a.head_dim == 32 || a.head_dim == 64 || a.head_dim == 128),
       "attention on cuda: head dims 32, 64 or 128 with value dim = head dim, got ", a.head_dim,
       " and ", a.value_dim);
-  LATHE_CHECK(aligned16(a.q) && aligned16(a.k) && aligned16(a.v),
-              "attention on cuda: q, k and v must be 16-byte aligned");
   Params p;
-  p.q = a.q;
-  p.k = a.k;
-  p.v = a.v;
-  p.out = a.out;
+  p.q = a.q.data;
+  p.k = a.k.data;
+  p.v = a.v.data;
+  p.out = a.out.data;
   p.lse = static_cast<float*>(a.lse);
   p.batch = a.batch;
   p.tq = a.q_len;
@@ -903,7 +994,12 @@ void dispatch(const AttentionForwardArgs& a, Fn&& fn) {
 
 void forward_impl(const AttentionForwardArgs& a) {
   if (a.batch == 0 || a.q_len == 0) return;
-  const Params p = make_params(a);
+  Params p = make_params(a);
+  set_rows(p, a,
+           {{"q", &a.q, &p.q_rows, a.q_len},
+            {"k", &a.k, &p.k_rows, a.kv_len},
+            {"v", &a.v, &p.v_rows, a.kv_len},
+            {"out", &a.out, &p.out_rows, a.q_len, true}});
   dispatch(a, [&]<class T, int D>() {
     const int64_t q_tiles = (a.q_len + forward_block_m<D>() - 1) / forward_block_m<D>();
     constexpr size_t smem = forward_smem<D, T>();
@@ -917,12 +1013,20 @@ void backward_impl(const AttentionBackwardArgs& args) {
   const AttentionForwardArgs& a = args.forward;
   if (a.batch == 0) return;
   Params p = make_params(a);
-  p.grad_out = args.grad_out;
-  p.grad_q = args.grad_q;
-  p.grad_k = args.grad_k;
-  p.grad_v = args.grad_v;
+  p.grad_out = args.grad_out.data;
+  p.grad_q = args.grad_q.data;
+  p.grad_k = args.grad_k.data;
+  p.grad_v = args.grad_v.data;
   p.grad_mask = static_cast<float*>(args.grad_mask);
-  LATHE_CHECK(aligned16(p.grad_out), "attention on cuda: grad_out must be 16-byte aligned");
+  set_rows(p, a,
+           {{"q", &a.q, &p.q_rows, a.q_len},
+            {"k", &a.k, &p.k_rows, a.kv_len},
+            {"v", &a.v, &p.v_rows, a.kv_len},
+            {"out", &a.out, &p.out_rows, a.q_len},
+            {"grad_out", &args.grad_out, &p.do_rows, a.q_len},
+            {"grad_q", &args.grad_q, &p.dq_rows, a.q_len, true},
+            {"grad_k", &args.grad_k, &p.dk_rows, a.kv_len, true},
+            {"grad_v", &args.grad_v, &p.dv_rows, a.kv_len, true}});
   p.tq_pad = (a.q_len + kBlockN - 1) / kBlockN * kBlockN;
   const int64_t rows = a.batch * p.tq_pad;
   DeviceScratch row_stats(size_t(rows > 0 ? 2 * rows : 1) * sizeof(float));

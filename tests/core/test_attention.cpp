@@ -2,7 +2,8 @@
 // kernel's 64-key tiles and 32-row query blocks, Tq != Tk, every mask kind, dropout with a mask
 // regenerated here from Philox), the fused op against its composite twin (values and gradients,
 // f32 and f64, with and without dropout), finite-difference gradients (non-contiguous BERT-style
-// layouts, broadcast leading dims, a differentiable float mask), and error messages.
+// layouts, broadcast leading dims, a differentiable float mask), head views and packed QKV against
+// contiguous inputs (and the output's layout on cuda), and error messages.
 #include <cmath>
 #include <limits>
 
@@ -441,6 +442,55 @@ TEST_CASE("attention: larger sizes use several threads and key ranges consistent
     check_close(fused, slow.detach(), 1e-12, 1e-10);
     std::vector<Tensor> ga = grads_of(fused, a, 84), gb = grads_of(slow, b, 84);
     for (size_t t = 0; t < 3; ++t) check_close(ga[t], gb[t], 1e-11, 1e-9);
+  }
+}
+
+TEST_CASE("attention: head views and packed QKV give the contiguous inputs' results",
+          "[attention]") {
+  // q, k and v as BERT splits its heads: [B, H, T, d] views of [B, T, H, d] projections, or of one
+  // packed [B, T, 3, H, d] projection. On cuda the f16/bf16 flash kernel reads them where they are
+  // and writes the output in q's memory order (a head view too, so merging the heads is free);
+  // elsewhere they are copied. Either way: the contiguous inputs' values and gradients.
+  auto device = GENERATE(from_range(test_devices()));
+  auto dtype = GENERATE(DType::F64, DType::BF16);
+  const bool packed = GENERATE(false, true);
+  INFO(dtype << (packed ? " packed QKV" : " separate projections"));
+  const int64_t B = 2, T = 9, H = 2, d = 32;
+  std::vector<Tensor> buffers, heads;
+  if (packed) {
+    buffers.push_back(random_tensor({B, T, 3, H, d}, 91, dtype, device, -2, 2));
+    buffers[0].requires_grad_(true);
+    for (int64_t i = 0; i < 3; ++i) heads.push_back(buffers[0].select(2, i).transpose(1, 2));
+  } else {
+    for (uint64_t i = 0; i < 3; ++i) {
+      buffers.push_back(random_tensor({B, T, H, d}, 91 + i, dtype, device, -2, 2));
+      buffers.back().requires_grad_(true);
+      heads.push_back(buffers.back().transpose(1, 2));
+    }
+  }
+  std::vector<Tensor> flat = leaves(heads);
+  REQUIRE(flat[0].is_contiguous());
+  bool causal = false;
+  const Tensor mask = make_mask(MaskKind::KeyPadding, B, H, T, T, dtype, device, &causal, 94);
+  causal = packed;
+  const Tensor out = scaled_dot_product_attention(heads[0], heads[1], heads[2], mask, causal);
+  const Tensor expected = scaled_dot_product_attention(flat[0], flat[1], flat[2], mask, causal);
+  if (device.is_cuda() && is_low_precision(dtype)) {
+    CHECK(out.transpose(1, 2).is_contiguous());
+    CHECK(out.transpose(1, 2).reshape({B, T, H * d}).data_ptr() == out.data_ptr());
+  }
+  // Same kernels on the same values: equal, up to the f64 composite's GEMMs on cuda, which may
+  // order a strided operand's products differently.
+  const double atol = dtype == DType::F64 ? 1e-12 : 0.0, rtol = dtype == DType::F64 ? 1e-10 : 0.0;
+  check_close(out.detach(), expected.detach(), atol, rtol);
+  Tensor w = random_tensor(out.shape(), 95, dtype, device);
+  (out * w).sum().backward();
+  (expected * w).sum().backward();
+  for (int64_t i = 0; i < 3; ++i) {
+    INFO("gradient of input " << i);
+    const Tensor g = packed ? buffers[0].grad().select(2, i).transpose(1, 2)
+                            : buffers[size_t(i)].grad().transpose(1, 2);
+    check_close(g, flat[size_t(i)].grad(), atol, rtol);
   }
 }
 

@@ -3,9 +3,12 @@
 // f64 on the cpu at the same rounded inputs: outputs, log-sum-exp and the gradients of q, k, v (and
 // of a floating mask, through the op). Sequence lengths 1, 17, 64, 129, 300 (tails of the 64-row
 // tiles, several tiles, Tq != Tk), head dims 32, 64, 128, key-padding masks with partially and
-// fully padded sequences, additive masks, causal, dropout. Outputs are filled with NaN before each
-// run, so an element a kernel fails to write fails the comparison; in the simulated build the
-// results must be bit-identical under every thread schedule.
+// fully padded sequences, additive masks, causal, dropout. Strided operands (head views of
+// [B, T, H, d] buffers, packed QKV, rows with gaps) must give the contiguous run's bits, through
+// the op without a copy kernel (counted), and layouts the kernels cannot read are copied by the op.
+// Outputs are filled with NaN before each run, so an element a kernel fails to write fails the
+// comparison; in the simulated build the results must be bit-identical under every thread
+// schedule.
 //
 // Errors are relative Frobenius norms ||actual - expected|| / ||expected||: the kernels round P to
 // the input type before P V (as FlashAttention does) and round each output once, so a bf16 result
@@ -21,6 +24,7 @@
 
 #include "core/tensor_internal.h"
 #include "cuda/kernel_test_util.h"
+#include "kernels/kernel_profile.h"
 #include "kernels/kernel_table.h"
 #include "lathe/core/random.h"
 #include "support/test_util.h"
@@ -123,8 +127,87 @@ Inputs make_inputs(const Case& c, uint64_t seed) {
   return in;
 }
 
+// Memory layouts the kernels read and write where they are, each holding a [B, H, T, d] tensor: the
+// head view of a [B, T, H, d] buffer (BERT's split heads), head views into one packed
+// [B, T, n, H, d] buffer (q, k, v of a fused QKV projection, or dq, dk, dv written into one
+// gradient buffer), and head views of [B, T, H, d + 8] buffers, whose rows have gaps that the
+// kernels must leave alone.
+enum class Layout { Contiguous, HeadView, Packed, PaddedRows };
+
+const char* layout_name(Layout l) {
+  switch (l) {
+    case Layout::Contiguous:
+      return "contiguous";
+    case Layout::HeadView:
+      return "head view of [B, T, H, d]";
+    case Layout::Packed:
+      return "packed [B, T, n, H, d]";
+    default:
+      return "padded rows [B, T, H, d + 8]";
+  }
+}
+
+// n [B, H, T, d] views in `layout` filled with `value`, and the buffers they live in.
+struct Laid {
+  std::vector<Tensor> views, buffers;
+};
+
+Laid make_layout(Layout layout, int64_t n, const Case& c, int64_t t, double value) {
+  const TensorOptions opts = TensorOptions(c.dtype).device(kCuda);
+  Laid l;
+  if (layout == Layout::Packed) {
+    l.buffers.push_back(full({c.B, t, n, c.H, c.d}, value, opts));
+    for (int64_t i = 0; i < n; ++i) l.views.push_back(l.buffers[0].select(2, i).transpose(1, 2));
+    return l;
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    switch (layout) {
+      case Layout::Contiguous:
+        l.buffers.push_back(full({c.B, c.H, t, c.d}, value, opts));
+        l.views.push_back(l.buffers.back());
+        break;
+      case Layout::HeadView:
+        l.buffers.push_back(full({c.B, t, c.H, c.d}, value, opts));
+        l.views.push_back(l.buffers.back().transpose(1, 2));
+        break;
+      default:
+        l.buffers.push_back(full({c.B, t, c.H, c.d + 8}, value, opts));
+        l.views.push_back(l.buffers.back().narrow(3, 0, c.d).transpose(1, 2));
+        break;
+    }
+  }
+  return l;
+}
+
+// The values of `xs` (contiguous [B, H, T, d], one T) in `layout`.
+std::vector<Tensor> relayout_all(Layout layout, const Case& c, const std::vector<Tensor>& xs) {
+  Laid l = make_layout(layout, int64_t(xs.size()), c, xs[0].size(2), 0.0);
+  for (size_t i = 0; i < xs.size(); ++i) l.views[i].copy_(xs[i]);
+  return l.views;
+}
+
+// q, k and v in `layout` (packed together when it is Packed, which needs Tq = Tk), grad_out in its
+// own buffer of that layout, the mask as it is.
+Inputs relayout(Layout layout, const Case& c, const Inputs& in) {
+  Inputs r = in;
+  if (layout == Layout::Packed) {
+    REQUIRE(c.tq == c.tk);
+    const std::vector<Tensor> qkv = relayout_all(layout, c, {in.q, in.k, in.v});
+    r.q = qkv[0];
+    r.k = qkv[1];
+    r.v = qkv[2];
+  } else {
+    r.q = relayout_all(layout, c, {in.q})[0];
+    r.k = relayout_all(layout, c, {in.k})[0];
+    r.v = relayout_all(layout, c, {in.v})[0];
+  }
+  r.grad_out = relayout_all(layout, c, {in.grad_out})[0];
+  return r;
+}
+
 struct Results {
   Tensor out, lse, dq, dk, dv;
+  std::vector<Tensor> buffers;  // the memory out, dq, dk and dv were written into
   std::vector<Tensor> all() const { return {out, lse, dq, dk, dv}; }
 };
 
@@ -132,17 +215,18 @@ Tensor nan_tensor(const Shape& shape, DType dtype) {
   return full(shape, kNaN, TensorOptions(dtype).device(kCuda));
 }
 
-// The cuda kernels called directly through the KernelTable, every output poisoned with NaN.
-Results run_kernels(const Case& c, const Inputs& in) {
+// The cuda kernels called directly through the KernelTable, every output poisoned with NaN; out,
+// dq, dk and dv are views in `out_layout` (dq, dk, dv in one buffer when it is Packed).
+Results run_kernels(const Case& c, const Inputs& in, Layout out_layout = Layout::Contiguous) {
   kernels::AttentionForwardArgs a;
   a.dtype = c.dtype;
   a.batch = c.B * c.H;
   a.q_len = c.tq;
   a.kv_len = c.tk;
   a.head_dim = a.value_dim = c.d;
-  a.q = in.q.data_ptr();
-  a.k = in.k.data_ptr();
-  a.v = in.v.data_ptr();
+  a.q = detail::make_view(in.q);
+  a.k = detail::make_view(in.k);
+  a.v = detail::make_view(in.v);
   if (in.mask.defined()) a.mask = detail::make_broadcast_view(in.mask, {c.B, c.H, c.tq, c.tk});
   a.causal = c.causal;
   a.scale = 1.0 / std::sqrt(double(c.d));
@@ -150,20 +234,34 @@ Results run_kernels(const Case& c, const Inputs& in) {
   a.seed = c.seed;
   a.offset = c.offset;
   Results r;
-  r.out = nan_tensor({c.B, c.H, c.tq, c.d}, c.dtype);
+  const Laid out = make_layout(out_layout, 1, c, c.tq, kNaN);
+  Laid grads;
+  if (out_layout == Layout::Packed) {
+    REQUIRE(c.tq == c.tk);
+    grads = make_layout(out_layout, 3, c, c.tq, kNaN);
+  } else {
+    for (int64_t t : {c.tq, c.tk, c.tk}) {
+      const Laid g = make_layout(out_layout, 1, c, t, kNaN);
+      grads.views.push_back(g.views[0]);
+      grads.buffers.push_back(g.buffers[0]);
+    }
+  }
+  r.buffers = out.buffers;
+  r.buffers.insert(r.buffers.end(), grads.buffers.begin(), grads.buffers.end());
+  r.out = out.views[0];
   r.lse = nan_tensor({c.B * c.H, c.tq}, DType::F32);
-  a.out = r.out.data_ptr();
+  a.out = detail::make_view(r.out);
   a.lse = r.lse.data_ptr();
   cuda_k().attention_forward(a);
   kernels::AttentionBackwardArgs b;
   b.forward = a;
-  b.grad_out = in.grad_out.data_ptr();
-  r.dq = nan_tensor(in.q.shape(), c.dtype);
-  r.dk = nan_tensor(in.k.shape(), c.dtype);
-  r.dv = nan_tensor(in.v.shape(), c.dtype);
-  b.grad_q = r.dq.data_ptr();
-  b.grad_k = r.dk.data_ptr();
-  b.grad_v = r.dv.data_ptr();
+  b.grad_out = detail::make_view(in.grad_out);
+  r.dq = grads.views[0];
+  r.dk = grads.views[1];
+  r.dv = grads.views[2];
+  b.grad_q = detail::make_view(r.dq);
+  b.grad_k = detail::make_view(r.dk);
+  b.grad_v = detail::make_view(r.dv);
   cuda_k().attention_backward(b);
   return r;
 }
@@ -418,4 +516,268 @@ TEST_CASE("flash attention: contiguous inputs off a 16-byte boundary are copied 
   const Tensor out = scaled_dot_product_attention(q, k, v, Tensor(), true);
   const Tensor expected = scaled_dot_product_attention(in.q, in.k, in.v, Tensor(), true);
   CHECK(bytes_of(out) == bytes_of(expected));
+}
+
+TEST_CASE("flash attention: strided q, k, v, dO and outputs give the contiguous run's bits",
+          "[cuda][attention]") {
+  // The kernels read q, k, v and dO and write out, dq, dk and dv through batch, head and row
+  // strides; the arithmetic is the same, so every result equals the contiguous run bit for bit.
+  const Layout layout = GENERATE(Layout::HeadView, Layout::Packed, Layout::PaddedRows);
+  const int64_t d = GENERATE(32, 128);
+  Case c;
+  c.B = 2;
+  c.H = 3;
+  c.tq = c.tk = 70;
+  c.d = d;
+  c.dtype = d == 32 ? DType::BF16 : DType::F16;
+  c.causal = d == 128;
+  c.mask = MaskKind::KeyPaddingFloat;
+  INFO(layout_name(layout) << ", " << describe(c));
+  const Inputs in = make_inputs(c, 800 + uint64_t(d));
+  const Inputs strided = relayout(layout, c, in);
+  REQUIRE(!strided.q.is_contiguous());
+  REQUIRE(!strided.grad_out.is_contiguous());
+  const Results contiguous = run_kernels(c, in);
+  const Results r = run_kernels(c, strided, layout);
+  REQUIRE(!r.out.is_contiguous());
+  for (size_t i = 0; i < 5; ++i) {
+    INFO("result " << i << " (out, lse, dq, dk, dv)");
+    CHECK(bytes_of(r.all()[i]) == bytes_of(contiguous.all()[i]));
+  }
+  check_case(c, r, reference(c, in));
+  if (layout == Layout::PaddedRows) {
+    // The 8 columns between rows were poisoned with NaN and must still be.
+    for (const Tensor& buffer : r.buffers) {
+      for (double x :
+           buffer.narrow(3, c.d, 8).to(kCpu).to(DType::F64).contiguous().to_vector<double>()) {
+        REQUIRE(std::isnan(x));
+      }
+    }
+  }
+}
+
+TEST_CASE("flash attention: strided operands are bit-identical under every simulator schedule",
+          "[cuda][attention]") {
+  Case c;
+  c.B = 2;
+  c.H = 2;
+  c.tq = c.tk = 70;
+  c.d = 64;
+  c.causal = true;
+  c.mask = MaskKind::KeyPaddingFloat;
+  c.p = 0.1;
+  c.seed = 11;
+  const Inputs in = relayout(Layout::Packed, c, make_inputs(c, 900));
+  check_schedule_invariant([&] { return run_kernels(c, in, Layout::Packed).all(); });
+}
+
+namespace {
+
+// q, k and v as BERT makes them, with the values of `in`: leaves standing for the weights,
+// projections [B, T, H * d] (or one packed [B, T, 3 * H * d]) computed from them by an op, and
+// the heads as view/select + transpose of the projections.
+struct HeadViews {
+  std::vector<Tensor> leaves;  // [B, T, H * d] each, or one [B, T, 3 * H * d]
+  Tensor q, k, v;
+};
+
+HeadViews head_leaves(const Case& c, const Inputs& in, bool packed) {
+  const int64_t B = c.B, T = c.tq, H = c.H, d = c.d;
+  auto leaf = [](const Tensor& t) {
+    Tensor x = t.detach();
+    x.requires_grad_();
+    return x;
+  };
+  HeadViews h;
+  if (packed) {
+    Tensor buffer = full({B, T, 3, H, d}, 0.0, TensorOptions(c.dtype).device(kCuda));
+    const Tensor* xs[] = {&in.q, &in.k, &in.v};
+    for (int64_t i = 0; i < 3; ++i) buffer.select(2, i).transpose(1, 2).copy_(*xs[i]);
+    h.leaves.push_back(leaf(buffer.reshape({B, T, 3 * H * d})));
+  } else {
+    for (const Tensor& x : {in.q, in.k, in.v}) {
+      h.leaves.push_back(leaf(x.transpose(1, 2).contiguous().reshape({B, T, H * d})));
+    }
+  }
+  return h;
+}
+
+// The projections and the head views. The multiply by one makes each projection an op output, as a
+// Linear's is, so the gradients reaching the leaves are fresh tensors whichever way they arrive.
+void split_heads(const Case& c, HeadViews& h) {
+  const int64_t B = c.B, T = c.tq, H = c.H, d = c.d;
+  const Tensor one = ones({}, TensorOptions(c.dtype).device(kCuda));
+  if (h.leaves.size() == 1) {
+    const Tensor heads = (h.leaves[0] * one).view({B, T, 3, H, d});
+    h.q = heads.select(2, 0).transpose(1, 2);
+    h.k = heads.select(2, 1).transpose(1, 2);
+    h.v = heads.select(2, 2).transpose(1, 2);
+  } else {
+    auto split = [&](const Tensor& l) { return (l * one).view({B, T, H, d}).transpose(1, 2); };
+    h.q = split(h.leaves[0]);
+    h.k = split(h.leaves[1]);
+    h.v = split(h.leaves[2]);
+  }
+}
+
+// The gradient of head i (0 = q, 1 = k, 2 = v) as [B, H, T, d].
+Tensor head_grad(const Case& c, const HeadViews& h, int64_t i) {
+  if (h.leaves.size() == 1) {
+    return h.leaves[0].grad().view({c.B, c.tq, 3, c.H, c.d}).select(2, i).transpose(1, 2);
+  }
+  return h.leaves[size_t(i)].grad().view({c.B, c.tq, c.H, c.d}).transpose(1, 2);
+}
+
+}  // namespace
+
+TEST_CASE("flash attention: the op attends head views in place and answers in q's layout",
+          "[cuda][attention]") {
+  const bool packed = GENERATE(false, true);
+  Case c;
+  c.B = 2;
+  c.H = 2;
+  c.tq = c.tk = 33;
+  c.d = 64;
+  c.dtype = GENERATE(DType::BF16, DType::F16);
+  c.mask = MaskKind::KeyPaddingBool;
+  c.causal = packed;
+  INFO((packed ? "packed QKV, " : "separate projections, ") << describe(c));
+  const Inputs in = make_inputs(c, 1000);
+  const int64_t B = c.B, T = c.tq, H = c.H, d = c.d;
+
+  HeadViews h = head_leaves(c, in, packed);
+  split_heads(c, h);
+  REQUIRE(!h.q.is_contiguous());
+  const Tensor out = scaled_dot_product_attention(h.q, h.k, h.v, in.mask, c.causal);
+  // The output is the head view of a [B, T, H, d] buffer, so merging the heads is a view too.
+  CHECK(out.transpose(1, 2).is_contiguous());
+  const Tensor context = out.transpose(1, 2).reshape({B, T, H * d});
+  CHECK(context.data_ptr() == out.data_ptr());
+  context.backward(in.grad_out.transpose(1, 2).contiguous().reshape({B, T, H * d}));
+
+  // The same op on contiguous copies: the same bits.
+  auto leaf = [](const Tensor& t) {
+    Tensor x = t.detach().clone();
+    x.requires_grad_();
+    return x;
+  };
+  Tensor q = leaf(in.q), k = leaf(in.k), v = leaf(in.v);
+  const Tensor expected = scaled_dot_product_attention(q, k, v, in.mask, c.causal);
+  REQUIRE(expected.is_contiguous());
+  expected.backward(in.grad_out);
+  CHECK(bytes_of(out) == bytes_of(expected));
+  // Equal values; the packed gradient is select's backward, which adds the zeros of the other two
+  // slices (-0 + 0 = +0), so compare numbers rather than bits.
+  const Tensor* expected_grads[] = {&q, &k, &v};
+  for (int64_t i = 0; i < 3; ++i) {
+    INFO("gradient " << i);
+    testing::check_close(head_grad(c, h, i).to(kCpu).to(DType::F64),
+                         expected_grads[i]->grad().to(kCpu).to(DType::F64), 0.0, 0.0);
+  }
+  // And the f64 composite.
+  const Reference ref = reference(c, in);
+  check_rel(out.detach(), ref.out, tol_of(c.dtype, false), "output");
+  check_rel(head_grad(c, h, 0), ref.dq, tol_of(c.dtype, true), "grad q");
+  check_rel(head_grad(c, h, 1), ref.dk, tol_of(c.dtype, true), "grad k");
+  check_rel(head_grad(c, h, 2), ref.dv, tol_of(c.dtype, true), "grad v");
+}
+
+TEST_CASE("flash attention: no copy kernel for head views, forward or backward",
+          "[cuda][attention]") {
+  // Counted with the profiler's counters (kernels/kernel_profile.h): splitting the heads, the op
+  // and merging the heads, then the whole backward down to the projections' leaves, launch no
+  // copy kernel, except for select's backward from packed QKV (zeros, then a copy of each head's
+  // gradient into its slice), which is not attention's.
+  const bool packed = GENERATE(false, true);
+  Case c;
+  c.B = 2;
+  c.H = 2;
+  c.tq = c.tk = 20;
+  c.d = 32;
+  c.mask = MaskKind::KeyPaddingBool;
+  c.causal = packed;
+  INFO((packed ? "packed QKV" : "separate projections"));
+  const Inputs in = make_inputs(c, 1100);
+  const Tensor grad_context = in.grad_out.transpose(1, 2).contiguous().reshape({c.B, c.tq, -1});
+  HeadViews h = head_leaves(c, in, packed);
+  Tensor context;
+  {
+    kernels::KernelCallCounter counter;
+    split_heads(c, h);
+    const Tensor out = scaled_dot_product_attention(h.q, h.k, h.v, in.mask, c.causal);
+    context = out.transpose(1, 2).reshape({c.B, c.tq, c.H * c.d});
+    CHECK(counter.calls("cuda attention_forward") == 1);
+    CHECK(counter.calls("cuda copy") == 0);
+  }
+  {
+    kernels::KernelCallCounter counter;
+    context.backward(grad_context);
+    CHECK(counter.calls("cuda attention_backward") == 1);
+    CHECK(counter.calls("cuda copy") == (packed ? 3 : 0));
+  }
+  for (int64_t i = 0; i < 3; ++i) REQUIRE(head_grad(c, h, i).defined());
+}
+
+TEST_CASE("flash attention: rows the kernels cannot read in place are copied first",
+          "[cuda][attention]") {
+  // A head dim with stride != 1, rows 2 + 64 k bytes apart (a [B, T, H, d + 1] buffer), and a
+  // contiguous view one element off a 16-byte boundary: the op copies them (the counter sees the
+  // copies) and gives the contiguous inputs' results; the kernels themselves refuse such views.
+  Case c;
+  c.B = 2;
+  c.H = 2;
+  c.tq = c.tk = 24;
+  c.d = 32;
+  c.dtype = DType::F16;
+  const Inputs in = make_inputs(c, 1200);
+  const TensorOptions opts = TensorOptions(c.dtype).device(kCuda);
+  auto column_major = [&](const Tensor& x) {  // [B, H, d, T] memory: stride(3) = T
+    return x.transpose(2, 3).contiguous().transpose(2, 3);
+  };
+  auto odd_rows = [&](const Tensor& x) {  // row stride H * (d + 1) elements
+    Tensor buffer = full({c.B, x.size(2), c.H, c.d + 1}, 0.0, opts);
+    Tensor view = buffer.narrow(3, 0, c.d).transpose(1, 2);
+    view.copy_(x);
+    return view;
+  };
+  auto off_boundary = [&](const Tensor& x) {
+    Tensor flat = full({x.numel() + 1}, 0.0, opts);
+    Tensor view = flat.narrow(0, 1, x.numel()).view(x.shape());
+    view.copy_(x);
+    return view;
+  };
+  const int which = GENERATE(0, 1, 2);
+  const std::function<Tensor(const Tensor&)> relay[] = {column_major, odd_rows, off_boundary};
+  const char* names[] = {"head dim stride != 1", "rows not 16-byte aligned", "off a boundary"};
+  INFO(names[which]);
+  auto leaf = [](const Tensor& t) {
+    Tensor x = t.detach();
+    x.requires_grad_();
+    return x;
+  };
+  Tensor q = leaf(relay[which](in.q)), k = leaf(relay[which](in.k)), v = leaf(relay[which](in.v));
+  REQUIRE(!kernels::attention_rows_aligned(detail::make_view(q)));
+  Tensor out;
+  {
+    kernels::KernelCallCounter counter;
+    out = scaled_dot_product_attention(q, k, v, Tensor(), true);
+    CHECK(counter.calls("cuda copy") == 3);
+  }
+  const Tensor grad_out = relay[which](in.grad_out);
+  {
+    kernels::KernelCallCounter counter;
+    out.backward(grad_out);
+    CHECK(counter.calls("cuda copy") >= 1);  // dO
+  }
+  Tensor q0 = leaf(in.q.clone()), k0 = leaf(in.k.clone()), v0 = leaf(in.v.clone());
+  const Tensor expected = scaled_dot_product_attention(q0, k0, v0, Tensor(), true);
+  expected.backward(in.grad_out);
+  CHECK(bytes_of(out) == bytes_of(expected));
+  CHECK(bytes_of(q.grad()) == bytes_of(q0.grad()));
+  CHECK(bytes_of(k.grad()) == bytes_of(k0.grad()));
+  CHECK(bytes_of(v.grad()) == bytes_of(v0.grad()));
+
+  Inputs bad = in;
+  bad.q = q.detach();
+  testing::check_error([&] { run_kernels(c, bad); }, {"attention on cuda", "q", "16-byte"});
 }
