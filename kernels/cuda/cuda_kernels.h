@@ -36,6 +36,8 @@ extern const CrossEntropyForwardFn cross_entropy_forward;
 extern const CrossEntropyBackwardFn cross_entropy_backward;
 extern const AttentionForwardFn attention_forward;  // attention.cu: f16/bf16 only
 extern const AttentionBackwardFn attention_backward;
+extern const AttentionForwardFn attention_forward_simt;  // attention_simt.cu: f32/f64
+extern const AttentionBackwardFn attention_backward_simt;
 extern const AdamWFn adamw;
 extern const EmbeddingBackwardFn embedding_backward;
 extern const MultiTensorNormFn multi_tensor_norm;  // multi_tensor.cu
