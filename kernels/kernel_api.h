@@ -220,8 +220,9 @@ struct AttentionForwardArgs {
   void* lse = nullptr;  // [batch, q_len] contiguous, accumulation type; -inf for fully masked rows
 };
 // Which dtypes a backend's attention kernels take: cpu f32/f64; cuda f16/bf16 with head_dim ==
-// value_dim in {32, 64, 128} (the op widens or composes the rest, see core/ops/attention.cpp). A
-// fully masked row gives zeros and zero gradients.
+// value_dim in {32, 64, 128} (tensor cores) and f32/f64 with head_dim, value_dim <= 128 (SIMT);
+// the op widens or composes the rest, see core/ops/attention.cpp. A fully masked row gives zeros
+// and zero gradients.
 
 // Whether the cuda attention kernels can read or write `v` where it is (see AttentionForwardArgs):
 // the last dim contiguous, the address and every other stride of a dim longer than 1 multiples of

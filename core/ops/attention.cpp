@@ -187,13 +187,15 @@ Tensor attend_in_f32(const Tensor& q, const Tensor& k, const Tensor& v, const Te
 }
 
 // Whether the fused kernel of q's device takes this dtype and shape. cpu: f32/f64 (f16/bf16 are
-// widened to f32 first); cuda: f16/bf16 with head dim = value dim in {32, 64, 128}, on tensor cores
-// (kernels/cuda/attention.cu). Everything else widens and/or composes itself from primitives
-// (scaled_dot_product_attention_slow), f32/f64 on cuda included.
+// widened to f32 first); cuda: f16/bf16 with head dim = value dim in {32, 64, 128} on tensor cores
+// (kernels/cuda/attention.cu), f32/f64 with head and value dims up to 128 on SIMT kernels
+// (kernels/cuda/attention_simt.cu); other f16/bf16 shapes are widened to f32. Larger head dims
+// compose themselves from primitives (scaled_dot_product_attention_slow).
 bool fused_kernel_takes(const Tensor& q, const AttentionShapes& s) {
   if (!detail::kernels_of(q).attention_forward) return false;
   if (q.device().is_cuda()) {
-    return is_low_precision(q.dtype()) && s.d == s.dv && (s.d == 32 || s.d == 64 || s.d == 128);
+    if (!is_low_precision(q.dtype())) return s.d <= 128 && s.dv <= 128;
+    return s.d == s.dv && (s.d == 32 || s.d == 64 || s.d == 128);
   }
   return !is_low_precision(q.dtype());
 }

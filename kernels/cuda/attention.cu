@@ -1058,9 +1058,23 @@ void backward_impl(const AttentionBackwardArgs& args) {
 
 }  // namespace flash
 
+// The cuda attention slots: f16/bf16 on tensor cores here, f32/f64 on the SIMT kernels of
+// attention_simt.cu.
+void attention_forward_any(const AttentionForwardArgs& a) {
+  if (a.dtype == DType::F32 || a.dtype == DType::F64) return attention_forward_simt(a);
+  flash::forward_impl(a);
+}
+
+void attention_backward_any(const AttentionBackwardArgs& a) {
+  if (a.forward.dtype == DType::F32 || a.forward.dtype == DType::F64) {
+    return attention_backward_simt(a);
+  }
+  flash::backward_impl(a);
+}
+
 }  // namespace
 
-extern const AttentionForwardFn attention_forward = flash::forward_impl;
-extern const AttentionBackwardFn attention_backward = flash::backward_impl;
+extern const AttentionForwardFn attention_forward = attention_forward_any;
+extern const AttentionBackwardFn attention_backward = attention_backward_any;
 
 }  // namespace lathe::kernels::cuda

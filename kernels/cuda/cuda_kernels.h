@@ -1,7 +1,7 @@
 // Declarations of the cuda backend's kernels, one per family of kernels/kernel_table.def, with the
 // same signatures and semantics as the cpu backend's (kernels/cpu). Each family lives in its own
-// .cu file; cuda_device.cpp puts them in the cuda KernelTable. Attention (attention.cu) is fused
-// for f16/bf16 only; f32/f64 attention composes itself from these primitives. docs/kernels.md
+// .cu file; cuda_device.cpp puts them in the cuda KernelTable. Attention is fused: f16/bf16 on
+// tensor cores (attention.cu), f32/f64 on SIMT kernels (attention_simt.cu). docs/kernels.md
 // describes the transformer kernels (softmax, layer_norm, cross_entropy, embedding_backward, flash
 // attention).
 #pragma once
