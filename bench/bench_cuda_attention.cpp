@@ -1,12 +1,14 @@
-// The fused flash attention kernels of the cuda device (kernels/cuda/attention.cu), called through
-// the KernelTable, bf16, in TFLOP/s with FlashAttention's convention: forward 4·B·H·T²·d (QKᵀ and
+// The fused attention kernels of the cuda device, called through the KernelTable: the tensor-core
+// flash kernels (kernels/cuda/attention.cu) in bf16 and the SIMT ones (attention_simt.cu) in f32,
+// in TFLOP/s with FlashAttention's convention: forward 4·B·H·T²·d (QKᵀ and
 // PV), backward 2.5x the forward (its five GEMMs; lathe's backward runs seven, recomputing S and dP
 // for dQ instead of accumulating dQ with atomics), both halved for causal. Shapes follow the
 // FlashAttention papers: B·T = 16k tokens, H·d = 2048 (H = 32 for d = 64, 16 for d = 128), so every
 // T fills the GPU and each tensor is 64 MiB. Registered only in the real build (LATHE_CUDA).
 //
+// The f32 entries report of_cublas against cuBLAS's full-f32 GEMM (no tensor cores either).
 // Each timed iteration launches kLaunches calls back to back and synchronizes once.
-//   lathe-bench --benchmark_filter=BM_CudaFlashAttention
+//   lathe-bench --benchmark_filter='BM_Cuda(Flash|Simt)Attention'
 #ifdef LATHE_CUDA_BUILD
 
 #include <benchmark/benchmark.h>
@@ -44,23 +46,30 @@ struct Problem {
   Tensor q, k, v, out, lse, grad_out, grad_q, grad_k, grad_v;
   lathe::kernels::AttentionForwardArgs args;
 
-  Problem(int64_t seq_, int64_t dim_, bool causal_)
-      : batch(kTokens / seq_), heads(kHidden / dim_), seq(seq_), dim(dim_), causal(causal_) {
-    const lathe::TensorOptions bf16 = lathe::TensorOptions(DType::BF16).device(kCuda);
+  DType dtype;
+
+  Problem(int64_t seq_, int64_t dim_, bool causal_, DType dtype_ = DType::BF16)
+      : batch(kTokens / seq_),
+        heads(kHidden / dim_),
+        seq(seq_),
+        dim(dim_),
+        causal(causal_),
+        dtype(dtype_) {
+    const lathe::TensorOptions opts = lathe::TensorOptions(dtype).device(kCuda);
     const lathe::Shape shape = {batch, heads, seq, dim};
     auto randn = [&] {
-      return lathe::randn(shape, lathe::TensorOptions(DType::F32).device(kCuda)).to(DType::BF16);
+      return lathe::randn(shape, lathe::TensorOptions(DType::F32).device(kCuda)).to(dtype);
     };
     q = randn();
     k = randn();
     v = randn();
     grad_out = randn();
-    out = lathe::empty(shape, bf16);
-    grad_q = lathe::empty(shape, bf16);
-    grad_k = lathe::empty(shape, bf16);
-    grad_v = lathe::empty(shape, bf16);
+    out = lathe::empty(shape, opts);
+    grad_q = lathe::empty(shape, opts);
+    grad_k = lathe::empty(shape, opts);
+    grad_v = lathe::empty(shape, opts);
     lse = lathe::empty({batch * heads, seq}, lathe::TensorOptions(DType::F32).device(kCuda));
-    args.dtype = DType::BF16;
+    args.dtype = dtype;
     args.batch = batch * heads;
     args.q_len = args.kv_len = seq;
     args.head_dim = args.value_dim = dim;
@@ -90,7 +99,7 @@ struct Problem {
 };
 
 template <class Body>
-void run(benchmark::State& state, double flops, Body&& body) {
+void run(benchmark::State& state, double flops, Body&& body, bool f32 = false) {
   body();  // warm-up
   sync();
   for (auto _ : state) {
@@ -100,7 +109,7 @@ void run(benchmark::State& state, double flops, Body&& body) {
   state.counters["TFLOP/s"] =
       benchmark::Counter(flops * kLaunches / 1e12, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["of_cublas"] = lathe_bench::fraction_of(
-      flops * kLaunches, lathe_bench::cuda_gemm_ceiling_tflops(false) * 1e12);
+      flops * kLaunches, lathe_bench::cuda_gemm_ceiling_tflops(f32) * 1e12);
 }
 
 // Args: T, head dim, causal.
@@ -113,6 +122,27 @@ void BM_CudaFlashAttentionBackward(benchmark::State& state) {
   const Problem p(state.range(0), state.range(1), state.range(2) != 0);
   p.forward();
   run(state, 2.5 * p.forward_flops(), [&] { p.backward(); });
+}
+
+// f32 on the SIMT kernels; BERT's own size (T 128, d 64) first.
+void BM_CudaSimtAttentionForward(benchmark::State& state) {
+  const Problem p(state.range(0), state.range(1), state.range(2) != 0, DType::F32);
+  run(
+      state, p.forward_flops(), [&] { p.forward(); }, true);
+}
+
+void BM_CudaSimtAttentionBackward(benchmark::State& state) {
+  const Problem p(state.range(0), state.range(1), state.range(2) != 0, DType::F32);
+  p.forward();
+  run(
+      state, 2.5 * p.forward_flops(), [&] { p.backward(); }, true);
+}
+
+void simt_shapes(benchmark::internal::Benchmark* b) {
+  for (int64_t dim : {64, 128}) {
+    for (int64_t seq : {128, 512, 2048}) b->Args({seq, dim, 0});
+  }
+  b->Args({2048, 64, 1});
 }
 
 void flash_shapes(benchmark::internal::Benchmark* b) {
@@ -133,6 +163,16 @@ BENCHMARK(BM_CudaFlashAttentionForward)
 BENCHMARK(BM_CudaFlashAttentionBackward)
     ->ArgNames({"T", "d", "causal"})
     ->Apply(flash_shapes)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_CudaSimtAttentionForward)
+    ->ArgNames({"T", "d", "causal"})
+    ->Apply(simt_shapes)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_CudaSimtAttentionBackward)
+    ->ArgNames({"T", "d", "causal"})
+    ->Apply(simt_shapes)
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 
