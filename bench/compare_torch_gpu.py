@@ -194,43 +194,54 @@ def main():
         add(f"attention fwd B{b_} H12 T{t_} d{d_} bf16", f"BM_CudaAttentionOp/B:{b_}/T:{t_}/d:{d_}",
             sdpa, "SDPA flash")
 
-    # Flash attention at the sizes of issue #8 and of bench/bench_cuda_attention.cpp: 16k tokens
+    # Fused attention at the sizes of issue #8 and of bench/bench_cuda_attention.cpp: 16k tokens
     # per batch, hidden 2048 (B = 16384 / T, H = 2048 / d). FLOPs as FlashAttention counts them:
     # forward 4·B·H·T²·d (halved when causal), backward 2.5x the forward. lathe's time comes from
-    # its TFLOP/s counter (its entries time 5 launches per iteration).
+    # its TFLOP/s counter (its entries time 5 launches per iteration). bf16: lathe's tensor-core
+    # kernels against SDPA's flash backend; f32: lathe's SIMT kernels against SDPA's memory-
+    # efficient backend (PyTorch's fused f32 attention; its flash backend is 16-bit only).
+    def fused_attention(shapes, dtype, backend, entry_prefix, ref_name):
+        for d_, t_, causal in shapes:
+            b_, h_ = 16384 // t_, 2048 // d_
+            q, k, v = (torch.randn(b_, h_, t_, d_, device=DEVICE, dtype=dtype,
+                                   requires_grad=True) for _ in range(3))
+            flops = 4.0 * b_ * h_ * t_ * t_ * d_ / (2 if causal else 1)
+
+            def fwd(q=q, k=k, v=v, causal=causal):
+                with sdpa_kernel([backend]):
+                    return torch.nn.functional.scaled_dot_product_attention(
+                        q, k, v, is_causal=bool(causal))
+            try:
+                out = fwd()
+                dout = torch.randn_like(out)
+
+                def bwd(out=out, dout=dout, q=q, k=k, v=v):
+                    torch.autograd.grad(out, (q, k, v), dout, retain_graph=True)
+                tf, tb = cuda_time(fwd), cuda_time(bwd)
+            except Exception as e:
+                print(f"  {ref_name} d{d_} T{t_}: {e}", file=sys.stderr)
+                continue
+            dname = "bf16" if dtype == torch.bfloat16 else "f32"
+            for kind, t_torch, mult in (("Forward", tf, 1.0), ("Backward", tb, 2.5)):
+                entry = lathe.get(f"{entry_prefix}{kind}/T:{t_}/d:{d_}/causal:{causal}")
+                lathe_time = (mult * flops / (entry["TFLOP/s"] * 1e12)
+                              if entry and entry.get("TFLOP/s") else None)
+                torch_tflops = mult * flops / t_torch / 1e12
+                lathe_tflops = f"{entry['TFLOP/s']:.0f}" if entry else "—"
+                rows.append((f"attention {kind.lower()} B{b_} H{h_} T{t_} d{d_}"
+                             f"{' causal' if causal else ''} {dname} (lathe {lathe_tflops} TFLOP/s)",
+                             lathe_time, t_torch, f"{ref_name} ({torch_tflops:.0f} TFLOP/s)"))
+            del q, k, v, out, dout
+
     flash = [(d_, t_, 0) for d_ in (64, 128)
              for t_ in ((1024, 4096) if a.quick else (512, 1024, 2048, 4096, 8192))]
     flash += [(64, 2048, 1), (128, 2048, 1)]
-    for d_, t_, causal in flash:
-        b_, h_ = 16384 // t_, 2048 // d_
-        q, k, v = (torch.randn(b_, h_, t_, d_, device=DEVICE, dtype=torch.bfloat16,
-                               requires_grad=True) for _ in range(3))
-        flops = 4.0 * b_ * h_ * t_ * t_ * d_ / (2 if causal else 1)
-
-        def fwd(q=q, k=k, v=v, causal=causal):
-            with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
-                return torch.nn.functional.scaled_dot_product_attention(q, k, v,
-                                                                        is_causal=bool(causal))
-        try:
-            out = fwd()
-            dout = torch.randn_like(out)
-
-            def bwd(out=out, dout=dout, q=q, k=k, v=v):
-                torch.autograd.grad(out, (q, k, v), dout, retain_graph=True)
-            tf, tb = cuda_time(fwd), cuda_time(bwd)
-        except Exception as e:
-            print(f"  SDPA flash d{d_} T{t_}: {e}", file=sys.stderr)
-            continue
-        for kind, t_torch, mult in (("Forward", tf, 1.0), ("Backward", tb, 2.5)):
-            entry = lathe.get(f"BM_CudaFlashAttention{kind}/T:{t_}/d:{d_}/causal:{causal}")
-            lathe_time = (mult * flops / (entry["TFLOP/s"] * 1e12)
-                          if entry and entry.get("TFLOP/s") else None)
-            torch_tflops = mult * flops / t_torch / 1e12
-            lathe_tflops = f"{entry['TFLOP/s']:.0f}" if entry else "—"
-            rows.append((f"flash {kind.lower()} B{b_} H{h_} T{t_} d{d_}"
-                         f"{' causal' if causal else ''} bf16 (lathe {lathe_tflops} TFLOP/s)",
-                         lathe_time, t_torch, f"SDPA flash ({torch_tflops:.0f} TFLOP/s)"))
-        del q, k, v, out, dout
+    fused_attention(flash, torch.bfloat16, SDPBackend.FLASH_ATTENTION, "BM_CudaFlashAttention",
+                    "SDPA flash")
+    simt = [(d_, t_, 0) for d_ in (64, 128) for t_ in ((512,) if a.quick else (128, 512, 2048))]
+    simt += [(64, 2048, 1)]
+    fused_attention(simt, torch.float32, SDPBackend.EFFICIENT_ATTENTION, "BM_CudaSimtAttention",
+                    "SDPA mem-efficient")
 
     # Row kernels, bf16: PyTorch's own kernels at the shapes of lathe-bench.
     F = torch.nn.functional
