@@ -31,9 +31,9 @@
 // dq/dk/dv in that layout, so neither side copies. docs/kernels.md ("flash attention") has the
 // details.
 #include <cmath>
-#include <initializer_list>
 #include <limits>
 
+#include "kernels/cuda/attention_layout.cuh"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/ptx.cuh"
@@ -45,6 +45,8 @@ namespace lathe::kernels::cuda {
 namespace {
 
 namespace flash {
+
+using namespace attention_layout;  // operand rows, leading dims and the mask's layout
 
 constexpr int kWarps = 4;
 constexpr int kThreads = 32 * kWarps;
@@ -61,35 +63,8 @@ constexpr int kv_query_tile() {
   return D >= 128 ? 32 : 64;
 }
 
-struct MaskDesc {
-  const void* data = nullptr;
-  bool is_bool = false;
-  int lead = 0;  // leading dims, whose sizes multiply to the batch
-  int64_t size[kMaxDims] = {};
-  int64_t stride[kMaxDims] = {};
-  int64_t sq = 0, sk = 0;
-
-  LATHE_DEVICE_INLINE int64_t batch_offset(int64_t b) const {
-    int64_t off = 0;
-    for (int i = lead - 1; i >= 0; --i) {
-      const int64_t q = b / size[i];
-      off += (b - q * size[i]) * stride[i];
-      b = q;
-    }
-    return off;
-  }
-};
-
-constexpr int kMaxLead = kMaxDims - 2;
-
-// Where the rows of one operand are: row i of batch b starts at data + offset(b) + i * row
-// (elements), offset(b) unravelling b over Params::lead_size with the strides `lead`.
-struct Rows {
-  int64_t lead[kMaxLead] = {};
-  int64_t row = 0;
-};
-
-struct Params {
+// Leading dims: attention_layout.cuh.
+struct Params : Lead {
   const void* q = nullptr;
   const void* k = nullptr;
   const void* v = nullptr;
@@ -101,10 +76,6 @@ struct Params {
   void* grad_k = nullptr;
   void* grad_v = nullptr;
   float* grad_mask = nullptr;
-  // The leading dims every operand shares (batch x heads), size-1 dims dropped and neighbours
-  // merged where every operand allows it, and each operand's strides over them.
-  int lead = 0;
-  int64_t lead_size[kMaxLead] = {};
   Rows q_rows, k_rows, v_rows, out_rows, do_rows, dq_rows, dk_rows, dv_rows;
   // Per query row, written by the backward's first kernel, rows padded to tq_pad (a multiple of 64)
   // so that the dK/dV kernel can copy a tile's values with cp.async: D_i = dO_i . O_i (0 on
@@ -114,7 +85,7 @@ struct Params {
   int64_t tq_pad = 0;
   int64_t batch = 0, tq = 0, tk = 0;
   float scale = 1, scale_log2 = kLog2e;
-  MaskDesc mask;
+  Mask mask;
   bool causal = false;
   bool dropout = false;
   float p = 0, keep_scale = 1;
@@ -122,18 +93,6 @@ struct Params {
 };
 
 // ---- small device helpers ----
-
-// Elements from an operand's data to batch b's first row (once per block; lead is 1 or 2 for the
-// layouts attention sees, so this is one or two divisions).
-LATHE_DEVICE_INLINE int64_t batch_offset(const Params& p, const Rows& r, int64_t b) {
-  int64_t off = 0;
-  for (int i = p.lead - 1; i >= 0; --i) {
-    const int64_t q = b / p.lead_size[i];
-    off += (b - q * p.lead_size[i]) * r.lead[i];
-    b = q;
-  }
-  return off;
-}
 
 template <class T>
 LATHE_DEVICE_INLINE uint16_t bits_of(float f) {
@@ -838,21 +797,6 @@ __global__ void __launch_bounds__(kThreads) dq_kernel(Params p, int64_t q_tiles)
 
 // ---- host side ----
 
-template <class Kernel>
-void allow_shared(Kernel kernel, size_t bytes) {
-#ifdef __CUDACC__
-  if (bytes > 48 * 1024) {
-    const cudaError_t status =
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
-    LATHE_CHECK(status == cudaSuccess, "flash attention: cannot get ", bytes,
-                " bytes of shared memory: ", cudaGetErrorString(status));
-  }
-#else
-  (void)kernel;
-  (void)bytes;
-#endif
-}
-
 template <int D, class T>
 constexpr size_t forward_smem() {
   return size_t(forward_block_m<D>() + 4 * kBlockN) * (D + kPad) * sizeof(T);
@@ -865,61 +809,6 @@ template <int D, class T>
 constexpr size_t dkdv_smem() {
   return size_t(2 * kBlockN + 4 * kv_query_tile<D>()) * (D + kPad) * sizeof(T) +
          4 * kv_query_tile<D>() * sizeof(float);
-}
-
-// One operand as the launcher sees it: its view, the rows it must have, and whether the kernels
-// write it.
-struct Operand {
-  const char* name;
-  const View* view;
-  Rows* rows;
-  int64_t n_rows;
-  bool written = false;
-};
-
-// Checks the operands' views and fills p.lead, p.lead_size and each operand's Rows. Leading dims
-// of size 1 are dropped and neighbours merged wherever every operand's strides allow it, so that
-// contiguous operands have one batch dim and the [B, H, T, d] head views of [B, T, H, d] buffers
-// two; a block then finds its rows in one or two divisions.
-void set_rows(Params& p, const AttentionForwardArgs& a, std::initializer_list<Operand> ops) {
-  const View& first = *ops.begin()->view;
-  const int lead = first.ndim - 2;
-  for (const Operand& op : ops) {
-    const View& v = *op.view;
-    LATHE_CHECK(v.dtype == a.dtype && v.ndim == first.ndim && v.ndim >= 2 &&
-                    v.size[v.ndim - 2] == op.n_rows && v.size[v.ndim - 1] == a.head_dim,
-                "attention on cuda: ", op.name, " must be a [lead..., ", op.n_rows, ", ",
-                a.head_dim, "] view of the attention's dtype");
-    for (int i = 0; i < lead; ++i) {
-      LATHE_CHECK(v.size[i] == first.size[i], "attention on cuda: the leading dims of ", op.name,
-                  " differ from those of ", ops.begin()->name);
-    }
-    LATHE_CHECK(attention_rows_aligned(v), "attention on cuda: the rows of ", op.name,
-                " must be contiguous and start on 16-byte boundaries (the op copies others)");
-    for (int i = 0; op.written && i < v.ndim - 1; ++i) {
-      // Two blocks writing one element would race.
-      LATHE_CHECK(v.size[i] <= 1 || v.stride[i] != 0, "attention on cuda: ", op.name,
-                  " is written and must not be broadcast (stride 0)");
-    }
-  }
-  // Merged dims, outermost first: a size and each operand's stride.
-  int n = 0;
-  int64_t numel = 1;
-  for (int i = 0; i < lead; ++i) {
-    const int64_t size = first.size[i];
-    numel *= size;
-    if (size == 1) continue;
-    bool merge = n > 0;
-    for (const Operand& op : ops) {
-      merge = merge && op.rows->lead[n - 1] == op.view->stride[i] * size;
-    }
-    if (!merge) ++n;
-    p.lead_size[n - 1] = merge ? p.lead_size[n - 1] * size : size;
-    for (const Operand& op : ops) op.rows->lead[n - 1] = op.view->stride[i];
-  }
-  LATHE_CHECK(numel == a.batch, "attention on cuda: leading dims do not multiply to batch");
-  p.lead = n;
-  for (const Operand& op : ops) op.rows->row = op.view->stride[first.ndim - 2];
 }
 
 Params make_params(const AttentionForwardArgs& a) {
@@ -943,27 +832,7 @@ Params make_params(const AttentionForwardArgs& a) {
   p.scale = float(a.scale);
   p.scale_log2 = float(a.scale * 1.4426950408889634);
   p.causal = a.causal;
-  if (a.mask.data != nullptr) {
-    const View& m = a.mask;
-    LATHE_CHECK(m.ndim >= 2 && m.size[m.ndim - 2] == a.q_len && m.size[m.ndim - 1] == a.kv_len,
-                "attention on cuda: mask view does not end in [q_len, kv_len]");
-    LATHE_CHECK(m.dtype == DType::Bool || m.dtype == DType::F32,
-                "attention on cuda: the mask of f16/bf16 attention must be bool or f32, got ",
-                m.dtype);
-    p.mask.data = m.data;
-    p.mask.is_bool = m.dtype == DType::Bool;
-    p.mask.lead = m.ndim - 2;
-    int64_t lead_numel = 1;
-    for (int i = 0; i < p.mask.lead; ++i) {
-      p.mask.size[i] = m.size[i];
-      p.mask.stride[i] = m.stride[i];
-      lead_numel *= m.size[i];
-    }
-    LATHE_CHECK(lead_numel == a.batch, "attention on cuda: mask leading dims do not multiply to ",
-                "batch");
-    p.mask.sq = m.stride[m.ndim - 2];
-    p.mask.sk = m.stride[m.ndim - 1];
-  }
+  p.mask = mask_of(a, DType::F32, "attention on cuda");
   p.dropout = a.dropout_p > 0;
   p.p = float(a.dropout_p);
   p.keep_scale = a.dropout_p < 1 ? float(1.0 / (1.0 - a.dropout_p)) : 0.0f;
@@ -995,15 +864,17 @@ void dispatch(const AttentionForwardArgs& a, Fn&& fn) {
 void forward_impl(const AttentionForwardArgs& a) {
   if (a.batch == 0 || a.q_len == 0) return;
   Params p = make_params(a);
+  const int64_t d = a.head_dim;
   set_rows(p, a,
-           {{"q", &a.q, &p.q_rows, a.q_len},
-            {"k", &a.k, &p.k_rows, a.kv_len},
-            {"v", &a.v, &p.v_rows, a.kv_len},
-            {"out", &a.out, &p.out_rows, a.q_len, true}});
+           {{"q", &a.q, &p.q_rows, a.q_len, d},
+            {"k", &a.k, &p.k_rows, a.kv_len, d},
+            {"v", &a.v, &p.v_rows, a.kv_len, d},
+            {"out", &a.out, &p.out_rows, a.q_len, d, true}},
+           true, "attention on cuda");
   dispatch(a, [&]<class T, int D>() {
     const int64_t q_tiles = (a.q_len + forward_block_m<D>() - 1) / forward_block_m<D>();
     constexpr size_t smem = forward_smem<D, T>();
-    allow_shared(forward_kernel<T, D>, smem);
+    allow_shared(forward_kernel<T, D>, smem, "flash attention");
     rt::launch(forward_kernel<T, D>, dim3(unsigned(q_tiles * a.batch)), dim3(kThreads), smem,
                stream(), "flash_attention_forward", p, q_tiles);
   });
@@ -1018,15 +889,17 @@ void backward_impl(const AttentionBackwardArgs& args) {
   p.grad_k = args.grad_k.data;
   p.grad_v = args.grad_v.data;
   p.grad_mask = static_cast<float*>(args.grad_mask);
+  const int64_t d = a.head_dim;
   set_rows(p, a,
-           {{"q", &a.q, &p.q_rows, a.q_len},
-            {"k", &a.k, &p.k_rows, a.kv_len},
-            {"v", &a.v, &p.v_rows, a.kv_len},
-            {"out", &a.out, &p.out_rows, a.q_len},
-            {"grad_out", &args.grad_out, &p.do_rows, a.q_len},
-            {"grad_q", &args.grad_q, &p.dq_rows, a.q_len, true},
-            {"grad_k", &args.grad_k, &p.dk_rows, a.kv_len, true},
-            {"grad_v", &args.grad_v, &p.dv_rows, a.kv_len, true}});
+           {{"q", &a.q, &p.q_rows, a.q_len, d},
+            {"k", &a.k, &p.k_rows, a.kv_len, d},
+            {"v", &a.v, &p.v_rows, a.kv_len, d},
+            {"out", &a.out, &p.out_rows, a.q_len, d},
+            {"grad_out", &args.grad_out, &p.do_rows, a.q_len, d},
+            {"grad_q", &args.grad_q, &p.dq_rows, a.q_len, d, true},
+            {"grad_k", &args.grad_k, &p.dk_rows, a.kv_len, d, true},
+            {"grad_v", &args.grad_v, &p.dv_rows, a.kv_len, d, true}},
+           true, "attention on cuda");
   p.tq_pad = (a.q_len + kBlockN - 1) / kBlockN * kBlockN;
   const int64_t rows = a.batch * p.tq_pad;
   DeviceScratch row_stats(size_t(rows > 0 ? 2 * rows : 1) * sizeof(float));
@@ -1042,14 +915,14 @@ void backward_impl(const AttentionBackwardArgs& args) {
     const int64_t k_tiles = (a.kv_len + kBlockN - 1) / kBlockN;
     if (k_tiles > 0) {
       constexpr size_t smem = dkdv_smem<D, T>();
-      allow_shared(dkdv_kernel<T, D>, smem);
+      allow_shared(dkdv_kernel<T, D>, smem, "flash attention");
       rt::launch(dkdv_kernel<T, D>, dim3(unsigned(k_tiles * a.batch)), dim3(kThreads), smem,
                  stream(), "flash_attention_backward_dkdv", p, k_tiles);
     }
     const int64_t q_tiles = (a.q_len + kBlockM - 1) / kBlockM;
     if (q_tiles > 0) {
       constexpr size_t smem = dq_smem<D, T>();
-      allow_shared(dq_kernel<T, D>, smem);
+      allow_shared(dq_kernel<T, D>, smem, "flash attention");
       rt::launch(dq_kernel<T, D>, dim3(unsigned(q_tiles * a.batch)), dim3(kThreads), smem, stream(),
                  "flash_attention_backward_dq", p, q_tiles);
     }

@@ -32,9 +32,9 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <initializer_list>
 #include <type_traits>
 
+#include "kernels/cuda/attention_layout.cuh"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/math.cuh"
@@ -47,11 +47,11 @@ namespace {
 
 namespace simt {
 
+using namespace attention_layout;  // operand rows, leading dims and the mask's layout
+
 constexpr int kThreads = 256;  // 16 x 16
-constexpr int kMaxLead = kMaxDims - 2;
-// Blocks above this much dynamic shared memory need an opt-in; 163 KiB is the most an sm_80 block
-// can have (the smallest of the default architectures).
-constexpr size_t kDefaultSharedLimit = 48 * 1024;
+// 163 KiB of shared memory is the most an sm_80 block can have (the smallest of the default
+// architectures).
 constexpr size_t kMaxShared = 163 * 1024;
 
 // Elements per 16-byte access.
@@ -82,33 +82,8 @@ struct Config {
   static constexpr int kKvMinBlocks = !kF64 && D == 64 ? 2 : 1;
 };
 
-// Where the rows of one operand are: row i of batch b starts at data + offset(b) + i * row.
-struct Rows {
-  int64_t lead[kMaxLead] = {};
-  int64_t row = 0;
-  bool vec = false;  // 16-byte aligned rows: whole pieces may be moved as vectors
-};
-
-struct Mask {
-  const void* data = nullptr;
-  bool is_bool = false;
-  int lead = 0;  // leading dims, whose sizes multiply to the batch (strides may be 0)
-  int64_t size[kMaxLead] = {};
-  int64_t stride[kMaxLead] = {};
-  int64_t sq = 0, sk = 0;
-
-  LATHE_DEVICE_INLINE int64_t batch_offset(int64_t b) const {
-    int64_t off = 0;
-    for (int i = lead - 1; i >= 0; --i) {
-      const int64_t q = b / size[i];
-      off += (b - q * size[i]) * stride[i];
-      b = q;
-    }
-    return off;
-  }
-};
-
-struct Params {
+// Leading dims: attention_layout.cuh.
+struct Params : Lead {
   const void* q = nullptr;
   const void* k = nullptr;
   const void* v = nullptr;
@@ -120,9 +95,6 @@ struct Params {
   void* grad_v = nullptr;
   void* grad_mask = nullptr;
   void* row_dot = nullptr;  // backward scratch: D_i = dO_i . O_i, [batch, tq]
-  // The leading dims of the operands with size 1 dropped; each operand's strides over them.
-  int lead = 0;
-  int64_t lead_size[kMaxLead] = {};
   Rows q_rows, k_rows, v_rows, out_rows, do_rows, dq_rows, dk_rows, dv_rows;
   int64_t batch = 0, tq = 0, tk = 0;
   int d = 0, dv = 0;
@@ -196,16 +168,6 @@ LATHE_DEVICE_INLINE T neg_inf() {
 
 LATHE_DEVICE_INLINE int round_up(int x, int m) {
   return (x + m - 1) / m * m;
-}
-
-LATHE_DEVICE_INLINE int64_t batch_offset(const Params& p, const Rows& r, int64_t b) {
-  int64_t off = 0;
-  for (int i = p.lead - 1; i >= 0; --i) {
-    const int64_t q = b / p.lead_size[i];
-    off += (b - q * p.lead_size[i]) * r.lead[i];
-    b = q;
-  }
-  return off;
 }
 
 // Whether dropout keeps probability element n (the dropout kernel's rule).
@@ -753,68 +715,6 @@ __global__ void __launch_bounds__(kThreads, Config<T, D>::kDqMinBlocks)
 
 // ---- host side ----
 
-template <class Kernel>
-void allow_shared(Kernel kernel, size_t bytes) {
-#ifdef __CUDACC__
-  if (bytes > kDefaultSharedLimit) {
-    const cudaError_t status =
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
-    LATHE_CHECK(status == cudaSuccess, "simt attention: cannot get ", bytes,
-                " bytes of shared memory: ", cudaGetErrorString(status));
-  }
-#else
-  (void)kernel;
-  (void)bytes;
-#endif
-}
-
-// One operand as the launcher sees it.
-struct Operand {
-  const char* name;
-  const View* view;
-  Rows* rows;
-  int64_t n_rows, n_cols;
-  bool written = false;
-};
-
-// Checks the operands' views against the problem and fills p.lead, p.lead_size and each Rows.
-void set_rows(Params& p, const AttentionForwardArgs& a, std::initializer_list<Operand> ops) {
-  const View& first = *ops.begin()->view;
-  const int lead = first.ndim - 2;
-  for (const Operand& op : ops) {
-    const View& v = *op.view;
-    LATHE_CHECK(v.dtype == a.dtype && v.ndim == first.ndim && v.ndim >= 2 &&
-                    v.size[v.ndim - 2] == op.n_rows && v.size[v.ndim - 1] == op.n_cols,
-                "simt attention: ", op.name, " must be a [lead..., ", op.n_rows, ", ", op.n_cols,
-                "] view of dtype ", a.dtype, " with as many dims as ", ops.begin()->name);
-    for (int i = 0; i < lead; ++i) {
-      LATHE_CHECK(v.size[i] == first.size[i], "simt attention: the leading dims of ", op.name,
-                  " differ from those of ", ops.begin()->name);
-    }
-    LATHE_CHECK(op.n_cols <= 1 || v.stride[v.ndim - 1] == 1, "simt attention: the last dim of ",
-                op.name, " must have stride 1");
-    for (int i = 0; op.written && v.numel() > 0 && i < v.ndim - 1; ++i) {
-      // Two blocks writing one element would race.
-      LATHE_CHECK(v.size[i] <= 1 || v.stride[i] != 0, "simt attention: ", op.name,
-                  " is written and must not be broadcast (stride 0)");
-    }
-    op.rows->row = v.stride[v.ndim - 2];
-    op.rows->vec = attention_rows_aligned(v);
-  }
-  int n = 0;
-  int64_t numel = 1;
-  for (int i = 0; i < lead; ++i) {
-    numel *= first.size[i];
-    if (first.size[i] == 1) continue;
-    p.lead_size[n] = first.size[i];
-    for (const Operand& op : ops) op.rows->lead[n] = op.view->stride[i];
-    ++n;
-  }
-  LATHE_CHECK(numel == a.batch, "simt attention: the leading dims (", numel,
-              " elements) do not multiply to batch = ", a.batch);
-  p.lead = n;
-}
-
 void check_dtype(DType dtype) {
   LATHE_CHECK(dtype == DType::F32 || dtype == DType::F64,
               "simt attention takes f32 or f64 (f16/bf16 run on tensor cores in attention.cu), "
@@ -840,27 +740,7 @@ Params make_params(const AttentionForwardArgs& a) {
   p.dv = int(a.value_dim);
   p.scale = a.scale;
   p.causal = a.causal;
-  if (a.mask.data != nullptr) {
-    const View& m = a.mask;
-    LATHE_CHECK(m.ndim >= 2 && m.size[m.ndim - 2] == a.q_len && m.size[m.ndim - 1] == a.kv_len,
-                "simt attention: the mask view does not end in [q_len, kv_len]");
-    LATHE_CHECK(m.dtype == DType::Bool || m.dtype == a.dtype,
-                "simt attention: the mask must be bool or of the attention's dtype ", a.dtype,
-                ", got ", m.dtype);
-    p.mask.data = m.data;
-    p.mask.is_bool = m.dtype == DType::Bool;
-    p.mask.lead = m.ndim - 2;
-    int64_t lead_numel = 1;
-    for (int i = 0; i < p.mask.lead; ++i) {
-      p.mask.size[i] = m.size[i];
-      p.mask.stride[i] = m.stride[i];
-      lead_numel *= m.size[i];
-    }
-    LATHE_CHECK(lead_numel == a.batch,
-                "simt attention: the mask's leading dims do not multiply to batch");
-    p.mask.sq = m.stride[m.ndim - 2];
-    p.mask.sk = m.stride[m.ndim - 1];
-  }
+  p.mask = mask_of(a, a.dtype, "simt attention");
   p.dropout = a.dropout_p > 0;
   p.p = float(a.dropout_p);
   p.keep_scale = a.dropout_p < 1 ? 1.0 / (1.0 - a.dropout_p) : 0.0;
@@ -900,13 +780,14 @@ void forward_impl(const AttentionForwardArgs& a) {
            {{"q", &a.q, &p.q_rows, a.q_len, a.head_dim},
             {"k", &a.k, &p.k_rows, a.kv_len, a.head_dim},
             {"v", &a.v, &p.v_rows, a.kv_len, a.value_dim},
-            {"out", &a.out, &p.out_rows, a.q_len, a.value_dim, true}});
+            {"out", &a.out, &p.out_rows, a.q_len, a.value_dim, true}},
+           false, "simt attention");
   dispatch(a, [&]<class T, int D>() {
     constexpr int BM = 16 * Config<T, D>::kFwdTm;
     constexpr size_t smem = forward_smem<T, D>();
     static_assert(smem <= kMaxShared);
     const int64_t q_tiles = (a.q_len + BM - 1) / BM;
-    allow_shared(forward_kernel<T, D>, smem);
+    allow_shared(forward_kernel<T, D>, smem, "simt attention");
     rt::launch(forward_kernel<T, D>, dim3(grid_of(q_tiles * a.batch)), dim3(kThreads), smem,
                stream(), "attention_simt_forward", p, q_tiles);
   });
@@ -931,7 +812,8 @@ void backward_impl(const AttentionBackwardArgs& args) {
             {"grad_out", &args.grad_out, &p.do_rows, a.q_len, a.value_dim},
             {"grad_q", &args.grad_q, &p.dq_rows, a.q_len, a.head_dim, true},
             {"grad_k", &args.grad_k, &p.dk_rows, a.kv_len, a.head_dim, true},
-            {"grad_v", &args.grad_v, &p.dv_rows, a.kv_len, a.value_dim, true}});
+            {"grad_v", &args.grad_v, &p.dv_rows, a.kv_len, a.value_dim, true}},
+           false, "simt attention");
   const int64_t rows = a.batch * a.q_len;
   dispatch(a, [&]<class T, int D>() {
     using Cfg = Config<T, D>;
@@ -947,7 +829,7 @@ void backward_impl(const AttentionBackwardArgs& args) {
       constexpr size_t smem = dkdv_smem<T, D>();
       static_assert(smem <= kMaxShared);
       const int64_t k_tiles = (a.kv_len + BK - 1) / BK;
-      allow_shared(dkdv_kernel<T, D>, smem);
+      allow_shared(dkdv_kernel<T, D>, smem, "simt attention");
       rt::launch(dkdv_kernel<T, D>, dim3(grid_of(k_tiles * a.batch)), dim3(kThreads), smem,
                  stream(), "attention_simt_backward_dkdv", p, k_tiles);
     }
@@ -956,7 +838,7 @@ void backward_impl(const AttentionBackwardArgs& args) {
       constexpr size_t smem = dq_smem<T, D>();
       static_assert(smem <= kMaxShared);
       const int64_t q_tiles = (a.q_len + BM - 1) / BM;
-      allow_shared(dq_kernel<T, D>, smem);
+      allow_shared(dq_kernel<T, D>, smem, "simt attention");
       rt::launch(dq_kernel<T, D>, dim3(grid_of(q_tiles * a.batch)), dim3(kThreads), smem, stream(),
                  "attention_simt_backward_dq", p, q_tiles);
     }
