@@ -40,19 +40,20 @@ __global__ void add_layer_norm_forward_kernel(const T* x, const T* res, const T*
   using C = acc_t<T>;
   __shared__ C scratch[32];
   const rows::RowGroup<kBlock> g = rows::row_group<kBlock>();
-  for (int64_t r = g.first; r < n_rows; r += g.step) {
+  for (int64_t r = g.first; g.runs(r, n_rows); r += g.step) {
+    const bool active = r < n_rows;
     const T* xr = x + r * cols;
     const T* rr = res + r * cols;
     T* yr = y + r * cols;
     T* sr = sum_out ? sum_out + r * cols : nullptr;
     const void* const ptrs[6] = {xr, rr, yr, sr, w, b};
-    const rows::RowCut cut = rows::cut_row<T>(cols, ptrs);
+    const rows::RowCut cut = active ? rows::cut_row<T>(cols, ptrs) : rows::RowCut{};
     rows::layer_norm_row_forward<T, kBlock, N>(
         g, cut, r, cols, [&]<int W>(int64_t j, C(&s)[W]) { load_sum<W>(xr, rr, j, s); },
         [&]<int W>(int64_t j, C(&s)[W]) {
           if (sr) rows::store<W>(sr + j, s);
         },
-        w, b, yr, mean_out, rstd_out, eps, scratch);
+        w, b, yr, active ? mean_out : nullptr, active ? rstd_out : nullptr, eps, scratch);
   }
 }
 
@@ -60,10 +61,10 @@ void add_layer_norm_forward_impl(const AddLayerNormForwardArgs& a) {
   LATHE_CHECK(a.rows >= 0 && a.cols > 0, "add_layer_norm: invalid sizes rows=", a.rows,
               " cols=", a.cols);
   if (a.rows == 0) return;
-  const rows::RowLaunch l = rows::row_launch(a.rows, a.cols);
   dispatch_device_float(a.dtype, "add_layer_norm", [&]<class T>() {
     using C = acc_t<T>;
-    rows::dispatch_row_cache<T>(a.cols, l.block, [&]<int N>() {
+    const rows::RowLaunch l = rows::row_launch(a.rows, a.cols, sizeof(T));
+    rows::dispatch_row_cache<T>(a.cols, l.group, [&]<int N>() {
       auto kernel = l.block ? add_layer_norm_forward_kernel<T, true, N>
                             : add_layer_norm_forward_kernel<T, false, N>;
       rt::launch(kernel, l.grid, l.threads, 0, stream(), "add_layer_norm_forward",

@@ -68,12 +68,23 @@ __global__ void bias_gelu_forward_kernel(const T* x, const T* bias, T* y, int64_
   C b[W];
   rows::load<W>(bias + col, b);
   const int64_t step = int64_t(gridDim.y) * blockDim.y;
-  for (int64_t r = int64_t(blockIdx.y) * blockDim.y + threadIdx.y; r < n_rows; r += step) {
-    C v[W];
-    rows::load<W>(x + r * cols + col, v);
+  // kUnroll rows' loads first, then their outputs: y may alias x, so the compiler would not
+  // hoist a later row's load above an earlier row's store; this keeps several loads in flight.
+  constexpr int kUnroll = 4;
+  for (int64_t r0 = int64_t(blockIdx.y) * blockDim.y + threadIdx.y; r0 < n_rows;
+       r0 += kUnroll * step) {
+    C v[kUnroll][W] = {};
 #pragma unroll
-    for (int k = 0; k < W; ++k) v[k] = op(v[k] + b[k]);
-    rows::store<W>(y + r * cols + col, v);
+    for (int u = 0; u < kUnroll; ++u) {
+      if (r0 + u * step < n_rows) rows::load<W>(x + (r0 + u * step) * cols + col, v[u]);
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      if (r0 + u * step >= n_rows) break;
+#pragma unroll
+      for (int k = 0; k < W; ++k) v[u][k] = op(v[u][k] + b[k]);
+      rows::store<W>(y + (r0 + u * step) * cols + col, v[u]);
+    }
   }
 }
 

@@ -55,14 +55,16 @@ __global__ void layer_norm_forward_kernel(const T* x, const T* w, const T* b, T*
   using C = acc_t<T>;
   __shared__ C scratch[32];
   const rows::RowGroup<kBlock> g = rows::row_group<kBlock>();
-  for (int64_t r = g.first; r < n_rows; r += g.step) {
+  for (int64_t r = g.first; g.runs(r, n_rows); r += g.step) {
+    const bool active = r < n_rows;
     const T* xr = x + r * cols;
     T* yr = y + r * cols;
     const void* const ptrs[4] = {xr, yr, w, b};
-    const rows::RowCut cut = rows::cut_row<T>(cols, ptrs);
+    const rows::RowCut cut = active ? rows::cut_row<T>(cols, ptrs) : rows::RowCut{};
     rows::layer_norm_row_forward<T, kBlock, N>(
         g, cut, r, cols, [&]<int W>(int64_t j, C(&v)[W]) { rows::load<W>(xr + j, v); },
-        [](int64_t, auto&) {}, w, b, yr, mean_out, rstd_out, eps, scratch);
+        [](int64_t, auto&) {}, w, b, yr, active ? mean_out : nullptr, active ? rstd_out : nullptr,
+        eps, scratch);
   }
 }
 
@@ -74,13 +76,14 @@ __global__ void layer_norm_grad_x_kernel(const T* x, const T* w, const acc_t<T>*
   constexpr int V = rows::kPack<T>;
   __shared__ SumPair<C> scratch[32];
   const rows::RowGroup<kBlock> g = rows::row_group<kBlock>();
-  for (int64_t r = g.first; r < n_rows; r += g.step) {
+  for (int64_t r = g.first; g.runs(r, n_rows); r += g.step) {
+    const bool active = r < n_rows;
     const T* xr = x + r * cols;
     const T* gyr = gy + r * cols;
     T* gxr = gx + r * cols;
     const void* const ptrs[4] = {xr, gyr, gxr, w};
-    const rows::RowCut cut = rows::cut_row<T>(cols, ptrs);
-    const C m = mean[r], s = rstd[r];
+    const rows::RowCut cut = active ? rows::cut_row<T>(cols, ptrs) : rows::RowCut{};
+    const C m = active ? mean[r] : C(0), s = active ? rstd[r] : C(0);
     // g = dy * w and xhat = (x - mean) * rstd of W elements at j.
     auto terms = [&]<int W>(int64_t j, C(&gv)[W], C(&xhat)[W]) {
       rows::load<W>(gyr + j, gv);
@@ -246,10 +249,10 @@ void layer_norm_forward_impl(const LayerNormForwardArgs& a) {
   LATHE_CHECK(a.rows >= 0 && a.cols > 0, "layer_norm: invalid sizes rows=", a.rows,
               " cols=", a.cols);
   if (a.rows == 0) return;
-  const rows::RowLaunch l = rows::row_launch(a.rows, a.cols);
   dispatch_device_float(a.dtype, "layer_norm", [&]<class T>() {
     using C = acc_t<T>;
-    rows::dispatch_row_cache<T>(a.cols, l.block, [&]<int N>() {
+    const rows::RowLaunch l = rows::row_launch(a.rows, a.cols, sizeof(T));
+    rows::dispatch_row_cache<T>(a.cols, l.group, [&]<int N>() {
       auto kernel =
           l.block ? layer_norm_forward_kernel<T, true, N> : layer_norm_forward_kernel<T, false, N>;
       rt::launch(kernel, l.grid, l.threads, 0, stream(), "layer_norm_forward",
@@ -273,8 +276,8 @@ void layer_norm_backward_impl(const LayerNormBackwardArgs& a) {
       return;
     }
     if (a.grad_x) {
-      const rows::RowLaunch l = rows::row_launch(a.rows, a.cols);
-      rows::dispatch_row_cache<T>(a.cols, l.block, [&]<int N>() {
+      const rows::RowLaunch l = rows::row_launch(a.rows, a.cols, sizeof(T));
+      rows::dispatch_row_cache<T>(a.cols, l.group, [&]<int N>() {
         auto kernel =
             l.block ? layer_norm_grad_x_kernel<T, true, N> : layer_norm_grad_x_kernel<T, false, N>;
         rt::launch(kernel, l.grid, l.threads, 0, stream(), "layer_norm_grad_x",

@@ -12,9 +12,13 @@
 //   float atomics are involved. Both lanes of a butterfly step must compute op(a, b) and op(b, a)
 //   to the same bits: true of IEEE addition and max; ops with products order their operands first
 //   (softmax.cu), since an FMA-contracted a * x + b * y is not symmetric.
-// - Row kernels come in two shapes: a warp per row for rows up to kWarpRowMax elements (no
-//   barriers, a block of 4 warps works on 4 rows) and a block per row for longer rows; rows that
-//   fit are held in registers between passes (row_fits_cache).
+// - Row kernels come in two shapes (row_launch): a warp per row for rows of up to kWarpRowPacks
+//   16-byte packs, or fewer lanes for rows shorter than 32 packs (no barriers; a block of 128
+//   threads works on 128 / lanes rows), and a block of 64-1024 threads per longer row, about
+//   kBlockRowPacks packs per thread. Rows that fit are held in registers between passes
+//   (row_fits_cache). The widths were set on the H200 (docs/benchmarks.md): a block of 256
+//   threads on a 1536-wide row left each thread one or two packs and ran at 25-55% of a copy of
+//   the same shape; a warp (bf16) or a 64-128-thread block (f32) there is 1.2-1.7x faster.
 #pragma once
 
 #include <cstdint>
@@ -36,10 +40,12 @@ using acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
 template <class T>
 inline constexpr int kPack = 16 / int(sizeof(T));
 
-// Rows up to this many elements get a warp each; longer rows a block of kRowBlockThreads.
-inline constexpr int64_t kWarpRowMax = 1024;
-inline constexpr int kRowBlockThreads = 256;
-inline constexpr int kWarpsPerRowBlock = 4;  // warp-per-row kernels: 128 threads, 4 rows at once
+// Row shapes (row_launch): rows of up to kWarpRowPacks packs get a warp (at most 8 packs per
+// lane, the register cache's limit), longer ones a block with about kBlockRowPacks per thread.
+inline constexpr int64_t kWarpRowPacks = 256;
+inline constexpr int64_t kBlockRowPacks = 4;
+inline constexpr int kRowGroupBlockThreads = 128;  // blocks of the lanes-per-row shape
+inline constexpr int kMaxRowBlockThreads = 1024;
 
 template <class T, int W>
 struct alignas(W == 1 ? alignof(T) : 16) Vec {
@@ -132,13 +138,13 @@ LATHE_DEVICE_INLINE void for_row(const RowCut& c, int t, int nt, Fn&& fn) {
 // visits them, so sums over the cached row equal the streamed ones bit for bit. Other rows (not
 // 16-byte aligned, widths not a multiple of the pack, too long) are streamed.
 
-// Packs per thread a kernel instantiates for rows of `cols` elements, a warp (block false) or a
-// block of kRowBlockThreads per row: 2, 4 or 8, or 0 (stream) for f64 and for rows that need more
+// Packs per thread a kernel instantiates for rows of `cols` elements handled by `group_threads`
+// threads each (RowLaunch::group): 2, 4 or 8, or 0 (stream) for f64 and for rows that need more
 // than 8 (8 f32 packs are 32 registers per cached operand).
 template <class T>
-inline int row_cache_packs(int64_t cols, bool block) {
+inline int row_cache_packs(int64_t cols, int64_t group_threads) {
   if (sizeof(T) == 8) return 0;
-  const int64_t threads = block ? kRowBlockThreads : 32;
+  const int64_t threads = group_threads;
   const int64_t per_thread = (cols / kPack<T> + threads - 1) / threads;
   if (per_thread <= 2) return 2;
   if (per_thread <= 4) return 4;
@@ -146,14 +152,14 @@ inline int row_cache_packs(int64_t cols, bool block) {
   return 0;
 }
 
-// fn.template operator()<N>() with N = row_cache_packs<T>(cols, block); f64 kernels are only
-// instantiated streaming.
+// fn.template operator()<N>() with N = row_cache_packs<T>(cols, group_threads); f64 kernels are
+// only instantiated streaming.
 template <class T, class Fn>
-decltype(auto) dispatch_row_cache(int64_t cols, bool block, Fn&& fn) {
+decltype(auto) dispatch_row_cache(int64_t cols, int64_t group_threads, Fn&& fn) {
   if constexpr (sizeof(T) == 8) {
     return fn.template operator()<0>();
   } else {
-    switch (row_cache_packs<T>(cols, block)) {
+    switch (row_cache_packs<T>(cols, group_threads)) {
       case 2:
         return fn.template operator()<2>();
       case 4:
@@ -211,6 +217,15 @@ LATHE_DEVICE_INLINE A warp_allreduce(A v, Op op) {
   return v;
 }
 
+// Every lane gets op over the values of its aligned group of `lanes` lanes (a power of two up to
+// 32). Every lane of the warp must take part (full-mask shuffles): the butterflies of the warp's
+// groups run side by side.
+template <class A, class Op>
+LATHE_DEVICE_INLINE A lanes_allreduce(A v, Op op, int lanes) {
+  for (int mask = lanes / 2; mask > 0; mask /= 2) v = op(v, shfl_xor(v, mask));
+  return v;
+}
+
 // Every thread of the block (a multiple of 32 threads, at most 1024) gets op over all values.
 // `scratch` holds 32 values of shared memory; the trailing barrier lets the caller reuse it.
 template <class A, class Op>
@@ -226,55 +241,80 @@ LATHE_DEVICE_INLINE A block_allreduce(A v, Op op, A* scratch) {
   return r;
 }
 
-// The reduction of a row's group: a warp (kBlock false) or the whole block.
+// The reduction of a row's group: its lanes (kBlock false; blockDim.x lanes per row) or the
+// whole block.
 template <bool kBlock, class A, class Op>
 LATHE_DEVICE_INLINE A group_allreduce(A v, Op op, A* scratch) {
   if constexpr (kBlock) {
     return block_allreduce(v, op, scratch);
   } else {
     (void)scratch;
-    return warp_allreduce(v, op);
+    return lanes_allreduce(v, op, int(blockDim.x));
   }
 }
 
-// Rows of a row kernel handled by this group and its thread index within the group.
+// Rows of a row kernel handled by this group and its thread index within the group. A row loop
+// is `for (r = g.first; g.runs(r, n_rows); r += g.step)` with the row's work guarded by
+// `r < n_rows`: the groups sharing a warp run the same number of iterations, so that their
+// full-warp shuffles meet even where the last rows leave some of them without a row.
 template <bool kBlock>
 struct RowGroup {
   int64_t first, step;  // rows first, first + step, ...
   int t, nt;            // thread within the group, threads per group
+  int lag;              // groups of the warp before this one (rows by which it trails the first)
+  LATHE_DEVICE_INLINE bool runs(int64_t r, int64_t n_rows) const { return r - lag < n_rows; }
 };
 
+// Block shape: a block per row (kBlock, 1-D), or blockDim.x lanes per row and blockDim.y rows per
+// block (row_launch).
 template <bool kBlock>
 LATHE_DEVICE_INLINE RowGroup<kBlock> row_group() {
   if constexpr (kBlock) {
-    return {int64_t(blockIdx.x), int64_t(gridDim.x), int(threadIdx.x), int(blockDim.x)};
+    return {int64_t(blockIdx.x), int64_t(gridDim.x), int(threadIdx.x), int(blockDim.x), 0};
   } else {
-    const int warps = int(blockDim.x) / 32;
-    return {int64_t(blockIdx.x) * warps + threadIdx.x / 32, int64_t(gridDim.x) * warps,
-            int(threadIdx.x % 32), 32};
+    const int per_warp = 32 / int(blockDim.x);
+    return {int64_t(blockIdx.x) * blockDim.y + threadIdx.y, int64_t(gridDim.x) * blockDim.y,
+            int(threadIdx.x), int(blockDim.x), int(threadIdx.y) % per_warp};
   }
 }
 
-// Grid and block of a row kernel over `rows` rows of `cols` elements.
+// Grid and block of a row kernel over `rows` rows of `cols` elements of `elem_bytes` bytes.
+// `group` threads (a power of two) work on a row: 32 lanes of a warp for rows of 32 to
+// kWarpRowPacks packs, fewer for shorter rows (block false; blocks of 128 threads), else a block
+// of 64 to `max_block` threads, about kBlockRowPacks packs each (block true). Kernels that stream
+// their rows rather than cache them (cross-entropy) pass a smaller max_block.
 struct RowLaunch {
   bool block = false;
+  int64_t group = 32;
   dim3 grid, threads;
 };
 
-inline RowLaunch row_launch(int64_t rows, int64_t cols) {
+inline RowLaunch row_launch(int64_t rows, int64_t cols, int64_t elem_bytes,
+                            int64_t max_block = kMaxRowBlockThreads) {
   RowLaunch l;
-  l.block = cols > kWarpRowMax;
-  const int64_t sms = rt::device_properties(rt::current_device()).multiprocessor_count;
-  // Enough resident groups to fill every SM several times; rows beyond that are grid-strided.
-  if (l.block) {
-    const int64_t cap = sms * 8;
-    l.grid = dim3(unsigned(rows < cap ? rows : cap));
-    l.threads = dim3(kRowBlockThreads);
+  const int64_t pack = 16 / elem_bytes;
+  const int64_t pieces = (cols + pack - 1) / pack;  // packs, counting a partial one
+  if (pieces <= kWarpRowPacks) {
+    while (l.group > 1 && l.group / 2 >= pieces) l.group /= 2;
   } else {
-    const int64_t blocks = (rows + kWarpsPerRowBlock - 1) / kWarpsPerRowBlock;
-    const int64_t cap = sms * 16;
+    const int64_t want = (pieces + kBlockRowPacks - 1) / kBlockRowPacks;
+    l.group = 64;
+    while (l.group < want && l.group < max_block) l.group *= 2;
+  }
+  l.block = l.group > 32;
+  const int64_t sms = rt::device_properties(rt::current_device()).multiprocessor_count;
+  // Enough resident groups to fill every SM (2048 threads each) several times over; rows beyond
+  // that are grid-strided.
+  if (l.block) {
+    const int64_t cap = sms * (2048 / l.group) * 2;
+    l.grid = dim3(unsigned(rows < cap ? rows : cap));
+    l.threads = dim3(unsigned(l.group));
+  } else {
+    const int64_t per_block = kRowGroupBlockThreads / l.group;
+    const int64_t blocks = (rows + per_block - 1) / per_block;
+    const int64_t cap = sms * 16 * 2;
     l.grid = dim3(unsigned(blocks < cap ? blocks : cap));
-    l.threads = dim3(32 * kWarpsPerRowBlock);
+    l.threads = dim3(unsigned(l.group), unsigned(per_block));
   }
   return l;
 }

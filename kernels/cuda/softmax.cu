@@ -115,13 +115,14 @@ __global__ void softmax_forward_kernel(const T* x, T* y, int64_t n_rows, int64_t
   __shared__ MaxSum<C> scratch[32];
   __shared__ C cached_scratch[N > 0 ? 32 : 1];
   const rows::RowGroup<kBlock> g = rows::row_group<kBlock>();
-  for (int64_t r = g.first; r < n_rows; r += g.step) {
+  for (int64_t r = g.first; g.runs(r, n_rows); r += g.step) {
+    const bool active = r < n_rows;
     int64_t off[3];
-    rows_calc.get(r, off);
+    rows_calc.get(active ? r : 0, off);
     const T* xr = x + off[0];
     T* yr = y + off[1];
     const void* const ptrs[2] = {xr, yr};
-    const rows::RowCut cut = rows::cut_row<T>(cols, ptrs);
+    const rows::RowCut cut = active ? rows::cut_row<T>(cols, ptrs) : rows::RowCut{};
     if constexpr (N > 0) {
       if (rows::row_fits_cache<T, N>(cut, g.nt)) {
         softmax_row_cached<T, kBlock, N>(g, cut, xr, yr, log, cached_scratch);
@@ -156,14 +157,15 @@ __global__ void softmax_backward_kernel(const T* y, const T* gy, T* gx, int64_t 
   constexpr int V = rows::kPack<T>;
   __shared__ C scratch[32];
   const rows::RowGroup<kBlock> g = rows::row_group<kBlock>();
-  for (int64_t r = g.first; r < n_rows; r += g.step) {
+  for (int64_t r = g.first; g.runs(r, n_rows); r += g.step) {
+    const bool active = r < n_rows;
     int64_t off[3];
-    rows_calc.get(r, off);
+    rows_calc.get(active ? r : 0, off);
     const T* yr = y + off[0];
     const T* gyr = gy + off[1];
     T* gxr = gx + off[2];
     const void* const ptrs[3] = {yr, gyr, gxr};
-    const rows::RowCut cut = rows::cut_row<T>(cols, ptrs);
+    const rows::RowCut cut = active ? rows::cut_row<T>(cols, ptrs) : rows::RowCut{};
     // log: gx = gy - exp(y) * sum(gy); softmax: gx = y * (gy - sum(gy * y)).
     auto add = [&]<int W>(C& part, const C(&a)[W], const C(&b)[W]) {
       for (int k = 0; k < W; ++k) part += log ? a[k] : a[k] * b[k];
@@ -238,9 +240,9 @@ void softmax_forward_impl(const View& x, const View& y, bool log) {
   int64_t n_rows = 0, cols = 0;
   rows_cols(x, n_rows, cols);
   if (n_rows == 0) return;
-  const rows::RowLaunch l = rows::row_launch(n_rows, cols);
   dispatch_device_float(x.dtype, op, [&]<class T>() {
-    rows::dispatch_row_cache<T>(cols, l.block, [&]<int N>() {
+    const rows::RowLaunch l = rows::row_launch(n_rows, cols, sizeof(T));
+    rows::dispatch_row_cache<T>(cols, l.group, [&]<int N>() {
       auto kernel =
           l.block ? softmax_forward_kernel<T, true, N> : softmax_forward_kernel<T, false, N>;
       rt::launch(kernel, l.grid, l.threads, 0, stream(), op, static_cast<const T*>(x.data),
@@ -255,9 +257,9 @@ void softmax_backward_impl(const View& y, const View& grad_y, const View& grad_x
   int64_t n_rows = 0, cols = 0;
   rows_cols(y, n_rows, cols);
   if (n_rows == 0) return;
-  const rows::RowLaunch l = rows::row_launch(n_rows, cols);
   dispatch_device_float(y.dtype, op, [&]<class T>() {
-    rows::dispatch_row_cache<T>(cols, l.block, [&]<int N>() {
+    const rows::RowLaunch l = rows::row_launch(n_rows, cols, sizeof(T));
+    rows::dispatch_row_cache<T>(cols, l.group, [&]<int N>() {
       auto kernel =
           l.block ? softmax_backward_kernel<T, true, N> : softmax_backward_kernel<T, false, N>;
       rt::launch(kernel, l.grid, l.threads, 0, stream(), op, static_cast<const T*>(y.data),

@@ -240,7 +240,14 @@ TEST_CASE("cuda kernels: unary and unary_backward match the cpu", "[cuda][kernel
       Tensor y_cuda = Tensor::empty({7, 37}, TensorOptions(t).device(kCuda));
       cpu_k().unary(op, view(x.t()), view(y), alpha, beta);
       cuda_k().unary(op, view(x.to(kCuda).t()), view(y_cuda), alpha, beta);
-      check_close(y_cuda.to(Device::cpu()), y, 0.0, float_rtol(t));
+      // A GPU's f32 GELU takes Φ from erff (kernels/cuda/gelu.cuh): in the lower tail 1 + erf
+      // cancels, leaving an absolute error of |x| / 2 times a few ulp of 1.
+#ifdef LATHE_CUDA_BUILD
+      const double forward_atol = t == DType::F32 && op == UnaryOp::Gelu ? 4e-7 : 0.0;
+#else
+      const double forward_atol = 0.0;
+#endif
+      check_close(y_cuda.to(Device::cpu()), y, forward_atol, float_rtol(t));
       Tensor gx = Tensor::empty({7, 37}, TensorOptions(t));
       Tensor gx_cuda = Tensor::empty({7, 37}, TensorOptions(t).device(kCuda));
       cpu_k().unary_backward(op, view(x.t()), view(g), view(gx), alpha, beta);
