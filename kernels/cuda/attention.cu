@@ -20,6 +20,10 @@
 //     GEMMs per tile) replaces FlashAttention-2's atomic dQ accumulation and keeps every sum in a
 //     fixed order.
 //
+// Dropout is a template parameter of the three tile kernels: inlined Philox in every unrolled
+// element loop made the kernels' code several times larger, and without dropout the H200's
+// profile of the dK/dV kernel showed 31% of its stall cycles waiting for instruction fetch.
+//
 // Conventions (core/ops/attention.cpp): a row whose every key is masked gives zeros, lse = -inf
 // and zero gradients; causal masks key j > query i; dropout keeps element
 // n = (b * q_len + i) * kv_len + j iff philox::to_uniform(block(offset + n / 4, seed)[n % 4]) >= p
@@ -249,7 +253,7 @@ constexpr int forward_block_m() {
   return 16 * kWarps * forward_m_tiles<D>();
 }
 
-template <class T, int D>
+template <class T, int D, bool kDropout>
 __global__ void __launch_bounds__(kThreads) forward_kernel(Params p, int64_t q_tiles) {
   constexpr int LD = D + kPad;
   constexpr int MT = forward_m_tiles<D>();
@@ -400,7 +404,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(Params p, int64_t q_t
           }
         }
       }
-      if (p.dropout) {
+      if constexpr (kDropout) {
 #pragma unroll
         for (int n = 0; n < kBlockN / 8; ++n) {
 #pragma unroll
@@ -498,7 +502,7 @@ __global__ void __launch_bounds__(kThreads) row_dot_kernel(Params p) {
 }
 
 // dK and dV of 64 keys: warp w owns keys j0 + 16w .. j0 + 16w + 15.
-template <class T, int D>
+template <class T, int D, bool kDropout>
 __global__ void __launch_bounds__(kThreads) dkdv_kernel(Params p, int64_t k_tiles) {
   constexpr int LD = D + kPad;
   constexpr int BQ = kv_query_tile<D>();
@@ -613,8 +617,8 @@ __global__ void __launch_bounds__(kThreads) dkdv_kernel(Params p, int64_t k_tile
         const float x = plain ? s[n][e] * p.scale_log2 : masked_score(p, mask_base, s[n][e], i, j);
         const float pr = fast_exp2(x - cL[col]);
         float z = 1.0f;
-        if (p.dropout && i < p.tq && j < p.tk) {
-          z = dropout_factor(p, uint64_t((b * p.tq + i) * p.tk + j));
+        if constexpr (kDropout) {
+          if (i < p.tq && j < p.tk) z = dropout_factor(p, uint64_t((b * p.tq + i) * p.tk + j));
         }
         const float ds = pr * (z * dp[n][e] - cD[col]);
         s[n][e] = z * pr;
@@ -663,7 +667,7 @@ __global__ void __launch_bounds__(kThreads) dkdv_kernel(Params p, int64_t k_tile
 }
 
 // dQ of 64 queries: warp w owns rows i0 + 16w .. i0 + 16w + 15; K/V tiles double-buffered.
-template <class T, int D>
+template <class T, int D, bool kDropout>
 __global__ void __launch_bounds__(kThreads) dq_kernel(Params p, int64_t q_tiles) {
   constexpr int LD = D + kPad;
   LATHE_DYNAMIC_SHARED(T, smem);
@@ -753,7 +757,7 @@ __global__ void __launch_bounds__(kThreads) dq_kernel(Params p, int64_t q_tiles)
       for (int r = 0; r < 2; ++r) {
         const int64_t i = row[r], jb = j0 + 8 * n + 2 * t;
         float z[2] = {1.0f, 1.0f};
-        if (p.dropout) dropout_pair(p, b, i, jb, z);
+        if constexpr (kDropout) dropout_pair(p, b, i, jb, z);
 #pragma unroll
         for (int c = 0; c < 2; ++c) {
           const int e = 2 * r + c;
@@ -874,9 +878,10 @@ void forward_impl(const AttentionForwardArgs& a) {
   dispatch(a, [&]<class T, int D>() {
     const int64_t q_tiles = (a.q_len + forward_block_m<D>() - 1) / forward_block_m<D>();
     constexpr size_t smem = forward_smem<D, T>();
-    allow_shared(forward_kernel<T, D>, smem, "flash attention");
-    rt::launch(forward_kernel<T, D>, dim3(unsigned(q_tiles * a.batch)), dim3(kThreads), smem,
-               stream(), "flash_attention_forward", p, q_tiles);
+    auto kernel = p.dropout ? forward_kernel<T, D, true> : forward_kernel<T, D, false>;
+    allow_shared(kernel, smem, "flash attention");
+    rt::launch(kernel, dim3(unsigned(q_tiles * a.batch)), dim3(kThreads), smem, stream(),
+               "flash_attention_forward", p, q_tiles);
   });
 }
 
@@ -915,15 +920,17 @@ void backward_impl(const AttentionBackwardArgs& args) {
     const int64_t k_tiles = (a.kv_len + kBlockN - 1) / kBlockN;
     if (k_tiles > 0) {
       constexpr size_t smem = dkdv_smem<D, T>();
-      allow_shared(dkdv_kernel<T, D>, smem, "flash attention");
-      rt::launch(dkdv_kernel<T, D>, dim3(unsigned(k_tiles * a.batch)), dim3(kThreads), smem,
-                 stream(), "flash_attention_backward_dkdv", p, k_tiles);
+      auto kernel = p.dropout ? dkdv_kernel<T, D, true> : dkdv_kernel<T, D, false>;
+      allow_shared(kernel, smem, "flash attention");
+      rt::launch(kernel, dim3(unsigned(k_tiles * a.batch)), dim3(kThreads), smem, stream(),
+                 "flash_attention_backward_dkdv", p, k_tiles);
     }
     const int64_t q_tiles = (a.q_len + kBlockM - 1) / kBlockM;
     if (q_tiles > 0) {
       constexpr size_t smem = dq_smem<D, T>();
-      allow_shared(dq_kernel<T, D>, smem, "flash attention");
-      rt::launch(dq_kernel<T, D>, dim3(unsigned(q_tiles * a.batch)), dim3(kThreads), smem, stream(),
+      auto kernel = p.dropout ? dq_kernel<T, D, true> : dq_kernel<T, D, false>;
+      allow_shared(kernel, smem, "flash attention");
+      rt::launch(kernel, dim3(unsigned(q_tiles * a.batch)), dim3(kThreads), smem, stream(),
                  "flash_attention_backward_dq", p, q_tiles);
     }
   });

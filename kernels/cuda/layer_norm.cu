@@ -106,10 +106,10 @@ __global__ void layer_norm_grad_x_kernel(const T* x, const T* w, const acc_t<T>*
     C g_regs[N > 0 ? N : 1][V], xhat_regs[N > 0 ? N : 1][V];
     SumPair<C> part{C(0), C(0)};
     if (cached) {
-      rows::for_row_cached<T, N>(cut, g.t, g.nt, [&]<int S>(int64_t j) {
-        terms(j, g_regs[S], xhat_regs[S]);
-        add(part, g_regs[S], xhat_regs[S]);
-      });
+      rows::load_row_cached<T, N>(cut, g.t, g.nt,
+                                  [&]<int S>(int64_t j) { terms(j, g_regs[S], xhat_regs[S]); });
+      rows::for_row_cached<T, N>(cut, g.t, g.nt,
+                                 [&]<int S>(int64_t) { add(part, g_regs[S], xhat_regs[S]); });
     } else {
       rows::for_row<T>(cut, g.t, g.nt, [&]<int W>(int64_t j) {
         C gv[W], xhat[W];

@@ -29,8 +29,8 @@ LATHE_DEVICE_INLINE void layer_norm_row_forward(const RowGroup<kBlock>& g, const
   C regs[N > 0 ? N : 1][V];
   C part = C(0);
   if (cached) {
+    load_row_cached<T, N>(cut, g.t, g.nt, [&]<int S>(int64_t j) { values(j, regs[S]); });
     for_row_cached<T, N>(cut, g.t, g.nt, [&]<int S>(int64_t j) {
-      values(j, regs[S]);
       first(j, regs[S]);
       for (int k = 0; k < V; ++k) part += regs[S][k];
     });

@@ -178,6 +178,26 @@ LATHE_DEVICE_INLINE bool row_fits_cache(const RowCut& c, int nt) {
   return N > 0 && c.head == 0 && c.packs * kPack<T> == c.cols && c.packs <= int64_t(N) * nt;
 }
 
+// Calls fn.template operator()<S>(j) for every S < N, without a branch: j is the first column of
+// the thread's pack S, or of the row's last pack where the thread has no pack S. For the loads of
+// a cached row: the GPU issues in order, and a load under `if (p < packs)` is not moved above the
+// arithmetic on the previous pack, so each pack's load would wait for the one before it; straight
+// loads of valid addresses are issued together. What fn computes for a clamped S is garbage the
+// caller never uses (its later passes run for_row_cached). Rows without packs are skipped.
+template <class T, int N, class Fn>
+LATHE_DEVICE_INLINE void load_row_cached(const RowCut& c, int t, int nt, Fn&& fn) {
+  if (c.packs <= 0) return;
+  [&]<int... S>(std::integer_sequence<int, S...>) {
+    (
+        [&] {
+          const int64_t p = t + int64_t(S) * nt;
+          fn.template operator()<S>((p < c.packs ? p : c.packs - 1) * kPack<T>);
+        }(),
+        ...);
+  }
+  (std::make_integer_sequence<int, N>{});
+}
+
 // Calls fn.template operator()<S>(j) for each cached pack S of thread t (j its first column);
 // S is a compile-time index, so the packs stay in registers.
 template <class T, int N, class Fn>

@@ -85,8 +85,9 @@ LATHE_DEVICE_INLINE void softmax_row_cached(const rows::RowGroup<kBlock>& g,
   constexpr int V = rows::kPack<T>;
   C v[N][V];
   C m = -std::numeric_limits<C>::infinity();
-  rows::for_row_cached<T, N>(cut, g.t, g.nt, [&]<int S>(int64_t j) {
-    rows::load<V>(xr + j, v[S]);
+  rows::load_row_cached<T, N>(cut, g.t, g.nt,
+                              [&]<int S>(int64_t j) { rows::load<V>(xr + j, v[S]); });
+  rows::for_row_cached<T, N>(cut, g.t, g.nt, [&]<int S>(int64_t) {
     for (int k = 0; k < V; ++k) m = v[S][k] > m ? v[S][k] : m;
   });
   m = rows::group_allreduce<kBlock>(m, rows::Max{}, scratch);
@@ -182,11 +183,12 @@ __global__ void softmax_backward_kernel(const T* y, const T* gy, T* gx, int64_t 
     C a_regs[N > 0 ? N : 1][V], b_regs[N > 0 ? N : 1][V];
     C part = C(0);
     if (cached) {
-      rows::for_row_cached<T, N>(cut, g.t, g.nt, [&]<int S>(int64_t j) {
+      rows::load_row_cached<T, N>(cut, g.t, g.nt, [&]<int S>(int64_t j) {
         rows::load<V>(gyr + j, a_regs[S]);
         rows::load<V>(yr + j, b_regs[S]);
-        add(part, a_regs[S], b_regs[S]);
       });
+      rows::for_row_cached<T, N>(cut, g.t, g.nt,
+                                 [&]<int S>(int64_t) { add(part, a_regs[S], b_regs[S]); });
     } else {
       rows::for_row<T>(cut, g.t, g.nt, [&]<int W>(int64_t j) {
         C a[W], b[W] = {};
