@@ -20,11 +20,13 @@
 #      cuBLAS directly, attention, the BERT training step and inference in f32 and bf16), as JSON;
 #   6. the BERT-base bf16 training step again under LATHE_PROFILE=1 (time per kernel family);
 #   7. bench/compare_torch_gpu.py: PyTorch eager / torch.compile / SDPA on the same shapes, and the
-#      ratio and %-of-copy-bandwidth tables of docs/benchmarks.md (compare.md).
+#      ratio and %-of-copy-bandwidth tables of docs/benchmarks.md (compare.md);
+#   8. scripts/gpu-profile.sh: Nsight Compute counters of a few kernels (ncu.txt), when ncu exists.
 # Test binaries are run directly (not through ctest), because the carried build tree's ctest files
 # hold this machine's absolute paths; the source path compiled into the tests (golden files) is
 # linked to this checkout when it does not exist there. Results go to $OUT (or
-# build-gpu/gpu-check/): 8 files, as many as the device tool returns.
+# build-gpu/gpu-check/): 8 files, as many as the device tool returns (the PTX and cuda tests share
+# tests-cuda.log).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 BUILD="${LATHE_GPU_BUILD_DIR:-build-gpu}"
@@ -66,6 +68,7 @@ TOTAL_LIMIT="${LATHE_GPU_TOTAL_LIMIT:-520}"
 STATUS=0
 
 # step <name> <timeout s> <log> <command...>: runs a step, records pass/fail and Catch2's counts.
+# Steps append to their log, so two steps can share one file (started empty below).
 step() {
   local name="$1" limit="$2" log="$OUT_DIR/$3"
   shift 3
@@ -78,7 +81,7 @@ step() {
     return
   fi
   local start=$SECONDS rc=0
-  timeout "$limit" "$@" >"$log" 2>&1 || rc=$?
+  timeout "$limit" "$@" >>"$log" 2>&1 || rc=$?
   local counts
   counts="$(grep -E '^(All tests passed|test cases:)' "$log" | tail -n 1)"
   ROWS+=("$(printf '%-34s %-6s %5ss  %s' "$name" "$([[ $rc == 0 ]] && echo ok || echo "FAIL($rc)")" \
@@ -109,10 +112,13 @@ if [[ -n "$src" && ! -e "$src" ]]; then
   mkdir -p "$(dirname "$src")" && ln -s "$PWD" "$src"
 fi
 
+rm -f "$OUT_DIR"/{gpu.txt,tests-cuda.log,core-cuda.log,bench.log,bench.json,profile.txt,compare.md,ncu.txt}
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader \
   >"$OUT_DIR/gpu.txt" 2>&1 || true
-step "ptx wrappers (mma/ldmatrix/cp.async)" 60 ptx.log "$BUILD/bin/lathe-tests-ptx" --use-colour no
-step "cuda runtime, allocator, kernels" 150 cuda.log "$BUILD/bin/lathe-tests-cuda" --use-colour no
+step "ptx wrappers (mma/ldmatrix/cp.async)" 60 tests-cuda.log "$BUILD/bin/lathe-tests-ptx" \
+  --use-colour no
+step "cuda runtime, allocator, kernels" 150 tests-cuda.log "$BUILD/bin/lathe-tests-cuda" \
+  --use-colour no
 step "core ops + BERT goldens on cuda:0" 180 core-cuda.log env LATHE_TEST_DEVICE=cuda \
   "$BUILD/bin/lathe-tests-core" "~[cpu-only]" --use-colour no
 step "lathe-bench BM_Cuda*" "${LATHE_GPU_BENCH_LIMIT:-200}" bench.log "$BUILD/bin/lathe-bench" \
@@ -125,11 +131,13 @@ if [[ -s "$OUT_DIR/bench.json" ]] && command -v python3 >/dev/null; then
   step "PyTorch comparison" "${LATHE_GPU_COMPARE_LIMIT:-240}" compare.md env PYTHONUNBUFFERED=1 \
     python3 bench/compare_torch_gpu.py --lathe-json "$OUT_DIR/bench.json" ${LATHE_GPU_COMPARE_ARGS:-}
 fi
+# Hardware counters last, with what time is left (about 5 s per kernel plus lathe-bench's start).
+step "Nsight Compute counters" "${LATHE_GPU_NCU_LIMIT:-90}" ncu.txt env LATHE_NCU_ONE_FILE=1 \
+  bash scripts/gpu-profile.sh
 
 echo "== lathe gpu-check $(date -u +%Y-%m-%dT%H:%MZ) on $(cat "$OUT_DIR/gpu.txt" 2>/dev/null)"
 printf '%s\n' "${ROWS[@]}"
-grep -E '^(ok|FAIL)' "$OUT_DIR/ptx.log" 2>/dev/null | head -n 20
-for log in ptx cuda core-cuda; do
+for log in tests-cuda core-cuda; do
   grep -B2 -A12 -E 'FAILED|REQUIRE|CHECK\(' "$OUT_DIR/$log.log" 2>/dev/null | head -n 60
 done
 sed -n '/LATHE_PROFILE:/,$p' "$OUT_DIR/profile.txt" 2>/dev/null | head -n 16

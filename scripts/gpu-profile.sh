@@ -9,8 +9,9 @@
 # Each target below profiles one launch (after two warm-up launches) of the kernels whose function
 # name matches a regex, while `lathe-bench` runs one entry. LATHE_NCU_TARGETS replaces the list:
 # "name|kernel regex|benchmark filter" entries separated by ';'. One text report per target goes
-# to $OUT (or build-gpu/gpu-profile/). Without ncu, or without permission to read the counters,
-# the script says so and exits 0, so it can share a device call with gpu-check.sh.
+# to $OUT (or build-gpu/gpu-profile/) as ncu-<name>.txt, or with LATHE_NCU_ONE_FILE=1 all of
+# them to standard output (gpu-check.sh's last step, which must keep to 8 files). Without ncu, or
+# without permission to read the counters, the script says so and exits 0.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 BUILD="${LATHE_GPU_BUILD_DIR:-build-gpu}"
@@ -27,27 +28,33 @@ if [[ -z "$ncu" ]]; then
   ncu="$(ls -d /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n 1)"
 fi
 if [[ -z "$ncu" ]]; then
-  echo "gpu-profile: no ncu (Nsight Compute) on this machine; nothing profiled" | tee "$OUT_DIR/ncu.txt"
+  echo "gpu-profile: no ncu (Nsight Compute) on this machine; nothing profiled"
   exit 0
 fi
+ONE_FILE="${LATHE_NCU_ONE_FILE:-0}"
+SUMMARY="$OUT_DIR/ncu.txt"
+[[ "$ONE_FILE" == 1 ]] && SUMMARY=/dev/null
 
 DEFAULT_TARGETS="flash-dkdv|dkdv_kernel|BM_CudaFlashAttentionBackward/T:2048/d:64/causal:0/"
 DEFAULT_TARGETS+=";flash-dq|dq_kernel|BM_CudaFlashAttentionBackward/T:2048/d:64/causal:0/"
 DEFAULT_TARGETS+=";flash-forward|forward_kernel|BM_CudaFlashAttentionForward/T:2048/d:64/causal:0/"
 DEFAULT_TARGETS+=";layer-norm-bf16|layer_norm_forward_kernel|BM_CudaLayerNormForward/32768/384/1/"
 IFS=';' read -r -a targets <<<"${LATHE_NCU_TARGETS:-$DEFAULT_TARGETS}"
-echo "gpu-profile: $("$ncu" --version | tail -n 1)" | tee "$OUT_DIR/ncu.txt"
+echo "gpu-profile: $("$ncu" --version | tail -n 1)" | tee "$SUMMARY"
 for t in "${targets[@]}"; do
   IFS='|' read -r name regex filter <<<"$t"
-  echo "== $name: kernel /$regex/ in $filter" | tee -a "$OUT_DIR/ncu.txt"
+  echo "== $name: kernel /$regex/ in $filter" | tee -a "$SUMMARY"
+  report="$OUT_DIR/ncu-$name.txt"
   timeout "${LATHE_NCU_LIMIT:-90}" "$ncu" --kernel-name "regex:$regex" --launch-skip 2 \
     --launch-count 1 --section SpeedOfLight --section Occupancy --section LaunchStats \
     --section WarpStateStats --section MemoryWorkloadAnalysis \
     "$BUILD/bin/lathe-bench" --benchmark_filter="$filter" --benchmark_min_time=0.01 \
-    >"$OUT_DIR/ncu-$name.txt" 2>&1
-  echo "   exit $?; $(grep -c . "$OUT_DIR/ncu-$name.txt") lines in ncu-$name.txt" |
-    tee -a "$OUT_DIR/ncu.txt"
-  grep -m 3 -E "ERR_NVGPUCTRPERM|==ERROR==|==WARNING==" "$OUT_DIR/ncu-$name.txt" |
-    tee -a "$OUT_DIR/ncu.txt"
+    >"$report" 2>&1
+  echo "   exit $?; $(grep -c . "$report") lines" | tee -a "$SUMMARY"
+  grep -m 3 -E "ERR_NVGPUCTRPERM|==ERROR==|==WARNING==" "$report" | tee -a "$SUMMARY"
+  if [[ "$ONE_FILE" == 1 ]]; then
+    grep -v -E "^==PROF==|^\s*$" "$report"
+    rm -f "$report"
+  fi
 done
 exit 0
