@@ -27,12 +27,16 @@
 #include <vector>
 
 #include "core/tensor_internal.h"
+#include "cuda/attention_test_util.h"
 #include "cuda/kernel_test_util.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/kernel_table.h"
 #include "support/test_util.h"
 
 using namespace lathe;
+using attention_test::mask_name;
+using attention_test::MaskKind;
+using attention_test::valid_keys;
 using kernel_test::bytes_of;
 using kernel_test::check_schedule_invariant;
 using testing::random_tensor;
@@ -43,29 +47,6 @@ const Device kCuda = Device::cuda(0);
 const Device kCpu = Device::cpu();
 const double kNaN = std::numeric_limits<double>::quiet_NaN();
 const double kInf = std::numeric_limits<double>::infinity();
-
-enum class MaskKind {
-  None,
-  KeyPaddingBool,   // [B, 1, 1, Tk] bool
-  KeyPaddingFloat,  // [B, 1, 1, Tk] additive, -inf on padding
-  Bias,             // [H, Tq, Tk] additive, broadcast over B
-  RowsBool,         // [B, H, Tq, Tk] bool with some rows fully masked
-};
-
-const char* mask_name(MaskKind k) {
-  switch (k) {
-    case MaskKind::None:
-      return "none";
-    case MaskKind::KeyPaddingBool:
-      return "key padding (bool)";
-    case MaskKind::KeyPaddingFloat:
-      return "key padding (additive)";
-    case MaskKind::Bias:
-      return "bias [H, Tq, Tk]";
-    default:
-      return "bool [B, H, Tq, Tk] with masked rows";
-  }
-}
 
 // Memory layouts of a [B, H, T, w] operand: contiguous; the head view of a [B, T, H, w] buffer
 // (rows 16-byte aligned when H * w is a multiple of the vector: read and written in 16-byte
@@ -107,14 +88,6 @@ struct Inputs {
   Tensor q, k, v, grad_out, mask;
 };
 
-// Key-padding lengths: batch 0 keeps ~2/3 of its keys (at least one), batch 1 none (every row fully
-// masked), further batches all keys.
-int64_t valid_keys(int64_t b, int64_t tk) {
-  if (b == 0) return std::max<int64_t>(1, tk - tk / 3);
-  if (b == 1) return 0;
-  return tk;
-}
-
 Tensor make_mask(const Case& c, uint64_t seed) {
   const TensorOptions f64 = TensorOptions(DType::F64);
   switch (c.mask) {
@@ -137,18 +110,8 @@ Tensor make_mask(const Case& c, uint64_t seed) {
     default:
       break;
   }
-  std::vector<double> keep(size_t(c.B * c.tk));
-  const std::vector<double> bias = testing::random_values(c.B * c.tk, seed, -1, 0);
-  for (int64_t b = 0; b < c.B; ++b) {
-    for (int64_t j = 0; j < c.tk; ++j) {
-      const bool valid = j < valid_keys(b, c.tk);
-      const size_t n = size_t(b * c.tk + j);
-      keep[n] =
-          c.mask == MaskKind::KeyPaddingBool ? (valid ? 1.0 : 0.0) : (valid ? bias[n] : -kInf);
-    }
-  }
-  Tensor m = from_vector(keep, {c.B, 1, 1, c.tk}, f64);
-  return (c.mask == MaskKind::KeyPaddingBool ? m.to(DType::Bool) : m.to(c.dtype)).to(kCuda);
+  return attention_test::key_padding_mask(c.B, c.tk, c.mask == MaskKind::KeyPaddingFloat, seed,
+                                          c.dtype);
 }
 
 // A [B, H, t, w] tensor of c.dtype filled with `value` in `layout`.
@@ -447,21 +410,9 @@ TEST_CASE("attention simt: dropout draws the cpu kernel's Philox mask, regenerat
   const Inputs in = make_inputs(c, 400);
   const Results r = run_simt(c, in);
   check_against(c, r, cpu_reference(c, in));
-  // Same seed: same bits; another seed or offset: other outputs and gradients.
-  const Results again = run_simt(c, in);
-  for (size_t i = 0; i < 5; ++i) CHECK(bytes_of(again.all()[i]) == bytes_of(r.all()[i]));
-  Case other = c;
-  other.seed = 1235;
-  const Results r2 = run_simt(other, in);
-  CHECK(bytes_of(r2.out) != bytes_of(r.out));
-  CHECK(bytes_of(r2.dq) != bytes_of(r.dq));
-  CHECK(bytes_of(r2.dk) != bytes_of(r.dk));
-  CHECK(bytes_of(r2.dv) != bytes_of(r.dv));
-  other = c;
-  other.offset = 18;
-  CHECK(bytes_of(run_simt(other, in).out) != bytes_of(r.out));
+  attention_test::check_dropout_determinism(c, [&](const Case& k) { return run_simt(k, in); });
   // p = 1 drops everything: zero output and zero dV.
-  other = c;
+  Case other = c;
   other.p = 1.0;
   const Results all_dropped = run_simt(other, in);
   CHECK(all_zero(all_dropped.out));

@@ -23,6 +23,7 @@
 #include <sstream>
 
 #include "core/tensor_internal.h"
+#include "cuda/attention_test_util.h"
 #include "cuda/kernel_test_util.h"
 #include "kernels/kernel_profile.h"
 #include "kernels/kernel_table.h"
@@ -34,6 +35,9 @@
 #endif
 
 using namespace lathe;
+using attention_test::mask_name;
+using attention_test::MaskKind;
+using attention_test::valid_keys;
 using kernel_test::bytes_of;
 using kernel_test::check_schedule_invariant;
 using testing::random_tensor;
@@ -47,21 +51,6 @@ const double kInf = std::numeric_limits<double>::infinity();
 
 const kernels::KernelTable& cuda_k() {
   return kernels::kernel_table(DeviceType::CUDA);
-}
-
-enum class MaskKind { None, KeyPaddingBool, KeyPaddingFloat, Bias };
-
-const char* mask_name(MaskKind k) {
-  switch (k) {
-    case MaskKind::None:
-      return "none";
-    case MaskKind::KeyPaddingBool:
-      return "key padding (bool)";
-    case MaskKind::KeyPaddingFloat:
-      return "key padding (additive f32)";
-    default:
-      return "f32 bias [H, Tq, Tk]";
-  }
 }
 
 struct Case {
@@ -85,14 +74,6 @@ struct Inputs {
   Tensor q, k, v, mask, grad_out;
 };
 
-// Key-padding lengths: batch 0 keeps ~2/3 of its keys (at least one), batch 1 none (every row fully
-// masked), further batches all keys.
-int64_t valid_keys(int64_t b, int64_t tk) {
-  if (b == 0) return std::max<int64_t>(1, tk - tk / 3);
-  if (b == 1) return 0;
-  return tk;
-}
-
 Tensor make_mask(const Case& c, uint64_t seed) {
   if (c.mask == MaskKind::None) return Tensor();
   if (c.mask == MaskKind::Bias) {
@@ -100,18 +81,8 @@ Tensor make_mask(const Case& c, uint64_t seed) {
         .to(DType::F32)
         .to(kCuda);
   }
-  std::vector<double> keep(size_t(c.B * c.tk));
-  const std::vector<double> bias = testing::random_values(c.B * c.tk, seed, -1, 0);
-  for (int64_t b = 0; b < c.B; ++b) {
-    for (int64_t j = 0; j < c.tk; ++j) {
-      const bool valid = j < valid_keys(b, c.tk);
-      const size_t n = size_t(b * c.tk + j);
-      keep[n] = c.mask == MaskKind::KeyPaddingBool ? (valid ? 1.0 : 0.0)
-                                                   : (valid ? double(float(bias[n])) : -kInf);
-    }
-  }
-  Tensor m = from_vector(keep, {c.B, 1, 1, c.tk}, TensorOptions(DType::F64));
-  return (c.mask == MaskKind::KeyPaddingBool ? m.to(DType::Bool) : m.to(DType::F32)).to(kCuda);
+  return attention_test::key_padding_mask(c.B, c.tk, c.mask == MaskKind::KeyPaddingFloat, seed,
+                                          DType::F32);
 }
 
 Inputs make_inputs(const Case& c, uint64_t seed) {
@@ -412,21 +383,9 @@ TEST_CASE("flash attention: dropout from Philox, regenerated in backward", "[cud
   const Results r = run_kernels(c, in);
   // The composite reference draws the same mask (same rule as the dropout kernel).
   check_case(c, r, reference(c, in));
-  // Same seed: same bits; another seed or offset: other outputs and gradients.
-  const Results again = run_kernels(c, in);
-  for (size_t i = 0; i < 5; ++i) CHECK(bytes_of(again.all()[i]) == bytes_of(r.all()[i]));
-  Case other = c;
-  other.seed = 1235;
-  const Results r2 = run_kernels(other, in);
-  CHECK(bytes_of(r2.out) != bytes_of(r.out));
-  CHECK(bytes_of(r2.dq) != bytes_of(r.dq));
-  CHECK(bytes_of(r2.dk) != bytes_of(r.dk));
-  CHECK(bytes_of(r2.dv) != bytes_of(r.dv));
-  other = c;
-  other.offset = 18;
-  CHECK(bytes_of(run_kernels(other, in).out) != bytes_of(r.out));
+  attention_test::check_dropout_determinism(c, [&](const Case& k) { return run_kernels(k, in); });
   // p = 1 drops everything: zero output.
-  other = c;
+  Case other = c;
   other.p = 1.0;
   CHECK(frobenius(run_kernels(other, in).out) == 0.0);
 }
