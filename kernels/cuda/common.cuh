@@ -319,7 +319,9 @@ void launch_elementwise(const char* name, const std::array<const View*, N>& view
   const View& shape = *views[0];
   const int64_t n = shape.numel();
   if (n == 0) return;
-  const unsigned grid = grid_for(n);
+  // Every SM full (8 blocks of 256 threads): the kernels move one element per thread at a time, so
+  // resident threads are what keeps loads in flight.
+  const unsigned grid = grid_for(n, kThreads, 8);
   if (all_contiguous<N>(shape, views)) {
     rt::launch(elementwise_contiguous_kernel<N, F>, dim3(grid), dim3(kThreads), 0, stream(), name,
                n, f);

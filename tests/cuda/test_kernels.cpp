@@ -173,6 +173,17 @@ TEST_CASE("cuda kernels: copy converts every dtype pair like the cpu, strided", 
       cpu_k().copy(view(src.t()), view(wide.slice(1, 0, 74, 2)));
       cuda_k().copy(view(src_cuda.t()), view(wide_cuda.slice(1, 0, 74, 2)));
       check_bits(wide_cuda, wide);
+      // Contiguous to contiguous: the vector kernel of casts (whole 16-byte packs, then a tail of
+      // 259 % pack elements), and the same one element off a 16-byte boundary (the generic one).
+      Tensor flat = zeros({259}, TensorOptions(to));
+      Tensor flat_cuda = zeros({259}, TensorOptions(to).device(kCuda));
+      cpu_k().copy(view(src.reshape({259})), view(flat));
+      cuda_k().copy(view(src_cuda.reshape({259})), view(flat_cuda));
+      check_bits(flat_cuda, flat);
+      cpu_k().copy(view(src.reshape({259}).narrow(0, 1, 258)), view(flat.narrow(0, 1, 258)));
+      cuda_k().copy(view(src_cuda.reshape({259}).narrow(0, 1, 258)),
+                    view(flat_cuda.narrow(0, 1, 258)));
+      check_bits(flat_cuda, flat);
     }
   }
 }
