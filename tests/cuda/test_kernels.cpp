@@ -351,6 +351,28 @@ TEST_CASE("cuda kernels: binary ops with broadcasting match the cpu", "[cuda][ke
       cpu_k().binary(op, bview(s, shape), view(at), view(out));
       cuda_k().binary(op, bview(s.to(kCuda), shape), view(a_cuda), view(out_cuda));
       check_close(out_cuda.to(Device::cpu()), out, 0.0, float_rtol(t));
+      // Three contiguous operands: the vector kernel of arithmetic ops (whole 16-byte packs, then
+      // a tail of 259 % pack elements), and one element off a 16-byte boundary (the generic one).
+      Tensor fa = a.reshape({259});
+      Tensor fb = is_floating(t) ? int_values({259}, 23, t, -2, 3) * 0.5
+                                 : int_values({259}, 23, t, op == BinaryOp::Pow ? -1 : -3, 4);
+      Tensor fo = Tensor::empty({259}, TensorOptions(out_t));
+      Tensor fo_cuda = zeros({259}, TensorOptions(out_t).device(kCuda));
+      Tensor fa_cuda = fa.to(kCuda), fb_cuda = fb.to(kCuda);
+      for (int64_t first : {0, 1}) {
+        INFO("contiguous from element " << first);
+        const int64_t n = 259 - first;
+        cpu_k().binary(op, view(fa.narrow(0, first, n)), view(fb.narrow(0, first, n)),
+                       view(fo.narrow(0, first, n)));
+        cuda_k().binary(op, view(fa_cuda.narrow(0, first, n)), view(fb_cuda.narrow(0, first, n)),
+                        view(fo_cuda.narrow(0, first, n)));
+        if (op == BinaryOp::Pow && is_floating(t)) {
+          check_close(fo_cuda.narrow(0, first, n).to(Device::cpu()), fo.narrow(0, first, n), 0.0,
+                      float_rtol(t));
+        } else {
+          check_bits(fo_cuda.narrow(0, first, n), fo.narrow(0, first, n));
+        }
+      }
     }
   }
   // bool equality
