@@ -88,10 +88,6 @@ __global__ void bias_gelu_forward_kernel(const T* x, const T* bias, T* y, int64_
   }
 }
 
-bool aligned16(const void* p) {
-  return reinterpret_cast<uintptr_t>(p) % 16 == 0;
-}
-
 // Blocks of kThreads: x over the row's column units (a multiple of 32, at most kThreads), y over
 // rows; enough blocks to fill every SM a few times, rows beyond that grid-strided.
 void forward_launch_shape(int64_t n_rows, int64_t units, dim3& grid, dim3& threads) {

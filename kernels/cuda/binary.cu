@@ -4,15 +4,14 @@
 // single dim (one multiply per element). f16/bf16 compute in f32 and round once on store;
 // comparisons write bool. Semantics match the cpu kernels: NaN wins maximum/minimum, integer
 // division by zero gives 0, integer pow by repeated squaring. Arithmetic ops on three contiguous,
-// 16-byte aligned operands (gradient accumulation, residual adds, scaling: ~50 launches per BERT
-// layer step) take a vector kernel: 16-byte packs, kUnroll of them loaded before the first store,
-// since one element per thread at a time leaves too few bytes in flight to cover DRAM latency.
+// 16-byte aligned operands (gradient accumulation, residual adds, scaling) take the vector kernel
+// of vector_map.cuh.
 #include <cstdint>
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/math.cuh"
-#include "kernels/cuda/rows.cuh"
+#include "kernels/cuda/vector_map.cuh"
 
 namespace lathe::kernels::cuda {
 
@@ -123,52 +122,10 @@ struct BinaryMap {
   }
 };
 
-constexpr int kUnroll = 4;
-
-// out[i] = op(a[i], b[i]) over contiguous operands: packs of 16 bytes, then a scalar tail.
-template <class T, class Op>
-__global__ void binary_vec_kernel(const T* a, const T* b, T* out, int64_t n, Op op) {
-  using C = compute_t<T>;
-  constexpr int V = rows::kPack<T>;
-  const int64_t packs = n / V;
-  const int64_t step = grid_threads();
-  for (int64_t p0 = global_thread(); p0 < packs; p0 += kUnroll * step) {
-    C va[kUnroll][V] = {}, vb[kUnroll][V] = {};
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      if (p0 + u * step < packs) {
-        rows::load<V>(a + (p0 + u * step) * V, va[u]);
-        rows::load<V>(b + (p0 + u * step) * V, vb[u]);
-      }
-    }
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      if (p0 + u * step >= packs) break;
-      for (int k = 0; k < V; ++k) va[u][k] = op(va[u][k], vb[u][k]);
-      rows::store<V>(out + (p0 + u * step) * V, va[u]);
-    }
-  }
-  for (int64_t i = packs * V + global_thread(); i < n; i += step) {
-    out[i] = convert<T>(op(convert<C>(a[i]), convert<C>(b[i])));
-  }
-}
-
-bool aligned16(const void* p) {
-  return reinterpret_cast<uintptr_t>(p) % 16 == 0;
-}
-
 template <class T, class Out, class Op>
 void run(const View& a, const View& b, const View& out, Op op) {
   if constexpr (std::is_same_v<T, Out> && !std::is_same_v<T, bool>) {
-    const int64_t n = out.numel();
-    if (n > 0 && all_contiguous<3>(out, {&out, &a, &b}) && aligned16(a.data) && aligned16(b.data) &&
-        aligned16(out.data)) {
-      const int64_t packs = n / rows::kPack<T>;
-      rt::launch(binary_vec_kernel<T, Op>, dim3(grid_for(packs > 0 ? packs : n, kThreads, 8)),
-                 dim3(kThreads), 0, stream(), "binary", static_cast<const T*>(a.data),
-                 static_cast<const T*>(b.data), static_cast<T*>(out.data), n, op);
-      return;
-    }
+    if (try_map2_vec<T>("binary", a, b, out, op)) return;
   }
   launch_elementwise<3>(
       "binary", {&out, &a, &b},

@@ -197,6 +197,11 @@ bool all_contiguous(const View& shape, const std::array<const View*, N>& views) 
   return true;
 }
 
+// Whether p sits on a 16-byte boundary (the vector kernels' packs).
+inline bool aligned16(const void* p) {
+  return reinterpret_cast<uintptr_t>(p) % 16 == 0;
+}
+
 // ---- launch sizing ----
 
 inline constexpr int kThreads = 256;

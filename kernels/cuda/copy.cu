@@ -88,10 +88,6 @@ __global__ void cast_vec_kernel(const Src* src, Dst* dst, int64_t n) {
   for (int64_t i = packs * V + global_thread(); i < n; i += step) dst[i] = convert<Dst>(src[i]);
 }
 
-bool aligned16(const void* p) {
-  return reinterpret_cast<uintptr_t>(p) % 16 == 0;
-}
-
 void copy_kernel(const View& src, const View& dst) {
   LATHE_CHECK(src.ndim == dst.ndim, "copy: source and destination ranks differ (", src.ndim,
               " and ", dst.ndim, ")");

@@ -202,10 +202,6 @@ __global__ void segment_sums_kernel(const int64_t* row, int64_t groups, const ac
   }
 }
 
-bool aligned16(const void* p) {
-  return reinterpret_cast<uintptr_t>(p) % 16 == 0;
-}
-
 int64_t read_back(const int64_t* device_value) {
   int64_t v = 0;
   rt::memcpy_sync(&v, device_value, sizeof v, rt::CopyKind::DeviceToHost, stream());

@@ -212,10 +212,6 @@ __global__ void layer_norm_param_final_kernel(const acc_t<T>* partial_w, const a
   }
 }
 
-bool aligned16(const void* p) {
-  return reinterpret_cast<uintptr_t>(p) % 16 == 0;
-}
-
 template <class T>
 void param_grads(const LayerNormBackwardArgs& a) {
   using C = acc_t<T>;

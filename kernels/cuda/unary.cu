@@ -4,9 +4,10 @@
 // ops that stay integral (neg, abs, relu, clamp), as on the cpu.
 //
 // Contiguous operands that start on 16-byte boundaries (every freshly allocated tensor) take a
-// vectorized kernel: each thread loads and stores whole 16-byte packs (4 f32, 8 bf16/f16) and the
-// last numel % pack elements are done one by one. The functor is the same, so both paths give the
-// same bits. GELU (erf and tanh forms, forward and backward) is the transformer's user of this.
+// vectorized kernel (vector_map.cuh): each thread loads and stores whole 16-byte packs (4 f32, 8
+// bf16/f16) and the last numel % pack elements are done one by one. The functor is the same, so
+// both paths give the same bits. GELU (erf and tanh forms, forward and backward) is the
+// transformer's user of this.
 #include <cmath>
 #include <limits>
 
@@ -14,7 +15,7 @@
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/gelu.cuh"
 #include "kernels/cuda/math.cuh"
-#include "kernels/cuda/rows.cuh"
+#include "kernels/cuda/vector_map.cuh"
 
 namespace lathe::kernels::cuda {
 
@@ -116,78 +117,9 @@ struct UnaryMap {
   }
 };
 
-bool aligned16(const void* p) {
-  return reinterpret_cast<uintptr_t>(p) % 16 == 0;
-}
-
-// Packs a thread of the vector kernels loads before it computes: in and out may be the same
-// buffer, so the compiler cannot move a later pack's load above an earlier pack's store; loading
-// kUnroll packs first keeps that many 16-byte loads in flight per thread.
-constexpr int kUnroll = 4;
-
-// Contiguous, 16-byte aligned operands: whole packs per thread, then the tail element-wise.
-template <class T, class Op>
-__global__ void unary_vec_kernel(const T* in, T* out, int64_t n, Op op) {
-  using C = compute_t<T>;
-  constexpr int V = rows::kPack<T>;
-  const int64_t packs = n / V;
-  const int64_t step = grid_threads();
-  for (int64_t p0 = global_thread(); p0 < packs; p0 += kUnroll * step) {
-    C v[kUnroll][V] = {};
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      if (p0 + u * step < packs) rows::load<V>(in + (p0 + u * step) * V, v[u]);
-    }
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      if (p0 + u * step >= packs) break;
-      for (int k = 0; k < V; ++k) v[u][k] = op(v[u][k]);
-      rows::store<V>(out + (p0 + u * step) * V, v[u]);
-    }
-  }
-  for (int64_t i = packs * V + global_thread(); i < n; i += grid_threads()) {
-    out[i] = convert<T>(op(convert<C>(in[i])));
-  }
-}
-
-template <class T, class Op>
-__global__ void unary_backward_vec_kernel(const T* x, const T* grad_out, T* grad_in, int64_t n,
-                                          Op op) {
-  using C = compute_t<T>;
-  constexpr int V = rows::kPack<T>;
-  const int64_t packs = n / V;
-  const int64_t step = grid_threads();
-  for (int64_t p0 = global_thread(); p0 < packs; p0 += kUnroll * step) {
-    C v[kUnroll][V] = {}, d[kUnroll][V] = {};
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      if (p0 + u * step < packs) {
-        rows::load<V>(x + (p0 + u * step) * V, v[u]);
-        rows::load<V>(grad_out + (p0 + u * step) * V, d[u]);
-      }
-    }
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      if (p0 + u * step >= packs) break;
-      for (int k = 0; k < V; ++k) v[u][k] = op(v[u][k], d[u][k]);
-      rows::store<V>(grad_in + (p0 + u * step) * V, v[u]);
-    }
-  }
-  for (int64_t i = packs * V + global_thread(); i < n; i += grid_threads()) {
-    grad_in[i] = convert<T>(op(convert<C>(x[i]), convert<C>(grad_out[i])));
-  }
-}
-
 template <class T, class Op>
 void map1(const View& in, const View& out, Op op) {
-  const int64_t n = out.numel();
-  if (n > 0 && all_contiguous<2>(out, {&out, &in}) && aligned16(in.data) && aligned16(out.data)) {
-    const int64_t packs = n / rows::kPack<T>;
-    rt::launch(unary_vec_kernel<T, Op>, dim3(grid_for(packs > 0 ? packs : n, kThreads, 8)),
-               dim3(kThreads), 0, stream(), "unary", static_cast<const T*>(in.data),
-               static_cast<T*>(out.data), n, op);
-    return;
-  }
+  if (try_map1_vec<T>("unary", in, out, op)) return;
   launch_elementwise<2>(
       "unary", {&out, &in},
       UnaryMap<T, Op>{static_cast<const T*>(in.data), static_cast<T*>(out.data), op});
@@ -345,15 +277,7 @@ struct UnaryBackwardMap {
 
 template <class T, class Op>
 void map2(const View& x, const View& g, const View& out, Op op) {
-  const int64_t n = out.numel();
-  if (n > 0 && all_contiguous<3>(out, {&out, &x, &g}) && aligned16(x.data) && aligned16(g.data) &&
-      aligned16(out.data)) {
-    const int64_t packs = n / rows::kPack<T>;
-    rt::launch(unary_backward_vec_kernel<T, Op>, dim3(grid_for(packs > 0 ? packs : n, kThreads, 8)),
-               dim3(kThreads), 0, stream(), "unary_backward", static_cast<const T*>(x.data),
-               static_cast<const T*>(g.data), static_cast<T*>(out.data), n, op);
-    return;
-  }
+  if (try_map2_vec<T>("unary_backward", x, g, out, op)) return;
   launch_elementwise<3>(
       "unary_backward", {&out, &x, &g},
       UnaryBackwardMap<T, Op>{static_cast<const T*>(x.data), static_cast<const T*>(g.data),
