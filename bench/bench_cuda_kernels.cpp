@@ -23,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_cross_entropy.h"
 #include "bench/bench_cuda_util.h"
 #include "bench/bench_util.h"
 #include "core/tensor_internal.h"
@@ -103,32 +104,10 @@ void BM_CudaLayerNormBackward(benchmark::State& state) {
 void BM_CudaCrossEntropy(benchmark::State& state, bool backward) {
   const int64_t rows = state.range(0), classes = state.range(1);
   const DType t = dtype_of(state.range(2));
-  Tensor x = randn_on({rows, classes}, t);
-  std::vector<int64_t> targets(static_cast<size_t>(rows));
-  for (int64_t r = 0; r < rows; ++r) targets[size_t(r)] = (r * 7919) % classes;
-  Tensor tg = lathe::from_vector(targets, {rows}, lathe::TensorOptions().device(kCuda));
-  Tensor loss = lathe::empty({rows}, on_cuda(t)), lse = lathe::empty({rows}, on_cuda(DType::F32));
-  Tensor gl = lathe::ones({rows}, on_cuda(t)), grad = lathe::empty({rows, classes}, on_cuda(t));
-  lathe::kernels::CrossEntropyForwardArgs f;
-  f.dtype = t;
-  f.rows = rows;
-  f.classes = classes;
-  f.logits = x.data_ptr();
-  f.targets = static_cast<const int64_t*>(tg.data_ptr());
-  f.loss = loss.data_ptr();
-  f.lse = lse.data_ptr();
-  f.label_smoothing = 0.1;
-  cuda_k().cross_entropy_forward(f);
-  lathe::kernels::CrossEntropyBackwardArgs b;
-  b.dtype = t;
-  b.rows = rows;
-  b.classes = classes;
-  b.logits = x.data_ptr();
-  b.targets = f.targets;
-  b.lse = lse.data_ptr();
-  b.grad_loss = gl.data_ptr();
-  b.grad_logits = grad.data_ptr();
-  b.label_smoothing = 0.1;
+  const lathe_bench::CrossEntropyOperands o =
+      lathe_bench::cross_entropy_operands(rows, classes, t, kCuda);
+  const lathe::kernels::CrossEntropyForwardArgs& f = o.forward;
+  const lathe::kernels::CrossEntropyBackwardArgs& b = o.backward;
   const double es = double(lathe::element_size(t));
   if (backward) {
     run(state, 2.0 * double(rows * classes) * es, [&] { cuda_k().cross_entropy_backward(b); });

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "bench/bench_cross_entropy.h"
 #include "bench/bench_util.h"
 #include "core/tensor_internal.h"
 #include "kernels/device_api.h"
@@ -91,28 +92,11 @@ void gelu_entry(benchmark::State& state, const Target& target) {
 void cross_entropy_entry(benchmark::State& state, const Target& target) {
   const int64_t rows = state.range(0), classes = state.range(1);
   const bool backward = state.range(2) == 1;
-  Tensor x = randn_on(target, {rows, classes}), tg = indices_on(target, rows, classes);
-  Tensor loss = lathe::empty({rows}, target.f32()), lse = lathe::empty({rows}, target.f32());
-  Tensor gl = lathe::ones({rows}, target.f32()), grad = lathe::empty({rows, classes}, target.f32());
-  lathe::kernels::CrossEntropyForwardArgs f;
-  f.rows = rows;
-  f.classes = classes;
-  f.logits = x.data_ptr();
-  f.targets = static_cast<const int64_t*>(tg.data_ptr());
-  f.loss = loss.data_ptr();
-  f.lse = lse.data_ptr();
-  f.label_smoothing = 0.1;
-  lathe::kernels::CrossEntropyBackwardArgs b;
-  b.rows = rows;
-  b.classes = classes;
-  b.logits = x.data_ptr();
-  b.targets = f.targets;
-  b.lse = lse.data_ptr();
-  b.grad_loss = gl.data_ptr();
-  b.grad_logits = grad.data_ptr();
-  b.label_smoothing = 0.1;
+  const lathe_bench::CrossEntropyOperands o =
+      lathe_bench::cross_entropy_operands(rows, classes, DType::F32, target.device);
+  const lathe::kernels::CrossEntropyForwardArgs& f = o.forward;
+  const lathe::kernels::CrossEntropyBackwardArgs& b = o.backward;
   const auto& k = target.table();
-  k.cross_entropy_forward(f);  // the lse the backward reads
   const double bytes = double(rows * classes) * 4.0 * (backward ? 2.0 : 1.0);
   run(state, target, bytes, [&] {
     if (backward) {
