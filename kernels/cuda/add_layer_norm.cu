@@ -29,7 +29,11 @@ LATHE_DEVICE_INLINE void load_sum(const T* x, const T* res, int64_t j, C (&s)[W]
   rows::load<W>(x + j, s);
   rows::load<W>(res + j, r);
 #pragma unroll
-  for (int k = 0; k < W; ++k) s[k] = convert<C>(convert<T>(s[k] + r[k]));
+  for (int k = 0; k < W; ++k) s[k] = s[k] + r[k];
+  T rounded[W];
+  convert_pack<T>(s, rounded);
+#pragma unroll
+  for (int k = 0; k < W; ++k) s[k] = convert<C>(rounded[k]);
 }
 
 template <class T, bool kBlock, int N>

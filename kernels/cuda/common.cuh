@@ -17,6 +17,7 @@
 
 #include <array>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #include "kernels/cuda/allocator.h"
@@ -113,6 +114,39 @@ LATHE_DEVICE_INLINE To convert(From v) {
   }
 }
 
+// out[k] = convert<To>(in[k]) for a pack of W values. On sm_80 and later, floats rounded to
+// f16/bf16 go in pairs through one cvt.rn.{f16x2,bf16x2}.f32 each (round to nearest even, like
+// __float2half_rn / __float2bfloat16_rn): convert's per-element NaN check and select took about
+// six instructions per element, a third of the bf16 layer norm's instruction count (Nsight
+// Compute showed those kernels bound by instruction issue, docs/benchmarks.md). The hardware
+// rounds a NaN to the canonical one, so a pack holding a NaN is redone element by element (the
+// loop below) and payloads survive as on the cpu. The simulator (no __CUDA_ARCH__) runs convert
+// itself.
+template <class To, class From, int W>
+LATHE_DEVICE_INLINE void convert_pack(const From (&in)[W], To (&out)[W]) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  if constexpr (std::is_same_v<From, float> && W % 2 == 0 && is_half_v<To>) {
+    bool nan = false;
+#pragma unroll
+    for (int k = 0; k < W; k += 2) {
+      if constexpr (std::is_same_v<To, __nv_bfloat16>) {
+        const __nv_bfloat162 r = __floats2bfloat162_rn(in[k], in[k + 1]);
+        out[k] = r.x;
+        out[k + 1] = r.y;
+      } else {
+        const __half2 r = __floats2half2_rn(in[k], in[k + 1]);
+        out[k] = __low2half(r);
+        out[k + 1] = __high2half(r);
+      }
+      nan |= (in[k] != in[k]) | (in[k + 1] != in[k + 1]);
+    }
+    if (!nan) return;
+  }
+#endif
+#pragma unroll
+  for (int k = 0; k < W; ++k) out[k] = convert<To>(in[k]);
+}
+
 // Host: the bits of `value` converted to T exactly as convert<T>(double) does on the device.
 template <class T>
 T host_convert(double value) {
@@ -200,6 +234,35 @@ bool all_contiguous(const View& shape, const std::array<const View*, N>& views) 
 // Whether p sits on a 16-byte boundary (the vector kernels' packs).
 inline bool aligned16(const void* p) {
   return reinterpret_cast<uintptr_t>(p) % 16 == 0;
+}
+
+// V elements of T (V * sizeof(T) a multiple of 16 bytes) as one vector access: the packs of the
+// vector kernels that mix element types (copy.cu's casts, adamw.cu), where rows.cuh's load/store
+// (one 16-byte pack converted to the compute type) do not fit.
+template <class T, int V>
+struct alignas(16) Pack {
+  T v[V];
+};
+
+// Pack k of buffer p (16-byte aligned): vector accesses on the GPU, memcpy in the simulated build
+// (no aliasing questions on the host), as rows.cuh does.
+template <class T, int V>
+LATHE_DEVICE_INLINE Pack<T, V> load_pack(const T* p, int64_t k) {
+#ifdef __CUDACC__
+  return reinterpret_cast<const Pack<T, V>*>(p)[k];
+#else
+  Pack<T, V> pack;
+  std::memcpy(static_cast<void*>(&pack), p + k * V, sizeof pack);
+  return pack;
+#endif
+}
+template <class T, int V>
+LATHE_DEVICE_INLINE void store_pack(T* p, int64_t k, const Pack<T, V>& pack) {
+#ifdef __CUDACC__
+  reinterpret_cast<Pack<T, V>*>(p)[k] = pack;
+#else
+  std::memcpy(static_cast<void*>(p + k * V), &pack, sizeof pack);
+#endif
 }
 
 // ---- launch sizing ----

@@ -34,33 +34,6 @@ struct FillOp {
 
 constexpr int kUnroll = 4;
 
-// V elements of T at p (V * sizeof(T) a multiple of 16 bytes, p 16-byte aligned).
-template <class T, int V>
-struct alignas(16) Pack {
-  T v[V];
-};
-
-// Pack k of buffer p: vector accesses on the GPU, memcpy in the simulated build (no aliasing
-// questions on the host), as rows.cuh does.
-template <class T, int V>
-LATHE_DEVICE_INLINE Pack<T, V> load_pack(const T* p, int64_t k) {
-#ifdef __CUDACC__
-  return reinterpret_cast<const Pack<T, V>*>(p)[k];
-#else
-  Pack<T, V> pack;
-  std::memcpy(static_cast<void*>(&pack), p + k * V, sizeof pack);
-  return pack;
-#endif
-}
-template <class T, int V>
-LATHE_DEVICE_INLINE void store_pack(T* p, int64_t k, const Pack<T, V>& pack) {
-#ifdef __CUDACC__
-  reinterpret_cast<Pack<T, V>*>(p)[k] = pack;
-#else
-  std::memcpy(static_cast<void*>(p + k * V), &pack, sizeof pack);
-#endif
-}
-
 // dst[i] = convert(src[i]) for i < n; packs of V elements (16 bytes of the narrower type), then a
 // scalar tail.
 template <class Src, class Dst>
@@ -80,8 +53,7 @@ __global__ void cast_vec_kernel(const Src* src, Dst* dst, int64_t n) {
       const int64_t p = p0 + u * step;
       if (p >= packs) break;
       Pack<Dst, V> out;
-#pragma unroll
-      for (int k = 0; k < V; ++k) out.v[k] = convert<Dst>(in[u].v[k]);
+      convert_pack<Dst>(in[u].v, out.v);
       store_pack<Dst, V>(dst, p, out);
     }
   }

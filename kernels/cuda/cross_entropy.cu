@@ -55,18 +55,29 @@ struct MergeLse {
   }
 };
 
-// softmax.cu's online update, plus the sum of x.
-template <class C>
-LATHE_DEVICE_INLINE void online_add(LseState<C>& a, C x) {
-  a.sum_x += x;
-  if (x == -std::numeric_limits<C>::infinity()) return;
-  if (x > a.m) {
-    a.s = a.s * dmath::exp(a.m - x) + (C(1) + (x - x));  // 1 + (x - x): NaN for x = +inf
-    a.m = x;
-  } else {
-    a.s += dmath::exp(x - a.m);
+// softmax.cu's online update, plus the sum of x, for W values at once: the running max moves
+// once per pack (one rescaling exponential), and the values add exp(x - max) without a branch per
+// element. Special values as the cpu: -inf adds exp(-inf) = 0 (nothing while the max is still
+// -inf), +inf makes the max +inf and exp(inf - inf) a NaN sum, NaN never wins the max and adds
+// NaN.
+template <int W, class C>
+LATHE_DEVICE_INLINE void online_add(LseState<C>& a, const C (&x)[W]) {
+  C m = a.m;
+#pragma unroll
+  for (int k = 0; k < W; ++k) {
+    a.sum_x += x[k];
+    m = x[k] > m ? x[k] : m;
   }
+  if (m == -std::numeric_limits<C>::infinity()) return;
+  C s = a.s * dmath::exp(a.m - m);  // a.s is 0 while a.m is -inf
+#pragma unroll
+  for (int k = 0; k < W; ++k) s += dmath::exp(x[k] - m);
+  a.s = s;
+  a.m = m;
 }
+
+// Packs a thread of a streaming row kernel has in flight (rows::for_row_loaded).
+constexpr int kLoadedPacks = 4;
 
 // Row blocks of at most 256 threads: the kernels stream their rows (a 30522-wide f32 row does not
 // fit the register cache), and on the H200 1024-thread blocks ran them at half the speed.
@@ -85,11 +96,8 @@ __global__ void cross_entropy_forward_kernel(const T* logits, const int64_t* tar
     const void* const ptrs[1] = {xr};
     const rows::RowCut cut = active ? rows::cut_row<T>(classes, ptrs) : rows::RowCut{};
     LseState<C> part{-std::numeric_limits<C>::infinity(), C(0), C(0)};
-    rows::for_row<T>(cut, g.t, g.nt, [&]<int W>(int64_t j) {
-      C v[W];
-      rows::load<W>(xr + j, v);
-      for (int k = 0; k < W; ++k) online_add(part, v[k]);
-    });
+    rows::for_row_loaded<T, kLoadedPacks, C>(
+        cut, g.t, g.nt, xr, [&]<int W>(int64_t, C(&v)[W]) { online_add(part, v); });
     const LseState<C> row = rows::group_allreduce<kBlock>(part, MergeLse{}, scratch);
     if (g.t != 0 || !active) continue;
     // An all -inf row: the cpu's sum of exp(-inf - -inf) is NaN, and so is its lse.
@@ -138,12 +146,13 @@ __global__ void cross_entropy_backward_kernel(const T* logits, const int64_t* ta
     // A target the op would have rejected: NaN gradients, never an out-of-bounds access.
     const C scale =
         t >= 0 && t < classes ? convert<C>(grad_loss[r]) : std::numeric_limits<C>::quiet_NaN();
-    rows::for_row<T>(cut, g.t, g.nt, [&]<int W>(int64_t j) {
-      C v[W];
-      rows::load<W>(xr + j, v);
-      for (int k = 0; k < W; ++k) {
-        v[k] = (dmath::exp(v[k] - shift) - smooth) * scale;
-        if (j + k == t) v[k] -= (C(1) - eps) * scale;
+    rows::for_row_loaded<T, kLoadedPacks, C>(cut, g.t, g.nt, xr, [&]<int W>(int64_t j, C(&v)[W]) {
+      for (int k = 0; k < W; ++k) v[k] = (dmath::exp(v[k] - shift) - smooth) * scale;
+      // The target's column, tested once per pack rather than per element.
+      if (t >= j && t < j + W) {
+        for (int k = 0; k < W; ++k) {
+          if (j + k == t) v[k] -= (C(1) - eps) * scale;
+        }
       }
       rows::store<W>(gr + j, v);
     });
