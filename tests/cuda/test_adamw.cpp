@@ -2,8 +2,9 @@
 // contract. A small chunk makes a few dozen small tensors need several launches, so both ways a
 // launch table fills up are covered: the block table (320 chunks) in the middle of a tensor,
 // which then continues in the next launch, and the tensor table (36 tensors). f32 params and
-// bf16 params with f32 master weights, decoupled and L2 weight decay. The simulated build must
-// also give identical bits under every thread schedule.
+// bf16 params with f32 master weights, decoupled and L2 weight decay; aligned tensors (the
+// 16-byte pack path), misaligned ones and chunk sizes that are not a whole number of packs (the
+// element path). The simulated build must also give identical bits under every thread schedule.
 #include <catch2/catch.hpp>
 
 #include "cuda/kernel_test_util.h"
@@ -33,11 +34,23 @@ Buffers make_buffers(const std::vector<int64_t>& sizes, DType dtype, Device devi
   return b;
 }
 
-Buffers to_device(const Buffers& b, Device device) {
+// A copy of t on `device`; with `misalign`, one element into a larger buffer, so that the data
+// is off its 16-byte boundary (the kernel's element-by-element path for that tensor).
+Tensor place(const Tensor& t, Device device, bool misalign) {
+  if (!misalign) return t.to(device).clone();
+  Tensor buffer = empty({t.numel() + 1}, TensorOptions(t.dtype()).device(device));
+  Tensor view = buffer.narrow(0, 1, t.numel());
+  view.copy_(t);
+  return view;
+}
+
+// With `misalign`, every third tensor's param (and, for the next one, grad) is misaligned, so one
+// launch table mixes tensors on the pack path and on the element path.
+Buffers to_device(const Buffers& b, Device device, bool misalign = false) {
   Buffers r;
   for (size_t k = 0; k < b.p.size(); ++k) {
-    r.p.push_back(b.p[k].to(device).clone());
-    r.g.push_back(b.g[k].to(device).clone());
+    r.p.push_back(place(b.p[k], device, misalign && k % 3 == 1));
+    r.g.push_back(place(b.g[k], device, misalign && k % 3 == 2));
     r.m.push_back(b.m[k].to(device).clone());
     r.v.push_back(b.v[k].to(device).clone());
     if (!b.master.empty()) r.master.push_back(b.master[k].to(device).clone());
@@ -84,10 +97,14 @@ std::vector<int64_t> sizes() {
 TEST_CASE("cuda adamw: multi-tensor kernel matches the cpu kernel", "[cuda][adamw]") {
   auto dtype = GENERATE(DType::F32, DType::BF16);
   auto decoupled = GENERATE(true, false);
-  auto chunk = GENERATE(int64_t(8), int64_t(0));  // 8: many launches; 0: the default 65536
-  INFO(dtype << (decoupled ? " decoupled" : " L2") << " chunk " << chunk);
+  // 8: many launches; 6: chunks that do not start on a 16-byte pack (element path only); 0: the
+  // default 65536, one chunk per tensor with whole packs and a tail.
+  auto chunk = GENERATE(int64_t(8), int64_t(6), int64_t(0));
+  auto misalign = GENERATE(false, true);
+  INFO(dtype << (decoupled ? " decoupled" : " L2") << " chunk " << chunk
+             << (misalign ? " misaligned" : ""));
   const Buffers host = make_buffers(sizes(), dtype, Device::cpu());
-  Buffers cpu = to_device(host, Device::cpu()), cuda = to_device(host, kCuda);
+  Buffers cpu = to_device(host, Device::cpu()), cuda = to_device(host, kCuda, misalign);
   run(kernels::cpu_kernel_table(), cpu, dtype, decoupled, chunk);
   run(kernels::kernel_table(DeviceType::CUDA), cuda, dtype, decoupled, chunk);
   for (size_t k = 0; k < cpu.p.size(); ++k) {
