@@ -13,10 +13,13 @@
 //    dx = rstd * (g - mean(g) - xhat * mean(g * xhat)); g and xhat stay in registers between the
 //    passes for rows that fit.
 //  - dweight = sum over rows of dy * xhat and dbias = sum over rows of dy, deterministically and
-//    without atomics: the rows are cut into chunks (how many depends on the row count only), a
-//    block of 32 x 8 threads sums a chunk for 32 column packs (the 8 thread rows combined in a
-//    fixed order through shared memory) into a partial row, and a second kernel adds the partial
-//    rows in chunk order. Neighbouring threads read neighbouring columns, 16 bytes each.
+//    without atomics: the rows are cut into chunks (how many depends on the row count only), each
+//    chunk is summed into a partial row, and a last kernel adds the partial rows in a fixed order.
+//  - Rows of whole, aligned packs that a warp holds in registers (BERT's 384-1024 columns) take
+//    one fused kernel for dx and the chunk sums (layer_norm_backward_fused_kernel): x and dy are
+//    read once. Other rows run the dx kernel and then a separate chunk-sum kernel that reads x and
+//    dy again (a block of 32 x 8 threads per chunk and 32 column packs, the 8 thread rows combined
+//    in a fixed order through shared memory).
 #include <limits>
 
 #include "kernels/cuda/common.cuh"
@@ -24,6 +27,7 @@
 #include "kernels/cuda/layer_norm_row.cuh"
 #include "kernels/cuda/math.cuh"
 #include "kernels/cuda/rows.cuh"
+#include "kernels/sim/sim.h"  // LATHE_DYNAMIC_SHARED in both builds
 
 namespace lathe::kernels::cuda {
 
@@ -136,6 +140,114 @@ __global__ void layer_norm_grad_x_kernel(const T* x, const T* w, const acc_t<T>*
   }
 }
 
+// ---- fused backward: dx and the dweight / dbias partial rows in one pass ----
+//
+// For rows of whole, aligned packs that a warp (or fewer lanes) holds in registers: each block
+// owns a chunk of consecutive rows, its groups take the chunk's rows in turn, and each thread,
+// which sees the same columns in every row, adds dy * xhat and dy of its columns into registers
+// while computing dx. At the end the block's groups combine their sums in group order through
+// shared memory into the chunk's partial row. The unfused backward read x and dy a second time
+// for the parameter gradients: 5 tensors of traffic where this reads x and dy and writes dx once
+// (3), plus partial rows that stay in L2.
+
+// Row chunks of the fused backward: a function of the row count only, like param_chunks, so the
+// summation order never depends on the device; ~8 rows per chunk keep 4096 rows (BERT's B * T)
+// spread over several blocks per SM.
+constexpr int64_t kFusedRowsPerChunk = 8;
+constexpr int64_t kFusedMaxChunks = 1024;
+constexpr int kFusedMaxPacks = 4;  // packs per thread (rows::row_cache_packs) the kernel takes
+
+int64_t fused_chunks(int64_t n_rows) {
+  const int64_t c = (n_rows + kFusedRowsPerChunk - 1) / kFusedRowsPerChunk;
+  return c < 1 ? 1 : (c > kFusedMaxChunks ? kFusedMaxChunks : c);
+}
+
+// Block shape (lanes, 128 / lanes) as row_launch's lanes-per-row shape; dynamic shared memory
+// holds blockDim.y * cols sums. Every row is `cols / V` whole packs (checked by the launcher).
+template <class T, int N>
+__global__ void layer_norm_backward_fused_kernel(const T* x, const T* w, const acc_t<T>* mean,
+                                                 const acc_t<T>* rstd, const T* gy, T* gx,
+                                                 int64_t n_rows, int64_t cols, int64_t chunks,
+                                                 acc_t<T>* partial_w, acc_t<T>* partial_b) {
+  using C = acc_t<T>;
+  constexpr int V = rows::kPack<T>;
+  LATHE_DYNAMIC_SHARED(C, sums);  // [blockDim.y][cols]
+  const int64_t chunk = blockIdx.x;
+  const int64_t begin = n_rows * chunk / chunks, end = n_rows * (chunk + 1) / chunks;
+  const int per_warp = 32 / int(blockDim.x);
+  const rows::RowGroup<false> g{begin + int64_t(threadIdx.y), int64_t(blockDim.y), int(threadIdx.x),
+                                int(blockDim.x), int(threadIdx.y) % per_warp};
+  rows::RowCut whole;
+  whole.head = 0;
+  whole.packs = cols / V;
+  whole.cols = cols;
+  C acc_w[N][V], acc_b[N][V];
+#pragma unroll
+  for (int S = 0; S < N; ++S) {
+#pragma unroll
+    for (int k = 0; k < V; ++k) acc_w[S][k] = acc_b[S][k] = C(0);
+  }
+  for (int64_t r = g.first; g.runs(r, end); r += g.step) {
+    const bool active = r < end;
+    const rows::RowCut cut = active ? whole : rows::RowCut{};
+    const T* xr = x + r * cols;
+    const T* gyr = gy + r * cols;
+    T* gxr = gx + r * cols;
+    const C m = active ? mean[r] : C(0), s = active ? rstd[r] : C(0);
+    C dy[N][V], xhat[N][V];
+    rows::load_row_cached<T, N>(cut, g.t, g.nt, [&]<int S>(int64_t j) {
+      rows::load<V>(gyr + j, dy[S]);
+      rows::load<V>(xr + j, xhat[S]);
+    });
+    // g = dy * w is formed where it is used (w is an L1 hit), so the registers hold dy, which the
+    // parameter sums need.
+    SumPair<C> part{C(0), C(0)};
+    rows::for_row_cached<T, N>(cut, g.t, g.nt, [&]<int S>(int64_t j) {
+      C wv[V] = {};
+      if (w) rows::load<V>(w + j, wv);
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        xhat[S][k] = (xhat[S][k] - m) * s;
+        const C gv = w ? dy[S][k] * wv[k] : dy[S][k];
+        part.a += gv;
+        part.b += gv * xhat[S][k];
+        acc_w[S][k] += dy[S][k] * xhat[S][k];
+        acc_b[S][k] += dy[S][k];
+      }
+    });
+    const SumPair<C> total = rows::lanes_allreduce(part, AddPair{}, int(blockDim.x));
+    const C mean_g = total.a / C(cols), mean_gx = total.b / C(cols);
+    rows::for_row_cached<T, N>(cut, g.t, g.nt, [&]<int S>(int64_t j) {
+      C wv[V] = {};
+      if (w) rows::load<V>(w + j, wv);
+      C out[V];
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        const C gv = w ? dy[S][k] * wv[k] : dy[S][k];
+        out[k] = s * (gv - mean_g - xhat[S][k] * mean_gx);
+      }
+      rows::store<V>(gxr + j, out);
+    });
+  }
+  // The chunk's partial rows: the groups' sums added in group order.
+  auto combine = [&](C(&acc)[N][V], C* partial) {
+    rows::for_row_cached<T, N>(whole, g.t, g.nt, [&]<int S>(int64_t j) {
+#pragma unroll
+      for (int k = 0; k < V; ++k) sums[int64_t(threadIdx.y) * cols + j + k] = acc[S][k];
+    });
+    __syncthreads();
+    const int threads = int(blockDim.x * blockDim.y);
+    for (int64_t j = int64_t(threadIdx.y) * blockDim.x + threadIdx.x; j < cols; j += threads) {
+      C total = sums[j];
+      for (int y = 1; y < int(blockDim.y); ++y) total += sums[int64_t(y) * cols + j];
+      partial[chunk * cols + j] = total;
+    }
+    __syncthreads();
+  };
+  if (partial_w) combine(acc_w, partial_w);
+  if (partial_b) combine(acc_b, partial_b);
+}
+
 // ---- dweight / dbias ----
 
 constexpr int kParamThreadRows = 8;    // blockDim.y: threads splitting a chunk's rows
@@ -196,20 +308,41 @@ __global__ void layer_norm_param_partial_kernel(const T* x, const acc_t<T>* mean
   }
 }
 
-// Column j of dweight / dbias: the chunks' partial sums added in chunk order.
+// Column j of dweight (blockIdx.y 0) or dbias (1) from `chunks` partial rows: thread (tx, ty)
+// of a 32 x 32 block adds chunks ty, ty + 32, ... of column 32 * blockIdx.x + tx in order, and the
+// 32 sums are added in ty order. One thread per column walking every chunk (the first version)
+// left a few hundred threads doing a thousand dependent L2 reads each.
+constexpr int kSumRows = 32;
+
 template <class T>
 __global__ void layer_norm_param_final_kernel(const acc_t<T>* partial_w, const acc_t<T>* partial_b,
                                               int64_t cols, int64_t chunks, T* gw, T* gb) {
   using C = acc_t<T>;
-  for (int64_t j = global_thread(); j < cols; j += grid_threads()) {
-    C sw = C(0), sb = C(0);
-    for (int64_t c = 0; c < chunks; ++c) {
-      if (gw) sw += partial_w[c * cols + j];
-      if (gb) sb += partial_b[c * cols + j];
-    }
-    if (gw) gw[j] = convert<T>(sw);
-    if (gb) gb[j] = convert<T>(sb);
+  __shared__ C part[kSumRows][33];
+  const acc_t<T>* partial = blockIdx.y == 0 ? partial_w : partial_b;
+  T* out = blockIdx.y == 0 ? gw : gb;
+  if (out == nullptr) return;  // uniform over the block
+  const int tx = int(threadIdx.x), ty = int(threadIdx.y);
+  const int64_t j = int64_t(blockIdx.x) * 32 + tx;
+  C sum = C(0);
+  if (j < cols) {
+    for (int64_t c = ty; c < chunks; c += kSumRows) sum += partial[c * cols + j];
   }
+  part[ty][tx] = sum;
+  __syncthreads();
+  if (ty == 0 && j < cols) {
+    for (int y = 1; y < kSumRows; ++y) sum += part[y][tx];
+    out[j] = convert<T>(sum);
+  }
+}
+
+// dweight / dbias from the partial rows.
+template <class T>
+void param_final(const acc_t<T>* pw, const acc_t<T>* pb, int64_t cols, int64_t chunks, void* gw,
+                 void* gb) {
+  rt::launch(layer_norm_param_final_kernel<T>, dim3(unsigned((cols + 31) / 32), 2),
+             dim3(32, kSumRows), 0, stream(), "layer_norm_param_final", pw, pb, cols, chunks,
+             static_cast<T*>(gw), static_cast<T*>(gb));
 }
 
 template <class T>
@@ -236,9 +369,43 @@ void param_grads(const LayerNormBackwardArgs& a) {
     rt::launch(layer_norm_param_partial_kernel<T, 1>, grid, threads, 0, stream(),
                "layer_norm_param_partial", x, mean, rstd, gy, a.rows, a.cols, chunks, pw, pb);
   }
-  rt::launch(layer_norm_param_final_kernel<T>, dim3(grid_for(a.cols)), dim3(kThreads), 0, stream(),
-             "layer_norm_param_final", static_cast<const C*>(pw), static_cast<const C*>(pb), a.cols,
-             chunks, static_cast<T*>(a.grad_weight), static_cast<T*>(a.grad_bias));
+  param_final<T>(pw, pb, a.cols, chunks, a.grad_weight, a.grad_bias);
+}
+
+// dx, dweight and dbias through layer_norm_backward_fused_kernel when the rows fit it (a group
+// of at most a warp holding a row of whole, aligned packs in registers); false otherwise.
+template <class T>
+bool try_fused_backward(const LayerNormBackwardArgs& a) {
+  using C = acc_t<T>;
+  constexpr int V = rows::kPack<T>;
+  if (!a.grad_x || !(a.grad_weight || a.grad_bias) || a.cols % V != 0) return false;
+  if (!aligned16(a.x) || !aligned16(a.grad_y) || !aligned16(a.grad_x) ||
+      (a.weight && !aligned16(a.weight))) {
+    return false;
+  }
+  const rows::RowLaunch l = rows::row_launch(a.rows, a.cols, sizeof(T));
+  const int64_t groups = rows::kRowGroupBlockThreads / l.group;
+  const size_t smem = size_t(groups * a.cols) * sizeof(C);
+  if (l.block || smem > 48 * 1024) return false;
+  return rows::dispatch_row_cache<T>(a.cols, l.group, [&]<int N>() {
+    // Four sets of N packs live in registers (dy, xhat and the two sums): N = 8 would spill.
+    if constexpr (N == 0 || N > kFusedMaxPacks) {
+      return false;
+    } else {
+      const int64_t chunks = fused_chunks(a.rows);
+      DeviceScratch partial(size_t(2 * chunks * a.cols) * sizeof(C));
+      C* pw = a.grad_weight ? partial.as<C>() : nullptr;
+      C* pb = a.grad_bias ? partial.as<C>() + chunks * a.cols : nullptr;
+      rt::launch(layer_norm_backward_fused_kernel<T, N>, dim3(unsigned(chunks)),
+                 dim3(unsigned(l.group), unsigned(groups)), smem, stream(),
+                 "layer_norm_backward_fused", static_cast<const T*>(a.x),
+                 static_cast<const T*>(a.weight), static_cast<const C*>(a.mean),
+                 static_cast<const C*>(a.rstd), static_cast<const T*>(a.grad_y),
+                 static_cast<T*>(a.grad_x), a.rows, a.cols, chunks, pw, pb);
+      param_final<T>(pw, pb, a.cols, chunks, a.grad_weight, a.grad_bias);
+      return true;
+    }
+  });
 }
 
 void layer_norm_forward_impl(const LayerNormForwardArgs& a) {
@@ -271,6 +438,7 @@ void layer_norm_backward_impl(const LayerNormBackwardArgs& a) {
       if (a.grad_bias) rt::memset_async(a.grad_bias, 0, bytes, stream());
       return;
     }
+    if (try_fused_backward<T>(a)) return;
     if (a.grad_x) {
       const rows::RowLaunch l = rows::row_launch(a.rows, a.cols, sizeof(T));
       rows::dispatch_row_cache<T>(a.cols, l.group, [&]<int N>() {

@@ -331,20 +331,25 @@ TEST_CASE("cuda transformer kernels: layer_norm forward and backward match the c
 TEST_CASE("cuda transformer kernels: layer_norm parameter gradients over many row chunks",
           "[cuda][transformer][layer_norm]") {
   auto dtype = GENERATE(DType::F32, DType::BF16, DType::F64);
-  // 1000 rows: 32 chunks; 9000 rows: the 256-chunk cap. 33 columns take scalar columns, 64 packs.
+  // Without dx (the separate parameter pass): 1000 rows make 32 chunks, 9000 rows hit the
+  // 256-chunk cap. With dx, rows of whole packs take the fused kernel: 9000 rows hit its
+  // 1024-chunk cap, 8 and 64 columns run 1-2 and 8-16 lanes per row. 33 columns take scalar
+  // columns (both separate passes).
+  auto with_dx = GENERATE(false, true);
   for (auto [rows, cols] : {std::pair<int64_t, int64_t>{1000, 33}, {9000, 8}, {300, 64}}) {
-    INFO(dtype << " rows " << rows << " cols " << cols);
+    INFO(dtype << " rows " << rows << " cols " << cols << (with_dx ? " with dx" : ""));
     const Tensor x = values({rows, cols}, 1, dtype, -2, 2);
     const Tensor w = values({cols}, 2, dtype, 0.5, 1.5);
     const Tensor gy = values({rows, cols}, 4, dtype);
     LayerNormOut cpu = run_layer_norm(cpu_k(), kCpu, wide(dtype), x, w, Tensor(), gy,
                                       zeros({rows}, wide(dtype)), ones({rows}, wide(dtype)));
     cpu = run_layer_norm(cpu_k(), kCpu, wide(dtype), x, w, Tensor(), gy, cpu.mean, cpu.rstd);
-    // Only the parameter gradients: grad_x null must be honoured.
+    // Without dx, grad_x null must be honoured.
     const LayerNormOut cuda = run_layer_norm(cuda_k(), kCuda, dtype, x, w, Tensor(), gy, cpu.mean,
-                                             cpu.rstd, false, true, true);
+                                             cpu.rstd, with_dx, true, true);
     check_kernel(cuda.dw, cpu.dw, dtype, std::sqrt(double(rows)) * 4);
     check_kernel(cuda.db, cpu.db, dtype, std::sqrt(double(rows)) * 4);
+    if (with_dx) check_kernel(cuda.dx, cpu.dx, dtype, 10.0);
   }
 }
 
@@ -543,7 +548,9 @@ TEST_CASE("cuda transformer kernels: bit-identical under every simulator schedul
           "[cuda][transformer][schedule]") {
   // One warp-per-row and one block-per-row width, f32 and bf16.
   for (DType dtype : {DType::F32, DType::BF16}) {
-    for (int64_t cols : {127, 1100}) {
+    // 384: rows of whole packs (layer norm's fused backward); 127 and 1100: scalar columns or
+    // blocks per row.
+    for (int64_t cols : {127, 384, 1100}) {
       INFO(dtype << " cols " << cols);
       const int64_t rows = 6;
       const Tensor x = values({rows, cols}, 1, dtype, -4, 4);
