@@ -246,6 +246,12 @@ struct AttentionBackwardArgs {
   View grad_out;
   View grad_q, grad_k, grad_v;
   void* grad_mask = nullptr;
+  // true: every gradient is bit-reproducible (the cuda flash kernels recompute S and dP in a
+  // separate dQ pass that sums in a fixed order). false: the cuda flash kernels accumulate dQ with
+  // float atomicAdd from the dK/dV pass instead, which saves that recomputation but lets grad_q
+  // vary in its last bits between runs (FlashAttention-2's default). The other kernels are
+  // deterministic either way and ignore it. The op sets it from lathe::deterministic_algorithms().
+  bool deterministic = true;
 };
 
 using CopyFn = void (*)(const View& src, const View& dst);  // same shape; converts dtype

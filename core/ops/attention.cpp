@@ -28,6 +28,7 @@
 #include <numeric>
 
 #include "core/tensor_internal.h"
+#include "lathe/core/determinism.h"
 #include "lathe/core/random.h"
 
 namespace lathe {
@@ -280,6 +281,7 @@ Tensor scaled_dot_product_attention(const Tensor& q_in, const Tensor& k_in, cons
           b.grad_k = detail::make_view(grad_k);
           b.grad_v = detail::make_view(grad_v);
           if (mask_grad) b.grad_mask = grad_scores.data_ptr();
+          b.deterministic = deterministic_algorithms();
           if (s.batch > 0) LATHE_KERNEL(q0.device(), attention_backward, kFused)(b);
           Tensor grad_mask = mask_grad ? sum_to(grad_scores, mask0.shape()) : Tensor();
           return std::vector<Tensor>{grad_q, grad_k, grad_v, grad_mask};
