@@ -10,15 +10,22 @@
 // Philox, then O += P V with P rounded to the input type. The output is divided by the row sum once
 // at the end; the log-sum-exp of each row (natural log, f32) is saved for backward.
 //
-// Backward, three kernels, no float atomics (bit-reproducible):
+// Backward, in one of two modes (AttentionBackwardArgs::deterministic):
 //  1. D_i = dO_i . O_i (f32), a warp per row;
-//  2. dK, dV: a block per (batch, 64-key tile), each warp owning 16 keys, looping over 64-query
-//     tiles (double-buffered Q, dO, lse, D): S^T = K Q^T, P^T = exp(S^T - lse), dP^T = V dO^T,
+//  2. dK, dV: a block per (batch, 64-key tile), each warp owning 16 keys, looping over query tiles
+//     (double-buffered Q, dO, lse, D): S^T = K Q^T, P^T = exp(S^T - lse), dP^T = V dO^T,
 //     dV += (Z P)^T dO, dS^T = P^T (Z dP^T - D), dK += dS^T Q (and grad_mask = dS when asked);
-//  3. dQ: a block per (batch, 64-query tile), like the forward, looping over key tiles:
-//     recomputes S and dP and accumulates dQ += dS K in registers. This recomputation (two extra
-//     GEMMs per tile) replaces FlashAttention-2's atomic dQ accumulation and keeps every sum in a
-//     fixed order.
+//  3. dQ, deterministic mode (the default): a block per (batch, 64-query tile), like the forward,
+//     looping over key tiles: recomputes S and dP and accumulates dQ += dS K in registers. The
+//     recomputation (two extra GEMMs per tile) keeps every sum in a fixed order, so the results
+//     are bit-reproducible.
+//  3'. dQ, atomic mode (FlashAttention-2's): kernel 2 also stores each query tile's dS (rounded to
+//     the input type) in shared memory, and its warps multiply it by the key tile already there,
+//     dQ_tile += dS K, adding the f32 products into a zeroed f32 [batch, tq_pad, d] accumulator
+//     with atomicAdd; a small kernel then writes scale * accumulator to dq. No recomputation, but
+//     the order of the float additions into a dQ element depends on the schedule of the key-tile
+//     blocks, so dQ may differ in its last bits from run to run (out, lse, dK, dV and grad_mask do
+//     not: they come from the same arithmetic in both modes).
 //
 // Dropout is a template parameter of the three tile kernels: inlined Philox in every unrolled
 // element loop made the kernels' code several times larger, and without dropout the H200's
@@ -36,11 +43,13 @@
 // details.
 #include <cmath>
 #include <limits>
+#include <optional>
 
 #include "kernels/cuda/attention_layout.cuh"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/ptx.cuh"
+#include "kernels/cuda/rows.cuh"
 #include "kernels/sim/sim.h"  // LATHE_DYNAMIC_SHARED in both builds
 #include "lathe/core/random.h"
 
@@ -86,6 +95,9 @@ struct Params : Lead {
   // padding) and lse in log2 units (+inf for fully masked and padding rows).
   float* row_dot = nullptr;
   float* lse2 = nullptr;
+  // Atomic dQ mode: the f32 dQ / scale of each padded query row, [batch, tq_pad, d], zeroed before
+  // the dK/dV kernel adds into it.
+  float* dq_accum = nullptr;
   int64_t tq_pad = 0;
   int64_t batch = 0, tq = 0, tk = 0;
   float scale = 1, scale_log2 = kLog2e;
@@ -227,6 +239,14 @@ template <int LD, class T>
 LATHE_DEVICE_INLINE void load_b_kmajor(uint32_t b[4], const T* tile, int k0, int n0, int lane) {
   rt::ldmatrix_x4_trans(
       b, tile + (k0 + (lane & 7) + 8 * ((lane >> 3) & 1)) * LD + n0 + 8 * (lane >> 4));
+}
+
+// The A fragment (16x16, rows r0.., cols c0..) of the transpose of a shared tile with row stride
+// LD, i.e. A[r][c] = tile[c][r], from a k-major tile (row = k, col = m).
+template <int LD, class T>
+LATHE_DEVICE_INLINE void load_a_kmajor(uint32_t a[4], const T* tile, int r0, int c0, int lane) {
+  rt::ldmatrix_x4_trans(
+      a, tile + (c0 + (lane & 7) + 8 * (lane >> 4)) * LD + r0 + 8 * ((lane >> 3) & 1));
 }
 
 // The A fragment of k-step kk from a C-layout [16, 8 * NT] tile (two n-tiles per k-step).
@@ -501,8 +521,59 @@ __global__ void __launch_bounds__(kThreads) row_dot_kernel(Params p) {
   }
 }
 
-// dK and dV of 64 keys: warp w owns keys j0 + 16w .. j0 + 16w + 15.
-template <class T, int D, bool kDropout>
+// Atomic dQ mode: dQ[i0, i0 + BQ) += dS K over this block's 64 keys, from dS^T [kBlockN][BQ + kPad]
+// and K [kBlockN][D + kPad] in shared memory. The [BQ, D] product is split into one [16, D * BQ /
+// 64] slice per warp (all of D for BQ = 64, half of it for BQ = 32), computed 32 columns at a
+// time: a 16-register accumulator, added to dq_accum as soon as it is complete. (A [16, 64] one
+// made the d = 128 kernel spill.)
+template <class T, int D, int BQ>
+LATHE_DEVICE_INLINE void add_dq_tile(const Params& p, const T* sdS, const T* sK, int64_t b,
+                                     int64_t i0, int warp, int lane) {
+  constexpr int LD = D + kPad, LDS = BQ + kPad;
+  constexpr int kMTiles = BQ / 16;
+  constexpr int kCols = D * kMTiles / kWarps;
+  constexpr int kChunk = kCols < 32 ? kCols : 32;
+  static_assert(kWarps % kMTiles == 0 && kCols % kChunk == 0 && kChunk % 16 == 0,
+                "whole 16-column slices per warp");
+  const int m0 = 16 * (warp % kMTiles), c0 = kCols * (warp / kMTiles);
+  const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int cc = 0; cc < kCols; cc += kChunk) {
+    float acc[kChunk / 8][4];
+#pragma unroll
+    for (int n = 0; n < kChunk / 8; ++n) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[n][e] = 0.0f;
+    }
+#pragma unroll
+    for (int kk = 0; kk < kBlockN / 16; ++kk) {
+      uint32_t a[4];
+      load_a_kmajor<LDS>(a, sdS, m0, 16 * kk, lane);
+#pragma unroll
+      for (int np = 0; np < kChunk / 16; ++np) {
+        uint32_t bk[4];
+        load_b_kmajor<LD>(bk, sK, 16 * kk, c0 + cc + 16 * np, lane);
+        mma<T>(acc[2 * np], a, bk);
+        mma<T>(acc[2 * np + 1], a, bk + 2);
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int64_t i = i0 + m0 + g + 8 * r;
+      if (i >= p.tq) continue;  // padding rows: dS = 0, and nothing reads them
+      float* row = p.dq_accum + (b * p.tq_pad + i) * D + c0 + cc + 2 * t;
+#pragma unroll
+      for (int n = 0; n < kChunk / 8; ++n) {
+        atomicAdd(row + 8 * n, acc[n][2 * r]);
+        atomicAdd(row + 8 * n + 1, acc[n][2 * r + 1]);
+      }
+    }
+  }
+}
+
+// dK and dV of 64 keys: warp w owns keys j0 + 16w .. j0 + 16w + 15. With kAtomicDq the block also
+// adds its share of dQ (add_dq_tile) to dq_accum.
+template <class T, int D, bool kDropout, bool kAtomicDq>
 __global__ void __launch_bounds__(kThreads) dkdv_kernel(Params p, int64_t k_tiles) {
   constexpr int LD = D + kPad;
   constexpr int BQ = kv_query_tile<D>();
@@ -513,6 +584,7 @@ __global__ void __launch_bounds__(kThreads) dkdv_kernel(Params p, int64_t k_tile
   T* sdO = sQ + 2 * BQ * LD;                                // [2][BQ][LD]
   float* sL = reinterpret_cast<float*>(sdO + 2 * BQ * LD);  // [2][BQ] lse (log2 units)
   float* sD = sL + 2 * BQ;                                  // [2][BQ] row dots
+  T* sdS = reinterpret_cast<T*>(sD + 2 * BQ);  // kAtomicDq: [kBlockN][BQ + kPad] dS^T of the tile
 
   const int64_t b = int64_t(blockIdx.x) / k_tiles;
   const int64_t j0 = (int64_t(blockIdx.x) - b * k_tiles) * kBlockN;
@@ -634,6 +706,16 @@ __global__ void __launch_bounds__(kThreads) dkdv_kernel(Params p, int64_t k_tile
       uint32_t ap[4], as[4];
       c_to_a<T>(ap, s[2 * kk], s[2 * kk + 1]);
       c_to_a<T>(as, dp[2 * kk], dp[2 * kk + 1]);
+      if constexpr (kAtomicDq) {
+        // dS^T as dK's A operand has it, rounded to T: keys g and g + 8 of this warp, queries
+        // 16 kk + 2t (+ 1) and + 8, for add_dq_tile.
+        uint32_t* row =
+            reinterpret_cast<uint32_t*>(sdS + (16 * warp + g) * (BQ + kPad) + 16 * kk + 2 * t);
+        row[0] = as[0];
+        row[(8 * (BQ + kPad)) / 2] = as[1];
+        row[4] = as[2];
+        row[(8 * (BQ + kPad)) / 2 + 4] = as[3];
+      }
 #pragma unroll
       for (int np = 0; np < D / 16; ++np) {
         uint32_t bo[4], bq[4];
@@ -645,7 +727,11 @@ __global__ void __launch_bounds__(kThreads) dkdv_kernel(Params p, int64_t k_tile
         mma<T>(dk[2 * np + 1], as, bq + 2);
       }
     }
-    __syncthreads();  // the next iteration refills this buffer
+    if constexpr (kAtomicDq) {
+      __syncthreads();  // every warp's keys of dS are in sdS
+      add_dq_tile<T, D, BQ>(p, sdS, sK, b, i0, warp, lane);
+    }
+    __syncthreads();  // the next iteration refills this buffer (and sdS)
   }
   if (first >= n_tiles) rt::cp_async_wait<0>();
 
@@ -799,6 +885,28 @@ __global__ void __launch_bounds__(kThreads) dq_kernel(Params p, int64_t q_tiles)
   }
 }
 
+// Atomic dQ mode: grad_q = scale * dq_accum rounded to T, 8 elements per thread.
+template <class T, int D>
+__global__ void __launch_bounds__(kThreads) dq_convert_kernel(Params p) {
+  constexpr int kPacks = D / 8;
+  const int64_t n = p.batch * p.tq * kPacks;
+  T* grad_q = static_cast<T*>(p.grad_q);
+  for (int64_t e = global_thread(); e < n; e += grid_threads()) {
+    const int64_t r = e / kPacks, b = r / p.tq, i = r - b * p.tq;
+    const int c = int(e - r * kPacks) * 8;
+    const float* src = p.dq_accum + (b * p.tq_pad + i) * D + c;
+    float lo[4], hi[4], x[8];
+    rows::load<4>(src, lo);
+    rows::load<4>(src + 4, hi);
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      x[k] = lo[k] * p.scale;
+      x[k + 4] = hi[k] * p.scale;
+    }
+    rows::store<8>(grad_q + batch_offset(p, p.dq_rows, b) + i * p.dq_rows.row + c, x);
+  }
+}
+
 // ---- host side ----
 
 template <int D, class T>
@@ -809,10 +917,11 @@ template <int D, class T>
 constexpr size_t dq_smem() {
   return size_t(2 * kBlockM + 4 * kBlockN) * (D + kPad) * sizeof(T);
 }
-template <int D, class T>
+template <int D, class T, bool kAtomicDq>
 constexpr size_t dkdv_smem() {
   return size_t(2 * kBlockN + 4 * kv_query_tile<D>()) * (D + kPad) * sizeof(T) +
-         4 * kv_query_tile<D>() * sizeof(float);
+         4 * kv_query_tile<D>() * sizeof(float) +
+         (kAtomicDq ? size_t(kBlockN) * (kv_query_tile<D>() + kPad) * sizeof(T) : 0);
 }
 
 Params make_params(const AttentionForwardArgs& a) {
@@ -910,6 +1019,14 @@ void backward_impl(const AttentionBackwardArgs& args) {
   DeviceScratch row_stats(size_t(rows > 0 ? 2 * rows : 1) * sizeof(float));
   p.row_dot = row_stats.as<float>();
   p.lse2 = p.row_dot + rows;
+  const bool atomic_dq = !args.deterministic && rows > 0;
+  std::optional<DeviceScratch> dq_accum;
+  if (atomic_dq) {
+    const size_t bytes = size_t(rows * d) * sizeof(float);
+    dq_accum.emplace(bytes);
+    p.dq_accum = dq_accum->as<float>();
+    rt::memset_async(p.dq_accum, 0, bytes, stream());
+  }
   dispatch(a, [&]<class T, int D>() {
     if (rows > 0) {
       const int64_t blocks = (rows + kWarps - 1) / kWarps;
@@ -919,11 +1036,27 @@ void backward_impl(const AttentionBackwardArgs& args) {
     }
     const int64_t k_tiles = (a.kv_len + kBlockN - 1) / kBlockN;
     if (k_tiles > 0) {
-      constexpr size_t smem = dkdv_smem<D, T>();
-      auto kernel = p.dropout ? dkdv_kernel<T, D, true> : dkdv_kernel<T, D, false>;
-      allow_shared(kernel, smem, "flash attention");
-      rt::launch(kernel, dim3(unsigned(k_tiles * a.batch)), dim3(kThreads), smem, stream(),
-                 "flash_attention_backward_dkdv", p, k_tiles);
+      auto launch_dkdv = [&]<bool kAtomicDq>() {
+        constexpr size_t smem = dkdv_smem<D, T, kAtomicDq>();
+        auto kernel =
+            p.dropout ? dkdv_kernel<T, D, true, kAtomicDq> : dkdv_kernel<T, D, false, kAtomicDq>;
+        allow_shared(kernel, smem, "flash attention");
+        rt::launch(
+            kernel, dim3(unsigned(k_tiles * a.batch)), dim3(kThreads), smem, stream(),
+            kAtomicDq ? "flash_attention_backward_dkdv_atomic_dq" : "flash_attention_backward_dkdv",
+            p, k_tiles);
+      };
+      if (atomic_dq) {
+        launch_dkdv.template operator()<true>();
+      } else {
+        launch_dkdv.template operator()<false>();
+      }
+    }
+    if (atomic_dq) {
+      const unsigned grid = grid_for(a.batch * a.q_len * (D / 8), kThreads, 8);
+      rt::launch(dq_convert_kernel<T, D>, dim3(grid), dim3(kThreads), 0, stream(),
+                 "flash_attention_backward_dq_convert", p);
+      return;
     }
     const int64_t q_tiles = (a.q_len + kBlockM - 1) / kBlockM;
     if (q_tiles > 0) {

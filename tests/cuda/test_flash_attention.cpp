@@ -8,7 +8,9 @@
 // the op without a copy kernel (counted), and layouts the kernels cannot read are copied by the op.
 // Outputs are filled with NaN before each run, so an element a kernel fails to write fails the
 // comparison; in the simulated build the results must be bit-identical under every thread
-// schedule.
+// schedule. The backward's correctness cases run in both dQ modes (AttentionBackwardArgs::
+// deterministic): the fixed-order dQ kernel and the atomic accumulation from the dK/dV kernel,
+// against the same reference; the atomic mode must leave out, lse, dk and dv bit-identical.
 //
 // Errors are relative Frobenius norms ||actual - expected|| / ||expected||: the kernels round P to
 // the input type before P V (as FlashAttention does) and round each output once, so a bf16 result
@@ -17,16 +19,19 @@
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <functional>
 #include <limits>
 #include <optional>
 #include <sstream>
+#include <string>
 
 #include "core/tensor_internal.h"
 #include "cuda/attention_test_util.h"
 #include "cuda/kernel_test_util.h"
 #include "kernels/kernel_profile.h"
 #include "kernels/kernel_table.h"
+#include "lathe/core/determinism.h"
 #include "lathe/core/random.h"
 #include "support/test_util.h"
 
@@ -188,7 +193,9 @@ Tensor nan_tensor(const Shape& shape, DType dtype) {
 
 // The cuda kernels called directly through the KernelTable, every output poisoned with NaN; out,
 // dq, dk and dv are views in `out_layout` (dq, dk, dv in one buffer when it is Packed).
-Results run_kernels(const Case& c, const Inputs& in, Layout out_layout = Layout::Contiguous) {
+// `deterministic` picks the backward's dQ mode.
+Results run_kernels(const Case& c, const Inputs& in, Layout out_layout = Layout::Contiguous,
+                    bool deterministic = true) {
   kernels::AttentionForwardArgs a;
   a.dtype = c.dtype;
   a.batch = c.B * c.H;
@@ -233,6 +240,7 @@ Results run_kernels(const Case& c, const Inputs& in, Layout out_layout = Layout:
   b.grad_q = detail::make_view(r.dq);
   b.grad_k = detail::make_view(r.dk);
   b.grad_v = detail::make_view(r.dv);
+  b.deterministic = deterministic;
   cuda_k().attention_backward(b);
   return r;
 }
@@ -304,6 +312,27 @@ void check_case(const Case& c, const Results& r, const Reference& ref) {
   for (float x : lse) REQUIRE((std::isfinite(x) || x == -std::numeric_limits<float>::infinity()));
 }
 
+// The backward's dQ modes: each correctness case runs in both.
+constexpr bool kDqModes[] = {true, false};
+
+const char* mode_name(bool deterministic) {
+  return deterministic ? "deterministic dQ" : "atomic dQ";
+}
+
+// Sets lathe::deterministic_algorithms() for a scope.
+class DeterminismGuard {
+ public:
+  explicit DeterminismGuard(bool enabled) : saved_(deterministic_algorithms()) {
+    set_deterministic_algorithms(enabled);
+  }
+  ~DeterminismGuard() { set_deterministic_algorithms(saved_); }
+  DeterminismGuard(const DeterminismGuard&) = delete;
+  DeterminismGuard& operator=(const DeterminismGuard&) = delete;
+
+ private:
+  bool saved_;
+};
+
 }  // namespace
 
 TEST_CASE("flash attention: sequence lengths and head dims against the f64 composite",
@@ -317,7 +346,11 @@ TEST_CASE("flash attention: sequence lengths and head dims against the f64 compo
   c.dtype = (t + d / 32) % 2 == 0 ? DType::F16 : DType::BF16;
   c.causal = t % 2 == 1;
   const Inputs in = make_inputs(c, 100 + uint64_t(t + d));
-  check_case(c, run_kernels(c, in), reference(c, in));
+  const Reference ref = reference(c, in);
+  for (bool det : kDqModes) {
+    INFO(mode_name(det));
+    check_case(c, run_kernels(c, in, Layout::Contiguous, det), ref);
+  }
 }
 
 TEST_CASE("flash attention: Tq != Tk, causal top-left, both dtypes", "[cuda][attention]") {
@@ -335,7 +368,11 @@ TEST_CASE("flash attention: Tq != Tk, causal top-left, both dtypes", "[cuda][att
   c.dtype = dtype;
   c.causal = causal;
   const Inputs in = make_inputs(c, 200);
-  check_case(c, run_kernels(c, in), reference(c, in));
+  const Reference ref = reference(c, in);
+  for (bool det : kDqModes) {
+    INFO(mode_name(det));
+    check_case(c, run_kernels(c, in, Layout::Contiguous, det), ref);
+  }
 }
 
 TEST_CASE("flash attention: key-padding and additive masks, partially and fully padded",
@@ -352,19 +389,23 @@ TEST_CASE("flash attention: key-padding and additive masks, partially and fully 
   c.mask = kind;
   c.causal = causal;
   const Inputs in = make_inputs(c, 300 + uint64_t(t));
-  const Results r = run_kernels(c, in);
-  check_case(c, r, reference(c, in));
-  if (kind != MaskKind::Bias) {
-    // Batch 1 has every key padded: its rows are defined as zeros with lse = -inf, and its
-    // gradients are zero (exactly).
-    const Tensor out1 = r.out.to(kCpu).select(0, 1);
-    CHECK(frobenius(out1) == 0.0);
-    for (float x : r.lse.to(kCpu).select(0, 1).to_vector<float>()) {
-      CHECK(x == -std::numeric_limits<float>::infinity());
+  const Reference ref = reference(c, in);
+  for (bool det : kDqModes) {
+    INFO(mode_name(det));
+    const Results r = run_kernels(c, in, Layout::Contiguous, det);
+    check_case(c, r, ref);
+    if (kind != MaskKind::Bias) {
+      // Batch 1 has every key padded: its rows are defined as zeros with lse = -inf, and its
+      // gradients are zero (exactly).
+      const Tensor out1 = r.out.to(kCpu).select(0, 1);
+      CHECK(frobenius(out1) == 0.0);
+      for (float x : r.lse.to(kCpu).select(0, 1).to_vector<float>()) {
+        CHECK(x == -std::numeric_limits<float>::infinity());
+      }
+      CHECK(frobenius(r.dq.to(kCpu).select(0, 1)) == 0.0);
+      CHECK(frobenius(r.dk.to(kCpu).select(0, 1)) == 0.0);
+      CHECK(frobenius(r.dv.to(kCpu).select(0, 1)) == 0.0);
     }
-    CHECK(frobenius(r.dq.to(kCpu).select(0, 1)) == 0.0);
-    CHECK(frobenius(r.dk.to(kCpu).select(0, 1)) == 0.0);
-    CHECK(frobenius(r.dv.to(kCpu).select(0, 1)) == 0.0);
   }
 }
 
@@ -380,9 +421,13 @@ TEST_CASE("flash attention: dropout from Philox, regenerated in backward", "[cud
   c.offset = 17;
   c.causal = GENERATE(false, true);
   const Inputs in = make_inputs(c, 400);
-  const Results r = run_kernels(c, in);
   // The composite reference draws the same mask (same rule as the dropout kernel).
-  check_case(c, r, reference(c, in));
+  const Reference ref = reference(c, in);
+  for (bool det : kDqModes) {
+    INFO(mode_name(det));
+    check_case(c, run_kernels(c, in, Layout::Contiguous, det), ref);
+  }
+  // Bit for bit only in the deterministic mode: atomic dQ may differ between runs on a GPU.
   attention_test::check_dropout_determinism(c, [&](const Case& k) { return run_kernels(k, in); });
   // p = 1 drops everything: zero output.
   Case other = c;
@@ -391,6 +436,8 @@ TEST_CASE("flash attention: dropout from Philox, regenerated in backward", "[cud
 }
 
 TEST_CASE("flash attention: bit-identical under every simulator schedule", "[cuda][attention]") {
+  // The deterministic mode only: in the atomic mode the order of the float additions into a dQ
+  // element follows the schedule, so dq legitimately varies (the next case checks the rest).
   Case c;
   c.B = 2;
   c.H = 1;
@@ -403,6 +450,40 @@ TEST_CASE("flash attention: bit-identical under every simulator schedule", "[cud
   c.seed = 9;
   const Inputs in = make_inputs(c, 500);
   check_schedule_invariant([&] { return run_kernels(c, in).all(); });
+}
+
+TEST_CASE("flash attention: atomic dQ agrees with the deterministic mode, the rest bit for bit",
+          "[cuda][attention]") {
+  // Same inputs in both modes: out, lse, dk and dv come from the same arithmetic (bit-identical,
+  // also under every simulator schedule); dq differs only by the order of f32 additions before the
+  // one rounding to the input type.
+  Case c;
+  c.B = 2;
+  c.H = 1;
+  c.d = GENERATE(32, 64, 128);
+  c.tq = c.d == 64 ? 129 : 70;
+  c.tk = c.d == 64 ? 200 : 75;
+  c.dtype = c.d == 64 ? DType::F16 : DType::BF16;
+  c.causal = c.d != 64;
+  c.mask = c.d == 32 ? MaskKind::KeyPaddingFloat : MaskKind::None;
+  c.p = c.d == 128 ? 0.1 : 0.0;
+  c.seed = 5;
+  INFO(describe(c));
+  const Inputs in = make_inputs(c, 1300 + uint64_t(c.d));
+  const Results det = run_kernels(c, in, Layout::Contiguous, true);
+  const Results atomic = run_kernels(c, in, Layout::Contiguous, false);
+  CHECK(bytes_of(atomic.out) == bytes_of(det.out));
+  CHECK(bytes_of(atomic.lse) == bytes_of(det.lse));
+  CHECK(bytes_of(atomic.dk) == bytes_of(det.dk));
+  CHECK(bytes_of(atomic.dv) == bytes_of(det.dv));
+  // Rounding the same f32 sum summed in another order moves an element by at most about one unit
+  // in the last place of the input type.
+  check_rel(atomic.dq, det.dq.to(kCpu).to(DType::F64), c.dtype == DType::BF16 ? 4e-3 : 5e-4,
+            "grad q, atomic vs deterministic");
+  check_schedule_invariant([&] {
+    const Results r = run_kernels(c, in, Layout::Contiguous, false);
+    return std::vector<Tensor>{r.out, r.lse, r.dk, r.dv};
+  });
 }
 
 TEST_CASE("flash attention: the op dispatches f16/bf16 to the fused kernel, with mask gradients",
@@ -419,23 +500,78 @@ TEST_CASE("flash attention: the op dispatches f16/bf16 to the fused kernel, with
   c.mask = MaskKind::Bias;
   c.causal = GENERATE(false, true);
   const Inputs in = make_inputs(c, 600);
-  auto leaf = [](const Tensor& t) {
-    Tensor x = t.detach().clone();
-    x.requires_grad_();
-    return x;
-  };
-  Tensor q = leaf(in.q), k = leaf(in.k), v = leaf(in.v), mask = leaf(in.mask);
-  Tensor out = scaled_dot_product_attention(q, k, v, mask, c.causal);
-  REQUIRE(out.dtype() == c.dtype);
-  sum(out * in.grad_out).backward();
   const Reference ref = reference(c, in);
   INFO(describe(c));
-  check_rel(out.detach(), ref.out, tol_of(c.dtype, false), "output");
-  check_rel(q.grad(), ref.dq, tol_of(c.dtype, true), "grad q");
-  check_rel(k.grad(), ref.dk, tol_of(c.dtype, true), "grad k");
-  check_rel(v.grad(), ref.dv, tol_of(c.dtype, true), "grad v");
-  REQUIRE(mask.grad().dtype() == DType::F32);
-  check_rel(mask.grad(), ref.dmask, tol_of(c.dtype, true), "grad mask");
+  for (bool det : kDqModes) {
+    INFO(mode_name(det));
+    const DeterminismGuard mode(det);
+    auto leaf = [](const Tensor& t) {
+      Tensor x = t.detach().clone();
+      x.requires_grad_();
+      return x;
+    };
+    Tensor q = leaf(in.q), k = leaf(in.k), v = leaf(in.v), mask = leaf(in.mask);
+    Tensor out = scaled_dot_product_attention(q, k, v, mask, c.causal);
+    REQUIRE(out.dtype() == c.dtype);
+    sum(out * in.grad_out).backward();
+    check_rel(out.detach(), ref.out, tol_of(c.dtype, false), "output");
+    check_rel(q.grad(), ref.dq, tol_of(c.dtype, true), "grad q");
+    check_rel(k.grad(), ref.dk, tol_of(c.dtype, true), "grad k");
+    check_rel(v.grad(), ref.dv, tol_of(c.dtype, true), "grad v");
+    REQUIRE(mask.grad().dtype() == DType::F32);
+    check_rel(mask.grad(), ref.dmask, tol_of(c.dtype, true), "grad mask");
+  }
+}
+
+TEST_CASE("flash attention: deterministic_algorithms() picks the op's dQ mode",
+          "[cuda][attention]") {
+  // The default comes from LATHE_DETERMINISTIC (unset: on), and the op hands the setting at
+  // backward time to the kernels. In the simulator the atomic mode is reproducible too (blocks run
+  // one after another, each adding to a dQ element once), so the op's dq must equal the kernels'
+  // dq of the chosen mode bit for bit; with these inputs a few elements of the two modes' dq
+  // differ in their last bit (the key tiles' products are summed in another grouping).
+  const char* env = std::getenv("LATHE_DETERMINISTIC");
+  const std::string value = env == nullptr ? "" : env;
+  CHECK(deterministic_algorithms() == !(value == "0" || value == "false" || value == "off"));
+  Case c;
+  c.B = 1;
+  c.H = 2;
+  c.tq = c.tk = 200;
+  c.d = 64;
+  c.dtype = DType::F16;
+  const Inputs in = make_inputs(c, 1400);
+  std::vector<Tensor> dq;
+  for (bool det : kDqModes) {
+    INFO(mode_name(det));
+    const Results direct = run_kernels(c, in, Layout::Contiguous, det);
+    Tensor q = in.q.detach().clone();
+    q.requires_grad_();
+    Tensor out;
+    {
+      const DeterminismGuard mode(!det);
+      out = scaled_dot_product_attention(q, in.k, in.v, Tensor(), false);
+    }
+    {
+      const DeterminismGuard mode(det);  // read when the backward runs
+      CHECK(deterministic_algorithms() == det);
+      sum(out * in.grad_out).backward();
+    }
+#ifdef LATHE_CUDA_SIM_BUILD
+    CHECK(bytes_of(q.grad()) == bytes_of(direct.dq));
+#else
+    check_rel(q.grad(), direct.dq.to(kCpu).to(DType::F64), 5e-4, "grad q");
+#endif
+    dq.push_back(direct.dq);
+  }
+  const std::vector<double> a = dq[0].to(kCpu).to(DType::F64).contiguous().to_vector<double>();
+  const std::vector<double> b = dq[1].to(kCpu).to(DType::F64).contiguous().to_vector<double>();
+  size_t differ = 0;
+  for (size_t i = 0; i < a.size(); ++i) differ += a[i] != b[i];
+  INFO(differ << " of " << a.size() << " elements of dq differ between the modes");
+#ifdef LATHE_CUDA_SIM_BUILD
+  CHECK(differ > 0);
+#endif
+  CHECK(differ < a.size() / 100);
 }
 
 TEST_CASE("flash attention: f32 on cuda and unsupported head dims still compose",
@@ -496,20 +632,25 @@ TEST_CASE("flash attention: strided q, k, v, dO and outputs give the contiguous 
   const Inputs strided = relayout(layout, c, in);
   REQUIRE(!strided.q.is_contiguous());
   REQUIRE(!strided.grad_out.is_contiguous());
-  const Results contiguous = run_kernels(c, in);
-  const Results r = run_kernels(c, strided, layout);
-  REQUIRE(!r.out.is_contiguous());
-  for (size_t i = 0; i < 5; ++i) {
-    INFO("result " << i << " (out, lse, dq, dk, dv)");
-    CHECK(bytes_of(r.all()[i]) == bytes_of(contiguous.all()[i]));
-  }
-  check_case(c, r, reference(c, in));
-  if (layout == Layout::PaddedRows) {
-    // The 8 columns between rows were poisoned with NaN and must still be.
-    for (const Tensor& buffer : r.buffers) {
-      for (double x :
-           buffer.narrow(3, c.d, 8).to(kCpu).to(DType::F64).contiguous().to_vector<double>()) {
-        REQUIRE(std::isnan(x));
+  const Reference ref = reference(c, in);
+  for (bool det : kDqModes) {
+    INFO(mode_name(det));
+    const Results contiguous = run_kernels(c, in, Layout::Contiguous, det);
+    const Results r = run_kernels(c, strided, layout, det);
+    REQUIRE(!r.out.is_contiguous());
+    for (size_t i = 0; i < 5; ++i) {
+      if (i == 2 && !det) continue;  // atomic dq: the order of its additions may differ
+      INFO("result " << i << " (out, lse, dq, dk, dv)");
+      CHECK(bytes_of(r.all()[i]) == bytes_of(contiguous.all()[i]));
+    }
+    check_case(c, r, ref);
+    if (layout == Layout::PaddedRows) {
+      // The 8 columns between rows were poisoned with NaN and must still be.
+      for (const Tensor& buffer : r.buffers) {
+        for (double x :
+             buffer.narrow(3, c.d, 8).to(kCpu).to(DType::F64).contiguous().to_vector<double>()) {
+          REQUIRE(std::isnan(x));
+        }
       }
     }
   }
