@@ -1,8 +1,9 @@
 // The fused attention kernels of the cuda device, called through the KernelTable: the tensor-core
 // flash kernels (kernels/cuda/attention.cu) in bf16 and the SIMT ones (attention_simt.cu) in f32,
 // in TFLOP/s with FlashAttention's convention: forward 4·B·H·T²·d (QKᵀ and
-// PV), backward 2.5x the forward (its five GEMMs; lathe's backward runs seven, recomputing S and dP
-// for dQ instead of accumulating dQ with atomics), both halved for causal. Shapes follow the
+// PV), backward 2.5x the forward (its five GEMMs; lathe's deterministic backward runs seven,
+// recomputing S and dP for dQ, the atomic-dQ one five, accumulating dQ with atomics), both halved
+// for causal. Shapes follow the
 // FlashAttention papers: B·T = 16k tokens, H·d = 2048 (H = 32 for d = 64, 16 for d = 128), so every
 // T fills the GPU and each tensor is 64 MiB. Registered only in the real build (LATHE_CUDA).
 //
@@ -83,8 +84,9 @@ struct Problem {
   }
 
   void forward() const { cuda_k().attention_forward(args); }
-  void backward() const {
+  void backward(bool deterministic = true) const {
     lathe::kernels::AttentionBackwardArgs b;
+    b.deterministic = deterministic;
     b.forward = args;
     b.grad_out = lathe::detail::make_view(grad_out);
     b.grad_q = lathe::detail::make_view(grad_q);
@@ -124,6 +126,14 @@ void BM_CudaFlashAttentionBackward(benchmark::State& state) {
   run(state, 2.5 * p.forward_flops(), [&] { p.backward(); });
 }
 
+// The backward with FlashAttention-2's atomic dQ accumulation (AttentionBackwardArgs::
+// deterministic = false), same shapes and FLOP convention.
+void BM_CudaFlashAttentionBackwardAtomic(benchmark::State& state) {
+  const Problem p(state.range(0), state.range(1), state.range(2) != 0);
+  p.forward();
+  run(state, 2.5 * p.forward_flops(), [&] { p.backward(false); });
+}
+
 // f32 on the SIMT kernels; BERT's own size (T 128, d 64) first.
 void BM_CudaSimtAttentionForward(benchmark::State& state) {
   const Problem p(state.range(0), state.range(1), state.range(2) != 0, DType::F32);
@@ -161,6 +171,11 @@ BENCHMARK(BM_CudaFlashAttentionForward)
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_CudaFlashAttentionBackward)
+    ->ArgNames({"T", "d", "causal"})
+    ->Apply(flash_shapes)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_CudaFlashAttentionBackwardAtomic)
     ->ArgNames({"T", "d", "causal"})
     ->Apply(flash_shapes)
     ->UseRealTime()

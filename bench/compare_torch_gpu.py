@@ -199,8 +199,9 @@ def main():
     # forward 4·B·H·T²·d (halved when causal), backward 2.5x the forward. lathe's time comes from
     # its TFLOP/s counter (its entries time 5 launches per iteration). bf16: lathe's tensor-core
     # kernels against SDPA's flash backend; f32: lathe's SIMT kernels against SDPA's memory-
-    # efficient backend (PyTorch's fused f32 attention; its flash backend is 16-bit only).
-    def fused_attention(shapes, dtype, backend, entry_prefix, ref_name):
+    # efficient backend (PyTorch's fused f32 attention; its flash backend is 16-bit only). The
+    # bf16 entries also get a row for lathe's backward in its atomic dQ mode (BackwardAtomic).
+    def fused_attention(shapes, dtype, backend, entry_prefix, ref_name, atomic=False):
         for d_, t_, causal in shapes:
             b_, h_ = 16384 // t_, 2048 // d_
             q, k, v = (torch.randn(b_, h_, t_, d_, device=DEVICE, dtype=dtype,
@@ -222,13 +223,17 @@ def main():
                 print(f"  {ref_name} d{d_} T{t_}: {e}", file=sys.stderr)
                 continue
             dname = "bf16" if dtype == torch.bfloat16 else "f32"
-            for kind, t_torch, mult in (("Forward", tf, 1.0), ("Backward", tb, 2.5)):
+            kinds = [("Forward", tf, 1.0), ("Backward", tb, 2.5)]
+            if atomic:  # lathe's backward with atomic dQ (deterministic = false), same reference
+                kinds.append(("BackwardAtomic", tb, 2.5))
+            for kind, t_torch, mult in kinds:
                 entry = lathe.get(f"{entry_prefix}{kind}/T:{t_}/d:{d_}/causal:{causal}")
                 lathe_time = (mult * flops / (entry["TFLOP/s"] * 1e12)
                               if entry and entry.get("TFLOP/s") else None)
                 torch_tflops = mult * flops / t_torch / 1e12
                 lathe_tflops = f"{entry['TFLOP/s']:.0f}" if entry else "—"
-                rows.append((f"attention {kind.lower()} B{b_} H{h_} T{t_} d{d_}"
+                what = {"BackwardAtomic": "backward (atomic dQ)"}.get(kind, kind.lower())
+                rows.append((f"attention {what} B{b_} H{h_} T{t_} d{d_}"
                              f"{' causal' if causal else ''} {dname} (lathe {lathe_tflops} TFLOP/s)",
                              lathe_time, t_torch, f"{ref_name} ({torch_tflops:.0f} TFLOP/s)"))
             del q, k, v, out, dout
@@ -237,7 +242,7 @@ def main():
              for t_ in ((1024, 4096) if a.quick else (512, 1024, 2048, 4096, 8192))]
     flash += [(64, 2048, 1), (128, 2048, 1)]
     fused_attention(flash, torch.bfloat16, SDPBackend.FLASH_ATTENTION, "BM_CudaFlashAttention",
-                    "SDPA flash")
+                    "SDPA flash", atomic=True)
     simt = [(d_, t_, 0) for d_ in (64, 128) for t_ in ((512,) if a.quick else (128, 512, 2048))]
     simt += [(64, 2048, 1)]
     fused_attention(simt, torch.float32, SDPBackend.EFFICIENT_ATTENTION, "BM_CudaSimtAttention",
