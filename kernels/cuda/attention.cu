@@ -523,50 +523,46 @@ __global__ void __launch_bounds__(kThreads) row_dot_kernel(Params p) {
 
 // Atomic dQ mode: dQ[i0, i0 + BQ) += dS K over this block's 64 keys, from dS^T [kBlockN][BQ + kPad]
 // and K [kBlockN][D + kPad] in shared memory. The [BQ, D] product is split into one [16, D * BQ /
-// 64] slice per warp (all of D for BQ = 64, half of it for BQ = 32), computed 32 columns at a
-// time: a 16-register accumulator, added to dq_accum as soon as it is complete. (A [16, 64] one
-// made the d = 128 kernel spill.)
+// 64] slice per warp (all of D for BQ = 64, half of it for BQ = 32): an accumulator of at most 32
+// registers, live only here, where the tile's S, dP, P and dS registers are dead, and added to
+// dq_accum as soon as it is complete. The k-steps stay a loop: unrolled, ptxas fetched the
+// fragments of every k-step ahead and the d = 128 kernel spilled (up to 56 bytes with dropout).
 template <class T, int D, int BQ>
 LATHE_DEVICE_INLINE void add_dq_tile(const Params& p, const T* sdS, const T* sK, int64_t b,
                                      int64_t i0, int warp, int lane) {
   constexpr int LD = D + kPad, LDS = BQ + kPad;
   constexpr int kMTiles = BQ / 16;
   constexpr int kCols = D * kMTiles / kWarps;
-  constexpr int kChunk = kCols < 32 ? kCols : 32;
-  static_assert(kWarps % kMTiles == 0 && kCols % kChunk == 0 && kChunk % 16 == 0,
-                "whole 16-column slices per warp");
+  static_assert(kWarps % kMTiles == 0 && kCols % 16 == 0, "whole 16-column slices per warp");
   const int m0 = 16 * (warp % kMTiles), c0 = kCols * (warp / kMTiles);
+  float acc[kCols / 8][4];
+#pragma unroll
+  for (int n = 0; n < kCols / 8; ++n) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[n][e] = 0.0f;
+  }
+#pragma unroll 1
+  for (int kk = 0; kk < kBlockN / 16; ++kk) {
+    uint32_t a[4];
+    load_a_kmajor<LDS>(a, sdS, m0, 16 * kk, lane);
+#pragma unroll
+    for (int np = 0; np < kCols / 16; ++np) {
+      uint32_t bk[4];
+      load_b_kmajor<LD>(bk, sK, 16 * kk, c0 + 16 * np, lane);
+      mma<T>(acc[2 * np], a, bk);
+      mma<T>(acc[2 * np + 1], a, bk + 2);
+    }
+  }
   const int g = lane >> 2, t = lane & 3;
 #pragma unroll
-  for (int cc = 0; cc < kCols; cc += kChunk) {
-    float acc[kChunk / 8][4];
+  for (int r = 0; r < 2; ++r) {
+    const int64_t i = i0 + m0 + g + 8 * r;
+    if (i >= p.tq) continue;  // padding rows: dS = 0, and nothing reads them
+    float* row = p.dq_accum + (b * p.tq_pad + i) * D + c0 + 2 * t;
 #pragma unroll
-    for (int n = 0; n < kChunk / 8; ++n) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) acc[n][e] = 0.0f;
-    }
-#pragma unroll
-    for (int kk = 0; kk < kBlockN / 16; ++kk) {
-      uint32_t a[4];
-      load_a_kmajor<LDS>(a, sdS, m0, 16 * kk, lane);
-#pragma unroll
-      for (int np = 0; np < kChunk / 16; ++np) {
-        uint32_t bk[4];
-        load_b_kmajor<LD>(bk, sK, 16 * kk, c0 + cc + 16 * np, lane);
-        mma<T>(acc[2 * np], a, bk);
-        mma<T>(acc[2 * np + 1], a, bk + 2);
-      }
-    }
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int64_t i = i0 + m0 + g + 8 * r;
-      if (i >= p.tq) continue;  // padding rows: dS = 0, and nothing reads them
-      float* row = p.dq_accum + (b * p.tq_pad + i) * D + c0 + cc + 2 * t;
-#pragma unroll
-      for (int n = 0; n < kChunk / 8; ++n) {
-        atomicAdd(row + 8 * n, acc[n][2 * r]);
-        atomicAdd(row + 8 * n + 1, acc[n][2 * r + 1]);
-      }
+    for (int n = 0; n < kCols / 8; ++n) {
+      atomicAdd(row + 8 * n, acc[n][2 * r]);
+      atomicAdd(row + 8 * n + 1, acc[n][2 * r + 1]);
     }
   }
 }
