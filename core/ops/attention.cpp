@@ -21,6 +21,9 @@
 //   the memory order of q, k and v, so a [B, H, T, d] head view of a [B, T, H, d] buffer gets its
 //   output and gradients as such views and splitting or merging heads costs no copy either way.
 //   The cpu kernel and the composite work on contiguous copies.
+// - determinism: the backward hands lathe::deterministic_algorithms() (read when the backward
+//   runs) to the kernels; off, the cuda flash kernels accumulate dq with float atomics, whose
+//   order (and so dq's last bits) varies between runs. Every other result is reproducible.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
