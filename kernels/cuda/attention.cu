@@ -521,6 +521,17 @@ __global__ void __launch_bounds__(kThreads) row_dot_kernel(Params p) {
   }
 }
 
+// p[0] += x and p[1] += y, each atomically (p 8-byte aligned): one vector atomic on sm_90 and
+// later, half the atomic operations of two scalar ones.
+LATHE_DEVICE_INLINE void atomic_add_pair(float* p, float x, float y) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  atomicAdd(reinterpret_cast<float2*>(p), make_float2(x, y));
+#else
+  atomicAdd(p, x);
+  atomicAdd(p + 1, y);
+#endif
+}
+
 // Atomic dQ mode: dQ[i0, i0 + BQ) += dS K over this block's 64 keys, from dS^T [kBlockN][BQ + kPad]
 // and K [kBlockN][D + kPad] in shared memory. The [BQ, D] product is split into one [16, D * BQ /
 // 64] slice per warp (all of D for BQ = 64, half of it for BQ = 32): an accumulator of at most 32
@@ -560,10 +571,8 @@ LATHE_DEVICE_INLINE void add_dq_tile(const Params& p, const T* sdS, const T* sK,
     if (i >= p.tq) continue;  // padding rows: dS = 0, and nothing reads them
     float* row = p.dq_accum + (b * p.tq_pad + i) * D + c0 + 2 * t;
 #pragma unroll
-    for (int n = 0; n < kCols / 8; ++n) {
-      atomicAdd(row + 8 * n, acc[n][2 * r]);
-      atomicAdd(row + 8 * n + 1, acc[n][2 * r + 1]);
-    }
+    for (int n = 0; n < kCols / 8; ++n)
+      atomic_add_pair(row + 8 * n, acc[n][2 * r], acc[n][2 * r + 1]);
   }
 }
 
