@@ -244,25 +244,48 @@ struct alignas(16) Pack {
   T v[V];
 };
 
-// Pack k of buffer p (16-byte aligned): vector accesses on the GPU, memcpy in the simulated build
-// (no aliasing questions on the host), as rows.cuh does.
+// An object of 16 * k bytes at p (16-byte aligned) read or written as k 16-byte accesses. On the
+// GPU the bits go through uint4, and stores through __stwb (st.global.wb.v4, the default caching),
+// so nvcc emits 128-bit accesses whatever the object holds: a struct of __half / __nv_bfloat16
+// assigned as itself may be copied member by member (seen in PTX: the bf16 pack stores of
+// cross_entropy's backward became 8 st.global.u16 each, and the kernel ran at 18% of the copy
+// bandwidth), and even a plain uint4 store came out as 4 st.global.u32 there. The simulated build
+// copies with memcpy (no aliasing questions on the host).
+template <class Obj>
+LATHE_DEVICE_INLINE Obj load16(const void* p) {
+  static_assert(sizeof(Obj) % 16 == 0, "whole 16-byte accesses");
+  Obj obj;
+#ifdef __CUDACC__
+  uint4 bits[sizeof(Obj) / 16];
+#pragma unroll
+  for (size_t i = 0; i < sizeof(Obj) / 16; ++i) bits[i] = static_cast<const uint4*>(p)[i];
+  memcpy(static_cast<void*>(&obj), bits, sizeof obj);
+#else
+  std::memcpy(static_cast<void*>(&obj), p, sizeof obj);
+#endif
+  return obj;
+}
+template <class Obj>
+LATHE_DEVICE_INLINE void store16(void* p, const Obj& obj) {
+  static_assert(sizeof(Obj) % 16 == 0, "whole 16-byte accesses");
+#ifdef __CUDACC__
+  uint4 bits[sizeof(Obj) / 16];
+  memcpy(bits, static_cast<const void*>(&obj), sizeof obj);
+#pragma unroll
+  for (size_t i = 0; i < sizeof(Obj) / 16; ++i) __stwb(static_cast<uint4*>(p) + i, bits[i]);
+#else
+  std::memcpy(p, static_cast<const void*>(&obj), sizeof obj);
+#endif
+}
+
+// Pack k of buffer p (16-byte aligned).
 template <class T, int V>
 LATHE_DEVICE_INLINE Pack<T, V> load_pack(const T* p, int64_t k) {
-#ifdef __CUDACC__
-  return reinterpret_cast<const Pack<T, V>*>(p)[k];
-#else
-  Pack<T, V> pack;
-  std::memcpy(static_cast<void*>(&pack), p + k * V, sizeof pack);
-  return pack;
-#endif
+  return load16<Pack<T, V>>(p + k * V);
 }
 template <class T, int V>
 LATHE_DEVICE_INLINE void store_pack(T* p, int64_t k, const Pack<T, V>& pack) {
-#ifdef __CUDACC__
-  reinterpret_cast<Pack<T, V>*>(p)[k] = pack;
-#else
-  std::memcpy(static_cast<void*>(p + k * V), &pack, sizeof pack);
-#endif
+  store16(p + k * V, pack);
 }
 
 // ---- launch sizing ----

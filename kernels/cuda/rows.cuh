@@ -59,12 +59,7 @@ LATHE_DEVICE_INLINE void load(const T* p, C (&out)[W]) {
     out[0] = convert<C>(p[0]);
   } else {
     static_assert(W * sizeof(T) == 16, "a pack is 16 bytes");
-    Vec<T, W> pack;
-#ifdef __CUDACC__
-    pack = *reinterpret_cast<const Vec<T, W>*>(p);  // one 16-byte load
-#else
-    std::memcpy(static_cast<void*>(&pack), p, sizeof pack);  // no aliasing questions on the host
-#endif
+    const Vec<T, W> pack = load16<Vec<T, W>>(p);  // one 16-byte load
 #pragma unroll
     for (int k = 0; k < W; ++k) out[k] = convert<C>(pack.v[k]);
   }
@@ -78,11 +73,7 @@ LATHE_DEVICE_INLINE void store(T* p, const C (&in)[W]) {
     static_assert(W * sizeof(T) == 16, "a pack is 16 bytes");
     Vec<T, W> pack;
     convert_pack<T>(in, pack.v);
-#ifdef __CUDACC__
-    *reinterpret_cast<Vec<T, W>*>(p) = pack;
-#else
-    std::memcpy(static_cast<void*>(p), &pack, sizeof pack);
-#endif
+    store16(p, pack);
   }
 }
 
