@@ -114,35 +114,56 @@ LATHE_DEVICE_INLINE To convert(From v) {
   }
 }
 
-// out[k] = convert<To>(in[k]) for a pack of W values. On sm_80 and later, floats rounded to
-// f16/bf16 go in pairs through one cvt.rn.{f16x2,bf16x2}.f32 each (round to nearest even, like
-// __float2half_rn / __float2bfloat16_rn): convert's per-element NaN check and select took about
-// six instructions per element, a third of the bf16 layer norm's instruction count (Nsight
-// Compute showed those kernels bound by instruction issue, docs/benchmarks.md). The hardware
-// rounds a NaN to the canonical one, so a pack holding a NaN is redone element by element (the
-// loop below) and payloads survive as on the cpu. The simulator (no __CUDA_ARCH__) runs convert
-// itself.
+// Floats rounded to f16/bf16 in pairs. On sm_80 and later two floats become one
+// cvt.rn.{f16x2,bf16x2}.f32 (round to nearest even, like __float2half_rn / __float2bfloat16_rn),
+// whose 32-bit result is the pair as stored (element 2k in the low half): convert's per-element
+// NaN check and select took about six instructions per element, a third of the bf16 layer norm's
+// instruction count (Nsight Compute showed those kernels bound by instruction issue,
+// docs/benchmarks.md). The hardware rounds a NaN to the canonical one, so round_pairs reports a
+// pack holding a NaN and the callers redo it element by element with convert, which keeps
+// payloads as on the cpu. The simulator (no __CUDA_ARCH__) always runs convert.
+inline constexpr bool kPairRounding =
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    true;
+#else
+    false;
+#endif
+
+// words[k] = in[2k] and in[2k + 1] rounded to To (f16 or bf16); false if any of them is NaN.
+// Only called where kPairRounding holds.
+template <class To, int K>
+LATHE_DEVICE_INLINE bool round_pairs(const float* in, uint32_t (&words)[K]) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  bool nan = false;
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    if constexpr (std::is_same_v<To, __nv_bfloat16>) {
+      const __nv_bfloat162 r = __floats2bfloat162_rn(in[2 * k], in[2 * k + 1]);
+      memcpy(&words[k], &r, 4);
+    } else {
+      const __half2 r = __floats2half2_rn(in[2 * k], in[2 * k + 1]);
+      memcpy(&words[k], &r, 4);
+    }
+    nan |= (in[2 * k] != in[2 * k]) | (in[2 * k + 1] != in[2 * k + 1]);
+  }
+  return !nan;
+#else
+  (void)in;
+  (void)words;
+  return false;
+#endif
+}
+
+// out[k] = convert<To>(in[k]) for a pack of W values, in pairs where round_pairs applies.
 template <class To, class From, int W>
 LATHE_DEVICE_INLINE void convert_pack(const From (&in)[W], To (&out)[W]) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  if constexpr (std::is_same_v<From, float> && W % 2 == 0 && is_half_v<To>) {
-    bool nan = false;
-#pragma unroll
-    for (int k = 0; k < W; k += 2) {
-      if constexpr (std::is_same_v<To, __nv_bfloat16>) {
-        const __nv_bfloat162 r = __floats2bfloat162_rn(in[k], in[k + 1]);
-        out[k] = r.x;
-        out[k + 1] = r.y;
-      } else {
-        const __half2 r = __floats2half2_rn(in[k], in[k + 1]);
-        out[k] = __low2half(r);
-        out[k + 1] = __high2half(r);
-      }
-      nan |= (in[k] != in[k]) | (in[k + 1] != in[k + 1]);
+  if constexpr (kPairRounding && std::is_same_v<From, float> && W % 2 == 0 && is_half_v<To>) {
+    uint32_t words[W / 2];
+    if (round_pairs<To>(in, words)) {
+      memcpy(static_cast<void*>(out), words, sizeof words);
+      return;
     }
-    if (!nan) return;
   }
-#endif
 #pragma unroll
   for (int k = 0; k < W; ++k) out[k] = convert<To>(in[k]);
 }

@@ -57,6 +57,17 @@ template <int W, class C, class T>
 LATHE_DEVICE_INLINE void load(const T* p, C (&out)[W]) {
   if constexpr (W == 1) {
     out[0] = convert<C>(p[0]);
+  } else if constexpr (std::is_same_v<T, __nv_bfloat16> && std::is_same_v<C, float>) {
+    // A bf16 is the top half of an f32, so each 32-bit word of the pack widens to two floats by a
+    // shift and a mask, one instruction each (the element-wise bf16_to_float, the same bits, took
+    // two or three in the PTX: bf16 row kernels are bound by instruction issue, docs/kernels.md).
+    static_assert(W == 8, "a bf16 pack is 8 elements");
+    const Vec<uint32_t, 4> words = load16<Vec<uint32_t, 4>>(p);  // one 16-byte load
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      out[2 * k] = __uint_as_float(words.v[k] << 16);  // the lower address is the low half
+      out[2 * k + 1] = __uint_as_float(words.v[k] & 0xffff0000u);
+    }
   } else {
     static_assert(W * sizeof(T) == 16, "a pack is 16 bytes");
     const Vec<T, W> pack = load16<Vec<T, W>>(p);  // one 16-byte load
@@ -71,6 +82,14 @@ LATHE_DEVICE_INLINE void store(T* p, const C (&in)[W]) {
     p[0] = convert<T>(in[0]);
   } else {
     static_assert(W * sizeof(T) == 16, "a pack is 16 bytes");
+    if constexpr (kPairRounding && is_half_v<T> && std::is_same_v<C, float>) {
+      // The rounded pairs are stored as they come out of the conversion, as 32-bit words.
+      Vec<uint32_t, 4> words;
+      if (round_pairs<T>(in, words.v)) {
+        store16(p, words);
+        return;
+      }
+    }
     Vec<T, W> pack;
     convert_pack<T>(in, pack.v);
     store16(p, pack);
