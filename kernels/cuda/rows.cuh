@@ -90,8 +90,10 @@ LATHE_DEVICE_INLINE void store(T* p, const C (&in)[W]) {
         return;
       }
     }
+    // Other types, and a bf16/f16 pack holding a NaN (round_pairs already ran): element by element.
     Vec<T, W> pack;
-    convert_pack<T>(in, pack.v);
+#pragma unroll
+    for (int k = 0; k < W; ++k) pack.v[k] = convert<T>(in[k]);
     store16(p, pack);
   }
 }
