@@ -6,6 +6,10 @@
 #   scripts/sass.sh kernels/cuda/attention.cu 'dkdv.*64, 0, 1' # kernels whose name matches
 #   scripts/sass.sh --dump kernels/cuda/softmax.cu 'forward'   # and their SASS, demangled
 #
+# Each kernel's loops (backward branches) are listed with their instruction counts: for a kernel
+# that loops over rows or tiles, the outermost loop's count is the work per iteration, which the
+# totals (everything once, hoisted setup included) do not show.
+#
 # Why: GPU time is lent to few sessions, and a kernel that is issue-bound (too many instructions
 # per element) or latency-bound (registers limiting occupancy) shows it in its SASS already.
 # Counting instructions here, before and after a change, says whether the change did what it was
@@ -105,9 +109,9 @@ for line in open(sass_path):
         continue
     if current is None:
         continue
-    m = re.match(r"\s*/\*[0-9a-f]{4,}\*/\s+(.*?)\s*;", line)
+    m = re.match(r"\s*/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;", line)
     if m:
-        code[current].append(m.group(1))
+        code[current].append((int(m.group(1), 16), m.group(2)))
 
 # Opcode classes that say where a kernel's issue slots go.
 CLASSES = [
@@ -133,7 +137,7 @@ for name in names:
     if not re.search(pattern, full):
         continue
     shown += 1
-    ops = [re.sub(r"^@!?U?P\w+\s+", "", ins).split()[0] for ins in code[name]]
+    ops = [re.sub(r"^@!?U?P\w+\s+", "", ins).split()[0] for _, ins in code[name]]
     ops = [o for o in ops if not o.startswith("NOP")]
     base = Counter(o.split(".")[0] for o in ops)
     u = usage.get(name, {})
@@ -153,9 +157,21 @@ for name in names:
         by_class.append(f"other {rest}")
     print("   " + ", ".join(by_class))
     print("   top: " + ", ".join(f"{op} {c}" for op, c in base.most_common(12)))
+    # Loops: a branch to an earlier address closes one; its body is [target, branch].
+    for addr, ins in code[name]:
+        m = re.search(r"\bBRA(?:\.\w+)*\s+(?:`\(\.L_x_\d+\)|0x([0-9a-f]+))", ins)
+        if not m or m.group(1) is None:
+            continue
+        target = int(m.group(1), 16)
+        if target >= addr:
+            continue
+        body = [i for a, i in code[name] if target <= a <= addr and not i.startswith("NOP")]
+        mix = Counter(re.sub(r"^@!?U?P\w+\s+", "", i).split()[0].split(".")[0] for i in body)
+        top = ", ".join(f"{op} {c}" for op, c in mix.most_common(6))
+        print(f"   loop 0x{target:x}-0x{addr:x}: {len(body)} instructions ({top})")
     if dump:
-        for ins in code[name]:
-            print("     " + ins)
+        for addr, ins in code[name]:
+            print(f"     /*{addr:04x}*/ {ins}")
 if shown == 0:
     print(f"sass.sh: no kernel matches '{pattern}'", file=sys.stderr)
     sys.exit(1)

@@ -44,14 +44,23 @@ __global__ void add_layer_norm_forward_kernel(const T* x, const T* res, const T*
   using C = acc_t<T>;
   __shared__ C scratch[32];
   const rows::RowGroup<kBlock> g = rows::row_group<kBlock>();
+  // N > 0: uniform rows (rows.cuh), every one cut as `whole`.
+  const rows::RowCut whole = rows::whole_row<T>(cols);
   for (int64_t r = g.first; g.runs(r, n_rows); r += g.step) {
     const bool active = r < n_rows;
     const T* xr = x + r * cols;
     const T* rr = res + r * cols;
     T* yr = y + r * cols;
     T* sr = sum_out ? sum_out + r * cols : nullptr;
-    const void* const ptrs[6] = {xr, rr, yr, sr, w, b};
-    const rows::RowCut cut = active ? rows::cut_row<T>(cols, ptrs) : rows::RowCut{};
+    rows::RowCut cut;
+    if (active) {
+      if constexpr (N > 0) {
+        cut = whole;
+      } else {
+        const void* const ptrs[6] = {xr, rr, yr, sr, w, b};
+        cut = rows::cut_row<T>(cols, ptrs);
+      }
+    }
     rows::layer_norm_row_forward<T, kBlock, N>(
         g, cut, r, cols, [&]<int W>(int64_t j, C(&s)[W]) { load_sum<W>(xr, rr, j, s); },
         [&]<int W>(int64_t j, C(&s)[W]) {
@@ -68,7 +77,10 @@ void add_layer_norm_forward_impl(const AddLayerNormForwardArgs& a) {
   dispatch_device_float(a.dtype, "add_layer_norm", [&]<class T>() {
     using C = acc_t<T>;
     const rows::RowLaunch l = rows::row_launch(a.rows, a.cols, sizeof(T));
-    rows::dispatch_row_cache<T>(a.cols, l.group, [&]<int N>() {
+    const bool uniform =
+        rows::uniform_rows<T, 6>(a.cols, {a.x, a.residual, a.y, a.sum, a.weight, a.bias},
+                                 {a.cols, a.cols, a.cols, a.cols, 0, 0});
+    rows::dispatch_row_cache<T>(a.cols, l.group, uniform, [&]<int N>() {
       auto kernel = l.block ? add_layer_norm_forward_kernel<T, true, N>
                             : add_layer_norm_forward_kernel<T, false, N>;
       rt::launch(kernel, l.grid, l.threads, 0, stream(), "add_layer_norm_forward",

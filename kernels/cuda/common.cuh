@@ -266,12 +266,16 @@ struct alignas(16) Pack {
 };
 
 // An object of 16 * k bytes at p (16-byte aligned) read or written as k 16-byte accesses. On the
-// GPU the bits go through uint4, and stores through __stwb (st.global.wb.v4, the default caching),
-// so nvcc emits 128-bit accesses whatever the object holds: a struct of __half / __nv_bfloat16
+// GPU the bits go through uint4, and stores through an inline `st.global.v4.b32`, so nvcc emits
+// 128-bit accesses whatever the object holds: a struct of __half / __nv_bfloat16
 // assigned as itself may be copied member by member (seen in PTX: the bf16 pack stores of
 // cross_entropy's backward became 8 st.global.u16 each, and the kernel ran at 18% of the copy
-// bandwidth), and even a plain uint4 store came out as 4 st.global.u32 there. The simulated build
-// copies with memcpy (no aliasing questions on the host).
+// bandwidth), and even a plain uint4 store came out as 4 st.global.u32 there. (__stwb, used
+// before, gives 128-bit stores too, but ptxas marks them STG.E.128.STRONG.SM, memory-model strong
+// stores, where the inline one is a plain STG.E.128: scripts/sass.sh.) Global memory only. The
+// simulated build copies with memcpy (no aliasing questions on the host) after checking the
+// alignment, which a GPU enforces with a fault: a kernel that sends a misaligned pointer down a
+// vector path fails its simulator tests too.
 template <class Obj>
 LATHE_DEVICE_INLINE Obj load16(const void* p) {
   static_assert(sizeof(Obj) % 16 == 0, "whole 16-byte accesses");
@@ -282,6 +286,8 @@ LATHE_DEVICE_INLINE Obj load16(const void* p) {
   for (size_t i = 0; i < sizeof(Obj) / 16; ++i) bits[i] = static_cast<const uint4*>(p)[i];
   memcpy(static_cast<void*>(&obj), bits, sizeof obj);
 #else
+  LATHE_CHECK(reinterpret_cast<uintptr_t>(p) % 16 == 0, "cuda simulator: 16-byte load from ", p,
+              ", which is not 16-byte aligned (a misaligned address error on a GPU)");
   std::memcpy(static_cast<void*>(&obj), p, sizeof obj);
 #endif
   return obj;
@@ -293,8 +299,14 @@ LATHE_DEVICE_INLINE void store16(void* p, const Obj& obj) {
   uint4 bits[sizeof(Obj) / 16];
   memcpy(bits, static_cast<const void*>(&obj), sizeof obj);
 #pragma unroll
-  for (size_t i = 0; i < sizeof(Obj) / 16; ++i) __stwb(static_cast<uint4*>(p) + i, bits[i]);
+  for (size_t i = 0; i < sizeof(Obj) / 16; ++i) {
+    asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(static_cast<uint4*>(p) + i),
+                 "r"(bits[i].x), "r"(bits[i].y), "r"(bits[i].z), "r"(bits[i].w)
+                 : "memory");
+  }
 #else
+  LATHE_CHECK(reinterpret_cast<uintptr_t>(p) % 16 == 0, "cuda simulator: 16-byte store to ", p,
+              ", which is not 16-byte aligned (a misaligned address error on a GPU)");
   std::memcpy(p, static_cast<const void*>(&obj), sizeof obj);
 #endif
 }

@@ -59,12 +59,21 @@ __global__ void layer_norm_forward_kernel(const T* x, const T* w, const T* b, T*
   using C = acc_t<T>;
   __shared__ C scratch[32];
   const rows::RowGroup<kBlock> g = rows::row_group<kBlock>();
+  // N > 0: uniform rows (rows.cuh), every one cut as `whole`.
+  const rows::RowCut whole = rows::whole_row<T>(cols);
   for (int64_t r = g.first; g.runs(r, n_rows); r += g.step) {
     const bool active = r < n_rows;
     const T* xr = x + r * cols;
     T* yr = y + r * cols;
-    const void* const ptrs[4] = {xr, yr, w, b};
-    const rows::RowCut cut = active ? rows::cut_row<T>(cols, ptrs) : rows::RowCut{};
+    rows::RowCut cut;
+    if (active) {
+      if constexpr (N > 0) {
+        cut = whole;
+      } else {
+        const void* const ptrs[4] = {xr, yr, w, b};
+        cut = rows::cut_row<T>(cols, ptrs);
+      }
+    }
     rows::layer_norm_row_forward<T, kBlock, N>(
         g, cut, r, cols, [&]<int W>(int64_t j, C(&v)[W]) { rows::load<W>(xr + j, v); },
         [](int64_t, auto&) {}, w, b, yr, active ? mean_out : nullptr, active ? rstd_out : nullptr,
@@ -85,8 +94,15 @@ __global__ void layer_norm_grad_x_kernel(const T* x, const T* w, const acc_t<T>*
     const T* xr = x + r * cols;
     const T* gyr = gy + r * cols;
     T* gxr = gx + r * cols;
-    const void* const ptrs[4] = {xr, gyr, gxr, w};
-    const rows::RowCut cut = active ? rows::cut_row<T>(cols, ptrs) : rows::RowCut{};
+    rows::RowCut cut;
+    if (active) {
+      if constexpr (N > 0) {
+        cut = rows::whole_row<T>(cols);  // uniform rows (rows.cuh)
+      } else {
+        const void* const ptrs[4] = {xr, gyr, gxr, w};
+        cut = rows::cut_row<T>(cols, ptrs);
+      }
+    }
     const C m = active ? mean[r] : C(0), s = active ? rstd[r] : C(0);
     // g = dy * w and xhat = (x - mean) * rstd of W elements at j.
     auto terms = [&]<int W>(int64_t j, C(&gv)[W], C(&xhat)[W]) {
@@ -105,11 +121,10 @@ __global__ void layer_norm_grad_x_kernel(const T* x, const T* w, const acc_t<T>*
         part.b += gv[k] * xhat[k];
       }
     };
-    // Rows that fit keep g and xhat in registers between the two passes (rows.cuh).
-    const bool cached = rows::row_fits_cache<T, N>(cut, g.nt);
+    // Uniform rows (N > 0) keep g and xhat in registers between the two passes (rows.cuh).
     C g_regs[N > 0 ? N : 1][V], xhat_regs[N > 0 ? N : 1][V];
     SumPair<C> part{C(0), C(0)};
-    if (cached) {
+    if constexpr (N > 0) {
       rows::load_row_cached<T, N>(cut, g.t, g.nt,
                                   [&]<int S>(int64_t j) { terms(j, g_regs[S], xhat_regs[S]); });
       rows::for_row_cached<T, N>(cut, g.t, g.nt,
@@ -127,7 +142,7 @@ __global__ void layer_norm_grad_x_kernel(const T* x, const T* w, const acc_t<T>*
       for (int k = 0; k < W; ++k) gv[k] = s * (gv[k] - mean_g - xhat[k] * mean_gx);
       rows::store<W>(gxr + j, gv);
     };
-    if (cached) {
+    if constexpr (N > 0) {
       rows::for_row_cached<T, N>(cut, g.t, g.nt,
                                  [&]<int S>(int64_t j) { write(j, g_regs[S], xhat_regs[S]); });
     } else {
@@ -387,7 +402,7 @@ bool try_fused_backward(const LayerNormBackwardArgs& a) {
   const int64_t groups = rows::kRowGroupBlockThreads / l.group;
   const size_t smem = size_t(groups * a.cols) * sizeof(C);
   if (l.block || smem > 48 * 1024) return false;
-  return rows::dispatch_row_cache<T>(a.cols, l.group, [&]<int N>() {
+  return rows::dispatch_row_cache<T>(a.cols, l.group, true, [&]<int N>() {
     // Four sets of N packs live in registers (dy, xhat and the two sums): N = 8 would spill.
     if constexpr (N == 0 || N > kFusedMaxPacks) {
       return false;
@@ -415,7 +430,9 @@ void layer_norm_forward_impl(const LayerNormForwardArgs& a) {
   dispatch_device_float(a.dtype, "layer_norm", [&]<class T>() {
     using C = acc_t<T>;
     const rows::RowLaunch l = rows::row_launch(a.rows, a.cols, sizeof(T));
-    rows::dispatch_row_cache<T>(a.cols, l.group, [&]<int N>() {
+    const bool uniform =
+        rows::uniform_rows<T, 4>(a.cols, {a.x, a.y, a.weight, a.bias}, {a.cols, a.cols, 0, 0});
+    rows::dispatch_row_cache<T>(a.cols, l.group, uniform, [&]<int N>() {
       auto kernel =
           l.block ? layer_norm_forward_kernel<T, true, N> : layer_norm_forward_kernel<T, false, N>;
       rt::launch(kernel, l.grid, l.threads, 0, stream(), "layer_norm_forward",
@@ -441,7 +458,9 @@ void layer_norm_backward_impl(const LayerNormBackwardArgs& a) {
     if (try_fused_backward<T>(a)) return;
     if (a.grad_x) {
       const rows::RowLaunch l = rows::row_launch(a.rows, a.cols, sizeof(T));
-      rows::dispatch_row_cache<T>(a.cols, l.group, [&]<int N>() {
+      const bool uniform = rows::uniform_rows<T, 4>(a.cols, {a.x, a.grad_y, a.grad_x, a.weight},
+                                                    {a.cols, a.cols, a.cols, 0});
+      rows::dispatch_row_cache<T>(a.cols, l.group, uniform, [&]<int N>() {
         auto kernel =
             l.block ? layer_norm_grad_x_kernel<T, true, N> : layer_norm_grad_x_kernel<T, false, N>;
         rt::launch(kernel, l.grid, l.threads, 0, stream(), "layer_norm_grad_x",

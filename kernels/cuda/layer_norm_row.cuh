@@ -16,19 +16,22 @@ namespace lathe::kernels::cuda::rows {
 // stored by the group's thread 0 (when their outputs are given), then
 // y = (v - mean) * rstd * w + b. `values(j, v)` fills v[W] with the row's values at columns
 // j .. j + W - 1 in the compute type C; `first(j, v)` sees those values once, in the first pass.
-// A row that fits N packs per thread (row_fits_cache) is loaded once and kept in registers;
-// otherwise `values` is called again on every pass. Both orders of summation are the same, so
-// the two give the same bits. `scratch` is the group reduction's 32 values of shared memory.
+// With N > 0 the row is uniform (rows.cuh, cut = whole_row) and fits N packs per thread: it is
+// loaded once and kept in registers; with N = 0 `values` is called again on every pass. Both
+// orders of summation are the same, so the two give the same bits. w and b are loaded for every
+// row (L1 hits): kept in registers across rows, they took the bf16 kernel with 3 packs per lane
+// from 72 to 124 registers (ptxas hoisted their widening out of the row loop too), and whether
+// the instructions saved are worth that occupancy is for a GPU to say. `scratch` is the group
+// reduction's 32 values of shared memory.
 template <class T, bool kBlock, int N, class C, class Load, class First>
 LATHE_DEVICE_INLINE void layer_norm_row_forward(const RowGroup<kBlock>& g, const RowCut& cut,
                                                 int64_t r, int64_t cols, Load&& values,
                                                 First&& first, const T* w, const T* b, T* yr,
                                                 C* mean_out, C* rstd_out, C eps, C* scratch) {
   constexpr int V = kPack<T>;
-  const bool cached = row_fits_cache<T, N>(cut, g.nt);
   C regs[N > 0 ? N : 1][V];
   C part = C(0);
-  if (cached) {
+  if constexpr (N > 0) {
     load_row_cached<T, N>(cut, g.t, g.nt, [&]<int S>(int64_t j) { values(j, regs[S]); });
     for_row_cached<T, N>(cut, g.t, g.nt, [&]<int S>(int64_t j) {
       first(j, regs[S]);
@@ -44,7 +47,7 @@ LATHE_DEVICE_INLINE void layer_norm_row_forward(const RowGroup<kBlock>& g, const
   }
   const C mean = group_allreduce<kBlock>(part, Sum{}, scratch) / C(cols);
   part = C(0);
-  if (cached) {
+  if constexpr (N > 0) {
     for_row_cached<T, N>(cut, g.t, g.nt, [&]<int S>(int64_t) {
       for (int k = 0; k < V; ++k) part += (regs[S][k] - mean) * (regs[S][k] - mean);
     });
@@ -61,6 +64,7 @@ LATHE_DEVICE_INLINE void layer_norm_row_forward(const RowGroup<kBlock>& g, const
     if (mean_out) mean_out[r] = mean;
     if (rstd_out) rstd_out[r] = rstd;
   }
+  // y at columns j.. from the row's values there.
   auto write = [&]<int W>(int64_t j, C(&v)[W]) {
     C wv[W] = {}, bv[W] = {};
     if (w) rows::load<W>(w + j, wv);
@@ -73,7 +77,7 @@ LATHE_DEVICE_INLINE void layer_norm_row_forward(const RowGroup<kBlock>& g, const
     }
     rows::store<W>(yr + j, v);
   };
-  if (cached) {
+  if constexpr (N > 0) {
     for_row_cached<T, N>(cut, g.t, g.nt, [&]<int S>(int64_t j) { write(j, regs[S]); });
   } else {
     for_row<T>(cut, g.t, g.nt, [&]<int W>(int64_t j) {

@@ -12,13 +12,13 @@
 //   float atomics are involved. Both lanes of a butterfly step must compute op(a, b) and op(b, a)
 //   to the same bits: true of IEEE addition and max; ops with products order their operands first
 //   (softmax.cu), since an FMA-contracted a * x + b * y is not symmetric.
-// - Row kernels come in two shapes (row_launch): a warp per row for rows of up to kWarpRowPacks
-//   16-byte packs, or fewer lanes for rows shorter than 32 packs (no barriers; a block of 128
-//   threads works on 128 / lanes rows), and a block of 64-1024 threads per longer row, about
-//   kBlockRowPacks packs per thread. Rows that fit are held in registers between passes
-//   (row_fits_cache). The widths were set on the H200 (docs/benchmarks.md): a block of 256
-//   threads on a 1536-wide row left each thread one or two packs and ran at 25-55% of a copy of
-//   the same shape; a warp (bf16) or a 64-128-thread block (f32) there is 1.2-1.7x faster.
+// - Row kernels come in two shapes (row_launch): up to a warp per row for rows of up to
+//   kWarpRowPacks 16-byte packs, as many lanes as divide the row most evenly (no barriers; a block
+//   of 128 threads works on 128 / lanes rows), and a block of 64-1024 threads per longer row, about
+//   kBlockRowPacks packs per thread. Uniform rows that fit are held in registers between passes
+//   ("rows held in registers" below). The widths were set on the H200 (docs/benchmarks.md): a block
+//   of 256 threads on a 1536-wide row left each thread one or two packs and ran at 25-55% of a copy
+//   of the same shape; a warp (bf16) or a 64-128-thread block (f32) there is 1.2-1.7x faster.
 #pragma once
 
 #include <cstdint>
@@ -40,8 +40,8 @@ using acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
 template <class T>
 inline constexpr int kPack = 16 / int(sizeof(T));
 
-// Row shapes (row_launch): rows of up to kWarpRowPacks packs get a warp (at most 8 packs per
-// lane, the register cache's limit), longer ones a block with about kBlockRowPacks per thread.
+// Row shapes (row_launch): rows of up to kWarpRowPacks packs get up to a warp (at most 8 packs
+// per lane, the register cache's limit), longer ones a block with about kBlockRowPacks per thread.
 inline constexpr int64_t kWarpRowPacks = 256;
 inline constexpr int64_t kBlockRowPacks = 4;
 inline constexpr int kRowGroupBlockThreads = 128;  // blocks of the lanes-per-row shape
@@ -52,27 +52,34 @@ struct alignas(W == 1 ? alignof(T) : 16) Vec {
   T v[W];
 };
 
+// A 16-byte pack of T (8 bf16 / f16, 4 f32, 2 f64) widened to the compute type C.
+template <class C, class T, int W>
+LATHE_DEVICE_INLINE void widen(const Vec<T, W>& pack, C (&out)[W]) {
+  static_assert(W * sizeof(T) == 16, "a pack is 16 bytes");
+  if constexpr (std::is_same_v<T, __nv_bfloat16> && std::is_same_v<C, float>) {
+    // A bf16 is the top half of an f32, so each 32-bit word of the pack widens to two floats by a
+    // shift and a mask, one instruction each (the element-wise bf16_to_float, the same bits, took
+    // two or three in the PTX: bf16 row kernels are bound by instruction issue, docs/kernels.md).
+    uint32_t words[4];
+    std::memcpy(words, &pack, sizeof words);
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      out[2 * k] = __uint_as_float(words[k] << 16);  // the lower address is the low half
+      out[2 * k + 1] = __uint_as_float(words[k] & 0xffff0000u);
+    }
+  } else {
+#pragma unroll
+    for (int k = 0; k < W; ++k) out[k] = convert<C>(pack.v[k]);
+  }
+}
+
 // W consecutive elements at p (16-byte aligned when W > 1) in the compute type C.
 template <int W, class C, class T>
 LATHE_DEVICE_INLINE void load(const T* p, C (&out)[W]) {
   if constexpr (W == 1) {
     out[0] = convert<C>(p[0]);
-  } else if constexpr (std::is_same_v<T, __nv_bfloat16> && std::is_same_v<C, float>) {
-    // A bf16 is the top half of an f32, so each 32-bit word of the pack widens to two floats by a
-    // shift and a mask, one instruction each (the element-wise bf16_to_float, the same bits, took
-    // two or three in the PTX: bf16 row kernels are bound by instruction issue, docs/kernels.md).
-    static_assert(W == 8, "a bf16 pack is 8 elements");
-    const Vec<uint32_t, 4> words = load16<Vec<uint32_t, 4>>(p);  // one 16-byte load
-#pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      out[2 * k] = __uint_as_float(words.v[k] << 16);  // the lower address is the low half
-      out[2 * k + 1] = __uint_as_float(words.v[k] & 0xffff0000u);
-    }
   } else {
-    static_assert(W * sizeof(T) == 16, "a pack is 16 bytes");
-    const Vec<T, W> pack = load16<Vec<T, W>>(p);  // one 16-byte load
-#pragma unroll
-    for (int k = 0; k < W; ++k) out[k] = convert<C>(pack.v[k]);
+    widen(load16<Vec<T, W>>(p), out);  // one 16-byte load
   }
 }
 
@@ -181,48 +188,88 @@ LATHE_DEVICE_INLINE void for_row_loaded(const RowCut& c, int t, int nt, const T*
 // A row kernel whose row fits in its group's registers reads the row once and runs its later
 // passes on the registers: fewer loads, and all of a thread's loads issued together (the
 // streaming loops above wait on each pack before the next). A thread holds up to N packs, the
-// packs t, t + nt, ... of a row made of whole packs (cut.head == 0, no tail), in the order for_row
-// visits them, so sums over the cached row equal the streamed ones bit for bit. Other rows (not
-// 16-byte aligned, widths not a multiple of the pack, too long) are streamed.
+// packs t, t + nt, ... of a row made of whole packs, in the order for_row visits them, so sums
+// over the cached row equal the streamed ones bit for bit.
+//
+// The launcher picks N > 0 only for uniform rows (`uniform_rows`): every row of every operand
+// starts on a 16-byte boundary and the width is whole packs, so every row is cut the same way
+// (whole_row) and holds at most N packs per thread. Such a kernel has no per-row cut, no streamed
+// fallback and, where the row's parameters are the same for every row (layer norm's weight and
+// bias), keeps them in registers across rows. Before this, every row worked out its own cut and
+// carried both paths: with 384 bf16 columns a lane has 12-16 elements per row, and that per-row
+// work was a good part of the instructions of kernels bound by instruction issue (ncu on the H200:
+// layer norm forward bf16 32768 x 384 at SM 73%, DRAM 18%). Other rows are streamed (N = 0).
 
-// Packs per thread a kernel instantiates for rows of `cols` elements handled by `group_threads`
-// threads each (RowLaunch::group): 2, 4 or 8, or 0 (stream) for f64 and for rows that need more
-// than 8 (8 f32 packs are 32 registers per cached operand).
-template <class T>
-inline int row_cache_packs(int64_t cols, int64_t group_threads) {
-  if (sizeof(T) == 8) return 0;
-  const int64_t threads = group_threads;
-  const int64_t per_thread = (cols / kPack<T> + threads - 1) / threads;
-  if (per_thread <= 2) return 2;
-  if (per_thread <= 4) return 4;
-  if (per_thread <= 8) return 8;
+// The packs per thread the cached kernels are instantiated for. 3 and 6 make BERT's widths whole:
+// 384 bf16 columns are 48 packs (16 lanes x 3), 768 are 96 (32 x 3), 1536 are 192 (32 x 6); with
+// powers of two only, a quarter to a third of the lanes' slots held no pack.
+inline constexpr int kCachePacks[] = {2, 3, 4, 6, 8};
+
+// The smallest of kCachePacks holding `per_thread` packs, or 0 (stream) when none does.
+inline int cache_packs_for(int64_t per_thread) {
+  for (const int n : kCachePacks) {
+    if (per_thread <= n) return n;
+  }
   return 0;
 }
 
-// fn.template operator()<N>() with N = row_cache_packs<T>(cols, group_threads); f64 kernels are
-// only instantiated streaming.
+// Packs per thread a kernel instantiates for uniform rows of `cols` elements handled by
+// `group_threads` threads each (RowLaunch::group), or 0 (stream) for f64 and for rows that need
+// more than 8 (8 f32 packs are 32 registers per cached operand).
+template <class T>
+inline int row_cache_packs(int64_t cols, int64_t group_threads) {
+  if (sizeof(T) == 8) return 0;
+  const int64_t packs = cols / kPack<T>;
+  return cache_packs_for((packs + group_threads - 1) / group_threads);
+}
+
+// Whether rows of `cols` elements whose operands start at `rows0` (each operand's first row) and
+// step by `row_strides` elements are uniform: whole packs, and every row of every operand on a
+// 16-byte boundary. Null operands are skipped.
+template <class T, int K>
+inline bool uniform_rows(int64_t cols, const void* const (&rows0)[K],
+                         const int64_t (&row_strides)[K]) {
+  if (cols % kPack<T> != 0) return false;
+  for (int k = 0; k < K; ++k) {
+    if (rows0[k] == nullptr) continue;
+    if (reinterpret_cast<uintptr_t>(rows0[k]) % 16 != 0) return false;
+    if ((row_strides[k] * int64_t(sizeof(T))) % 16 != 0) return false;
+  }
+  return true;
+}
+
+// The cut of every uniform row.
+template <class T>
+LATHE_DEVICE_INLINE RowCut whole_row(int64_t cols) {
+  RowCut c;
+  c.head = 0;
+  c.packs = cols / kPack<T>;
+  c.cols = cols;
+  return c;
+}
+
+// fn.template operator()<N>() with N = row_cache_packs<T>(cols, group_threads) for uniform rows,
+// N = 0 otherwise; f64 kernels are only instantiated streaming.
 template <class T, class Fn>
-decltype(auto) dispatch_row_cache(int64_t cols, int64_t group_threads, Fn&& fn) {
+decltype(auto) dispatch_row_cache(int64_t cols, int64_t group_threads, bool uniform, Fn&& fn) {
   if constexpr (sizeof(T) == 8) {
     return fn.template operator()<0>();
   } else {
-    switch (row_cache_packs<T>(cols, group_threads)) {
+    switch (uniform ? row_cache_packs<T>(cols, group_threads) : 0) {
       case 2:
         return fn.template operator()<2>();
+      case 3:
+        return fn.template operator()<3>();
       case 4:
         return fn.template operator()<4>();
+      case 6:
+        return fn.template operator()<6>();
       case 8:
         return fn.template operator()<8>();
       default:
         return fn.template operator()<0>();
     }
   }
-}
-
-// Whether the row cut as `c` is held in registers by a group of nt threads with N packs each.
-template <class T, int N>
-LATHE_DEVICE_INLINE bool row_fits_cache(const RowCut& c, int nt) {
-  return N > 0 && c.head == 0 && c.packs * kPack<T> == c.cols && c.packs <= int64_t(N) * nt;
 }
 
 // Calls fn.template operator()<S>(j) for every S < N, without a branch: j is the first column of
@@ -346,8 +393,8 @@ LATHE_DEVICE_INLINE RowGroup<kBlock> row_group() {
 }
 
 // Grid and block of a row kernel over `rows` rows of `cols` elements of `elem_bytes` bytes.
-// `group` threads (a power of two) work on a row: 32 lanes of a warp for rows of 32 to
-// kWarpRowPacks packs, fewer for shorter rows (block false; blocks of 128 threads), else a block
+// `group` threads (a power of two) work on a row: 1-32 lanes of a warp for rows of up to
+// kWarpRowPacks packs (block false; blocks of 128 threads), else a block
 // of 64 to `max_block` threads, about kBlockRowPacks packs each (block true). Kernels that stream
 // their rows rather than cache them (cross-entropy) pass a smaller max_block.
 struct RowLaunch {
@@ -362,7 +409,20 @@ inline RowLaunch row_launch(int64_t rows, int64_t cols, int64_t elem_bytes,
   const int64_t pack = 16 / elem_bytes;
   const int64_t pieces = (cols + pack - 1) / pack;  // packs, counting a partial one
   if (pieces <= kWarpRowPacks) {
-    while (l.group > 1 && l.group / 2 >= pieces) l.group /= 2;
+    // The lanes per row (a power of two up to 32) whose packs per lane, rounded up to one of
+    // kCachePacks, leave the fewest empty slots; ties go to more lanes. Every lane of a warp runs
+    // as many pack slots as the fullest one, so 48 packs take 16 lanes x 3, not 32 x 2 (a third
+    // of them empty), and 16 packs 8 x 2 rather than 16 lanes of one pack each.
+    int64_t best_waste = -1;
+    for (int64_t lanes = 32; lanes >= 1; lanes /= 2) {
+      const int n = cache_packs_for((pieces + lanes - 1) / lanes);
+      if (n == 0) continue;
+      const int64_t waste = lanes * n - pieces;
+      if (best_waste < 0 || waste < best_waste) {
+        best_waste = waste;
+        l.group = lanes;
+      }
+    }
   } else {
     const int64_t want = (pieces + kBlockRowPacks - 1) / kBlockRowPacks;
     l.group = 64;

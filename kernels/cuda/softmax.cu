@@ -122,14 +122,14 @@ __global__ void softmax_forward_kernel(const T* x, T* y, int64_t n_rows, int64_t
     rows_calc.get(active ? r : 0, off);
     const T* xr = x + off[0];
     T* yr = y + off[1];
+    if constexpr (N > 0) {
+      // Uniform rows (rows.cuh), held in registers.
+      const rows::RowCut cut = active ? rows::whole_row<T>(cols) : rows::RowCut{};
+      softmax_row_cached<T, kBlock, N>(g, cut, xr, yr, log, cached_scratch);
+      continue;
+    }
     const void* const ptrs[2] = {xr, yr};
     const rows::RowCut cut = active ? rows::cut_row<T>(cols, ptrs) : rows::RowCut{};
-    if constexpr (N > 0) {
-      if (rows::row_fits_cache<T, N>(cut, g.nt)) {
-        softmax_row_cached<T, kBlock, N>(g, cut, xr, yr, log, cached_scratch);
-        continue;
-      }
-    }
     MaxSum<C> part{-std::numeric_limits<C>::infinity(), C(0)};
     rows::for_row<T>(cut, g.t, g.nt, [&]<int W>(int64_t j) {
       C v[W];
@@ -165,8 +165,15 @@ __global__ void softmax_backward_kernel(const T* y, const T* gy, T* gx, int64_t 
     const T* yr = y + off[0];
     const T* gyr = gy + off[1];
     T* gxr = gx + off[2];
-    const void* const ptrs[3] = {yr, gyr, gxr};
-    const rows::RowCut cut = active ? rows::cut_row<T>(cols, ptrs) : rows::RowCut{};
+    rows::RowCut cut;
+    if (active) {
+      if constexpr (N > 0) {
+        cut = rows::whole_row<T>(cols);  // uniform rows (rows.cuh)
+      } else {
+        const void* const ptrs[3] = {yr, gyr, gxr};
+        cut = rows::cut_row<T>(cols, ptrs);
+      }
+    }
     // log: gx = gy - exp(y) * sum(gy); softmax: gx = y * (gy - sum(gy * y)).
     auto add = [&]<int W>(C& part, const C(&a)[W], const C(&b)[W]) {
       for (int k = 0; k < W; ++k) part += log ? a[k] : a[k] * b[k];
@@ -177,12 +184,11 @@ __global__ void softmax_backward_kernel(const T* y, const T* gy, T* gx, int64_t 
       }
       rows::store<W>(gxr + j, a);
     };
-    // Rows that fit keep gy and y in registers between the two passes (rows.cuh); the sums are
-    // taken in the same order either way.
-    const bool cached = rows::row_fits_cache<T, N>(cut, g.nt);
+    // Uniform rows (N > 0) keep gy and y in registers between the two passes (rows.cuh); the
+    // sums are taken in the same order either way.
     C a_regs[N > 0 ? N : 1][V], b_regs[N > 0 ? N : 1][V];
     C part = C(0);
-    if (cached) {
+    if constexpr (N > 0) {
       rows::load_row_cached<T, N>(cut, g.t, g.nt, [&]<int S>(int64_t j) {
         rows::load<V>(gyr + j, a_regs[S]);
         rows::load<V>(yr + j, b_regs[S]);
@@ -198,7 +204,7 @@ __global__ void softmax_backward_kernel(const T* y, const T* gy, T* gx, int64_t 
       });
     }
     const C total = rows::group_allreduce<kBlock>(part, rows::Sum{}, scratch);
-    if (cached) {
+    if constexpr (N > 0) {
       rows::for_row_cached<T, N>(cut, g.t, g.nt,
                                  [&]<int S>(int64_t j) { write(j, a_regs[S], b_regs[S], total); });
     } else {
@@ -231,6 +237,21 @@ OffsetCalc<3> rows_of(const View& a, const View& b, const View& c, const char* o
   return make_offset_calc<3>(shape, {&sa, &sb, &sc});
 }
 
+// Whether every row of every view starts on a 16-byte boundary and the width is whole packs
+// (rows.cuh's uniform rows): the data pointer and every leading stride (of a dim longer than 1)
+// must be multiples of 16 bytes.
+template <class T>
+bool uniform_views(const View& a, const View& b, const View& c, int64_t cols) {
+  if (cols % rows::kPack<T> != 0) return false;
+  for (const View* v : {&a, &b, &c}) {
+    if (reinterpret_cast<uintptr_t>(v->data) % 16 != 0) return false;
+    for (int d = 0; d + 1 < v->ndim; ++d) {
+      if (v->size[d] > 1 && (v->stride[d] * int64_t(sizeof(T))) % 16 != 0) return false;
+    }
+  }
+  return true;
+}
+
 void rows_cols(const View& v, int64_t& n_rows, int64_t& cols) {
   cols = v.ndim == 0 ? 1 : v.size[v.ndim - 1];
   n_rows = cols == 0 ? 0 : v.numel() / cols;
@@ -244,7 +265,7 @@ void softmax_forward_impl(const View& x, const View& y, bool log) {
   if (n_rows == 0) return;
   dispatch_device_float(x.dtype, op, [&]<class T>() {
     const rows::RowLaunch l = rows::row_launch(n_rows, cols, sizeof(T));
-    rows::dispatch_row_cache<T>(cols, l.group, [&]<int N>() {
+    rows::dispatch_row_cache<T>(cols, l.group, uniform_views<T>(x, y, y, cols), [&]<int N>() {
       auto kernel =
           l.block ? softmax_forward_kernel<T, true, N> : softmax_forward_kernel<T, false, N>;
       rt::launch(kernel, l.grid, l.threads, 0, stream(), op, static_cast<const T*>(x.data),
@@ -261,7 +282,8 @@ void softmax_backward_impl(const View& y, const View& grad_y, const View& grad_x
   if (n_rows == 0) return;
   dispatch_device_float(y.dtype, op, [&]<class T>() {
     const rows::RowLaunch l = rows::row_launch(n_rows, cols, sizeof(T));
-    rows::dispatch_row_cache<T>(cols, l.group, [&]<int N>() {
+    const bool uniform = uniform_views<T>(y, grad_y, grad_x, cols);
+    rows::dispatch_row_cache<T>(cols, l.group, uniform, [&]<int N>() {
       auto kernel =
           l.block ? softmax_backward_kernel<T, true, N> : softmax_backward_kernel<T, false, N>;
       rt::launch(kernel, l.grid, l.threads, 0, stream(), op, static_cast<const T*>(y.data),
