@@ -19,6 +19,7 @@
 
 #include "bench/bench_util.h"
 #include "core/tensor_internal.h"
+#include "kernels/cuda/attention_variant.h"
 #include "kernels/device_api.h"
 #include "kernels/kernel_table.h"
 #include "lathe/lathe.h"
@@ -134,6 +135,47 @@ void BM_CudaFlashAttentionBackwardAtomic(benchmark::State& state) {
   run(state, 2.5 * p.forward_flops(), [&] { p.backward(false); });
 }
 
+// The kernel variants of kernels/cuda/attention_variant.h against the default (variant 0), side by
+// side in one run, where the variants exist (bf16, d = 64). Args: T, head dim, causal, variant.
+class VariantScope {
+ public:
+  explicit VariantScope(lathe::kernels::cuda::FlashAttentionVariant v) {
+    lathe::kernels::cuda::set_flash_attention_variant(v);
+  }
+  ~VariantScope() { lathe::kernels::cuda::set_flash_attention_variant({}); }
+  VariantScope(const VariantScope&) = delete;
+  VariantScope& operator=(const VariantScope&) = delete;
+};
+
+void BM_CudaFlashAttentionForwardVariant(benchmark::State& state) {
+  const Problem p(state.range(0), state.range(1), state.range(2) != 0);
+  const VariantScope variant({int(state.range(3)), 0});
+  run(state, p.forward_flops(), [&] { p.forward(); });
+}
+
+void BM_CudaFlashAttentionBackwardVariant(benchmark::State& state) {
+  const Problem p(state.range(0), state.range(1), state.range(2) != 0);
+  p.forward();
+  const VariantScope variant({0, int(state.range(3))});
+  run(state, 2.5 * p.forward_flops(), [&] { p.backward(); });
+}
+
+void BM_CudaFlashAttentionBackwardAtomicVariant(benchmark::State& state) {
+  const Problem p(state.range(0), state.range(1), state.range(2) != 0);
+  p.forward();
+  const VariantScope variant({0, int(state.range(3))});
+  run(state, 2.5 * p.forward_flops(), [&] { p.backward(false); });
+}
+
+// T = 2048 only (an A/B, not a sweep); causal too, except for the deterministic backward, whose
+// dK/dV kernel is the atomic one's minus the dQ tile.
+void variant_shapes(benchmark::internal::Benchmark* b, bool causal) {
+  for (int64_t c : {int64_t(0), int64_t(1)}) {
+    if (c == 1 && !causal) continue;
+    for (int64_t variant : {0, 1}) b->Args({2048, 64, c, variant});
+  }
+}
+
 // f32 on the SIMT kernels; BERT's own size (T 128, d 64) first.
 void BM_CudaSimtAttentionForward(benchmark::State& state) {
   const Problem p(state.range(0), state.range(1), state.range(2) != 0, DType::F32);
@@ -178,6 +220,21 @@ BENCHMARK(BM_CudaFlashAttentionBackward)
 BENCHMARK(BM_CudaFlashAttentionBackwardAtomic)
     ->ArgNames({"T", "d", "causal"})
     ->Apply(flash_shapes)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_CudaFlashAttentionForwardVariant)
+    ->ArgNames({"T", "d", "causal", "variant"})
+    ->Apply([](benchmark::internal::Benchmark* b) { variant_shapes(b, true); })
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_CudaFlashAttentionBackwardVariant)
+    ->ArgNames({"T", "d", "causal", "variant"})
+    ->Apply([](benchmark::internal::Benchmark* b) { variant_shapes(b, false); })
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_CudaFlashAttentionBackwardAtomicVariant)
+    ->ArgNames({"T", "d", "causal", "variant"})
+    ->Apply([](benchmark::internal::Benchmark* b) { variant_shapes(b, true); })
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_CudaSimtAttentionForward)

@@ -236,6 +236,18 @@ def main():
                 rows.append((f"attention {what} B{b_} H{h_} T{t_} d{d_}"
                              f"{' causal' if causal else ''} {dname} (lathe {lathe_tflops} TFLOP/s)",
                              lathe_time, t_torch, f"{ref_name} ({torch_tflops:.0f} TFLOP/s)"))
+                # The kernel variants' A/B (kernels/cuda/attention_variant.h), where lathe-bench
+                # has it: variant 0 (the default) and 1, timed side by side in the same run.
+                for variant in (0, 1):
+                    ventry = lathe.get(f"{entry_prefix}{kind}Variant/T:{t_}/d:{d_}"
+                                       f"/causal:{causal}/variant:{variant}")
+                    if not ventry or not ventry.get("TFLOP/s"):
+                        continue
+                    rows.append((f"attention {what} variant {variant} B{b_} H{h_} T{t_} d{d_}"
+                                 f"{' causal' if causal else ''} {dname} "
+                                 f"(lathe {ventry['TFLOP/s']:.0f} TFLOP/s)",
+                                 mult * flops / (ventry["TFLOP/s"] * 1e12), t_torch,
+                                 f"{ref_name} ({torch_tflops:.0f} TFLOP/s)"))
             del q, k, v, out, dout
 
     flash = [(d_, t_, 0) for d_ in (64, 128)

@@ -39,6 +39,10 @@ DEFAULT_TARGETS="flash-dkdv|dkdv_kernel|BM_CudaFlashAttentionBackward/T:2048/d:6
 DEFAULT_TARGETS+=";flash-dq|dq_kernel|BM_CudaFlashAttentionBackward/T:2048/d:64/causal:0/"
 DEFAULT_TARGETS+=";flash-forward|forward_kernel|BM_CudaFlashAttentionForward/T:2048/d:64/causal:0/"
 DEFAULT_TARGETS+=";layer-norm-bf16|layer_norm_forward_kernel|BM_CudaLayerNormForward/32768/384/1/"
+# The occupancy variants of kernels/cuda/attention_variant.h, to set against flash-dkdv and
+# flash-forward above (last, so that a short time limit cuts them first).
+DEFAULT_TARGETS+=";flash-dkdv-variant|dkdv_variant_kernel|BM_CudaFlashAttentionBackwardVariant/T:2048/d:64/causal:0/variant:1/"
+DEFAULT_TARGETS+=";flash-forward-variant|forward_variant_kernel|BM_CudaFlashAttentionForwardVariant/T:2048/d:64/causal:0/variant:1/"
 IFS=';' read -r -a targets <<<"${LATHE_NCU_TARGETS:-$DEFAULT_TARGETS}"
 echo "gpu-profile: $("$ncu" --version | tail -n 1)" | tee "$SUMMARY"
 for t in "${targets[@]}"; do

@@ -117,9 +117,10 @@ for line in open(sass_path):
 CLASSES = [
     ("tensor", r"^(HMMA|HGMMA|IMMA)"),
     ("ldmatrix", r"^LDSM"),
+    ("spill ld/st", r"^(LDL|STL)$"),
     ("shared ld/st", r"^(LDS|STS)"),
     ("global ld", r"^(LDG|LD)$|^LDG"),
-    ("global st", r"^(STG|ST|RED|ATOM)"),
+    ("global st", r"^(STG|ST|RED|ATOM)$|^(STG|RED|ATOM)"),
     ("cp.async", r"^LDGSTS|^LDGDEPBAR|^DEPBAR"),
     ("shuffle", r"^SHFL"),
     ("special fn", r"^MUFU"),
@@ -144,8 +145,12 @@ for name in names:
     # Shorten the template signature: the kernel's name and template arguments say enough.
     short = re.sub(r"\(.*\)$", "", re.sub(r"lathe::kernels::cuda::\(anonymous namespace\)::", "", full))
     print(f"== {short}")
-    print(f"   registers {u.get('REG', '?')}, local (spill) {u.get('LOCAL', '?')} B, "
-          f"static shared {u.get('SHARED', '?')} B, {len(ops)} instructions")
+    # Spills live in the stack frame (STACK), not in LOCAL (which stays 0 for a spilling kernel):
+    # the STL/LDL count is the reliable sign.
+    spill_ops = sum(c for op, c in base.items() if op in ("STL", "LDL"))
+    print(f"   registers {u.get('REG', '?')}, spills {spill_ops} STL/LDL, stack {u.get('STACK', '?')} B, "
+          f"local {u.get('LOCAL', '?')} B, static shared {u.get('SHARED', '?')} B, "
+          f"{len(ops)} instructions")
     by_class, claimed = [], set()
     for label, rx in CLASSES:
         n = sum(c for op, c in base.items() if op not in claimed and re.search(rx, op))

@@ -46,6 +46,7 @@
 #include <optional>
 
 #include "kernels/cuda/attention_layout.cuh"
+#include "kernels/cuda/attention_variant.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/ptx.cuh"
@@ -56,6 +57,10 @@
 namespace lathe::kernels::cuda {
 
 namespace {
+
+// attention_variant.h's knob, and how many launches it has turned to a variant's kernel.
+FlashAttentionVariant g_flash_variant;
+long long g_flash_variant_launches = 0;
 
 namespace flash {
 
@@ -268,16 +273,14 @@ template <int D>
 constexpr int forward_m_tiles() {
   return D <= 64 ? 2 : 1;
 }
-template <int D>
-constexpr int forward_block_m() {
-  return 16 * kWarps * forward_m_tiles<D>();
-}
 
-template <class T, int D, bool kDropout>
-__global__ void __launch_bounds__(kThreads) forward_kernel(Params p, int64_t q_tiles) {
+// The forward of one block (MT m-tiles per warp); the kernels below only add launch bounds. p is
+// the kernel's parameter by reference: a by-value copy, inlined into the dK/dV kernel the same way,
+// went to the stack there (1.5 KB, 275 STL/LDL).
+template <class T, int D, bool kDropout, int MT>
+LATHE_DEVICE_INLINE void forward_block(const Params& p, int64_t q_tiles) {
   constexpr int LD = D + kPad;
-  constexpr int MT = forward_m_tiles<D>();
-  constexpr int BM = forward_block_m<D>();
+  constexpr int BM = 16 * kWarps * MT;
   LATHE_DYNAMIC_SHARED(T, smem);
   T* sQ = smem;                   // [BM][LD]
   T* sK = sQ + BM * LD;           // [2][kBlockN][LD]
@@ -480,6 +483,20 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(Params p, int64_t q_t
   }
 }
 
+template <class T, int D, bool kDropout>
+__global__ void __launch_bounds__(kThreads) forward_kernel(Params p, int64_t q_tiles) {
+  forward_block<T, D, kDropout, forward_m_tiles<D>()>(p, q_tiles);
+}
+
+// A variant's kernel (FlashAttentionVariant): the same body, registers capped so that kMinBlocks
+// blocks fit per SM. Separate from forward_kernel because any minimum, even 1, changes how ptxas
+// allocates the default kernels' registers (dq_kernel<bf16, 64> went from 162 to 194).
+template <class T, int D, int MT, int kMinBlocks>
+__global__ void __launch_bounds__(kThreads, kMinBlocks)
+    forward_variant_kernel(Params p, int64_t q_tiles) {
+  forward_block<T, D, false, MT>(p, q_tiles);
+}
+
 // ---- backward ----
 
 // lse in log2 units for recomputing probabilities; +inf for a fully masked row, so that
@@ -576,12 +593,12 @@ LATHE_DEVICE_INLINE void add_dq_tile(const Params& p, const T* sdS, const T* sK,
   }
 }
 
-// dK and dV of 64 keys: warp w owns keys j0 + 16w .. j0 + 16w + 15. With kAtomicDq the block also
-// adds its share of dQ (add_dq_tile) to dq_accum.
-template <class T, int D, bool kDropout, bool kAtomicDq>
-__global__ void __launch_bounds__(kThreads) dkdv_kernel(Params p, int64_t k_tiles) {
+// dK and dV of 64 keys: warp w owns keys j0 + 16w .. j0 + 16w + 15, over BQ-query tiles. With
+// kAtomicDq the block also adds its share of dQ (add_dq_tile) to dq_accum. p by reference, as in
+// forward_block.
+template <class T, int D, bool kDropout, bool kAtomicDq, int BQ>
+LATHE_DEVICE_INLINE void dkdv_block(const Params& p, int64_t k_tiles) {
   constexpr int LD = D + kPad;
-  constexpr int BQ = kv_query_tile<D>();
   LATHE_DYNAMIC_SHARED(T, smem);
   T* sK = smem;                                             // [kBlockN][LD]
   T* sV = sK + kBlockN * LD;                                // [kBlockN][LD]
@@ -757,6 +774,18 @@ __global__ void __launch_bounds__(kThreads) dkdv_kernel(Params p, int64_t k_tile
   }
 }
 
+template <class T, int D, bool kDropout, bool kAtomicDq>
+__global__ void __launch_bounds__(kThreads) dkdv_kernel(Params p, int64_t k_tiles) {
+  dkdv_block<T, D, kDropout, kAtomicDq, kv_query_tile<D>()>(p, k_tiles);
+}
+
+// A variant's kernel, like forward_variant_kernel: BQ-query tiles, kMinBlocks blocks per SM.
+template <class T, int D, bool kAtomicDq, int BQ, int kMinBlocks>
+__global__ void __launch_bounds__(kThreads, kMinBlocks)
+    dkdv_variant_kernel(Params p, int64_t k_tiles) {
+  dkdv_block<T, D, false, kAtomicDq, BQ>(p, k_tiles);
+}
+
 // dQ of 64 queries: warp w owns rows i0 + 16w .. i0 + 16w + 15; K/V tiles double-buffered.
 template <class T, int D, bool kDropout>
 __global__ void __launch_bounds__(kThreads) dq_kernel(Params p, int64_t q_tiles) {
@@ -914,19 +943,36 @@ __global__ void __launch_bounds__(kThreads) dq_convert_kernel(Params p) {
 
 // ---- host side ----
 
-template <int D, class T>
+template <int D, class T, int MT = forward_m_tiles<D>()>
 constexpr size_t forward_smem() {
-  return size_t(forward_block_m<D>() + 4 * kBlockN) * (D + kPad) * sizeof(T);
+  return size_t(16 * kWarps * MT + 4 * kBlockN) * (D + kPad) * sizeof(T);
 }
 template <int D, class T>
 constexpr size_t dq_smem() {
   return size_t(2 * kBlockM + 4 * kBlockN) * (D + kPad) * sizeof(T);
 }
-template <int D, class T, bool kAtomicDq>
+template <int D, class T, bool kAtomicDq, int BQ = kv_query_tile<D>()>
 constexpr size_t dkdv_smem() {
-  return size_t(2 * kBlockN + 4 * kv_query_tile<D>()) * (D + kPad) * sizeof(T) +
-         4 * kv_query_tile<D>() * sizeof(float) +
-         (kAtomicDq ? size_t(kBlockN) * (kv_query_tile<D>() + kPad) * sizeof(T) : 0);
+  return size_t(2 * kBlockN + 4 * BQ) * (D + kPad) * sizeof(T) + 4 * BQ * sizeof(float) +
+         (kAtomicDq ? size_t(kBlockN) * (BQ + kPad) * sizeof(T) : 0);
+}
+
+// The kernel variants of FlashAttentionVariant (attention_variant.h): bf16, head dim 64, no
+// dropout. Variant 1 of the forward: 64-row blocks (one m-tile per warp) capped at 168 registers, 3
+// blocks per SM (157 registers uncapped, no spills) instead of 128-row blocks at 251 registers, 2
+// blocks. Variant 1 of the dK/dV kernel: 32-query tiles (half the S^T and dP^T registers) capped at
+// 168 registers, 3 blocks per SM, instead of 64-query tiles at 240, 2 blocks. Both compute every
+// output element with the default kernels' arithmetic in the same order (bit-identical results).
+constexpr int kVariantForwardMTiles = 1;
+constexpr int kVariantDkdvQueryTile = 32;
+constexpr int kVariantMinBlocks = 3;
+
+void check_variant(int variant, const AttentionForwardArgs& a, const char* which) {
+  if (variant == 0) return;
+  LATHE_CHECK(variant == 1, "flash attention: no ", which, " variant ", variant);
+  LATHE_CHECK(a.dtype == DType::BF16 && a.head_dim == 64 && a.dropout_p == 0,
+              "flash attention: the ", which,
+              " variant exists for bf16 at head dim 64 without dropout only");
 }
 
 Params make_params(const AttentionForwardArgs& a) {
@@ -989,13 +1035,27 @@ void forward_impl(const AttentionForwardArgs& a) {
             {"v", &a.v, &p.v_rows, a.kv_len, d},
             {"out", &a.out, &p.out_rows, a.q_len, d, true}},
            true, "attention on cuda");
+  const int variant = flash_attention_variant().forward;
+  check_variant(variant, a, "forward");
   dispatch(a, [&]<class T, int D>() {
-    const int64_t q_tiles = (a.q_len + forward_block_m<D>() - 1) / forward_block_m<D>();
-    constexpr size_t smem = forward_smem<D, T>();
-    auto kernel = p.dropout ? forward_kernel<T, D, true> : forward_kernel<T, D, false>;
-    allow_shared(kernel, smem, "flash attention");
-    rt::launch(kernel, dim3(unsigned(q_tiles * a.batch)), dim3(kThreads), smem, stream(),
-               "flash_attention_forward", p, q_tiles);
+    auto launch = [&]<int MT>(auto kernel) {
+      constexpr int64_t kRows = 16 * kWarps * MT;
+      const int64_t q_tiles = (a.q_len + kRows - 1) / kRows;
+      constexpr size_t smem = forward_smem<D, T, MT>();
+      allow_shared(kernel, smem, "flash attention");
+      rt::launch(kernel, dim3(unsigned(q_tiles * a.batch)), dim3(kThreads), smem, stream(),
+                 "flash_attention_forward", p, q_tiles);
+    };
+    if constexpr (std::is_same_v<T, __nv_bfloat16> && D == 64) {
+      if (variant == 1) {
+        constexpr int MT = kVariantForwardMTiles;
+        ++g_flash_variant_launches;
+        return launch.template operator()<MT>(forward_variant_kernel<T, D, MT, kVariantMinBlocks>);
+      }
+    }
+    constexpr int MT = forward_m_tiles<D>();
+    launch.template operator()<MT>(p.dropout ? forward_kernel<T, D, true>
+                                             : forward_kernel<T, D, false>);
   });
 }
 
@@ -1025,6 +1085,8 @@ void backward_impl(const AttentionBackwardArgs& args) {
   p.row_dot = row_stats.as<float>();
   p.lse2 = p.row_dot + rows;
   const bool atomic_dq = !args.deterministic && rows > 0;
+  const int variant = flash_attention_variant().backward;
+  check_variant(variant, a, "backward");
   std::optional<DeviceScratch> dq_accum;
   if (atomic_dq) {
     const size_t bytes = size_t(rows * d) * sizeof(float);
@@ -1045,9 +1107,18 @@ void backward_impl(const AttentionBackwardArgs& args) {
         constexpr size_t smem = dkdv_smem<D, T, kAtomicDq>();
         auto kernel =
             p.dropout ? dkdv_kernel<T, D, true, kAtomicDq> : dkdv_kernel<T, D, false, kAtomicDq>;
-        allow_shared(kernel, smem, "flash attention");
+        size_t smem_used = smem;
+        if constexpr (std::is_same_v<T, __nv_bfloat16> && D == 64) {
+          if (variant == 1) {
+            constexpr int BQ = kVariantDkdvQueryTile;
+            kernel = dkdv_variant_kernel<T, D, kAtomicDq, BQ, kVariantMinBlocks>;
+            smem_used = dkdv_smem<D, T, kAtomicDq, BQ>();
+            ++g_flash_variant_launches;
+          }
+        }
+        allow_shared(kernel, smem_used, "flash attention");
         rt::launch(
-            kernel, dim3(unsigned(k_tiles * a.batch)), dim3(kThreads), smem, stream(),
+            kernel, dim3(unsigned(k_tiles * a.batch)), dim3(kThreads), smem_used, stream(),
             kAtomicDq ? "flash_attention_backward_dkdv_atomic_dq" : "flash_attention_backward_dkdv",
             p, k_tiles);
       };
@@ -1091,6 +1162,16 @@ void attention_backward_any(const AttentionBackwardArgs& a) {
 }
 
 }  // namespace
+
+void set_flash_attention_variant(FlashAttentionVariant v) {
+  g_flash_variant = v;
+}
+FlashAttentionVariant flash_attention_variant() {
+  return g_flash_variant;
+}
+long long flash_attention_variant_launches() {
+  return g_flash_variant_launches;
+}
 
 extern const AttentionForwardFn attention_forward = attention_forward_any;
 extern const AttentionBackwardFn attention_backward = attention_backward_any;

@@ -25,10 +25,12 @@
 #include <optional>
 #include <sstream>
 #include <string>
+#include <tuple>
 
 #include "core/tensor_internal.h"
 #include "cuda/attention_test_util.h"
 #include "cuda/kernel_test_util.h"
+#include "kernels/cuda/attention_variant.h"
 #include "kernels/kernel_profile.h"
 #include "kernels/kernel_table.h"
 #include "lathe/core/determinism.h"
@@ -484,6 +486,103 @@ TEST_CASE("flash attention: atomic dQ agrees with the deterministic mode, the re
     const Results r = run_kernels(c, in, Layout::Contiguous, false);
     return std::vector<Tensor>{r.out, r.lse, r.dk, r.dv};
   });
+}
+
+namespace {
+
+// A variant of the kernels (kernels/cuda/attention_variant.h) for a scope.
+class VariantGuard {
+ public:
+  explicit VariantGuard(kernels::cuda::FlashAttentionVariant v)
+      : saved_(kernels::cuda::flash_attention_variant()) {
+    kernels::cuda::set_flash_attention_variant(v);
+  }
+  ~VariantGuard() { kernels::cuda::set_flash_attention_variant(saved_); }
+  VariantGuard(const VariantGuard&) = delete;
+  VariantGuard& operator=(const VariantGuard&) = delete;
+
+ private:
+  kernels::cuda::FlashAttentionVariant saved_;
+};
+
+}  // namespace
+
+TEST_CASE("flash attention: the occupancy variants match the f64 composite and the default's bits",
+          "[cuda][attention]") {
+  // Variant 1 of both directions (the forward in 64-row blocks, the dK/dV kernel in 32-query
+  // tiles), bf16 at d = 64, the only shape it exists for. Their register caps exist only on the GPU
+  // and need no case of their own; the tiling does. Every output element comes from the default's
+  // operations in the default's order, so in the simulator, where atomic dQ's order is fixed too,
+  // the variant must reproduce the default's bits in both dQ modes; on the GPU, where ptxas
+  // compiles the variants separately, the reference decides. Cases: tails of 32- and 64-row tiles,
+  // Tq != Tk both ways, causal (a key block's first query tile depends on the tile size), masks
+  // with a fully padded sequence.
+  const auto [tq, tk, causal, mask] =
+      GENERATE(table<int64_t, int64_t, bool, MaskKind>({{129, 129, true, MaskKind::None},
+                                                        {33, 200, false, MaskKind::KeyPaddingBool},
+                                                        {200, 97, true, MaskKind::Bias}}));
+  Case c;
+  c.B = 2;
+  c.H = mask == MaskKind::Bias ? 2 : 1;
+  c.tq = tq;
+  c.tk = tk;
+  c.d = 64;
+  c.causal = causal;
+  c.mask = mask;
+  INFO(describe(c));
+  const Inputs in = make_inputs(c, 1500 + uint64_t(tq));
+  const Reference ref = reference(c, in);
+  for (bool det : kDqModes) {
+    INFO(mode_name(det));
+    const Results base = run_kernels(c, in, Layout::Contiguous, det);
+    const long long launches = kernels::cuda::flash_attention_variant_launches();
+    const VariantGuard variant({1, 1});
+    const Results r = run_kernels(c, in, Layout::Contiguous, det);
+    CHECK(kernels::cuda::flash_attention_variant_launches() == launches + 2);
+    check_case(c, r, ref);
+#ifdef LATHE_CUDA_SIM_BUILD
+    for (size_t i = 0; i < base.all().size(); ++i) {
+      INFO("output " << i << " of out, lse, dq, dk, dv");
+      CHECK(bytes_of(r.all()[i]) == bytes_of(base.all()[i]));
+    }
+#endif
+    if (mask == MaskKind::Bias) {
+      // Under every schedule; atomic dQ's order follows the schedule, so dq is left out there.
+      check_schedule_invariant([&] {
+        const Results s = run_kernels(c, in, Layout::Contiguous, det);
+        return det ? s.all() : std::vector<Tensor>{s.out, s.lse, s.dk, s.dv};
+      });
+    }
+  }
+}
+
+TEST_CASE("flash attention: a variant asked for where it does not exist is an error",
+          "[cuda][attention]") {
+  // Falling back to the default instead would let a benchmark or a test of a variant time or check
+  // the default without a word.
+  Case c;
+  c.d = 64;
+  const Inputs in = make_inputs(c, 1600);
+  {
+    const VariantGuard variant({2, 0});
+    CHECK_THROWS_WITH(run_kernels(c, in), Catch::Contains("no forward variant 2"));
+  }
+  for (const auto& [dtype, d, p] : {std::tuple<DType, int64_t, double>{DType::F16, 64, 0.0},
+                                    {DType::BF16, 128, 0.0},
+                                    {DType::BF16, 64, 0.1}}) {
+    Case other = c;
+    other.dtype = dtype;
+    other.d = d;
+    other.p = p;
+    INFO(describe(other));
+    const Inputs o = make_inputs(other, 1601);
+    {
+      const VariantGuard variant({1, 0});
+      CHECK_THROWS_WITH(run_kernels(other, o), Catch::Contains("forward variant exists for bf16"));
+    }
+    const VariantGuard variant({0, 1});
+    CHECK_THROWS_WITH(run_kernels(other, o), Catch::Contains("backward variant exists for bf16"));
+  }
 }
 
 TEST_CASE("flash attention: the op dispatches f16/bf16 to the fused kernel, with mask gradients",

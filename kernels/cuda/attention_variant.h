@@ -1,0 +1,27 @@
+// Alternative shapes of the flash attention kernels (attention.cu), chosen at run time so that one
+// GPU run of lathe-bench (BM_CudaFlashAttention*Variant) times them against the defaults, and so
+// that the simulator tests check them against the same references; the winner then becomes the
+// default and the knob goes. Internal (not under include/lathe), process-wide and unsynchronized:
+// set it between launches, from one thread. Its own header so that changing it rebuilds
+// attention.cu and its users only.
+//
+// 0 = the default kernels. Variant 1 exists for bf16 at head dim 64 without dropout only (anything
+// else is an error): forward, 64-row blocks capped for 3 blocks per SM; backward, the dK/dV kernel
+// with 32-query tiles capped for 3 blocks per SM. docs/kernels.md ("flash attention") has their
+// registers and what the GPU run must decide.
+#pragma once
+
+namespace lathe::kernels::cuda {
+
+struct FlashAttentionVariant {
+  int forward = 0;
+  int backward = 0;
+};
+
+void set_flash_attention_variant(FlashAttentionVariant v);
+FlashAttentionVariant flash_attention_variant();
+// Launches of a nonzero variant's kernels so far: the tests' proof that the knob reached them
+// (the variants' results are bit-identical to the defaults' by design).
+long long flash_attention_variant_launches();
+
+}  // namespace lathe::kernels::cuda
