@@ -27,6 +27,7 @@
 #include "bench/bench_cuda_util.h"
 #include "bench/bench_util.h"
 #include "core/tensor_internal.h"
+#include "kernels/cuda/row_shapes.h"
 #include "kernels/kernel_table.h"
 #include "lathe/lathe.h"
 
@@ -275,8 +276,44 @@ void BM_CudaAttentionOp(benchmark::State& state) {
   tflops_counter(state, 4.0 * double(batch) * 12 * double(seq) * double(seq) * double(dim));
 }
 
+// The two lanes-per-row rules of kernels/cuda/row_shapes.h where they differ (bf16 rows of 384
+// columns: 16 lanes x 3 packs, or 32 lanes x 2 with a third of the slots empty), timed in the same
+// run so that the GPU decides which stays. Args: rows, cols, dtype (as rows_cols), rule (0
+// balanced, 1 powers of two), op (0 layer norm forward, 1 layer norm backward, 2 softmax forward,
+// 3 softmax backward).
+void BM_CudaRowShapes(benchmark::State& state) {
+  namespace cu = lathe::kernels::cuda;
+  const cu::RowShapes saved = cu::row_shapes();
+  cu::set_row_shapes(state.range(3) == 0 ? cu::RowShapes::Balanced : cu::RowShapes::PowerOfTwo);
+  switch (state.range(4)) {
+    case 0:
+      BM_CudaLayerNormForward(state);
+      break;
+    case 1:
+      BM_CudaLayerNormBackward(state);
+      break;
+    case 2:
+      BM_CudaSoftmaxForward(state);
+      break;
+    default:
+      BM_CudaSoftmaxBackward(state);
+      break;
+  }
+  cu::set_row_shapes(saved);
+}
+
+void row_shape_cases(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"rows", "cols", "bf16", "rule", "op"});
+  for (int64_t op : {0, 1, 2, 3}) {
+    for (int64_t rows : {4096, 32768}) {
+      for (int64_t rule : {0, 1}) b->Args({rows, 384, 1, rule, op});
+    }
+  }
+}
+
 }  // namespace
 
+LATHE_CUDA_BENCH(BM_CudaRowShapes, row_shape_cases);
 LATHE_CUDA_BENCH(BM_CudaCopy, rows_cols);
 LATHE_CUDA_BENCH(BM_CudaSoftmaxForward, rows_cols);
 LATHE_CUDA_BENCH(BM_CudaSoftmaxBackward, rows_cols);

@@ -29,6 +29,7 @@
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/math.cuh"
+#include "kernels/cuda/row_shapes.h"
 
 namespace lathe::kernels::cuda::rows {
 
@@ -408,7 +409,9 @@ inline RowLaunch row_launch(int64_t rows, int64_t cols, int64_t elem_bytes,
   RowLaunch l;
   const int64_t pack = 16 / elem_bytes;
   const int64_t pieces = (cols + pack - 1) / pack;  // packs, counting a partial one
-  if (pieces <= kWarpRowPacks) {
+  if (pieces <= kWarpRowPacks && row_shapes() == RowShapes::PowerOfTwo) {
+    while (l.group > 1 && l.group / 2 >= pieces) l.group /= 2;
+  } else if (pieces <= kWarpRowPacks) {
     // The lanes per row (a power of two up to 32) whose packs per lane, rounded up to one of
     // kCachePacks, leave the fewest empty slots; ties go to more lanes. Every lane of a warp runs
     // as many pack slots as the fullest one, so 48 packs take 16 lanes x 3, not 32 x 2 (a third

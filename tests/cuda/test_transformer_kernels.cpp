@@ -16,6 +16,8 @@
 #include <map>
 
 #include "cuda/kernel_test_util.h"
+#include "kernels/cuda/row_shapes.h"
+#include "kernels/cuda/rows.cuh"
 
 using namespace lathe;
 using namespace lathe::kernel_test;
@@ -173,6 +175,16 @@ std::vector<int64_t> skewed_indices(int64_t n, int64_t v, uint64_t seed) {
   return out;
 }
 
+// Sets rows::row_launch's lanes-per-row rule (row_shapes.h) for a scope: both rules must give the
+// cpu's results, since either may be the one a GPU run keeps.
+struct RowShapesScope {
+  explicit RowShapesScope(kernels::cuda::RowShapes rule) : saved(kernels::cuda::row_shapes()) {
+    kernels::cuda::set_row_shapes(rule);
+  }
+  ~RowShapesScope() { kernels::cuda::set_row_shapes(saved); }
+  kernels::cuda::RowShapes saved;
+};
+
 int64_t longest_run(const std::vector<int64_t>& idx, int64_t padding_idx) {
   std::map<int64_t, int64_t> count;
   int64_t best = 0;
@@ -184,14 +196,58 @@ int64_t longest_run(const std::vector<int64_t>& idx, int64_t padding_idx) {
 
 }  // namespace
 
+// ------------------------------------------------------------------------------- row shapes
+
+TEST_CASE("cuda transformer kernels: row shapes fill the lanes' pack slots",
+          "[cuda][transformer][rows]") {
+  namespace cu = kernels::cuda;
+  // {cols, element bytes} -> lanes per row (or block threads) and cached packs per thread.
+  struct Case {
+    int64_t cols, bytes, group;
+    bool block;
+    int packs;
+  };
+  auto check = [](const Case& c) {
+    INFO("cols " << c.cols << " element bytes " << c.bytes);
+    const cu::rows::RowLaunch l = cu::rows::row_launch(4096, c.cols, c.bytes);
+    CHECK(l.group == c.group);
+    CHECK(l.block == c.block);
+    const int packs = c.bytes == 2 ? cu::rows::row_cache_packs<__nv_bfloat16>(c.cols, l.group)
+                                   : cu::rows::row_cache_packs<float>(c.cols, l.group);
+    CHECK(packs == c.packs);
+    // Every pack of the row has a slot.
+    const int64_t row_packs = c.cols * c.bytes / 16;
+    CHECK(l.group * packs >= row_packs);
+  };
+  SECTION("balanced (the default)") {
+    const RowShapesScope scope(cu::RowShapes::Balanced);
+    for (const Case& c :
+         {Case{384, 2, 16, false, 3}, Case{768, 2, 32, false, 3}, Case{1536, 2, 32, false, 6},
+          Case{384, 4, 32, false, 3}, Case{768, 4, 32, false, 6}, Case{1536, 4, 128, true, 3},
+          Case{1024, 2, 32, false, 4}, Case{64, 4, 8, false, 2}, Case{8192, 2, 256, true, 4}}) {
+      check(c);
+    }
+  }
+  SECTION("powers of two (the rule before)") {
+    const RowShapesScope scope(cu::RowShapes::PowerOfTwo);
+    for (const Case& c :
+         {Case{384, 2, 32, false, 2}, Case{768, 2, 32, false, 3}, Case{64, 4, 16, false, 2}}) {
+      check(c);
+    }
+  }
+}
+
 // ------------------------------------------------------------------------------------- softmax
 
 TEST_CASE("cuda transformer kernels: softmax forward and backward match the cpu",
           "[cuda][transformer][softmax]") {
   auto dtype = GENERATE(from_range(std::begin(kFloatTypes), std::end(kFloatTypes)));
   auto log = GENERATE(false, true);
+  auto shapes = GENERATE(kernels::cuda::RowShapes::Balanced, kernels::cuda::RowShapes::PowerOfTwo);
+  const RowShapesScope scope(shapes);
   for (auto [rows, cols] : row_sizes()) {
-    INFO(dtype << (log ? " log_softmax" : " softmax") << " rows " << rows << " cols " << cols);
+    INFO(dtype << (log ? " log_softmax" : " softmax") << " rows " << rows << " cols " << cols
+               << " row shapes " << int(shapes));
     const Tensor x = values({rows, cols}, uint64_t(rows * 7 + cols), dtype, -8, 8);
     const Tensor gy = values({rows, cols}, uint64_t(rows + cols * 3), dtype);
     // The backward's y: the cpu's output in the test dtype, the same input on both devices.
@@ -305,8 +361,11 @@ TEST_CASE("cuda transformer kernels: layer_norm forward and backward match the c
           "[cuda][transformer][layer_norm]") {
   auto dtype = GENERATE(from_range(std::begin(kFloatTypes), std::end(kFloatTypes)));
   auto affine = GENERATE(0, 1, 2, 3);  // bit 0: weight, bit 1: bias
+  auto shapes = GENERATE(kernels::cuda::RowShapes::Balanced, kernels::cuda::RowShapes::PowerOfTwo);
+  const RowShapesScope scope(shapes);
   for (auto [rows, cols] : row_sizes()) {
-    INFO(dtype << " affine " << affine << " rows " << rows << " cols " << cols);
+    INFO(dtype << " affine " << affine << " rows " << rows << " cols " << cols << " row shapes "
+               << int(shapes));
     // Offset values: the two-pass variance must not cancel.
     const Tensor x = values({rows, cols}, uint64_t(rows * 5 + cols), dtype, 2, 4);
     const Tensor w = (affine & 1) ? values({cols}, 3, dtype, 0.5, 1.5) : Tensor();
