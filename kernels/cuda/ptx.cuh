@@ -1,6 +1,9 @@
 // Wrappers of the PTX instructions lathe's tensor-core kernels use (flash attention, tiled GEMM):
 // mma.sync m16n8k16 (f16/bf16 inputs, f32 accumulate), ldmatrix m8n8 x1/x2/x4 (+ .trans) and
-// cp.async with commit/wait groups. Kernels call these instead of writing asm, so that:
+// cp.async with commit/wait groups, and (sm_90a only) the warpgroup MMA wgmma.mma_async
+// m64n{64,128,256}k16 with its fences and K-major shared-memory descriptors (layouts documented at
+// wgmma_desc_bits / wgmma_offset below and in docs/cuda.md). Kernels call these instead of writing
+// asm, so that:
 //  - under nvcc (sm_80 and later) each is one inline PTX instruction;
 //  - in the simulated build each is an emulation (kernels/sim/ptx_emulation.h) that follows the
 //    fragment layouts of the PTX ISA, so the same kernel source runs on the CPU. The emulation is

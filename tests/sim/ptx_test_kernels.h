@@ -1,7 +1,7 @@
 // Host entry points of the PTX wrapper test kernels (tests/sim/ptx_test_kernels.cu). They take and
 // return host arrays and move them to and from the device themselves, so the same calls run the
 // kernels on the simulator (simulated build) or on a real GPU (nvcc build) — on a GPU they confirm
-// that the simulator's emulation of mma/ldmatrix/cp.async matches the hardware.
+// that the simulator's emulation of mma/ldmatrix/cp.async/wgmma matches the hardware.
 //
 // 16-bit matrices are passed as raw f16 or bf16 bit patterns, row-major.
 #pragma once
