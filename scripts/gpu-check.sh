@@ -14,7 +14,7 @@
 #   1. nvidia-smi (card, driver);
 #   2. the core op suite on cuda:0 (every device-generic test body, LATHE_TEST_DEVICE=cuda);
 #   3. the cuda device's own tests (runtime, caching allocator, every kernel family vs the cpu);
-#   4. the PTX wrapper tests, including the self-check of mma/ldmatrix/cp.async against known
+#   4. the PTX wrapper tests, including the self-check of mma/ldmatrix/cp.async/wgmma against known
 #      products — the confirmation that the simulator's emulation matches the hardware;
 #   5. lathe-bench's cuda entries (BM_Cuda*: every kernel in GB/s, GEMM through lathe and through
 #      cuBLAS directly, attention, the BERT training step and inference in f32 and bf16), as JSON;
@@ -115,7 +115,7 @@ fi
 rm -f "$OUT_DIR"/{gpu.txt,tests-cuda.log,core-cuda.log,bench.log,bench.json,profile.txt,compare.md,ncu.txt}
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader \
   >"$OUT_DIR/gpu.txt" 2>&1 || true
-step "ptx wrappers (mma/ldmatrix/cp.async)" 60 tests-cuda.log "$BUILD/bin/lathe-tests-ptx" \
+step "ptx wrappers (mma...wgmma)" 60 tests-cuda.log "$BUILD/bin/lathe-tests-ptx" \
   --use-colour no
 step "cuda runtime, allocator, kernels" 150 tests-cuda.log "$BUILD/bin/lathe-tests-cuda" \
   --use-colour no

@@ -1,6 +1,9 @@
 // Wrappers of the PTX instructions lathe's tensor-core kernels use (flash attention, tiled GEMM):
 // mma.sync m16n8k16 (f16/bf16 inputs, f32 accumulate), ldmatrix m8n8 x1/x2/x4 (+ .trans) and
-// cp.async with commit/wait groups. Kernels call these instead of writing asm, so that:
+// cp.async with commit/wait groups, and (sm_90a only) the warpgroup MMA wgmma.mma_async
+// m64n{64,128,256}k16 with its fences and K-major shared-memory descriptors (layouts documented at
+// wgmma_desc_bits / wgmma_offset below and in docs/cuda.md). Kernels call these instead of writing
+// asm, so that:
 //  - under nvcc (sm_80 and later) each is one inline PTX instruction;
 //  - in the simulated build each is an emulation (kernels/sim/ptx_emulation.h) that follows the
 //    fragment layouts of the PTX ISA, so the same kernel source runs on the CPU. The emulation is
@@ -32,6 +35,64 @@
 #endif
 
 namespace lathe::cuda {
+
+#ifdef __CUDACC__
+#define LATHE_PTX_HD __host__ __device__
+#else
+#define LATHE_PTX_HD
+#endif
+
+// ---- wgmma matrix descriptors and canonical K-major layouts (host and device) ----
+
+// Bits 62..63 of a descriptor. The PTX ISA also has 64-byte (2) and 32-byte (3) swizzles, which
+// these wrappers do not use (the simulator reports them).
+enum class WgmmaSwizzle : unsigned { None = 0, B128 = 1 };
+
+// The 64-bit wgmma matrix descriptor (PTX ISA, "Matrix Descriptor Format"), with
+// encode(x) = (x & 0x3FFFF) >> 4:
+//   bits  0..13  encode(matrix start address in the shared window)
+//   bits 16..29  encode(leading dimension byte offset, LBO)
+//   bits 32..45  encode(stride dimension byte offset, SBO)
+//   bits 49..51  base offset: 0 here, i.e. 128-byte swizzle patterns start on 1024-byte
+//                boundaries of the shared address space
+//   bits 62..63  swizzle mode
+// So every address and offset is a multiple of 16 below 256 KiB. To step a descriptor along K a
+// kernel adds (byte offset >> 4) to it (see wgmma_offset). In the simulated build descriptors come
+// only from make_wgmma_desc (which also records where the host memory is); this function gives
+// the bits a GPU would see.
+constexpr LATHE_PTX_HD uint64_t wgmma_desc_bits(uint32_t smem_address, uint32_t lbo, uint32_t sbo,
+                                                WgmmaSwizzle swizzle) {
+  return uint64_t((smem_address & 0x3FFFFu) >> 4) | uint64_t((lbo & 0x3FFFFu) >> 4) << 16 |
+         uint64_t((sbo & 0x3FFFFu) >> 4) << 32 | uint64_t(swizzle) << 62;
+}
+
+// Byte offset of element (row, k) of a K-major 16-bit operand (row = m of A or n of B), from the
+// tile base the descriptor's start address points at, in the canonical layouts (as read from the
+// PTX ISA, "Shared Memory Matrix Layout"; confirmed only by the GPU run of tests/sim/test_ptx.cpp):
+//  - None ("interleave"): core matrices of 8 rows x 8 elements, each 128 contiguous bytes (row r
+//    at 16r); along K core matrices are LBO bytes apart, along M/N (every 8 rows) SBO:
+//      (row/8)*SBO + (k/8)*LBO + (row%8)*16 + (k%8)*2.
+//    One m64nNk16 reads two core matrices along K, so k < 16 per instruction; a tile wider in K
+//    is a kernel's choice (e.g. the next 16 columns 2*LBO further, or a separate block).
+//  - B128: rows of 128 bytes (k < 64), groups of 8 rows SBO bytes apart (1024 when dense); LBO is
+//    not used (the ISA says "assumed 1"; pass 16). The 16-byte chunk index (bits 4..6) of the
+//    unswizzled offset u = (row/8)*SBO + (row%8)*128 + k*2 is XORed with bits 7..9:
+//      u ^ (((u >> 7) & 7) << 4).
+//    The hardware applies this XOR to shared *addresses*, so the tile base must be 1024-byte
+//    aligned for this offset to be where a descriptor finds the element. A kernel steps along K
+//    by adding 32 bytes per k16 step to the start address (the XOR then still uses the absolute
+//    address bits), up to the 128-byte row; wider K tiles put further 64-column blocks elsewhere.
+constexpr LATHE_PTX_HD uint32_t wgmma_offset(WgmmaSwizzle swizzle, int row, int k, uint32_t lbo,
+                                             uint32_t sbo) {
+  if (swizzle == WgmmaSwizzle::B128) {
+    const uint32_t u = uint32_t(row / 8) * sbo + uint32_t(row % 8) * 128 + uint32_t(k) * 2;
+    return u ^ ((u >> 7 & 7u) << 4);
+  }
+  return uint32_t(row / 8) * sbo + uint32_t(k / 8) * lbo + uint32_t(row % 8) * 16 +
+         uint32_t(k % 8) * 2;
+}
+
+#undef LATHE_PTX_HD
 
 #ifdef __CUDACC__
 
@@ -181,6 +242,256 @@ __device__ __forceinline__ void cp_async_wait_all() {
 #endif
 }
 
+// ---- wgmma (sm_90a) ----
+// Accumulator operand lists ("+f", N/2 registers) and their PTX register lists.
+#define LATHE_WGMMA_ACC8(d, o)                                                                \
+  "+f"(d[o]), "+f"(d[o + 1]), "+f"(d[o + 2]), "+f"(d[o + 3]), "+f"(d[o + 4]), "+f"(d[o + 5]), \
+      "+f"(d[o + 6]), "+f"(d[o + 7])
+#define LATHE_WGMMA_ACC32_AT(d, o)                                                 \
+  LATHE_WGMMA_ACC8(d, o), LATHE_WGMMA_ACC8(d, o + 8), LATHE_WGMMA_ACC8(d, o + 16), \
+      LATHE_WGMMA_ACC8(d, o + 24)
+#define LATHE_WGMMA_ACC32(d) LATHE_WGMMA_ACC32_AT(d, 0)
+#define LATHE_WGMMA_ACC64(d) LATHE_WGMMA_ACC32_AT(d, 0), LATHE_WGMMA_ACC32_AT(d, 32)
+#define LATHE_WGMMA_ACC128(d) \
+  LATHE_WGMMA_ACC64(d), LATHE_WGMMA_ACC32_AT(d, 64), LATHE_WGMMA_ACC32_AT(d, 96)
+#define LATHE_WGMMA_REGS32                                                                      \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, " \
+  "%20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}"
+#define LATHE_WGMMA_REGS64                                                                      \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, " \
+  "%20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, "  \
+  "%38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, "  \
+  "%56, %57, %58, %59, %60, %61, %62, %63}"
+#define LATHE_WGMMA_REGS128                                                                        \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, "    \
+  "%20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, "     \
+  "%38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, "     \
+  "%56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, "     \
+  "%74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, "     \
+  "%92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, " \
+  "%109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, "     \
+  "%124, %125, %126, %127}"
+
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define LATHE_WGMMA_AVAILABLE 1
+#else
+#define LATHE_WGMMA_AVAILABLE 0
+#endif
+// wgmma exists only in sm_90a code: other device targets compile the wrappers to a trap.
+#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define LATHE_WGMMA_UNSUPPORTED() __trap()
+#else
+#define LATHE_WGMMA_UNSUPPORTED()
+#endif
+
+namespace detail {
+template <int N, bool BF16>
+__device__ __forceinline__ void wgmma_ss(float* d, uint64_t desc_a, uint64_t desc_b, int scale_d) {
+#if LATHE_WGMMA_AVAILABLE
+  if constexpr (BF16 == false && N == 64) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 " LATHE_WGMMA_REGS32
+        ", %32, %33, p, 1, 1, 0, 0;\n}\n"
+        : LATHE_WGMMA_ACC32(d)
+        : "l"(desc_a), "l"(desc_b), "r"(scale_d)
+        : "memory");
+  } else if constexpr (BF16 == false && N == 128) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 " LATHE_WGMMA_REGS64
+        ", %64, %65, p, 1, 1, 0, 0;\n}\n"
+        : LATHE_WGMMA_ACC64(d)
+        : "l"(desc_a), "l"(desc_b), "r"(scale_d)
+        : "memory");
+  } else if constexpr (BF16 == false && N == 256) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 " LATHE_WGMMA_REGS128
+        ", %128, %129, p, 1, 1, 0, 0;\n}\n"
+        : LATHE_WGMMA_ACC128(d)
+        : "l"(desc_a), "l"(desc_b), "r"(scale_d)
+        : "memory");
+  } else if constexpr (BF16 == true && N == 64) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " LATHE_WGMMA_REGS32
+        ", %32, %33, p, 1, 1, 0, 0;\n}\n"
+        : LATHE_WGMMA_ACC32(d)
+        : "l"(desc_a), "l"(desc_b), "r"(scale_d)
+        : "memory");
+  } else if constexpr (BF16 == true && N == 128) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " LATHE_WGMMA_REGS64
+        ", %64, %65, p, 1, 1, 0, 0;\n}\n"
+        : LATHE_WGMMA_ACC64(d)
+        : "l"(desc_a), "l"(desc_b), "r"(scale_d)
+        : "memory");
+  } else if constexpr (BF16 == true && N == 256) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 " LATHE_WGMMA_REGS128
+        ", %128, %129, p, 1, 1, 0, 0;\n}\n"
+        : LATHE_WGMMA_ACC128(d)
+        : "l"(desc_a), "l"(desc_b), "r"(scale_d)
+        : "memory");
+  }
+#else
+  LATHE_WGMMA_UNSUPPORTED();
+#endif
+}
+
+template <int N, bool BF16>
+__device__ __forceinline__ void wgmma_rs(float* d, const uint32_t a[4], uint64_t desc_b,
+                                         int scale_d) {
+#if LATHE_WGMMA_AVAILABLE
+  if constexpr (BF16 == false && N == 64) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 " LATHE_WGMMA_REGS32
+        ", {%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"
+        : LATHE_WGMMA_ACC32(d)
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d)
+        : "memory");
+  } else if constexpr (BF16 == false && N == 128) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 " LATHE_WGMMA_REGS64
+        ", {%64, %65, %66, %67}, %68, p, 1, 1, 0;\n}\n"
+        : LATHE_WGMMA_ACC64(d)
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d)
+        : "memory");
+  } else if constexpr (BF16 == false && N == 256) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %133, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 " LATHE_WGMMA_REGS128
+        ", {%128, %129, %130, %131}, %132, p, 1, 1, 0;\n}\n"
+        : LATHE_WGMMA_ACC128(d)
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d)
+        : "memory");
+  } else if constexpr (BF16 == true && N == 64) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " LATHE_WGMMA_REGS32
+        ", {%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"
+        : LATHE_WGMMA_ACC32(d)
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d)
+        : "memory");
+  } else if constexpr (BF16 == true && N == 128) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " LATHE_WGMMA_REGS64
+        ", {%64, %65, %66, %67}, %68, p, 1, 1, 0;\n}\n"
+        : LATHE_WGMMA_ACC64(d)
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d)
+        : "memory");
+  } else if constexpr (BF16 == true && N == 256) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %133, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 " LATHE_WGMMA_REGS128
+        ", {%128, %129, %130, %131}, %132, p, 1, 1, 0;\n}\n"
+        : LATHE_WGMMA_ACC128(d)
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d)
+        : "memory");
+  }
+#else
+  LATHE_WGMMA_UNSUPPORTED();
+#endif
+}
+}  // namespace detail
+
+// The matrix descriptor of a K-major operand at smem_ptr (see wgmma_desc_bits).
+__device__ __forceinline__ uint64_t make_wgmma_desc(const void* smem_ptr, uint32_t lbo,
+                                                    uint32_t sbo, WgmmaSwizzle swizzle) {
+  return wgmma_desc_bits(shared_address(smem_ptr), lbo, sbo, swizzle);
+}
+
+template <int N>
+__device__ __forceinline__ void wgmma_ss_f16(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b,
+                                             bool accumulate) {
+  static_assert(N == 64 || N == 128 || N == 256, "wgmma wrappers: N is 64, 128 or 256");
+  detail::wgmma_ss<N, false>(d, desc_a, desc_b, accumulate);
+}
+template <int N>
+__device__ __forceinline__ void wgmma_ss_bf16(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b,
+                                              bool accumulate) {
+  static_assert(N == 64 || N == 128 || N == 256, "wgmma wrappers: N is 64, 128 or 256");
+  detail::wgmma_ss<N, true>(d, desc_a, desc_b, accumulate);
+}
+template <int N>
+__device__ __forceinline__ void wgmma_rs_f16(float (&d)[N / 2], const uint32_t a[4],
+                                             uint64_t desc_b, bool accumulate) {
+  static_assert(N == 64 || N == 128 || N == 256, "wgmma wrappers: N is 64, 128 or 256");
+  detail::wgmma_rs<N, false>(d, a, desc_b, accumulate);
+}
+template <int N>
+__device__ __forceinline__ void wgmma_rs_bf16(float (&d)[N / 2], const uint32_t a[4],
+                                              uint64_t desc_b, bool accumulate) {
+  static_assert(N == 64 || N == 128 || N == 256, "wgmma wrappers: N is 64, 128 or 256");
+  detail::wgmma_rs<N, true>(d, a, desc_b, accumulate);
+}
+
+__device__ __forceinline__ void wgmma_fence() {
+#if LATHE_WGMMA_AVAILABLE
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#else
+  LATHE_WGMMA_UNSUPPORTED();
+#endif
+}
+__device__ __forceinline__ void wgmma_commit() {
+#if LATHE_WGMMA_AVAILABLE
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+#else
+  LATHE_WGMMA_UNSUPPORTED();
+#endif
+}
+// Waits until at most N of the warpgroup's committed wgmma groups are pending.
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+  static_assert(N >= 0 && N <= 7, "wgmma.wait_group takes 0..7");
+#if LATHE_WGMMA_AVAILABLE
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+#else
+  LATHE_WGMMA_UNSUPPORTED();
+#endif
+}
+
+// Keeps the compiler from moving reads or writes of the accumulators across wgmma instructions
+// (the asm statements above do not tell it that the registers change asynchronously until the
+// wait).
+template <int Count>
+__device__ __forceinline__ void wgmma_fence_operand(float (&d)[Count]) {
+#pragma unroll
+  for (int i = 0; i < Count; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+__device__ __forceinline__ void wgmma_fence_operand(uint32_t (&a)[4]) {
+#pragma unroll
+  for (int i = 0; i < 4; ++i) asm volatile("" : "+r"(a[i])::"memory");
+}
+
+// Makes this thread's ordinary shared-memory stores (st.shared, cp.async) visible to the async
+// proxy that wgmma reads operands through; needed between filling a tile and the __syncthreads
+// before the wgmma that reads it.
+__device__ __forceinline__ void fence_proxy_async_shared() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#elif defined(__CUDA_ARCH__)
+  __trap();
+#endif
+}
+
+#undef LATHE_WGMMA_AVAILABLE
+#undef LATHE_WGMMA_UNSUPPORTED
+#undef LATHE_WGMMA_ACC8
+#undef LATHE_WGMMA_ACC32_AT
+#undef LATHE_WGMMA_ACC32
+#undef LATHE_WGMMA_ACC64
+#undef LATHE_WGMMA_ACC128
+#undef LATHE_WGMMA_REGS32
+#undef LATHE_WGMMA_REGS64
+#undef LATHE_WGMMA_REGS128
+
 #undef LATHE_PTX_AVAILABLE
 #undef LATHE_PTX_UNSUPPORTED
 
@@ -240,6 +551,58 @@ __forceinline__ void cp_async_wait() {
   static_assert(N >= 0, "cp.async.wait_group takes a non-negative group count");
 }
 __forceinline__ void cp_async_wait_all() {}
+
+// Descriptors carry the host memory window in reserved bits (kernels/sim/ptx_emulation.h).
+__forceinline__ uint64_t make_wgmma_desc(const void* smem_ptr, uint32_t lbo, uint32_t sbo,
+                                         WgmmaSwizzle swizzle, const char* file = __builtin_FILE(),
+                                         int line = __builtin_LINE()) {
+  return sim::wgmma_make_desc(smem_ptr, lbo, sbo, unsigned(swizzle), file, line);
+}
+template <int N>
+__forceinline__ void wgmma_ss_f16(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b,
+                                  bool accumulate, const char* file = __builtin_FILE(),
+                                  int line = __builtin_LINE()) {
+  static_assert(N == 64 || N == 128 || N == 256, "wgmma wrappers: N is 64, 128 or 256");
+  sim::wgmma_ss<N>(sim::MmaInput::F16, d, desc_a, desc_b, accumulate, file, line);
+}
+template <int N>
+__forceinline__ void wgmma_ss_bf16(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b,
+                                   bool accumulate, const char* file = __builtin_FILE(),
+                                   int line = __builtin_LINE()) {
+  static_assert(N == 64 || N == 128 || N == 256, "wgmma wrappers: N is 64, 128 or 256");
+  sim::wgmma_ss<N>(sim::MmaInput::BF16, d, desc_a, desc_b, accumulate, file, line);
+}
+template <int N>
+__forceinline__ void wgmma_rs_f16(float (&d)[N / 2], const uint32_t a[4], uint64_t desc_b,
+                                  bool accumulate, const char* file = __builtin_FILE(),
+                                  int line = __builtin_LINE()) {
+  static_assert(N == 64 || N == 128 || N == 256, "wgmma wrappers: N is 64, 128 or 256");
+  sim::wgmma_rs<N>(sim::MmaInput::F16, d, a, desc_b, accumulate, file, line);
+}
+template <int N>
+__forceinline__ void wgmma_rs_bf16(float (&d)[N / 2], const uint32_t a[4], uint64_t desc_b,
+                                   bool accumulate, const char* file = __builtin_FILE(),
+                                   int line = __builtin_LINE()) {
+  static_assert(N == 64 || N == 128 || N == 256, "wgmma wrappers: N is 64, 128 or 256");
+  sim::wgmma_rs<N>(sim::MmaInput::BF16, d, a, desc_b, accumulate, file, line);
+}
+// The products above happen at issue time: these only check that the warpgroup is together.
+__forceinline__ void wgmma_fence(const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+  sim::wgmma_sync("wgmma.fence.sync.aligned", file, line);
+}
+__forceinline__ void wgmma_commit(const char* file = __builtin_FILE(),
+                                  int line = __builtin_LINE()) {
+  sim::wgmma_sync("wgmma.commit_group.sync.aligned", file, line);
+}
+template <int N>
+__forceinline__ void wgmma_wait(const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+  static_assert(N >= 0 && N <= 7, "wgmma.wait_group takes 0..7");
+  sim::wgmma_sync("wgmma.wait_group.sync.aligned", file, line);
+}
+template <int Count>
+__forceinline__ void wgmma_fence_operand(float (&)[Count]) {}
+__forceinline__ void wgmma_fence_operand(uint32_t (&)[4]) {}
+__forceinline__ void fence_proxy_async_shared() {}
 
 #endif
 

@@ -9,7 +9,9 @@
 // where {0,1} are the low and high 16 bits of the register.
 #include "kernels/sim/ptx_emulation.h"
 
+#include <mutex>
 #include <sstream>
+#include <vector>
 
 #include "lathe/core/error.h"
 #include "lathe/core/half.h"
@@ -144,6 +146,156 @@ void cp_async_invalid(const void* dst, const void* src, int cp_size, int src_siz
              ", cp-size ", cp_size, ", src-size ", src_size,
              ": cp-size must be 4, 8 or 16, 0 <= src-size <= cp-size, and both addresses aligned "
              "to cp-size");
+}
+
+// ---- wgmma ----
+
+namespace {
+
+// Index (from 1) of each 256 KiB-aligned window of host memory that a descriptor has pointed into.
+std::mutex g_window_mutex;
+std::vector<uintptr_t> g_windows;
+
+constexpr uintptr_t kWindowBytes = uintptr_t(1) << 18;
+constexpr unsigned kMaxWindows = 1023;
+
+unsigned window_index(uintptr_t window) {
+  std::lock_guard<std::mutex> lock(g_window_mutex);
+  for (size_t i = 0; i < g_windows.size(); ++i) {
+    if (g_windows[i] == window) return unsigned(i + 1);
+  }
+  LATHE_CHECK(g_windows.size() < kMaxWindows,
+              "cuda simulator: wgmma descriptors point into more than ", kMaxWindows,
+              " distinct 256 KiB windows of host memory");
+  g_windows.push_back(window);
+  return unsigned(g_windows.size());
+}
+
+uintptr_t window_base(unsigned index) {
+  std::lock_guard<std::mutex> lock(g_window_mutex);
+  return index >= 1 && index <= g_windows.size() ? g_windows[index - 1] : 0;
+}
+
+// Per warpgroup rank: the A fragment registers in, rows g and g + 8 out.
+void gather_a_compute(void* const* inputs, void* const* outputs, uint32_t, void*) {
+  for (int rank = 0; rank < 128; ++rank) {
+    const int warp = rank / 32, g = rank % 32 / 4;
+    auto* rows = static_cast<uint32_t(*)[8]>(outputs[rank]);
+    for (int h = 0; h < 2; ++h) {
+      for (int p = 0; p < 8; ++p) {
+        // Columns 2p, 2p + 1 are in register 2*(p/4) + h of lane 4g + p%4 (see the header).
+        const auto* a = static_cast<const uint32_t*>(inputs[warp * 32 + 4 * g + p % 4]);
+        rows[h][p] = a[2 * (p / 4) + h];
+      }
+    }
+  }
+}
+
+}  // namespace
+
+uint64_t wgmma_make_desc(const void* smem, uint32_t lbo, uint32_t sbo, unsigned swizzle,
+                         const char* file, int line) {
+  const auto address = reinterpret_cast<uintptr_t>(smem);
+  LATHE_CHECK(address % 16 == 0, "cuda simulator: make_wgmma_desc at ", file, ":", line,
+              ": matrix start address ", smem,
+              " is not 16-byte aligned (a wgmma descriptor holds address bits 4..17)");
+  LATHE_CHECK(is_shared_memory(smem, 16), "cuda simulator: make_wgmma_desc at ", file, ":", line,
+              ": ", smem,
+              " is not shared memory (wgmma operands come from the block's shared memory: a "
+              "__shared__ array or dynamic shared memory, not global memory or a local array)");
+  LATHE_CHECK(lbo % 16 == 0 && sbo % 16 == 0 && lbo < kWindowBytes && sbo < kWindowBytes,
+              "cuda simulator: make_wgmma_desc at ", file, ":", line, ": leading byte offset ", lbo,
+              " and stride byte offset ", sbo,
+              " must be multiples of 16 below 2^18 (the descriptor keeps bits 4..17)");
+  LATHE_CHECK(swizzle <= 1, "cuda simulator: make_wgmma_desc at ", file, ":", line,
+              ": swizzle mode ", swizzle, " is not supported (none = 0, 128-byte = 1)");
+  const uint64_t window = window_index(address & ~(kWindowBytes - 1));
+  return uint64_t((address & (kWindowBytes - 1)) >> 4) | uint64_t(lbo >> 4) << 16 |
+         uint64_t(sbo >> 4) << 32 | window << kWgmmaWindowShift | uint64_t(swizzle) << 62;
+}
+
+WgmmaOperand wgmma_operand(uint64_t desc, int rows, char which, const char* instruction,
+                           const char* file, int line) {
+  auto fail = [&](const std::string& why) {
+    std::ostringstream out;
+    out << "cuda simulator: " << instruction << " at " << file << ":" << line << ": descriptor 0x"
+        << std::hex << desc << std::dec << " of " << which << ": " << why;
+    throw lathe::Error(out.str());
+  };
+  const unsigned window = unsigned(desc >> kWgmmaWindowShift & 0x3FF);
+  const uintptr_t base = window_base(window);
+  if (base == 0) {
+    fail(
+        "not made by make_wgmma_desc from a shared-memory pointer (the simulator locates the "
+        "matrix through the window index make_wgmma_desc keeps in reserved bits 52..61)");
+  }
+  const unsigned swizzle = unsigned(desc >> 62);
+  if (swizzle != 0 && swizzle != 1) {
+    fail("swizzle mode " + std::to_string(swizzle) +
+         " (64- or 32-byte) is not supported by lathe's wrappers (none = 0, 128-byte = 1)");
+  }
+  if ((desc >> 49 & 7) != 0) fail("matrix base offset (bits 49..51) must be 0");
+  WgmmaOperand op;
+  op.start = base + uintptr_t(desc & 0xFFFF) * 16;  // bits 14..15: carries of K steps, see header
+  op.lbo = uint32_t(desc >> 16 & 0x3FFF) * 16;
+  op.sbo = uint32_t(desc >> 32 & 0x3FFF) * 16;
+  op.swizzle128 = swizzle == 1;
+  if (op.sbo == 0 || (!op.swizzle128 && op.lbo == 0)) {
+    fail("stride byte offset " + std::to_string(op.sbo) + ", leading byte offset " +
+         std::to_string(op.lbo) + ": a zero offset makes core matrices overlap");
+  }
+  if (op.swizzle128 && op.start % 128 > 96) {
+    fail(
+        "with 128-byte swizzle the 16 elements along K (32 bytes) must lie in one 128-byte row, "
+        "but the start address is " +
+        std::to_string(op.start % 128) + " bytes into a row");
+  }
+  uintptr_t lo = UINTPTR_MAX, hi = 0;
+  for (int r = 0; r < rows; ++r) {
+    for (int k = 0; k < 16; k += 8) {
+      const auto at = reinterpret_cast<uintptr_t>(wgmma_element(op, r, k));
+      lo = std::min(lo, at);
+      hi = std::max(hi, at + 16);
+    }
+  }
+  if (!is_shared_memory(reinterpret_cast<const void*>(lo), hi - lo)) {
+    std::ostringstream why;
+    why << "its " << rows << "x16 matrix spans [" << reinterpret_cast<const void*>(lo) << ", "
+        << reinterpret_cast<const void*>(hi) << "), which is not all shared memory";
+    fail(why.str());
+  }
+  return op;
+}
+
+const char* wgmma_name(MmaInput type, int n, bool rs) {
+  static const char* const names[2][2][3] = {
+      {{"wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 (SS)",
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 (SS)",
+        "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 (SS)"},
+       {"wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 (RS)",
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 (RS)",
+        "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 (RS)"}},
+      {{"wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 (SS)",
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 (SS)",
+        "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 (SS)"},
+       {"wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 (RS)",
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 (RS)",
+        "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 (RS)"}}};
+  const int size = n == 64 ? 0 : n == 128 ? 1 : 2;
+  return names[type == MmaInput::BF16][rs][size];
+}
+
+void wgmma_sync(const char* instruction, const char* file, int line) {
+  warpgroup_compute(nullptr, nullptr, nullptr, nullptr, instruction, file, line);
+}
+
+void wgmma_gather_a(const uint32_t a[4], uint32_t rows[2][8], const char* instruction,
+                    const char* file, int line) {
+  uint32_t in[4];
+  std::memcpy(in, a, sizeof(in));
+  uint32_t out[2][8];
+  warpgroup_compute(in, out, &gather_a_compute, nullptr, instruction, file, line);
+  std::memcpy(rows, out, sizeof(out));
 }
 
 }  // namespace lathe::sim

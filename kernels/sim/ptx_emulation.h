@@ -11,6 +11,24 @@
 // cp.async is emulated synchronously: the copy (with its zero fill) happens at issue time and
 // commit/wait are no-ops. A kernel that reads the destination before cp.async.wait_group therefore
 // still sees the data here; only the real-GPU run of the same test catches a missing wait.
+//
+// wgmma (sm_90a warpgroup MMA) is emulated the same way: the product happens at issue time, so
+// a missing wgmma.wait_group (reading the accumulators early) or overwriting an operand's shared
+// memory before the wait shows only on a GPU; wgmma.fence, commit_group and wait_group check that
+// the whole warpgroup executes them and otherwise do nothing. Each thread reads the shared-memory
+// operands it needs itself (inline, before the warpgroup rendezvous, so a missing __syncthreads
+// before the wgmma still changes results under warp-random and TSan still sees the race), and
+// computes its own accumulator elements. Only the RS form's A fragments cross threads: the
+// warpgroup rendezvous moves each warp's registers into the rows its threads need.
+//
+// A simulated descriptor cannot hold a 64-bit host address in its 14-bit address field, so
+// make_wgmma_desc keeps the documented fields (address bits 4..17 in bits 0..13, LBO, SBO, swizzle
+// mode, base offset 0) and stores in the reserved bits 52..61 the index of the 256 KiB-aligned
+// window of host memory the address lies in. The emulation decodes bits 0..15 as the address
+// field, so adding (byte offset >> 4) to a descriptor, as kernels do to step along K, works even
+// when the carry leaves the 14-bit field (which cannot happen with real shared addresses, all
+// below 2^18). The swizzle XOR uses host address bits, which equal shared-window bits because
+// windows are 256 KiB aligned.
 #pragma once
 
 #include <cstddef>
@@ -18,6 +36,7 @@
 #include <cstring>
 
 #include "kernels/sim/sim_runtime.h"
+#include "lathe/core/half.h"
 
 namespace lathe::sim {
 
@@ -66,6 +85,137 @@ inline void cp_async(void* dst, const void* src, int cp_size, int src_size, cons
   if (src_size > 0) std::memcpy(dst, src, size_t(src_size));
   if (src_size < cp_size)
     std::memset(static_cast<char*>(dst) + src_size, 0, size_t(cp_size - src_size));
+}
+
+// ---- wgmma ----
+
+inline constexpr int kWgmmaWindowShift = 52;  // simulated descriptors: window index, 10 bits
+
+inline float wgmma_value(MmaInput type, uint16_t bits) {
+  return type == MmaInput::F16 ? Half::to_float(bits)
+                               : lathe::detail::bits_float(uint32_t(bits) << 16);
+}
+
+// make_wgmma_desc of the simulated build; swizzle is the descriptor's 2-bit mode.
+uint64_t wgmma_make_desc(const void* smem, uint32_t lbo, uint32_t sbo, unsigned swizzle,
+                         const char* file, int line);
+
+// A decoded descriptor: where the matrix starts in host memory and how it is laid out.
+struct WgmmaOperand {
+  uintptr_t start;
+  uint32_t lbo, sbo;
+  bool swizzle128;
+};
+// Decodes the descriptor of an operand with `rows` rows (64 for A, N for B) by 16 elements along
+// K, and raises lathe::Error (naming `instruction` and file:line) unless it was made by
+// make_wgmma_desc, uses a supported mode (none, 128-byte swizzle; base offset 0) and every
+// element lies in shared memory.
+WgmmaOperand wgmma_operand(uint64_t desc, int rows, char which, const char* instruction,
+                           const char* file, int line);
+
+// The address of K-major element (row, k), 0 <= k < 16, of a decoded operand. Canonical layouts,
+// in bytes (T = 8 16-bit elements = 16 bytes):
+//   none ("interleave"): 8x8 core matrices of 8 rows of 16 contiguous bytes; core matrices are
+//     SBO apart along M/N and LBO apart along K:
+//       start + (row/8)*SBO + (k/8)*LBO + (row%8)*16 + (k%8)*2
+//   128-byte swizzle: rows of 128 bytes (64 elements along K), 8-row groups SBO apart (1024 when
+//     dense); LBO unused. The unswizzled address
+//       u = start + (row/8)*SBO + (row%8)*128 + k*2
+//     has its 16-byte chunk (bits 4..6) XORed with bits 7..9 of the *shared address*, i.e. the
+//     swizzle pattern repeats on 1024-byte boundaries of the address space, not of the operand.
+//     That is why a kernel may step along K inside a 128-byte row by adding 32 bytes to the start
+//     address without changing the base offset.
+inline const uint16_t* wgmma_element(const WgmmaOperand& op, int row, int k) {
+  uintptr_t u;
+  if (op.swizzle128) {
+    u = op.start + uintptr_t(row / 8) * op.sbo + uintptr_t(row % 8) * 128 + uintptr_t(k) * 2;
+    u ^= (u >> 7 & 7) << 4;
+  } else {
+    u = op.start + uintptr_t(row / 8) * op.sbo + uintptr_t(k / 8) * op.lbo +
+        uintptr_t(row % 8) * 16 + uintptr_t(k % 8) * 2;
+  }
+  return reinterpret_cast<const uint16_t*>(u);
+}
+
+// The instruction's PTX name, for errors.
+const char* wgmma_name(MmaInput type, int n, bool rs);
+// wgmma.fence / commit_group / wait_group: the warpgroup check, nothing else.
+void wgmma_sync(const char* instruction, const char* file, int line);
+// RS form: rows g and g+8 of the 16x16 A block of this thread's warp (g = lane / 4), gathered from
+// the warp's fragments a[r] = {A[g + 8*(r%2)][2t + 8*(r/2)], ... + 1} (t = lane % 4), as 8
+// registers of two elements each.
+void wgmma_gather_a(const uint32_t a[4], uint32_t rows[2][8], const char* instruction,
+                    const char* file, int line);
+
+// The columns of B (K-major, [n][k]: B(k, n) is the operand's element (row n, k)) a thread needs:
+// n = 8i + 2t + j (t = its lane % 4) at index 2i + j.
+template <int N>
+inline void wgmma_read_b(MmaInput type, const WgmmaOperand& b, float cols[N / 4][16]) {
+  const int t = int(linear_thread_id() % 4);
+  for (int i = 0; i < N / 8; ++i) {
+    for (int j = 0; j < 2; ++j) {
+      for (int k = 0; k < 16; ++k) {
+        cols[2 * i + j][k] = wgmma_value(type, *wgmma_element(b, 8 * i + 2 * t + j, k));
+      }
+    }
+  }
+}
+
+// D (64xN, f32) = A (64x16) * B (16xN) [+ D]. Thread r of the warpgroup (warp w = r/32, g and t of
+// its lane) holds d[4i + e] = D[16w + g + 8*(e/2)][8i + 2t + e%2], i < N/8: the m16n8 mma
+// accumulator layout, repeated along N and stacked over the four warps. `a` holds the thread's
+// rows 16w + g and 16w + g + 8 of A.
+template <int N>
+inline void wgmma_accumulate(float* d, const float a[2][16], const float b[N / 4][16],
+                             bool scale_d) {
+  for (int c = 0; c < N / 4; ++c) {
+    for (int h = 0; h < 2; ++h) {
+      // Products of 16-bit values are exact in f32; a fixed summation tree keeps results
+      // independent of the schedule.
+      float s[16];
+      for (int k = 0; k < 16; ++k) s[k] = a[h][k] * b[c][k];
+      for (int width = 8; width >= 1; width /= 2) {
+        for (int k = 0; k < width; ++k) s[k] = s[k] + s[k + width];
+      }
+      float& out = d[4 * (c / 2) + 2 * h + c % 2];
+      out = scale_d ? s[0] + out : s[0];
+    }
+  }
+}
+
+template <int N>
+inline void wgmma_ss(MmaInput type, float* d, uint64_t desc_a, uint64_t desc_b, bool scale_d,
+                     const char* file, int line) {
+  const char* name = wgmma_name(type, N, false);
+  const WgmmaOperand a_op = wgmma_operand(desc_a, 64, 'A', name, file, line);
+  const WgmmaOperand b_op = wgmma_operand(desc_b, N, 'B', name, file, line);
+  const unsigned rank = linear_thread_id() % 128;
+  const int row0 = int(16 * (rank / 32) + rank % 32 / 4);
+  float a[2][16], b[N / 4][16];
+  for (int h = 0; h < 2; ++h) {
+    for (int k = 0; k < 16; ++k) a[h][k] = wgmma_value(type, *wgmma_element(a_op, row0 + 8 * h, k));
+  }
+  wgmma_read_b<N>(type, b_op, b);
+  wgmma_sync(name, file, line);
+  wgmma_accumulate<N>(d, a, b, scale_d);
+}
+
+template <int N>
+inline void wgmma_rs(MmaInput type, float* d, const uint32_t a_frag[4], uint64_t desc_b,
+                     bool scale_d, const char* file, int line) {
+  const char* name = wgmma_name(type, N, true);
+  const WgmmaOperand b_op = wgmma_operand(desc_b, N, 'B', name, file, line);
+  float a[2][16], b[N / 4][16];
+  wgmma_read_b<N>(type, b_op, b);
+  uint32_t rows[2][8];
+  wgmma_gather_a(a_frag, rows, name, file, line);
+  for (int h = 0; h < 2; ++h) {
+    for (int p = 0; p < 8; ++p) {
+      a[h][2 * p] = wgmma_value(type, uint16_t(rows[h][p]));
+      a[h][2 * p + 1] = wgmma_value(type, uint16_t(rows[h][p] >> 16));
+    }
+  }
+  wgmma_accumulate<N>(d, a, b, scale_d);
 }
 
 }  // namespace lathe::sim

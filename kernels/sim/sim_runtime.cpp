@@ -10,10 +10,14 @@
 // are checked with exactly the ordering CUDA guarantees.
 #include "kernels/sim/sim_runtime.h"
 
+#include <link.h>
+
+#include <algorithm>
 #include <bit>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <random>
 #include <sstream>
 #include <vector>
@@ -43,7 +47,7 @@ namespace lathe::sim {
 
 namespace {
 
-enum class State { Runnable, Barrier, Warp, Done };
+enum class State { Runnable, Barrier, Warp, Group, Done };
 
 struct ThreadState {
   Fiber fiber;
@@ -73,6 +77,20 @@ struct WarpState {
   uint32_t ready = 0;  // runnable lanes (scheduler)
 };
 
+// A pending warpgroup rendezvous (warpgroup_compute).
+struct GroupState {
+  bool pending = false;
+  const char* what = "";
+  const char* file = "";
+  int line = 0;
+  unsigned arrived = 0;
+  bool has_arrived[128] = {};
+  WarpCompute compute = nullptr;
+  void* context = nullptr;
+  void* in[128] = {};
+  void* out[128] = {};
+};
+
 struct BlockState {
   const char* kernel = "";
   dim3 dim;
@@ -80,6 +98,7 @@ struct BlockState {
   unsigned count = 0;
   std::vector<std::unique_ptr<ThreadState>> threads;
   std::vector<WarpState> warps;
+  std::vector<GroupState> groups;  // count / 128 of them (none for other block sizes)
   unsigned live = 0;
   // The pending __syncthreads.
   unsigned barrier_arrived = 0;
@@ -191,7 +210,10 @@ std::string describe_blocked(const BlockState& b) {
       break;
     }
     out << (shown > 1 ? "; " : "") << "thread (" << t->tid.x << "," << t->tid.y << "," << t->tid.z
-        << ") waits at " << (t->state == State::Barrier ? "__syncthreads" : "a warp collective")
+        << ") waits at "
+        << (t->state == State::Barrier ? "__syncthreads"
+            : t->state == State::Group ? "a warpgroup instruction"
+                                       : "a warp collective")
         << " (" << t->file << ":" << t->line << ")";
   }
   return out.str();
@@ -238,6 +260,7 @@ void run_block(BlockState& b, const std::function<void()>& body) {
     });
   }
   for (auto& w : b.warps) w = WarpState{};
+  for (auto& g : b.groups) g = GroupState{};
   for (unsigned i = 0; i < b.count; ++i) b.warps[i / 32].ready |= 1u << (i % 32);
   b.live = b.count;
   b.barrier_arrived = 0;
@@ -273,6 +296,13 @@ void run_block(BlockState& b, const std::function<void()>& body) {
                   "cuda simulator: ", where(b, t->tid),
                   " exited while its warp waits for it in a collective with mask 0x", std::hex,
                   w.mask, std::dec, " (", w.file, ":", w.line, ")");
+      if (t->linear / 128 < b.groups.size()) {
+        const GroupState& g = b.groups[t->linear / 128];
+        LATHE_CHECK(!(g.pending && !g.has_arrived[t->linear % 128]),
+                    "cuda simulator: ", where(b, t->tid), " exited while its warpgroup (threads ",
+                    t->linear / 128 * 128, "..", t->linear / 128 * 128 + 127, ") waits for it at ",
+                    g.what, " (", g.file, ":", g.line, ")");
+      }
       if (b.barrier_arrived > 0 && b.barrier_arrived == b.live) release_barrier(b);
     }
   }
@@ -357,6 +387,7 @@ void launch(dim3 grid, dim3 block, size_t dynamic_shared_bytes,
     b.threads.push_back(std::move(t));
   }
   b.warps.resize((b.count + 31) / 32);
+  b.groups.resize(b.count % 128 == 0 ? b.count / 128 : 0);
   b.shared.resize(dynamic_shared_bytes);
   blockDim = block;
   gridDim = grid;
@@ -583,6 +614,95 @@ void warp_compute(uint32_t mask, void* lane_input, void* lane_output, WarpComput
                   void* context, const char* file, int line) {
   join_collective(WarpOp::Sync, mask, nullptr, 0, 0, 32, lane_output, compute, context, lane_input,
                   file, line);
+}
+
+void warpgroup_compute(void* thread_input, void* thread_output, WarpCompute compute, void* context,
+                       const char* what, const char* file, int line) {
+  LATHE_CHECK(g_block != nullptr, what, " called outside a kernel (", file, ":", line, ")");
+  BlockState& b = *g_block;
+  ThreadState& t = *g_thread;
+  LATHE_CHECK(b.count % 128 == 0, "cuda simulator: ", what, " at ", file, ":", line, " in ",
+              b.kernel, ": the block has ", b.count, " threads (", b.dim.x, "x", b.dim.y, "x",
+              b.dim.z, "), not a whole number of 128-thread warpgroups");
+  const unsigned rank = t.linear % 128;
+  GroupState& g = b.groups[t.linear / 128];
+  if (g.pending) {
+    LATHE_CHECK(g.file == file && g.line == line, "cuda simulator: threads of warpgroup ",
+                t.linear / 128, " meet at different warpgroup instructions: ", g.what, " (", g.file,
+                ":", g.line, ") and ", what, " (", file, ":", line, ") — ", here());
+  } else {
+    g.pending = true;
+    g.what = what;
+    g.file = file;
+    g.line = line;
+    g.compute = compute;
+    g.context = context;
+  }
+  g.in[rank] = thread_input;
+  g.out[rank] = thread_output;
+  g.has_arrived[rank] = true;
+  ++g.arrived;
+  t.state = State::Group;
+  t.file = file;
+  t.line = line;
+  LATHE_SIM_TSAN_RELEASE(&g);
+  if (g.arrived == 128) {
+    LATHE_SIM_TSAN_ACQUIRE(&g);
+    if (g.compute) g.compute(g.in, g.out, 0, g.context);
+    const unsigned first = t.linear / 128 * 128;
+    for (unsigned i = 0; i < 128; ++i) make_runnable(b, *b.threads[first + i]);
+    g = GroupState{};
+    LATHE_SIM_TSAN_RELEASE(&g);
+  }
+  t.fiber.yield();
+  LATHE_SIM_TSAN_ACQUIRE(&g);
+}
+
+unsigned linear_thread_id() {
+  return g_thread ? g_thread->linear : 0;
+}
+
+namespace {
+struct Segment {
+  uintptr_t begin, end;
+};
+// The writable PT_LOAD segments of every loaded object (.data, .bss), refreshed when a lookup
+// misses in case an object was loaded since.
+std::vector<Segment> writable_segments() {
+  std::vector<Segment> out;
+  dl_iterate_phdr(
+      [](dl_phdr_info* info, size_t, void* data) {
+        auto* segments = static_cast<std::vector<Segment>*>(data);
+        for (int i = 0; i < info->dlpi_phnum; ++i) {
+          const auto& ph = info->dlpi_phdr[i];
+          if (ph.p_type == PT_LOAD && (ph.p_flags & PF_W)) {
+            const uintptr_t begin = info->dlpi_addr + ph.p_vaddr;
+            segments->push_back({begin, begin + ph.p_memsz});
+          }
+        }
+        return 0;
+      },
+      &out);
+  return out;
+}
+}  // namespace
+
+bool is_shared_memory(const void* p, size_t bytes) {
+  const auto begin = reinterpret_cast<uintptr_t>(p), end = begin + bytes;
+  if (g_block && !g_block->shared.empty()) {
+    const auto base = reinterpret_cast<uintptr_t>(g_block->shared.data());
+    if (begin >= base && end <= base + g_block->shared.size()) return true;
+  }
+  static std::mutex mutex;
+  static std::vector<Segment> segments;
+  std::lock_guard<std::mutex> lock(mutex);
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    for (const Segment& s : segments) {
+      if (begin >= s.begin && end <= s.end) return true;
+    }
+    if (attempt == 0) segments = writable_segments();
+  }
+  return false;
 }
 
 }  // namespace lathe::sim

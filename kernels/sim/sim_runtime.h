@@ -51,4 +51,19 @@ using WarpCompute = void (*)(void* const* lane_inputs, void* const* lane_outputs
 void warp_compute(uint32_t mask, void* lane_input, void* lane_output, WarpCompute compute,
                   void* context, const char* file, int line);
 
+// The same over the 128 threads of a warpgroup (linear thread ids 128i .. 128i+127), for the
+// sm_90 wgmma instructions, which the four warps of a warpgroup execute together: `compute` (may
+// be null) sees the 128 input records, indexed by rank in the warpgroup, with mask 0. Raises
+// lathe::Error when the block is not a whole number of warpgroups, when threads of one warpgroup
+// meet at different call sites (`what` names the instruction), or when one exits while the others
+// wait for it.
+void warpgroup_compute(void* thread_input, void* thread_output, WarpCompute compute, void* context,
+                       const char* what, const char* file, int line);
+// threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z) of the calling thread.
+unsigned linear_thread_id();
+// Whether [p, p + bytes) can be shared memory: inside the running block's dynamic shared memory,
+// or inside a writable segment of a loaded object (where `static __shared__` arrays live). Locals
+// (fiber stacks) and heap memory (what cudaMalloc gives in this build) are not.
+bool is_shared_memory(const void* p, size_t bytes);
+
 }  // namespace lathe::sim

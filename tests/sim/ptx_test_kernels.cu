@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdio>
 #include <sstream>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/cuda/launch.cuh"
@@ -280,6 +281,133 @@ __global__ void mma_partial_warp_kernel(float* out) {
   }
 }
 
+// ---- wgmma: one warpgroup, operands placed with cuda::wgmma_offset ----
+using cuda::WgmmaSwizzle;
+
+struct WgmmaPlacement {
+  WgmmaSwizzle swizzle;
+  uint32_t lbo, sbo;
+  int rows;
+  // Byte offset of element (row, k) of the whole [rows][16 * ksteps] operand (WgmmaLayout).
+  __device__ uint32_t offset(int row, int k) const {
+    if (swizzle == WgmmaSwizzle::B128) {
+      return uint32_t(k / 64) * uint32_t(rows) * 128 +
+             cuda::wgmma_offset(swizzle, row, k % 64, lbo, sbo);
+    }
+    return uint32_t(k / 16) * uint32_t(rows) * 32 +
+           cuda::wgmma_offset(swizzle, row, k % 16, lbo, sbo);
+  }
+};
+
+__device__ WgmmaPlacement wgmma_placement(int layout, int rows) {
+  switch (WgmmaLayout(layout)) {
+    case WgmmaLayout::InterleaveMN:
+      return {WgmmaSwizzle::None, uint32_t(rows) * 16, 128, rows};
+    case WgmmaLayout::InterleaveK:
+      return {WgmmaSwizzle::None, 128, 256, rows};
+    default:
+      return {WgmmaSwizzle::B128, 16, 1024, rows};
+  }
+}
+
+template <bool BF16, int N, bool RS>
+__global__ void __launch_bounds__(128)
+    wgmma_kernel(int layout, int ksteps, int accumulate, const uint16_t* a, const uint16_t* b,
+                 const float* c, float* d) {
+  // 1024-byte aligned: the 128-byte swizzle is a function of shared addresses.
+  alignas(1024) __shared__ uint16_t sa[64 * 128];
+  alignas(1024) __shared__ uint16_t sb[8192];
+  const int tid = threadIdx.x, K = 16 * ksteps;
+  const WgmmaPlacement pa = wgmma_placement(layout, 64), pb = wgmma_placement(layout, N);
+  if (!RS) {
+    for (int i = tid; i < 64 * K; i += 128) sa[pa.offset(i / K, i % K) / 2] = a[i];
+  }
+  for (int i = tid; i < N * K; i += 128) sb[pb.offset(i / K, i % K) / 2] = b[i];
+  cuda::fence_proxy_async_shared();
+  __syncthreads();
+
+  // Thread r of the warpgroup: warp w = r/32, g = lane/4, t = lane%4; accumulator j is
+  // D[16w + g + 8*((j/2)%2)][8*(j/4) + 2t + j%2].
+  const int w = tid / 32, g = tid % 32 / 4, t = tid % 4;
+  auto d_row = [&](int j) { return 16 * w + g + 8 * (j / 2 % 2); };
+  auto d_col = [&](int j) { return 8 * (j / 4) + 2 * t + j % 2; };
+  float acc[N / 2];
+  for (int j = 0; j < N / 2; ++j) acc[j] = accumulate ? c[d_row(j) * N + d_col(j)] : 1.0e4f;
+  // RS: every k step's A fragment before the first wgmma (registers a wgmma reads must not change
+  // before its wait). Register r of a k step: rows 16w + g + 8*(r%2), columns 16s + 2t + 8*(r/2).
+  uint32_t frag[8][4] = {};
+  if (RS) {
+    for (int s = 0; s < ksteps; ++s) {
+      for (int r = 0; r < 4; ++r) {
+        const int row = 16 * w + g + 8 * (r % 2), col = 16 * s + 2 * t + 8 * (r / 2);
+        frag[s][r] = uint32_t(a[row * K + col]) | uint32_t(a[row * K + col + 1]) << 16;
+      }
+    }
+  }
+  const uint64_t desc_a = cuda::make_wgmma_desc(sa, pa.lbo, pa.sbo, pa.swizzle);
+  const uint64_t desc_b = cuda::make_wgmma_desc(sb, pb.lbo, pb.sbo, pb.swizzle);
+  cuda::wgmma_fence_operand(acc);
+  cuda::wgmma_fence();
+  for (int s = 0; s < ksteps; ++s) {
+    // Step along K the way a kernel does: add the byte offset of (row 0, k = 16s) >> 4.
+    const uint64_t da = desc_a + (pa.offset(0, 16 * s) >> 4);
+    const uint64_t db = desc_b + (pb.offset(0, 16 * s) >> 4);
+    const bool scale_d = accumulate || s > 0;
+    if constexpr (RS) {
+      if constexpr (BF16) {
+        cuda::wgmma_rs_bf16<N>(acc, frag[s], db, scale_d);
+      } else {
+        cuda::wgmma_rs_f16<N>(acc, frag[s], db, scale_d);
+      }
+    } else {
+      if constexpr (BF16) {
+        cuda::wgmma_ss_bf16<N>(acc, da, db, scale_d);
+      } else {
+        cuda::wgmma_ss_f16<N>(acc, da, db, scale_d);
+      }
+    }
+  }
+  cuda::wgmma_commit();
+  cuda::wgmma_wait<0>();
+  cuda::wgmma_fence_operand(acc);
+  for (int j = 0; j < N / 2; ++j) d[d_row(j) * N + d_col(j)] = acc[j];
+}
+
+__global__ void wgmma_misuse_kernel(int misuse, const uint16_t* global, float* out) {
+  alignas(1024) __shared__ uint16_t tile[64 * 16];
+  for (int i = threadIdx.x; i < 64 * 16; i += blockDim.x) tile[i] = 0;
+  __syncthreads();
+  uint64_t desc = 0;
+  switch (WgmmaMisuse(misuse)) {
+    case WgmmaMisuse::MisalignedPointer:
+      desc = cuda::make_wgmma_desc(tile + 4, 128, 256, WgmmaSwizzle::None);  // 8 bytes in
+      break;
+    case WgmmaMisuse::GlobalPointer:
+      desc = cuda::make_wgmma_desc(global, 128, 256, WgmmaSwizzle::None);
+      break;
+    case WgmmaMisuse::RawDescriptor:
+      desc = cuda::wgmma_desc_bits(0, 128, 256, WgmmaSwizzle::None);
+      break;
+    case WgmmaMisuse::Swizzle64:
+      desc = cuda::make_wgmma_desc(tile, 16, 1024, WgmmaSwizzle::B128);
+      desc = (desc & ~(uint64_t(3) << 62)) | uint64_t(2) << 62;
+      break;
+    case WgmmaMisuse::BlockOf96:
+      desc = cuda::make_wgmma_desc(tile, 128, 256, WgmmaSwizzle::None);
+      break;
+    case WgmmaMisuse::PartialWarpgroup:
+      desc = cuda::make_wgmma_desc(tile, 128, 256, WgmmaSwizzle::None);
+      if (threadIdx.x >= 64) return;
+      break;
+  }
+  float acc[32] = {};
+  cuda::wgmma_fence();
+  cuda::wgmma_ss_bf16<64>(acc, desc, desc, false);
+  cuda::wgmma_commit();
+  cuda::wgmma_wait<0>();
+  out[threadIdx.x] = acc[0];
+}
+
 // ---- host references for self_check ----
 struct Lcg {
   uint64_t state;
@@ -372,6 +500,82 @@ void mma_partial_warp() {
                out.get());
 }
 
+const char* wgmma_layout_name(WgmmaLayout layout) {
+  switch (layout) {
+    case WgmmaLayout::InterleaveMN:
+      return "no swizzle, SBO 128";
+    case WgmmaLayout::InterleaveK:
+      return "no swizzle, LBO 128";
+    default:
+      return "128B swizzle";
+  }
+}
+
+uint64_t wgmma_desc_bits(uint32_t smem_address, uint32_t lbo, uint32_t sbo, bool swizzle128) {
+  return cuda::wgmma_desc_bits(smem_address, lbo, sbo,
+                               swizzle128 ? WgmmaSwizzle::B128 : WgmmaSwizzle::None);
+}
+uint32_t wgmma_layout_offset(bool swizzle128, int row, int k, uint32_t lbo, uint32_t sbo) {
+  return cuda::wgmma_offset(swizzle128 ? WgmmaSwizzle::B128 : WgmmaSwizzle::None, row, k, lbo, sbo);
+}
+
+bool wgmma_supported() {
+#ifdef __CUDACC__
+  int device = 0, major = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return false;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) {
+    return false;
+  }
+  return major == 9;
+#else
+  return true;
+#endif
+}
+
+void wgmma_tile(Elem elem, bool rs, int n, WgmmaLayout layout, int ksteps, bool accumulate,
+                const uint16_t* a, const uint16_t* b, const float* c, float* d) {
+  const int K = 16 * ksteps;
+  // The kernel's shared tiles hold 8192 elements each; a swizzled block is 64 columns wide
+  // however few of them are used.
+  const int k_footprint = layout == WgmmaLayout::Swizzle128 ? (K + 63) / 64 * 64 : K;
+  LATHE_CHECK(
+      (n == 64 || n == 128 || n == 256) && ksteps >= 1 && ksteps <= 8 && n * k_footprint <= 8192,
+      "ptx_tests::wgmma_tile: n = ", n, ", ksteps = ", ksteps,
+      " (n is 64, 128 or 256; 1 <= ksteps <= 8 and n * K <= 8192, K rounded up to 64 "
+      "with 128-byte swizzle)");
+  DeviceArray<uint16_t> da(a, size_t(64) * K), db(b, size_t(n) * K);
+  DeviceArray<float> dc(accumulate ? c : nullptr, size_t(64) * n), dd(nullptr, size_t(64) * n);
+  auto run = [&](auto kernel) {
+    cuda::launch(kernel, dim3(1), dim3(128), 0, nullptr, "wgmma_tile", int(layout), ksteps,
+                 int(accumulate), da.get(), db.get(), dc.get(), dd.get());
+  };
+  auto by_n = [&](auto bf16, auto is_rs) {
+    constexpr bool kBF16 = decltype(bf16)::value, kRS = decltype(is_rs)::value;
+    if (n == 64) {
+      run(wgmma_kernel<kBF16, 64, kRS>);
+    } else if (n == 128) {
+      run(wgmma_kernel<kBF16, 128, kRS>);
+    } else {
+      run(wgmma_kernel<kBF16, 256, kRS>);
+    }
+  };
+  using F = std::false_type;
+  using T = std::true_type;
+  if (elem == Elem::F16) {
+    rs ? by_n(F{}, T{}) : by_n(F{}, F{});
+  } else {
+    rs ? by_n(T{}, T{}) : by_n(T{}, F{});
+  }
+  dd.to_host(d);
+}
+
+void wgmma_misuse(WgmmaMisuse misuse) {
+  DeviceArray<uint16_t> global(nullptr, 64 * 16);
+  DeviceArray<float> out(nullptr, 128);
+  cuda::launch(wgmma_misuse_kernel, dim3(1), dim3(misuse == WgmmaMisuse::BlockOf96 ? 96 : 128), 0,
+               nullptr, "wgmma_misuse", int(misuse), global.get(), out.get());
+}
+
 int self_check(std::string* report) {
   std::ostringstream log;
   int failures = 0;
@@ -461,6 +665,55 @@ int self_check(std::string* report) {
     }
   }
   record(wrong == 0, "cp.async 16 with src-size 0..16: " + std::to_string(wrong) + " wrong bytes");
+
+  // wgmma: every supported shape, type, form and layout, stepping along K, against an f64
+  // product; a looser limit than mma's (1e-4): the order in which the tensor cores sum 16-term
+  // products in f32 is not documented, while a misplaced element errs by ~1/(16 ksteps).
+  if (!wgmma_supported()) {
+    log << "skip wgmma: needs compute capability 9.x (sm_90a code)\n";
+  } else {
+    auto wgmma_check = [&](Elem e, bool rs, int n, WgmmaLayout layout, int ksteps,
+                           bool accumulate) {
+      const int K = 16 * ksteps;
+      auto a = random_matrix(e, size_t(64) * K, 31 + n + ksteps);
+      auto b = random_matrix(e, size_t(n) * K, 32 + n);
+      std::vector<float> c(size_t(64) * n), d(size_t(64) * n);
+      Lcg rng{33};
+      for (auto& v : c) v = rng.uniform();
+      wgmma_tile(e, rs, n, layout, ksteps, accumulate, a.data(), b.data(), c.data(), d.data());
+      double worst = 0;
+      for (int i = 0; i < 64; ++i) {
+        for (int j = 0; j < n; ++j) {
+          double sum = accumulate ? double(c[size_t(i) * n + j]) : 0.0, scale = std::abs(sum);
+          for (int k = 0; k < K; ++k) {
+            const double p =
+                to_double(e, a[size_t(i) * K + k]) * to_double(e, b[size_t(j) * K + k]);
+            sum += p;
+            scale += std::abs(p);
+          }
+          const double err = std::abs(double(d[size_t(i) * n + j]) - sum) / (scale + 1e-30);
+          worst = std::isnan(err) ? INFINITY : std::max(worst, err);
+        }
+      }
+      std::ostringstream line;
+      line << "wgmma m64n" << n << "k16 " << elem_name(e) << (rs ? " RS" : " SS") << ", "
+           << wgmma_layout_name(layout) << ", " << ksteps << " k steps"
+           << (accumulate ? ", accumulating" : ", scale-d 0") << ": max relative error " << worst
+           << " (limit 1e-4)";
+      record(worst <= 1e-4, line.str());
+    };
+    for (Elem e : {Elem::F16, Elem::BF16}) {
+      for (bool rs : {false, true}) {
+        for (int n : {64, 128}) {
+          for (WgmmaLayout layout : kWgmmaLayouts) {
+            wgmma_check(e, rs, n, layout, n == 64 ? 8 : 4, true);
+          }
+        }
+        wgmma_check(e, rs, 128, WgmmaLayout::Swizzle128, 2, false);
+        wgmma_check(e, rs, 256, WgmmaLayout::InterleaveK, 2, true);
+      }
+    }
+  }
 
   if (report) *report = log.str();
   return failures;

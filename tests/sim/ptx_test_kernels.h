@@ -1,7 +1,7 @@
 // Host entry points of the PTX wrapper test kernels (tests/sim/ptx_test_kernels.cu). They take and
 // return host arrays and move them to and from the device themselves, so the same calls run the
 // kernels on the simulator (simulated build) or on a real GPU (nvcc build) — on a GPU they confirm
-// that the simulator's emulation of mma/ldmatrix/cp.async matches the hardware.
+// that the simulator's emulation of mma/ldmatrix/cp.async/wgmma matches the hardware.
 //
 // 16-bit matrices are passed as raw f16 or bf16 bit patterns, row-major.
 #pragma once
@@ -35,6 +35,54 @@ void cp_async_zero_fill(const uint8_t* src, uint8_t* dst);
 // double-buffered cp.async. N and K must be multiples of 8 (16-byte rows); M is arbitrary.
 void hgemm(Elem elem, bool b_n_major, int M, int N, int K, const uint16_t* a, const uint16_t* b,
            float* c);
+
+// ---- wgmma (sm_90a): one warpgroup of 128 threads ----
+
+// How wgmma_tile places its K-major operands (R rows: 64 for A, N for B; K = 16 * ksteps) in
+// shared memory, with cuda::wgmma_offset, and where k step s starts:
+//  - InterleaveMN: no swizzle, the 8-row core matrices of a column pair contiguous along M/N:
+//    SBO = 128, LBO = R*16; k step s at s*R*32 bytes.
+//  - InterleaveK: no swizzle, the two core matrices along K adjacent: LBO = 128, SBO = 256; k step
+//    s at s*R*32.
+//  - Swizzle128: 128-byte swizzle, SBO = 1024, 1024-byte aligned blocks of R rows x 64 columns
+//    (R*128 bytes each); k step s at (s/4)*R*128 + (s%4)*32 bytes, i.e. within a block the start
+//    address moves by 32 bytes, the way FlashAttention-3 style kernels step along K.
+// Descriptors are made once per operand and stepped by adding (offset >> 4).
+enum class WgmmaLayout { InterleaveMN, InterleaveK, Swizzle128 };
+inline constexpr WgmmaLayout kWgmmaLayouts[] = {WgmmaLayout::InterleaveMN, WgmmaLayout::InterleaveK,
+                                                WgmmaLayout::Swizzle128};
+const char* wgmma_layout_name(WgmmaLayout layout);
+
+// cuda::wgmma_desc_bits and cuda::wgmma_offset (host side of ptx.cuh; swizzle128 picks the
+// 128-byte swizzle, else none), for tests of the encodings against the PTX ISA.
+uint64_t wgmma_desc_bits(uint32_t smem_address, uint32_t lbo, uint32_t sbo, bool swizzle128);
+uint32_t wgmma_layout_offset(bool swizzle128, int row, int k, uint32_t lbo, uint32_t sbo);
+
+// Whether wgmma can run here: always in the simulated build; on a GPU, compute capability 9.x
+// (and the kernels must have been compiled for sm_90a, as LATHE_CUDA_ARCHS' default does).
+bool wgmma_supported();
+
+// D [64][n] (f32, row-major) = C [64][n] + A [64][K] * B through `ksteps` m64n{n}k16 wgmma
+// instructions (K = 16 * ksteps), A row-major and B given K-major as b[n][K] (b[j*K + k] =
+// B(k, j)). rs: A comes from registers (the mma A-fragment layout per warp) instead of shared
+// memory. accumulate = false: the first instruction has scale-d = 0 and must overwrite the
+// accumulators, which hold garbage (c is not read). n is 64, 128 or 256; n*K is at most 8192
+// elements, with K rounded up to 64 for Swizzle128 (so no n = 256 there).
+void wgmma_tile(Elem elem, bool rs, int n, WgmmaLayout layout, int ksteps, bool accumulate,
+                const uint16_t* a, const uint16_t* b, const float* c, float* d);
+
+// Misuse the simulator must report: a descriptor of a pointer that is not 16-byte aligned, or
+// not in shared memory, one not made by make_wgmma_desc, one with 64-byte swizzle, a block of 96
+// threads, and a warpgroup of which only 64 threads reach the wgmma.
+enum class WgmmaMisuse {
+  MisalignedPointer,
+  GlobalPointer,
+  RawDescriptor,
+  Swizzle64,
+  BlockOf96,
+  PartialWarpgroup
+};
+void wgmma_misuse(WgmmaMisuse misuse);
 
 // Runs the kernels above on fixed pseudo-random inputs and compares them with references computed
 // here on the host (matrix products in f64, ldmatrix layouts as the PTX ISA documents them).

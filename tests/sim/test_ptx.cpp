@@ -65,6 +65,13 @@ void reference(Elem e, bool n_major, int M, int N, int K, const std::vector<uint
   }
 }
 
+// f64 reference of wgmma_tile: D = C + A [64][K] * B with B given K-major as b[n][K].
+void wgmma_reference(Elem e, int n, int K, const std::vector<uint16_t>& a,
+                     const std::vector<uint16_t>& b, const std::vector<float>& c,
+                     std::vector<double>& out, std::vector<double>& scale) {
+  reference(e, true, 64, n, K, a, b, c, out, scale);
+}
+
 double max_relative_error(const std::vector<float>& got, const std::vector<double>& want,
                           const std::vector<double>& scale) {
   double worst = 0;
@@ -231,12 +238,113 @@ TEST_CASE("ptx: tiled tensor-core GEMM with cp.async staging matches a naive pro
                     Catch::Contains("multiples of 8"));
 }
 
+TEST_CASE("ptx: wgmma descriptor bits and canonical layout offsets follow the PTX ISA", "[ptx]") {
+  using ptx_tests::wgmma_desc_bits;
+  using ptx_tests::wgmma_layout_offset;
+  // Address 0x1230 -> 0x123 in bits 0..13, LBO 256 -> 16 in bits 16..29, SBO 1024 -> 64 in bits
+  // 32..45, 128-byte swizzle = 1 in bits 62..63.
+  CHECK(wgmma_desc_bits(0x1230, 256, 1024, true) == 0x4000004000100123ull);
+  CHECK(wgmma_desc_bits(0x3FFF0, 128, 256, false) == 0x0000001000083FFFull);
+  // Only address bits 4..17 are kept.
+  CHECK(wgmma_desc_bits(0x4001F, 16, 16, false) == 0x0000000100010001ull);
+  // No swizzle: core matrix (row/8, k/8) at (row/8)*SBO + (k/8)*LBO, rows of 16 bytes.
+  CHECK(wgmma_layout_offset(false, 0, 0, 1024, 128) == 0);
+  CHECK(wgmma_layout_offset(false, 0, 7, 1024, 128) == 14);
+  CHECK(wgmma_layout_offset(false, 7, 0, 1024, 128) == 112);
+  CHECK(wgmma_layout_offset(false, 9, 10, 1024, 128) == 128 + 1024 + 16 + 4);
+  CHECK(wgmma_layout_offset(false, 9, 10, 128, 256) == 256 + 128 + 16 + 4);
+  // 128-byte swizzle: row r of an 8-row group is 128 bytes; its 16-byte chunk c sits at c ^ r.
+  CHECK(wgmma_layout_offset(true, 0, 9, 16, 1024) == 18);
+  CHECK(wgmma_layout_offset(true, 1, 0, 16, 1024) == 128 + 16);
+  CHECK(wgmma_layout_offset(true, 3, 8, 16, 1024) == 3 * 128 + 2 * 16);
+  CHECK(wgmma_layout_offset(true, 7, 63, 16, 1024) == 7 * 128 + 0 * 16 + 14);
+  CHECK(wgmma_layout_offset(true, 13, 21, 16, 1024) == 1024 + 5 * 128 + 16 * 7 + 10);
+}
+
+TEST_CASE("ptx: wgmma m64nNk16 SS and RS over every layout match an f64 product", "[ptx]") {
+  struct Case {
+    int n, ksteps;
+  };
+  for (Elem e : {Elem::F16, Elem::BF16}) {
+    for (bool rs : {false, true}) {
+      for (Case cs : {Case{64, 8}, Case{128, 4}, Case{64, 1}}) {
+        for (ptx_tests::WgmmaLayout layout : ptx_tests::kWgmmaLayouts) {
+          for (bool integers : {true, false}) {
+            const int K = 16 * cs.ksteps;
+            INFO(name(e) << (rs ? " RS" : " SS") << " N=" << cs.n << ", " << cs.ksteps
+                         << " k steps, " << ptx_tests::wgmma_layout_name(layout)
+                         << (integers ? ", integer inputs" : ", uniform inputs"));
+            auto a = matrix(e, size_t(64) * K, 40 + cs.n, integers);
+            auto b = matrix(e, size_t(cs.n) * K, 41 + cs.ksteps, integers);
+            std::vector<float> c(size_t(64) * cs.n);
+            std::mt19937 rng(5);
+            for (auto& v : c) v = float(int(rng() % 9) - 4);
+            std::vector<double> want, scale;
+            wgmma_reference(e, cs.n, K, a, b, c, want, scale);
+            std::vector<float> first;
+            for (const Schedule& s : kSchedules) {
+              INFO("schedule " << s.name << " seed " << s.seed);
+              std::vector<float> d(c.size(), -12345.f);
+              under(s, [&] {
+                ptx_tests::wgmma_tile(e, rs, cs.n, layout, cs.ksteps, true, a.data(), b.data(),
+                                      c.data(), d.data());
+              });
+              if (integers) {
+                std::vector<float> exact(want.begin(), want.end());
+                CHECK(same_bits(d, exact));
+              } else {
+                CHECK(max_relative_error(d, want, scale) <= 1e-5);
+              }
+              if (first.empty()) first = d;
+              CHECK(same_bits(d, first));
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("ptx: wgmma with scale-d 0 overwrites the accumulators; N = 256", "[ptx]") {
+  for (Elem e : {Elem::F16, Elem::BF16}) {
+    for (bool rs : {false, true}) {
+      for (int n : {64, 128, 256}) {
+        for (ptx_tests::WgmmaLayout layout : ptx_tests::kWgmmaLayouts) {
+          // 256 rows of 128-byte swizzled B do not fit the test kernel's tile.
+          if (n == 256 && layout == ptx_tests::WgmmaLayout::Swizzle128) continue;
+          for (bool accumulate : {false, true}) {
+            const int ksteps = n == 256 ? 2 : 3, K = 16 * ksteps;
+            INFO(name(e) << (rs ? " RS" : " SS") << " N=" << n << ", "
+                         << ptx_tests::wgmma_layout_name(layout)
+                         << (accumulate ? ", accumulating" : ", scale-d 0"));
+            auto a = matrix(e, size_t(64) * K, 50 + n, true);
+            auto b = matrix(e, size_t(n) * K, 51, true);
+            std::vector<float> c(size_t(64) * n, 3.0f);
+            std::vector<double> want, scale;
+            // The kernel's accumulators start at 1e4 when scale-d is 0: the reference has no C.
+            wgmma_reference(e, n, K, a, b, accumulate ? c : std::vector<float>{}, want, scale);
+            std::vector<float> d(c.size(), -12345.f);
+            ptx_tests::wgmma_tile(e, rs, n, layout, ksteps, accumulate, a.data(), b.data(),
+                                  c.data(), d.data());
+            std::vector<float> exact(want.begin(), want.end());
+            CHECK(same_bits(d, exact));
+          }
+        }
+      }
+    }
+  }
+}
+
 TEST_CASE("ptx: self-check entry for a real GPU passes", "[ptx]") {
   std::string report;
   int failures = ptx_tests::self_check(&report);
   INFO(report);
   CHECK(failures == 0);
   CHECK(report.find("hgemm 70x40x72 bf16") != std::string::npos);
+  if (ptx_tests::wgmma_supported()) {
+    CHECK(report.find("wgmma m64n128k16 bf16 RS, 128B swizzle, 4 k steps") != std::string::npos);
+    CHECK(report.find("wgmma m64n256k16 f16 SS, no swizzle, LBO 128") != std::string::npos);
+  }
 }
 
 #ifdef LATHE_CUDA_SIM_BUILD
@@ -253,5 +361,43 @@ TEST_CASE("ptx: the simulator reports misaligned ldmatrix rows and partial-warp 
   CHECK((e.find("exited while its warp waits") != std::string::npos ||
          e.find("deadlock") != std::string::npos));
   CHECK(e.find("mma_partial_warp") != std::string::npos);
+}
+TEST_CASE("ptx: the simulator reports wgmma misuse", "[ptx]") {
+  using ptx_tests::WgmmaMisuse;
+  auto error = [](WgmmaMisuse m) {
+    try {
+      ptx_tests::wgmma_misuse(m);
+    } catch (const lathe::Error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  std::string e = error(WgmmaMisuse::MisalignedPointer);
+  INFO(e);
+  CHECK(e.find("make_wgmma_desc at") != std::string::npos);
+  CHECK(e.find("ptx_test_kernels.cu:") != std::string::npos);
+  CHECK(e.find("not 16-byte aligned") != std::string::npos);
+  e = error(WgmmaMisuse::GlobalPointer);
+  INFO(e);
+  CHECK(e.find("is not shared memory") != std::string::npos);
+  e = error(WgmmaMisuse::RawDescriptor);
+  INFO(e);
+  CHECK(e.find("wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 (SS) at") !=
+        std::string::npos);
+  CHECK(e.find("ptx_test_kernels.cu:") != std::string::npos);
+  CHECK(e.find("not made by make_wgmma_desc") != std::string::npos);
+  e = error(WgmmaMisuse::Swizzle64);
+  INFO(e);
+  CHECK(e.find("swizzle mode 2") != std::string::npos);
+  e = error(WgmmaMisuse::BlockOf96);
+  INFO(e);
+  CHECK(e.find("96 threads") != std::string::npos);
+  CHECK(e.find("not a whole number of 128-thread warpgroups") != std::string::npos);
+  e = error(WgmmaMisuse::PartialWarpgroup);
+  INFO(e);
+  // Depending on the schedule the missing threads exit before or after the first arrives.
+  CHECK((e.find("exited while its warpgroup") != std::string::npos ||
+         e.find("deadlock") != std::string::npos));
+  CHECK(e.find("wgmma") != std::string::npos);
 }
 #endif
