@@ -55,23 +55,25 @@ struct MergeLse {
   }
 };
 
-// softmax.cu's online update, plus the sum of x, for W values at once: the running max moves
-// once per pack (one rescaling exponential), and the values add exp(x - max) without a branch per
-// element. Special values as the cpu: -inf adds exp(-inf) = 0 (nothing while the max is still
-// -inf), +inf makes the max +inf and exp(inf - inf) a NaN sum, NaN never wins the max and adds
-// NaN.
-template <int W, class C>
-LATHE_DEVICE_INLINE void online_add(LseState<C>& a, const C (&x)[W]) {
+// softmax.cu's online update, plus the sum of x when label smoothing needs it, for W values at
+// once: the running max moves once per pack (one rescaling exponential), and the values add
+// exp(x - max) without a branch per element. Special values as the cpu: -inf adds exp(-inf) = 0
+// (nothing while the max is still -inf), +inf makes the max +inf and exp(inf - inf) a NaN sum,
+// NaN never wins the max and adds NaN. The max is fmax (one FMNMX): it returns the running max
+// for a NaN value as `x > m ? x : m` does, and the running max is never NaN.
+template <class T, int W, class C>
+LATHE_DEVICE_INLINE void online_add(LseState<C>& a, const C (&x)[W], bool smoothing) {
   C m = a.m;
 #pragma unroll
-  for (int k = 0; k < W; ++k) {
-    a.sum_x += x[k];
-    m = x[k] > m ? x[k] : m;
+  for (int k = 0; k < W; ++k) m = dmath::fmax(m, x[k]);
+  if (smoothing) {
+#pragma unroll
+    for (int k = 0; k < W; ++k) a.sum_x += x[k];
   }
   if (m == -std::numeric_limits<C>::infinity()) return;
-  C s = a.s * dmath::exp(a.m - m);  // a.s is 0 while a.m is -inf
+  C s = a.s * dmath::exp_for<T>(a.m - m);  // a.s is 0 while a.m is -inf
 #pragma unroll
-  for (int k = 0; k < W; ++k) s += dmath::exp(x[k] - m);
+  for (int k = 0; k < W; ++k) s += dmath::exp_for<T>(x[k] - m);
   a.s = s;
   a.m = m;
 }
@@ -97,7 +99,7 @@ __global__ void cross_entropy_forward_kernel(const T* logits, const int64_t* tar
     const rows::RowCut cut = active ? rows::cut_row<T>(classes, ptrs) : rows::RowCut{};
     LseState<C> part{-std::numeric_limits<C>::infinity(), C(0), C(0)};
     rows::for_row_loaded<T, kLoadedPacks, C>(
-        cut, g.t, g.nt, xr, [&]<int W>(int64_t, C(&v)[W]) { online_add(part, v); });
+        cut, g.t, g.nt, xr, [&]<int W>(int64_t, C(&v)[W]) { online_add<T>(part, v, eps > C(0)); });
     const LseState<C> row = rows::group_allreduce<kBlock>(part, MergeLse{}, scratch);
     if (g.t != 0 || !active) continue;
     // An all -inf row: the cpu's sum of exp(-inf - -inf) is NaN, and so is its lse.
@@ -147,7 +149,7 @@ __global__ void cross_entropy_backward_kernel(const T* logits, const int64_t* ta
     const C scale =
         t >= 0 && t < classes ? convert<C>(grad_loss[r]) : std::numeric_limits<C>::quiet_NaN();
     rows::for_row_loaded<T, kLoadedPacks, C>(cut, g.t, g.nt, xr, [&]<int W>(int64_t j, C(&v)[W]) {
-      for (int k = 0; k < W; ++k) v[k] = (dmath::exp(v[k] - shift) - smooth) * scale;
+      for (int k = 0; k < W; ++k) v[k] = (dmath::exp_for<T>(v[k] - shift) - smooth) * scale;
       // The target's column, tested once per pack rather than per element.
       if (t >= j && t < j + W) {
         for (int k = 0; k < W; ++k) {

@@ -61,15 +61,15 @@ struct MergeMaxSum {
 
 // Adds x to a running (max, sum). -inf contributes exactly 0 (its exp(x - max) for any final max
 // above -inf); +inf and NaN make the sum NaN, as exp(inf - inf) and exp(NaN) do on the cpu.
-template <class C>
+template <class T, class C>
 LATHE_DEVICE_INLINE void online_add(MaxSum<C>& a, C x) {
   if (x == -std::numeric_limits<C>::infinity()) return;
   if (x > a.m) {
     // exp(x - x) written as 1 + (x - x): 1 for finite x, NaN for x = +inf.
-    a.s = a.s * dmath::exp(a.m - x) + (C(1) + (x - x));
+    a.s = a.s * dmath::exp_for<T>(a.m - x) + (C(1) + (x - x));
     a.m = x;
   } else {
-    a.s += dmath::exp(x - a.m);
+    a.s += dmath::exp_for<T>(x - a.m);
   }
 }
 
@@ -88,13 +88,13 @@ LATHE_DEVICE_INLINE void softmax_row_cached(const rows::RowGroup<kBlock>& g,
   rows::load_row_cached<T, N>(cut, g.t, g.nt,
                               [&]<int S>(int64_t j) { rows::load<V>(xr + j, v[S]); });
   rows::for_row_cached<T, N>(cut, g.t, g.nt, [&]<int S>(int64_t) {
-    for (int k = 0; k < V; ++k) m = v[S][k] > m ? v[S][k] : m;
+    for (int k = 0; k < V; ++k) m = dmath::fmax(m, v[S][k]);  // m is never NaN: as `v > m ? v : m`
   });
   m = rows::group_allreduce<kBlock>(m, rows::Max{}, scratch);
   C part = C(0);
   rows::for_row_cached<T, N>(cut, g.t, g.nt, [&]<int S>(int64_t) {
     for (int k = 0; k < V; ++k) {
-      const C e = dmath::exp(v[S][k] - m);
+      const C e = dmath::exp_for<T>(v[S][k] - m);
       part += e;
       if (!log) v[S][k] = e;
     }
@@ -134,7 +134,7 @@ __global__ void softmax_forward_kernel(const T* x, T* y, int64_t n_rows, int64_t
     rows::for_row<T>(cut, g.t, g.nt, [&]<int W>(int64_t j) {
       C v[W];
       rows::load<W>(xr + j, v);
-      for (int k = 0; k < W; ++k) online_add(part, v[k]);
+      for (int k = 0; k < W; ++k) online_add<T>(part, v[k]);
     });
     MaxSum<C> row = rows::group_allreduce<kBlock>(part, MergeMaxSum{}, scratch);
     // An all -inf row: the cpu's sum of exp(-inf - -inf) is NaN.
@@ -145,7 +145,7 @@ __global__ void softmax_forward_kernel(const T* x, T* y, int64_t n_rows, int64_t
       C v[W];
       rows::load<W>(xr + j, v);
       for (int k = 0; k < W; ++k)
-        v[k] = log ? (v[k] - row.m) - log_sum : dmath::exp(v[k] - row.m) * inv;
+        v[k] = log ? (v[k] - row.m) - log_sum : dmath::exp_for<T>(v[k] - row.m) * inv;
       rows::store<W>(yr + j, v);
     });
   }
@@ -180,7 +180,7 @@ __global__ void softmax_backward_kernel(const T* y, const T* gy, T* gx, int64_t 
     };
     auto write = [&]<int W>(int64_t j, C(&a)[W], const C(&b)[W], C total) {
       for (int k = 0; k < W; ++k) {
-        a[k] = log ? a[k] - dmath::exp(b[k]) * total : b[k] * (a[k] - total);
+        a[k] = log ? a[k] - dmath::exp_for<T>(b[k]) * total : b[k] * (a[k] - total);
       }
       rows::store<W>(gxr + j, a);
     };
