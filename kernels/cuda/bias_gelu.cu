@@ -34,8 +34,8 @@ using rows::acc_t;
 // The GELU functors of unary.cu (gelu.cuh), in the compute type C.
 template <bool kTanh>
 using Gelu = gelu_ops::Forward<kTanh>;
-template <bool kTanh>
-using GeluGrad = gelu_ops::Backward<kTanh>;
+template <bool kTanh, class T>
+using GeluGrad = gelu_ops::Backward<kTanh, T>;
 
 // acc + v with v rounded first: never contracted into an FMA with the product that made v, so dbias
 // sums exactly the values written to dx, whether or not dx is written (the compiler could
@@ -205,7 +205,7 @@ void backward_typed(const BiasGeluBackwardArgs& a) {
   const bool vec = a.cols % V == 0 && aligned16(x) && aligned16(b) && aligned16(gy) &&
                    (gx == nullptr || aligned16(gx));
   const dim3 threads(32, kThreadRows);
-  using Op = GeluGrad<kTanh>;
+  using Op = GeluGrad<kTanh, T>;
   if (vec) {
     const dim3 grid(unsigned((a.cols / V + 31) / 32), unsigned(chunks));
     rt::launch(bias_gelu_backward_kernel<T, V, Op>, grid, threads, 0, stream(),

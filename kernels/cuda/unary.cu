@@ -248,7 +248,6 @@ struct ReluB {
     return v > 0 ? d : C(0);
   }
 };
-using GeluB = gelu_ops::ErfB;
 using GeluTanhB = gelu_ops::TanhB;
 template <class C>
 struct ClampB {
@@ -308,7 +307,7 @@ void unary_backward_float(UnaryOp op, const View& x, const View& g, const View& 
     case UnaryOp::Relu:
       return map2<T>(x, g, out, ReluB{});
     case UnaryOp::Gelu:
-      return map2<T>(x, g, out, GeluB{});
+      return map2<T>(x, g, out, gelu_ops::ErfB<sizeof(T) == 2>{});
     case UnaryOp::GeluTanh:
       return map2<T>(x, g, out, GeluTanhB{});
     case UnaryOp::Clamp:
