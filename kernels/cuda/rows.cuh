@@ -278,15 +278,19 @@ decltype(auto) dispatch_row_cache(int64_t cols, int64_t group_threads, bool unif
 // a cached row: the GPU issues in order, and a load under `if (p < packs)` is not moved above the
 // arithmetic on the previous pack, so each pack's load would wait for the one before it; straight
 // loads of valid addresses are issued together. What fn computes for a clamped S is garbage the
-// caller never uses (its later passes run for_row_cached). Rows without packs are skipped.
+// caller never uses (its later passes run for_row_cached). Rows without packs are skipped. Pack
+// indices are 32-bit here and in for_row_cached: a cached row has at most 8 packs per thread of a
+// 1024-thread block, and 64-bit compares and selects per pack and row were a visible share of the
+// row loop's SASS.
 template <class T, int N, class Fn>
 LATHE_DEVICE_INLINE void load_row_cached(const RowCut& c, int t, int nt, Fn&& fn) {
   if (c.packs <= 0) return;
+  const int packs = int(c.packs);
   [&]<int... S>(std::integer_sequence<int, S...>) {
     (
         [&] {
-          const int64_t p = t + int64_t(S) * nt;
-          fn.template operator()<S>((p < c.packs ? p : c.packs - 1) * kPack<T>);
+          const int p = t + S * nt;
+          fn.template operator()<S>(int64_t((p < packs ? p : packs - 1) * kPack<T>));
         }(),
         ...);
   }
@@ -297,11 +301,12 @@ LATHE_DEVICE_INLINE void load_row_cached(const RowCut& c, int t, int nt, Fn&& fn
 // S is a compile-time index, so the packs stay in registers.
 template <class T, int N, class Fn>
 LATHE_DEVICE_INLINE void for_row_cached(const RowCut& c, int t, int nt, Fn&& fn) {
+  const int packs = int(c.packs);
   [&]<int... S>(std::integer_sequence<int, S...>) {
     (
         [&] {
-          const int64_t p = t + int64_t(S) * nt;
-          if (p < c.packs) fn.template operator()<S>(p * kPack<T>);
+          const int p = t + S * nt;
+          if (p < packs) fn.template operator()<S>(int64_t(p * kPack<T>));
         }(),
         ...);
   }
