@@ -39,6 +39,8 @@ DEFAULT_TARGETS="flash-dkdv|dkdv_kernel|BM_CudaFlashAttentionBackward/T:2048/d:6
 DEFAULT_TARGETS+=";flash-dq|dq_kernel|BM_CudaFlashAttentionBackward/T:2048/d:64/causal:0/"
 DEFAULT_TARGETS+=";flash-forward|forward_kernel|BM_CudaFlashAttentionForward/T:2048/d:64/causal:0/"
 DEFAULT_TARGETS+=";layer-norm-bf16|layer_norm_forward_kernel|BM_CudaLayerNormForward/32768/384/1/"
+# Forward variant 2, the sm_90a wgmma kernel (issue #8), to set against flash-forward.
+DEFAULT_TARGETS+=";flash-forward-wgmma|forward_wgmma_kernel|BM_CudaFlashAttentionForwardVariant/T:2048/d:64/causal:0/variant:2/"
 # The occupancy variants of kernels/cuda/attention_variant.h, to set against flash-dkdv and
 # flash-forward above (last, so that a short time limit cuts them first).
 DEFAULT_TARGETS+=";flash-dkdv-variant|dkdv_variant_kernel|BM_CudaFlashAttentionBackwardVariant/T:2048/d:64/causal:0/variant:1/"

@@ -1,8 +1,9 @@
 // Wrappers of the PTX instructions lathe's tensor-core kernels use (flash attention, tiled GEMM):
 // mma.sync m16n8k16 (f16/bf16 inputs, f32 accumulate), ldmatrix m8n8 x1/x2/x4 (+ .trans) and
 // cp.async with commit/wait groups, and (sm_90a only) the warpgroup MMA wgmma.mma_async
-// m64n{64,128,256}k16 with its fences and K-major shared-memory descriptors (layouts documented at
-// wgmma_desc_bits / wgmma_offset below and in docs/cuda.md). Kernels call these instead of writing
+// m64n{64,128,256}k16 with its fences and shared-memory descriptors (K-major operands, and an
+// MN-major B through imm-trans-b; layouts documented at wgmma_desc_bits / wgmma_offset /
+// wgmma_offset_mn below and in docs/cuda.md). Kernels call these instead of writing
 // asm, so that:
 //  - under nvcc (sm_80 and later) each is one inline PTX instruction;
 //  - in the simulated build each is an emulation (kernels/sim/ptx_emulation.h) that follows the
@@ -90,6 +91,38 @@ constexpr LATHE_PTX_HD uint32_t wgmma_offset(WgmmaSwizzle swizzle, int row, int 
   }
   return uint32_t(row / 8) * sbo + uint32_t(k / 8) * lbo + uint32_t(row % 8) * 16 +
          uint32_t(k % 8) * 2;
+}
+
+// How a B operand is laid out along K: K-major (B given as [N][K], imm-trans-b = 0, as above) or
+// MN-major (B given as [K][N], N contiguous: imm-trans-b = 1, which the PTX ISA allows for 16-bit
+// inputs only). Flash attention's P V reads V, stored [keys][d] with d contiguous, as an MN-major
+// B with K = keys, without transposing it in shared memory.
+enum class WgmmaMajor : int { K = 0, MN = 1 };
+
+// Byte offset of element (n, k) of an MN-major 16-bit B operand in the canonical layouts (read
+// from the PTX ISA's "Shared Memory Matrix Layout" figures for MN-major operands and CUTLASS's
+// make_gmma_desc<Major::MN>, which spells them as, in 16-byte units,
+//   INTERLEAVE ((1,n),(8,k)):((X,SBO),(1,LBO)) and B128 ((8,n),(8,k)):((1,LBO),(8,SBO));
+// unconfirmed until the GPU run of tests/sim/test_ptx.cpp):
+//  - None: core matrices of 8 k-rows x 8 n-elements, each 128 contiguous bytes (k-row r at 16r,
+//    n contiguous inside it); along N core matrices are SBO apart, along K LBO:
+//      (n/8)*SBO + (k/8)*LBO + (k%8)*16 + (n%8)*2,
+//    i.e. the K-major formula with the roles of the two 8-element indices inside a core matrix
+//    swapped, and LBO/SBO still along K/N.
+//  - B128: k-rows of 128 bytes (64 n-elements), groups of 8 k-rows SBO apart (1024 when dense), and
+//    the next 64 n-elements LBO further (the opposite naming of the K-major case, where SBO is the
+//    step along M/N): u = (n/64)*LBO + (k/8)*SBO + (k%8)*128 + (n%64)*2, with the same XOR of the
+//    16-byte chunk with bits 7..9 on shared addresses. So a [keys][64] row-major tile of 128-byte
+//    rows, swizzled, is the MN-major B of 64 columns; a kernel steps along K by 16 k-rows (2048
+//    bytes, which keeps the 1024-byte swizzle phase) and puts further 64-column blocks LBO apart.
+constexpr LATHE_PTX_HD uint32_t wgmma_offset_mn(WgmmaSwizzle swizzle, int n, int k, uint32_t lbo,
+                                                uint32_t sbo) {
+  if (swizzle == WgmmaSwizzle::B128) {
+    const uint32_t u = uint32_t(n / 64) * lbo + uint32_t(k / 8) * sbo + uint32_t(k % 8) * 128 +
+                       uint32_t(n % 64) * 2;
+    return u ^ ((u >> 7 & 7u) << 4);
+  }
+  return uint32_t(n / 8) * sbo + uint32_t(k / 8) * lbo + uint32_t(k % 8) * 16 + uint32_t(n % 8) * 2;
 }
 
 #undef LATHE_PTX_HD
@@ -285,56 +318,56 @@ __device__ __forceinline__ void cp_async_wait_all() {
 #endif
 
 namespace detail {
-template <int N, bool BF16>
+template <int N, bool BF16, int kTransB>
 __device__ __forceinline__ void wgmma_ss(float* d, uint64_t desc_a, uint64_t desc_b, int scale_d) {
 #if LATHE_WGMMA_AVAILABLE
   if constexpr (BF16 == false && N == 64) {
     asm volatile(
         "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
         "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 " LATHE_WGMMA_REGS32
-        ", %32, %33, p, 1, 1, 0, 0;\n}\n"
+        ", %32, %33, p, 1, 1, 0, %35;\n}\n"
         : LATHE_WGMMA_ACC32(d)
-        : "l"(desc_a), "l"(desc_b), "r"(scale_d)
+        : "l"(desc_a), "l"(desc_b), "r"(scale_d), "n"(kTransB)
         : "memory");
   } else if constexpr (BF16 == false && N == 128) {
     asm volatile(
         "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
         "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 " LATHE_WGMMA_REGS64
-        ", %64, %65, p, 1, 1, 0, 0;\n}\n"
+        ", %64, %65, p, 1, 1, 0, %67;\n}\n"
         : LATHE_WGMMA_ACC64(d)
-        : "l"(desc_a), "l"(desc_b), "r"(scale_d)
+        : "l"(desc_a), "l"(desc_b), "r"(scale_d), "n"(kTransB)
         : "memory");
   } else if constexpr (BF16 == false && N == 256) {
     asm volatile(
         "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
         "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 " LATHE_WGMMA_REGS128
-        ", %128, %129, p, 1, 1, 0, 0;\n}\n"
+        ", %128, %129, p, 1, 1, 0, %131;\n}\n"
         : LATHE_WGMMA_ACC128(d)
-        : "l"(desc_a), "l"(desc_b), "r"(scale_d)
+        : "l"(desc_a), "l"(desc_b), "r"(scale_d), "n"(kTransB)
         : "memory");
   } else if constexpr (BF16 == true && N == 64) {
     asm volatile(
         "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
         "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " LATHE_WGMMA_REGS32
-        ", %32, %33, p, 1, 1, 0, 0;\n}\n"
+        ", %32, %33, p, 1, 1, 0, %35;\n}\n"
         : LATHE_WGMMA_ACC32(d)
-        : "l"(desc_a), "l"(desc_b), "r"(scale_d)
+        : "l"(desc_a), "l"(desc_b), "r"(scale_d), "n"(kTransB)
         : "memory");
   } else if constexpr (BF16 == true && N == 128) {
     asm volatile(
         "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
         "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " LATHE_WGMMA_REGS64
-        ", %64, %65, p, 1, 1, 0, 0;\n}\n"
+        ", %64, %65, p, 1, 1, 0, %67;\n}\n"
         : LATHE_WGMMA_ACC64(d)
-        : "l"(desc_a), "l"(desc_b), "r"(scale_d)
+        : "l"(desc_a), "l"(desc_b), "r"(scale_d), "n"(kTransB)
         : "memory");
   } else if constexpr (BF16 == true && N == 256) {
     asm volatile(
         "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
         "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 " LATHE_WGMMA_REGS128
-        ", %128, %129, p, 1, 1, 0, 0;\n}\n"
+        ", %128, %129, p, 1, 1, 0, %131;\n}\n"
         : LATHE_WGMMA_ACC128(d)
-        : "l"(desc_a), "l"(desc_b), "r"(scale_d)
+        : "l"(desc_a), "l"(desc_b), "r"(scale_d), "n"(kTransB)
         : "memory");
   }
 #else
@@ -342,7 +375,7 @@ __device__ __forceinline__ void wgmma_ss(float* d, uint64_t desc_a, uint64_t des
 #endif
 }
 
-template <int N, bool BF16>
+template <int N, bool BF16, int kTransB>
 __device__ __forceinline__ void wgmma_rs(float* d, const uint32_t a[4], uint64_t desc_b,
                                          int scale_d) {
 #if LATHE_WGMMA_AVAILABLE
@@ -350,49 +383,49 @@ __device__ __forceinline__ void wgmma_rs(float* d, const uint32_t a[4], uint64_t
     asm volatile(
         "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
         "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 " LATHE_WGMMA_REGS32
-        ", {%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"
+        ", {%32, %33, %34, %35}, %36, p, 1, 1, %38;\n}\n"
         : LATHE_WGMMA_ACC32(d)
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d)
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d), "n"(kTransB)
         : "memory");
   } else if constexpr (BF16 == false && N == 128) {
     asm volatile(
         "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
         "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 " LATHE_WGMMA_REGS64
-        ", {%64, %65, %66, %67}, %68, p, 1, 1, 0;\n}\n"
+        ", {%64, %65, %66, %67}, %68, p, 1, 1, %70;\n}\n"
         : LATHE_WGMMA_ACC64(d)
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d)
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d), "n"(kTransB)
         : "memory");
   } else if constexpr (BF16 == false && N == 256) {
     asm volatile(
         "{\n.reg .pred p;\nsetp.ne.b32 p, %133, 0;\n"
         "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 " LATHE_WGMMA_REGS128
-        ", {%128, %129, %130, %131}, %132, p, 1, 1, 0;\n}\n"
+        ", {%128, %129, %130, %131}, %132, p, 1, 1, %134;\n}\n"
         : LATHE_WGMMA_ACC128(d)
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d)
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d), "n"(kTransB)
         : "memory");
   } else if constexpr (BF16 == true && N == 64) {
     asm volatile(
         "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
         "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " LATHE_WGMMA_REGS32
-        ", {%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"
+        ", {%32, %33, %34, %35}, %36, p, 1, 1, %38;\n}\n"
         : LATHE_WGMMA_ACC32(d)
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d)
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d), "n"(kTransB)
         : "memory");
   } else if constexpr (BF16 == true && N == 128) {
     asm volatile(
         "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
         "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " LATHE_WGMMA_REGS64
-        ", {%64, %65, %66, %67}, %68, p, 1, 1, 0;\n}\n"
+        ", {%64, %65, %66, %67}, %68, p, 1, 1, %70;\n}\n"
         : LATHE_WGMMA_ACC64(d)
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d)
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d), "n"(kTransB)
         : "memory");
   } else if constexpr (BF16 == true && N == 256) {
     asm volatile(
         "{\n.reg .pred p;\nsetp.ne.b32 p, %133, 0;\n"
         "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 " LATHE_WGMMA_REGS128
-        ", {%128, %129, %130, %131}, %132, p, 1, 1, 0;\n}\n"
+        ", {%128, %129, %130, %131}, %132, p, 1, 1, %134;\n}\n"
         : LATHE_WGMMA_ACC128(d)
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d)
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d), "n"(kTransB)
         : "memory");
   }
 #else
@@ -407,29 +440,30 @@ __device__ __forceinline__ uint64_t make_wgmma_desc(const void* smem_ptr, uint32
   return wgmma_desc_bits(shared_address(smem_ptr), lbo, sbo, swizzle);
 }
 
-template <int N>
+// B is K-major unless kB = WgmmaMajor::MN (A is always K-major).
+template <int N, WgmmaMajor kB = WgmmaMajor::K>
 __device__ __forceinline__ void wgmma_ss_f16(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b,
                                              bool accumulate) {
   static_assert(N == 64 || N == 128 || N == 256, "wgmma wrappers: N is 64, 128 or 256");
-  detail::wgmma_ss<N, false>(d, desc_a, desc_b, accumulate);
+  detail::wgmma_ss<N, false, int(kB)>(d, desc_a, desc_b, accumulate);
 }
-template <int N>
+template <int N, WgmmaMajor kB = WgmmaMajor::K>
 __device__ __forceinline__ void wgmma_ss_bf16(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b,
                                               bool accumulate) {
   static_assert(N == 64 || N == 128 || N == 256, "wgmma wrappers: N is 64, 128 or 256");
-  detail::wgmma_ss<N, true>(d, desc_a, desc_b, accumulate);
+  detail::wgmma_ss<N, true, int(kB)>(d, desc_a, desc_b, accumulate);
 }
-template <int N>
+template <int N, WgmmaMajor kB = WgmmaMajor::K>
 __device__ __forceinline__ void wgmma_rs_f16(float (&d)[N / 2], const uint32_t a[4],
                                              uint64_t desc_b, bool accumulate) {
   static_assert(N == 64 || N == 128 || N == 256, "wgmma wrappers: N is 64, 128 or 256");
-  detail::wgmma_rs<N, false>(d, a, desc_b, accumulate);
+  detail::wgmma_rs<N, false, int(kB)>(d, a, desc_b, accumulate);
 }
-template <int N>
+template <int N, WgmmaMajor kB = WgmmaMajor::K>
 __device__ __forceinline__ void wgmma_rs_bf16(float (&d)[N / 2], const uint32_t a[4],
                                               uint64_t desc_b, bool accumulate) {
   static_assert(N == 64 || N == 128 || N == 256, "wgmma wrappers: N is 64, 128 or 256");
-  detail::wgmma_rs<N, true>(d, a, desc_b, accumulate);
+  detail::wgmma_rs<N, true, int(kB)>(d, a, desc_b, accumulate);
 }
 
 __device__ __forceinline__ void wgmma_fence() {
@@ -558,33 +592,35 @@ __forceinline__ uint64_t make_wgmma_desc(const void* smem_ptr, uint32_t lbo, uin
                                          int line = __builtin_LINE()) {
   return sim::wgmma_make_desc(smem_ptr, lbo, sbo, unsigned(swizzle), file, line);
 }
-template <int N>
+template <int N, WgmmaMajor kB = WgmmaMajor::K>
 __forceinline__ void wgmma_ss_f16(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b,
                                   bool accumulate, const char* file = __builtin_FILE(),
                                   int line = __builtin_LINE()) {
   static_assert(N == 64 || N == 128 || N == 256, "wgmma wrappers: N is 64, 128 or 256");
-  sim::wgmma_ss<N>(sim::MmaInput::F16, d, desc_a, desc_b, accumulate, file, line);
+  sim::wgmma_ss<N>(sim::MmaInput::F16, d, desc_a, desc_b, kB == WgmmaMajor::MN, accumulate, file,
+                   line);
 }
-template <int N>
+template <int N, WgmmaMajor kB = WgmmaMajor::K>
 __forceinline__ void wgmma_ss_bf16(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b,
                                    bool accumulate, const char* file = __builtin_FILE(),
                                    int line = __builtin_LINE()) {
   static_assert(N == 64 || N == 128 || N == 256, "wgmma wrappers: N is 64, 128 or 256");
-  sim::wgmma_ss<N>(sim::MmaInput::BF16, d, desc_a, desc_b, accumulate, file, line);
+  sim::wgmma_ss<N>(sim::MmaInput::BF16, d, desc_a, desc_b, kB == WgmmaMajor::MN, accumulate, file,
+                   line);
 }
-template <int N>
+template <int N, WgmmaMajor kB = WgmmaMajor::K>
 __forceinline__ void wgmma_rs_f16(float (&d)[N / 2], const uint32_t a[4], uint64_t desc_b,
                                   bool accumulate, const char* file = __builtin_FILE(),
                                   int line = __builtin_LINE()) {
   static_assert(N == 64 || N == 128 || N == 256, "wgmma wrappers: N is 64, 128 or 256");
-  sim::wgmma_rs<N>(sim::MmaInput::F16, d, a, desc_b, accumulate, file, line);
+  sim::wgmma_rs<N>(sim::MmaInput::F16, d, a, desc_b, kB == WgmmaMajor::MN, accumulate, file, line);
 }
-template <int N>
+template <int N, WgmmaMajor kB = WgmmaMajor::K>
 __forceinline__ void wgmma_rs_bf16(float (&d)[N / 2], const uint32_t a[4], uint64_t desc_b,
                                    bool accumulate, const char* file = __builtin_FILE(),
                                    int line = __builtin_LINE()) {
   static_assert(N == 64 || N == 128 || N == 256, "wgmma wrappers: N is 64, 128 or 256");
-  sim::wgmma_rs<N>(sim::MmaInput::BF16, d, a, desc_b, accumulate, file, line);
+  sim::wgmma_rs<N>(sim::MmaInput::BF16, d, a, desc_b, kB == WgmmaMajor::MN, accumulate, file, line);
 }
 // The products above happen at issue time: these only check that the warpgroup is together.
 __forceinline__ void wgmma_fence(const char* file = __builtin_FILE(), int line = __builtin_LINE()) {

@@ -214,8 +214,8 @@ uint64_t wgmma_make_desc(const void* smem, uint32_t lbo, uint32_t sbo, unsigned 
          uint64_t(sbo >> 4) << 32 | window << kWgmmaWindowShift | uint64_t(swizzle) << 62;
 }
 
-WgmmaOperand wgmma_operand(uint64_t desc, int rows, char which, const char* instruction,
-                           const char* file, int line) {
+WgmmaOperand wgmma_operand(uint64_t desc, int rows, bool mn_major, char which,
+                           const char* instruction, const char* file, int line) {
   auto fail = [&](const std::string& why) {
     std::ostringstream out;
     out << "cuda simulator: " << instruction << " at " << file << ":" << line << ": descriptor 0x"
@@ -240,19 +240,30 @@ WgmmaOperand wgmma_operand(uint64_t desc, int rows, char which, const char* inst
   op.lbo = uint32_t(desc >> 16 & 0x3FFF) * 16;
   op.sbo = uint32_t(desc >> 32 & 0x3FFF) * 16;
   op.swizzle128 = swizzle == 1;
+  op.mn_major = mn_major;
   if (op.sbo == 0 || (!op.swizzle128 && op.lbo == 0)) {
     fail("stride byte offset " + std::to_string(op.sbo) + ", leading byte offset " +
          std::to_string(op.lbo) + ": a zero offset makes core matrices overlap");
   }
-  if (op.swizzle128 && op.start % 128 > 96) {
+  if (op.swizzle128 && mn_major && op.start % 128 != 0) {
+    // The wrappers' N is a multiple of 64: every k-row of a 64-column block is a whole swizzled
+    // 128-byte row, and where the hardware would take a start inside a row is not documented.
+    fail(
+        "with 128-byte swizzle an MN-major B must start on a 128-byte row, but the start "
+        "address is " +
+        std::to_string(op.start % 128) + " bytes into a row");
+  }
+  if (op.swizzle128 && !mn_major && op.start % 128 > 96) {
     fail(
         "with 128-byte swizzle the 16 elements along K (32 bytes) must lie in one 128-byte row, "
         "but the start address is " +
         std::to_string(op.start % 128) + " bytes into a row");
   }
   uintptr_t lo = UINTPTR_MAX, hi = 0;
-  for (int r = 0; r < rows; ++r) {
-    for (int k = 0; k < 16; k += 8) {
+  // 16 contiguous bytes: 8 elements along K (K-major) or along N (MN-major).
+  const int r_step = mn_major ? 8 : 1, k_step = mn_major ? 1 : 8;
+  for (int r = 0; r < rows; r += r_step) {
+    for (int k = 0; k < 16; k += k_step) {
       const auto at = reinterpret_cast<uintptr_t>(wgmma_element(op, r, k));
       lo = std::min(lo, at);
       hi = std::max(hi, at + 16);

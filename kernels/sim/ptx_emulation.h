@@ -105,13 +105,14 @@ struct WgmmaOperand {
   uintptr_t start;
   uint32_t lbo, sbo;
   bool swizzle128;
+  bool mn_major;  // B with imm-trans-b = 1 (see wgmma_element)
 };
 // Decodes the descriptor of an operand with `rows` rows (64 for A, N for B) by 16 elements along
-// K, and raises lathe::Error (naming `instruction` and file:line) unless it was made by
-// make_wgmma_desc, uses a supported mode (none, 128-byte swizzle; base offset 0) and every
-// element lies in shared memory.
-WgmmaOperand wgmma_operand(uint64_t desc, int rows, char which, const char* instruction,
-                           const char* file, int line);
+// K, K-major or (B only) MN-major, and raises lathe::Error (naming `instruction` and file:line)
+// unless it was made by make_wgmma_desc, uses a supported mode (none, 128-byte swizzle; base
+// offset 0) and every element lies in shared memory.
+WgmmaOperand wgmma_operand(uint64_t desc, int rows, bool mn_major, char which,
+                           const char* instruction, const char* file, int line);
 
 // The address of K-major element (row, k), 0 <= k < 16, of a decoded operand. Canonical layouts,
 // in bytes (T = 8 16-bit elements = 16 bytes):
@@ -125,9 +126,21 @@ WgmmaOperand wgmma_operand(uint64_t desc, int rows, char which, const char* inst
 //     swizzle pattern repeats on 1024-byte boundaries of the address space, not of the operand.
 //     That is why a kernel may step along K inside a 128-byte row by adding 32 bytes to the start
 //     address without changing the base offset.
+// MN-major (B only, row = n; cuda::wgmma_offset_mn has the derivation):
+//   none: start + (n/8)*SBO + (k/8)*LBO + (k%8)*16 + (n%8)*2 (8 k-rows of 8 contiguous n)
+//   128-byte swizzle: u = start + (n/64)*LBO + (k/8)*SBO + (k%8)*128 + (n%64)*2, XORed as above.
 inline const uint16_t* wgmma_element(const WgmmaOperand& op, int row, int k) {
   uintptr_t u;
-  if (op.swizzle128) {
+  if (op.mn_major) {
+    if (op.swizzle128) {
+      u = op.start + uintptr_t(row / 64) * op.lbo + uintptr_t(k / 8) * op.sbo +
+          uintptr_t(k % 8) * 128 + uintptr_t(row % 64) * 2;
+      u ^= (u >> 7 & 7) << 4;
+    } else {
+      u = op.start + uintptr_t(row / 8) * op.sbo + uintptr_t(k / 8) * op.lbo +
+          uintptr_t(k % 8) * 16 + uintptr_t(row % 8) * 2;
+    }
+  } else if (op.swizzle128) {
     u = op.start + uintptr_t(row / 8) * op.sbo + uintptr_t(row % 8) * 128 + uintptr_t(k) * 2;
     u ^= (u >> 7 & 7) << 4;
   } else {
@@ -147,7 +160,7 @@ void wgmma_sync(const char* instruction, const char* file, int line);
 void wgmma_gather_a(const uint32_t a[4], uint32_t rows[2][8], const char* instruction,
                     const char* file, int line);
 
-// The columns of B (K-major, [n][k]: B(k, n) is the operand's element (row n, k)) a thread needs:
+// The columns of B (B(k, n) is the operand's element (row n, k), K- or MN-major) a thread needs:
 // n = 8i + 2t + j (t = its lane % 4) at index 2i + j.
 template <int N>
 inline void wgmma_read_b(MmaInput type, const WgmmaOperand& b, float cols[N / 4][16]) {
@@ -184,11 +197,11 @@ inline void wgmma_accumulate(float* d, const float a[2][16], const float b[N / 4
 }
 
 template <int N>
-inline void wgmma_ss(MmaInput type, float* d, uint64_t desc_a, uint64_t desc_b, bool scale_d,
-                     const char* file, int line) {
+inline void wgmma_ss(MmaInput type, float* d, uint64_t desc_a, uint64_t desc_b, bool b_mn_major,
+                     bool scale_d, const char* file, int line) {
   const char* name = wgmma_name(type, N, false);
-  const WgmmaOperand a_op = wgmma_operand(desc_a, 64, 'A', name, file, line);
-  const WgmmaOperand b_op = wgmma_operand(desc_b, N, 'B', name, file, line);
+  const WgmmaOperand a_op = wgmma_operand(desc_a, 64, false, 'A', name, file, line);
+  const WgmmaOperand b_op = wgmma_operand(desc_b, N, b_mn_major, 'B', name, file, line);
   const unsigned rank = linear_thread_id() % 128;
   const int row0 = int(16 * (rank / 32) + rank % 32 / 4);
   float a[2][16], b[N / 4][16];
@@ -202,9 +215,9 @@ inline void wgmma_ss(MmaInput type, float* d, uint64_t desc_a, uint64_t desc_b, 
 
 template <int N>
 inline void wgmma_rs(MmaInput type, float* d, const uint32_t a_frag[4], uint64_t desc_b,
-                     bool scale_d, const char* file, int line) {
+                     bool b_mn_major, bool scale_d, const char* file, int line) {
   const char* name = wgmma_name(type, N, true);
-  const WgmmaOperand b_op = wgmma_operand(desc_b, N, 'B', name, file, line);
+  const WgmmaOperand b_op = wgmma_operand(desc_b, N, b_mn_major, 'B', name, file, line);
   float a[2][16], b[N / 4][16];
   wgmma_read_b<N>(type, b_op, b);
   uint32_t rows[2][8];

@@ -26,6 +26,8 @@
 #include <sstream>
 #include <string>
 #include <tuple>
+#include <utility>
+#include <vector>
 
 #include "core/tensor_internal.h"
 #include "cuda/attention_test_util.h"
@@ -196,8 +198,7 @@ Tensor nan_tensor(const Shape& shape, DType dtype) {
 // The cuda kernels called directly through the KernelTable, every output poisoned with NaN; out,
 // dq, dk and dv are views in `out_layout` (dq, dk, dv in one buffer when it is Packed).
 // `deterministic` picks the backward's dQ mode.
-Results run_kernels(const Case& c, const Inputs& in, Layout out_layout = Layout::Contiguous,
-                    bool deterministic = true) {
+kernels::AttentionForwardArgs forward_args(const Case& c, const Inputs& in) {
   kernels::AttentionForwardArgs a;
   a.dtype = c.dtype;
   a.batch = c.B * c.H;
@@ -213,6 +214,12 @@ Results run_kernels(const Case& c, const Inputs& in, Layout out_layout = Layout:
   a.dropout_p = c.p;
   a.seed = c.seed;
   a.offset = c.offset;
+  return a;
+}
+
+Results run_kernels(const Case& c, const Inputs& in, Layout out_layout = Layout::Contiguous,
+                    bool deterministic = true) {
+  kernels::AttentionForwardArgs a = forward_args(c, in);
   Results r;
   const Laid out = make_layout(out_layout, 1, c, c.tq, kNaN);
   Laid grads;
@@ -564,8 +571,12 @@ TEST_CASE("flash attention: a variant asked for where it does not exist is an er
   c.d = 64;
   const Inputs in = make_inputs(c, 1600);
   {
-    const VariantGuard variant({2, 0});
-    CHECK_THROWS_WITH(run_kernels(c, in), Catch::Contains("no forward variant 2"));
+    const VariantGuard variant({3, 0});
+    CHECK_THROWS_WITH(run_kernels(c, in), Catch::Contains("no forward variant 3"));
+  }
+  {
+    const VariantGuard variant({0, 2});
+    CHECK_THROWS_WITH(run_kernels(c, in), Catch::Contains("no backward variant 2"));
   }
   for (const auto& [dtype, d, p] : {std::tuple<DType, int64_t, double>{DType::F16, 64, 0.0},
                                     {DType::BF16, 128, 0.0},
@@ -582,6 +593,213 @@ TEST_CASE("flash attention: a variant asked for where it does not exist is an er
     }
     const VariantGuard variant({0, 1});
     CHECK_THROWS_WITH(run_kernels(other, o), Catch::Contains("backward variant exists for bf16"));
+  }
+}
+
+namespace {
+
+// The forward kernel alone (out and lse poisoned with NaN; out a view in `out_layout`).
+Results run_forward(const Case& c, const Inputs& in, Layout out_layout = Layout::Contiguous) {
+  kernels::AttentionForwardArgs a = forward_args(c, in);
+  Results r;
+  const Laid out = make_layout(out_layout, 1, c, c.tq, kNaN);
+  r.buffers = out.buffers;
+  r.out = out.views[0];
+  r.lse = nan_tensor({c.B * c.H, c.tq}, DType::F32);
+  a.out = detail::make_view(r.out);
+  a.lse = r.lse.data_ptr();
+  cuda_k().attention_forward(a);
+  return r;
+}
+
+// The natural log-sum-exp of every query row's scaled and masked scores, in f64 from the rounded
+// inputs ([B * H * tq]); -inf where every key is masked.
+std::vector<double> reference_lse(const Case& c, const Inputs& in) {
+  const Tensor q = in.q.to(kCpu).to(DType::F64), k = in.k.to(kCpu).to(DType::F64);
+  const std::vector<double> s = matmul(q, k.transpose(2, 3)).contiguous().to_vector<double>();
+  std::vector<double> mask;
+  if (in.mask.defined()) {
+    Tensor m = in.mask.to(kCpu).to(DType::F64);
+    if (m.dim() == 3) m = m.unsqueeze(0);
+    mask = m.expand({c.B, c.H, c.tq, c.tk}).contiguous().to_vector<double>();
+  }
+  const bool bool_mask = in.mask.defined() && in.mask.dtype() == DType::Bool;
+  const double scale = 1.0 / std::sqrt(double(c.d));
+  std::vector<double> lse(size_t(c.B * c.H * c.tq));
+  for (size_t row = 0; row < lse.size(); ++row) {
+    std::vector<double> x;
+    const int64_t i = int64_t(row) % c.tq;
+    for (int64_t j = 0; j < c.tk; ++j) {
+      const size_t at = row * size_t(c.tk) + size_t(j);
+      if (c.causal && j > i) continue;
+      double v = s[at] * scale;
+      if (!mask.empty()) {
+        if (bool_mask && mask[at] == 0) continue;
+        if (!bool_mask) v += mask[at];
+      }
+      if (v != -kInf) x.push_back(v);
+    }
+    if (x.empty()) {
+      lse[row] = -kInf;
+      continue;
+    }
+    const double mx = *std::max_element(x.begin(), x.end());
+    double sum = 0;
+    for (double v : x) sum += std::exp(v - mx);
+    lse[row] = mx + std::log(sum);
+  }
+  return lse;
+}
+
+// lse within tol (absolute, times max(1, |lse|)) of the reference, -inf exactly where it is.
+void check_lse(const Tensor& lse, const std::vector<double>& want) {
+  const std::vector<float> got = lse.to(kCpu).to_vector<float>();
+  REQUIRE(got.size() == want.size());
+  double worst = 0;
+  int64_t wrong_inf = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (want[i] == -kInf) {
+      wrong_inf += got[i] != -std::numeric_limits<float>::infinity();
+      continue;
+    }
+    const double err = std::abs(double(got[i]) - want[i]) / std::max(1.0, std::abs(want[i]));
+    worst = std::isnan(err) ? kInf : std::max(worst, err);
+  }
+  INFO("lse: worst relative error " << worst << ", " << wrong_inf << " rows not -inf");
+  // S is exact products summed in f32 and ex2.approx errs by ~2^-22: far below 1e-4.
+  CHECK(worst <= 1e-4);
+  CHECK(wrong_inf == 0);
+}
+
+// Forward variant 2 on `c`: its output against the f64 composite and its lse against
+// reference_lse, counting the launch.
+Results check_wgmma_forward(const Case& c, const Inputs& in) {
+  INFO(describe(c));
+  const Reference ref = reference(c, in);
+  const long long launches = kernels::cuda::flash_attention_variant_launches();
+  const VariantGuard variant({2, 0});
+  Results r = run_forward(c, in);
+  CHECK(kernels::cuda::flash_attention_variant_launches() == launches + 1);
+  check_rel(r.out, ref.out, tol_of(c.dtype, false), "output");
+  check_lse(r.lse, reference_lse(c, in));
+  return r;
+}
+
+}  // namespace
+
+TEST_CASE("flash attention: forward variant 2 (sm_90a wgmma) against the f64 composite",
+          "[cuda][attention]") {
+  // Blocks of 128 query rows (two warpgroups of 64) and 128-key tiles: T = 1, 17 (one partial
+  // tile and one idle warpgroup), 64, 129 (a second query block and key tile with one row/key),
+  // 300 (three key tiles, so both buffers are refilled). Both dtypes meet each head dim and causal
+  // setting.
+  const int64_t t = GENERATE(1, 17, 64, 129, 300);
+  const int64_t d = GENERATE(64, 128);
+  const bool causal = GENERATE(false, true);
+  Case c;
+  c.B = 1;
+  c.H = 2;
+  c.tq = c.tk = t;
+  c.d = d;
+  c.causal = causal;
+  c.dtype = (t + d / 64 + (causal ? 1 : 0)) % 2 == 0 ? DType::F16 : DType::BF16;
+  check_wgmma_forward(c, make_inputs(c, 2000 + uint64_t(t + d)));
+}
+
+TEST_CASE("flash attention: forward variant 2 with Tq != Tk and masks", "[cuda][attention]") {
+  SECTION("Tq != Tk, causal top-left") {
+    const auto [tq, tk] =
+        GENERATE(std::pair<int64_t, int64_t>{17, 129}, std::pair<int64_t, int64_t>{129, 70},
+                 std::pair<int64_t, int64_t>{65, 1}, std::pair<int64_t, int64_t>{200, 300});
+    const bool causal = GENERATE(false, true);
+    Case c;
+    c.B = 2;
+    c.H = 1;
+    c.tq = tq;
+    c.tk = tk;
+    c.d = tq == 129 ? 128 : 64;
+    c.dtype = causal ? DType::F16 : DType::BF16;
+    c.causal = causal;
+    check_wgmma_forward(c, make_inputs(c, 2100 + uint64_t(tq + tk)));
+  }
+  SECTION("key-padding and additive masks, fully padded rows") {
+    const MaskKind kind =
+        GENERATE(MaskKind::KeyPaddingBool, MaskKind::KeyPaddingFloat, MaskKind::Bias);
+    const int64_t t = GENERATE(17, 129);
+    const bool causal = GENERATE(false, true);
+    Case c;
+    c.B = 2;
+    c.H = kind == MaskKind::Bias ? 2 : 1;
+    c.tq = c.tk = t;
+    c.d = kind == MaskKind::KeyPaddingFloat ? 128 : 64;
+    c.dtype = t == 17 ? DType::BF16 : DType::F16;
+    c.mask = kind;
+    c.causal = causal;
+    const Results r = check_wgmma_forward(c, make_inputs(c, 2200 + uint64_t(t)));
+    if (kind != MaskKind::Bias) {
+      // Batch 1 has every key padded: zeros and lse = -inf (the reference lse says so too).
+      CHECK(frobenius(r.out.to(kCpu).select(0, 1)) == 0.0);
+      for (float x : r.lse.to(kCpu).select(0, 1).to_vector<float>()) {
+        CHECK(x == -std::numeric_limits<float>::infinity());
+      }
+    }
+  }
+}
+
+TEST_CASE("flash attention: forward variant 2 reads strided operands and is schedule-invariant",
+          "[cuda][attention]") {
+  // Same arithmetic through batch, head and row strides: the contiguous run's bits. And the same
+  // bits under every simulator schedule (the warpgroup rendezvous, the barriers around the
+  // double buffer).
+  const Layout layout = GENERATE(Layout::HeadView, Layout::Packed, Layout::PaddedRows);
+  Case c;
+  c.B = 2;
+  c.H = 2;
+  c.tq = c.tk = 150;
+  c.d = layout == Layout::HeadView ? 128 : 64;
+  c.dtype = layout == Layout::Packed ? DType::F16 : DType::BF16;
+  c.causal = layout != Layout::PaddedRows;
+  c.mask = MaskKind::KeyPaddingFloat;
+  INFO(layout_name(layout) << ", " << describe(c));
+  const Inputs in = make_inputs(c, 2300 + uint64_t(layout));
+  const Inputs strided = relayout(layout, c, in);
+  REQUIRE(!strided.q.is_contiguous());
+  const VariantGuard variant({2, 0});
+  const Results contiguous = run_forward(c, in);
+  const Results r = run_forward(c, strided, layout);
+  REQUIRE(!r.out.is_contiguous());
+  CHECK(bytes_of(r.out) == bytes_of(contiguous.out));
+  CHECK(bytes_of(r.lse) == bytes_of(contiguous.lse));
+  if (layout == Layout::PaddedRows) {
+    for (double x :
+         r.buffers[0].narrow(3, c.d, 8).to(kCpu).to(DType::F64).contiguous().to_vector<double>()) {
+      REQUIRE(std::isnan(x));
+    }
+  }
+  if (layout == Layout::Packed) {
+    check_schedule_invariant([&] {
+      const Results s = run_forward(c, strided, layout);
+      return std::vector<Tensor>{s.out, s.lse};
+    });
+  }
+}
+
+TEST_CASE("flash attention: forward variant 2 refuses what it does not support",
+          "[cuda][attention]") {
+  // Dropout and head dims other than 64 and 128 are not in the wgmma kernel yet; the backward has
+  // no variant 2.
+  for (const auto& [d, p] :
+       {std::pair<int64_t, double>{32, 0.0}, std::pair<int64_t, double>{64, 0.1}}) {
+    Case c;
+    c.d = d;
+    c.p = p;
+    c.seed = 3;
+    INFO(describe(c));
+    const Inputs in = make_inputs(c, 2400);
+    const VariantGuard variant({2, 0});
+    CHECK_THROWS_WITH(run_forward(c, in),
+                      Catch::Contains("forward variant 2 (sm_90a wgmma) exists for f16/bf16 at "
+                                      "head dim 64 or 128 without dropout only"));
   }
 }
 

@@ -288,8 +288,16 @@ struct WgmmaPlacement {
   WgmmaSwizzle swizzle;
   uint32_t lbo, sbo;
   int rows;
+  bool mn_major = false;
   // Byte offset of element (row, k) of the whole [rows][16 * ksteps] operand (WgmmaLayout).
   __device__ uint32_t offset(int row, int k) const {
+    if (mn_major) {
+      // Swizzled, K continues through SBO (8-k-row groups); without swizzle each k step is a
+      // block of its own, as in the K-major case.
+      if (swizzle == WgmmaSwizzle::B128) return cuda::wgmma_offset_mn(swizzle, row, k, lbo, sbo);
+      return uint32_t(k / 16) * uint32_t(rows) * 32 +
+             cuda::wgmma_offset_mn(swizzle, row, k % 16, lbo, sbo);
+    }
     if (swizzle == WgmmaSwizzle::B128) {
       return uint32_t(k / 64) * uint32_t(rows) * 128 +
              cuda::wgmma_offset(swizzle, row, k % 64, lbo, sbo);
@@ -310,7 +318,22 @@ __device__ WgmmaPlacement wgmma_placement(int layout, int rows) {
   }
 }
 
-template <bool BF16, int N, bool RS>
+// An MN-major B ([K][N] in the canonical layouts of cuda::wgmma_offset_mn), same names: no swizzle
+// with the core matrices along N adjacent (SBO 128, LBO = N*16) or the two along K adjacent (LBO
+// 128, SBO 256, a block per k step), or 128-byte swizzle with 8-k-row groups 1024 bytes apart and
+// 64-column blocks of all K k-rows LBO = K*128 apart.
+__device__ WgmmaPlacement wgmma_placement_mn(int layout, int rows, int K) {
+  switch (WgmmaLayout(layout)) {
+    case WgmmaLayout::InterleaveMN:
+      return {WgmmaSwizzle::None, uint32_t(rows) * 16, 128, rows, true};
+    case WgmmaLayout::InterleaveK:
+      return {WgmmaSwizzle::None, 128, 256, rows, true};
+    default:
+      return {WgmmaSwizzle::B128, uint32_t(K) * 128, 1024, rows, true};
+  }
+}
+
+template <bool BF16, int N, bool RS, bool BMN>
 __global__ void __launch_bounds__(128)
     wgmma_kernel(int layout, int ksteps, int accumulate, const uint16_t* a, const uint16_t* b,
                  const float* c, float* d) {
@@ -318,7 +341,9 @@ __global__ void __launch_bounds__(128)
   alignas(1024) __shared__ uint16_t sa[64 * 128];
   alignas(1024) __shared__ uint16_t sb[8192];
   const int tid = threadIdx.x, K = 16 * ksteps;
-  const WgmmaPlacement pa = wgmma_placement(layout, 64), pb = wgmma_placement(layout, N);
+  const WgmmaPlacement pa = wgmma_placement(layout, 64);
+  const WgmmaPlacement pb = BMN ? wgmma_placement_mn(layout, N, K) : wgmma_placement(layout, N);
+  constexpr cuda::WgmmaMajor kB = BMN ? cuda::WgmmaMajor::MN : cuda::WgmmaMajor::K;
   if (!RS) {
     for (int i = tid; i < 64 * K; i += 128) sa[pa.offset(i / K, i % K) / 2] = a[i];
   }
@@ -355,15 +380,15 @@ __global__ void __launch_bounds__(128)
     const bool scale_d = accumulate || s > 0;
     if constexpr (RS) {
       if constexpr (BF16) {
-        cuda::wgmma_rs_bf16<N>(acc, frag[s], db, scale_d);
+        cuda::wgmma_rs_bf16<N, kB>(acc, frag[s], db, scale_d);
       } else {
-        cuda::wgmma_rs_f16<N>(acc, frag[s], db, scale_d);
+        cuda::wgmma_rs_f16<N, kB>(acc, frag[s], db, scale_d);
       }
     } else {
       if constexpr (BF16) {
-        cuda::wgmma_ss_bf16<N>(acc, da, db, scale_d);
+        cuda::wgmma_ss_bf16<N, kB>(acc, da, db, scale_d);
       } else {
-        cuda::wgmma_ss_f16<N>(acc, da, db, scale_d);
+        cuda::wgmma_ss_f16<N, kB>(acc, da, db, scale_d);
       }
     }
   }
@@ -518,6 +543,10 @@ uint64_t wgmma_desc_bits(uint32_t smem_address, uint32_t lbo, uint32_t sbo, bool
 uint32_t wgmma_layout_offset(bool swizzle128, int row, int k, uint32_t lbo, uint32_t sbo) {
   return cuda::wgmma_offset(swizzle128 ? WgmmaSwizzle::B128 : WgmmaSwizzle::None, row, k, lbo, sbo);
 }
+uint32_t wgmma_layout_offset_mn(bool swizzle128, int n, int k, uint32_t lbo, uint32_t sbo) {
+  return cuda::wgmma_offset_mn(swizzle128 ? WgmmaSwizzle::B128 : WgmmaSwizzle::None, n, k, lbo,
+                               sbo);
+}
 
 bool wgmma_supported() {
 #ifdef __CUDACC__
@@ -533,30 +562,34 @@ bool wgmma_supported() {
 }
 
 void wgmma_tile(Elem elem, bool rs, int n, WgmmaLayout layout, int ksteps, bool accumulate,
-                const uint16_t* a, const uint16_t* b, const float* c, float* d) {
+                const uint16_t* a, const uint16_t* b, const float* c, float* d, bool b_mn_major) {
   const int K = 16 * ksteps;
-  // The kernel's shared tiles hold 8192 elements each; a swizzled block is 64 columns wide
-  // however few of them are used.
+  // The kernel's shared tiles hold 8192 elements each; a K-major swizzled block is 64 columns
+  // wide however few of them are used (an MN-major one is 64 wide along N, which n fills).
   const int k_footprint = layout == WgmmaLayout::Swizzle128 ? (K + 63) / 64 * 64 : K;
-  LATHE_CHECK(
-      (n == 64 || n == 128 || n == 256) && ksteps >= 1 && ksteps <= 8 && n * k_footprint <= 8192,
-      "ptx_tests::wgmma_tile: n = ", n, ", ksteps = ", ksteps,
-      " (n is 64, 128 or 256; 1 <= ksteps <= 8 and n * K <= 8192, K rounded up to 64 "
-      "with 128-byte swizzle)");
+  LATHE_CHECK((n == 64 || n == 128 || n == 256) && ksteps >= 1 && ksteps <= 8 &&
+                  n * (b_mn_major ? K : k_footprint) <= 8192,
+              "ptx_tests::wgmma_tile: n = ", n, ", ksteps = ", ksteps,
+              " (n is 64, 128 or 256; 1 <= ksteps <= 8 and n * K <= 8192, K rounded up to 64 "
+              "with a K-major 128-byte swizzled B)");
   DeviceArray<uint16_t> da(a, size_t(64) * K), db(b, size_t(n) * K);
   DeviceArray<float> dc(accumulate ? c : nullptr, size_t(64) * n), dd(nullptr, size_t(64) * n);
   auto run = [&](auto kernel) {
     cuda::launch(kernel, dim3(1), dim3(128), 0, nullptr, "wgmma_tile", int(layout), ksteps,
                  int(accumulate), da.get(), db.get(), dc.get(), dd.get());
   };
-  auto by_n = [&](auto bf16, auto is_rs) {
+  auto by_major = [&](auto bf16, auto is_rs, auto n_value) {
     constexpr bool kBF16 = decltype(bf16)::value, kRS = decltype(is_rs)::value;
+    constexpr int kN = decltype(n_value)::value;
+    b_mn_major ? run(wgmma_kernel<kBF16, kN, kRS, true>) : run(wgmma_kernel<kBF16, kN, kRS, false>);
+  };
+  auto by_n = [&](auto bf16, auto is_rs) {
     if (n == 64) {
-      run(wgmma_kernel<kBF16, 64, kRS>);
+      by_major(bf16, is_rs, std::integral_constant<int, 64>{});
     } else if (n == 128) {
-      run(wgmma_kernel<kBF16, 128, kRS>);
+      by_major(bf16, is_rs, std::integral_constant<int, 128>{});
     } else {
-      run(wgmma_kernel<kBF16, 256, kRS>);
+      by_major(bf16, is_rs, std::integral_constant<int, 256>{});
     }
   };
   using F = std::false_type;
@@ -672,15 +705,16 @@ int self_check(std::string* report) {
   if (!wgmma_supported()) {
     log << "skip wgmma: needs compute capability 9.x (sm_90a code)\n";
   } else {
-    auto wgmma_check = [&](Elem e, bool rs, int n, WgmmaLayout layout, int ksteps,
-                           bool accumulate) {
+    auto wgmma_check = [&](Elem e, bool rs, int n, WgmmaLayout layout, int ksteps, bool accumulate,
+                           bool b_mn_major) {
       const int K = 16 * ksteps;
       auto a = random_matrix(e, size_t(64) * K, 31 + n + ksteps);
       auto b = random_matrix(e, size_t(n) * K, 32 + n);
       std::vector<float> c(size_t(64) * n), d(size_t(64) * n);
       Lcg rng{33};
       for (auto& v : c) v = rng.uniform();
-      wgmma_tile(e, rs, n, layout, ksteps, accumulate, a.data(), b.data(), c.data(), d.data());
+      wgmma_tile(e, rs, n, layout, ksteps, accumulate, a.data(), b.data(), c.data(), d.data(),
+                 b_mn_major);
       double worst = 0;
       for (int i = 0; i < 64; ++i) {
         for (int j = 0; j < n; ++j) {
@@ -697,20 +731,24 @@ int self_check(std::string* report) {
       }
       std::ostringstream line;
       line << "wgmma m64n" << n << "k16 " << elem_name(e) << (rs ? " RS" : " SS") << ", "
-           << wgmma_layout_name(layout) << ", " << ksteps << " k steps"
-           << (accumulate ? ", accumulating" : ", scale-d 0") << ": max relative error " << worst
-           << " (limit 1e-4)";
+           << wgmma_layout_name(layout) << (b_mn_major ? ", B MN-major" : "") << ", " << ksteps
+           << " k steps" << (accumulate ? ", accumulating" : ", scale-d 0")
+           << ": max relative error " << worst << " (limit 1e-4)";
       record(worst <= 1e-4, line.str());
     };
     for (Elem e : {Elem::F16, Elem::BF16}) {
       for (bool rs : {false, true}) {
-        for (int n : {64, 128}) {
-          for (WgmmaLayout layout : kWgmmaLayouts) {
-            wgmma_check(e, rs, n, layout, n == 64 ? 8 : 4, true);
+        for (bool mn : {false, true}) {
+          for (int n : {64, 128}) {
+            for (WgmmaLayout layout : kWgmmaLayouts) {
+              wgmma_check(e, rs, n, layout, n == 64 ? 8 : 4, true, mn);
+            }
           }
+          wgmma_check(e, rs, 128, WgmmaLayout::Swizzle128, 2, false, mn);
+          wgmma_check(e, rs, 256, WgmmaLayout::InterleaveK, 2, true, mn);
         }
-        wgmma_check(e, rs, 128, WgmmaLayout::Swizzle128, 2, false);
-        wgmma_check(e, rs, 256, WgmmaLayout::InterleaveK, 2, true);
+        // 256 columns of MN-major B: four 64-column swizzled blocks, LBO apart.
+        wgmma_check(e, rs, 256, WgmmaLayout::Swizzle128, 2, true, true);
       }
     }
   }

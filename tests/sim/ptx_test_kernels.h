@@ -57,6 +57,8 @@ const char* wgmma_layout_name(WgmmaLayout layout);
 // 128-byte swizzle, else none), for tests of the encodings against the PTX ISA.
 uint64_t wgmma_desc_bits(uint32_t smem_address, uint32_t lbo, uint32_t sbo, bool swizzle128);
 uint32_t wgmma_layout_offset(bool swizzle128, int row, int k, uint32_t lbo, uint32_t sbo);
+// cuda::wgmma_offset_mn: element (n, k) of an MN-major B.
+uint32_t wgmma_layout_offset_mn(bool swizzle128, int n, int k, uint32_t lbo, uint32_t sbo);
 
 // Whether wgmma can run here: always in the simulated build; on a GPU, compute capability 9.x
 // (and the kernels must have been compiled for sm_90a, as LATHE_CUDA_ARCHS' default does).
@@ -67,9 +69,13 @@ bool wgmma_supported();
 // B(k, j)). rs: A comes from registers (the mma A-fragment layout per warp) instead of shared
 // memory. accumulate = false: the first instruction has scale-d = 0 and must overwrite the
 // accumulators, which hold garbage (c is not read). n is 64, 128 or 256; n*K is at most 8192
-// elements, with K rounded up to 64 for Swizzle128 (so no n = 256 there).
+// elements, with K rounded up to 64 for a K-major Swizzle128 B (so no n = 256 there).
+// b_mn_major: B is placed MN-major ([K][N], wgmma_placement_mn in the .cu: the same three layout
+// names, no swizzle with SBO 128 or LBO 128, and 128-byte swizzle with 64-column blocks K*128
+// bytes apart) and read with imm-trans-b = 1; b is given as b[n][K] either way.
 void wgmma_tile(Elem elem, bool rs, int n, WgmmaLayout layout, int ksteps, bool accumulate,
-                const uint16_t* a, const uint16_t* b, const float* c, float* d);
+                const uint16_t* a, const uint16_t* b, const float* c, float* d,
+                bool b_mn_major = false);
 
 // Misuse the simulator must report: a descriptor of a pointer that is not 16-byte aligned, or
 // not in shared memory, one not made by make_wgmma_desc, one with 64-byte swizzle, a block of 96

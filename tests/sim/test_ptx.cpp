@@ -7,6 +7,7 @@
 #include <cmath>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "lathe/core/error.h"
@@ -259,6 +260,19 @@ TEST_CASE("ptx: wgmma descriptor bits and canonical layout offsets follow the PT
   CHECK(wgmma_layout_offset(true, 3, 8, 16, 1024) == 3 * 128 + 2 * 16);
   CHECK(wgmma_layout_offset(true, 7, 63, 16, 1024) == 7 * 128 + 0 * 16 + 14);
   CHECK(wgmma_layout_offset(true, 13, 21, 16, 1024) == 1024 + 5 * 128 + 16 * 7 + 10);
+  // MN-major B (imm-trans-b = 1), no swizzle: core matrices of 8 k-rows of 8 contiguous n, SBO
+  // along N and LBO along K as in the K-major case.
+  using ptx_tests::wgmma_layout_offset_mn;
+  CHECK(wgmma_layout_offset_mn(false, 7, 0, 1024, 128) == 14);
+  CHECK(wgmma_layout_offset_mn(false, 0, 7, 1024, 128) == 112);
+  CHECK(wgmma_layout_offset_mn(false, 10, 9, 1024, 128) == 128 + 1024 + 16 + 4);
+  // MN-major, 128-byte swizzle: k-rows of 64 n (128 bytes), 8-k-row groups SBO apart, 64-column
+  // blocks LBO apart; chunk c of k-row r sits at c ^ (r % 8).
+  CHECK(wgmma_layout_offset_mn(true, 9, 0, 8192, 1024) == 18);
+  CHECK(wgmma_layout_offset_mn(true, 0, 1, 8192, 1024) == 128 + 16);
+  CHECK(wgmma_layout_offset_mn(true, 21, 13, 8192, 1024) == 1024 + 5 * 128 + 16 * 7 + 10);
+  CHECK(wgmma_layout_offset_mn(true, 64 + 21, 13, 8192, 1024) ==
+        8192 + 1024 + 5 * 128 + 16 * 7 + 10);
 }
 
 TEST_CASE("ptx: wgmma m64nNk16 SS and RS over every layout match an f64 product", "[ptx]") {
@@ -269,10 +283,12 @@ TEST_CASE("ptx: wgmma m64nNk16 SS and RS over every layout match an f64 product"
     for (bool rs : {false, true}) {
       for (Case cs : {Case{64, 8}, Case{128, 4}, Case{64, 1}}) {
         for (ptx_tests::WgmmaLayout layout : ptx_tests::kWgmmaLayouts) {
-          for (bool integers : {true, false}) {
+          for (const auto& [integers, mn] : {std::pair{true, false}, std::pair{false, false},
+                                             std::pair{true, true}, std::pair{false, true}}) {
             const int K = 16 * cs.ksteps;
             INFO(name(e) << (rs ? " RS" : " SS") << " N=" << cs.n << ", " << cs.ksteps
                          << " k steps, " << ptx_tests::wgmma_layout_name(layout)
+                         << (mn ? ", B MN-major" : ", B K-major")
                          << (integers ? ", integer inputs" : ", uniform inputs"));
             auto a = matrix(e, size_t(64) * K, 40 + cs.n, integers);
             auto b = matrix(e, size_t(cs.n) * K, 41 + cs.ksteps, integers);
@@ -287,7 +303,7 @@ TEST_CASE("ptx: wgmma m64nNk16 SS and RS over every layout match an f64 product"
               std::vector<float> d(c.size(), -12345.f);
               under(s, [&] {
                 ptx_tests::wgmma_tile(e, rs, cs.n, layout, cs.ksteps, true, a.data(), b.data(),
-                                      c.data(), d.data());
+                                      c.data(), d.data(), mn);
               });
               if (integers) {
                 std::vector<float> exact(want.begin(), want.end());
@@ -310,12 +326,14 @@ TEST_CASE("ptx: wgmma with scale-d 0 overwrites the accumulators; N = 256", "[pt
     for (bool rs : {false, true}) {
       for (int n : {64, 128, 256}) {
         for (ptx_tests::WgmmaLayout layout : ptx_tests::kWgmmaLayouts) {
-          // 256 rows of 128-byte swizzled B do not fit the test kernel's tile.
-          if (n == 256 && layout == ptx_tests::WgmmaLayout::Swizzle128) continue;
-          for (bool accumulate : {false, true}) {
+          for (const auto& [accumulate, mn] : {std::pair{false, false}, std::pair{true, false},
+                                               std::pair{false, true}, std::pair{true, true}}) {
+            // 256 rows of K-major 128-byte swizzled B do not fit the test kernel's tile.
+            if (n == 256 && layout == ptx_tests::WgmmaLayout::Swizzle128 && !mn) continue;
             const int ksteps = n == 256 ? 2 : 3, K = 16 * ksteps;
             INFO(name(e) << (rs ? " RS" : " SS") << " N=" << n << ", "
                          << ptx_tests::wgmma_layout_name(layout)
+                         << (mn ? ", B MN-major" : ", B K-major")
                          << (accumulate ? ", accumulating" : ", scale-d 0"));
             auto a = matrix(e, size_t(64) * K, 50 + n, true);
             auto b = matrix(e, size_t(n) * K, 51, true);
@@ -325,7 +343,7 @@ TEST_CASE("ptx: wgmma with scale-d 0 overwrites the accumulators; N = 256", "[pt
             wgmma_reference(e, n, K, a, b, accumulate ? c : std::vector<float>{}, want, scale);
             std::vector<float> d(c.size(), -12345.f);
             ptx_tests::wgmma_tile(e, rs, n, layout, ksteps, accumulate, a.data(), b.data(),
-                                  c.data(), d.data());
+                                  c.data(), d.data(), mn);
             std::vector<float> exact(want.begin(), want.end());
             CHECK(same_bits(d, exact));
           }
@@ -344,6 +362,9 @@ TEST_CASE("ptx: self-check entry for a real GPU passes", "[ptx]") {
   if (ptx_tests::wgmma_supported()) {
     CHECK(report.find("wgmma m64n128k16 bf16 RS, 128B swizzle, 4 k steps") != std::string::npos);
     CHECK(report.find("wgmma m64n256k16 f16 SS, no swizzle, LBO 128") != std::string::npos);
+    CHECK(report.find("wgmma m64n128k16 bf16 RS, 128B swizzle, B MN-major, 4 k steps") !=
+          std::string::npos);
+    CHECK(report.find("wgmma m64n256k16 f16 RS, 128B swizzle, B MN-major") != std::string::npos);
   }
 }
 
