@@ -27,6 +27,10 @@
 //     blocks, so dQ may differ in its last bits from run to run (out, lse, dK, dV and grad_mask do
 //     not: they come from the same arithmetic in both modes).
 //
+// Forward variant 2, FlashAttention-3's arithmetic on Hopper's warpgroup MMA, is in
+// attention_wgmma.cu; the helpers both files use (Params, masks, dropout, fragments) are in
+// flash_attention.cuh.
+//
 // Dropout is a template parameter of the three tile kernels: inlined Philox in every unrolled
 // element loop made the kernels' code several times larger, and without dropout the H200's
 // profile of the dK/dV kernel showed 31% of its stall cycles waiting for instruction fetch.
@@ -46,10 +50,10 @@
 #include <optional>
 #include <string_view>
 
-#include "kernels/cuda/attention_layout.cuh"
 #include "kernels/cuda/attention_variant.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda/flash_attention.cuh"
 #include "kernels/cuda/ptx.cuh"
 #include "kernels/cuda/rows.cuh"
 #include "kernels/sim/sim.h"  // LATHE_DYNAMIC_SHARED in both builds
@@ -63,207 +67,11 @@ namespace {
 FlashAttentionVariant g_flash_variant;
 long long g_flash_variant_launches = 0;
 
+}  // namespace
+
 namespace flash {
 
-using namespace attention_layout;  // operand rows, leading dims and the mask's layout
-
-constexpr int kWarps = 4;
-constexpr int kThreads = 32 * kWarps;
-constexpr int kBlockM = 64;  // query rows per dQ block (and forward block at d = 128), 16 per warp
-constexpr int kBlockN = 64;  // keys per tile, and per dK/dV block (16 per warp)
-constexpr int kPad = 8;      // halves added to every shared row: ldmatrix rows hit distinct banks
-constexpr float kLog2e = 1.4426950408889634f;
-constexpr float kLn2 = 0.6931471805599453f;
-
-// Query rows per tile of the dK/dV kernel: 32 for d = 128 keeps the transposed score tiles small
-// enough that the two [16, d] accumulators stay in registers.
-template <int D>
-constexpr int kv_query_tile() {
-  return D >= 128 ? 32 : 64;
-}
-
-// Leading dims: attention_layout.cuh.
-struct Params : Lead {
-  const void* q = nullptr;
-  const void* k = nullptr;
-  const void* v = nullptr;
-  void* out = nullptr;
-  float* lse = nullptr;
-  // backward
-  const void* grad_out = nullptr;
-  void* grad_q = nullptr;
-  void* grad_k = nullptr;
-  void* grad_v = nullptr;
-  float* grad_mask = nullptr;
-  Rows q_rows, k_rows, v_rows, out_rows, do_rows, dq_rows, dk_rows, dv_rows;
-  // Per query row, written by the backward's first kernel, rows padded to tq_pad (a multiple of 64)
-  // so that the dK/dV kernel can copy a tile's values with cp.async: D_i = dO_i . O_i (0 on
-  // padding) and lse in log2 units (+inf for fully masked and padding rows).
-  float* row_dot = nullptr;
-  float* lse2 = nullptr;
-  // Atomic dQ mode: the f32 dQ / scale of each padded query row, [batch, tq_pad, d], zeroed before
-  // the dK/dV kernel adds into it.
-  float* dq_accum = nullptr;
-  int64_t tq_pad = 0;
-  int64_t batch = 0, tq = 0, tk = 0;
-  float scale = 1, scale_log2 = kLog2e;
-  Mask mask;
-  bool causal = false;
-  bool dropout = false;
-  float p = 0, keep_scale = 1;
-  uint64_t seed = 0, offset = 0;
-};
-
-// ---- small device helpers ----
-
-template <class T>
-LATHE_DEVICE_INLINE uint16_t bits_of(float f) {
-  if constexpr (std::is_same_v<T, __half>) {
-    return __half_raw(__float2half_rn(f)).x;
-  } else {
-    return __nv_bfloat16_raw(__float2bfloat16_rn(f)).x;
-  }
-}
-
-// Two floats rounded to T, packed as one 32-bit register (lo in the low half).
-template <class T>
-LATHE_DEVICE_INLINE uint32_t pack2(float lo, float hi) {
-  return uint32_t(bits_of<T>(lo)) | (uint32_t(bits_of<T>(hi)) << 16);
-}
-
-template <class T>
-LATHE_DEVICE_INLINE void mma(float d[4], const uint32_t a[4], const uint32_t b[2]) {
-  if constexpr (std::is_same_v<T, __half>) {
-    rt::mma_m16n8k16_f16(d, a, b, d);
-  } else {
-    rt::mma_m16n8k16_bf16(d, a, b, d);
-  }
-}
-
-LATHE_DEVICE_INLINE float quad_max(float x) {
-  x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
-  return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
-}
-LATHE_DEVICE_INLINE float quad_sum(float x) {
-  x = x + __shfl_xor_sync(0xffffffffu, x, 1);
-  return x + __shfl_xor_sync(0xffffffffu, x, 2);
-}
-
-// 2^x: one ex2.approx instruction on the GPU (relative error ~2^-22, exp2(-inf) = 0, far below
-// what rounding P to 16 bits costs), libm's exp2f in the simulator.
-LATHE_DEVICE_INLINE float fast_exp2(float x) {
-#if defined(__CUDA_ARCH__)
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-#else
-  return exp2f(x);
-#endif
-}
-
-// Whether keys [j0, j0 + BN) need no masking for queries [i0, i0 + rows): no mask, all keys
-// before the end, and (causal) every key at or below the first query.
-template <int BN = kBlockN>
-LATHE_DEVICE_INLINE bool tile_unmasked(const Params& p, int64_t i0, int64_t j0) {
-  return p.mask.data == nullptr && j0 + BN <= p.tk && (!p.causal || j0 + BN - 1 <= i0);
-}
-
-// The dropout factor of probability element n: keep_scale or 0.
-LATHE_DEVICE_INLINE float dropout_factor(const Params& p, uint64_t n) {
-  const std::array<uint32_t, 4> w = philox::block(p.offset + n / 4, p.seed);
-  const uint32_t lane = uint32_t(n & 3u);
-  const uint32_t bits = lane == 0 ? w[0] : lane == 1 ? w[1] : lane == 2 ? w[2] : w[3];
-  return philox::to_uniform(bits) >= p.p ? p.keep_scale : 0.0f;
-}
-
-LATHE_DEVICE_INLINE uint32_t word(const std::array<uint32_t, 4>& w, uint32_t lane) {
-  return lane == 0 ? w[0] : lane == 1 ? w[1] : lane == 2 ? w[2] : w[3];
-}
-
-// The dropout factors of keys j and j + 1 of query row i (1 for elements outside the problem):
-// one Philox block covers both unless element (i, j) is the last of its block.
-LATHE_DEVICE_INLINE void dropout_pair(const Params& p, int64_t b, int64_t i, int64_t j,
-                                      float z[2]) {
-  z[0] = z[1] = 1.0f;
-  if (i >= p.tq || j >= p.tk) return;
-  const uint64_t n = uint64_t((b * p.tq + i) * p.tk + j);
-  const std::array<uint32_t, 4> w = philox::block(p.offset + n / 4, p.seed);
-  const uint32_t lane = uint32_t(n & 3u);
-  z[0] = philox::to_uniform(word(w, lane)) >= p.p ? p.keep_scale : 0.0f;
-  if (j + 1 >= p.tk) return;
-  z[1] = lane == 3 ? dropout_factor(p, n + 1)
-                   : (philox::to_uniform(word(w, lane + 1)) >= p.p ? p.keep_scale : 0.0f);
-}
-
-// A scaled score in log2 units with the mask, the causal rule and the key tail applied (query row
-// i < tq, any key j). Masked positions are -inf.
-LATHE_DEVICE_INLINE float masked_score(const Params& p, int64_t mask_base, float s, int64_t i,
-                                       int64_t j) {
-  if (j >= p.tk || (p.causal && j > i)) return -INFINITY;
-  float x = s * p.scale_log2;
-  if (p.mask.data != nullptr && i < p.tq) {
-    const int64_t off = mask_base + i * p.mask.sq + j * p.mask.sk;
-    if (p.mask.is_bool) {
-      if (!static_cast<const bool*>(p.mask.data)[off]) x = -INFINITY;
-    } else {
-      x += static_cast<const float*>(p.mask.data)[off] * kLog2e;
-    }
-  }
-  return x;
-}
-
-// Rows [0, valid) of a [ROWS, D] tile at gmem (row stride ld elements, rows 16-byte aligned) into
-// shared rows of D + kPad halves; rows past `valid` are zero-filled (cp.async with src-size 0 at a
-// valid address).
-template <int D, int ROWS, class T>
-LATHE_DEVICE_INLINE void load_tile(T* smem, const T* gmem, int64_t ld, int64_t valid,
-                                   const T* any_valid) {
-  constexpr int kChunks = D / 8;
-  for (int c = int(threadIdx.x); c < ROWS * kChunks; c += kThreads) {
-    const int r = c / kChunks, col = (c % kChunks) * 8;
-    const bool ok = r < valid;
-    rt::cp_async_16(smem + r * (D + kPad) + col, ok ? gmem + int64_t(r) * ld + col : any_valid,
-                    ok ? 16 : 0);
-  }
-}
-
-// A fragment (16x16, rows r0.., cols c0..) of a row-major shared tile with row stride LD.
-template <int LD, class T>
-LATHE_DEVICE_INLINE void load_a(uint32_t a[4], const T* tile, int r0, int c0, int lane) {
-  rt::ldmatrix_x4(a, tile + (r0 + (lane & 15)) * LD + c0 + 8 * (lane >> 4));
-}
-
-// B fragments of two adjacent n-tiles (n0.., n0 + 8..) for k-step c0 from an n-major shared tile
-// (row = n, col = k): b[0..1] for n0, b[2..3] for n0 + 8.
-template <int LD, class T>
-LATHE_DEVICE_INLINE void load_b_nmajor(uint32_t b[4], const T* tile, int n0, int c0, int lane) {
-  rt::ldmatrix_x4(b, tile + (n0 + (lane & 7) + 8 * (lane >> 4)) * LD + c0 + 8 * ((lane >> 3) & 1));
-}
-
-// B fragments of two adjacent n-tiles (cols n0.., n0 + 8..) for the k-step of rows k0..k0 + 15
-// from a k-major shared tile (row = k, col = n).
-template <int LD, class T>
-LATHE_DEVICE_INLINE void load_b_kmajor(uint32_t b[4], const T* tile, int k0, int n0, int lane) {
-  rt::ldmatrix_x4_trans(
-      b, tile + (k0 + (lane & 7) + 8 * ((lane >> 3) & 1)) * LD + n0 + 8 * (lane >> 4));
-}
-
-// The A fragment (16x16, rows r0.., cols c0..) of the transpose of a shared tile with row stride
-// LD, i.e. A[r][c] = tile[c][r], from a k-major tile (row = k, col = m).
-template <int LD, class T>
-LATHE_DEVICE_INLINE void load_a_kmajor(uint32_t a[4], const T* tile, int r0, int c0, int lane) {
-  rt::ldmatrix_x4_trans(
-      a, tile + (c0 + (lane & 7) + 8 * (lane >> 4)) * LD + r0 + 8 * ((lane >> 3) & 1));
-}
-
-// The A fragment of k-step kk from a C-layout [16, 8 * NT] tile (two n-tiles per k-step).
-template <class T>
-LATHE_DEVICE_INLINE void c_to_a(uint32_t a[4], const float lo[4], const float hi[4]) {
-  a[0] = pack2<T>(lo[0], lo[1]);
-  a[1] = pack2<T>(lo[2], lo[3]);
-  a[2] = pack2<T>(hi[0], hi[1]);
-  a[3] = pack2<T>(hi[2], hi[3]);
-}
+namespace {
 
 // ---- forward ----
 
@@ -498,268 +306,6 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
     forward_variant_kernel(Params p, int64_t q_tiles) {
   forward_block<T, D, false, MT>(p, q_tiles);
 }
-
-// ---- forward on Hopper warpgroup MMA (variant 2, sm_90a) ----
-//
-// FlashAttention-3's arithmetic without its pipeline (no TMA, no producer warp, no ping-pong yet):
-// a block of kWgConsumers warpgroups, each owning 64 query rows (wgmma's M), shares K/V tiles of
-// BN keys. Q, K and V sit in shared memory in the 128-byte-swizzled canonical layout (D/64 blocks
-// of [rows][64], 128-byte rows, 16-byte chunk c of row r at c ^ (r % 8)): wgmma reads it without
-// bank conflicts, and the same bytes are both the K-major B of S = Q K^T (K's rows are keys with d
-// contiguous) and, for O += P V, the MN-major B with K = keys (imm-trans-b = 1), so V needs no
-// transpose. Per tile: S = Q K^T by D/16 SS wgmmas (m64nBNk16), the online softmax in f32 on the
-// accumulator layout (rows g and g + 8 of each warp's 16, the existing forward's helpers and
-// order), P rounded to T straight into RS A fragments (the accumulator columns 16kk.. of a warp
-// are its A rows in the mma layout, c_to_a), then O += P V by BN/16 RS wgmmas (m64nDk16). K/V are
-// double-buffered with cp.async issued by all threads, as in the default kernel.
-//
-// Why two warpgroups (128 query rows): every K/V tile loaded feeds 128 rows, as in the default
-// kernel's 128-row block, and while one warpgroup runs its softmax the other's wgmmas can keep the
-// tensor cores busy. Why BN = 128: wgmma's throughput grows with N, and FlashAttention-3 uses
-// 128-key tiles at d = 64 and 128. Registers per thread: S BN/2 = 64, O D/2 = 32 / 64, P BN/4 = 32;
-// ptxas (CUDA 13, sm_90a) gives 191 at d = 64 and 220 at d = 128, no spills, so one 256-thread
-// block per SM (two would need <= 128 registers: BN = 64 at d = 64 is the GPU's A/B to try).
-// Shared memory (BM + 4 BN) D 2 bytes + 1 KiB of alignment: 81 KiB at d = 64, 161 KiB at d = 128.
-constexpr int kWgConsumers = 2;
-constexpr int kWgThreads = 128 * kWgConsumers;
-constexpr int kWgRows = 64 * kWgConsumers;
-template <int D>
-constexpr int wg_block_n() {
-  return 128;
-}
-template <int D, class T>
-constexpr size_t wg_forward_smem() {
-  // + 1024: the swizzle is a function of shared address bits 4..9, so tiles start 1024-aligned.
-  return size_t(kWgRows + 4 * wg_block_n<D>()) * D * sizeof(T) + 1024;
-}
-
-// Compiled only where wgmma exists (sm_90a device code, and the simulator): the sm_80 pass gets a
-// trapping stub instead of a body of trapping wrappers, and the launcher refuses other GPUs.
-#if !defined(__CUDA_ARCH__) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define LATHE_FLASH_WGMMA 1
-#else
-#define LATHE_FLASH_WGMMA 0
-#endif
-
-// Rows [0, valid) of a [ROWS, D] tile at gmem (row stride ld, rows 16-byte aligned) into the
-// 128-byte-swizzled layout at smem (1024-byte aligned); rows past `valid` are zero-filled. Each
-// thread copies the same 16-byte column chunk of rows r0, r0 + kStep, ...: kStep is a multiple of
-// 8, so the swizzled offset inside a row is computed once (a loop over flat chunk indices, with its
-// divisions and swizzle per chunk, cost ~500 more SASS instructions per tile at d = 128).
-template <int D, int ROWS, class T>
-LATHE_DEVICE_INLINE void load_tile_sw128(T* smem, const T* gmem, int64_t ld, int64_t valid,
-                                         const T* any_valid) {
-  constexpr int kChunks = D / 8;
-  constexpr int kStep = kWgThreads / kChunks;
-  static_assert(kWgThreads % kChunks == 0 && kStep % 8 == 0 && ROWS % kStep == 0,
-                "every thread keeps one chunk column and swizzle phase");
-  const int r0 = int(threadIdx.x) / kChunks, col = (int(threadIdx.x) % kChunks) * 8;
-  char* dst = reinterpret_cast<char*>(smem) + uint32_t(col / 64) * ROWS * 128 +
-              rt::wgmma_offset(rt::WgmmaSwizzle::B128, r0, col % 64, 16, 1024);
-#pragma unroll
-  for (int i = 0; i < ROWS / kStep; ++i) {
-    const int r = r0 + i * kStep;
-    const bool ok = r < valid;
-    rt::cp_async_16(dst + i * kStep * 128, ok ? gmem + int64_t(r) * ld + col : any_valid,
-                    ok ? 16 : 0);
-  }
-}
-
-template <class T, int N>
-LATHE_DEVICE_INLINE void wgmma_qk(float (&d)[N / 2], uint64_t desc_q, uint64_t desc_k,
-                                  bool accumulate) {
-  if constexpr (std::is_same_v<T, __half>) {
-    rt::wgmma_ss_f16<N>(d, desc_q, desc_k, accumulate);
-  } else {
-    rt::wgmma_ss_bf16<N>(d, desc_q, desc_k, accumulate);
-  }
-}
-template <class T, int N>
-LATHE_DEVICE_INLINE void wgmma_pv(float (&d)[N / 2], const uint32_t a[4], uint64_t desc_v) {
-  if constexpr (std::is_same_v<T, __half>) {
-    rt::wgmma_rs_f16<N, rt::WgmmaMajor::MN>(d, a, desc_v, true);
-  } else {
-    rt::wgmma_rs_bf16<N, rt::WgmmaMajor::MN>(d, a, desc_v, true);
-  }
-}
-
-template <class T, int D>
-__global__ void __launch_bounds__(kWgThreads) forward_wgmma_kernel(Params p, int64_t q_tiles) {
-#if LATHE_FLASH_WGMMA
-  constexpr int BN = wg_block_n<D>();
-  constexpr int BM = kWgRows;
-  constexpr uint32_t kBlockBytesQ = BM * 128;  // one 64-column block of the Q tile
-  constexpr uint32_t kBlockBytesKV = BN * 128;
-  constexpr uint32_t kTileBytesKV = BN * D * sizeof(T);
-  static_assert(D % 64 == 0, "128-byte swizzled rows hold 64 columns");
-  LATHE_DYNAMIC_SHARED(T, smem_raw);
-  const uintptr_t raw = reinterpret_cast<uintptr_t>(smem_raw);
-  T* sQ = reinterpret_cast<T*>((raw + 1023) & ~uintptr_t(1023));  // [D/64][BM][64]
-  T* sK = sQ + BM * D;                                            // [2][D/64][BN][64]
-  T* sV = sK + 2 * BN * D;                                        // [2][D/64][BN][64]
-
-  const int64_t b = int64_t(blockIdx.x) / q_tiles;
-  const int64_t i0 = (int64_t(blockIdx.x) - b * q_tiles) * BM;
-  const int wg = int(threadIdx.x) / 128, warp = int(threadIdx.x) % 128 / 32;
-  const int lane = int(threadIdx.x) % 32, g = lane >> 2, t = lane & 3;
-  const T* q_all = static_cast<const T*>(p.q);
-  const T* k_all = static_cast<const T*>(p.k);
-  const T* v_all = static_cast<const T*>(p.v);
-  const T* q = q_all + batch_offset(p, p.q_rows, b);
-  const T* k = k_all + batch_offset(p, p.k_rows, b);
-  const T* v = v_all + batch_offset(p, p.v_rows, b);
-  const int64_t ldk = p.k_rows.row, ldv = p.v_rows.row;
-
-  load_tile_sw128<D, BM>(sQ, q + i0 * p.q_rows.row, p.q_rows.row, p.tq - i0, q_all);
-  const int64_t j_end = p.causal ? (p.tk < i0 + BM ? p.tk : i0 + BM) : p.tk;
-  const int n_tiles = int((j_end + BN - 1) / BN);
-  if (n_tiles > 0) {
-    load_tile_sw128<D, BN>(sK, k, ldk, p.tk, k_all);
-    load_tile_sw128<D, BN>(sV, v, ldv, p.tk, v_all);
-  }
-  rt::cp_async_commit();
-
-  const int64_t wg_i0 = i0 + 64 * wg;  // this warpgroup's first query row
-  const int64_t row[2] = {wg_i0 + 16 * warp + g, wg_i0 + 16 * warp + g + 8};
-  const int64_t mask_base = p.mask.data != nullptr ? p.mask.batch_offset(b) : 0;
-  // Accumulators: x[4n + e] is row row[e / 2], column 8n + 2t + e % 2 (the mma C layout per
-  // 8-column n-tile, which is wgmma's layout for warp `warp` of the warpgroup).
-  float o[D / 2];
-#pragma unroll
-  for (int i = 0; i < D / 2; ++i) o[i] = 0.0f;
-  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};
-
-  // Descriptors of block 0, k-step 0; a k16 step of Q or K adds 32 bytes inside the 128-byte row
-  // (the XOR uses the absolute address bits, so the start may move inside a row), a 64-column
-  // block BM or BN rows of 128 bytes; a k16 step of V (16 keys) adds 16 rows = 2048 bytes.
-  const uint64_t desc_q = rt::make_wgmma_desc(sQ + 64 * wg * 64, 16, 1024, rt::WgmmaSwizzle::B128);
-  const uint64_t desc_k = rt::make_wgmma_desc(sK, 16, 1024, rt::WgmmaSwizzle::B128);
-  const uint64_t desc_v = rt::make_wgmma_desc(sV, kBlockBytesKV, 1024, rt::WgmmaSwizzle::B128);
-
-  for (int it = 0; it < n_tiles; ++it) {
-    const int buf = it & 1;
-    if (it + 1 < n_tiles) {
-      const int64_t j1 = int64_t(it + 1) * BN;
-      load_tile_sw128<D, BN>(sK + (buf ^ 1) * BN * D, k + j1 * ldk, ldk, p.tk - j1, k_all);
-      load_tile_sw128<D, BN>(sV + (buf ^ 1) * BN * D, v + j1 * ldv, ldv, p.tk - j1, v_all);
-      rt::cp_async_commit();
-      rt::cp_async_wait<1>();
-    } else {
-      rt::cp_async_wait<0>();
-    }
-    // cp.async writes through the generic proxy, wgmma reads through the async proxy: each
-    // thread fences its own copies, then the barrier publishes everyone's.
-    rt::fence_proxy_async_shared();
-    __syncthreads();
-
-    // S = Q K^T. wgmma.fence orders this thread's earlier register accesses (the last tile's
-    // reads of s, writes of o) before the asynchronous wgmmas; fence_operand keeps the compiler
-    // from moving those accesses across it, or reads of s above the wait.
-    float s[BN / 2];
-    rt::wgmma_fence_operand(s);
-    rt::wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      const uint32_t at_q = (kk / 4) * kBlockBytesQ + (kk % 4) * 32;
-      const uint32_t at_k = buf * kTileBytesKV + (kk / 4) * kBlockBytesKV + (kk % 4) * 32;
-      wgmma_qk<T, BN>(s, desc_q + (at_q >> 4), desc_k + (at_k >> 4), kk > 0);
-    }
-    rt::wgmma_commit();
-    rt::wgmma_wait<0>();
-    rt::wgmma_fence_operand(s);
-
-    // Scale and mask (log2 units), then the online softmax of rows g and g + 8, as in
-    // forward_block.
-    const int64_t j0 = int64_t(it) * BN;
-    if (tile_unmasked<BN>(p, wg_i0, j0)) {
-#pragma unroll
-      for (int i = 0; i < BN / 2; ++i) s[i] *= p.scale_log2;
-    } else {
-#pragma unroll
-      for (int n = 0; n < BN / 8; ++n) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          s[4 * n + e] =
-              masked_score(p, mask_base, s[4 * n + e], row[e >> 1], j0 + 8 * n + 2 * t + (e & 1));
-        }
-      }
-    }
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      float mx = -INFINITY;
-#pragma unroll
-      for (int n = 0; n < BN / 8; ++n)
-        mx = fmaxf(mx, fmaxf(s[4 * n + 2 * r], s[4 * n + 2 * r + 1]));
-      mx = quad_max(mx);
-      const float m_new = fmaxf(m_run[r], mx);
-      // No key above -inf yet: shift by 0 so exp2(-inf - 0) = 0 instead of NaN.
-      const float m_use = m_new == -INFINITY ? 0.0f : m_new;
-      const float corr = fast_exp2(m_run[r] - m_use);
-      m_run[r] = m_new;
-      l_run[r] *= corr;
-#pragma unroll
-      for (int n = 0; n < D / 8; ++n) {
-        o[4 * n + 2 * r] *= corr;
-        o[4 * n + 2 * r + 1] *= corr;
-      }
-#pragma unroll
-      for (int n = 0; n < BN / 8; ++n) {
-#pragma unroll
-        for (int c = 0; c < 2; ++c) {
-          const float e = fast_exp2(s[4 * n + 2 * r + c] - m_use);
-          l_run[r] += e;
-          s[4 * n + 2 * r + c] = e;
-        }
-      }
-    }
-
-    // O += P V, P as RS A fragments: k-step kk (keys 16kk..) is n-tiles 2kk and 2kk + 1.
-    uint32_t pf[BN / 16][4];
-#pragma unroll
-    for (int kk = 0; kk < BN / 16; ++kk) c_to_a<T>(pf[kk], s + 8 * kk, s + 8 * kk + 4);
-    rt::wgmma_fence_operand(o);
-#pragma unroll
-    for (int kk = 0; kk < BN / 16; ++kk) rt::wgmma_fence_operand(pf[kk]);
-    rt::wgmma_fence();  // o was rescaled and pf written since the last wgmma
-#pragma unroll
-    for (int kk = 0; kk < BN / 16; ++kk) {
-      wgmma_pv<T, D>(o, pf[kk], desc_v + ((buf * kTileBytesKV + kk * 16 * 128) >> 4));
-    }
-    rt::wgmma_commit();
-    // Before o is read (the next rescale or the end), before the pf registers may be reused
-    // (the wgmmas read them asynchronously: fence_operand keeps them live until here), and
-    // before the barrier below lets the next iteration overwrite this V buffer.
-    rt::wgmma_wait<0>();
-    rt::wgmma_fence_operand(o);
-#pragma unroll
-    for (int kk = 0; kk < BN / 16; ++kk) rt::wgmma_fence_operand(pf[kk]);
-    __syncthreads();  // the next iteration refills this buffer
-  }
-  if (n_tiles == 0) rt::cp_async_wait<0>();
-
-  T* out = static_cast<T*>(p.out) + batch_offset(p, p.out_rows, b);
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const float l = quad_sum(l_run[r]);
-    const int64_t i = row[r];
-    if (i >= p.tq) continue;
-    const bool empty = l == 0.0f;  // every key masked: zeros, lse = -inf
-    const float inv = empty ? 0.0f : 1.0f / l;
-    T* orow = out + i * p.out_rows.row;
-#pragma unroll
-    for (int n = 0; n < D / 8; ++n) {
-      *reinterpret_cast<uint32_t*>(orow + 8 * n + 2 * t) =
-          pack2<T>(o[4 * n + 2 * r] * inv, o[4 * n + 2 * r + 1] * inv);
-    }
-    if (t == 0) p.lse[b * p.tq + i] = empty ? -INFINITY : (m_run[r] + log2f(l)) * kLn2;
-  }
-#else
-  (void)p;
-  (void)q_tiles;
-  __trap();
-#endif
-}
-#undef LATHE_FLASH_WGMMA
 
 // ---- backward ----
 
@@ -1335,22 +881,8 @@ void forward_impl(const AttentionForwardArgs& a) {
     }
     if constexpr (D == 64 || D == 128) {
       if (variant == kVariantWgmma) {
-        const int64_t q_tiles = (a.q_len + kWgRows - 1) / kWgRows;
-        constexpr size_t smem = wg_forward_smem<D, T>();
-        auto kernel = forward_wgmma_kernel<T, D>;
-        allow_shared(kernel, smem, "flash attention");
-#ifdef __CUDACC__
-        // A build without 90a in LATHE_CUDA_ARCHS would run the sm_80 stub, which traps.
-        cudaFuncAttributes attr{};
-        LATHE_CHECK(cudaFuncGetAttributes(&attr, kernel) == cudaSuccess && attr.binaryVersion == 90,
-                    "flash attention: forward variant 2 needs the kernel compiled for sm_90a "
-                    "(LATHE_CUDA_ARCHS with 90a), found binary version ",
-                    attr.binaryVersion);
-#endif
         ++g_flash_variant_launches;
-        rt::launch(kernel, dim3(unsigned(q_tiles * a.batch)), dim3(kWgThreads), smem, stream(),
-                   "flash_attention_forward_wgmma", p, q_tiles);
-        return;
+        return launch_forward_wgmma<T, D>(p, a.batch, a.q_len);
       }
     }
     constexpr int MT = forward_m_tiles<D>();
@@ -1445,7 +977,11 @@ void backward_impl(const AttentionBackwardArgs& args) {
   });
 }
 
+}  // namespace
+
 }  // namespace flash
+
+namespace {
 
 // The cuda attention slots: f16/bf16 on tensor cores here, f32/f64 on the SIMT kernels of
 // attention_simt.cu.

@@ -1,0 +1,228 @@
+// The shared part of the flash attention kernels on tensor cores (attention.cu: FlashAttention-2 on
+// mma.sync, forward and backward; attention_wgmma.cu: the sm_90a warpgroup-MMA forward): the
+// launch parameters, the tile constants, and the device helpers both use (mask and causal rules,
+// dropout draws, exp2, fragment loads and conversions), so the two forwards apply the same
+// conventions with the same expressions. docs/kernels.md ("flash attention") has the design.
+#pragma once
+
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <type_traits>
+
+#include "kernels/cuda/attention_layout.cuh"
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda/ptx.cuh"
+#include "lathe/core/random.h"
+
+namespace lathe::kernels::cuda::flash {
+
+using namespace attention_layout;  // operand rows, leading dims and the mask's layout
+
+constexpr int kWarps = 4;
+constexpr int kThreads = 32 * kWarps;
+constexpr int kBlockM = 64;  // query rows per dQ block (and forward block at d = 128), 16 per warp
+constexpr int kBlockN = 64;  // keys per tile, and per dK/dV block (16 per warp)
+constexpr int kPad = 8;      // halves added to every shared row: ldmatrix rows hit distinct banks
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+// Query rows per tile of the dK/dV kernel: 32 for d = 128 keeps the transposed score tiles small
+// enough that the two [16, d] accumulators stay in registers.
+template <int D>
+constexpr int kv_query_tile() {
+  return D >= 128 ? 32 : 64;
+}
+
+// Leading dims: attention_layout.cuh.
+struct Params : Lead {
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  void* out = nullptr;
+  float* lse = nullptr;
+  // backward
+  const void* grad_out = nullptr;
+  void* grad_q = nullptr;
+  void* grad_k = nullptr;
+  void* grad_v = nullptr;
+  float* grad_mask = nullptr;
+  Rows q_rows, k_rows, v_rows, out_rows, do_rows, dq_rows, dk_rows, dv_rows;
+  // Per query row, written by the backward's first kernel, rows padded to tq_pad (a multiple of 64)
+  // so that the dK/dV kernel can copy a tile's values with cp.async: D_i = dO_i . O_i (0 on
+  // padding) and lse in log2 units (+inf for fully masked and padding rows).
+  float* row_dot = nullptr;
+  float* lse2 = nullptr;
+  // Atomic dQ mode: the f32 dQ / scale of each padded query row, [batch, tq_pad, d], zeroed before
+  // the dK/dV kernel adds into it.
+  float* dq_accum = nullptr;
+  int64_t tq_pad = 0;
+  int64_t batch = 0, tq = 0, tk = 0;
+  float scale = 1, scale_log2 = kLog2e;
+  Mask mask;
+  bool causal = false;
+  bool dropout = false;
+  float p = 0, keep_scale = 1;
+  uint64_t seed = 0, offset = 0;
+};
+
+// ---- small device helpers ----
+
+template <class T>
+LATHE_DEVICE_INLINE uint16_t bits_of(float f) {
+  if constexpr (std::is_same_v<T, __half>) {
+    return __half_raw(__float2half_rn(f)).x;
+  } else {
+    return __nv_bfloat16_raw(__float2bfloat16_rn(f)).x;
+  }
+}
+
+// Two floats rounded to T, packed as one 32-bit register (lo in the low half).
+template <class T>
+LATHE_DEVICE_INLINE uint32_t pack2(float lo, float hi) {
+  return uint32_t(bits_of<T>(lo)) | (uint32_t(bits_of<T>(hi)) << 16);
+}
+
+template <class T>
+LATHE_DEVICE_INLINE void mma(float d[4], const uint32_t a[4], const uint32_t b[2]) {
+  if constexpr (std::is_same_v<T, __half>) {
+    rt::mma_m16n8k16_f16(d, a, b, d);
+  } else {
+    rt::mma_m16n8k16_bf16(d, a, b, d);
+  }
+}
+
+LATHE_DEVICE_INLINE float quad_max(float x) {
+  x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+  return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+}
+LATHE_DEVICE_INLINE float quad_sum(float x) {
+  x = x + __shfl_xor_sync(0xffffffffu, x, 1);
+  return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+
+// 2^x: one ex2.approx instruction on the GPU (relative error ~2^-22, exp2(-inf) = 0, far below
+// what rounding P to 16 bits costs), libm's exp2f in the simulator.
+LATHE_DEVICE_INLINE float fast_exp2(float x) {
+#if defined(__CUDA_ARCH__)
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+#else
+  return exp2f(x);
+#endif
+}
+
+// Whether keys [j0, j0 + BN) need no masking for queries [i0, i0 + rows): no mask, all keys
+// before the end, and (causal) every key at or below the first query.
+template <int BN = kBlockN>
+LATHE_DEVICE_INLINE bool tile_unmasked(const Params& p, int64_t i0, int64_t j0) {
+  return p.mask.data == nullptr && j0 + BN <= p.tk && (!p.causal || j0 + BN - 1 <= i0);
+}
+
+// The dropout factor of probability element n: keep_scale or 0.
+LATHE_DEVICE_INLINE float dropout_factor(const Params& p, uint64_t n) {
+  const std::array<uint32_t, 4> w = philox::block(p.offset + n / 4, p.seed);
+  const uint32_t lane = uint32_t(n & 3u);
+  const uint32_t bits = lane == 0 ? w[0] : lane == 1 ? w[1] : lane == 2 ? w[2] : w[3];
+  return philox::to_uniform(bits) >= p.p ? p.keep_scale : 0.0f;
+}
+
+LATHE_DEVICE_INLINE uint32_t word(const std::array<uint32_t, 4>& w, uint32_t lane) {
+  return lane == 0 ? w[0] : lane == 1 ? w[1] : lane == 2 ? w[2] : w[3];
+}
+
+// The dropout factors of keys j and j + 1 of query row i (1 for elements outside the problem):
+// one Philox block covers both unless element (i, j) is the last of its block.
+LATHE_DEVICE_INLINE void dropout_pair(const Params& p, int64_t b, int64_t i, int64_t j,
+                                      float z[2]) {
+  z[0] = z[1] = 1.0f;
+  if (i >= p.tq || j >= p.tk) return;
+  const uint64_t n = uint64_t((b * p.tq + i) * p.tk + j);
+  const std::array<uint32_t, 4> w = philox::block(p.offset + n / 4, p.seed);
+  const uint32_t lane = uint32_t(n & 3u);
+  z[0] = philox::to_uniform(word(w, lane)) >= p.p ? p.keep_scale : 0.0f;
+  if (j + 1 >= p.tk) return;
+  z[1] = lane == 3 ? dropout_factor(p, n + 1)
+                   : (philox::to_uniform(word(w, lane + 1)) >= p.p ? p.keep_scale : 0.0f);
+}
+
+// A scaled score in log2 units with the mask, the causal rule and the key tail applied (query row
+// i < tq, any key j). Masked positions are -inf.
+LATHE_DEVICE_INLINE float masked_score(const Params& p, int64_t mask_base, float s, int64_t i,
+                                       int64_t j) {
+  if (j >= p.tk || (p.causal && j > i)) return -INFINITY;
+  float x = s * p.scale_log2;
+  if (p.mask.data != nullptr && i < p.tq) {
+    const int64_t off = mask_base + i * p.mask.sq + j * p.mask.sk;
+    if (p.mask.is_bool) {
+      if (!static_cast<const bool*>(p.mask.data)[off]) x = -INFINITY;
+    } else {
+      x += static_cast<const float*>(p.mask.data)[off] * kLog2e;
+    }
+  }
+  return x;
+}
+
+// Rows [0, valid) of a [ROWS, D] tile at gmem (row stride ld elements, rows 16-byte aligned) into
+// shared rows of D + kPad halves; rows past `valid` are zero-filled (cp.async with src-size 0 at a
+// valid address).
+template <int D, int ROWS, class T>
+LATHE_DEVICE_INLINE void load_tile(T* smem, const T* gmem, int64_t ld, int64_t valid,
+                                   const T* any_valid) {
+  constexpr int kChunks = D / 8;
+  for (int c = int(threadIdx.x); c < ROWS * kChunks; c += kThreads) {
+    const int r = c / kChunks, col = (c % kChunks) * 8;
+    const bool ok = r < valid;
+    rt::cp_async_16(smem + r * (D + kPad) + col, ok ? gmem + int64_t(r) * ld + col : any_valid,
+                    ok ? 16 : 0);
+  }
+}
+
+// A fragment (16x16, rows r0.., cols c0..) of a row-major shared tile with row stride LD.
+template <int LD, class T>
+LATHE_DEVICE_INLINE void load_a(uint32_t a[4], const T* tile, int r0, int c0, int lane) {
+  rt::ldmatrix_x4(a, tile + (r0 + (lane & 15)) * LD + c0 + 8 * (lane >> 4));
+}
+
+// B fragments of two adjacent n-tiles (n0.., n0 + 8..) for k-step c0 from an n-major shared tile
+// (row = n, col = k): b[0..1] for n0, b[2..3] for n0 + 8.
+template <int LD, class T>
+LATHE_DEVICE_INLINE void load_b_nmajor(uint32_t b[4], const T* tile, int n0, int c0, int lane) {
+  rt::ldmatrix_x4(b, tile + (n0 + (lane & 7) + 8 * (lane >> 4)) * LD + c0 + 8 * ((lane >> 3) & 1));
+}
+
+// B fragments of two adjacent n-tiles (cols n0.., n0 + 8..) for the k-step of rows k0..k0 + 15
+// from a k-major shared tile (row = k, col = n).
+template <int LD, class T>
+LATHE_DEVICE_INLINE void load_b_kmajor(uint32_t b[4], const T* tile, int k0, int n0, int lane) {
+  rt::ldmatrix_x4_trans(
+      b, tile + (k0 + (lane & 7) + 8 * ((lane >> 3) & 1)) * LD + n0 + 8 * (lane >> 4));
+}
+
+// The A fragment (16x16, rows r0.., cols c0..) of the transpose of a shared tile with row stride
+// LD, i.e. A[r][c] = tile[c][r], from a k-major tile (row = k, col = m).
+template <int LD, class T>
+LATHE_DEVICE_INLINE void load_a_kmajor(uint32_t a[4], const T* tile, int r0, int c0, int lane) {
+  rt::ldmatrix_x4_trans(
+      a, tile + (c0 + (lane & 7) + 8 * (lane >> 4)) * LD + r0 + 8 * ((lane >> 3) & 1));
+}
+
+// The A fragment of k-step kk from a C-layout [16, 8 * NT] tile (two n-tiles per k-step).
+template <class T>
+LATHE_DEVICE_INLINE void c_to_a(uint32_t a[4], const float lo[4], const float hi[4]) {
+  a[0] = pack2<T>(lo[0], lo[1]);
+  a[1] = pack2<T>(lo[2], lo[3]);
+  a[2] = pack2<T>(hi[0], hi[1]);
+  a[3] = pack2<T>(hi[2], hi[3]);
+}
+
+// The sm_90a warpgroup-MMA forward (attention_wgmma.cu, forward variant 2) for T in {__half,
+// __nv_bfloat16} and D in {64, 128}, on the current stream: checks that the kernel was compiled
+// for sm_90a, then launches it over p's batch and query rows.
+template <class T, int D>
+void launch_forward_wgmma(const Params& p, int64_t batch, int64_t q_len);
+
+}  // namespace lathe::kernels::cuda::flash
