@@ -282,6 +282,8 @@ void run_block(BlockState& b, const std::function<void()>& body) {
       t->state = State::Done;
       --b.live;
       if (auto error = t->fiber.error()) {
+        // The thread released g_kernel_to_host when it threw; the message it built is read here.
+        LATHE_SIM_TSAN_ACQUIRE(&g_kernel_to_host);
         try {
           std::rethrow_exception(error);
         } catch (const lathe::Error& e) {
