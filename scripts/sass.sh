@@ -5,6 +5,8 @@
 #   scripts/sass.sh kernels/cuda/layer_norm.cu                 # every kernel of the file
 #   scripts/sass.sh kernels/cuda/attention.cu 'dkdv.*64, 0, 1' # kernels whose name matches
 #   scripts/sass.sh --dump kernels/cuda/softmax.cu 'forward'   # and their SASS, demangled
+#   scripts/sass.sh build-nvcc/CMakeFiles/lathe.dir/kernels/cuda/softmax.cu.o  # an nvcc build's
+#                                                              # object, not compiled again
 #
 # Each kernel's loops (backward branches) are listed with their instruction counts: for a kernel
 # that loops over rows or tiles, the outermost loop's count is the work per iteration, which the
@@ -30,7 +32,7 @@ ARCH="${LATHE_SASS_ARCH:-sm_90a}"
 NVCC="${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}"
 
 usage() {
-  echo "usage: scripts/sass.sh [--dump] <kernels/cuda/file.cu> [kernel-name-regex]" >&2
+  echo "usage: scripts/sass.sh [--dump] <kernels/cuda/file.cu | object.o | k.cubin> [kernel-name-regex]" >&2
   exit 2
 }
 
@@ -72,11 +74,18 @@ export PATH="$(dirname "$NVDISASM"):$PATH"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
-# The flags of the real backend's build (cmake/LatheCuda.cmake, Release).
-"$NVCC" -std=c++20 -O3 -arch="$ARCH" -cubin --expt-relaxed-constexpr -DLATHE_CUDA_BUILD=1 \
-  -DNDEBUG -I include -I . -o "$work/k.cubin" "$src"
-"$CUOBJDUMP" -res-usage "$work/k.cubin" >"$work/res.txt"
-"$CUOBJDUMP" -sass "$work/k.cubin" >"$work/sass.txt"
+if [[ "$src" == *.o || "$src" == *.cubin ]]; then
+  # An object of an nvcc build (build-nvcc/CMakeFiles/lathe.dir/kernels/cuda/<f>.cu.o): its
+  # embedded code for $ARCH, without compiling again.
+  "$CUOBJDUMP" -arch "$ARCH" -res-usage "$src" >"$work/res.txt"
+  "$CUOBJDUMP" -arch "$ARCH" -sass "$src" >"$work/sass.txt"
+else
+  # The flags of the real backend's build (cmake/LatheCuda.cmake, Release).
+  "$NVCC" -std=c++20 -O3 -arch="$ARCH" -cubin --expt-relaxed-constexpr -DLATHE_CUDA_BUILD=1 \
+    -DNDEBUG -I include -I . -o "$work/k.cubin" "$src"
+  "$CUOBJDUMP" -res-usage "$work/k.cubin" >"$work/res.txt"
+  "$CUOBJDUMP" -sass "$work/k.cubin" >"$work/sass.txt"
+fi
 
 python3 - "$work/res.txt" "$work/sass.txt" "$filter" "$dump" <<'PY'
 import re, subprocess, sys
@@ -143,7 +152,8 @@ for name in names:
     base = Counter(o.split(".")[0] for o in ops)
     u = usage.get(name, {})
     # Shorten the template signature: the kernel's name and template arguments say enough.
-    short = re.sub(r"\(.*\)$", "", re.sub(r"lathe::kernels::cuda::\(anonymous namespace\)::", "", full))
+    short = full.replace("(anonymous namespace)::", "").replace("lathe::kernels::cuda::", "")
+    short = re.sub(r"\((?:[^()]|\([^()]*\))*\)$", "", short)  # the parameter list
     print(f"== {short}")
     # Spills live in the stack frame (STACK), not in LOCAL (which stays 0 for a spilling kernel):
     # the STL/LDL count is the reliable sign.
