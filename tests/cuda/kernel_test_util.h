@@ -164,7 +164,8 @@ inline std::vector<std::pair<int64_t, int64_t>> row_sizes() {
   for (int64_t cols : {1, 3, 127, 384}) {
     for (int64_t rows : {1, 7, 37}) s.push_back({rows, cols});
   }
-  for (int64_t cols : {1000, 1536}) {
+  // 768: 6 f32 packs per lane (and 3 bf16), the cached kernels' other new width.
+  for (int64_t cols : {768, 1000, 1536}) {
     for (int64_t rows : {1, 7}) s.push_back({rows, cols});
   }
   return s;
