@@ -10,6 +10,7 @@
 
 #if defined(__SANITIZE_ADDRESS__)
 #define LATHE_SIM_ASAN 1
+#include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #endif
 #if defined(__SANITIZE_THREAD__) || defined(LATHE_SIM_TSAN)
@@ -41,6 +42,12 @@ Stack::Stack(size_t usable_bytes) {
 Stack::~Stack() {
 #if LATHE_SIM_TSAN
   if (tsan_fiber_) __tsan_destroy_fiber(tsan_fiber_);
+#endif
+#if LATHE_SIM_ASAN
+  // A stack dropped with frames still on it (threads abandoned when a kernel threw) keeps their
+  // redzone and out-of-scope poison in ASan's shadow; a later mmap at the same addresses would
+  // inherit it and report its new frames (seen: the wgmma misuse test's 2 KiB temporary).
+  __asan_unpoison_memory_region(base_ + guard_, usable_);
 #endif
   munmap(base_, usable_ + guard_);
 }
