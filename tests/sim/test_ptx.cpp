@@ -128,6 +128,28 @@ std::string error_of(void (*fn)()) {
 
 }  // namespace
 
+// Runs `run(d)` (d: `size` floats, poisoned first) under every schedule: d must equal the f64
+// product `want` (bit for bit when every product and partial sum is a small integer, else within
+// 1e-5 of `scale`) and be the same bits under each schedule.
+template <class Run>
+void check_product_under_schedules(size_t size, const std::vector<double>& want,
+                                   const std::vector<double>& scale, bool integers, Run&& run) {
+  std::vector<float> first;
+  for (const Schedule& s : kSchedules) {
+    INFO("schedule " << s.name << " seed " << s.seed);
+    std::vector<float> d(size, -12345.f);
+    under(s, [&] { run(d); });
+    if (integers) {
+      std::vector<float> exact(want.begin(), want.end());
+      CHECK(same_bits(d, exact));
+    } else {
+      CHECK(max_relative_error(d, want, scale) <= 1e-5);
+    }
+    if (first.empty()) first = d;
+    CHECK(same_bits(d, first));
+  }
+}
+
 TEST_CASE("ptx: mma.m16n8k16 on ldmatrix fragments matches an f64 product", "[ptx]") {
   for (Elem e : {Elem::F16, Elem::BF16}) {
     for (bool n_major : {false, true}) {
@@ -142,22 +164,9 @@ TEST_CASE("ptx: mma.m16n8k16 on ldmatrix fragments matches an f64 product", "[pt
         std::vector<double> want, scale;
         reference(e, n_major, 16, 8, 16, a, b, c, want, scale);
 
-        std::vector<float> first;
-        for (const Schedule& s : kSchedules) {
-          INFO("schedule " << s.name << " seed " << s.seed);
-          std::vector<float> d(128, -12345.f);
-          under(s,
-                [&] { ptx_tests::mma_tile(e, n_major, a.data(), b.data(), c.data(), d.data()); });
-          if (integers) {
-            // Every product and partial sum is an exact small integer.
-            std::vector<float> exact(want.begin(), want.end());
-            CHECK(same_bits(d, exact));
-          } else {
-            CHECK(max_relative_error(d, want, scale) <= 1e-5);
-          }
-          if (first.empty()) first = d;
-          CHECK(same_bits(d, first));
-        }
+        check_product_under_schedules(128, want, scale, integers, [&](std::vector<float>& d) {
+          ptx_tests::mma_tile(e, n_major, a.data(), b.data(), c.data(), d.data());
+        });
       }
     }
   }
@@ -297,23 +306,11 @@ TEST_CASE("ptx: wgmma m64nNk16 SS and RS over every layout match an f64 product"
             for (auto& v : c) v = float(int(rng() % 9) - 4);
             std::vector<double> want, scale;
             wgmma_reference(e, cs.n, K, a, b, c, want, scale);
-            std::vector<float> first;
-            for (const Schedule& s : kSchedules) {
-              INFO("schedule " << s.name << " seed " << s.seed);
-              std::vector<float> d(c.size(), -12345.f);
-              under(s, [&] {
-                ptx_tests::wgmma_tile(e, rs, cs.n, layout, cs.ksteps, true, a.data(), b.data(),
-                                      c.data(), d.data(), mn);
-              });
-              if (integers) {
-                std::vector<float> exact(want.begin(), want.end());
-                CHECK(same_bits(d, exact));
-              } else {
-                CHECK(max_relative_error(d, want, scale) <= 1e-5);
-              }
-              if (first.empty()) first = d;
-              CHECK(same_bits(d, first));
-            }
+            check_product_under_schedules(
+                c.size(), want, scale, integers, [&](std::vector<float>& d) {
+                  ptx_tests::wgmma_tile(e, rs, cs.n, layout, cs.ksteps, true, a.data(), b.data(),
+                                        c.data(), d.data(), mn);
+                });
           }
         }
       }
