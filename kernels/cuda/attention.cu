@@ -27,9 +27,9 @@
 //     blocks, so dQ may differ in its last bits from run to run (out, lse, dK, dV and grad_mask do
 //     not: they come from the same arithmetic in both modes).
 //
-// Forward variant 2, FlashAttention-3's arithmetic on Hopper's warpgroup MMA, is in
-// attention_wgmma.cu; the helpers both files use (Params, masks, dropout, fragments) are in
-// flash_attention.cuh.
+// Forward variants 2 and 3, FlashAttention-3's arithmetic on Hopper's warpgroup MMA (3 with its
+// intra-warpgroup pipelining), are in attention_wgmma.cu; the helpers both files use (Params,
+// masks, dropout, fragments) are in flash_attention.cuh.
 //
 // Dropout is a template parameter of the three tile kernels: inlined Philox in every unrolled
 // element loop made the kernels' code several times larger, and without dropout the H200's
@@ -777,21 +777,23 @@ constexpr int kVariantForwardMTiles = 1;
 constexpr int kVariantDkdvQueryTile = 32;
 constexpr int kVariantMinBlocks = 3;
 
-// Variant 2 of the forward: forward_wgmma_kernel (sm_90a), f16/bf16 at head dim 64 or 128, no
-// dropout yet, on compute capability 9.x.
+// Variants 2 and 3 of the forward: forward_wgmma_kernel and forward_wgmma_overlap_kernel
+// (sm_90a), f16/bf16 at head dim 64 or 128, no dropout yet, on compute capability 9.x.
 constexpr int kVariantWgmma = 2;
+constexpr int kVariantWgmmaOverlap = 3;
 
 void check_variant(int variant, const AttentionForwardArgs& a, const char* which) {
   if (variant == 0) return;
-  if (variant == kVariantWgmma && std::string_view(which) == "forward") {
+  if ((variant == kVariantWgmma || variant == kVariantWgmmaOverlap) &&
+      std::string_view(which) == "forward") {
     LATHE_CHECK((a.head_dim == 64 || a.head_dim == 128) && a.dropout_p == 0,
-                "flash attention: forward variant 2 (sm_90a wgmma) exists for f16/bf16 at head "
-                "dim 64 or 128 without dropout only, got head dim ",
+                "flash attention: forward variant ", variant,
+                " (sm_90a wgmma) exists for f16/bf16 at head dim 64 or 128 without dropout only, "
+                "got head dim ",
                 a.head_dim, " and dropout ", a.dropout_p);
     const rt::DeviceProperties& props = rt::device_properties(rt::current_device());
-    LATHE_CHECK(props.compute_major == 9,
-                "flash attention: forward variant 2 uses wgmma, which needs compute capability "
-                "9.x (sm_90a code), not sm_",
+    LATHE_CHECK(props.compute_major == 9, "flash attention: forward variant ", variant,
+                " uses wgmma, which needs compute capability 9.x (sm_90a code), not sm_",
                 props.compute_major * 10 + props.compute_minor);
     return;
   }
@@ -880,9 +882,9 @@ void forward_impl(const AttentionForwardArgs& a) {
       }
     }
     if constexpr (D == 64 || D == 128) {
-      if (variant == kVariantWgmma) {
+      if (variant == kVariantWgmma || variant == kVariantWgmmaOverlap) {
         ++g_flash_variant_launches;
-        return launch_forward_wgmma<T, D>(p, a.batch, a.q_len);
+        return launch_forward_wgmma<T, D>(p, a.batch, a.q_len, variant == kVariantWgmmaOverlap);
       }
     }
     constexpr int MT = forward_m_tiles<D>();

@@ -93,160 +93,120 @@ LATHE_DEVICE_INLINE void wgmma_pv(float (&d)[N / 2], const uint32_t a[4], uint64
   }
 }
 
-template <class T, int D>
-__global__ void __launch_bounds__(kWgThreads) forward_wgmma_kernel(Params p, int64_t q_tiles) {
-#if LATHE_FLASH_WGMMA
-  constexpr int BN = wg_block_n<D>();
-  constexpr int BM = kWgRows;
-  constexpr uint32_t kBlockBytesQ = BM * 128;  // one 64-column block of the Q tile
+// Scale and mask tile j0's scores of this thread's rows (log2 units), as forward_block does.
+template <int BN>
+LATHE_DEVICE_INLINE void scale_and_mask(const Params& p, float (&s)[BN / 2], int64_t wg_i0,
+                                        int64_t j0, int64_t mask_base, const int64_t (&row)[2],
+                                        int t) {
+  if (tile_unmasked<BN>(p, wg_i0, j0)) {
+#pragma unroll
+    for (int i = 0; i < BN / 2; ++i) s[i] *= p.scale_log2;
+  } else {
+#pragma unroll
+    for (int n = 0; n < BN / 8; ++n) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        s[4 * n + e] =
+            masked_score(p, mask_base, s[4 * n + e], row[e >> 1], j0 + 8 * n + 2 * t + (e & 1));
+      }
+    }
+  }
+}
+
+// The online softmax step of one tile for rows g and g + 8 (forward_block's order): the running
+// max and sum move on, s becomes the unnormalized probabilities, and corr[r] is the factor the
+// output accumulated so far must be scaled by before this tile's P V is added to it.
+template <int BN>
+LATHE_DEVICE_INLINE void online_softmax(float (&s)[BN / 2], float (&m_run)[2], float (&l_run)[2],
+                                        float (&corr)[2]) {
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float mx = -INFINITY;
+#pragma unroll
+    for (int n = 0; n < BN / 8; ++n) mx = fmaxf(mx, fmaxf(s[4 * n + 2 * r], s[4 * n + 2 * r + 1]));
+    mx = quad_max(mx);
+    const float m_new = fmaxf(m_run[r], mx);
+    // No key above -inf yet: shift by 0 so exp2(-inf - 0) = 0 instead of NaN.
+    const float m_use = m_new == -INFINITY ? 0.0f : m_new;
+    corr[r] = fast_exp2(m_run[r] - m_use);
+    m_run[r] = m_new;
+    l_run[r] *= corr[r];
+#pragma unroll
+    for (int n = 0; n < BN / 8; ++n) {
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        const float e = fast_exp2(s[4 * n + 2 * r + c] - m_use);
+        l_run[r] += e;
+        s[4 * n + 2 * r + c] = e;
+      }
+    }
+  }
+}
+
+template <int D>
+LATHE_DEVICE_INLINE void rescale(float (&o)[D / 2], const float (&corr)[2]) {
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) o[4 * n + e] *= corr[e >> 1];
+  }
+}
+
+// P (the probabilities in s) rounded to T as RS A fragments: k-step kk (keys 16kk..) is the
+// accumulator's n-tiles 2kk and 2kk + 1.
+template <class T, int BN>
+LATHE_DEVICE_INLINE void probabilities_to_a(uint32_t (&pf)[BN / 16][4], const float (&s)[BN / 2]) {
+#pragma unroll
+  for (int kk = 0; kk < BN / 16; ++kk) c_to_a<T>(pf[kk], s + 8 * kk, s + 8 * kk + 4);
+}
+
+// S = Q K^T over the K tile at byte offset k_at of sK, issued and committed (not waited for).
+// wgmma.fence orders this thread's earlier register accesses (the last tile's reads of s) before
+// the asynchronous wgmmas; fence_operand keeps the compiler from moving those accesses across it.
+template <class T, int D, int BN>
+LATHE_DEVICE_INLINE void issue_qk(float (&s)[BN / 2], uint64_t desc_q, uint64_t desc_k,
+                                  uint32_t k_at) {
+  constexpr uint32_t kBlockBytesQ = kWgRows * 128;  // one 64-column block of the Q tile
   constexpr uint32_t kBlockBytesKV = BN * 128;
-  constexpr uint32_t kTileBytesKV = BN * D * sizeof(T);
-  static_assert(D % 64 == 0, "128-byte swizzled rows hold 64 columns");
-  LATHE_DYNAMIC_SHARED(T, smem_raw);
-  const uintptr_t raw = reinterpret_cast<uintptr_t>(smem_raw);
-  T* sQ = reinterpret_cast<T*>((raw + 1023) & ~uintptr_t(1023));  // [D/64][BM][64]
-  T* sK = sQ + BM * D;                                            // [2][D/64][BN][64]
-  T* sV = sK + 2 * BN * D;                                        // [2][D/64][BN][64]
-
-  const int64_t b = int64_t(blockIdx.x) / q_tiles;
-  const int64_t i0 = (int64_t(blockIdx.x) - b * q_tiles) * BM;
-  const int wg = int(threadIdx.x) / 128, warp = int(threadIdx.x) % 128 / 32;
-  const int lane = int(threadIdx.x) % 32, g = lane >> 2, t = lane & 3;
-  const T* q_all = static_cast<const T*>(p.q);
-  const T* k_all = static_cast<const T*>(p.k);
-  const T* v_all = static_cast<const T*>(p.v);
-  const T* q = q_all + batch_offset(p, p.q_rows, b);
-  const T* k = k_all + batch_offset(p, p.k_rows, b);
-  const T* v = v_all + batch_offset(p, p.v_rows, b);
-  const int64_t ldk = p.k_rows.row, ldv = p.v_rows.row;
-
-  load_tile_sw128<D, BM>(sQ, q + i0 * p.q_rows.row, p.q_rows.row, p.tq - i0, q_all);
-  const int64_t j_end = p.causal ? (p.tk < i0 + BM ? p.tk : i0 + BM) : p.tk;
-  const int n_tiles = int((j_end + BN - 1) / BN);
-  if (n_tiles > 0) {
-    load_tile_sw128<D, BN>(sK, k, ldk, p.tk, k_all);
-    load_tile_sw128<D, BN>(sV, v, ldv, p.tk, v_all);
+  rt::wgmma_fence_operand(s);
+  rt::wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    const uint32_t at_q = (kk / 4) * kBlockBytesQ + (kk % 4) * 32;
+    const uint32_t at_k = k_at + (kk / 4) * kBlockBytesKV + (kk % 4) * 32;
+    wgmma_qk<T, BN>(s, desc_q + (at_q >> 4), desc_k + (at_k >> 4), kk > 0);
   }
-  rt::cp_async_commit();
+  rt::wgmma_commit();
+}
 
-  const int64_t wg_i0 = i0 + 64 * wg;  // this warpgroup's first query row
-  const int64_t row[2] = {wg_i0 + 16 * warp + g, wg_i0 + 16 * warp + g + 8};
-  const int64_t mask_base = p.mask.data != nullptr ? p.mask.batch_offset(b) : 0;
-  // Accumulators: x[4n + e] is row row[e / 2], column 8n + 2t + e % 2 (the mma C layout per
-  // 8-column n-tile, which is wgmma's layout for warp `warp` of the warpgroup).
-  float o[D / 2];
+// O += P V over the V tile at byte offset v_at of sV, issued and committed. The wgmmas read o and
+// pf asynchronously: fence_operand keeps the compiler from touching them until the caller's
+// matching wait (wait_pv).
+template <class T, int D, int BN>
+LATHE_DEVICE_INLINE void issue_pv(float (&o)[D / 2], uint32_t (&pf)[BN / 16][4], uint64_t desc_v,
+                                  uint32_t v_at) {
+  rt::wgmma_fence_operand(o);
 #pragma unroll
-  for (int i = 0; i < D / 2; ++i) o[i] = 0.0f;
-  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};
-
-  // Descriptors of block 0, k-step 0; a k16 step of Q or K adds 32 bytes inside the 128-byte row
-  // (the XOR uses the absolute address bits, so the start may move inside a row), a 64-column
-  // block BM or BN rows of 128 bytes; a k16 step of V (16 keys) adds 16 rows = 2048 bytes.
-  const uint64_t desc_q = rt::make_wgmma_desc(sQ + 64 * wg * 64, 16, 1024, rt::WgmmaSwizzle::B128);
-  const uint64_t desc_k = rt::make_wgmma_desc(sK, 16, 1024, rt::WgmmaSwizzle::B128);
-  const uint64_t desc_v = rt::make_wgmma_desc(sV, kBlockBytesKV, 1024, rt::WgmmaSwizzle::B128);
-
-  for (int it = 0; it < n_tiles; ++it) {
-    const int buf = it & 1;
-    if (it + 1 < n_tiles) {
-      const int64_t j1 = int64_t(it + 1) * BN;
-      load_tile_sw128<D, BN>(sK + (buf ^ 1) * BN * D, k + j1 * ldk, ldk, p.tk - j1, k_all);
-      load_tile_sw128<D, BN>(sV + (buf ^ 1) * BN * D, v + j1 * ldv, ldv, p.tk - j1, v_all);
-      rt::cp_async_commit();
-      rt::cp_async_wait<1>();
-    } else {
-      rt::cp_async_wait<0>();
-    }
-    // cp.async writes through the generic proxy, wgmma reads through the async proxy: each
-    // thread fences its own copies, then the barrier publishes everyone's.
-    rt::fence_proxy_async_shared();
-    __syncthreads();
-
-    // S = Q K^T. wgmma.fence orders this thread's earlier register accesses (the last tile's
-    // reads of s, writes of o) before the asynchronous wgmmas; fence_operand keeps the compiler
-    // from moving those accesses across it, or reads of s above the wait.
-    float s[BN / 2];
-    rt::wgmma_fence_operand(s);
-    rt::wgmma_fence();
+  for (int kk = 0; kk < BN / 16; ++kk) rt::wgmma_fence_operand(pf[kk]);
+  rt::wgmma_fence();  // o was rescaled and pf written since the last wgmma
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      const uint32_t at_q = (kk / 4) * kBlockBytesQ + (kk % 4) * 32;
-      const uint32_t at_k = buf * kTileBytesKV + (kk / 4) * kBlockBytesKV + (kk % 4) * 32;
-      wgmma_qk<T, BN>(s, desc_q + (at_q >> 4), desc_k + (at_k >> 4), kk > 0);
-    }
-    rt::wgmma_commit();
-    rt::wgmma_wait<0>();
-    rt::wgmma_fence_operand(s);
-
-    // Scale and mask (log2 units), then the online softmax of rows g and g + 8, as in
-    // forward_block.
-    const int64_t j0 = int64_t(it) * BN;
-    if (tile_unmasked<BN>(p, wg_i0, j0)) {
-#pragma unroll
-      for (int i = 0; i < BN / 2; ++i) s[i] *= p.scale_log2;
-    } else {
-#pragma unroll
-      for (int n = 0; n < BN / 8; ++n) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          s[4 * n + e] =
-              masked_score(p, mask_base, s[4 * n + e], row[e >> 1], j0 + 8 * n + 2 * t + (e & 1));
-        }
-      }
-    }
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      float mx = -INFINITY;
-#pragma unroll
-      for (int n = 0; n < BN / 8; ++n)
-        mx = fmaxf(mx, fmaxf(s[4 * n + 2 * r], s[4 * n + 2 * r + 1]));
-      mx = quad_max(mx);
-      const float m_new = fmaxf(m_run[r], mx);
-      // No key above -inf yet: shift by 0 so exp2(-inf - 0) = 0 instead of NaN.
-      const float m_use = m_new == -INFINITY ? 0.0f : m_new;
-      const float corr = fast_exp2(m_run[r] - m_use);
-      m_run[r] = m_new;
-      l_run[r] *= corr;
-#pragma unroll
-      for (int n = 0; n < D / 8; ++n) {
-        o[4 * n + 2 * r] *= corr;
-        o[4 * n + 2 * r + 1] *= corr;
-      }
-#pragma unroll
-      for (int n = 0; n < BN / 8; ++n) {
-#pragma unroll
-        for (int c = 0; c < 2; ++c) {
-          const float e = fast_exp2(s[4 * n + 2 * r + c] - m_use);
-          l_run[r] += e;
-          s[4 * n + 2 * r + c] = e;
-        }
-      }
-    }
-
-    // O += P V, P as RS A fragments: k-step kk (keys 16kk..) is n-tiles 2kk and 2kk + 1.
-    uint32_t pf[BN / 16][4];
-#pragma unroll
-    for (int kk = 0; kk < BN / 16; ++kk) c_to_a<T>(pf[kk], s + 8 * kk, s + 8 * kk + 4);
-    rt::wgmma_fence_operand(o);
-#pragma unroll
-    for (int kk = 0; kk < BN / 16; ++kk) rt::wgmma_fence_operand(pf[kk]);
-    rt::wgmma_fence();  // o was rescaled and pf written since the last wgmma
-#pragma unroll
-    for (int kk = 0; kk < BN / 16; ++kk) {
-      wgmma_pv<T, D>(o, pf[kk], desc_v + ((buf * kTileBytesKV + kk * 16 * 128) >> 4));
-    }
-    rt::wgmma_commit();
-    // Before o is read (the next rescale or the end), before the pf registers may be reused
-    // (the wgmmas read them asynchronously: fence_operand keeps them live until here), and
-    // before the barrier below lets the next iteration overwrite this V buffer.
-    rt::wgmma_wait<0>();
-    rt::wgmma_fence_operand(o);
-#pragma unroll
-    for (int kk = 0; kk < BN / 16; ++kk) rt::wgmma_fence_operand(pf[kk]);
-    __syncthreads();  // the next iteration refills this buffer
+  for (int kk = 0; kk < BN / 16; ++kk) {
+    wgmma_pv<T, D>(o, pf[kk], desc_v + ((v_at + kk * 16 * 128) >> 4));
   }
-  if (n_tiles == 0) rt::cp_async_wait<0>();
+  rt::wgmma_commit();
+}
+template <int D, int BN>
+LATHE_DEVICE_INLINE void after_pv(float (&o)[D / 2], uint32_t (&pf)[BN / 16][4]) {
+  rt::wgmma_fence_operand(o);
+#pragma unroll
+  for (int kk = 0; kk < BN / 16; ++kk) rt::wgmma_fence_operand(pf[kk]);
+}
 
+// Rows g and g + 8 of the output, normalized, and their lse.
+template <class T, int D>
+LATHE_DEVICE_INLINE void store_rows(const Params& p, int64_t b, const int64_t (&row)[2], int t,
+                                    const float (&o)[D / 2], const float (&m_run)[2],
+                                    const float (&l_run)[2]) {
   T* out = static_cast<T*>(p.out) + batch_offset(p, p.out_rows, b);
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
@@ -263,6 +223,219 @@ __global__ void __launch_bounds__(kWgThreads) forward_wgmma_kernel(Params p, int
     }
     if (t == 0) p.lse[b * p.tq + i] = empty ? -INFINITY : (m_run[r] + log2f(l)) * kLn2;
   }
+}
+
+// What both wgmma kernels work out before their loop: the block's batch and rows, the operands,
+// and the shared-memory tiles with their wgmma descriptors.
+template <class T, int D>
+struct WgmmaBlock {
+  static constexpr int BN = wg_block_n<D>();
+  static constexpr int BM = kWgRows;
+  static constexpr uint32_t kBlockBytesKV = BN * 128;
+  static constexpr uint32_t kTileBytesKV = BN * D * sizeof(T);
+  static_assert(D % 64 == 0, "128-byte swizzled rows hold 64 columns");
+
+  T* sQ;  // [D/64][BM][64]
+  T* sK;  // [2][D/64][BN][64]
+  T* sV;  // [2][D/64][BN][64]
+  int64_t b, i0, wg_i0, ldk, ldv, mask_base, row[2];
+  int t;
+  const T *q_all, *k_all, *v_all, *q, *k, *v;
+  int n_tiles;
+  uint64_t desc_q, desc_k, desc_v;
+
+  LATHE_DEVICE_INLINE WgmmaBlock(const Params& p, int64_t q_tiles, T* smem_raw) {
+    const uintptr_t raw = reinterpret_cast<uintptr_t>(smem_raw);
+    sQ = reinterpret_cast<T*>((raw + 1023) & ~uintptr_t(1023));
+    sK = sQ + BM * D;
+    sV = sK + 2 * BN * D;
+    b = int64_t(blockIdx.x) / q_tiles;
+    i0 = (int64_t(blockIdx.x) - b * q_tiles) * BM;
+    const int wg = int(threadIdx.x) / 128, warp = int(threadIdx.x) % 128 / 32;
+    const int lane = int(threadIdx.x) % 32, g = lane >> 2;
+    t = lane & 3;
+    q_all = static_cast<const T*>(p.q);
+    k_all = static_cast<const T*>(p.k);
+    v_all = static_cast<const T*>(p.v);
+    q = q_all + batch_offset(p, p.q_rows, b);
+    k = k_all + batch_offset(p, p.k_rows, b);
+    v = v_all + batch_offset(p, p.v_rows, b);
+    ldk = p.k_rows.row;
+    ldv = p.v_rows.row;
+    const int64_t j_end = p.causal ? (p.tk < i0 + BM ? p.tk : i0 + BM) : p.tk;
+    n_tiles = int((j_end + BN - 1) / BN);
+    wg_i0 = i0 + 64 * wg;  // this warpgroup's first query row
+    row[0] = wg_i0 + 16 * warp + g;
+    row[1] = row[0] + 8;
+    mask_base = p.mask.data != nullptr ? p.mask.batch_offset(b) : 0;
+    // Descriptors of block 0, k-step 0; a k16 step of Q or K adds 32 bytes inside the 128-byte
+    // row (the XOR uses the absolute address bits, so the start may move inside a row), a
+    // 64-column block BM or BN rows of 128 bytes; a k16 step of V (16 keys) adds 16 rows = 2048
+    // bytes.
+    desc_q = rt::make_wgmma_desc(sQ + 64 * wg * 64, 16, 1024, rt::WgmmaSwizzle::B128);
+    desc_k = rt::make_wgmma_desc(sK, 16, 1024, rt::WgmmaSwizzle::B128);
+    desc_v = rt::make_wgmma_desc(sV, kBlockBytesKV, 1024, rt::WgmmaSwizzle::B128);
+  }
+  LATHE_DEVICE_INLINE void load_q(const Params& p) const {
+    load_tile_sw128<D, BM>(sQ, q + i0 * p.q_rows.row, p.q_rows.row, p.tq - i0, q_all);
+  }
+  // Key tile `tile` into buffer `buf` of K or of V.
+  LATHE_DEVICE_INLINE void load_k(const Params& p, int tile, int buf) const {
+    const int64_t j = int64_t(tile) * BN;
+    load_tile_sw128<D, BN>(sK + buf * BN * D, k + j * ldk, ldk, p.tk - j, k_all);
+  }
+  LATHE_DEVICE_INLINE void load_v(const Params& p, int tile, int buf) const {
+    const int64_t j = int64_t(tile) * BN;
+    load_tile_sw128<D, BN>(sV + buf * BN * D, v + j * ldv, ldv, p.tk - j, v_all);
+  }
+};
+
+// cp.async writes through the generic proxy, wgmma reads through the async proxy: each thread
+// fences its own copies, then the barrier publishes everyone's.
+LATHE_DEVICE_INLINE void publish_to_wgmma() {
+  rt::fence_proxy_async_shared();
+  __syncthreads();
+}
+
+// Variant 2: per tile, S = Q K^T, wait, softmax, O rescaled, O += P V, wait: the tensor cores idle
+// while the warpgroup runs its softmax (unless the other warpgroup's wgmmas fill the gap).
+template <class T, int D>
+__global__ void __launch_bounds__(kWgThreads) forward_wgmma_kernel(Params p, int64_t q_tiles) {
+#if LATHE_FLASH_WGMMA
+  using Block = WgmmaBlock<T, D>;
+  constexpr int BN = Block::BN;
+  LATHE_DYNAMIC_SHARED(T, smem_raw);
+  const Block blk(p, q_tiles, smem_raw);
+
+  blk.load_q(p);
+  if (blk.n_tiles > 0) {
+    blk.load_k(p, 0, 0);
+    blk.load_v(p, 0, 0);
+  }
+  rt::cp_async_commit();
+
+  float o[D / 2];
+#pragma unroll
+  for (int i = 0; i < D / 2; ++i) o[i] = 0.0f;
+  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f}, corr[2];
+
+  for (int it = 0; it < blk.n_tiles; ++it) {
+    const int buf = it & 1;
+    if (it + 1 < blk.n_tiles) {
+      blk.load_k(p, it + 1, buf ^ 1);
+      blk.load_v(p, it + 1, buf ^ 1);
+      rt::cp_async_commit();
+      rt::cp_async_wait<1>();
+    } else {
+      rt::cp_async_wait<0>();
+    }
+    publish_to_wgmma();
+
+    float s[BN / 2];
+    issue_qk<T, D, BN>(s, blk.desc_q, blk.desc_k, buf * Block::kTileBytesKV);
+    rt::wgmma_wait<0>();
+    rt::wgmma_fence_operand(s);
+
+    scale_and_mask<BN>(p, s, blk.wg_i0, int64_t(it) * BN, blk.mask_base, blk.row, blk.t);
+    online_softmax<BN>(s, m_run, l_run, corr);
+    rescale<D>(o, corr);
+
+    uint32_t pf[BN / 16][4];
+    probabilities_to_a<T, BN>(pf, s);
+    issue_pv<T, D, BN>(o, pf, blk.desc_v, buf * Block::kTileBytesKV);
+    // Before o is read (the next rescale or the end), before the pf registers may be reused and
+    // before the barrier below lets the next iteration overwrite this V buffer.
+    rt::wgmma_wait<0>();
+    after_pv<D, BN>(o, pf);
+    __syncthreads();  // the next iteration refills this buffer
+  }
+  if (blk.n_tiles == 0) rt::cp_async_wait<0>();
+  store_rows<T, D>(p, blk.b, blk.row, blk.t, o, m_run, l_run);
+#else
+  (void)p;
+  (void)q_tiles;
+  __trap();
+#endif
+}
+
+// Variant 3: variant 2's arithmetic in the same order (bit-identical results) with
+// FlashAttention-3's intra-warpgroup pipelining: iteration j issues S_j = Q K_j^T and then
+// O += P_{j-1} V_{j-1}, and runs tile j's softmax while that P V is still on the tensor cores
+// (wgmma groups complete in order: wait_group 1 is S_j). The rescale of O by tile j's factor
+// waits for iteration j + 1, where it overlaps S_{j+1}; O = (O c_j + P_j V_j) c_{j+1} + ... is
+// the same sequence of operations as variant 2's.
+//
+// Loads: one cp.async group per iteration, issued right after the barrier, holds K_{j+1} and V_j
+// and is waited for at the next iteration's top, a whole iteration later. The buffers it fills
+// were last read by S_{j-1} (K buffer (j+1) % 2) and P_{j-2} V_{j-2} (V buffer j % 2), both
+// waited for by every warpgroup before this barrier, so one barrier per tile suffices (variant
+// 2 needs two). Registers: s, pf and o live at once, as in variant 2.
+template <class T, int D>
+__global__ void __launch_bounds__(kWgThreads)
+    forward_wgmma_overlap_kernel(Params p, int64_t q_tiles) {
+#if LATHE_FLASH_WGMMA
+  using Block = WgmmaBlock<T, D>;
+  constexpr int BN = Block::BN;
+  constexpr uint32_t kTile = Block::kTileBytesKV;
+  LATHE_DYNAMIC_SHARED(T, smem_raw);
+  const Block blk(p, q_tiles, smem_raw);
+  const int n_tiles = blk.n_tiles;
+
+  // Group 1: Q and K_0, waited for now; group 2: K_1 and V_0, waited for at iteration 1 (or the
+  // final P V), so it overlaps S_0 and its softmax.
+  blk.load_q(p);
+  if (n_tiles > 0) blk.load_k(p, 0, 0);
+  rt::cp_async_commit();
+  if (n_tiles > 1) blk.load_k(p, 1, 1);
+  if (n_tiles > 0) blk.load_v(p, 0, 0);
+  rt::cp_async_commit();
+  rt::cp_async_wait<1>();
+  publish_to_wgmma();
+
+  float o[D / 2];
+#pragma unroll
+  for (int i = 0; i < D / 2; ++i) o[i] = 0.0f;
+  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f}, corr[2] = {1.0f, 1.0f};
+  float s[BN / 2];
+  uint32_t pf[BN / 16][4];
+
+  if (n_tiles > 0) {
+    issue_qk<T, D, BN>(s, blk.desc_q, blk.desc_k, 0);
+    rt::wgmma_wait<0>();
+    rt::wgmma_fence_operand(s);
+    scale_and_mask<BN>(p, s, blk.wg_i0, 0, blk.mask_base, blk.row, blk.t);
+    online_softmax<BN>(s, m_run, l_run, corr);
+    probabilities_to_a<T, BN>(pf, s);
+  }
+  for (int it = 1; it < n_tiles; ++it) {
+    rt::cp_async_wait<0>();  // K_it and V_{it-1}, issued an iteration ago
+    publish_to_wgmma();
+    if (it + 1 < n_tiles) blk.load_k(p, it + 1, (it + 1) & 1);
+    blk.load_v(p, it, it & 1);
+    rt::cp_async_commit();
+
+    issue_qk<T, D, BN>(s, blk.desc_q, blk.desc_k, (it & 1) * kTile);
+    rescale<D>(o, corr);  // tile it-1's factor, while S_it runs
+    issue_pv<T, D, BN>(o, pf, blk.desc_v, ((it - 1) & 1) * kTile);
+
+    rt::wgmma_wait<1>();  // S_it; P_{it-1} V_{it-1} may still run
+    rt::wgmma_fence_operand(s);
+    scale_and_mask<BN>(p, s, blk.wg_i0, int64_t(it) * BN, blk.mask_base, blk.row, blk.t);
+    online_softmax<BN>(s, m_run, l_run, corr);
+
+    rt::wgmma_wait<0>();  // P_{it-1} V_{it-1}: o is ours again, pf may be overwritten
+    after_pv<D, BN>(o, pf);
+    probabilities_to_a<T, BN>(pf, s);
+  }
+  if (n_tiles > 0) {
+    rt::cp_async_wait<0>();  // V_{n-1}
+    publish_to_wgmma();
+    rescale<D>(o, corr);
+    issue_pv<T, D, BN>(o, pf, blk.desc_v, ((n_tiles - 1) & 1) * kTile);
+    rt::wgmma_wait<0>();
+    after_pv<D, BN>(o, pf);
+  }
+  store_rows<T, D>(p, blk.b, blk.row, blk.t, o, m_run, l_run);
 #else
   (void)p;
   (void)q_tiles;
@@ -274,26 +447,27 @@ __global__ void __launch_bounds__(kWgThreads) forward_wgmma_kernel(Params p, int
 }  // namespace
 
 template <class T, int D>
-void launch_forward_wgmma(const Params& p, int64_t batch, int64_t q_len) {
+void launch_forward_wgmma(const Params& p, int64_t batch, int64_t q_len, bool overlap) {
   const int64_t q_tiles = (q_len + kWgRows - 1) / kWgRows;
   constexpr size_t smem = wg_forward_smem<D, T>();
-  auto kernel = forward_wgmma_kernel<T, D>;
+  auto kernel = overlap ? forward_wgmma_overlap_kernel<T, D> : forward_wgmma_kernel<T, D>;
   allow_shared(kernel, smem, "flash attention");
 #ifdef __CUDACC__
   // A build without 90a in LATHE_CUDA_ARCHS would run the sm_80 stub, which traps.
   cudaFuncAttributes attr{};
   LATHE_CHECK(cudaFuncGetAttributes(&attr, kernel) == cudaSuccess && attr.binaryVersion == 90,
-              "flash attention: forward variant 2 needs the kernel compiled for sm_90a "
+              "flash attention: forward variants 2 and 3 need the kernel compiled for sm_90a "
               "(LATHE_CUDA_ARCHS with 90a), found binary version ",
               attr.binaryVersion);
 #endif
   rt::launch(kernel, dim3(unsigned(q_tiles * batch)), dim3(kWgThreads), smem, stream(),
-             "flash_attention_forward_wgmma", p, q_tiles);
+             overlap ? "flash_attention_forward_wgmma_overlap" : "flash_attention_forward_wgmma", p,
+             q_tiles);
 }
 
-template void launch_forward_wgmma<__half, 64>(const Params&, int64_t, int64_t);
-template void launch_forward_wgmma<__half, 128>(const Params&, int64_t, int64_t);
-template void launch_forward_wgmma<__nv_bfloat16, 64>(const Params&, int64_t, int64_t);
-template void launch_forward_wgmma<__nv_bfloat16, 128>(const Params&, int64_t, int64_t);
+template void launch_forward_wgmma<__half, 64>(const Params&, int64_t, int64_t, bool);
+template void launch_forward_wgmma<__half, 128>(const Params&, int64_t, int64_t, bool);
+template void launch_forward_wgmma<__nv_bfloat16, 64>(const Params&, int64_t, int64_t, bool);
+template void launch_forward_wgmma<__nv_bfloat16, 128>(const Params&, int64_t, int64_t, bool);
 
 }  // namespace lathe::kernels::cuda::flash

@@ -219,10 +219,11 @@ LATHE_DEVICE_INLINE void c_to_a(uint32_t a[4], const float lo[4], const float hi
   a[3] = pack2<T>(hi[2], hi[3]);
 }
 
-// The sm_90a warpgroup-MMA forward (attention_wgmma.cu, forward variant 2) for T in {__half,
-// __nv_bfloat16} and D in {64, 128}, on the current stream: checks that the kernel was compiled
-// for sm_90a, then launches it over p's batch and query rows.
+// The sm_90a warpgroup-MMA forward (attention_wgmma.cu; forward variant 2, or with `overlap` the
+// intra-warpgroup pipelined variant 3) for T in {__half, __nv_bfloat16} and D in {64, 128}, on the
+// current stream: checks that the kernel was compiled for sm_90a, then launches it over p's batch
+// and query rows.
 template <class T, int D>
-void launch_forward_wgmma(const Params& p, int64_t batch, int64_t q_len);
+void launch_forward_wgmma(const Params& p, int64_t batch, int64_t q_len, bool overlap);
 
 }  // namespace lathe::kernels::cuda::flash

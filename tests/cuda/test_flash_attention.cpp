@@ -571,8 +571,8 @@ TEST_CASE("flash attention: a variant asked for where it does not exist is an er
   c.d = 64;
   const Inputs in = make_inputs(c, 1600);
   {
-    const VariantGuard variant({3, 0});
-    CHECK_THROWS_WITH(run_kernels(c, in), Catch::Contains("no forward variant 3"));
+    const VariantGuard variant({4, 0});
+    CHECK_THROWS_WITH(run_kernels(c, in), Catch::Contains("no forward variant 4"));
   }
   {
     const VariantGuard variant({0, 2});
@@ -671,28 +671,36 @@ void check_lse(const Tensor& lse, const std::vector<double>& want) {
   CHECK(wrong_inf == 0);
 }
 
-// Forward variant 2 on `c`: its output against the f64 composite and its lse against
-// reference_lse, counting the launch.
+// Forward variants 2 and 3 on `c`: variant 2's output against the f64 composite and its lse
+// against reference_lse, counting the launches; variant 3 (the same arithmetic, pipelined) must
+// give variant 2's bits.
 Results check_wgmma_forward(const Case& c, const Inputs& in) {
   INFO(describe(c));
   const Reference ref = reference(c, in);
   const long long launches = kernels::cuda::flash_attention_variant_launches();
-  const VariantGuard variant({2, 0});
-  Results r = run_forward(c, in);
-  CHECK(kernels::cuda::flash_attention_variant_launches() == launches + 1);
+  Results r;
+  {
+    const VariantGuard variant({2, 0});
+    r = run_forward(c, in);
+  }
   check_rel(r.out, ref.out, tol_of(c.dtype, false), "output");
   check_lse(r.lse, reference_lse(c, in));
+  const VariantGuard variant({3, 0});
+  const Results overlapped = run_forward(c, in);
+  CHECK(kernels::cuda::flash_attention_variant_launches() == launches + 2);
+  CHECK(bytes_of(overlapped.out) == bytes_of(r.out));
+  CHECK(bytes_of(overlapped.lse) == bytes_of(r.lse));
   return r;
 }
 
 }  // namespace
 
-TEST_CASE("flash attention: forward variant 2 (sm_90a wgmma) against the f64 composite",
+TEST_CASE("flash attention: forward variants 2 and 3 (sm_90a wgmma) against the f64 composite",
           "[cuda][attention]") {
   // Blocks of 128 query rows (two warpgroups of 64) and 128-key tiles: T = 1, 17 (one partial
   // tile and one idle warpgroup), 64, 129 (a second query block and key tile with one row/key),
-  // 300 (three key tiles, so both buffers are refilled). Both dtypes meet each head dim and causal
-  // setting.
+  // 300 (three key tiles, so both buffers are refilled; variant 3's pipeline runs its loop twice).
+  // Both dtypes meet each head dim and causal setting.
   const int64_t t = GENERATE(1, 17, 64, 129, 300);
   const int64_t d = GENERATE(64, 128);
   const bool causal = GENERATE(false, true);
@@ -706,7 +714,8 @@ TEST_CASE("flash attention: forward variant 2 (sm_90a wgmma) against the f64 com
   check_wgmma_forward(c, make_inputs(c, 2000 + uint64_t(t + d)));
 }
 
-TEST_CASE("flash attention: forward variant 2 with Tq != Tk and masks", "[cuda][attention]") {
+TEST_CASE("flash attention: forward variants 2 and 3 with Tq != Tk and masks",
+          "[cuda][attention]") {
   SECTION("Tq != Tk, causal top-left") {
     const auto [tq, tk] =
         GENERATE(std::pair<int64_t, int64_t>{17, 129}, std::pair<int64_t, int64_t>{129, 70},
@@ -746,7 +755,7 @@ TEST_CASE("flash attention: forward variant 2 with Tq != Tk and masks", "[cuda][
   }
 }
 
-TEST_CASE("flash attention: forward variant 2 reads strided operands and is schedule-invariant",
+TEST_CASE("flash attention: forward variants 2 and 3 read strided operands, schedule-invariant",
           "[cuda][attention]") {
   // Same arithmetic through batch, head and row strides: the contiguous run's bits. And the same
   // bits under every simulator schedule (the warpgroup rendezvous, the barriers around the
@@ -764,7 +773,9 @@ TEST_CASE("flash attention: forward variant 2 reads strided operands and is sche
   const Inputs in = make_inputs(c, 2300 + uint64_t(layout));
   const Inputs strided = relayout(layout, c, in);
   REQUIRE(!strided.q.is_contiguous());
-  const VariantGuard variant({2, 0});
+  const int which = GENERATE(2, 3);
+  INFO("variant " << which);
+  const VariantGuard variant({which, 0});
   const Results contiguous = run_forward(c, in);
   const Results r = run_forward(c, strided, layout);
   REQUIRE(!r.out.is_contiguous());
@@ -784,9 +795,9 @@ TEST_CASE("flash attention: forward variant 2 reads strided operands and is sche
   }
 }
 
-TEST_CASE("flash attention: forward variant 2 refuses what it does not support",
+TEST_CASE("flash attention: forward variants 2 and 3 refuse what they do not support",
           "[cuda][attention]") {
-  // Dropout and head dims other than 64 and 128 are not in the wgmma kernel yet; the backward has
+  // Dropout and head dims other than 64 and 128 are not in the wgmma kernels yet; the backward has
   // no variant 2.
   for (const auto& [d, p] :
        {std::pair<int64_t, double>{32, 0.0}, std::pair<int64_t, double>{64, 0.1}}) {
@@ -796,10 +807,13 @@ TEST_CASE("flash attention: forward variant 2 refuses what it does not support",
     c.seed = 3;
     INFO(describe(c));
     const Inputs in = make_inputs(c, 2400);
-    const VariantGuard variant({2, 0});
-    CHECK_THROWS_WITH(run_forward(c, in),
-                      Catch::Contains("forward variant 2 (sm_90a wgmma) exists for f16/bf16 at "
-                                      "head dim 64 or 128 without dropout only"));
+    for (int which : {2, 3}) {
+      const VariantGuard variant({which, 0});
+      CHECK_THROWS_WITH(run_forward(c, in),
+                        Catch::Contains("forward variant " + std::to_string(which) +
+                                        " (sm_90a wgmma) exists for f16/bf16 at head dim 64 or "
+                                        "128 without dropout only"));
+    }
   }
 }
 
