@@ -1,7 +1,8 @@
-// Forward variant 2 of the flash attention (attention_variant.h): FlashAttention-3's arithmetic on
-// Hopper's warpgroup MMA (wgmma through kernels/cuda/ptx.cuh), sm_90a only; the helpers and
-// conventions it shares with attention.cu's FlashAttention-2 kernels are in flash_attention.cuh.
-// Selected at run time by attention.cu's forward launcher; docs/kernels.md ("Forward variant 2").
+// Forward variants 2 and 3 of the flash attention (attention_variant.h): FlashAttention-3's
+// arithmetic on Hopper's warpgroup MMA (wgmma through kernels/cuda/ptx.cuh), sm_90a only, 3 with
+// its intra-warpgroup pipelining; the helpers and conventions they share with attention.cu's
+// FlashAttention-2 kernels are in flash_attention.cuh. Selected at run time by attention.cu's
+// forward launcher; docs/kernels.md ("Forward variant 2", "Forward variant 3").
 #include "kernels/cuda/flash_attention.cuh"
 #include "kernels/sim/sim.h"  // LATHE_DYNAMIC_SHARED in both builds
 
