@@ -43,6 +43,9 @@ DEFAULT_TARGETS+=";layer-norm-bf16|layer_norm_forward_kernel|BM_CudaLayerNormFor
 DEFAULT_TARGETS+=";flash-forward-wgmma|forward_wgmma_kernel|BM_CudaFlashAttentionForwardVariant/T:2048/d:64/causal:0/variant:2/"
 # Variant 3, the same with intra-warpgroup pipelining: fewer stalls on the wgmma waits than variant 2?
 DEFAULT_TARGETS+=";flash-forward-wgmma-overlap|forward_wgmma_overlap_kernel|BM_CudaFlashAttentionForwardVariant/T:2048/d:64/causal:0/variant:3/"
+# Backward variant 2, the sm_90a wgmma dK/dV and dQ kernels, to set against flash-dkdv and flash-dq.
+DEFAULT_TARGETS+=";flash-dkdv-wgmma|dkdv_wgmma_kernel|BM_CudaFlashAttentionBackwardVariant/T:2048/d:64/causal:0/variant:2/"
+DEFAULT_TARGETS+=";flash-dq-wgmma|dq_wgmma_kernel|BM_CudaFlashAttentionBackwardVariant/T:2048/d:64/causal:0/variant:2/"
 # The occupancy variants of kernels/cuda/attention_variant.h, to set against flash-dkdv and
 # flash-forward above (last, so that a short time limit cuts them first).
 DEFAULT_TARGETS+=";flash-dkdv-variant|dkdv_variant_kernel|BM_CudaFlashAttentionBackwardVariant/T:2048/d:64/causal:0/variant:1/"

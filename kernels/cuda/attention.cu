@@ -778,21 +778,22 @@ constexpr int kVariantDkdvQueryTile = 32;
 constexpr int kVariantMinBlocks = 3;
 
 // Variants 2 and 3 of the forward: forward_wgmma_kernel and forward_wgmma_overlap_kernel
-// (sm_90a), f16/bf16 at head dim 64 or 128, no dropout yet, on compute capability 9.x.
+// (sm_90a); variant 2 of the backward: dkdv_wgmma_kernel and dq_wgmma_kernel (sm_90a, always
+// deterministic). f16/bf16 at head dim 64 or 128, no dropout yet, on compute capability 9.x.
 constexpr int kVariantWgmma = 2;
 constexpr int kVariantWgmmaOverlap = 3;
 
 void check_variant(int variant, const AttentionForwardArgs& a, const char* which) {
   if (variant == 0) return;
-  if ((variant == kVariantWgmma || variant == kVariantWgmmaOverlap) &&
-      std::string_view(which) == "forward") {
+  const bool forward = std::string_view(which) == "forward";
+  if (variant == kVariantWgmma || (variant == kVariantWgmmaOverlap && forward)) {
     LATHE_CHECK((a.head_dim == 64 || a.head_dim == 128) && a.dropout_p == 0,
-                "flash attention: forward variant ", variant,
+                "flash attention: ", which, " variant ", variant,
                 " (sm_90a wgmma) exists for f16/bf16 at head dim 64 or 128 without dropout only, "
                 "got head dim ",
                 a.head_dim, " and dropout ", a.dropout_p);
     const rt::DeviceProperties& props = rt::device_properties(rt::current_device());
-    LATHE_CHECK(props.compute_major == 9, "flash attention: forward variant ", variant,
+    LATHE_CHECK(props.compute_major == 9, "flash attention: ", which, " variant ", variant,
                 " uses wgmma, which needs compute capability 9.x (sm_90a code), not sm_",
                 props.compute_major * 10 + props.compute_minor);
     return;
@@ -918,9 +919,10 @@ void backward_impl(const AttentionBackwardArgs& args) {
   DeviceScratch row_stats(size_t(rows > 0 ? 2 * rows : 1) * sizeof(float));
   p.row_dot = row_stats.as<float>();
   p.lse2 = p.row_dot + rows;
-  const bool atomic_dq = !args.deterministic && rows > 0;
   const int variant = flash_attention_variant().backward;
   check_variant(variant, a, "backward");
+  // Backward variant 2 computes dQ in its own pass in both modes.
+  const bool atomic_dq = !args.deterministic && rows > 0 && variant != kVariantWgmma;
   std::optional<DeviceScratch> dq_accum;
   if (atomic_dq) {
     const size_t bytes = size_t(rows * d) * sizeof(float);
@@ -934,6 +936,12 @@ void backward_impl(const AttentionBackwardArgs& args) {
       const unsigned grid = grid_for(blocks * kThreads, kThreads, 8);
       rt::launch(row_dot_kernel<T, D>, dim3(grid), dim3(kThreads), 0, stream(),
                  "flash_attention_row_dot", p);
+    }
+    if constexpr (D == 64 || D == 128) {
+      if (variant == kVariantWgmma) {
+        ++g_flash_variant_launches;
+        return launch_backward_wgmma<T, D>(p, a.batch);
+      }
     }
     const int64_t k_tiles = (a.kv_len + kBlockN - 1) / kBlockN;
     if (k_tiles > 0) {

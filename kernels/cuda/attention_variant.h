@@ -11,6 +11,8 @@
 // warpgroup MMA (wgmma), f16/bf16 at head dim 64 or 128 without dropout, on compute capability 9.x
 // only (the simulator counts as 9.0); forward variant 3 is the same with FlashAttention-3's
 // intra-warpgroup pipelining (the next tile's Q K^T issued before this tile's softmax), same bits.
+// Backward variant 2 is the deterministic backward on wgmma (sm_90a), with the same restrictions;
+// it has no atomic-dQ mode (it computes dQ in its own pass in both modes).
 // docs/kernels.md ("flash attention") has their registers and what the GPU run must decide.
 #pragma once
 

@@ -3,8 +3,7 @@
 // its intra-warpgroup pipelining; the helpers and conventions they share with attention.cu's
 // FlashAttention-2 kernels are in flash_attention.cuh. Selected at run time by attention.cu's
 // forward launcher; docs/kernels.md ("Forward variant 2", "Forward variant 3").
-#include "kernels/cuda/flash_attention.cuh"
-#include "kernels/sim/sim.h"  // LATHE_DYNAMIC_SHARED in both builds
+#include "kernels/cuda/flash_attention_wgmma.cuh"
 
 namespace lathe::kernels::cuda::flash {
 
@@ -31,9 +30,6 @@ namespace {
 // ptxas (CUDA 13, sm_90a) gives 191 at d = 64 and 220 at d = 128, no spills, so one 256-thread
 // block per SM (two would need <= 128 registers: BN = 64 at d = 64 is the GPU's A/B to try).
 // Shared memory (BM + 4 BN) D 2 bytes + 1 KiB of alignment: 81 KiB at d = 64, 161 KiB at d = 128.
-constexpr int kWgConsumers = 2;
-constexpr int kWgThreads = 128 * kWgConsumers;
-constexpr int kWgRows = 64 * kWgConsumers;
 template <int D>
 constexpr int wg_block_n() {
   return 128;
@@ -42,56 +38,6 @@ template <int D, class T>
 constexpr size_t wg_forward_smem() {
   // + 1024: the swizzle is a function of shared address bits 4..9, so tiles start 1024-aligned.
   return size_t(kWgRows + 4 * wg_block_n<D>()) * D * sizeof(T) + 1024;
-}
-
-// Compiled only where wgmma exists (sm_90a device code, and the simulator): the sm_80 pass gets a
-// trapping stub instead of a body of trapping wrappers, and the launcher refuses other GPUs.
-#if !defined(__CUDA_ARCH__) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define LATHE_FLASH_WGMMA 1
-#else
-#define LATHE_FLASH_WGMMA 0
-#endif
-
-// Rows [0, valid) of a [ROWS, D] tile at gmem (row stride ld, rows 16-byte aligned) into the
-// 128-byte-swizzled layout at smem (1024-byte aligned); rows past `valid` are zero-filled. Each
-// thread copies the same 16-byte column chunk of rows r0, r0 + kStep, ...: kStep is a multiple of
-// 8, so the swizzled offset inside a row is computed once (a loop over flat chunk indices, with its
-// divisions and swizzle per chunk, cost ~500 more SASS instructions per tile at d = 128).
-template <int D, int ROWS, class T>
-LATHE_DEVICE_INLINE void load_tile_sw128(T* smem, const T* gmem, int64_t ld, int64_t valid,
-                                         const T* any_valid) {
-  constexpr int kChunks = D / 8;
-  constexpr int kStep = kWgThreads / kChunks;
-  static_assert(kWgThreads % kChunks == 0 && kStep % 8 == 0 && ROWS % kStep == 0,
-                "every thread keeps one chunk column and swizzle phase");
-  const int r0 = int(threadIdx.x) / kChunks, col = (int(threadIdx.x) % kChunks) * 8;
-  char* dst = reinterpret_cast<char*>(smem) + uint32_t(col / 64) * ROWS * 128 +
-              rt::wgmma_offset(rt::WgmmaSwizzle::B128, r0, col % 64, 16, 1024);
-#pragma unroll
-  for (int i = 0; i < ROWS / kStep; ++i) {
-    const int r = r0 + i * kStep;
-    const bool ok = r < valid;
-    rt::cp_async_16(dst + i * kStep * 128, ok ? gmem + int64_t(r) * ld + col : any_valid,
-                    ok ? 16 : 0);
-  }
-}
-
-template <class T, int N>
-LATHE_DEVICE_INLINE void wgmma_qk(float (&d)[N / 2], uint64_t desc_q, uint64_t desc_k,
-                                  bool accumulate) {
-  if constexpr (std::is_same_v<T, __half>) {
-    rt::wgmma_ss_f16<N>(d, desc_q, desc_k, accumulate);
-  } else {
-    rt::wgmma_ss_bf16<N>(d, desc_q, desc_k, accumulate);
-  }
-}
-template <class T, int N>
-LATHE_DEVICE_INLINE void wgmma_pv(float (&d)[N / 2], const uint32_t a[4], uint64_t desc_v) {
-  if constexpr (std::is_same_v<T, __half>) {
-    rt::wgmma_rs_f16<N, rt::WgmmaMajor::MN>(d, a, desc_v, true);
-  } else {
-    rt::wgmma_rs_bf16<N, rt::WgmmaMajor::MN>(d, a, desc_v, true);
-  }
 }
 
 // Scale and mask tile j0's scores of this thread's rows (log2 units), as forward_block does.
@@ -175,7 +121,7 @@ LATHE_DEVICE_INLINE void issue_qk(float (&s)[BN / 2], uint64_t desc_q, uint64_t 
   for (int kk = 0; kk < D / 16; ++kk) {
     const uint32_t at_q = (kk / 4) * kBlockBytesQ + (kk % 4) * 32;
     const uint32_t at_k = k_at + (kk / 4) * kBlockBytesKV + (kk % 4) * 32;
-    wgmma_qk<T, BN>(s, desc_q + (at_q >> 4), desc_k + (at_k >> 4), kk > 0);
+    ss_wgmma<T, BN>(s, desc_q + (at_q >> 4), desc_k + (at_k >> 4), kk > 0);
   }
   rt::wgmma_commit();
 }
@@ -192,7 +138,7 @@ LATHE_DEVICE_INLINE void issue_pv(float (&o)[D / 2], uint32_t (&pf)[BN / 16][4],
   rt::wgmma_fence();  // o was rescaled and pf written since the last wgmma
 #pragma unroll
   for (int kk = 0; kk < BN / 16; ++kk) {
-    wgmma_pv<T, D>(o, pf[kk], desc_v + ((v_at + kk * 16 * 128) >> 4));
+    rs_wgmma_mn<T, D>(o, pf[kk], desc_v + ((v_at + kk * 16 * 128) >> 4));
   }
   rt::wgmma_commit();
 }
@@ -290,13 +236,6 @@ struct WgmmaBlock {
     load_tile_sw128<D, BN>(sV + buf * BN * D, v + j * ldv, ldv, p.tk - j, v_all);
   }
 };
-
-// cp.async writes through the generic proxy, wgmma reads through the async proxy: each thread
-// fences its own copies, then the barrier publishes everyone's.
-LATHE_DEVICE_INLINE void publish_to_wgmma() {
-  rt::fence_proxy_async_shared();
-  __syncthreads();
-}
 
 // Variant 2: per tile, S = Q K^T, wait, softmax, O rescaled, O += P V, wait: the tensor cores idle
 // while the warpgroup runs its softmax (unless the other warpgroup's wgmmas fill the gap).
@@ -443,7 +382,6 @@ __global__ void __launch_bounds__(kWgThreads)
   __trap();
 #endif
 }
-#undef LATHE_FLASH_WGMMA
 
 }  // namespace
 

@@ -226,4 +226,10 @@ LATHE_DEVICE_INLINE void c_to_a(uint32_t a[4], const float lo[4], const float hi
 template <class T, int D>
 void launch_forward_wgmma(const Params& p, int64_t batch, int64_t q_len, bool overlap);
 
+// The sm_90a warpgroup-MMA backward (attention_wgmma_backward.cu, backward variant 2): the dK/dV
+// kernel, then the dQ kernel, over p's batch (row_dot and lse2 already written), on the current
+// stream. Deterministic; checks that the kernels were compiled for sm_90a.
+template <class T, int D>
+void launch_backward_wgmma(const Params& p, int64_t batch);
+
 }  // namespace lathe::kernels::cuda::flash

@@ -575,8 +575,8 @@ TEST_CASE("flash attention: a variant asked for where it does not exist is an er
     CHECK_THROWS_WITH(run_kernels(c, in), Catch::Contains("no forward variant 4"));
   }
   {
-    const VariantGuard variant({0, 2});
-    CHECK_THROWS_WITH(run_kernels(c, in), Catch::Contains("no backward variant 2"));
+    const VariantGuard variant({0, 3});
+    CHECK_THROWS_WITH(run_kernels(c, in), Catch::Contains("no backward variant 3"));
   }
   for (const auto& [dtype, d, p] : {std::tuple<DType, int64_t, double>{DType::F16, 64, 0.0},
                                     {DType::BF16, 128, 0.0},
@@ -817,6 +817,140 @@ TEST_CASE("flash attention: forward variants 2 and 3 refuse what they do not sup
   }
 }
 
+namespace {
+
+// Backward variant 2 on `c`, in both dQ modes: the gradients against the f64 composite (check_case,
+// the forward being the default's), the same bits in both modes (it has no atomic mode), and the
+// launches counted.
+Results check_wgmma_backward(const Case& c, const Inputs& in) {
+  INFO(describe(c));
+  const Reference ref = reference(c, in);
+  const VariantGuard variant({0, 2});
+  Results first;
+  for (bool det : kDqModes) {
+    INFO(mode_name(det));
+    const long long launches = kernels::cuda::flash_attention_variant_launches();
+    Results r = run_kernels(c, in, Layout::Contiguous, det);
+    CHECK(kernels::cuda::flash_attention_variant_launches() == launches + 1);
+    check_case(c, r, ref);
+    if (det) {
+      first = r;
+    } else {
+      for (size_t i = 0; i < r.all().size(); ++i) {
+        INFO("output " << i << " of out, lse, dq, dk, dv");
+        CHECK(bytes_of(r.all()[i]) == bytes_of(first.all()[i]));
+      }
+    }
+  }
+  return first;
+}
+
+}  // namespace
+
+TEST_CASE("flash attention: backward variant 2 (sm_90a wgmma) against the f64 composite",
+          "[cuda][attention]") {
+  // dK/dV blocks of 128 keys (two warpgroups of 64) over 64-query tiles, dQ blocks of 128 queries
+  // over 128-key (d = 64) or 64-key (d = 128) tiles: T = 1, 17, 64 (one whole query tile), 129
+  // and 300 (tails of every tile size, several tiles, both buffers refilled).
+  const int64_t t = GENERATE(1, 17, 64, 129, 300);
+  const int64_t d = GENERATE(64, 128);
+  const bool causal = GENERATE(false, true);
+  Case c;
+  c.B = 1;
+  c.H = 2;
+  c.tq = c.tk = t;
+  c.d = d;
+  c.causal = causal;
+  c.dtype = (t + d / 64 + (causal ? 0 : 1)) % 2 == 0 ? DType::F16 : DType::BF16;
+  check_wgmma_backward(c, make_inputs(c, 2500 + uint64_t(t + d)));
+}
+
+TEST_CASE("flash attention: backward variant 2 with Tq != Tk and masks", "[cuda][attention]") {
+  SECTION("Tq != Tk, causal top-left") {
+    const auto [tq, tk] =
+        GENERATE(std::pair<int64_t, int64_t>{17, 129}, std::pair<int64_t, int64_t>{129, 70},
+                 std::pair<int64_t, int64_t>{65, 1}, std::pair<int64_t, int64_t>{200, 300});
+    const bool causal = GENERATE(false, true);
+    Case c;
+    c.B = 2;
+    c.H = 1;
+    c.tq = tq;
+    c.tk = tk;
+    c.d = tq == 129 ? 128 : 64;
+    c.dtype = causal ? DType::BF16 : DType::F16;
+    c.causal = causal;
+    check_wgmma_backward(c, make_inputs(c, 2600 + uint64_t(tq + tk)));
+  }
+  SECTION("key-padding and additive masks, fully padded rows") {
+    const MaskKind kind =
+        GENERATE(MaskKind::KeyPaddingBool, MaskKind::KeyPaddingFloat, MaskKind::Bias);
+    const int64_t t = GENERATE(17, 129);
+    const bool causal = GENERATE(false, true);
+    Case c;
+    c.B = 2;
+    c.H = kind == MaskKind::Bias ? 2 : 1;
+    c.tq = c.tk = t;
+    c.d = kind == MaskKind::KeyPaddingFloat ? 128 : 64;
+    c.dtype = t == 17 ? DType::F16 : DType::BF16;
+    c.mask = kind;
+    c.causal = causal;
+    const Results r = check_wgmma_backward(c, make_inputs(c, 2700 + uint64_t(t)));
+    if (kind != MaskKind::Bias) {
+      // Batch 1 has every key padded: zero gradients, exactly.
+      CHECK(frobenius(r.dq.to(kCpu).select(0, 1)) == 0.0);
+      CHECK(frobenius(r.dk.to(kCpu).select(0, 1)) == 0.0);
+      CHECK(frobenius(r.dv.to(kCpu).select(0, 1)) == 0.0);
+    }
+  }
+}
+
+TEST_CASE("flash attention: backward variant 2 reads strided operands and is schedule-invariant",
+          "[cuda][attention]") {
+  // Gradients written through batch, head and row strides: the contiguous run's bits; and the
+  // same bits under every simulator schedule.
+  const Layout layout = GENERATE(Layout::HeadView, Layout::Packed, Layout::PaddedRows);
+  Case c;
+  c.B = 2;
+  c.H = 2;
+  c.tq = c.tk = 150;
+  c.d = layout == Layout::HeadView ? 128 : 64;
+  c.dtype = layout == Layout::Packed ? DType::BF16 : DType::F16;
+  c.causal = layout != Layout::PaddedRows;
+  c.mask = MaskKind::KeyPaddingFloat;
+  INFO(layout_name(layout) << ", " << describe(c));
+  const Inputs in = make_inputs(c, 2800 + uint64_t(layout));
+  const Inputs strided = relayout(layout, c, in);
+  REQUIRE(!strided.q.is_contiguous());
+  const VariantGuard variant({0, 2});
+  const Results contiguous = run_kernels(c, in);
+  const Results r = run_kernels(c, strided, layout);
+  REQUIRE(!r.dq.is_contiguous());
+  for (size_t i = 0; i < r.all().size(); ++i) {
+    INFO("output " << i << " of out, lse, dq, dk, dv");
+    CHECK(bytes_of(r.all()[i]) == bytes_of(contiguous.all()[i]));
+  }
+  if (layout == Layout::Packed) {
+    check_schedule_invariant([&] { return run_kernels(c, strided, layout).all(); });
+  }
+}
+
+TEST_CASE("flash attention: backward variant 2 refuses what it does not support",
+          "[cuda][attention]") {
+  for (const auto& [d, p] :
+       {std::pair<int64_t, double>{32, 0.0}, std::pair<int64_t, double>{64, 0.1}}) {
+    Case c;
+    c.d = d;
+    c.p = p;
+    c.seed = 3;
+    INFO(describe(c));
+    const Inputs in = make_inputs(c, 2900);
+    const VariantGuard variant({0, 2});
+    CHECK_THROWS_WITH(run_kernels(c, in),
+                      Catch::Contains("backward variant 2 (sm_90a wgmma) exists for f16/bf16 at "
+                                      "head dim 64 or 128 without dropout only"));
+  }
+}
+
 TEST_CASE("flash attention: the op dispatches f16/bf16 to the fused kernel, with mask gradients",
           "[cuda][attention]") {
   // Through scaled_dot_product_attention on the cuda device: broadcast key-padding bias that is
@@ -830,9 +964,12 @@ TEST_CASE("flash attention: the op dispatches f16/bf16 to the fused kernel, with
   c.dtype = GENERATE(DType::BF16, DType::F16);
   c.mask = MaskKind::Bias;
   c.causal = GENERATE(false, true);
+  // The backward's variant 2 (sm_90a wgmma) writes grad_mask too.
+  const int backward_variant = GENERATE(0, 2);
+  const VariantGuard variant({0, backward_variant});
   const Inputs in = make_inputs(c, 600);
   const Reference ref = reference(c, in);
-  INFO(describe(c));
+  INFO(describe(c) << ", backward variant " << backward_variant);
   for (bool det : kDqModes) {
     INFO(mode_name(det));
     const DeterminismGuard mode(det);

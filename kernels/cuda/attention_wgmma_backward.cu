@@ -1,0 +1,427 @@
+// Backward variant 2 of the flash attention (attention_variant.h): the deterministic split of
+// attention.cu's backward (a dK/dV kernel over query tiles, then a dQ kernel over key tiles, both
+// recomputing P from the saved lse) on Hopper's warpgroup MMA, sm_90a only. The tile layout, the
+// cp.async loads and the typed wgmma calls are flash_attention_wgmma.cuh's, shared with the
+// forward variants; the masking, lse and row-dot conventions are flash_attention.cuh's, shared
+// with every flash kernel. docs/kernels.md ("Backward variant 2").
+//
+// Why this split and not FlashAttention-3's (one kernel adding dQ with f32 atomics): every GEMM
+// of it maps onto the wgmma forms the forward already uses (SS with K-major operands, RS with an
+// MN-major B), dS never goes through shared memory, and the sums run in a fixed order, so the
+// results are bit-reproducible in both dQ modes. The price is S and dP computed twice (7 GEMMs
+// instead of 5). The atomic form needs dS^T as an A operand read transposed from shared memory
+// (imm-trans-a), which the wrappers do not have yet.
+#include "kernels/cuda/flash_attention_wgmma.cuh"
+
+namespace lathe::kernels::cuda::flash {
+
+namespace {
+
+// ---- dK, dV: a block of two warpgroups owns 128 keys (64 each, wgmma's M) ----
+//
+// Per 64-query tile and warpgroup: S^T = K Q^T and dP^T = V dO^T by D/16 SS wgmmas each
+// (m64n64k16: K and V K-major A, Q and dO K-major B), then in f32 on the accumulator layout
+// (keys g and g + 8 of each warp's 16, queries 8n + 2t + {0, 1}) P^T = exp2(S^T scale - lse) and
+// dS^T = P^T (dP^T - D), both rounded into RS A fragments, and dV += P^T dO, dK += dS^T Q by 4 RS
+// wgmmas each with Q and dO as MN-major B (queries are K, d is N: the tiles as stored). Q, dO and
+// their lse and row dots are double-buffered with cp.async. Registers per thread: S^T and dP^T
+// 32 each, dK and dV D/2 each (64 at d = 128).
+constexpr int kDkdvKeys = kWgRows;
+constexpr int kDkdvQueries = 64;
+template <int D, class T>
+constexpr size_t wg_dkdv_smem() {
+  return size_t(2 * kDkdvKeys + 4 * kDkdvQueries) * D * sizeof(T) +
+         4 * kDkdvQueries * sizeof(float) + 1024;
+}
+
+template <class T>
+LATHE_DEVICE_INLINE T* align_1024(T* raw) {
+  // The swizzle is a function of shared address bits 4..9: tiles start 1024-aligned.
+  return reinterpret_cast<T*>((reinterpret_cast<uintptr_t>(raw) + 1023) & ~uintptr_t(1023));
+}
+
+// Keeps the compiler from moving accesses of an asynchronous wgmma's registers across the fences
+// and waits around it.
+template <int N, int K>
+LATHE_DEVICE_INLINE void fence_fragments(uint32_t (&a)[N][K]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) rt::wgmma_fence_operand(a[i]);
+}
+
+template <class T, int D>
+__global__ void __launch_bounds__(kWgThreads) dkdv_wgmma_kernel(Params p, int64_t k_tiles) {
+#if LATHE_FLASH_WGMMA
+  constexpr int BN = kDkdvKeys, BQ = kDkdvQueries;
+  constexpr uint32_t kKBlock = BN * 128;  // bytes of one 64-column block of the K or V tile
+  constexpr uint32_t kQBlock = BQ * 128;  // of the Q or dO tile
+  constexpr uint32_t kQTile = BQ * D * sizeof(T);
+  static_assert(D % 64 == 0, "128-byte swizzled rows hold 64 columns");
+  LATHE_DYNAMIC_SHARED(T, smem_raw);
+  T* sK = align_1024(smem_raw);                            // [D/64][BN][64]
+  T* sV = sK + BN * D;                                     // [D/64][BN][64]
+  T* sQ = sV + BN * D;                                     // [2][D/64][BQ][64]
+  T* sdO = sQ + 2 * BQ * D;                                // [2][D/64][BQ][64]
+  float* sL = reinterpret_cast<float*>(sdO + 2 * BQ * D);  // [2][BQ] lse (log2 units)
+  float* sD = sL + 2 * BQ;                                 // [2][BQ] row dots
+
+  const int64_t b = int64_t(blockIdx.x) / k_tiles;
+  const int64_t j0 = (int64_t(blockIdx.x) - b * k_tiles) * BN;
+  const int wg = int(threadIdx.x) / 128, warp = int(threadIdx.x) % 128 / 32;
+  const int lane = int(threadIdx.x) % 32, g = lane >> 2, t = lane & 3;
+  const T* q_all = static_cast<const T*>(p.q);
+  const T* k_all = static_cast<const T*>(p.k);
+  const T* v_all = static_cast<const T*>(p.v);
+  const T* do_all = static_cast<const T*>(p.grad_out);
+  const T* q = q_all + batch_offset(p, p.q_rows, b);
+  const T* dout = do_all + batch_offset(p, p.do_rows, b);
+  const int64_t ldq = p.q_rows.row, ldo = p.do_rows.row;
+
+  load_tile_sw128<D, BN>(sK, k_all + batch_offset(p, p.k_rows, b) + j0 * p.k_rows.row, p.k_rows.row,
+                         p.tk - j0, k_all);
+  load_tile_sw128<D, BN>(sV, v_all + batch_offset(p, p.v_rows, b) + j0 * p.v_rows.row, p.v_rows.row,
+                         p.tk - j0, v_all);
+  // Causal: queries above the key tile see none of its keys.
+  const int first = p.causal ? int(j0 / BQ) : 0;
+  const int n_tiles = int((p.tq + BQ - 1) / BQ);
+  auto load_q_tile = [&](int tile, int buf) {
+    const int64_t i0 = int64_t(tile) * BQ;
+    load_tile_sw128<D, BQ>(sQ + buf * BQ * D, q + i0 * ldq, ldq, p.tq - i0, q_all);
+    load_tile_sw128<D, BQ>(sdO + buf * BQ * D, dout + i0 * ldo, ldo, p.tq - i0, do_all);
+    // BQ / 4 16-byte pieces of each (rows padded to tq_pad, a multiple of BQ).
+    const int c = int(threadIdx.x);
+    if (c < BQ / 4) {
+      rt::cp_async_16(sL + buf * BQ + 4 * c, p.lse2 + b * p.tq_pad + i0 + 4 * c);
+    } else if (c < BQ / 2) {
+      rt::cp_async_16(sD + buf * BQ + 4 * (c - BQ / 4),
+                      p.row_dot + b * p.tq_pad + i0 + 4 * (c - BQ / 4));
+    }
+  };
+  if (first < n_tiles) load_q_tile(first, 0);
+  rt::cp_async_commit();
+
+  // grad_mask rows the causal skip leaves out are zero.
+  if (p.grad_mask != nullptr && first > 0) {
+    const int64_t rows = int64_t(first) * BQ < p.tq ? int64_t(first) * BQ : p.tq;
+    const int64_t cols = p.tk - j0 < BN ? p.tk - j0 : BN;
+    for (int64_t e = threadIdx.x; e < rows * cols; e += kWgThreads) {
+      p.grad_mask[(b * p.tq + e / cols) * p.tk + j0 + e % cols] = 0.0f;
+    }
+  }
+
+  const int64_t wg_j0 = j0 + 64 * wg;  // this warpgroup's first key
+  const int64_t key[2] = {wg_j0 + 16 * warp + g, wg_j0 + 16 * warp + g + 8};
+  const int64_t mask_base = p.mask.data != nullptr ? p.mask.batch_offset(b) : 0;
+  float dk[D / 2], dv[D / 2];
+#pragma unroll
+  for (int i = 0; i < D / 2; ++i) dk[i] = dv[i] = 0.0f;
+
+  // K-major operands step 32 bytes per k16 inside a 128-byte row and one block per 64 columns;
+  // the MN-major B of dV and dK (Q and dO, K = queries) steps 16 rows = 2048 bytes per k16, its
+  // 64-column blocks (of d, the N) kQBlock apart.
+  const uint64_t desc_k = rt::make_wgmma_desc(sK + 64 * wg * 64, 16, 1024, rt::WgmmaSwizzle::B128);
+  const uint64_t desc_v = rt::make_wgmma_desc(sV + 64 * wg * 64, 16, 1024, rt::WgmmaSwizzle::B128);
+  const uint64_t desc_q = rt::make_wgmma_desc(sQ, 16, 1024, rt::WgmmaSwizzle::B128);
+  const uint64_t desc_do = rt::make_wgmma_desc(sdO, 16, 1024, rt::WgmmaSwizzle::B128);
+  const uint64_t desc_q_mn = rt::make_wgmma_desc(sQ, kQBlock, 1024, rt::WgmmaSwizzle::B128);
+  const uint64_t desc_do_mn = rt::make_wgmma_desc(sdO, kQBlock, 1024, rt::WgmmaSwizzle::B128);
+
+  for (int it = first; it < n_tiles; ++it) {
+    const int buf = (it - first) & 1;
+    if (it + 1 < n_tiles) {
+      load_q_tile(it + 1, buf ^ 1);
+      rt::cp_async_commit();
+      rt::cp_async_wait<1>();
+    } else {
+      rt::cp_async_wait<0>();
+    }
+    publish_to_wgmma();
+    const float* cL = sL + buf * BQ;
+    const float* cD = sD + buf * BQ;
+    const int64_t i0 = int64_t(it) * BQ;
+
+    float s[BQ / 2], dp[BQ / 2];
+    rt::wgmma_fence_operand(s);
+    rt::wgmma_fence_operand(dp);
+    rt::wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      const uint32_t at_k = (kk / 4) * kKBlock + (kk % 4) * 32;
+      const uint32_t at_q = buf * kQTile + (kk / 4) * kQBlock + (kk % 4) * 32;
+      ss_wgmma<T, BQ>(s, desc_k + (at_k >> 4), desc_q + (at_q >> 4), kk > 0);
+      ss_wgmma<T, BQ>(dp, desc_v + (at_k >> 4), desc_do + (at_q >> 4), kk > 0);
+    }
+    rt::wgmma_commit();
+    rt::wgmma_wait<0>();
+    rt::wgmma_fence_operand(s);
+    rt::wgmma_fence_operand(dp);
+
+    // P^T and dS^T = P^T (dP^T - D): s becomes P^T and dp dS^T. Padding queries read lse = +inf
+    // (P = 0) and D = 0.
+    const bool plain = tile_unmasked<64>(p, i0, wg_j0);
+#pragma unroll
+    for (int n = 0; n < BQ / 8; ++n) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int col = 8 * n + 2 * t + (e & 1);
+        const int64_t i = i0 + col, j = key[e >> 1];
+        const float x =
+            plain ? s[4 * n + e] * p.scale_log2 : masked_score(p, mask_base, s[4 * n + e], i, j);
+        const float pr = fast_exp2(x - cL[col]);
+        const float ds = pr * (dp[4 * n + e] - cD[col]);
+        s[4 * n + e] = pr;
+        dp[4 * n + e] = ds;
+        if (p.grad_mask != nullptr && i < p.tq && j < p.tk) {
+          p.grad_mask[(b * p.tq + i) * p.tk + j] = ds;
+        }
+      }
+    }
+    // dV += P^T dO and dK += dS^T Q: k-step kk (queries 16kk..) is n-tiles 2kk and 2kk + 1.
+    uint32_t pf[BQ / 16][4], sf[BQ / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < BQ / 16; ++kk) {
+      c_to_a<T>(pf[kk], s + 8 * kk, s + 8 * kk + 4);
+      c_to_a<T>(sf[kk], dp + 8 * kk, dp + 8 * kk + 4);
+    }
+    rt::wgmma_fence_operand(dv);
+    rt::wgmma_fence_operand(dk);
+    fence_fragments(pf);
+    fence_fragments(sf);
+    rt::wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < BQ / 16; ++kk) {
+      const uint32_t at = buf * kQTile + kk * 16 * 128;
+      rs_wgmma_mn<T, D>(dv, pf[kk], desc_do_mn + (at >> 4));
+      rs_wgmma_mn<T, D>(dk, sf[kk], desc_q_mn + (at >> 4));
+    }
+    rt::wgmma_commit();
+    // Before dk and dv are read, before pf and sf may be reused, and before the barrier below
+    // lets the next iteration overwrite this Q / dO buffer.
+    rt::wgmma_wait<0>();
+    rt::wgmma_fence_operand(dv);
+    rt::wgmma_fence_operand(dk);
+    fence_fragments(pf);
+    fence_fragments(sf);
+    __syncthreads();
+  }
+  if (first >= n_tiles) rt::cp_async_wait<0>();
+
+  T* grad_k = static_cast<T*>(p.grad_k) + batch_offset(p, p.dk_rows, b);
+  T* grad_v = static_cast<T*>(p.grad_v) + batch_offset(p, p.dv_rows, b);
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int64_t j = key[r];
+    if (j >= p.tk) continue;
+    T* gk = grad_k + j * p.dk_rows.row;
+    T* gv = grad_v + j * p.dv_rows.row;
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+      *reinterpret_cast<uint32_t*>(gk + 8 * n + 2 * t) =
+          pack2<T>(dk[4 * n + 2 * r] * p.scale, dk[4 * n + 2 * r + 1] * p.scale);
+      *reinterpret_cast<uint32_t*>(gv + 8 * n + 2 * t) =
+          pack2<T>(dv[4 * n + 2 * r], dv[4 * n + 2 * r + 1]);
+    }
+  }
+#else
+  (void)p;
+  (void)k_tiles;
+  __trap();
+#endif
+}
+
+// ---- dQ: a block of two warpgroups owns 128 queries (64 each) ----
+//
+// Per key tile and warpgroup: S = Q K^T and dP = dO V^T by SS wgmmas (m64nBNk16), dS = P (dP - D)
+// in f32 on the accumulator layout, rounded into RS A fragments, dQ += dS K by BN/16 RS wgmmas
+// with K as the MN-major B (keys are K, d is N). K and V double-buffered with cp.async. BN = 128
+// keys at d = 64 (S and dP 64 registers each, dQ 32), 64 at d = 128 (32 each, dQ 64).
+template <int D>
+constexpr int wg_dq_keys() {
+  return D == 64 ? 128 : 64;
+}
+template <int D, class T>
+constexpr size_t wg_dq_smem() {
+  return size_t(2 * kWgRows + 4 * wg_dq_keys<D>()) * D * sizeof(T) + 1024;
+}
+
+template <class T, int D>
+__global__ void __launch_bounds__(kWgThreads) dq_wgmma_kernel(Params p, int64_t q_tiles) {
+#if LATHE_FLASH_WGMMA
+  constexpr int BM = kWgRows, BN = wg_dq_keys<D>();
+  constexpr uint32_t kQBlock = BM * 128;  // bytes of one 64-column block of the Q or dO tile
+  constexpr uint32_t kKBlock = BN * 128;  // of a K or V tile
+  constexpr uint32_t kKTile = BN * D * sizeof(T);
+  LATHE_DYNAMIC_SHARED(T, smem_raw);
+  T* sQ = align_1024(smem_raw);  // [D/64][BM][64]
+  T* sdO = sQ + BM * D;          // [D/64][BM][64]
+  T* sK = sdO + BM * D;          // [2][D/64][BN][64]
+  T* sV = sK + 2 * BN * D;       // [2][D/64][BN][64]
+
+  const int64_t b = int64_t(blockIdx.x) / q_tiles;
+  const int64_t i0 = (int64_t(blockIdx.x) - b * q_tiles) * BM;
+  const int wg = int(threadIdx.x) / 128, warp = int(threadIdx.x) % 128 / 32;
+  const int lane = int(threadIdx.x) % 32, g = lane >> 2, t = lane & 3;
+  const T* q_all = static_cast<const T*>(p.q);
+  const T* k_all = static_cast<const T*>(p.k);
+  const T* v_all = static_cast<const T*>(p.v);
+  const T* do_all = static_cast<const T*>(p.grad_out);
+  const T* k = k_all + batch_offset(p, p.k_rows, b);
+  const T* v = v_all + batch_offset(p, p.v_rows, b);
+  const int64_t ldk = p.k_rows.row, ldv = p.v_rows.row;
+
+  load_tile_sw128<D, BM>(sQ, q_all + batch_offset(p, p.q_rows, b) + i0 * p.q_rows.row, p.q_rows.row,
+                         p.tq - i0, q_all);
+  load_tile_sw128<D, BM>(sdO, do_all + batch_offset(p, p.do_rows, b) + i0 * p.do_rows.row,
+                         p.do_rows.row, p.tq - i0, do_all);
+  const int64_t j_end = p.causal ? (p.tk < i0 + BM ? p.tk : i0 + BM) : p.tk;
+  const int n_tiles = int((j_end + BN - 1) / BN);
+  if (n_tiles > 0) {
+    load_tile_sw128<D, BN>(sK, k, ldk, p.tk, k_all);
+    load_tile_sw128<D, BN>(sV, v, ldv, p.tk, v_all);
+  }
+  rt::cp_async_commit();
+
+  const int64_t wg_i0 = i0 + 64 * wg;  // this warpgroup's first query row
+  const int64_t row[2] = {wg_i0 + 16 * warp + g, wg_i0 + 16 * warp + g + 8};
+  const int64_t mask_base = p.mask.data != nullptr ? p.mask.batch_offset(b) : 0;
+  // 128-row blocks may reach past tq_pad (a multiple of 64): rows past tq read as padding.
+  float lse2[2], rd[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    lse2[r] = row[r] < p.tq ? p.lse2[b * p.tq_pad + row[r]] : INFINITY;
+    rd[r] = row[r] < p.tq ? p.row_dot[b * p.tq_pad + row[r]] : 0.0f;
+  }
+  float dq[D / 2];
+#pragma unroll
+  for (int i = 0; i < D / 2; ++i) dq[i] = 0.0f;
+
+  const uint64_t desc_q = rt::make_wgmma_desc(sQ + 64 * wg * 64, 16, 1024, rt::WgmmaSwizzle::B128);
+  const uint64_t desc_do =
+      rt::make_wgmma_desc(sdO + 64 * wg * 64, 16, 1024, rt::WgmmaSwizzle::B128);
+  const uint64_t desc_k = rt::make_wgmma_desc(sK, 16, 1024, rt::WgmmaSwizzle::B128);
+  const uint64_t desc_v = rt::make_wgmma_desc(sV, 16, 1024, rt::WgmmaSwizzle::B128);
+  const uint64_t desc_k_mn = rt::make_wgmma_desc(sK, kKBlock, 1024, rt::WgmmaSwizzle::B128);
+
+  for (int it = 0; it < n_tiles; ++it) {
+    const int buf = it & 1;
+    if (it + 1 < n_tiles) {
+      const int64_t j1 = int64_t(it + 1) * BN;
+      load_tile_sw128<D, BN>(sK + (buf ^ 1) * BN * D, k + j1 * ldk, ldk, p.tk - j1, k_all);
+      load_tile_sw128<D, BN>(sV + (buf ^ 1) * BN * D, v + j1 * ldv, ldv, p.tk - j1, v_all);
+      rt::cp_async_commit();
+      rt::cp_async_wait<1>();
+    } else {
+      rt::cp_async_wait<0>();
+    }
+    publish_to_wgmma();
+
+    float s[BN / 2], dp[BN / 2];
+    rt::wgmma_fence_operand(s);
+    rt::wgmma_fence_operand(dp);
+    rt::wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      const uint32_t at_q = (kk / 4) * kQBlock + (kk % 4) * 32;
+      const uint32_t at_k = buf * kKTile + (kk / 4) * kKBlock + (kk % 4) * 32;
+      ss_wgmma<T, BN>(s, desc_q + (at_q >> 4), desc_k + (at_k >> 4), kk > 0);
+      ss_wgmma<T, BN>(dp, desc_do + (at_q >> 4), desc_v + (at_k >> 4), kk > 0);
+    }
+    rt::wgmma_commit();
+    rt::wgmma_wait<0>();
+    rt::wgmma_fence_operand(s);
+    rt::wgmma_fence_operand(dp);
+
+    const int64_t j0 = int64_t(it) * BN;
+    const bool plain = tile_unmasked<BN>(p, wg_i0, j0);
+#pragma unroll
+    for (int n = 0; n < BN / 8; ++n) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int r = e >> 1;
+        const float x =
+            plain ? s[4 * n + e] * p.scale_log2
+                  : masked_score(p, mask_base, s[4 * n + e], row[r], j0 + 8 * n + 2 * t + (e & 1));
+        const float pr = fast_exp2(x - lse2[r]);
+        s[4 * n + e] = pr * (dp[4 * n + e] - rd[r]);  // dS
+      }
+    }
+    uint32_t sf[BN / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk) c_to_a<T>(sf[kk], s + 8 * kk, s + 8 * kk + 4);
+    rt::wgmma_fence_operand(dq);
+    fence_fragments(sf);
+    rt::wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk) {
+      rs_wgmma_mn<T, D>(dq, sf[kk], desc_k_mn + ((buf * kKTile + kk * 16 * 128) >> 4));
+    }
+    rt::wgmma_commit();
+    rt::wgmma_wait<0>();
+    rt::wgmma_fence_operand(dq);
+    fence_fragments(sf);
+    __syncthreads();  // the next iteration refills this buffer
+  }
+  if (n_tiles == 0) rt::cp_async_wait<0>();
+
+  T* grad_q = static_cast<T*>(p.grad_q) + batch_offset(p, p.dq_rows, b);
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int64_t i = row[r];
+    if (i >= p.tq) continue;
+    T* gq = grad_q + i * p.dq_rows.row;
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+      *reinterpret_cast<uint32_t*>(gq + 8 * n + 2 * t) =
+          pack2<T>(dq[4 * n + 2 * r] * p.scale, dq[4 * n + 2 * r + 1] * p.scale);
+    }
+  }
+#else
+  (void)p;
+  (void)q_tiles;
+  __trap();
+#endif
+}
+
+template <class Kernel>
+void check_sm90a(Kernel kernel) {
+#ifdef __CUDACC__
+  // A build without 90a in LATHE_CUDA_ARCHS would run the sm_80 stub, which traps.
+  cudaFuncAttributes attr{};
+  LATHE_CHECK(cudaFuncGetAttributes(&attr, kernel) == cudaSuccess && attr.binaryVersion == 90,
+              "flash attention: backward variant 2 needs the kernels compiled for sm_90a "
+              "(LATHE_CUDA_ARCHS with 90a), found binary version ",
+              attr.binaryVersion);
+#else
+  (void)kernel;
+#endif
+}
+
+}  // namespace
+
+template <class T, int D>
+void launch_backward_wgmma(const Params& p, int64_t batch) {
+  const int64_t k_tiles = (p.tk + kDkdvKeys - 1) / kDkdvKeys;
+  if (k_tiles > 0) {
+    constexpr size_t smem = wg_dkdv_smem<D, T>();
+    auto kernel = dkdv_wgmma_kernel<T, D>;
+    allow_shared(kernel, smem, "flash attention");
+    check_sm90a(kernel);
+    rt::launch(kernel, dim3(unsigned(k_tiles * batch)), dim3(kWgThreads), smem, stream(),
+               "flash_attention_backward_dkdv_wgmma", p, k_tiles);
+  }
+  const int64_t q_tiles = (p.tq + kWgRows - 1) / kWgRows;
+  if (q_tiles > 0) {
+    constexpr size_t smem = wg_dq_smem<D, T>();
+    auto kernel = dq_wgmma_kernel<T, D>;
+    allow_shared(kernel, smem, "flash attention");
+    check_sm90a(kernel);
+    rt::launch(kernel, dim3(unsigned(q_tiles * batch)), dim3(kWgThreads), smem, stream(),
+               "flash_attention_backward_dq_wgmma", p, q_tiles);
+  }
+}
+
+template void launch_backward_wgmma<__half, 64>(const Params&, int64_t);
+template void launch_backward_wgmma<__half, 128>(const Params&, int64_t);
+template void launch_backward_wgmma<__nv_bfloat16, 64>(const Params&, int64_t);
+template void launch_backward_wgmma<__nv_bfloat16, 128>(const Params&, int64_t);
+
+}  // namespace lathe::kernels::cuda::flash
