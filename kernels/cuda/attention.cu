@@ -779,7 +779,8 @@ constexpr int kVariantMinBlocks = 3;
 
 // Variants 2 and 3 of the forward: forward_wgmma_kernel and forward_wgmma_overlap_kernel
 // (sm_90a); variant 2 of the backward: dkdv_wgmma_kernel and dq_wgmma_kernel (sm_90a, always
-// deterministic). f16/bf16 at head dim 64 or 128, no dropout yet, on compute capability 9.x.
+// deterministic). f16/bf16 at head dim 64 or 128, with or without dropout, on compute capability
+// 9.x.
 constexpr int kVariantWgmma = 2;
 constexpr int kVariantWgmmaOverlap = 3;
 
@@ -787,11 +788,9 @@ void check_variant(int variant, const AttentionForwardArgs& a, const char* which
   if (variant == 0) return;
   const bool forward = std::string_view(which) == "forward";
   if (variant == kVariantWgmma || (variant == kVariantWgmmaOverlap && forward)) {
-    LATHE_CHECK((a.head_dim == 64 || a.head_dim == 128) && a.dropout_p == 0,
-                "flash attention: ", which, " variant ", variant,
-                " (sm_90a wgmma) exists for f16/bf16 at head dim 64 or 128 without dropout only, "
-                "got head dim ",
-                a.head_dim, " and dropout ", a.dropout_p);
+    LATHE_CHECK(a.head_dim == 64 || a.head_dim == 128, "flash attention: ", which, " variant ",
+                variant, " (sm_90a wgmma) exists for f16/bf16 at head dim 64 or 128 only, got ",
+                a.head_dim);
     const rt::DeviceProperties& props = rt::device_properties(rt::current_device());
     LATHE_CHECK(props.compute_major == 9, "flash attention: ", which, " variant ", variant,
                 " uses wgmma, which needs compute capability 9.x (sm_90a code), not sm_",

@@ -8,7 +8,7 @@
 // 0 = the default kernels. Variant 1 exists for bf16 at head dim 64 without dropout only (anything
 // else is an error): forward, 64-row blocks capped for 3 blocks per SM; backward, the dK/dV kernel
 // with 32-query tiles capped for 3 blocks per SM. Forward variant 2 is the sm_90a kernel on
-// warpgroup MMA (wgmma), f16/bf16 at head dim 64 or 128 without dropout, on compute capability 9.x
+// warpgroup MMA (wgmma), f16/bf16 at head dim 64 or 128 (dropout too), on compute capability 9.x
 // only (the simulator counts as 9.0); forward variant 3 is the same with FlashAttention-3's
 // intra-warpgroup pipelining (the next tile's Q K^T issued before this tile's softmax), same bits.
 // Backward variant 2 is the deterministic backward on wgmma (sm_90a), with the same restrictions;

@@ -90,6 +90,23 @@ LATHE_DEVICE_INLINE void online_softmax(float (&s)[BN / 2], float (&m_run)[2], f
   }
 }
 
+// Attention dropout on tile j0's probabilities after the softmax step (the row sums keep the
+// undropped ones): the same Philox draws and pairing as forward_block.
+template <int BN>
+LATHE_DEVICE_INLINE void drop_probabilities(const Params& p, float (&s)[BN / 2], int64_t b,
+                                            const int64_t (&row)[2], int64_t j0, int t) {
+#pragma unroll
+  for (int n = 0; n < BN / 8; ++n) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float z[2];
+      dropout_pair(p, b, row[r], j0 + 8 * n + 2 * t, z);
+      s[4 * n + 2 * r] *= z[0];
+      s[4 * n + 2 * r + 1] *= z[1];
+    }
+  }
+}
+
 template <int D>
 LATHE_DEVICE_INLINE void rescale(float (&o)[D / 2], const float (&corr)[2]) {
 #pragma unroll
@@ -239,7 +256,7 @@ struct WgmmaBlock {
 
 // Variant 2: per tile, S = Q K^T, wait, softmax, O rescaled, O += P V, wait: the tensor cores idle
 // while the warpgroup runs its softmax (unless the other warpgroup's wgmmas fill the gap).
-template <class T, int D>
+template <class T, int D, bool kDropout>
 __global__ void __launch_bounds__(kWgThreads) forward_wgmma_kernel(Params p, int64_t q_tiles) {
 #if LATHE_FLASH_WGMMA
   using Block = WgmmaBlock<T, D>;
@@ -278,6 +295,7 @@ __global__ void __launch_bounds__(kWgThreads) forward_wgmma_kernel(Params p, int
 
     scale_and_mask<BN>(p, s, blk.wg_i0, int64_t(it) * BN, blk.mask_base, blk.row, blk.t);
     online_softmax<BN>(s, m_run, l_run, corr);
+    if constexpr (kDropout) drop_probabilities<BN>(p, s, blk.b, blk.row, int64_t(it) * BN, blk.t);
     rescale<D>(o, corr);
 
     uint32_t pf[BN / 16][4];
@@ -310,7 +328,7 @@ __global__ void __launch_bounds__(kWgThreads) forward_wgmma_kernel(Params p, int
 // were last read by S_{j-1} (K buffer (j+1) % 2) and P_{j-2} V_{j-2} (V buffer j % 2), both
 // waited for by every warpgroup before this barrier, so one barrier per tile suffices (variant
 // 2 needs two). Registers: s, pf and o live at once, as in variant 2.
-template <class T, int D>
+template <class T, int D, bool kDropout>
 __global__ void __launch_bounds__(kWgThreads)
     forward_wgmma_overlap_kernel(Params p, int64_t q_tiles) {
 #if LATHE_FLASH_WGMMA
@@ -345,6 +363,7 @@ __global__ void __launch_bounds__(kWgThreads)
     rt::wgmma_fence_operand(s);
     scale_and_mask<BN>(p, s, blk.wg_i0, 0, blk.mask_base, blk.row, blk.t);
     online_softmax<BN>(s, m_run, l_run, corr);
+    if constexpr (kDropout) drop_probabilities<BN>(p, s, blk.b, blk.row, 0, blk.t);
     probabilities_to_a<T, BN>(pf, s);
   }
   for (int it = 1; it < n_tiles; ++it) {
@@ -362,6 +381,7 @@ __global__ void __launch_bounds__(kWgThreads)
     rt::wgmma_fence_operand(s);
     scale_and_mask<BN>(p, s, blk.wg_i0, int64_t(it) * BN, blk.mask_base, blk.row, blk.t);
     online_softmax<BN>(s, m_run, l_run, corr);
+    if constexpr (kDropout) drop_probabilities<BN>(p, s, blk.b, blk.row, int64_t(it) * BN, blk.t);
 
     rt::wgmma_wait<0>();  // P_{it-1} V_{it-1}: o is ours again, pf may be overwritten
     after_pv<D, BN>(o, pf);
@@ -389,7 +409,11 @@ template <class T, int D>
 void launch_forward_wgmma(const Params& p, int64_t batch, int64_t q_len, bool overlap) {
   const int64_t q_tiles = (q_len + kWgRows - 1) / kWgRows;
   constexpr size_t smem = wg_forward_smem<D, T>();
-  auto kernel = overlap ? forward_wgmma_overlap_kernel<T, D> : forward_wgmma_kernel<T, D>;
+  // Dropout is a template parameter, as in attention.cu's kernels (no dead Philox code).
+  auto kernel =
+      overlap ? (p.dropout ? forward_wgmma_overlap_kernel<T, D, true>
+                           : forward_wgmma_overlap_kernel<T, D, false>)
+              : (p.dropout ? forward_wgmma_kernel<T, D, true> : forward_wgmma_kernel<T, D, false>);
   allow_shared(kernel, smem, "flash attention");
 #ifdef __CUDACC__
   // A build without 90a in LATHE_CUDA_ARCHS would run the sm_80 stub, which traps.

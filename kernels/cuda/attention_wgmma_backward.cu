@@ -48,7 +48,7 @@ LATHE_DEVICE_INLINE void fence_fragments(uint32_t (&a)[N][K]) {
   for (int i = 0; i < N; ++i) rt::wgmma_fence_operand(a[i]);
 }
 
-template <class T, int D>
+template <class T, int D, bool kDropout>
 __global__ void __launch_bounds__(kWgThreads) dkdv_wgmma_kernel(Params p, int64_t k_tiles) {
 #if LATHE_FLASH_WGMMA
   constexpr int BN = kDkdvKeys, BQ = kDkdvQueries;
@@ -155,8 +155,8 @@ __global__ void __launch_bounds__(kWgThreads) dkdv_wgmma_kernel(Params p, int64_
     rt::wgmma_fence_operand(s);
     rt::wgmma_fence_operand(dp);
 
-    // P^T and dS^T = P^T (dP^T - D): s becomes P^T and dp dS^T. Padding queries read lse = +inf
-    // (P = 0) and D = 0.
+    // P^T, Z and dS^T = P^T (Z dP^T - D): s becomes Z P^T and dp dS^T. Padding queries read
+    // lse = +inf (P = 0) and D = 0.
     const bool plain = tile_unmasked<64>(p, i0, wg_j0);
 #pragma unroll
     for (int n = 0; n < BQ / 8; ++n) {
@@ -167,8 +167,12 @@ __global__ void __launch_bounds__(kWgThreads) dkdv_wgmma_kernel(Params p, int64_
         const float x =
             plain ? s[4 * n + e] * p.scale_log2 : masked_score(p, mask_base, s[4 * n + e], i, j);
         const float pr = fast_exp2(x - cL[col]);
-        const float ds = pr * (dp[4 * n + e] - cD[col]);
-        s[4 * n + e] = pr;
+        float z = 1.0f;  // dropout, regenerated: the forward's Philox draw of element (i, j)
+        if constexpr (kDropout) {
+          if (i < p.tq && j < p.tk) z = dropout_factor(p, uint64_t((b * p.tq + i) * p.tk + j));
+        }
+        const float ds = pr * (z * dp[4 * n + e] - cD[col]);
+        s[4 * n + e] = z * pr;
         dp[4 * n + e] = ds;
         if (p.grad_mask != nullptr && i < p.tq && j < p.tk) {
           p.grad_mask[(b * p.tq + i) * p.tk + j] = ds;
@@ -243,7 +247,7 @@ constexpr size_t wg_dq_smem() {
   return size_t(2 * kWgRows + 4 * wg_dq_keys<D>()) * D * sizeof(T) + 1024;
 }
 
-template <class T, int D>
+template <class T, int D, bool kDropout>
 __global__ void __launch_bounds__(kWgThreads) dq_wgmma_kernel(Params p, int64_t q_tiles) {
 #if LATHE_FLASH_WGMMA
   constexpr int BM = kWgRows, BN = wg_dq_keys<D>();
@@ -335,13 +339,18 @@ __global__ void __launch_bounds__(kWgThreads) dq_wgmma_kernel(Params p, int64_t 
 #pragma unroll
     for (int n = 0; n < BN / 8; ++n) {
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int r = e >> 1;
-        const float x =
-            plain ? s[4 * n + e] * p.scale_log2
-                  : masked_score(p, mask_base, s[4 * n + e], row[r], j0 + 8 * n + 2 * t + (e & 1));
-        const float pr = fast_exp2(x - lse2[r]);
-        s[4 * n + e] = pr * (dp[4 * n + e] - rd[r]);  // dS
+      for (int r = 0; r < 2; ++r) {
+        const int64_t jb = j0 + 8 * n + 2 * t;
+        float z[2] = {1.0f, 1.0f};  // dropout, regenerated as in dq_kernel
+        if constexpr (kDropout) dropout_pair(p, b, row[r], jb, z);
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+          const int e = 2 * r + c;
+          const float x = plain ? s[4 * n + e] * p.scale_log2
+                                : masked_score(p, mask_base, s[4 * n + e], row[r], jb + c);
+          const float pr = fast_exp2(x - lse2[r]);
+          s[4 * n + e] = pr * (z[c] * dp[4 * n + e] - rd[r]);  // dS
+        }
       }
     }
     uint32_t sf[BN / 16][4];
@@ -402,7 +411,7 @@ void launch_backward_wgmma(const Params& p, int64_t batch) {
   const int64_t k_tiles = (p.tk + kDkdvKeys - 1) / kDkdvKeys;
   if (k_tiles > 0) {
     constexpr size_t smem = wg_dkdv_smem<D, T>();
-    auto kernel = dkdv_wgmma_kernel<T, D>;
+    auto kernel = p.dropout ? dkdv_wgmma_kernel<T, D, true> : dkdv_wgmma_kernel<T, D, false>;
     allow_shared(kernel, smem, "flash attention");
     check_sm90a(kernel);
     rt::launch(kernel, dim3(unsigned(k_tiles * batch)), dim3(kWgThreads), smem, stream(),
@@ -411,7 +420,7 @@ void launch_backward_wgmma(const Params& p, int64_t batch) {
   const int64_t q_tiles = (p.tq + kWgRows - 1) / kWgRows;
   if (q_tiles > 0) {
     constexpr size_t smem = wg_dq_smem<D, T>();
-    auto kernel = dq_wgmma_kernel<T, D>;
+    auto kernel = p.dropout ? dq_wgmma_kernel<T, D, true> : dq_wgmma_kernel<T, D, false>;
     allow_shared(kernel, smem, "flash attention");
     check_sm90a(kernel);
     rt::launch(kernel, dim3(unsigned(q_tiles * batch)), dim3(kWgThreads), smem, stream(),
