@@ -48,6 +48,34 @@ LATHE_DEVICE_INLINE void fence_fragments(uint32_t (&a)[N][K]) {
   for (int i = 0; i < N; ++i) rt::wgmma_fence_operand(a[i]);
 }
 
+// The dropout keep bits of this thread's elements of a dK/dV tile, bit 4n + e for query
+// i0 + 8n + 2t + (e & 1) and key key[e >> 1]: the forward's Philox draws (dropout_factor's rule).
+// Elements outside the problem read as kept; their P is 0 either way. Drawn while the S^T and dP^T
+// wgmmas run, so that no Philox state is live beside their accumulators (drawn in the element
+// loop, ptxas spilled at d = 128).
+template <int BQ>
+LATHE_DEVICE_INLINE uint32_t dkdv_keep_bits(const Params& p, int64_t b, int64_t i0,
+                                            const int64_t (&key)[2], int t) {
+  static_assert(BQ / 2 <= 32, "one bit per element of a 32-bit word");
+  uint32_t bits = 0;
+  // Not unrolled: few Philox blocks in flight at a time keep the register count down.
+#pragma unroll 1
+  for (int n = 0; n < BQ / 8; ++n) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int64_t i = i0 + 8 * n + 2 * t + (e & 1), j = key[e >> 1];
+      bool keep = true;
+      if (i < p.tq && j < p.tk) {
+        const uint64_t m = uint64_t((b * p.tq + i) * p.tk + j);
+        keep = philox::to_uniform(
+                   word(philox::block(p.offset + m / 4, p.seed), uint32_t(m & 3u))) >= p.p;
+      }
+      bits |= uint32_t(keep) << (4 * n + e);
+    }
+  }
+  return bits;
+}
+
 template <class T, int D, bool kDropout>
 __global__ void __launch_bounds__(kWgThreads) dkdv_wgmma_kernel(Params p, int64_t k_tiles) {
 #if LATHE_FLASH_WGMMA
@@ -151,38 +179,39 @@ __global__ void __launch_bounds__(kWgThreads) dkdv_wgmma_kernel(Params p, int64_
       ss_wgmma<T, BQ>(dp, desc_v + (at_k >> 4), desc_do + (at_q >> 4), kk > 0);
     }
     rt::wgmma_commit();
+    uint32_t keep = 0;
+    if constexpr (kDropout) keep = dkdv_keep_bits<BQ>(p, b, i0, key, t);
     rt::wgmma_wait<0>();
     rt::wgmma_fence_operand(s);
     rt::wgmma_fence_operand(dp);
 
-    // P^T, Z and dS^T = P^T (Z dP^T - D): s becomes Z P^T and dp dS^T. Padding queries read
-    // lse = +inf (P = 0) and D = 0.
+    // P^T, Z and dS^T = P^T (Z dP^T - D), rounded into the A fragments of dV += (Z P)^T dO and
+    // dK += dS^T Q: k-step kk (queries 16kk..) is n-tiles 2kk and 2kk + 1. Converted k-step by
+    // k-step, so each step's S^T and dP^T registers die early. Padding queries read lse = +inf
+    // (P = 0) and D = 0.
     const bool plain = tile_unmasked<64>(p, i0, wg_j0);
-#pragma unroll
-    for (int n = 0; n < BQ / 8; ++n) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int col = 8 * n + 2 * t + (e & 1);
-        const int64_t i = i0 + col, j = key[e >> 1];
-        const float x =
-            plain ? s[4 * n + e] * p.scale_log2 : masked_score(p, mask_base, s[4 * n + e], i, j);
-        const float pr = fast_exp2(x - cL[col]);
-        float z = 1.0f;  // dropout, regenerated: the forward's Philox draw of element (i, j)
-        if constexpr (kDropout) {
-          if (i < p.tq && j < p.tk) z = dropout_factor(p, uint64_t((b * p.tq + i) * p.tk + j));
-        }
-        const float ds = pr * (z * dp[4 * n + e] - cD[col]);
-        s[4 * n + e] = z * pr;
-        dp[4 * n + e] = ds;
-        if (p.grad_mask != nullptr && i < p.tq && j < p.tk) {
-          p.grad_mask[(b * p.tq + i) * p.tk + j] = ds;
-        }
-      }
-    }
-    // dV += P^T dO and dK += dS^T Q: k-step kk (queries 16kk..) is n-tiles 2kk and 2kk + 1.
     uint32_t pf[BQ / 16][4], sf[BQ / 16][4];
 #pragma unroll
     for (int kk = 0; kk < BQ / 16; ++kk) {
+#pragma unroll
+      for (int n = 2 * kk; n < 2 * kk + 2; ++n) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int col = 8 * n + 2 * t + (e & 1);
+          const int64_t i = i0 + col, j = key[e >> 1];
+          const float x =
+              plain ? s[4 * n + e] * p.scale_log2 : masked_score(p, mask_base, s[4 * n + e], i, j);
+          const float pr = fast_exp2(x - cL[col]);
+          float z = 1.0f;  // dropout, regenerated from (seed, offset)
+          if constexpr (kDropout) z = (keep >> (4 * n + e)) & 1u ? p.keep_scale : 0.0f;
+          const float ds = pr * (z * dp[4 * n + e] - cD[col]);
+          s[4 * n + e] = z * pr;
+          dp[4 * n + e] = ds;
+          if (p.grad_mask != nullptr && i < p.tq && j < p.tk) {
+            p.grad_mask[(b * p.tq + i) * p.tk + j] = ds;
+          }
+        }
+      }
       c_to_a<T>(pf[kk], s + 8 * kk, s + 8 * kk + 4);
       c_to_a<T>(sf[kk], dp + 8 * kk, dp + 8 * kk + 4);
     }
