@@ -348,17 +348,6 @@ __global__ void __launch_bounds__(kThreads) row_dot_kernel(Params p) {
   }
 }
 
-// p[0] += x and p[1] += y, each atomically (p 8-byte aligned): one vector atomic on sm_90 and
-// later, half the atomic operations of two scalar ones.
-LATHE_DEVICE_INLINE void atomic_add_pair(float* p, float x, float y) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  atomicAdd(reinterpret_cast<float2*>(p), make_float2(x, y));
-#else
-  atomicAdd(p, x);
-  atomicAdd(p + 1, y);
-#endif
-}
-
 // Atomic dQ mode: dQ[i0, i0 + BQ) += dS K over this block's 64 keys, from dS^T [kBlockN][BQ + kPad]
 // and K [kBlockN][D + kPad] in shared memory. The [BQ, D] product is split into one [16, D * BQ /
 // 64] slice per warp (all of D for BQ = 64, half of it for BQ = 32): an accumulator of at most 32
@@ -778,9 +767,9 @@ constexpr int kVariantDkdvQueryTile = 32;
 constexpr int kVariantMinBlocks = 3;
 
 // Variants 2 and 3 of the forward: forward_wgmma_kernel and forward_wgmma_overlap_kernel
-// (sm_90a); variant 2 of the backward: dkdv_wgmma_kernel and dq_wgmma_kernel (sm_90a, always
-// deterministic). f16/bf16 at head dim 64 or 128, with or without dropout, on compute capability
-// 9.x.
+// (sm_90a); variant 2 of the backward: dkdv_wgmma_kernel and dq_wgmma_kernel (sm_90a; in the
+// atomic-dQ mode the dK/dV kernel adds dQ itself, as the default's does). f16/bf16 at head dim 64
+// or 128, with or without dropout, on compute capability 9.x.
 constexpr int kVariantWgmma = 2;
 constexpr int kVariantWgmmaOverlap = 3;
 
@@ -920,8 +909,7 @@ void backward_impl(const AttentionBackwardArgs& args) {
   p.lse2 = p.row_dot + rows;
   const int variant = flash_attention_variant().backward;
   check_variant(variant, a, "backward");
-  // Backward variant 2 computes dQ in its own pass in both modes.
-  const bool atomic_dq = !args.deterministic && rows > 0 && variant != kVariantWgmma;
+  const bool atomic_dq = !args.deterministic && rows > 0;
   std::optional<DeviceScratch> dq_accum;
   if (atomic_dq) {
     const size_t bytes = size_t(rows * d) * sizeof(float);
@@ -936,14 +924,16 @@ void backward_impl(const AttentionBackwardArgs& args) {
       rt::launch(row_dot_kernel<T, D>, dim3(grid), dim3(kThreads), 0, stream(),
                  "flash_attention_row_dot", p);
     }
+    bool wgmma = false;
     if constexpr (D == 64 || D == 128) {
       if (variant == kVariantWgmma) {
         ++g_flash_variant_launches;
-        return launch_backward_wgmma<T, D>(p, a.batch);
+        launch_backward_wgmma<T, D>(p, a.batch, atomic_dq);
+        wgmma = true;
       }
     }
     const int64_t k_tiles = (a.kv_len + kBlockN - 1) / kBlockN;
-    if (k_tiles > 0) {
+    if (k_tiles > 0 && !wgmma) {
       auto launch_dkdv = [&]<bool kAtomicDq>() {
         constexpr size_t smem = dkdv_smem<D, T, kAtomicDq>();
         auto kernel =
@@ -975,6 +965,7 @@ void backward_impl(const AttentionBackwardArgs& args) {
                  "flash_attention_backward_dq_convert", p);
       return;
     }
+    if (wgmma) return;  // its dQ kernel ran
     const int64_t q_tiles = (a.q_len + kBlockM - 1) / kBlockM;
     if (q_tiles > 0) {
       constexpr size_t smem = dq_smem<D, T>();

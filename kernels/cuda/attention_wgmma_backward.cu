@@ -28,9 +28,11 @@ namespace {
 // 32 each, dK and dV D/2 each (64 at d = 128).
 constexpr int kDkdvKeys = kWgRows;
 constexpr int kDkdvQueries = 64;
-template <int D, class T>
+// + the atomic-dQ mode's dS tile, [128 keys / 64][64 queries][64 keys].
+template <int D, class T, bool kAtomicDq>
 constexpr size_t wg_dkdv_smem() {
   return size_t(2 * kDkdvKeys + 4 * kDkdvQueries) * D * sizeof(T) +
+         (kAtomicDq ? size_t(kDkdvQueries) * kDkdvKeys * sizeof(T) : 0) +
          4 * kDkdvQueries * sizeof(float) + 1024;
 }
 
@@ -76,7 +78,14 @@ LATHE_DEVICE_INLINE uint32_t dkdv_keep_bits(const Params& p, int64_t b, int64_t 
   return bits;
 }
 
-template <class T, int D, bool kDropout>
+// With kAtomicDq (FlashAttention-3's backward: 5 GEMMs instead of 7), each warpgroup also stores
+// its dS (rounded to T, as dK's A fragments have it) into shared memory as a K-major [64
+// queries][64 keys] A operand, and dQ_tile += dS K over its 64 keys is one more SS wgmma group
+// (m64n{D}k16, K as the MN-major B); the f32 products are added to dq_accum with vector atomics, as
+// attention.cu's atomic mode does, and dq_convert_kernel scales and rounds them afterwards. The two
+// warpgroups add separately (each its own keys), the same number of atomics per key as the default
+// kernel's.
+template <class T, int D, bool kDropout, bool kAtomicDq>
 __global__ void __launch_bounds__(kWgThreads) dkdv_wgmma_kernel(Params p, int64_t k_tiles) {
 #if LATHE_FLASH_WGMMA
   constexpr int BN = kDkdvKeys, BQ = kDkdvQueries;
@@ -91,6 +100,8 @@ __global__ void __launch_bounds__(kWgThreads) dkdv_wgmma_kernel(Params p, int64_
   T* sdO = sQ + 2 * BQ * D;                                // [2][D/64][BQ][64]
   float* sL = reinterpret_cast<float*>(sdO + 2 * BQ * D);  // [2][BQ] lse (log2 units)
   float* sD = sL + 2 * BQ;                                 // [2][BQ] row dots
+  // kAtomicDq: [BN/64][BQ][64] dS, 1024-aligned (everything before it is a multiple of 1 KiB).
+  T* sdS = reinterpret_cast<T*>(sD + 2 * BQ);
 
   const int64_t b = int64_t(blockIdx.x) / k_tiles;
   const int64_t j0 = (int64_t(blockIdx.x) - b * k_tiles) * BN;
@@ -152,6 +163,26 @@ __global__ void __launch_bounds__(kWgThreads) dkdv_wgmma_kernel(Params p, int64_
   const uint64_t desc_do = rt::make_wgmma_desc(sdO, 16, 1024, rt::WgmmaSwizzle::B128);
   const uint64_t desc_q_mn = rt::make_wgmma_desc(sQ, kQBlock, 1024, rt::WgmmaSwizzle::B128);
   const uint64_t desc_do_mn = rt::make_wgmma_desc(sdO, kQBlock, 1024, rt::WgmmaSwizzle::B128);
+  // Atomic dQ: this warpgroup's dS block as a K-major A, and its 64 keys of K as the MN-major B.
+  T* my_ds = sdS + wg * BQ * 64;
+  uint64_t desc_ds = 0, desc_k_mn = 0;
+  // Where this thread's dS elements go in the swizzled tile: row r = 16kk + 8m + 2t + h has
+  // r % 8 = 2t + h and key column 16 warp + g + 8 w1 is 16-byte chunk 2 warp + w1, so byte offset
+  // r * 128 + ((2 warp + w1) ^ (2t + h)) * 16 + 2g: four bases per thread, the rest constants
+  // (rt::wgmma_offset per element kept 32 addresses live across the tile loop).
+  char* ds_bytes = reinterpret_cast<char*>(my_ds);
+  uint32_t ds_at[2][2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+#pragma unroll
+    for (int w1 = 0; w1 < 2; ++w1) {
+      ds_at[h][w1] = uint32_t((2 * t + h) * 128 + ((2 * warp + w1) ^ (2 * t + h)) * 16 + 2 * g);
+    }
+  }
+  if constexpr (kAtomicDq) {
+    desc_ds = rt::make_wgmma_desc(my_ds, 16, 1024, rt::WgmmaSwizzle::B128);
+    desc_k_mn = rt::make_wgmma_desc(sK + 64 * wg * 64, kKBlock, 1024, rt::WgmmaSwizzle::B128);
+  }
 
   for (int it = first; it < n_tiles; ++it) {
     const int buf = (it - first) & 1;
@@ -214,6 +245,20 @@ __global__ void __launch_bounds__(kWgThreads) dkdv_wgmma_kernel(Params p, int64_
       }
       c_to_a<T>(pf[kk], s + 8 * kk, s + 8 * kk + 4);
       c_to_a<T>(sf[kk], dp + 8 * kk, dp + 8 * kk + 4);
+      if constexpr (kAtomicDq) {
+        // Each 16-bit half of word w of the fragment is dS at query 16kk + 8(w / 2) + 2t + h, key
+        // 16 warp + g + 8(w % 2); the two halves are neighbouring queries, so two rows of the
+        // [query][key] tile.
+#pragma unroll
+        for (int w = 0; w < 4; ++w) {
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            *reinterpret_cast<uint16_t*>(ds_bytes + ds_at[h][w & 1] +
+                                         (16 * kk + 8 * (w >> 1)) * 128) =
+                uint16_t(sf[kk][w] >> (16 * h));
+          }
+        }
+      }
     }
     rt::wgmma_fence_operand(dv);
     rt::wgmma_fence_operand(dk);
@@ -234,6 +279,37 @@ __global__ void __launch_bounds__(kWgThreads) dkdv_wgmma_kernel(Params p, int64_
     rt::wgmma_fence_operand(dk);
     fence_fragments(pf);
     fence_fragments(sf);
+    if constexpr (kAtomicDq) {
+      // The dS stores (generic proxy) become visible to this warpgroup's wgmma (async proxy).
+      publish_to_wgmma();
+      // In 64-column slices of d: a [64, 64] accumulator (32 registers) beside dK and dV; all of
+      // d at once (64 at d = 128) made ptxas spill.
+#pragma unroll 1
+      for (int h = 0; h < D / 64; ++h) {
+        float dq[32];
+        rt::wgmma_fence_operand(dq);
+        rt::wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk) {
+          ss_wgmma<T, 64, rt::WgmmaMajor::MN>(dq, desc_ds + ((kk * 32) >> 4),
+                                              desc_k_mn + ((h * kKBlock + kk * 16 * 128) >> 4),
+                                              kk > 0);
+        }
+        rt::wgmma_commit();
+        rt::wgmma_wait<0>();
+        rt::wgmma_fence_operand(dq);
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const int64_t i = i0 + 16 * warp + g + 8 * r;
+          if (i >= p.tq) continue;  // padding rows: dS = 0, and nothing reads them
+          float* row = p.dq_accum + (b * p.tq_pad + i) * D + 64 * h + 2 * t;
+#pragma unroll
+          for (int n = 0; n < 8; ++n) {
+            atomic_add_pair(row + 8 * n, dq[4 * n + 2 * r], dq[4 * n + 2 * r + 1]);
+          }
+        }
+      }
+    }
     __syncthreads();
   }
   if (first >= n_tiles) rt::cp_async_wait<0>();
@@ -436,16 +512,27 @@ void check_sm90a(Kernel kernel) {
 }  // namespace
 
 template <class T, int D>
-void launch_backward_wgmma(const Params& p, int64_t batch) {
+void launch_backward_wgmma(const Params& p, int64_t batch, bool atomic_dq) {
   const int64_t k_tiles = (p.tk + kDkdvKeys - 1) / kDkdvKeys;
-  if (k_tiles > 0) {
-    constexpr size_t smem = wg_dkdv_smem<D, T>();
-    auto kernel = p.dropout ? dkdv_wgmma_kernel<T, D, true> : dkdv_wgmma_kernel<T, D, false>;
+  auto launch_dkdv = [&]<bool kAtomicDq>() {
+    constexpr size_t smem = wg_dkdv_smem<D, T, kAtomicDq>();
+    auto kernel = p.dropout ? dkdv_wgmma_kernel<T, D, true, kAtomicDq>
+                            : dkdv_wgmma_kernel<T, D, false, kAtomicDq>;
     allow_shared(kernel, smem, "flash attention");
     check_sm90a(kernel);
     rt::launch(kernel, dim3(unsigned(k_tiles * batch)), dim3(kWgThreads), smem, stream(),
-               "flash_attention_backward_dkdv_wgmma", p, k_tiles);
+               kAtomicDq ? "flash_attention_backward_dkdv_wgmma_atomic_dq"
+                         : "flash_attention_backward_dkdv_wgmma",
+               p, k_tiles);
+  };
+  if (k_tiles > 0) {
+    if (atomic_dq) {
+      launch_dkdv.template operator()<true>();
+    } else {
+      launch_dkdv.template operator()<false>();
+    }
   }
+  if (atomic_dq) return;  // the caller's dq_convert_kernel writes grad_q
   const int64_t q_tiles = (p.tq + kWgRows - 1) / kWgRows;
   if (q_tiles > 0) {
     constexpr size_t smem = wg_dq_smem<D, T>();
@@ -457,9 +544,9 @@ void launch_backward_wgmma(const Params& p, int64_t batch) {
   }
 }
 
-template void launch_backward_wgmma<__half, 64>(const Params&, int64_t);
-template void launch_backward_wgmma<__half, 128>(const Params&, int64_t);
-template void launch_backward_wgmma<__nv_bfloat16, 64>(const Params&, int64_t);
-template void launch_backward_wgmma<__nv_bfloat16, 128>(const Params&, int64_t);
+template void launch_backward_wgmma<__half, 64>(const Params&, int64_t, bool);
+template void launch_backward_wgmma<__half, 128>(const Params&, int64_t, bool);
+template void launch_backward_wgmma<__nv_bfloat16, 64>(const Params&, int64_t, bool);
+template void launch_backward_wgmma<__nv_bfloat16, 128>(const Params&, int64_t, bool);
 
 }  // namespace lathe::kernels::cuda::flash

@@ -122,6 +122,17 @@ LATHE_DEVICE_INLINE bool tile_unmasked(const Params& p, int64_t i0, int64_t j0) 
   return p.mask.data == nullptr && j0 + BN <= p.tk && (!p.causal || j0 + BN - 1 <= i0);
 }
 
+// p[0] += x and p[1] += y, each atomically (p 8-byte aligned): one vector atomic on sm_90 and
+// later, half the atomic operations of two scalar ones.
+LATHE_DEVICE_INLINE void atomic_add_pair(float* p, float x, float y) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  atomicAdd(reinterpret_cast<float2*>(p), make_float2(x, y));
+#else
+  atomicAdd(p, x);
+  atomicAdd(p + 1, y);
+#endif
+}
+
 // The dropout factor of probability element n: keep_scale or 0.
 LATHE_DEVICE_INLINE float dropout_factor(const Params& p, uint64_t n) {
   const std::array<uint32_t, 4> w = philox::block(p.offset + n / 4, p.seed);
@@ -226,10 +237,11 @@ LATHE_DEVICE_INLINE void c_to_a(uint32_t a[4], const float lo[4], const float hi
 template <class T, int D>
 void launch_forward_wgmma(const Params& p, int64_t batch, int64_t q_len, bool overlap);
 
-// The sm_90a warpgroup-MMA backward (attention_wgmma_backward.cu, backward variant 2): the dK/dV
-// kernel, then the dQ kernel, over p's batch (row_dot and lse2 already written), on the current
-// stream. Deterministic; checks that the kernels were compiled for sm_90a.
+// The sm_90a warpgroup-MMA backward (attention_wgmma_backward.cu, backward variant 2) over p's
+// batch (row_dot and lse2 already written), on the current stream: the dK/dV kernel, then the dQ
+// kernel; with atomic_dq the dK/dV kernel adds dQ into p.dq_accum instead (zeroed; the caller
+// converts it). Checks that the kernels were compiled for sm_90a.
 template <class T, int D>
-void launch_backward_wgmma(const Params& p, int64_t batch);
+void launch_backward_wgmma(const Params& p, int64_t batch, bool atomic_dq);
 
 }  // namespace lathe::kernels::cuda::flash

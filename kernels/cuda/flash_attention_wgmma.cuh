@@ -46,15 +46,16 @@ LATHE_DEVICE_INLINE void load_tile_sw128(T* smem, const T* gmem, int64_t ld, int
   }
 }
 
-// One m64nNk16 wgmma of storage type T, both operands in shared memory (A and B K-major: rows of
-// A and of B are M and N, K contiguous), as S = Q K^T needs.
-template <class T, int N>
+// One m64nNk16 wgmma of storage type T, both operands in shared memory: A K-major (rows are M, K
+// contiguous), B K-major (rows are N), as S = Q K^T needs, or with kB = MN MN-major (rows are K,
+// N contiguous), as the atomic backward's dQ = dS K needs.
+template <class T, int N, rt::WgmmaMajor kB = rt::WgmmaMajor::K>
 LATHE_DEVICE_INLINE void ss_wgmma(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b,
                                   bool accumulate) {
   if constexpr (std::is_same_v<T, __half>) {
-    rt::wgmma_ss_f16<N>(d, desc_a, desc_b, accumulate);
+    rt::wgmma_ss_f16<N, kB>(d, desc_a, desc_b, accumulate);
   } else {
-    rt::wgmma_ss_bf16<N>(d, desc_a, desc_b, accumulate);
+    rt::wgmma_ss_bf16<N, kB>(d, desc_a, desc_b, accumulate);
   }
 }
 // One accumulating m64nNk16 wgmma with A from registers (mma fragments) and an MN-major B in
