@@ -793,6 +793,7 @@ MbarrierState& find_mbarrier(void* bar, const char* op, const char* file, int li
 // Resumes the threads waiting on or polling `m` (entries of threads that were resumed otherwise
 // since, or now wait elsewhere, are stale and skipped).
 void wake_waiters(BlockState& b, MbarrierState& m, const void* bar) {
+  b.idle_poll_rounds = 0;  // the barrier changed: a thread polling it may now get further
   for (ThreadState* t : m.waiters) {
     if ((t->state == State::Mbarrier || t->state == State::Poll) && t->mbarrier == bar) {
       make_runnable(b, *t);
@@ -984,6 +985,7 @@ void named_barrier(unsigned id, unsigned nthreads, bool wait, const char* file, 
     n.line = line;
   }
   ++n.arrived;
+  b.idle_poll_rounds = 0;
   LATHE_SIM_TSAN_RELEASE(&n);
   if (wait) {
     t.state = State::Named;
