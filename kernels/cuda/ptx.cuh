@@ -26,9 +26,33 @@
 // In the simulated build the wrappers take two trailing defaulted arguments (the call site), which
 // name the instruction in errors and tell lanes of a warp meeting at different instructions apart.
 // There, cp.async copies at issue time, so a missing cp_async_wait shows only on a real GPU.
+//
+// The sm_90 producer/consumer machinery (FlashAttention-3 style pipelines) is wrapped too:
+//  - mbarrier (64-bit barriers in shared memory with a phase, an arrival count and a transaction
+//    byte count): mbarrier_init, fence_mbarrier_init, mbarrier_arrive, mbarrier_arrive_expect_tx,
+//    mbarrier_expect_tx, mbarrier_try_wait_parity, mbarrier_wait_parity, mbarrier_inval;
+//  - TMA: tma_load_2d/3d (cp.async.bulk.tensor from a cuda::TensorMap made on the host with
+//    make_tensor_map_2d/3d, kernels/cuda/tensor_map.h, completing on an mbarrier) and
+//    prefetch_tensor_map;
+//  - named barriers: named_barrier_sync / named_barrier_arrive (bar.sync / bar.arrive id, n);
+//  - setmaxnreg_inc<N> / setmaxnreg_dec<N> (sm_90a).
+// Device code for sm_80 compiles them to a trap (named barriers excepted), as it does wgmma. In the
+// simulated build a TMA copy completes only when a thread tests its barrier, so reading the
+// destination without waiting sees stale data there too (kernels/sim/ptx_emulation.h).
+//
+// The usual pipeline over an S-stage ring (stage s = t % S of tile t, phase parity (t / S) % 2):
+//   init (one thread):  mbarrier_init(&full[s], 1); mbarrier_init(&empty[s], consumers);
+//                       fence_mbarrier_init();  then __syncthreads()
+//   producer (one thread): if (t >= S) mbarrier_wait_parity(&empty[s], (t / S - 1) % 2);
+//                       mbarrier_arrive_expect_tx(&full[s], box_bytes);
+//                       tma_load_2d(ring[s], &map, x, y, &full[s]);
+//   consumers:          mbarrier_wait_parity(&full[s], (t / S) % 2); read ring[s];
+//                       mbarrier_arrive(&empty[s]);
 #pragma once
 
 #include <cstdint>
+
+#include "kernels/cuda/tensor_map.h"
 
 #ifndef __CUDACC__
 #include "kernels/sim/ptx_emulation.h"
@@ -515,6 +539,192 @@ __device__ __forceinline__ void fence_proxy_async_shared() {
 #endif
 }
 
+// ---- sm_90: mbarrier, TMA, named barriers, setmaxnreg ----
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define LATHE_SM90_AVAILABLE 1
+#else
+#define LATHE_SM90_AVAILABLE 0
+#endif
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+#define LATHE_SM90_UNSUPPORTED() __trap()
+#else
+#define LATHE_SM90_UNSUPPORTED()
+#endif
+
+// Initializes the barrier at `bar` (8-byte aligned shared memory) for `count` arrivals per phase
+// (1 .. 2^20 - 1), phase 0 in progress. One thread does it, then fence_mbarrier_init() and a
+// __syncthreads() before any other thread (or a TMA copy) uses the barrier.
+__device__ __forceinline__ void mbarrier_init(uint64_t* bar, uint32_t count) {
+#if LATHE_SM90_AVAILABLE
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(shared_address(bar)), "r"(count)
+               : "memory");
+#else
+  LATHE_SM90_UNSUPPORTED();
+#endif
+}
+
+// Makes this thread's preceding mbarrier.init visible to the other threads and to the async proxy
+// (TMA's complete_tx), the fence the PTX ISA provides for that.
+__device__ __forceinline__ void fence_mbarrier_init() {
+#if LATHE_SM90_AVAILABLE
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+#else
+  LATHE_SM90_UNSUPPORTED();
+#endif
+}
+
+// One arrival (release semantics); returns the opaque state token of the phase arrived at.
+__device__ __forceinline__ uint64_t mbarrier_arrive(uint64_t* bar) {
+  uint64_t state = 0;
+#if LATHE_SM90_AVAILABLE
+  asm volatile("mbarrier.arrive.shared::cta.b64 %0, [%1];\n"
+               : "=l"(state)
+               : "r"(shared_address(bar))
+               : "memory");
+#else
+  LATHE_SM90_UNSUPPORTED();
+#endif
+  return state;
+}
+
+// Adds `bytes` to the current phase's transaction count, then arrives: the phase then also waits
+// for that many bytes of complete_tx (TMA copies signalling this barrier).
+__device__ __forceinline__ uint64_t mbarrier_arrive_expect_tx(uint64_t* bar, uint32_t bytes) {
+  uint64_t state = 0;
+#if LATHE_SM90_AVAILABLE
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 %0, [%1], %2;\n"
+               : "=l"(state)
+               : "r"(shared_address(bar)), "r"(bytes)
+               : "memory");
+#else
+  LATHE_SM90_UNSUPPORTED();
+#endif
+  return state;
+}
+
+// Adds `bytes` to the current phase's transaction count without arriving.
+__device__ __forceinline__ void mbarrier_expect_tx(uint64_t* bar, uint32_t bytes) {
+#if LATHE_SM90_AVAILABLE
+  asm volatile(
+      "mbarrier.expect_tx.relaxed.cta.shared::cta.b64 [%0], %1;\n" ::"r"(shared_address(bar)),
+      "r"(bytes)
+      : "memory");
+#else
+  LATHE_SM90_UNSUPPORTED();
+#endif
+}
+
+// Whether the phase of parity `parity` (0 or 1) has completed, i.e. the barrier's current phase has
+// the other parity (acquire semantics when it has). The hardware may suspend the thread for a
+// while before answering no.
+__device__ __forceinline__ bool mbarrier_try_wait_parity(uint64_t* bar, uint32_t parity) {
+  uint32_t done = 0;
+#if LATHE_SM90_AVAILABLE
+  asm volatile(
+      "{\n.reg .pred done;\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%1], %2;\n"
+      "selp.u32 %0, 1, 0, done;\n}\n"
+      : "=r"(done)
+      : "r"(shared_address(bar)), "r"(parity)
+      : "memory");
+#else
+  LATHE_SM90_UNSUPPORTED();
+#endif
+  return done != 0;
+}
+
+// Waits until the phase of parity `parity` has completed.
+__device__ __forceinline__ void mbarrier_wait_parity(uint64_t* bar, uint32_t parity) {
+  while (!mbarrier_try_wait_parity(bar, parity)) {
+  }
+}
+
+// Ends the barrier's life, so its 8 bytes may be reused as ordinary shared memory.
+__device__ __forceinline__ void mbarrier_inval(uint64_t* bar) {
+#if LATHE_SM90_AVAILABLE
+  asm volatile("mbarrier.inval.shared::cta.b64 [%0];\n" ::"r"(shared_address(bar)) : "memory");
+#else
+  LATHE_SM90_UNSUPPORTED();
+#endif
+}
+
+// TMA: copies the box of `map` whose first element has coordinates (x, y[, z]) (innermost first,
+// signed: boxes may hang over any edge, outside elements become zeros) to `dst` in shared memory
+// (128-byte aligned, 1024 with the 128-byte swizzle) and signals complete_tx of the box's bytes on
+// `bar`. `map` is the address of a __grid_constant__ kernel parameter or of a map in global
+// memory. One thread issues it; the bytes must be expected on the barrier's phase
+// (mbarrier_arrive_expect_tx).
+__device__ __forceinline__ void tma_load_2d(void* dst, const TensorMap* map, int32_t x, int32_t y,
+                                            uint64_t* bar) {
+#if LATHE_SM90_AVAILABLE
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes"
+      " [%0], [%1, {%2, %3}], [%4];\n" ::"r"(shared_address(dst)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(x), "r"(y), "r"(shared_address(bar))
+      : "memory");
+#else
+  LATHE_SM90_UNSUPPORTED();
+#endif
+}
+__device__ __forceinline__ void tma_load_3d(void* dst, const TensorMap* map, int32_t x, int32_t y,
+                                            int32_t z, uint64_t* bar) {
+#if LATHE_SM90_AVAILABLE
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes"
+      " [%0], [%1, {%2, %3, %4}], [%5];\n" ::"r"(shared_address(dst)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(x), "r"(y), "r"(z), "r"(shared_address(bar))
+      : "memory");
+#else
+  LATHE_SM90_UNSUPPORTED();
+#endif
+}
+
+// Fetches the tensor map into the cache ahead of the first copy through it.
+__device__ __forceinline__ void prefetch_tensor_map(const TensorMap* map) {
+#if LATHE_SM90_AVAILABLE
+  asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(map)) : "memory");
+#else
+  LATHE_SM90_UNSUPPORTED();
+#endif
+}
+
+// Named barriers (every architecture): bar.sync waits until `nthreads` threads (a multiple of 32,
+// counted by whole warps) have arrived at barrier `id`; bar.arrive counts this warp's threads and
+// goes on. Id 0 is the one __syncthreads uses: kernels use 1..15 (the simulator enforces it).
+// Every thread of a warp must execute the same instruction.
+__device__ __forceinline__ void named_barrier_sync(int id, int nthreads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(nthreads) : "memory");
+}
+__device__ __forceinline__ void named_barrier_arrive(int id, int nthreads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(nthreads) : "memory");
+}
+
+// setmaxnreg (sm_90a): the warpgroup's threads release registers down to N (dec) or wait for
+// registers up to N (inc); N a multiple of 8 in [24, 256], executed by all 128 threads of the
+// warpgroup together. A producer warpgroup that only issues TMA gives its registers to the
+// consumers this way.
+template <int N>
+__device__ __forceinline__ void setmaxnreg_inc() {
+  static_assert(N >= 24 && N <= 256 && N % 8 == 0, "setmaxnreg: a multiple of 8 in [24, 256]");
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
+#elif defined(__CUDA_ARCH__)
+  __trap();
+#endif
+}
+template <int N>
+__device__ __forceinline__ void setmaxnreg_dec() {
+  static_assert(N >= 24 && N <= 256 && N % 8 == 0, "setmaxnreg: a multiple of 8 in [24, 256]");
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
+#elif defined(__CUDA_ARCH__)
+  __trap();
+#endif
+}
+
+#undef LATHE_SM90_AVAILABLE
+#undef LATHE_SM90_UNSUPPORTED
+
 #undef LATHE_WGMMA_AVAILABLE
 #undef LATHE_WGMMA_UNSUPPORTED
 #undef LATHE_WGMMA_ACC8
@@ -639,6 +849,80 @@ template <int Count>
 __forceinline__ void wgmma_fence_operand(float (&)[Count]) {}
 __forceinline__ void wgmma_fence_operand(uint32_t (&)[4]) {}
 __forceinline__ void fence_proxy_async_shared() {}
+
+// mbarrier, TMA, named barriers and setmaxnreg: kernels/sim/ptx_emulation.h describes the
+// emulation.
+__forceinline__ void mbarrier_init(uint64_t* bar, uint32_t count,
+                                   const char* file = __builtin_FILE(),
+                                   int line = __builtin_LINE()) {
+  sim::mbarrier_init(bar, count, file, line);
+}
+// Nothing to order: fibers interleave only at synchronization points.
+__forceinline__ void fence_mbarrier_init() {}
+__forceinline__ uint64_t mbarrier_arrive(uint64_t* bar, const char* file = __builtin_FILE(),
+                                         int line = __builtin_LINE()) {
+  return sim::mbarrier_arrive(bar, 0, file, line);
+}
+__forceinline__ uint64_t mbarrier_arrive_expect_tx(uint64_t* bar, uint32_t bytes,
+                                                   const char* file = __builtin_FILE(),
+                                                   int line = __builtin_LINE()) {
+  return sim::mbarrier_arrive(bar, bytes, file, line);
+}
+__forceinline__ void mbarrier_expect_tx(uint64_t* bar, uint32_t bytes,
+                                        const char* file = __builtin_FILE(),
+                                        int line = __builtin_LINE()) {
+  sim::mbarrier_expect_tx(bar, bytes, file, line);
+}
+__forceinline__ bool mbarrier_try_wait_parity(uint64_t* bar, uint32_t parity,
+                                              const char* file = __builtin_FILE(),
+                                              int line = __builtin_LINE()) {
+  return sim::mbarrier_try_wait_parity(bar, parity, file, line);
+}
+__forceinline__ void mbarrier_wait_parity(uint64_t* bar, uint32_t parity,
+                                          const char* file = __builtin_FILE(),
+                                          int line = __builtin_LINE()) {
+  sim::mbarrier_wait_parity(bar, parity, file, line);
+}
+__forceinline__ void mbarrier_inval(uint64_t* bar, const char* file = __builtin_FILE(),
+                                    int line = __builtin_LINE()) {
+  sim::mbarrier_inval(bar, file, line);
+}
+__forceinline__ void tma_load_2d(void* dst, const TensorMap* map, int32_t x, int32_t y,
+                                 uint64_t* bar, const char* file = __builtin_FILE(),
+                                 int line = __builtin_LINE()) {
+  const int32_t coords[2] = {x, y};
+  sim::tma_load(map, dst, bar, 2, coords, file, line);
+}
+__forceinline__ void tma_load_3d(void* dst, const TensorMap* map, int32_t x, int32_t y, int32_t z,
+                                 uint64_t* bar, const char* file = __builtin_FILE(),
+                                 int line = __builtin_LINE()) {
+  const int32_t coords[3] = {x, y, z};
+  sim::tma_load(map, dst, bar, 3, coords, file, line);
+}
+__forceinline__ void prefetch_tensor_map(const TensorMap* map, const char* file = __builtin_FILE(),
+                                         int line = __builtin_LINE()) {
+  sim::tma_prefetch(map, file, line);
+}
+__forceinline__ void named_barrier_sync(int id, int nthreads, const char* file = __builtin_FILE(),
+                                        int line = __builtin_LINE()) {
+  sim::named_barrier(unsigned(id), unsigned(nthreads), true, file, line);
+}
+__forceinline__ void named_barrier_arrive(int id, int nthreads, const char* file = __builtin_FILE(),
+                                          int line = __builtin_LINE()) {
+  sim::named_barrier(unsigned(id), unsigned(nthreads), false, file, line);
+}
+template <int N>
+__forceinline__ void setmaxnreg_inc(const char* file = __builtin_FILE(),
+                                    int line = __builtin_LINE()) {
+  static_assert(N >= 24 && N <= 256 && N % 8 == 0, "setmaxnreg: a multiple of 8 in [24, 256]");
+  sim::setmaxnreg(true, N, file, line);
+}
+template <int N>
+__forceinline__ void setmaxnreg_dec(const char* file = __builtin_FILE(),
+                                    int line = __builtin_LINE()) {
+  static_assert(N >= 24 && N <= 256 && N % 8 == 0, "setmaxnreg: a multiple of 8 in [24, 256]");
+  sim::setmaxnreg(false, N, file, line);
+}
 
 #endif
 

@@ -1,6 +1,7 @@
 // The runtime of the real cuda device (LATHE_CUDA): thin wrappers over cudart with every status
 // checked by LATHE_CUDA_CHECK. device_count() never throws, so a build with CUDA on a machine
 // without a GPU or driver simply reports no cuda device.
+#include <cuda.h>  // CUtensorMap and its enums only: the driver is reached through cudart
 #include <cuda_runtime.h>
 
 #include <array>
@@ -9,6 +10,7 @@
 #include <vector>
 
 #include "kernels/cuda/runtime.h"
+#include "kernels/cuda/tensor_map.h"
 #include "lathe/core/error.h"
 
 namespace lathe::cuda {
@@ -225,5 +227,85 @@ void memset_async(void* dst, int byte_value, size_t bytes, cudaStream_t stream) 
   if (bytes == 0) return;
   LATHE_CUDA_CHECK(cudaMemsetAsync(dst, byte_value, bytes, stream));
 }
+
+namespace detail {
+
+namespace {
+
+using EncodeTiled = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*,
+                                 const cuuint64_t*, const cuuint64_t*, const cuuint32_t*,
+                                 const cuuint32_t*, CUtensorMapInterleave, CUtensorMapSwizzle,
+                                 CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+using GetErrorName = CUresult (*)(CUresult, const char**);
+
+// A driver function by name, for the ABI of the CUDA version given (12000: the first with tensor
+// maps), without linking libcuda.
+void* driver_function(const char* name, unsigned version) {
+  void* fn = nullptr;
+  cudaDriverEntryPointQueryResult found{};
+  LATHE_CUDA_CHECK(cudaGetDriverEntryPointByVersion(name, &fn, version, cudaEnableDefault, &found));
+  LATHE_CHECK(found == cudaDriverEntryPointSuccess && fn != nullptr, "the CUDA driver has no ",
+              name, " (query result ", int(found), "); tensor maps need a CUDA 12 or newer driver");
+  return fn;
+}
+
+CUtensorMapDataType driver_dtype(DType dtype) {
+  switch (dtype) {
+    case DType::F32:
+      return CU_TENSOR_MAP_DATA_TYPE_FLOAT32;
+    case DType::F64:
+      return CU_TENSOR_MAP_DATA_TYPE_FLOAT64;
+    case DType::F16:
+      return CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
+    case DType::BF16:
+      return CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
+    case DType::I32:
+      return CU_TENSOR_MAP_DATA_TYPE_INT32;
+    case DType::I64:
+      return CU_TENSOR_MAP_DATA_TYPE_INT64;
+    case DType::Bool:
+      return CU_TENSOR_MAP_DATA_TYPE_UINT8;
+  }
+  return CU_TENSOR_MAP_DATA_TYPE_UINT8;
+}
+
+}  // namespace
+
+TensorMap encode_tensor_map(const TensorMapArgs& a) {
+  static_assert(
+      sizeof(TensorMap) == sizeof(CUtensorMap) && alignof(TensorMap) == alignof(CUtensorMap),
+      "cuda::TensorMap must be layout-compatible with CUtensorMap");
+  static const auto encode =
+      reinterpret_cast<EncodeTiled>(driver_function("cuTensorMapEncodeTiled", 12000));
+  cuuint64_t sizes[3], strides[2];
+  cuuint32_t box[3], element_strides[3] = {1, 1, 1};
+  for (int d = 0; d < a.rank; ++d) {
+    sizes[d] = a.sizes[d];
+    box[d] = a.box[d];
+    if (d > 0) strides[d - 1] = a.strides[d];
+  }
+  TensorMap map{};
+  const CUresult status = encode(
+      reinterpret_cast<CUtensorMap*>(&map), driver_dtype(a.dtype), cuuint32_t(a.rank),
+      const_cast<void*>(a.base), sizes, strides, box, element_strides,
+      CU_TENSOR_MAP_INTERLEAVE_NONE,
+      a.swizzle == TensorMapSwizzle::B128 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_NONE,
+      CU_TENSOR_MAP_L2_PROMOTION_NONE, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (status != CUDA_SUCCESS) {
+    const char* name = "unknown CUresult";
+    static const auto error_name =
+        reinterpret_cast<GetErrorName>(driver_function("cuGetErrorName", 12000));
+    error_name(status, &name);
+    LATHE_FAIL("cuTensorMapEncodeTiled failed with ", name, " (", int(status), ") for a rank-",
+               a.rank, " ", dtype_name(a.dtype), " tensor at ", a.base, ", sizes {", a.sizes[0],
+               ", ", a.sizes[1], ", ", a.sizes[2], "}, strides {", a.strides[1], ", ", a.strides[2],
+               "} bytes, box {", a.box[0], ", ", a.box[1], ", ", a.box[2], "}, swizzle ",
+               a.swizzle == TensorMapSwizzle::B128 ? "128B" : "none",
+               " (the arguments passed lathe's checks of the documented constraints)");
+  }
+  return map;
+}
+
+}  // namespace detail
 
 }  // namespace lathe::cuda

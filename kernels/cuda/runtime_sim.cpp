@@ -9,6 +9,8 @@
 #include <cstring>
 
 #include "kernels/cuda/runtime.h"
+#include "kernels/cuda/tensor_map.h"
+#include "kernels/sim/ptx_emulation.h"
 #include "lathe/core/error.h"
 
 // driver_types.h only declares these; the simulated build owns their definitions.
@@ -221,5 +223,36 @@ void memset_async(void* dst, int byte_value, size_t bytes, cudaStream_t) {
   LATHE_CHECK(dst != nullptr, "memset_async: null pointer");
   std::memset(dst, byte_value, bytes);
 }
+
+namespace detail {
+
+// The simulator's own encoding (sim::TmaFields), read back by the TMA emulation.
+TensorMap encode_tensor_map(const TensorMapArgs& a) {
+  const uint32_t element = uint32_t(element_size(a.dtype));
+  // Where the hardware puts the rows of a narrower box under the 128-byte swizzle is not
+  // documented, so the emulation refuses to guess.
+  LATHE_CHECK(
+      a.swizzle != TensorMapSwizzle::B128 || a.box[0] * element == 128,
+      a.rank == 2 ? "make_tensor_map_2d" : "make_tensor_map_3d", ": box[0] = ", a.box[0],
+      " elements of ", dtype_name(a.dtype), " is ", a.box[0] * element,
+      " bytes; the simulator emulates the 128-byte swizzle only for box rows of exactly 128 "
+      "bytes (the layout wgmma's 128-byte swizzled operands use)");
+  sim::TmaFields f{};
+  f.marker = sim::kTmaMarker;
+  f.base = reinterpret_cast<uintptr_t>(a.base);
+  for (int d = 0; d < 3; ++d) {
+    f.sizes[d] = a.sizes[d];
+    f.strides[d] = a.strides[d];
+    f.box[d] = a.box[d];
+  }
+  f.rank = uint32_t(a.rank);
+  f.element_bytes = element;
+  f.swizzle128 = a.swizzle == TensorMapSwizzle::B128;
+  TensorMap map{};
+  std::memcpy(&map, &f, sizeof(f));
+  return map;
+}
+
+}  // namespace detail
 
 }  // namespace lathe::cuda

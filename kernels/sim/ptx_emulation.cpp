@@ -148,6 +148,98 @@ void cp_async_invalid(const void* dst, const void* src, int cp_size, int src_siz
              "to cp-size");
 }
 
+// ---- TMA ----
+
+namespace {
+
+TmaFields decode_tensor_map(const void* tensor_map, const char* what, const char* file, int line) {
+  LATHE_CHECK(tensor_map != nullptr, "cuda simulator: ", what, " at ", file, ":", line,
+              ": null tensor map");
+  TmaFields f;
+  std::memcpy(&f, tensor_map, sizeof(f));
+  LATHE_CHECK(f.marker == kTmaMarker, "cuda simulator: ", what, " at ", file, ":", line,
+              ": the tensor map at ", tensor_map,
+              " was not made by cuda::make_tensor_map_2d/3d (or was overwritten)");
+  return f;
+}
+
+const char* tma_name(int rank) {
+  return rank == 2 ? "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes"
+                   : "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes";
+}
+
+// The copy of one box, performed when a thread tests the barrier: element (x, y, z) of the box
+// goes to byte (((z * box1) + y) * box0 + x) * element of the destination, with the 128-byte
+// swizzle applied to that shared address; elements outside the tensor are zeros.
+void tma_perform(const TmaFields& f, unsigned char* dst, const int64_t coords[3]) {
+  const size_t element = f.element_bytes;
+  const auto* base = reinterpret_cast<const unsigned char*>(f.base);
+  uintptr_t linear = reinterpret_cast<uintptr_t>(dst);
+  for (uint32_t z = 0; z < f.box[2]; ++z) {
+    const int64_t gz = coords[2] + z;
+    for (uint32_t y = 0; y < f.box[1]; ++y) {
+      const int64_t gy = coords[1] + y;
+      const bool row_inside =
+          gz >= 0 && uint64_t(gz) < f.sizes[2] && gy >= 0 && uint64_t(gy) < f.sizes[1];
+      for (uint32_t x = 0; x < f.box[0]; ++x, linear += element) {
+        const int64_t gx = coords[0] + x;
+        uintptr_t at = linear;
+        if (f.swizzle128) at ^= (at >> 7 & 7) << 4;
+        auto* out = reinterpret_cast<unsigned char*>(at);
+        if (row_inside && gx >= 0 && uint64_t(gx) < f.sizes[0]) {
+          std::memcpy(out,
+                      base + uint64_t(gx) * element + uint64_t(gy) * f.strides[1] +
+                          uint64_t(gz) * f.strides[2],
+                      element);
+        } else {
+          std::memset(out, 0, element);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void tma_load(const void* tensor_map, void* dst, void* bar, int rank, const int32_t* coords,
+              const char* file, int line) {
+  const char* what = tma_name(rank);
+  const TmaFields f = decode_tensor_map(tensor_map, what, file, line);
+  LATHE_CHECK(int(f.rank) == rank, "cuda simulator: ", what, " at ", file, ":", line,
+              ": the tensor map describes a rank-", f.rank, " tensor");
+  const uint64_t bytes = uint64_t(f.box[0]) * f.box[1] * f.box[2] * f.element_bytes;
+  const unsigned alignment = f.swizzle128 ? 1024 : 128;
+  LATHE_CHECK(reinterpret_cast<uintptr_t>(dst) % alignment == 0, "cuda simulator: ", what, " at ",
+              file, ":", line, ": destination ", dst, " is not ", alignment, "-byte aligned",
+              f.swizzle128 ? " (the 128-byte swizzle pattern repeats every 1024 bytes of the "
+                             "shared address space, so the box must start on such a boundary)"
+                           : " (the PTX ISA's requirement for bulk tensor copies)");
+  LATHE_CHECK(is_shared_memory(dst, bytes), "cuda simulator: ", what, " at ", file, ":", line,
+              ": the ", bytes, "-byte box at ", dst, " is not all shared memory");
+  int64_t at[3] = {coords[0], coords[1], rank == 3 ? coords[2] : 0};
+  auto* out = static_cast<unsigned char*>(dst);
+  mbarrier_async_copy(
+      bar, uint32_t(bytes),
+      [f, out, at0 = at[0], at1 = at[1], at2 = at[2]] {
+        const int64_t c[3] = {at0, at1, at2};
+        tma_perform(f, out, c);
+      },
+      what, file, line);
+}
+
+void tma_prefetch(const void* tensor_map, const char* file, int line) {
+  decode_tensor_map(tensor_map, "prefetch.tensormap", file, line);
+}
+
+void setmaxnreg(bool increase, int registers, const char* file, int line) {
+  const char* what =
+      increase ? "setmaxnreg.inc.sync.aligned.u32" : "setmaxnreg.dec.sync.aligned.u32";
+  LATHE_CHECK(registers >= 24 && registers <= 256 && registers % 8 == 0, "cuda simulator: ", what,
+              " ", registers, " at ", file, ":", line,
+              ": the register count must be a multiple of 8 in [24, 256]");
+  warpgroup_compute(nullptr, nullptr, nullptr, nullptr, what, file, line);
+}
+
 // ---- wgmma ----
 
 namespace {

@@ -21,6 +21,35 @@
 // computes its own accumulator elements. Only the RS form's A fragments cross threads: the
 // warpgroup rendezvous moves each warp's registers into the rows its threads need.
 //
+// mbarrier (sm_90 asynchronous transaction barriers) is emulated in sim_runtime.cpp: each barrier's
+// state (arrival count, pending arrivals, transaction count, completed phases) lives in a table of
+// the running block keyed by its shared address, and the 8 bytes in shared memory hold a marker, so
+// a barrier used before mbarrier.init in this block, or overwritten by ordinary stores, is
+// reported. A phase completes when its arrivals are all in and its transaction count is 0, as the
+// PTX ISA describes. try_wait.parity answers whether the phase of that parity completed; when it
+// did not, the thread is suspended until the barrier changes (or nothing else can run), so a
+// polling loop lets the producer make progress, and a wait that can never complete is reported as a
+// deadlock naming the wait's file:line instead of hanging.
+//
+// TMA (cp.async.bulk.tensor) is deliberately *not* performed at issue time: the issuing thread
+// validates the copy (tensor map, destination alignment and extent, barrier) and records it on the
+// mbarrier it signals, with its byte count. The copy happens when a thread next tests or waits on
+// that barrier (try_wait / the wait loop), which then subtracts the bytes from the transaction
+// count and completes the phase if the arrivals are in. So a thread that reads the destination
+// without waiting on the barrier sees whatever was there before (stale or poisoned shared memory),
+// as it could on a GPU; a phase that would complete while copies signalling it are still pending (a
+// missing or short expect_tx) and a block that ends with copies pending are errors. The copy itself
+// runs inside the simulator's (uninstrumented) code, so TSan sees neither its writes nor races
+// against them; ordering mistakes show as wrong data instead. Out-of-bounds elements of the box
+// (negative coordinates included) are zero-filled; with the 128-byte swizzle, box rows must be
+// exactly 128 bytes and the destination 1024-byte aligned, and the 16-byte chunk c of row r lands
+// in chunk c ^ (r % 8) (the layout cuda::wgmma_offset describes). Tensor maps in this build are
+// lathe's own encoding of the same parameters (TmaFields below, made by cuda::make_tensor_map_*).
+//
+// Named barriers (bar.sync / bar.arrive id, nthreads) count arriving threads per id and release
+// the bar.sync waiters when the count is reached; setmaxnreg only checks that the whole warpgroup
+// executes it together.
+//
 // A simulated descriptor cannot hold a 64-bit host address in its 14-bit address field, so
 // make_wgmma_desc keeps the documented fields (address bits 4..17 in bits 0..13, LBO, SBO, swizzle
 // mode, base offset 0) and stores in the reserved bits 52..61 the index of the 256 KiB-aligned
@@ -86,6 +115,32 @@ inline void cp_async(void* dst, const void* src, int cp_size, int src_size, cons
   if (src_size < cp_size)
     std::memset(static_cast<char*>(dst) + src_size, 0, size_t(cp_size - src_size));
 }
+
+// ---- TMA ----
+
+// The simulated build's tensor map: cuda::TensorMap's 128 bytes hold these fields (the real build
+// holds the driver's CUtensorMap there). Dimension 0 is the innermost (contiguous) one.
+struct TmaFields {
+  uint64_t marker;  // kTmaMarker: the map was made by cuda::make_tensor_map_*
+  uint64_t base;
+  uint64_t sizes[3];    // elements per dimension (1 past the rank)
+  uint64_t strides[3];  // bytes between neighbours along each dimension; strides[0] = element
+  uint32_t box[3];      // box elements per dimension (1 past the rank)
+  uint32_t rank;
+  uint32_t element_bytes;
+  uint32_t swizzle128;
+};
+static_assert(sizeof(TmaFields) <= 128, "a tensor map is 128 bytes");
+inline constexpr uint64_t kTmaMarker = 0x70616d726f736e65ULL;  // "ensormap"
+
+// cp.async.bulk.tensor.{rank}d.shared::cluster.global.tile.mbarrier::complete_tx::bytes: checks
+// the operands (raising lathe::Error that names file:line) and records the copy on the barrier.
+void tma_load(const void* tensor_map, void* dst, void* bar, int rank, const int32_t* coords,
+              const char* file, int line);
+// prefetch.tensormap: checks that the map is one (in this build, made by make_tensor_map_*).
+void tma_prefetch(const void* tensor_map, const char* file, int line);
+// setmaxnreg.{inc,dec}.sync.aligned.u32: every thread of the warpgroup must execute it together.
+void setmaxnreg(bool increase, int registers, const char* file, int line);
 
 // ---- wgmma ----
 

@@ -47,6 +47,9 @@
 #define __shared__ static
 #undef __constant__
 #define __constant__ static
+// Kernel parameters are copied into every thread's call here; the qualifier has nothing to do.
+#undef __grid_constant__
+#define __grid_constant__
 #ifndef __restrict__
 #define __restrict__ __restrict
 #endif

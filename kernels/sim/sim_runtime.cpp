@@ -20,6 +20,7 @@
 #include <mutex>
 #include <random>
 #include <sstream>
+#include <unordered_map>
 #include <vector>
 
 #include "kernels/sim/fiber.h"
@@ -47,7 +48,10 @@ namespace lathe::sim {
 
 namespace {
 
-enum class State { Runnable, Barrier, Warp, Group, Done };
+// Mbarrier: blocked in mbarrier_wait_parity until the barrier changes. Poll: suspended by a
+// try_wait that answered no, until the barrier changes or nothing else can run. Named: waiting at
+// bar.sync.
+enum class State { Runnable, Barrier, Warp, Group, Mbarrier, Poll, Named, Done };
 
 struct ThreadState {
   Fiber fiber;
@@ -57,7 +61,38 @@ struct ThreadState {
   const char* file = "";
   int line = 0;
   int barrier_result = 0;
+  const void* mbarrier = nullptr;  // the barrier a Mbarrier/Poll thread waits on
+  uint32_t parity = 0;
+  unsigned named_id = 0;  // the named barrier a Named thread waits at
 };
+
+// An asynchronous copy waiting to be performed on a thread's next test of its mbarrier.
+struct PendingCopy {
+  uint32_t bytes = 0;
+  std::function<void()> perform;
+  const char* what = "";
+  const char* file = "";
+  int line = 0;
+};
+
+struct MbarrierState {
+  uint32_t expected = 0;  // arrivals per phase
+  uint32_t pending = 0;   // arrivals the current phase still needs
+  int64_t tx = 0;         // transaction count (bytes expected minus bytes completed)
+  uint64_t phase = 0;     // completed phases; the current phase's parity is phase & 1
+  std::vector<PendingCopy> copies;
+  std::vector<ThreadState*> waiters;  // may hold stale entries (see wake_waiters)
+  const char* file = "";              // mbarrier.init's call site
+  int line = 0;
+};
+
+struct NamedBarrierState {
+  unsigned expected = 0;  // the thread count of the generation in progress
+  unsigned arrived = 0;
+  const char* file = "";
+  int line = 0;
+};
+inline constexpr unsigned kNamedBarriers = 16;
 
 struct WarpState {
   bool pending = false;
@@ -110,6 +145,11 @@ struct BlockState {
   Schedule schedule = Schedule::Forward;
   std::mt19937_64 rng;
   int current_warp = -1;
+  std::unordered_map<uintptr_t, MbarrierState> mbarriers;
+  NamedBarrierState named[kNamedBarriers];
+  // How many times in a row the scheduler found no runnable thread and resumed the threads
+  // polling mbarriers without anything having changed since (see wake_pollers).
+  int idle_poll_rounds = 0;
 };
 
 thread_local BlockState* g_block = nullptr;
@@ -141,6 +181,29 @@ std::string here() {
 void make_runnable(BlockState& b, ThreadState& t) {
   t.state = State::Runnable;
   b.warps[t.linear / 32].ready |= 1u << (t.linear % 32);
+  b.idle_poll_rounds = 0;  // something happened that may let a polling thread progress
+}
+
+// Polls of an mbarrier that cannot change (every other thread blocked) tolerated in a row before
+// the scheduler calls it a deadlock: a polling loop gets this many "no" answers, which is enough
+// for a kernel that polls several barriers in turn.
+inline constexpr int kMaxIdlePollRounds = 64;
+
+// With no runnable thread, resumes every thread suspended in a try_wait that answered no (its
+// try_wait returns false), as a GPU's try_wait returns after a time limit. False when there is
+// none, or when they were resumed kMaxIdlePollRounds times in a row without anything changing.
+bool wake_pollers(BlockState& b) {
+  if (b.idle_poll_rounds >= kMaxIdlePollRounds) return false;
+  const int rounds = b.idle_poll_rounds;
+  bool any = false;
+  for (auto& t : b.threads) {
+    if (t->state == State::Poll) {
+      make_runnable(b, *t);
+      any = true;
+    }
+  }
+  b.idle_poll_rounds = rounds + 1;
+  return any;
 }
 
 // Picks the next thread to run, or nullptr when none is runnable.
@@ -210,11 +273,33 @@ std::string describe_blocked(const BlockState& b) {
       break;
     }
     out << (shown > 1 ? "; " : "") << "thread (" << t->tid.x << "," << t->tid.y << "," << t->tid.z
-        << ") waits at "
-        << (t->state == State::Barrier ? "__syncthreads"
-            : t->state == State::Group ? "a warpgroup instruction"
-                                       : "a warp collective")
-        << " (" << t->file << ":" << t->line << ")";
+        << ") ";
+    switch (t->state) {
+      case State::Barrier:
+        out << "waits at __syncthreads";
+        break;
+      case State::Group:
+        out << "waits at warpgroup instruction " << b.groups[t->linear / 128].what;
+        break;
+      case State::Mbarrier:
+      case State::Poll: {
+        out << (t->state == State::Poll ? "keeps polling" : "waits on") << " mbarrier "
+            << t->mbarrier << " for the phase of parity " << t->parity;
+        auto m = b.mbarriers.find(reinterpret_cast<uintptr_t>(t->mbarrier));
+        if (m != b.mbarriers.end()) {
+          out << " (phase " << m->second.phase << " in progress, " << m->second.pending
+              << " arrivals and " << m->second.tx << " transaction bytes missing)";
+        }
+        break;
+      }
+      case State::Named:
+        out << "waits at bar.sync " << t->named_id << " (" << b.named[t->named_id].arrived << " of "
+            << b.named[t->named_id].expected << " threads arrived)";
+        break;
+      default:
+        out << "waits at a warp collective";
+    }
+    out << " (" << t->file << ":" << t->line << ")";
   }
   return out.str();
 }
@@ -266,12 +351,16 @@ void run_block(BlockState& b, const std::function<void()>& body) {
   b.barrier_arrived = 0;
   b.barrier_file = nullptr;
   b.current_warp = -1;
+  b.mbarriers.clear();
+  for (auto& n : b.named) n = NamedBarrierState{};
+  b.idle_poll_rounds = 0;
   if (!b.shared.empty()) std::memset(b.shared.data(), 0xFF, b.shared.size());  // NaN poison
   // The block's threads see the state just reset (and everything the host did before).
   LATHE_SIM_TSAN_RELEASE(&g_host_to_kernel);
 
   while (b.live > 0) {
     ThreadState* t = pick(b);
+    if (t == nullptr && wake_pollers(b)) continue;
     LATHE_CHECK(t != nullptr, "cuda simulator: deadlock in block (", b.idx.x, ",", b.idx.y, ",",
                 b.idx.z, ") of ", b.kernel, ": ", describe_blocked(b));
     g_thread = t;
@@ -306,7 +395,18 @@ void run_block(BlockState& b, const std::function<void()>& body) {
                     g.what, " (", g.file, ":", g.line, ")");
       }
       if (b.barrier_arrived > 0 && b.barrier_arrived == b.live) release_barrier(b);
+      b.idle_poll_rounds = 0;
     }
+  }
+  for (const auto& [address, m] : b.mbarriers) {
+    if (m.copies.empty()) continue;
+    const PendingCopy& c = m.copies.front();
+    LATHE_FAIL("cuda simulator: block (", b.idx.x, ",", b.idx.y, ",", b.idx.z, ") of ", b.kernel,
+               " ended with ", m.copies.size(), " asynchronous cop",
+               m.copies.size() == 1 ? "y" : "ies", " (", c.what, " at ", c.file, ":", c.line,
+               ") on mbarrier ", reinterpret_cast<const void*>(address),
+               " still pending: no thread waited for the phase they complete, so the block could "
+               "have exited (and its shared memory been reused) while they were in flight");
   }
 }
 
@@ -658,6 +758,251 @@ void warpgroup_compute(void* thread_input, void* thread_output, WarpCompute comp
   }
   t.fiber.yield();
   LATHE_SIM_TSAN_ACQUIRE(&g);
+}
+
+// ---- mbarrier ----
+
+namespace {
+
+// The 8 bytes of an initialized barrier in shared memory ("mbarrier" in ASCII): stale shared
+// memory from an earlier block or an ordinary store over the barrier does not look like this.
+constexpr uint64_t kMbarrierMarker = 0x7265697272616262ULL;
+constexpr int64_t kMaxTxCount = (int64_t(1) << 20) - 1;  // the PTX ISA's tx-count range
+
+std::string mbarrier_where(const void* bar, const char* op, const char* file, int line) {
+  std::ostringstream out;
+  out << "cuda simulator: " << op << " at " << file << ":" << line << " on mbarrier " << bar;
+  return out.str();
+}
+
+MbarrierState& find_mbarrier(void* bar, const char* op, const char* file, int line) {
+  LATHE_CHECK(g_block != nullptr, op, " called outside a kernel (", file, ":", line, ")");
+  auto it = g_block->mbarriers.find(reinterpret_cast<uintptr_t>(bar));
+  LATHE_CHECK(it != g_block->mbarriers.end(), mbarrier_where(bar, op, file, line),
+              ": the barrier was not initialized with mbarrier.init in this block (or was "
+              "invalidated) — ",
+              here());
+  uint64_t marker;
+  std::memcpy(&marker, bar, sizeof(marker));
+  LATHE_CHECK(marker == kMbarrierMarker, mbarrier_where(bar, op, file, line),
+              ": its 8 bytes changed since mbarrier.init (", it->second.file, ":", it->second.line,
+              "): an ordinary store overwrote the barrier — ", here());
+  return it->second;
+}
+
+// Resumes the threads waiting on or polling `m` (entries of threads that were resumed otherwise
+// since, or now wait elsewhere, are stale and skipped).
+void wake_waiters(BlockState& b, MbarrierState& m, const void* bar) {
+  b.idle_poll_rounds = 0;  // the barrier changed: a thread polling it may now get further
+  for (ThreadState* t : m.waiters) {
+    if ((t->state == State::Mbarrier || t->state == State::Poll) && t->mbarrier == bar) {
+      make_runnable(b, *t);
+    }
+  }
+  m.waiters.clear();
+}
+
+void check_tx(const MbarrierState& m, const void* bar, const char* op, const char* file, int line) {
+  LATHE_CHECK(m.tx >= -kMaxTxCount && m.tx <= kMaxTxCount, mbarrier_where(bar, op, file, line),
+              ": the transaction count of the current phase would be ", m.tx,
+              ", outside the range the PTX ISA allows (|tx-count| < 2^20) — ", here());
+}
+
+void complete_phase_if_done(BlockState& b, MbarrierState& m, const void* bar, const char* op,
+                            const char* file, int line) {
+  if (m.pending != 0 || m.tx != 0) return;
+  if (!m.copies.empty()) {
+    const PendingCopy& c = m.copies.front();
+    LATHE_FAIL(mbarrier_where(bar, op, file, line), ": phase ", m.phase,
+               " completes (every arrival in, no transaction bytes expected) while ",
+               m.copies.size(), " asynchronous cop", m.copies.size() == 1 ? "y" : "ies", " (",
+               c.what, " at ", c.file, ":", c.line,
+               ") that signal this barrier are still in flight: the expect_tx bytes are missing or "
+               "fewer than the copies' bytes, so waiters would read the destination too early — ",
+               here());
+  }
+  ++m.phase;
+  m.pending = m.expected;
+  m.tx = 0;
+  wake_waiters(b, m, bar);
+}
+
+// Performs the copies pending on `m`, in issue order, each completing its bytes.
+void perform_copies(BlockState& b, MbarrierState& m, const void* bar, const char* op,
+                    const char* file, int line) {
+  while (!m.copies.empty()) {
+    PendingCopy copy = std::move(m.copies.front());
+    m.copies.erase(m.copies.begin());
+    copy.perform();
+    m.tx -= copy.bytes;
+    check_tx(m, bar, op, copy.file, copy.line);
+    complete_phase_if_done(b, m, bar, op, file, line);
+  }
+}
+
+}  // namespace
+
+void mbarrier_init(void* bar, uint32_t count, const char* file, int line) {
+  const char* op = "mbarrier.init.shared::cta.b64";
+  LATHE_CHECK(g_block != nullptr, op, " called outside a kernel (", file, ":", line, ")");
+  BlockState& b = *g_block;
+  LATHE_CHECK(reinterpret_cast<uintptr_t>(bar) % 8 == 0 && is_shared_memory(bar, 8),
+              mbarrier_where(bar, op, file, line),
+              ": an mbarrier is an 8-byte aligned 64-bit object in shared memory — ", here());
+  LATHE_CHECK(count >= 1 && count <= uint32_t(kMaxTxCount), mbarrier_where(bar, op, file, line),
+              ": arrival count ", count, " is outside [1, 2^20 - 1] — ", here());
+  auto it = b.mbarriers.find(reinterpret_cast<uintptr_t>(bar));
+  if (it != b.mbarriers.end()) {
+    LATHE_CHECK(it->second.copies.empty() && it->second.waiters.empty(),
+                mbarrier_where(bar, op, file, line),
+                ": re-initialized while threads wait on it or copies signal it — ", here());
+  }
+  MbarrierState& m = b.mbarriers[reinterpret_cast<uintptr_t>(bar)];
+  m = MbarrierState{};
+  m.expected = m.pending = count;
+  m.file = file;
+  m.line = line;
+  std::memcpy(bar, &kMbarrierMarker, sizeof(kMbarrierMarker));
+}
+
+void mbarrier_inval(void* bar, const char* file, int line) {
+  const char* op = "mbarrier.inval.shared::cta.b64";
+  MbarrierState& m = find_mbarrier(bar, op, file, line);
+  bool waiting = false;
+  for (const ThreadState* t : m.waiters) {
+    waiting |= (t->state == State::Mbarrier || t->state == State::Poll) && t->mbarrier == bar;
+  }
+  LATHE_CHECK(m.copies.empty() && !waiting, mbarrier_where(bar, op, file, line),
+              ": invalidated while threads wait on it or copies signal it — ", here());
+  g_block->mbarriers.erase(reinterpret_cast<uintptr_t>(bar));
+  std::memset(bar, 0, 8);
+}
+
+uint64_t mbarrier_arrive(void* bar, uint32_t expect_tx_bytes, const char* file, int line) {
+  const char* op = expect_tx_bytes ? "mbarrier.arrive.expect_tx.shared::cta.b64"
+                                   : "mbarrier.arrive.shared::cta.b64";
+  MbarrierState& m = find_mbarrier(bar, op, file, line);
+  BlockState& b = *g_block;
+  // A phase whose arrivals are all in has completed unless it waits for transaction bytes.
+  LATHE_CHECK(m.pending > 0, mbarrier_where(bar, op, file, line),
+              ": more arrivals than the barrier's count ", m.expected, " before phase ", m.phase,
+              " completed (it still waits for ", m.tx, " transaction bytes) — ", here());
+  m.tx += expect_tx_bytes;
+  check_tx(m, bar, op, file, line);
+  const uint64_t token = m.phase;
+  --m.pending;
+  LATHE_SIM_TSAN_RELEASE(bar);
+  wake_waiters(b, m, bar);
+  complete_phase_if_done(b, m, bar, op, file, line);
+  return token;
+}
+
+void mbarrier_expect_tx(void* bar, uint32_t bytes, const char* file, int line) {
+  const char* op = "mbarrier.expect_tx.relaxed.cta.shared::cta.b64";
+  MbarrierState& m = find_mbarrier(bar, op, file, line);
+  m.tx += bytes;
+  check_tx(m, bar, op, file, line);
+  wake_waiters(*g_block, m, bar);
+}
+
+void mbarrier_async_copy(void* bar, uint32_t bytes, std::function<void()> perform, const char* what,
+                         const char* file, int line) {
+  MbarrierState& m = find_mbarrier(bar, what, file, line);
+  BlockState& b = *g_block;
+  LATHE_CHECK(int64_t(bytes) <= kMaxTxCount, mbarrier_where(bar, what, file, line), ": ", bytes,
+              " bytes exceed the transaction count range (2^20 - 1) — ", here());
+  m.copies.push_back(PendingCopy{bytes, std::move(perform), what, file, line});
+  wake_waiters(b, m, bar);
+}
+
+bool mbarrier_try_wait_parity(void* bar, uint32_t parity, const char* file, int line) {
+  const char* op = "mbarrier.try_wait.parity.shared::cta.b64";
+  MbarrierState& m = find_mbarrier(bar, op, file, line);
+  BlockState& b = *g_block;
+  ThreadState& t = *g_thread;
+  LATHE_CHECK(parity <= 1, mbarrier_where(bar, op, file, line), ": phase parity ", parity,
+              " is not 0 or 1 — ", here());
+  perform_copies(b, m, bar, op, file, line);
+  if ((m.phase & 1) != parity) {
+    LATHE_SIM_TSAN_ACQUIRE(bar);
+    b.idle_poll_rounds = 0;
+    return true;
+  }
+  t.state = State::Poll;
+  t.mbarrier = bar;
+  t.parity = parity;
+  t.file = file;
+  t.line = line;
+  m.waiters.push_back(&t);
+  t.fiber.yield();
+  return false;
+}
+
+void mbarrier_wait_parity(void* bar, uint32_t parity, const char* file, int line) {
+  const char* op = "mbarrier.try_wait.parity.shared::cta.b64 (wait loop)";
+  for (;;) {
+    MbarrierState& m = find_mbarrier(bar, op, file, line);
+    BlockState& b = *g_block;
+    ThreadState& t = *g_thread;
+    LATHE_CHECK(parity <= 1, mbarrier_where(bar, op, file, line), ": phase parity ", parity,
+                " is not 0 or 1 — ", here());
+    perform_copies(b, m, bar, op, file, line);
+    if ((m.phase & 1) != parity) break;
+    t.state = State::Mbarrier;
+    t.mbarrier = bar;
+    t.parity = parity;
+    t.file = file;
+    t.line = line;
+    m.waiters.push_back(&t);
+    t.fiber.yield();
+  }
+  LATHE_SIM_TSAN_ACQUIRE(bar);
+}
+
+// ---- named barriers ----
+
+void named_barrier(unsigned id, unsigned nthreads, bool wait, const char* file, int line) {
+  const char* op = wait ? "bar.sync" : "bar.arrive";
+  LATHE_CHECK(g_block != nullptr, op, " called outside a kernel (", file, ":", line, ")");
+  BlockState& b = *g_block;
+  ThreadState& t = *g_thread;
+  LATHE_CHECK(id >= 1 && id < kNamedBarriers, "cuda simulator: ", op, " ", id, ", ", nthreads,
+              " at ", file, ":", line,
+              ": barrier id must be 1..15 (0 is the barrier __syncthreads uses) — ", here());
+  const unsigned block_threads = unsigned(b.warps.size()) * 32;
+  LATHE_CHECK(nthreads > 0 && nthreads % 32 == 0 && nthreads <= block_threads,
+              "cuda simulator: ", op, " ", id, ", ", nthreads, " at ", file, ":", line,
+              ": the thread count must be a positive multiple of 32 (whole warps) and at most ",
+              block_threads, " (the block's warps) — ", here());
+  NamedBarrierState& n = b.named[id];
+  if (n.arrived > 0) {
+    LATHE_CHECK(n.expected == nthreads, "cuda simulator: threads meet at named barrier ", id,
+                " with different thread counts: ", n.expected, " (", n.file, ":", n.line, ") and ",
+                nthreads, " (", op, " at ", file, ":", line, ") — ", here());
+  } else {
+    n.expected = nthreads;
+    n.file = file;
+    n.line = line;
+  }
+  ++n.arrived;
+  b.idle_poll_rounds = 0;
+  LATHE_SIM_TSAN_RELEASE(&n);
+  if (wait) {
+    t.state = State::Named;
+    t.named_id = id;
+    t.file = file;
+    t.line = line;
+  }
+  if (n.arrived == n.expected) {
+    for (auto& other : b.threads) {
+      if (other->state == State::Named && other->named_id == id) make_runnable(b, *other);
+    }
+    n.arrived = 0;
+  }
+  // bar.arrive does not wait, but switching here lets the schedule interleave as it would.
+  if (!wait) make_runnable(b, t);
+  t.fiber.yield();
+  if (wait) LATHE_SIM_TSAN_ACQUIRE(&n);
 }
 
 unsigned linear_thread_id() {

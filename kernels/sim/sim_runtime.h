@@ -59,6 +59,42 @@ void warp_compute(uint32_t mask, void* lane_input, void* lane_output, WarpComput
 // wait for it.
 void warpgroup_compute(void* thread_input, void* thread_output, WarpCompute compute, void* context,
                        const char* what, const char* file, int line);
+// ---- sm_90 asynchronous barriers (mbarrier) and copies that complete on them (TMA) ----
+// The simulator keeps each mbarrier's state (kernels/sim/ptx_emulation.h explains the emulation)
+// in a table of the running block keyed by the barrier's shared-memory address; the 8 bytes there
+// hold a marker that tells an initialized barrier from stale shared memory and shows when ordinary
+// stores overwrote it. Every function raises lathe::Error (naming file:line and the thread) on
+// misuse: a barrier that is not 8-byte aligned shared memory or not initialized in this block, an
+// arrival count outside [1, 2^20 - 1], a transaction count out of range, a phase that completes
+// while copies signalling it are still pending (a missing or short expect_tx).
+void mbarrier_init(void* bar, uint32_t count, const char* file, int line);
+void mbarrier_inval(void* bar, const char* file, int line);
+// One arrival, after adding `expect_tx_bytes` to the current phase's transaction count; returns the
+// phase the arrival belongs to (the emulation's state token).
+uint64_t mbarrier_arrive(void* bar, uint32_t expect_tx_bytes, const char* file, int line);
+void mbarrier_expect_tx(void* bar, uint32_t bytes, const char* file, int line);
+// Whether the phase of parity `parity` completed (the current phase's parity differs). Performs the
+// copies pending on the barrier first. When the answer is no, the calling thread is suspended
+// until the barrier changes or no other thread can run (as a GPU's try_wait suspends for a while),
+// so a polling loop lets the other threads progress; a thread that keeps polling a barrier that
+// cannot change is reported as a deadlock.
+bool mbarrier_try_wait_parity(void* bar, uint32_t parity, const char* file, int line);
+// Blocks until the phase of parity `parity` completed; a wait that can never end is a deadlock.
+void mbarrier_wait_parity(void* bar, uint32_t parity, const char* file, int line);
+// An asynchronous copy of `bytes` bytes that signals complete_tx on `bar`: `perform` runs when a
+// thread next tests or waits on the barrier (not at issue time), then the bytes count against the
+// transaction count. `what` names the instruction in errors. A block that exits with copies still
+// pending is an error.
+void mbarrier_async_copy(void* bar, uint32_t bytes, std::function<void()> perform, const char* what,
+                         const char* file, int line);
+
+// ---- named barriers (bar.sync / bar.arrive with an id and a thread count) ----
+// `wait` = bar.sync (arrive and wait until `nthreads` threads arrived at barrier `id`), else
+// bar.arrive (count and continue). Ids 1..15 (0 is __syncthreads' barrier, kept apart here),
+// nthreads a positive multiple of 32 no larger than the block rounded up to whole warps; threads
+// meeting at one barrier with different counts are an error.
+void named_barrier(unsigned id, unsigned nthreads, bool wait, const char* file, int line);
+
 // threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z) of the calling thread.
 unsigned linear_thread_id();
 // Whether [p, p + bytes) can be shared memory: inside the running block's dynamic shared memory,

@@ -90,6 +90,80 @@ enum class WgmmaMisuse {
 };
 void wgmma_misuse(WgmmaMisuse misuse);
 
+// ---- sm_90 pipelines: mbarrier, TMA, named barriers, setmaxnreg ----
+
+// Whether the mbarrier/TMA/setmaxnreg kernels can run: always in the simulated build; on a GPU,
+// compute capability 9.x (sm_90a code).
+bool tma_supported();
+
+// One block of 128 threads: warps 1..3 (96 producers) write a value each into shared slots and
+// arrive on a `full` barrier (count 96); warp 0 waits for the phase (parity r % 2), sums the slots
+// and arrives on an `empty` barrier (count 32) that the producers wait on before the next round.
+// Per round r: out[4r] = the sum lane 0 read, out[4r + 3] = the sum lane 31 read, out[4r + 1] =
+// try_wait.parity(full, r % 2) after the wait (1: a completed phase stays completed), out[4r + 2] =
+// try_wait.parity(full, (r + 1) % 2) (0: the next phase cannot complete before warp 0 arrives on
+// `empty`). Producer p (0..95) writes mbarrier_phase_value(p, r).
+uint32_t mbarrier_phase_value(int producer, int round);
+void mbarrier_phases(int rounds, uint32_t* out);
+
+// A bf16 tensor streamed through shared memory by TMA: one block of three warpgroups, the first a
+// producer (setmaxnreg.dec; one thread issues the copies), the other two consumers (setmaxnreg.inc)
+// that wait on a `full` barrier per stage and release it through an `empty` one, over a ring of
+// `stages` boxes. Boxes are taken in order over the grid of boxes that starts at `origin` and
+// covers the tensor (x fastest); consumer warpgroup c reads the box rows (y, z merged) r with r % 2
+// == c from shared memory through the layout the copy produced (dense, or cuda::wgmma_offset's
+// 128-byte swizzle) and writes them out unswizzled: boxes[t][z][y][x].
+struct TmaCopyCase {
+  int rank = 2;                   // 2 or 3
+  uint64_t sizes[3] = {1, 1, 1};  // elements, innermost first
+  uint64_t pitch = 0;             // elements from one row to the next (>= sizes[0])
+  uint32_t box[3] = {1, 1, 1};    // at most 64 x 64 elements in all; 64 wide with the swizzle
+  int stages = 2;                 // 2 or 3
+  bool swizzle128 = false;
+  bool map_in_global = false;     // read the map from global memory, not a __grid_constant__ param
+  int32_t origin[3] = {0, 0, 0};  // coordinates of the first box (negative: over the low edge)
+};
+// Boxes along dimension d: ceil((sizes[d] - origin[d]) / box[d]).
+int tma_box_grid(const TmaCopyCase& c, int d);
+int tma_box_count(const TmaCopyCase& c);
+// src holds pitch * sizes[1] * sizes[2] elements (planes pitch * sizes[1] apart); boxes gets
+// tma_box_count(c) * box elements.
+void tma_copy(const TmaCopyCase& c, const uint16_t* src, uint16_t* boxes);
+
+// D [64][64] (f32) = C + A [64][64] * B through 4 wgmma.m64n64k16 whose operands TMA loaded with
+// the 128-byte swizzle straight into the layout the descriptors read. b is given [n][k]; with
+// b_mn_major it is uploaded as [k][n] and read as an MN-major B.
+void tma_wgmma(Elem elem, bool b_mn_major, const uint16_t* a, const uint16_t* b, const float* c,
+               float* d);
+
+// Two warpgroups take `rounds` turns each, alternating through named barriers 1 and 2
+// (FlashAttention-3's ping-pong): warpgroup 1 arrives on barrier 1 first, then each waits on its
+// own barrier (bar.sync 1 + g, 256), updates acc[i] = acc[i] * 3 + g + 1 + round (i = its thread's
+// rank, acc[i] starting at i) and arrives on the other's (bar.arrive). Out: acc[128] and
+// turns[2 * rounds], the warpgroup of each turn in order.
+void named_barrier_pingpong(int rounds, uint32_t* acc, int32_t* turns);
+
+// One 64 x 64 bf16 TMA copy into shared memory filled with 0xDEAD, read by all 128 threads after
+// waiting on the barrier, or (skip_wait, a planted bug) with no thread waiting before all have
+// read: the simulator performs the copy only when a thread waits, so those reads see 0xDEAD (on a
+// GPU the result would be racy).
+void tma_read(bool skip_wait, const uint16_t* src, uint16_t* out);
+
+// Misuse the simulator must report.
+enum class PipelineMisuse {
+  WaitWithoutInit,       // a wait on a barrier no thread initialized
+  BarrierOverwritten,    // an ordinary store over an initialized barrier
+  MissingExpectTx,       // TMA onto a barrier whose phase expects no bytes
+  NeverWaited,           // TMA whose barrier nobody waits on before the block ends
+  NeverCompletes,        // a wait for 2 arrivals when only 1 comes: deadlock
+  PollsForever,          // a try_wait loop on a barrier nobody arrives at
+  MisalignedSwizzleDst,  // 128-byte swizzled box at a 128- but not 1024-byte aligned address
+  NamedBarrierCount,     // bar.sync with 100 threads
+  NamedBarrierMismatch,  // warps meeting at one named barrier with 64 and 96 threads
+  SetmaxnregPartial,     // setmaxnreg by half a warpgroup
+};
+void pipeline_misuse(PipelineMisuse misuse);
+
 // Runs the kernels above on fixed pseudo-random inputs and compares them with references computed
 // here on the host (matrix products in f64, ldmatrix layouts as the PTX ISA documents them).
 // Returns the number of failed checks; `report` gets one line per check.

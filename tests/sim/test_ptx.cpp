@@ -3,13 +3,17 @@
 // documents, cp.async zero fill, and a small tiled tensor-core GEMM vs a naive product. In the
 // simulated build they test the emulation (under several schedules, which must agree bit for bit);
 // built with nvcc and run on a GPU, the same tests check the emulation's layouts against hardware.
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "kernels/cuda/tensor_map.h"
+#include "lathe/core/dtype.h"
 #include "lathe/core/error.h"
 #include "lathe/core/half.h"
 #include "tests/sim/ptx_test_kernels.h"
@@ -87,17 +91,23 @@ double max_relative_error(const std::vector<float>& got, const std::vector<doubl
 // list is one run).
 struct Schedule {
   const char* name;
-  int kind;  // 0 forward, 1 warp-random
+  int kind;  // 0 forward, 1 reverse, 2 random, 3 warp-random
   uint64_t seed;
 };
-const Schedule kSchedules[] = {{"forward", 0, 0}, {"warp-random", 1, 1}, {"warp-random", 1, 7}};
+const Schedule kSchedules[] = {{"forward", 0, 0},
+                               {"reverse", 1, 0},
+                               {"random", 2, 3},
+                               {"warp-random", 3, 1},
+                               {"warp-random", 3, 7}};
 
 template <class F>
 void under(const Schedule& s, F fn) {
 #ifdef LATHE_CUDA_SIM_BUILD
   const sim::Schedule old = sim::current_schedule();
   const uint64_t old_seed = sim::current_seed();
-  sim::set_schedule(s.kind == 0 ? sim::Schedule::Forward : sim::Schedule::WarpRandom, s.seed);
+  const sim::Schedule kinds[] = {sim::Schedule::Forward, sim::Schedule::Reverse,
+                                 sim::Schedule::Random, sim::Schedule::WarpRandom};
+  sim::set_schedule(kinds[s.kind], s.seed);
   try {
     fn();
   } catch (...) {
@@ -350,6 +360,210 @@ TEST_CASE("ptx: wgmma with scale-d 0 overwrites the accumulators; N = 256", "[pt
   }
 }
 
+// ---- sm_90 pipelines: mbarrier, TMA, named barriers, setmaxnreg ----
+
+namespace {
+
+// Distinct nonzero bf16 bit patterns (so a zero-filled or misplaced element shows), padding columns
+// of a pitched matrix 0xBEEF.
+std::vector<uint16_t> tma_source(const ptx_tests::TmaCopyCase& c) {
+  std::vector<uint16_t> src(size_t(c.pitch * c.sizes[1] * c.sizes[2]));
+  for (size_t i = 0; i < src.size(); ++i) {
+    src[i] = i % c.pitch < c.sizes[0] ? uint16_t(1 + (i * 2654435761u >> 8) % 65000u) : 0xBEEF;
+  }
+  return src;
+}
+
+// The boxes as the test kernel writes them out, from the source directly: box t covers the
+// elements origin + (t's grid position) * box + (x, y, z), zeros outside the tensor.
+std::vector<uint16_t> tma_expected(const ptx_tests::TmaCopyCase& c,
+                                   const std::vector<uint16_t>& src, size_t* inside_count) {
+  const int gx = ptx_tests::tma_box_grid(c, 0), gy = ptx_tests::tma_box_grid(c, 1);
+  std::vector<uint16_t> out;
+  *inside_count = 0;
+  for (int t = 0; t < ptx_tests::tma_box_count(c); ++t) {
+    const int64_t corner[3] = {c.origin[0] + int64_t(t % gx) * c.box[0],
+                               c.origin[1] + int64_t(t / gx % gy) * c.box[1],
+                               c.origin[2] + int64_t(t / (gx * gy)) * c.box[2]};
+    for (uint32_t z = 0; z < c.box[2]; ++z) {
+      for (uint32_t y = 0; y < c.box[1]; ++y) {
+        for (uint32_t x = 0; x < c.box[0]; ++x) {
+          const int64_t px = corner[0] + x, py = corner[1] + y, pz = corner[2] + z;
+          const bool inside = px >= 0 && py >= 0 && pz >= 0 && px < int64_t(c.sizes[0]) &&
+                              py < int64_t(c.sizes[1]) && pz < int64_t(c.sizes[2]);
+          *inside_count += inside;
+          out.push_back(inside
+                            ? src[size_t((pz * int64_t(c.sizes[1]) + py) * int64_t(c.pitch) + px)]
+                            : uint16_t(0));
+        }
+      }
+    }
+  }
+  return out;
+}
+
+bool skip_without_tma() {
+  if (ptx_tests::tma_supported()) return false;
+  WARN("skipped: mbarrier/TMA need compute capability 9.x");
+  return true;
+}
+
+}  // namespace
+
+TEST_CASE("ptx: mbarrier phases and parities with arrivals from three warps", "[ptx]") {
+  if (skip_without_tma()) return;
+  const int rounds = 7;
+  for (const Schedule& s : kSchedules) {
+    INFO("schedule " << s.name << " seed " << s.seed);
+    std::vector<uint32_t> out(4 * rounds, 0xFFFFFFFFu);
+    under(s, [&] { ptx_tests::mbarrier_phases(rounds, out.data()); });
+    for (int r = 0; r < rounds; ++r) {
+      INFO("round " << r);
+      uint32_t sum = 0;
+      for (int p = 0; p < 96; ++p) sum += ptx_tests::mbarrier_phase_value(p, r);
+      CHECK(out[size_t(4 * r)] == sum);
+      CHECK(out[size_t(4 * r + 3)] == sum);
+      CHECK(out[size_t(4 * r + 1)] == 1);  // the phase just waited for stays completed
+      CHECK(out[size_t(4 * r + 2)] == 0);  // the next one needs warp 0's arrival on `empty`
+    }
+  }
+}
+
+TEST_CASE("ptx: a TMA producer/consumer ring copies every element and zero-fills past the edges",
+          "[ptx]") {
+  if (skip_without_tma()) return;
+  using ptx_tests::TmaCopyCase;
+  struct Named {
+    const char* what;
+    TmaCopyCase c;
+  };
+  std::vector<Named> cases;
+  TmaCopyCase c;
+  c.sizes[0] = 72, c.sizes[1] = 300, c.pitch = 72, c.box[0] = 64, c.box[1] = 64;
+  c.stages = 3, c.swizzle128 = true;
+  cases.push_back({"2d 300x72, box 64x64, 128B swizzle, 3 stages", c});
+  c.box[0] = 24, c.box[1] = 40, c.stages = 2, c.swizzle128 = false, c.map_in_global = true;
+  cases.push_back({"2d 300x72, box 40x24, no swizzle, 2 stages, map in global memory", c});
+  c = TmaCopyCase{};
+  c.sizes[0] = 71, c.sizes[1] = 129, c.pitch = 72, c.box[0] = 32, c.box[1] = 16, c.stages = 3;
+  c.origin[0] = -5, c.origin[1] = -3;
+  cases.push_back({"2d 129x71 (pitch 72), box 16x32 from (-5, -3), no swizzle, 3 stages", c});
+  c = TmaCopyCase{};
+  c.sizes[0] = 136, c.sizes[1] = 520, c.pitch = 136, c.box[0] = 64, c.box[1] = 64;
+  c.stages = 3, c.swizzle128 = true, c.map_in_global = true;
+  cases.push_back({"2d 520x136, box 64x64, 128B swizzle, 3 stages (27 boxes)", c});
+  c = TmaCopyCase{};
+  c.rank = 3, c.sizes[0] = 64, c.sizes[1] = 50, c.sizes[2] = 3, c.pitch = 64;
+  c.box[0] = 64, c.box[1] = 16, c.box[2] = 2, c.stages = 2, c.swizzle128 = true;
+  cases.push_back({"3d 3x50x64, box 2x16x64, 128B swizzle, 2 stages", c});
+  c = TmaCopyCase{};
+  c.rank = 3, c.sizes[0] = 40, c.sizes[1] = 21, c.sizes[2] = 5, c.pitch = 48;
+  c.box[0] = 16, c.box[1] = 8, c.box[2] = 3, c.stages = 3, c.origin[1] = -2, c.origin[2] = -1;
+  c.map_in_global = true;
+  cases.push_back({"3d 5x21x40 (pitch 48), box 3x8x16 from (0, -2, -1), no swizzle", c});
+
+  for (const Named& n : cases) {
+    INFO(n.what);
+    const auto src = tma_source(n.c);
+    size_t inside = 0;
+    const auto want = tma_expected(n.c, src, &inside);
+    // Every tensor element lies in exactly one box, and the boxes overhang somewhere.
+    CHECK(inside == n.c.sizes[0] * n.c.sizes[1] * n.c.sizes[2]);
+    CHECK(inside < want.size());
+    for (const Schedule& s : kSchedules) {
+      INFO("schedule " << s.name << " seed " << s.seed);
+      std::vector<uint16_t> got(want.size(), 0x5555);
+      under(s, [&] { ptx_tests::tma_copy(n.c, src.data(), got.data()); });
+      size_t wrong = 0, first = got.size();
+      for (size_t i = 0; i < got.size(); ++i) {
+        if (got[i] != want[i]) {
+          ++wrong;
+          first = std::min(first, i);
+        }
+      }
+      INFO("first wrong element " << first);
+      CHECK(wrong == 0);
+    }
+  }
+}
+
+TEST_CASE("ptx: TMA-loaded 128-byte swizzled tiles feed wgmma directly", "[ptx]") {
+  if (skip_without_tma()) return;
+  for (Elem e : {Elem::F16, Elem::BF16}) {
+    for (bool mn : {false, true}) {
+      for (bool integers : {true, false}) {
+        INFO(name(e) << (mn ? ", B MN-major" : ", B K-major")
+                     << (integers ? ", integer inputs" : ", uniform inputs"));
+        auto a = matrix(e, 64 * 64, 60, integers), b = matrix(e, 64 * 64, 61, integers);
+        std::vector<float> c(64 * 64);
+        std::mt19937 rng(62);
+        for (auto& v : c) v = float(int(rng() % 9) - 4);
+        std::vector<double> want, scale;
+        wgmma_reference(e, 64, 64, a, b, c, want, scale);
+        check_product_under_schedules(c.size(), want, scale, integers, [&](std::vector<float>& d) {
+          ptx_tests::tma_wgmma(e, mn, a.data(), b.data(), c.data(), d.data());
+        });
+      }
+    }
+  }
+}
+
+TEST_CASE("ptx: named barriers alternate two warpgroups' turns (ping-pong)", "[ptx]") {
+  const int rounds = 5;
+  std::vector<uint32_t> want(128);
+  for (int i = 0; i < 128; ++i) {
+    uint32_t v = uint32_t(i);
+    for (int r = 0; r < rounds; ++r) {
+      for (int g = 0; g < 2; ++g) v = v * 3u + uint32_t(g + 1 + r);
+    }
+    want[size_t(i)] = v;
+  }
+  for (const Schedule& s : kSchedules) {
+    INFO("schedule " << s.name << " seed " << s.seed);
+    std::vector<uint32_t> acc(128, 0);
+    std::vector<int32_t> turns(2 * rounds, -1);
+    under(s, [&] { ptx_tests::named_barrier_pingpong(rounds, acc.data(), turns.data()); });
+    CHECK(acc == want);
+    for (int k = 0; k < 2 * rounds; ++k) CHECK(turns[size_t(k)] == k % 2);
+  }
+}
+
+TEST_CASE("ptx: make_tensor_map rejects what cuTensorMapEncodeTiled documents as invalid",
+          "[ptx]") {
+  using cuda::make_tensor_map_2d;
+  using cuda::make_tensor_map_3d;
+  using cuda::TensorMapSwizzle;
+  alignas(256) static uint16_t buffer[64 * 64];
+  const auto b128 = TensorMapSwizzle::B128;
+  CHECK_THROWS_WITH(
+      make_tensor_map_2d(DType::BF16, buffer + 1, {64, 64}, 128, {64, 64}),
+      Catch::Contains("make_tensor_map_2d: base") && Catch::Contains("16-byte aligned"));
+  CHECK_THROWS_WITH(make_tensor_map_2d(DType::BF16, buffer, {0, 64}, 128, {64, 64}),
+                    Catch::Contains("sizes[0] = 0 must be in [1, 2^32]"));
+  CHECK_THROWS_WITH(make_tensor_map_2d(DType::BF16, buffer, {50, 64}, 100, {8, 8}),
+                    Catch::Contains("row_stride_bytes = 100 must be a multiple of 16"));
+  CHECK_THROWS_WITH(make_tensor_map_2d(DType::BF16, buffer, {64, 64}, 64, {8, 8}),
+                    Catch::Contains("row_stride_bytes = 64 is smaller than the 128 bytes"));
+  CHECK_THROWS_WITH(make_tensor_map_2d(DType::BF16, buffer, {64, 64}, 128, {64, 300}),
+                    Catch::Contains("box[1] = 300 must be in [1, 256]"));
+  CHECK_THROWS_WITH(make_tensor_map_2d(DType::BF16, buffer, {64, 64}, 128, {4, 8}),
+                    Catch::Contains("box[0] = 4 elements of bf16 is 8 bytes") &&
+                        Catch::Contains("multiple of 16"));
+  CHECK_THROWS_WITH(make_tensor_map_2d(DType::F32, buffer, {64, 32}, 256, {64, 8}, b128),
+                    Catch::Contains("256 bytes; with the 128-byte swizzle") &&
+                        Catch::Contains("at most 128 bytes"));
+  CHECK_THROWS_WITH(make_tensor_map_3d(DType::F16, buffer, {32, 8, 4}, {64, 500}, {32, 8, 4}),
+                    Catch::Contains("make_tensor_map_3d: byte_strides[1] = 500"));
+  CHECK_THROWS_WITH(make_tensor_map_3d(DType::F16, buffer, {32, 8, 4}, {64, 256}, {32, 8, 4}),
+                    Catch::Contains("byte_strides[1] = 256 is smaller than the 512 bytes"));
+#ifdef LATHE_CUDA_SIM_BUILD
+  // Legal for the driver, but the emulation only knows the swizzled layout of 128-byte rows.
+  CHECK_THROWS_WITH(make_tensor_map_2d(DType::BF16, buffer, {64, 64}, 128, {32, 8}, b128),
+                    Catch::Contains("only for box rows of exactly 128 bytes"));
+  CHECK_NOTHROW(make_tensor_map_2d(DType::BF16, buffer, {64, 64}, 128, {64, 8}, b128));
+#endif
+}
+
 TEST_CASE("ptx: self-check entry for a real GPU passes", "[ptx]") {
   std::string report;
   int failures = ptx_tests::self_check(&report);
@@ -362,6 +576,14 @@ TEST_CASE("ptx: self-check entry for a real GPU passes", "[ptx]") {
     CHECK(report.find("wgmma m64n128k16 bf16 RS, 128B swizzle, B MN-major, 4 k steps") !=
           std::string::npos);
     CHECK(report.find("wgmma m64n256k16 f16 RS, 128B swizzle, B MN-major") != std::string::npos);
+  }
+  CHECK(report.find("named barriers (bar.sync/bar.arrive) ping-pong") != std::string::npos);
+  if (ptx_tests::tma_supported()) {
+    CHECK(report.find("mbarrier phases: 6 rounds") != std::string::npos);
+    CHECK(report.find("tma 2d bf16 129x71 (pitch 72)") != std::string::npos);
+    CHECK(report.find("tma 3d bf16 3x50x64") != std::string::npos);
+    CHECK(report.find("tma (128B swizzle) + wgmma m64n64k16 bf16, B MN-major") !=
+          std::string::npos);
   }
 }
 
@@ -417,5 +639,94 @@ TEST_CASE("ptx: the simulator reports wgmma misuse", "[ptx]") {
   CHECK((e.find("exited while its warpgroup") != std::string::npos ||
          e.find("deadlock") != std::string::npos));
   CHECK(e.find("wgmma") != std::string::npos);
+}
+
+TEST_CASE("ptx: in the simulator a consumer that skips the mbarrier wait reads stale data",
+          "[ptx]") {
+  std::vector<uint16_t> src(64 * 64);
+  for (size_t i = 0; i < src.size(); ++i) src[i] = uint16_t(0x4000 + i);
+  for (const Schedule& s : kSchedules) {
+    INFO("schedule " << s.name << " seed " << s.seed);
+    std::vector<uint16_t> waited(src.size()), early(src.size());
+    under(s, [&] {
+      ptx_tests::tma_read(false, src.data(), waited.data());
+      ptx_tests::tma_read(true, src.data(), early.data());
+    });
+    CHECK(waited == src);
+    // The copy lands when a thread waits on the barrier: every early read sees the fill.
+    CHECK(early == std::vector<uint16_t>(src.size(), 0xDEAD));
+  }
+}
+
+TEST_CASE("ptx: the simulator reports mbarrier, TMA, named barrier and setmaxnreg misuse",
+          "[ptx]") {
+  using ptx_tests::PipelineMisuse;
+  auto error = [](PipelineMisuse m) {
+    try {
+      ptx_tests::pipeline_misuse(m);
+    } catch (const lathe::Error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  for (const Schedule& s : kSchedules) {
+    INFO("schedule " << s.name << " seed " << s.seed);
+    under(s, [&] {
+      std::string e = error(PipelineMisuse::WaitWithoutInit);
+      INFO(e);
+      CHECK(e.find("ptx_test_kernels.cu:") != std::string::npos);
+      CHECK(e.find("was not initialized with mbarrier.init in this block") != std::string::npos);
+
+      e = error(PipelineMisuse::BarrierOverwritten);
+      INFO(e);
+      CHECK(e.find("mbarrier.arrive.shared::cta.b64 at") != std::string::npos);
+      CHECK(e.find("an ordinary store overwrote the barrier") != std::string::npos);
+
+      e = error(PipelineMisuse::MissingExpectTx);
+      INFO(e);
+      CHECK(e.find("phase 0 completes") != std::string::npos);
+      CHECK(e.find("expect_tx bytes are missing") != std::string::npos);
+      CHECK(e.find("cp.async.bulk.tensor.2d") != std::string::npos);
+
+      e = error(PipelineMisuse::NeverWaited);
+      INFO(e);
+      CHECK(e.find("ended with 1 asynchronous copy") != std::string::npos);
+      CHECK(e.find("pipeline_misuse") != std::string::npos);
+
+      e = error(PipelineMisuse::NeverCompletes);
+      INFO(e);
+      CHECK(e.find("deadlock") != std::string::npos);
+      CHECK(e.find("waits on mbarrier") != std::string::npos);
+      CHECK(e.find("1 arrivals and 0 transaction bytes missing") != std::string::npos);
+      CHECK(e.find("ptx_test_kernels.cu:") != std::string::npos);
+
+      e = error(PipelineMisuse::PollsForever);
+      INFO(e);
+      CHECK(e.find("deadlock") != std::string::npos);
+      CHECK(e.find("keeps polling mbarrier") != std::string::npos);
+
+      e = error(PipelineMisuse::MisalignedSwizzleDst);
+      INFO(e);
+      CHECK(e.find("is not 1024-byte aligned") != std::string::npos);
+      CHECK(e.find("ptx_test_kernels.cu:") != std::string::npos);
+
+      e = error(PipelineMisuse::NamedBarrierCount);
+      INFO(e);
+      CHECK(e.find("bar.sync 1, 100") != std::string::npos);
+      CHECK(e.find("positive multiple of 32") != std::string::npos);
+
+      e = error(PipelineMisuse::NamedBarrierMismatch);
+      INFO(e);
+      // Depending on the schedule the mismatch is seen, or the first warp waits for ever.
+      CHECK((e.find("with different thread counts: ") != std::string::npos ||
+             e.find("deadlock") != std::string::npos));
+
+      e = error(PipelineMisuse::SetmaxnregPartial);
+      INFO(e);
+      CHECK((e.find("exited while its warpgroup") != std::string::npos ||
+             e.find("deadlock") != std::string::npos));
+      CHECK(e.find("setmaxnreg.dec.sync.aligned.u32") != std::string::npos);
+    });
+  }
 }
 #endif
