@@ -766,17 +766,19 @@ constexpr int kVariantForwardMTiles = 1;
 constexpr int kVariantDkdvQueryTile = 32;
 constexpr int kVariantMinBlocks = 3;
 
-// Variants 2 and 3 of the forward: forward_wgmma_kernel and forward_wgmma_overlap_kernel
-// (sm_90a); variant 2 of the backward: dkdv_wgmma_kernel and dq_wgmma_kernel (sm_90a; in the
-// atomic-dQ mode the dK/dV kernel adds dQ itself, as the default's does). f16/bf16 at head dim 64
-// or 128, with or without dropout, on compute capability 9.x.
+// Variants 2, 3 and 4 of the forward: forward_wgmma_kernel, forward_wgmma_overlap_kernel and
+// forward_tma_kernel (sm_90a); variant 2 of the backward: dkdv_wgmma_kernel and dq_wgmma_kernel
+// (sm_90a; in the atomic-dQ mode the dK/dV kernel adds dQ itself, as the default's does). f16/bf16
+// at head dim 64 or 128, with or without dropout, on compute capability 9.x.
 constexpr int kVariantWgmma = 2;
 constexpr int kVariantWgmmaOverlap = 3;
+constexpr int kVariantTma = 4;
 
 void check_variant(int variant, const AttentionForwardArgs& a, const char* which) {
   if (variant == 0) return;
   const bool forward = std::string_view(which) == "forward";
-  if (variant == kVariantWgmma || (variant == kVariantWgmmaOverlap && forward)) {
+  if (variant == kVariantWgmma ||
+      ((variant == kVariantWgmmaOverlap || variant == kVariantTma) && forward)) {
     LATHE_CHECK(a.head_dim == 64 || a.head_dim == 128, "flash attention: ", which, " variant ",
                 variant, " (sm_90a wgmma) exists for f16/bf16 at head dim 64 or 128 only, got ",
                 a.head_dim);
@@ -874,6 +876,10 @@ void forward_impl(const AttentionForwardArgs& a) {
       if (variant == kVariantWgmma || variant == kVariantWgmmaOverlap) {
         ++g_flash_variant_launches;
         return launch_forward_wgmma<T, D>(p, a.batch, a.q_len, variant == kVariantWgmmaOverlap);
+      }
+      if (variant == kVariantTma) {
+        ++g_flash_variant_launches;
+        return launch_forward_tma<T, D>(p, a.batch, a.q_len);
       }
     }
     constexpr int MT = forward_m_tiles<D>();

@@ -10,7 +10,9 @@
 // with 32-query tiles capped for 3 blocks per SM. Forward variant 2 is the sm_90a kernel on
 // warpgroup MMA (wgmma), f16/bf16 at head dim 64 or 128 (dropout too), on compute capability 9.x
 // only (the simulator counts as 9.0); forward variant 3 is the same with FlashAttention-3's
-// intra-warpgroup pipelining (the next tile's Q K^T issued before this tile's softmax), same bits.
+// intra-warpgroup pipelining (the next tile's Q K^T issued before this tile's softmax), same bits;
+// forward variant 4 adds FlashAttention-3's TMA producer warpgroup and inter-warpgroup ping-pong,
+// same bits again (operands whose layout has no tensor map are an error).
 // Backward variant 2 is the deterministic backward on wgmma (sm_90a), with the same restrictions;
 // it has no atomic-dQ mode (it computes dQ in its own pass in both modes).
 // docs/kernels.md ("flash attention") has their registers and what the GPU run must decide.

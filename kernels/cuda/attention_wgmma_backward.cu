@@ -36,12 +36,6 @@ constexpr size_t wg_dkdv_smem() {
          4 * kDkdvQueries * sizeof(float) + 1024;
 }
 
-template <class T>
-LATHE_DEVICE_INLINE T* align_1024(T* raw) {
-  // The swizzle is a function of shared address bits 4..9: tiles start 1024-aligned.
-  return reinterpret_cast<T*>((reinterpret_cast<uintptr_t>(raw) + 1023) & ~uintptr_t(1023));
-}
-
 // Keeps the compiler from moving accesses of an asynchronous wgmma's registers across the fences
 // and waits around it.
 template <int N, int K>

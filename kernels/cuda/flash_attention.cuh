@@ -237,6 +237,12 @@ LATHE_DEVICE_INLINE void c_to_a(uint32_t a[4], const float lo[4], const float hi
 template <class T, int D>
 void launch_forward_wgmma(const Params& p, int64_t batch, int64_t q_len, bool overlap);
 
+// Forward variant 4 (attention_wgmma_tma.cu): FlashAttention-3's pipeline (TMA producer warpgroup,
+// ping-ponging consumers) for the same T and D, on the current stream. Builds the operands' tensor
+// maps (an error names an operand whose layout has none) and checks the sm_90a build.
+template <class T, int D>
+void launch_forward_tma(const Params& p, int64_t batch, int64_t q_len);
+
 // The sm_90a warpgroup-MMA backward (attention_wgmma_backward.cu, backward variant 2) over p's
 // batch (row_dot and lse2 already written), on the current stream: the dK/dV kernel, then the dQ
 // kernel; with atomic_dq the dK/dV kernel adds dQ into p.dq_accum instead (zeroed; the caller

@@ -1,7 +1,9 @@
 // The shared part of the sm_90a flash attention kernels on warpgroup MMA (attention_wgmma.cu: the
-// forward variants 2 and 3; attention_wgmma_backward.cu: backward variant 2): blocks of two
-// consumer warpgroups, tiles in the 128-byte-swizzled canonical layout wgmma reads, loaded with
-// cp.async, and the typed wgmma calls. docs/kernels.md ("Forward variant 2") has the layout.
+// forward variants 2 and 3; attention_wgmma_tma.cu: forward variant 4; attention_wgmma_backward.cu:
+// backward variant 2): blocks of two consumer warpgroups, tiles in the 128-byte-swizzled canonical
+// layout wgmma reads, loaded with cp.async, the typed wgmma calls, and the forward's per-tile steps
+// (masking, online softmax, dropout, P V) on the accumulator layout. docs/kernels.md ("Forward
+// variant 2") has the layout.
 #pragma once
 
 #include <type_traits>
@@ -69,11 +71,168 @@ LATHE_DEVICE_INLINE void rs_wgmma_mn(float (&d)[N / 2], const uint32_t a[4], uin
   }
 }
 
+template <class T>
+LATHE_DEVICE_INLINE T* align_1024(T* raw) {
+  // The swizzle is a function of shared address bits 4..9: tiles start 1024-aligned.
+  return reinterpret_cast<T*>((reinterpret_cast<uintptr_t>(raw) + 1023) & ~uintptr_t(1023));
+}
+
 // cp.async writes through the generic proxy, wgmma reads through the async proxy: each thread
 // fences its own copies, then the barrier publishes everyone's.
 LATHE_DEVICE_INLINE void publish_to_wgmma() {
   rt::fence_proxy_async_shared();
   __syncthreads();
+}
+
+// ---- the forward kernels' steps on the accumulator layout (variants 2, 3 and 4) ----
+
+// Scale and mask tile j0's scores of this thread's rows (log2 units), as forward_block does.
+template <int BN>
+LATHE_DEVICE_INLINE void scale_and_mask(const Params& p, float (&s)[BN / 2], int64_t wg_i0,
+                                        int64_t j0, int64_t mask_base, const int64_t (&row)[2],
+                                        int t) {
+  if (tile_unmasked<BN>(p, wg_i0, j0)) {
+#pragma unroll
+    for (int i = 0; i < BN / 2; ++i) s[i] *= p.scale_log2;
+  } else {
+#pragma unroll
+    for (int n = 0; n < BN / 8; ++n) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        s[4 * n + e] =
+            masked_score(p, mask_base, s[4 * n + e], row[e >> 1], j0 + 8 * n + 2 * t + (e & 1));
+      }
+    }
+  }
+}
+
+// The online softmax step of one tile for rows g and g + 8 (forward_block's order): the running
+// max and sum move on, s becomes the unnormalized probabilities, and corr[r] is the factor the
+// output accumulated so far must be scaled by before this tile's P V is added to it.
+template <int BN>
+LATHE_DEVICE_INLINE void online_softmax(float (&s)[BN / 2], float (&m_run)[2], float (&l_run)[2],
+                                        float (&corr)[2]) {
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float mx = -INFINITY;
+#pragma unroll
+    for (int n = 0; n < BN / 8; ++n) mx = fmaxf(mx, fmaxf(s[4 * n + 2 * r], s[4 * n + 2 * r + 1]));
+    mx = quad_max(mx);
+    const float m_new = fmaxf(m_run[r], mx);
+    // No key above -inf yet: shift by 0 so exp2(-inf - 0) = 0 instead of NaN.
+    const float m_use = m_new == -INFINITY ? 0.0f : m_new;
+    corr[r] = fast_exp2(m_run[r] - m_use);
+    m_run[r] = m_new;
+    l_run[r] *= corr[r];
+#pragma unroll
+    for (int n = 0; n < BN / 8; ++n) {
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        const float e = fast_exp2(s[4 * n + 2 * r + c] - m_use);
+        l_run[r] += e;
+        s[4 * n + 2 * r + c] = e;
+      }
+    }
+  }
+}
+
+// Attention dropout on tile j0's probabilities after the softmax step (the row sums keep the
+// undropped ones): the same Philox draws and pairing as forward_block.
+template <int BN>
+LATHE_DEVICE_INLINE void drop_probabilities(const Params& p, float (&s)[BN / 2], int64_t b,
+                                            const int64_t (&row)[2], int64_t j0, int t) {
+#pragma unroll
+  for (int n = 0; n < BN / 8; ++n) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float z[2];
+      dropout_pair(p, b, row[r], j0 + 8 * n + 2 * t, z);
+      s[4 * n + 2 * r] *= z[0];
+      s[4 * n + 2 * r + 1] *= z[1];
+    }
+  }
+}
+
+template <int D>
+LATHE_DEVICE_INLINE void rescale(float (&o)[D / 2], const float (&corr)[2]) {
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) o[4 * n + e] *= corr[e >> 1];
+  }
+}
+
+// P (the probabilities in s) rounded to T as RS A fragments: k-step kk (keys 16kk..) is the
+// accumulator's n-tiles 2kk and 2kk + 1.
+template <class T, int BN>
+LATHE_DEVICE_INLINE void probabilities_to_a(uint32_t (&pf)[BN / 16][4], const float (&s)[BN / 2]) {
+#pragma unroll
+  for (int kk = 0; kk < BN / 16; ++kk) c_to_a<T>(pf[kk], s + 8 * kk, s + 8 * kk + 4);
+}
+
+// S = Q K^T over the K tile at byte offset k_at of sK, issued and committed (not waited for).
+// wgmma.fence orders this thread's earlier register accesses (the last tile's reads of s) before
+// the asynchronous wgmmas; fence_operand keeps the compiler from moving those accesses across it.
+template <class T, int D, int BN>
+LATHE_DEVICE_INLINE void issue_qk(float (&s)[BN / 2], uint64_t desc_q, uint64_t desc_k,
+                                  uint32_t k_at) {
+  constexpr uint32_t kBlockBytesQ = kWgRows * 128;  // one 64-column block of the Q tile
+  constexpr uint32_t kBlockBytesKV = BN * 128;
+  rt::wgmma_fence_operand(s);
+  rt::wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    const uint32_t at_q = (kk / 4) * kBlockBytesQ + (kk % 4) * 32;
+    const uint32_t at_k = k_at + (kk / 4) * kBlockBytesKV + (kk % 4) * 32;
+    ss_wgmma<T, BN>(s, desc_q + (at_q >> 4), desc_k + (at_k >> 4), kk > 0);
+  }
+  rt::wgmma_commit();
+}
+
+// O += P V over the V tile at byte offset v_at of sV, issued and committed. The wgmmas read o and
+// pf asynchronously: fence_operand keeps the compiler from touching them until the caller's
+// matching wait (wait_pv).
+template <class T, int D, int BN>
+LATHE_DEVICE_INLINE void issue_pv(float (&o)[D / 2], uint32_t (&pf)[BN / 16][4], uint64_t desc_v,
+                                  uint32_t v_at) {
+  rt::wgmma_fence_operand(o);
+#pragma unroll
+  for (int kk = 0; kk < BN / 16; ++kk) rt::wgmma_fence_operand(pf[kk]);
+  rt::wgmma_fence();  // o was rescaled and pf written since the last wgmma
+#pragma unroll
+  for (int kk = 0; kk < BN / 16; ++kk) {
+    rs_wgmma_mn<T, D>(o, pf[kk], desc_v + ((v_at + kk * 16 * 128) >> 4));
+  }
+  rt::wgmma_commit();
+}
+template <int D, int BN>
+LATHE_DEVICE_INLINE void after_pv(float (&o)[D / 2], uint32_t (&pf)[BN / 16][4]) {
+  rt::wgmma_fence_operand(o);
+#pragma unroll
+  for (int kk = 0; kk < BN / 16; ++kk) rt::wgmma_fence_operand(pf[kk]);
+}
+
+// Rows g and g + 8 of the output, normalized, and their lse.
+template <class T, int D>
+LATHE_DEVICE_INLINE void store_rows(const Params& p, int64_t b, const int64_t (&row)[2], int t,
+                                    const float (&o)[D / 2], const float (&m_run)[2],
+                                    const float (&l_run)[2]) {
+  T* out = static_cast<T*>(p.out) + batch_offset(p, p.out_rows, b);
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const float l = quad_sum(l_run[r]);
+    const int64_t i = row[r];
+    if (i >= p.tq) continue;
+    const bool empty = l == 0.0f;  // every key masked: zeros, lse = -inf
+    const float inv = empty ? 0.0f : 1.0f / l;
+    T* orow = out + i * p.out_rows.row;
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+      *reinterpret_cast<uint32_t*>(orow + 8 * n + 2 * t) =
+          pack2<T>(o[4 * n + 2 * r] * inv, o[4 * n + 2 * r + 1] * inv);
+    }
+    if (t == 0) p.lse[b * p.tq + i] = empty ? -INFINITY : (m_run[r] + log2f(l)) * kLn2;
+  }
 }
 
 }  // namespace lathe::kernels::cuda::flash

@@ -571,8 +571,8 @@ TEST_CASE("flash attention: a variant asked for where it does not exist is an er
   c.d = 64;
   const Inputs in = make_inputs(c, 1600);
   {
-    const VariantGuard variant({4, 0});
-    CHECK_THROWS_WITH(run_kernels(c, in), Catch::Contains("no forward variant 4"));
+    const VariantGuard variant({5, 0});
+    CHECK_THROWS_WITH(run_kernels(c, in), Catch::Contains("no forward variant 5"));
   }
   {
     const VariantGuard variant({0, 3});
@@ -671,9 +671,9 @@ void check_lse(const Tensor& lse, const std::vector<double>& want) {
   CHECK(wrong_inf == 0);
 }
 
-// Forward variants 2 and 3 on `c`: variant 2's output against the f64 composite and its lse
-// against reference_lse, counting the launches; variant 3 (the same arithmetic, pipelined) must
-// give variant 2's bits.
+// Forward variants 2, 3 and 4 on `c`: variant 2's output against the f64 composite and its lse
+// against reference_lse, counting the launches; variants 3 and 4 (the same arithmetic, pipelined:
+// intra-warpgroup overlap, then TMA producer and ping-pong) must give variant 2's bits.
 Results check_wgmma_forward(const Case& c, const Inputs& in) {
   INFO(describe(c));
   const Reference ref = reference(c, in);
@@ -685,17 +685,20 @@ Results check_wgmma_forward(const Case& c, const Inputs& in) {
   }
   check_rel(r.out, ref.out, tol_of(c.dtype, false), "output");
   check_lse(r.lse, reference_lse(c, in));
-  const VariantGuard variant({3, 0});
-  const Results overlapped = run_forward(c, in);
-  CHECK(kernels::cuda::flash_attention_variant_launches() == launches + 2);
-  CHECK(bytes_of(overlapped.out) == bytes_of(r.out));
-  CHECK(bytes_of(overlapped.lse) == bytes_of(r.lse));
+  for (int which : {3, 4}) {
+    INFO("variant " << which);
+    const VariantGuard variant({which, 0});
+    const Results pipelined = run_forward(c, in);
+    CHECK(bytes_of(pipelined.out) == bytes_of(r.out));
+    CHECK(bytes_of(pipelined.lse) == bytes_of(r.lse));
+  }
+  CHECK(kernels::cuda::flash_attention_variant_launches() == launches + 3);
   return r;
 }
 
 }  // namespace
 
-TEST_CASE("flash attention: forward variants 2 and 3 (sm_90a wgmma) against the f64 composite",
+TEST_CASE("flash attention: forward variants 2, 3 and 4 (sm_90a wgmma) against the f64 composite",
           "[cuda][attention]") {
   // Blocks of 128 query rows (two warpgroups of 64) and 128-key tiles: T = 1, 17 (one partial
   // tile and one idle warpgroup), 64, 129 (a second query block and key tile with one row/key),
@@ -714,7 +717,7 @@ TEST_CASE("flash attention: forward variants 2 and 3 (sm_90a wgmma) against the 
   check_wgmma_forward(c, make_inputs(c, 2000 + uint64_t(t + d)));
 }
 
-TEST_CASE("flash attention: forward variants 2 and 3 with Tq != Tk and masks",
+TEST_CASE("flash attention: forward variants 2, 3 and 4 with Tq != Tk and masks",
           "[cuda][attention]") {
   SECTION("Tq != Tk, causal top-left") {
     const auto [tq, tk] =
@@ -755,7 +758,7 @@ TEST_CASE("flash attention: forward variants 2 and 3 with Tq != Tk and masks",
   }
 }
 
-TEST_CASE("flash attention: forward variants 2 and 3 read strided operands, schedule-invariant",
+TEST_CASE("flash attention: forward variants 2, 3 and 4 read strided operands, schedule-invariant",
           "[cuda][attention]") {
   // Same arithmetic through batch, head and row strides: the contiguous run's bits. And the same
   // bits under every simulator schedule (the warpgroup rendezvous, the barriers around the
@@ -773,7 +776,7 @@ TEST_CASE("flash attention: forward variants 2 and 3 read strided operands, sche
   const Inputs in = make_inputs(c, 2300 + uint64_t(layout));
   const Inputs strided = relayout(layout, c, in);
   REQUIRE(!strided.q.is_contiguous());
-  const int which = GENERATE(2, 3);
+  const int which = GENERATE(2, 3, 4);
   INFO("variant " << which);
   const VariantGuard variant({which, 0});
   const Results contiguous = run_forward(c, in);
@@ -795,14 +798,14 @@ TEST_CASE("flash attention: forward variants 2 and 3 read strided operands, sche
   }
 }
 
-TEST_CASE("flash attention: forward variants 2 and 3 refuse what they do not support",
+TEST_CASE("flash attention: forward variants 2, 3 and 4 refuse what they do not support",
           "[cuda][attention]") {
   // Head dims other than 64 and 128 are not in the wgmma kernels (wgmma's N, the swizzled rows).
   Case c;
   c.d = 32;
   INFO(describe(c));
   const Inputs in = make_inputs(c, 2400);
-  for (int which : {2, 3}) {
+  for (int which : {2, 3, 4}) {
     const VariantGuard variant({which, 0});
     CHECK_THROWS_WITH(run_forward(c, in),
                       Catch::Contains("forward variant " + std::to_string(which) +
@@ -946,10 +949,10 @@ TEST_CASE("flash attention: backward variant 2 refuses what it does not support"
 }
 
 TEST_CASE("flash attention: the wgmma variants with dropout from Philox", "[cuda][attention]") {
-  // Forward variants 2 and 3 and backward variant 2 draw the default kernels' mask (the composite
-  // reference draws it too): odd key counts put key pairs across Philox blocks, several tiles of
-  // every kernel, causal and not. Variant 3 must give variant 2's bits; the same seed gives the
-  // same bits again.
+  // Forward variants 2, 3 and 4 and backward variant 2 draw the default kernels' mask (the
+  // composite reference draws it too): odd key counts put key pairs across Philox blocks, several
+  // tiles of every kernel, causal and not. Variants 3 and 4 must give variant 2's bits; the same
+  // seed gives the same bits again.
   Case c;
   c.B = 1;
   c.H = 2;
@@ -964,17 +967,19 @@ TEST_CASE("flash attention: the wgmma variants with dropout from Philox", "[cuda
   INFO(describe(c));
   const Inputs in = make_inputs(c, 3000 + uint64_t(c.tk + c.d));
   const Reference ref = reference(c, in);
-  Results pipelined;
-  {
-    const VariantGuard variant({3, 2});
-    pipelined = run_kernels(c, in);
+  std::vector<Results> pipelined;
+  for (int which : {3, 4}) {
+    const VariantGuard variant({which, 2});
+    pipelined.push_back(run_kernels(c, in));
   }
   const VariantGuard variant({2, 2});
   const Results r = run_kernels(c, in);
   check_case(c, r, ref);
-  for (size_t i = 0; i < r.all().size(); ++i) {
-    INFO("output " << i << " of out, lse, dq, dk, dv");
-    CHECK(bytes_of(pipelined.all()[i]) == bytes_of(r.all()[i]));
+  for (const Results& other : pipelined) {
+    for (size_t i = 0; i < r.all().size(); ++i) {
+      INFO("output " << i << " of out, lse, dq, dk, dv (variants 3, 4)");
+      CHECK(bytes_of(other.all()[i]) == bytes_of(r.all()[i]));
+    }
   }
   attention_test::check_dropout_determinism(c, [&](const Case& k) { return run_kernels(k, in); });
 }

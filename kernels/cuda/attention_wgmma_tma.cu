@@ -1,0 +1,269 @@
+// Forward variant 4 of the flash attention (attention_variant.h): FlashAttention-3's pipeline on
+// sm_90a. Variant 3's arithmetic (the same per-tile steps from flash_attention_wgmma.cuh, in the
+// same order, so the same bits) with the loads and the scheduling of FlashAttention-3:
+//  - warp specialization: a producer warpgroup, whose one elected thread issues TMA bulk tensor
+//    copies (cp.async.bulk.tensor from host-made tensor maps, landing in the 128-byte-swizzled
+//    layout wgmma reads) into a ring of K and V stages, and two consumer warpgroups of 64 query
+//    rows each; setmaxnreg moves registers from the producer (24) to the consumers (240);
+//  - mbarriers instead of block barriers: a full barrier per stage and operand completes when the
+//    copy's bytes have landed (expect_tx), an empty barrier when every consumer thread is done
+//    with the stage (K after its S = Q K^T, V after its P V), so K and V are released separately;
+//  - inter-warpgroup ping-pong: named barriers give the two consumers alternating turns at issuing
+//    their wgmmas, so one's softmax runs while the other's GEMMs occupy the tensor cores;
+//  - intra-warpgroup overlap, as in variant 3: S_j is issued before P_{j-1} V_{j-1}, and tile j's
+//    softmax runs while that P V is in flight.
+// docs/kernels.md ("Forward variant 4").
+#include "kernels/cuda/flash_attention_wgmma.cuh"
+#include "kernels/cuda/tensor_map.h"
+
+namespace lathe::kernels::cuda::flash {
+
+namespace {
+
+constexpr int kTmaThreads = 128 * (1 + kWgConsumers);  // the producer warpgroup and the consumers
+constexpr int kTmaBlockN = 128;                        // keys per tile
+constexpr int kProducerRegisters = 24;
+constexpr int kConsumerRegisters = 240;  // 128 * 24 + 256 * 240 <= 65536
+static_assert(128 * kProducerRegisters + 128 * kWgConsumers * kConsumerRegisters <= 65536,
+              "setmaxnreg must not ask for more registers than the SM has");
+
+// Ring depth: three stages of K and V at d = 64 (96 KiB), two at d = 128 (128 KiB), beside the
+// 16 / 32 KiB Q tile.
+template <int D>
+constexpr int tma_stages() {
+  return D == 64 ? 3 : 2;
+}
+template <int D, class T>
+constexpr size_t tma_forward_smem() {
+  // Q, the K and V stages, 1 KiB of alignment, the mbarriers.
+  return size_t(kWgRows + 2 * tma_stages<D>() * kTmaBlockN) * D * sizeof(T) + 1024 +
+         (1 + 4 * tma_stages<D>()) * sizeof(uint64_t);
+}
+
+// The tensor maps of q, k and v: [batch][rows][row elements] each (tma_operand_map below).
+struct TmaMaps {
+  rt::TensorMap q, k, v;
+};
+
+// Where batch b of an operand sits in its tensor map: z, the outer batch index, and x0, the
+// element offset of an inner batch dim folded into the row (the head of a [B, T, H, d] view).
+struct TmaCoord {
+  int32_t x0, z;
+};
+LATHE_DEVICE_INLINE TmaCoord tma_coord(const Params& p, const Rows& rows, int64_t b) {
+  if (p.lead < 2) return {0, int32_t(b)};
+  const int64_t outer = b / p.lead_size[1];
+  return {int32_t((b - outer * p.lead_size[1]) * rows.lead[1]), int32_t(outer)};
+}
+
+// Rows [y, y + 128) of an operand's batch c into the swizzled tile at dst (one box per 64 columns),
+// completing on bar.
+template <int D, class T>
+LATHE_DEVICE_INLINE void tma_tile(T* dst, const rt::TensorMap* map, TmaCoord c, int64_t y,
+                                  uint64_t* bar) {
+#pragma unroll
+  for (int blk = 0; blk < D / 64; ++blk) {
+    rt::tma_load_3d(dst + blk * 128 * 64, map, c.x0 + 64 * blk, int32_t(y), c.z, bar);
+  }
+}
+
+template <class T, int D, bool kDropout>
+__global__ void __launch_bounds__(kTmaThreads, 1)
+    forward_tma_kernel(Params p, int64_t q_tiles, const __grid_constant__ TmaMaps maps) {
+#if LATHE_FLASH_WGMMA
+  constexpr int BM = kWgRows, BN = kTmaBlockN, S = tma_stages<D>();
+  constexpr uint32_t kTileBytes = BN * D * sizeof(T);  // one K or V stage, or the Q tile
+  static_assert(BM == BN, "Q tiles and K/V tiles share the box shape");
+  LATHE_DYNAMIC_SHARED(T, smem_raw);
+  T* sQ = align_1024(smem_raw);  // [D/64][BM][64]
+  T* sK = sQ + BM * D;           // [S][D/64][BN][64]
+  T* sV = sK + S * BN * D;       // [S][D/64][BN][64]
+  uint64_t* q_full = reinterpret_cast<uint64_t*>(sV + S * BN * D);
+  uint64_t* k_full = q_full + 1;
+  uint64_t* v_full = k_full + S;
+  uint64_t* k_empty = v_full + S;
+  uint64_t* v_empty = k_empty + S;
+
+  const int64_t b = int64_t(blockIdx.x) / q_tiles;
+  const int64_t i0 = (int64_t(blockIdx.x) - b * q_tiles) * BM;
+  const int64_t j_end = p.causal ? (p.tk < i0 + BM ? p.tk : i0 + BM) : p.tk;
+  const int n_tiles = int((j_end + BN - 1) / BN);
+  const int wg = int(threadIdx.x) / 128;
+  if (threadIdx.x == 0) {
+    rt::mbarrier_init(q_full, 1);
+    for (int s = 0; s < S; ++s) {
+      rt::mbarrier_init(&k_full[s], 1);  // the producer's arrive.expect_tx, then the bytes
+      rt::mbarrier_init(&v_full[s], 1);
+      rt::mbarrier_init(&k_empty[s], 128 * kWgConsumers);  // every consumer thread
+      rt::mbarrier_init(&v_empty[s], 128 * kWgConsumers);
+    }
+    rt::fence_mbarrier_init();
+  }
+  __syncthreads();  // the last block-wide barrier: the producer leaves early
+
+  if (wg == 0) {
+    rt::setmaxnreg_dec<kProducerRegisters>();
+    if (threadIdx.x == 0) {
+      const TmaCoord cq = tma_coord(p, p.q_rows, b), ck = tma_coord(p, p.k_rows, b),
+                     cv = tma_coord(p, p.v_rows, b);
+      rt::mbarrier_arrive_expect_tx(q_full, kTileBytes);
+      tma_tile<D>(sQ, &maps.q, cq, i0, q_full);
+      // K of tile t waits for the consumers' S of tile t - S, V for their P V of tile t - S.
+      for (int it = 0; it < n_tiles; ++it) {
+        const int s = it % S, use = it / S;
+        if (use > 0) rt::mbarrier_wait_parity(&k_empty[s], uint32_t(use - 1) & 1u);
+        rt::mbarrier_arrive_expect_tx(&k_full[s], kTileBytes);
+        tma_tile<D>(sK + s * BN * D, &maps.k, ck, int64_t(it) * BN, &k_full[s]);
+        if (use > 0) rt::mbarrier_wait_parity(&v_empty[s], uint32_t(use - 1) & 1u);
+        rt::mbarrier_arrive_expect_tx(&v_full[s], kTileBytes);
+        tma_tile<D>(sV + s * BN * D, &maps.v, cv, int64_t(it) * BN, &v_full[s]);
+      }
+    }
+    return;
+  }
+  rt::setmaxnreg_inc<kConsumerRegisters>();
+
+  const int c = wg - 1;  // consumer index: query rows i0 + 64c ..
+  const int ct = int(threadIdx.x) - 128 * wg, warp = ct / 32, lane = ct % 32;
+  const int g = lane >> 2, t = lane & 3;
+  const int64_t wg_i0 = i0 + 64 * c;
+  const int64_t row[2] = {wg_i0 + 16 * warp + g, wg_i0 + 16 * warp + g + 8};
+  const int64_t mask_base = p.mask.data != nullptr ? p.mask.batch_offset(b) : 0;
+  const uint64_t desc_q = rt::make_wgmma_desc(sQ + 64 * c * 64, 16, 1024, rt::WgmmaSwizzle::B128);
+  const uint64_t desc_k = rt::make_wgmma_desc(sK, 16, 1024, rt::WgmmaSwizzle::B128);
+  const uint64_t desc_v = rt::make_wgmma_desc(sV, BN * 128, 1024, rt::WgmmaSwizzle::B128);
+
+  float o[D / 2];
+#pragma unroll
+  for (int i = 0; i < D / 2; ++i) o[i] = 0.0f;
+  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f}, corr[2] = {1.0f, 1.0f};
+  float s[BN / 2];
+  uint32_t pf[BN / 16][4];
+
+  // Ping-pong: consumer c's turn to issue wgmmas opens at named barrier 1 + c, where its 128
+  // threads wait (bar.sync) for the other consumer's 128 (bar.arrive at the end of its turn).
+  // Consumer 0 goes first; each takes n_tiles + 1 turns, and consumer 1's last turn arrives
+  // nowhere, so that both barriers end balanced.
+  const int my_turn = 1 + c, their_turn = 2 - c;
+  if (n_tiles > 0 && c == 1) rt::named_barrier_arrive(1, 256);
+  rt::mbarrier_wait_parity(q_full, 0);
+
+  if (n_tiles > 0) {
+    rt::mbarrier_wait_parity(&k_full[0], 0);
+    rt::named_barrier_sync(my_turn, 256);
+    issue_qk<T, D, BN>(s, desc_q, desc_k, 0);
+    rt::named_barrier_arrive(their_turn, 256);
+    rt::wgmma_wait<0>();
+    rt::wgmma_fence_operand(s);
+    rt::mbarrier_arrive(&k_empty[0]);
+    scale_and_mask<BN>(p, s, wg_i0, 0, mask_base, row, t);
+    online_softmax<BN>(s, m_run, l_run, corr);
+    if constexpr (kDropout) drop_probabilities<BN>(p, s, b, row, 0, t);
+    probabilities_to_a<T, BN>(pf, s);
+  }
+  for (int it = 1; it < n_tiles; ++it) {
+    const int sk = it % S, sv = (it - 1) % S;
+    rt::mbarrier_wait_parity(&k_full[sk], uint32_t(it / S) & 1u);
+    rt::named_barrier_sync(my_turn, 256);
+    issue_qk<T, D, BN>(s, desc_q, desc_k, sk * kTileBytes);
+    rescale<D>(o, corr);  // tile it-1's factor, while S_it runs
+    rt::mbarrier_wait_parity(&v_full[sv], uint32_t((it - 1) / S) & 1u);
+    issue_pv<T, D, BN>(o, pf, desc_v, sv * kTileBytes);
+    rt::named_barrier_arrive(their_turn, 256);
+
+    rt::wgmma_wait<1>();  // S_it; P_{it-1} V_{it-1} may still run
+    rt::wgmma_fence_operand(s);
+    rt::mbarrier_arrive(&k_empty[sk]);
+    scale_and_mask<BN>(p, s, wg_i0, int64_t(it) * BN, mask_base, row, t);
+    online_softmax<BN>(s, m_run, l_run, corr);
+    if constexpr (kDropout) drop_probabilities<BN>(p, s, b, row, int64_t(it) * BN, t);
+
+    rt::wgmma_wait<0>();  // P_{it-1} V_{it-1}: o is ours again, pf may be overwritten
+    after_pv<D, BN>(o, pf);
+    rt::mbarrier_arrive(&v_empty[sv]);
+    probabilities_to_a<T, BN>(pf, s);
+  }
+  if (n_tiles > 0) {
+    const int sv = (n_tiles - 1) % S;
+    rt::mbarrier_wait_parity(&v_full[sv], uint32_t((n_tiles - 1) / S) & 1u);
+    rt::named_barrier_sync(my_turn, 256);
+    rescale<D>(o, corr);
+    issue_pv<T, D, BN>(o, pf, desc_v, sv * kTileBytes);
+    if (c == 0) rt::named_barrier_arrive(their_turn, 256);
+    rt::wgmma_wait<0>();
+    after_pv<D, BN>(o, pf);
+  }
+  store_rows<T, D>(p, b, row, t, o, m_run, l_run);
+#else
+  (void)p;
+  (void)q_tiles;
+  (void)maps;
+  __trap();
+#endif
+}
+
+// The tensor map of one operand for the kernel's 128-row, 64-column boxes: a 3D tensor
+// [batch][len][row elements] with the operand's row stride and batch stride, where an inner batch
+// dim (heads of a [B, T, H, d] view, or of a packed QKV projection) is folded into the row. Rows
+// past `len` and columns past the row are zero-filled by the copy; columns past d within a row
+// (another head, or padding) are read but never used beyond the key tail's zero probability.
+rt::TensorMap tma_operand_map(const Params& p, DType dtype, const void* data, const Rows& rows,
+                              int64_t len, int64_t d, const char* name) {
+  const int64_t es = int64_t(element_size(dtype));
+  LATHE_CHECK(p.lead <= 2,
+              "flash attention: forward variant 4 (TMA) reads each operand as [batch][rows][row] "
+              "with at most one batch dim folded into the row; ",
+              name, " has ", p.lead, " leading dims that do not merge");
+  int64_t outer = 1, outer_stride = rows.row * len;
+  if (p.lead >= 1) {
+    outer = p.lead_size[0];
+    outer_stride = rows.lead[0];
+  }
+  if (p.lead == 2) {
+    LATHE_CHECK(rows.lead[1] >= 0 && (p.lead_size[1] - 1) * rows.lead[1] + d <= rows.row,
+                "flash attention: forward variant 4 (TMA) folds ", name,
+                "'s inner batch dim into its rows, which needs (", p.lead_size[1], " - 1) * ",
+                rows.lead[1], " + ", d, " <= its row stride ", rows.row);
+  }
+  LATHE_CHECK(outer == 1 || outer_stride >= rows.row * len,
+              "flash attention: forward variant 4 (TMA) needs ", name, "'s batch stride (",
+              outer_stride, " elements) to cover its ", len, " rows of ", rows.row,
+              " (a broadcast or overlapping batch dim has no tensor map)");
+  return rt::make_tensor_map_3d(
+      dtype, data, {uint64_t(rows.row), uint64_t(len > 0 ? len : 1), uint64_t(outer)},
+      {uint64_t(rows.row * es),
+       uint64_t((outer == 1 ? rows.row * (len > 0 ? len : 1) : outer_stride) * es)},
+      {64, uint32_t(kTmaBlockN), 1}, rt::TensorMapSwizzle::B128);
+}
+
+}  // namespace
+
+template <class T, int D>
+void launch_forward_tma(const Params& p, int64_t batch, int64_t q_len) {
+  const int64_t q_tiles = (q_len + kWgRows - 1) / kWgRows;
+  constexpr size_t smem = tma_forward_smem<D, T>();
+  constexpr DType dtype = std::is_same_v<T, __half> ? DType::F16 : DType::BF16;
+  TmaMaps maps;
+  maps.q = tma_operand_map(p, dtype, p.q, p.q_rows, p.tq, D, "q");
+  maps.k = tma_operand_map(p, dtype, p.k, p.k_rows, p.tk, D, "k");
+  maps.v = tma_operand_map(p, dtype, p.v, p.v_rows, p.tk, D, "v");
+  auto kernel = p.dropout ? forward_tma_kernel<T, D, true> : forward_tma_kernel<T, D, false>;
+  allow_shared(kernel, smem, "flash attention");
+#ifdef __CUDACC__
+  // A build without 90a in LATHE_CUDA_ARCHS would run the sm_80 stub, which traps.
+  cudaFuncAttributes attr{};
+  LATHE_CHECK(cudaFuncGetAttributes(&attr, kernel) == cudaSuccess && attr.binaryVersion == 90,
+              "flash attention: forward variant 4 needs the kernel compiled for sm_90a "
+              "(LATHE_CUDA_ARCHS with 90a), found binary version ",
+              attr.binaryVersion);
+#endif
+  rt::launch(kernel, dim3(unsigned(q_tiles * batch)), dim3(kTmaThreads), smem, stream(),
+             "flash_attention_forward_tma", p, q_tiles, maps);
+}
+
+template void launch_forward_tma<__half, 64>(const Params&, int64_t, int64_t);
+template void launch_forward_tma<__half, 128>(const Params&, int64_t, int64_t);
+template void launch_forward_tma<__nv_bfloat16, 64>(const Params&, int64_t, int64_t);
+template void launch_forward_tma<__nv_bfloat16, 128>(const Params&, int64_t, int64_t);
+
+}  // namespace lathe::kernels::cuda::flash
