@@ -151,7 +151,7 @@ void BM_CudaFlashAttentionForwardVariant(benchmark::State& state) {
   const Problem p(state.range(0), state.range(1), state.range(2) != 0);
   const VariantScope variant({int(state.range(3)), 0});
   try {
-    p.forward();  // variants 2 and 3 refuse GPUs other than sm_90
+    p.forward();  // variants 2 to 4 refuse GPUs other than sm_90
   } catch (const lathe::Error& e) {
     state.SkipWithError(e.what());
     return;
@@ -198,14 +198,16 @@ void backward_variant_shapes(benchmark::internal::Benchmark* b) {
   }
 }
 
-// The forward's: variants 0 and 1 at d = 64 as above, and variants 2 and 3 (the sm_90a wgmma
-// kernels, 3 with intra-warpgroup pipelining) at d = 64 and 128, with the default beside them at
-// d = 128 too.
+// The forward's: variants 0 and 1 at d = 64 as above, and variants 2, 3 and 4 (the sm_90a wgmma
+// kernels: 3 with intra-warpgroup pipelining, 4 with FlashAttention-3's TMA producer and
+// ping-pong too) at d = 64 and 128, with the default beside them at d = 128 too.
 void forward_variant_shapes(benchmark::internal::Benchmark* b) {
   for (int64_t c : {int64_t(0), int64_t(1)}) {
-    for (int64_t variant : {0, 1, 2, 3}) b->Args({2048, 64, c, variant});
-    for (int64_t variant : {0, 2, 3}) b->Args({2048, 128, c, variant});
+    for (int64_t variant : {0, 1, 2, 3, 4}) b->Args({2048, 64, c, variant});
+    for (int64_t variant : {0, 2, 3, 4}) b->Args({2048, 128, c, variant});
   }
+  // The moonshot's shape (FlashAttention-3 at d = 64, T >= 2k) at its long end too.
+  for (int64_t variant : {0, 4}) b->Args({8192, 64, 0, variant});
 }
 
 // f32 on the SIMT kernels; BERT's own size (T 128, d 64) first.

@@ -237,9 +237,9 @@ def main():
                              f"{' causal' if causal else ''} {dname} (lathe {lathe_tflops} TFLOP/s)",
                              lathe_time, t_torch, f"{ref_name} ({torch_tflops:.0f} TFLOP/s)"))
                 # The kernel variants' A/B (kernels/cuda/attention_variant.h), where lathe-bench
-                # has it: variant 0 (the default), 1 and (forward, sm_90a wgmma) 2 and 3, timed
+                # has it: variant 0 (the default), 1 and (sm_90a wgmma) 2 to 4, timed
                 # side by side in the same run.
-                for variant in (0, 1, 2, 3):
+                for variant in (0, 1, 2, 3, 4):
                     ventry = lathe.get(f"{entry_prefix}{kind}Variant/T:{t_}/d:{d_}"
                                        f"/causal:{causal}/variant:{variant}")
                     if not ventry or not ventry.get("TFLOP/s"):

@@ -43,6 +43,8 @@ DEFAULT_TARGETS+=";layer-norm-bf16|layer_norm_forward_kernel|BM_CudaLayerNormFor
 DEFAULT_TARGETS+=";flash-forward-wgmma|forward_wgmma_kernel|BM_CudaFlashAttentionForwardVariant/T:2048/d:64/causal:0/variant:2/"
 # Variant 3, the same with intra-warpgroup pipelining: fewer stalls on the wgmma waits than variant 2?
 DEFAULT_TARGETS+=";flash-forward-wgmma-overlap|forward_wgmma_overlap_kernel|BM_CudaFlashAttentionForwardVariant/T:2048/d:64/causal:0/variant:3/"
+# Variant 4, FlashAttention-3's pipeline (TMA producer, ping-pong): the moonshot's kernel.
+DEFAULT_TARGETS+=";flash-forward-tma|forward_tma_kernel|BM_CudaFlashAttentionForwardVariant/T:2048/d:64/causal:0/variant:4/"
 # Backward variant 2, the sm_90a wgmma dK/dV and dQ kernels, to set against flash-dkdv and flash-dq.
 DEFAULT_TARGETS+=";flash-dkdv-wgmma|dkdv_wgmma_kernel|BM_CudaFlashAttentionBackwardVariant/T:2048/d:64/causal:0/variant:2/"
 DEFAULT_TARGETS+=";flash-dq-wgmma|dq_wgmma_kernel|BM_CudaFlashAttentionBackwardVariant/T:2048/d:64/causal:0/variant:2/"

@@ -40,18 +40,21 @@ constexpr size_t tma_forward_smem() {
          (1 + 4 * tma_stages<D>()) * sizeof(uint64_t);
 }
 
-// The tensor maps of q, k and v: [batch][rows][row elements] each (tma_operand_map below).
+// The tensor maps of q, k and v: [batch][rows][row elements] each (tma_operand_map below), and
+// per operand whether its inner batch dim is folded into the row.
 struct TmaMaps {
   rt::TensorMap q, k, v;
+  bool fold_q = false, fold_k = false, fold_v = false;
 };
 
-// Where batch b of an operand sits in its tensor map: z, the outer batch index, and x0, the
-// element offset of an inner batch dim folded into the row (the head of a [B, T, H, d] view).
+// Where batch b of an operand sits in its tensor map: z, the batch index, and x0, the element
+// offset of an inner batch dim folded into the row (the head of a [B, T, H, d] view), which
+// leaves z the outer batch index.
 struct TmaCoord {
   int32_t x0, z;
 };
-LATHE_DEVICE_INLINE TmaCoord tma_coord(const Params& p, const Rows& rows, int64_t b) {
-  if (p.lead < 2) return {0, int32_t(b)};
+LATHE_DEVICE_INLINE TmaCoord tma_coord(const Params& p, const Rows& rows, bool fold, int64_t b) {
+  if (!fold) return {0, int32_t(b)};
   const int64_t outer = b / p.lead_size[1];
   return {int32_t((b - outer * p.lead_size[1]) * rows.lead[1]), int32_t(outer)};
 }
@@ -104,8 +107,9 @@ __global__ void __launch_bounds__(kTmaThreads, 1)
   if (wg == 0) {
     rt::setmaxnreg_dec<kProducerRegisters>();
     if (threadIdx.x == 0) {
-      const TmaCoord cq = tma_coord(p, p.q_rows, b), ck = tma_coord(p, p.k_rows, b),
-                     cv = tma_coord(p, p.v_rows, b);
+      const TmaCoord cq = tma_coord(p, p.q_rows, maps.fold_q, b),
+                     ck = tma_coord(p, p.k_rows, maps.fold_k, b),
+                     cv = tma_coord(p, p.v_rows, maps.fold_v, b);
       rt::mbarrier_arrive_expect_tx(q_full, kTileBytes);
       tma_tile<D>(sQ, &maps.q, cq, i0, q_full);
       // K of tile t waits for the consumers' S of tile t - S, V for their P V of tile t - S.
@@ -203,37 +207,47 @@ __global__ void __launch_bounds__(kTmaThreads, 1)
 }
 
 // The tensor map of one operand for the kernel's 128-row, 64-column boxes: a 3D tensor
-// [batch][len][row elements] with the operand's row stride and batch stride, where an inner batch
-// dim (heads of a [B, T, H, d] view, or of a packed QKV projection) is folded into the row. Rows
-// past `len` and columns past the row are zero-filled by the copy; columns past d within a row
-// (another head, or padding) are read but never used beyond the key tail's zero probability.
+// [batch][len][row elements] with the operand's row stride and one batch stride. Two batch dims
+// (the kernels' leading dims, which merge only where every operand allows) become one for this
+// operand when its own strides merge ([B, H, T, d] contiguous), or else the inner one is folded
+// into the row when its stride times its size fits there (the heads of a [B, T, H, d] view or of a
+// packed QKV projection, or a stride-0 broadcast over heads), with x0 = head * stride. Rows past
+// `len` and columns past the row are zero-filled by the copy; columns past d within a row (another
+// head, or padding) are never read. `fold` says which way batch indices map.
 rt::TensorMap tma_operand_map(const Params& p, DType dtype, const void* data, const Rows& rows,
-                              int64_t len, int64_t d, const char* name) {
+                              int64_t len, int64_t d, const char* name, bool& fold) {
   const int64_t es = int64_t(element_size(dtype));
-  LATHE_CHECK(p.lead <= 2,
-              "flash attention: forward variant 4 (TMA) reads each operand as [batch][rows][row] "
-              "with at most one batch dim folded into the row; ",
-              name, " has ", p.lead, " leading dims that do not merge");
-  int64_t outer = 1, outer_stride = rows.row * len;
-  if (p.lead >= 1) {
-    outer = p.lead_size[0];
-    outer_stride = rows.lead[0];
+  LATHE_CHECK(p.lead <= 2, "flash attention: forward variant 4 (TMA) reads each operand as ",
+              "[batch][rows][row]; ", name, " has ", p.lead, " leading dims that do not merge");
+  const int64_t rows_len = len > 0 ? len : 1;
+  int64_t batches = 1, batch_stride = rows.row * rows_len;
+  fold = false;
+  if (p.lead == 1) {
+    batches = p.lead_size[0];
+    batch_stride = rows.lead[0];
+  } else if (p.lead == 2) {
+    if (rows.lead[0] == rows.lead[1] * p.lead_size[1]) {
+      batches = p.lead_size[0] * p.lead_size[1];
+      batch_stride = rows.lead[1];
+    } else {
+      LATHE_CHECK(rows.lead[1] >= 0 && (p.lead_size[1] - 1) * rows.lead[1] + d <= rows.row,
+                  "flash attention: forward variant 4 (TMA) folds ", name,
+                  "'s inner batch dim into its rows, which needs (", p.lead_size[1], " - 1) * ",
+                  rows.lead[1], " + ", d, " <= its row stride ", rows.row);
+      fold = true;
+      batches = p.lead_size[0];
+      batch_stride = rows.lead[0];
+    }
   }
-  if (p.lead == 2) {
-    LATHE_CHECK(rows.lead[1] >= 0 && (p.lead_size[1] - 1) * rows.lead[1] + d <= rows.row,
-                "flash attention: forward variant 4 (TMA) folds ", name,
-                "'s inner batch dim into its rows, which needs (", p.lead_size[1], " - 1) * ",
-                rows.lead[1], " + ", d, " <= its row stride ", rows.row);
-  }
-  LATHE_CHECK(outer == 1 || outer_stride >= rows.row * len,
+  LATHE_CHECK(batches == 1 || batch_stride >= rows.row * rows_len,
               "flash attention: forward variant 4 (TMA) needs ", name, "'s batch stride (",
-              outer_stride, " elements) to cover its ", len, " rows of ", rows.row,
+              batch_stride, " elements) to cover its ", len, " rows of ", rows.row,
               " (a broadcast or overlapping batch dim has no tensor map)");
-  return rt::make_tensor_map_3d(
-      dtype, data, {uint64_t(rows.row), uint64_t(len > 0 ? len : 1), uint64_t(outer)},
-      {uint64_t(rows.row * es),
-       uint64_t((outer == 1 ? rows.row * (len > 0 ? len : 1) : outer_stride) * es)},
-      {64, uint32_t(kTmaBlockN), 1}, rt::TensorMapSwizzle::B128);
+  if (batches == 1) batch_stride = rows.row * rows_len;
+  return rt::make_tensor_map_3d(dtype, data,
+                                {uint64_t(rows.row), uint64_t(rows_len), uint64_t(batches)},
+                                {uint64_t(rows.row * es), uint64_t(batch_stride * es)},
+                                {64, uint32_t(kTmaBlockN), 1}, rt::TensorMapSwizzle::B128);
 }
 
 }  // namespace
@@ -244,9 +258,9 @@ void launch_forward_tma(const Params& p, int64_t batch, int64_t q_len) {
   constexpr size_t smem = tma_forward_smem<D, T>();
   constexpr DType dtype = std::is_same_v<T, __half> ? DType::F16 : DType::BF16;
   TmaMaps maps;
-  maps.q = tma_operand_map(p, dtype, p.q, p.q_rows, p.tq, D, "q");
-  maps.k = tma_operand_map(p, dtype, p.k, p.k_rows, p.tk, D, "k");
-  maps.v = tma_operand_map(p, dtype, p.v, p.v_rows, p.tk, D, "v");
+  maps.q = tma_operand_map(p, dtype, p.q, p.q_rows, p.tq, D, "q", maps.fold_q);
+  maps.k = tma_operand_map(p, dtype, p.k, p.k_rows, p.tk, D, "k", maps.fold_k);
+  maps.v = tma_operand_map(p, dtype, p.v, p.v_rows, p.tk, D, "v", maps.fold_v);
   auto kernel = p.dropout ? forward_tma_kernel<T, D, true> : forward_tma_kernel<T, D, false>;
   allow_shared(kernel, smem, "flash attention");
 #ifdef __CUDACC__

@@ -798,6 +798,31 @@ TEST_CASE("flash attention: forward variants 2, 3 and 4 read strided operands, s
   }
 }
 
+TEST_CASE("flash attention: forward variants 2, 3 and 4 read k and v broadcast over heads",
+          "[cuda][attention]") {
+  // Grouped-query style sharing: k and v of head 0 seen by every head through a stride-0 view.
+  // Variant 4's tensor maps fold the head dim into the row with stride 0 (q's heads merge with
+  // its batch instead); a broadcast over the whole batch has no tensor map and is an error there.
+  Case c;
+  c.B = 2;
+  c.H = 3;
+  c.tq = c.tk = 140;
+  c.d = GENERATE(64, 128);
+  c.dtype = c.d == 64 ? DType::BF16 : DType::F16;
+  c.causal = true;
+  INFO(describe(c));
+  Inputs in = make_inputs(c, 3100 + uint64_t(c.d));
+  in.k = in.k.narrow(1, 0, 1).expand({c.B, c.H, c.tk, c.d});
+  in.v = in.v.narrow(1, 0, 1).expand({c.B, c.H, c.tk, c.d});
+  REQUIRE(in.k.strides()[1] == 0);
+  check_wgmma_forward(c, in);
+  Inputs shared = in;
+  shared.k = in.k.narrow(0, 0, 1).narrow(1, 0, 1).expand({c.B, c.H, c.tk, c.d});
+  shared.v = in.v.narrow(0, 0, 1).narrow(1, 0, 1).expand({c.B, c.H, c.tk, c.d});
+  const VariantGuard variant({4, 0});
+  CHECK_THROWS_WITH(run_forward(c, shared), Catch::Contains("has no tensor map"));
+}
+
 TEST_CASE("flash attention: forward variants 2, 3 and 4 refuse what they do not support",
           "[cuda][attention]") {
   // Head dims other than 64 and 128 are not in the wgmma kernels (wgmma's N, the swizzled rows).
