@@ -32,8 +32,8 @@ namespace {
 using rows::acc_t;
 
 // The GELU functors of unary.cu (gelu.cuh), in the compute type C.
-template <bool kTanh>
-using Gelu = gelu_ops::Forward<kTanh>;
+template <bool kTanh, class T>
+using Gelu = gelu_ops::Forward<kTanh, T>;
 template <bool kTanh, class T>
 using GeluGrad = gelu_ops::Backward<kTanh, T>;
 
@@ -115,12 +115,12 @@ void forward_typed(const BiasGeluArgs& a) {
   dim3 grid, threads;
   if (vec) {
     forward_launch_shape(a.rows, a.cols / V, grid, threads);
-    rt::launch(bias_gelu_forward_kernel<T, V, Gelu<kTanh>>, grid, threads, 0, stream(),
-               "bias_gelu_forward", x, b, y, a.rows, a.cols, Gelu<kTanh>{});
+    rt::launch(bias_gelu_forward_kernel<T, V, Gelu<kTanh, T>>, grid, threads, 0, stream(),
+               "bias_gelu_forward", x, b, y, a.rows, a.cols, Gelu<kTanh, T>{});
   } else {
     forward_launch_shape(a.rows, a.cols, grid, threads);
-    rt::launch(bias_gelu_forward_kernel<T, 1, Gelu<kTanh>>, grid, threads, 0, stream(),
-               "bias_gelu_forward", x, b, y, a.rows, a.cols, Gelu<kTanh>{});
+    rt::launch(bias_gelu_forward_kernel<T, 1, Gelu<kTanh, T>>, grid, threads, 0, stream(),
+               "bias_gelu_forward", x, b, y, a.rows, a.cols, Gelu<kTanh, T>{});
   }
 }
 

@@ -13,6 +13,12 @@
 // to an absolute ~1e-7 (|x| / 2 times a few ulp of 1), not relatively. The simulated build keeps
 // the polynomial, so that it reproduces the cpu kernels' bits; a GPU's results differ from them
 // by a few ulp, or that absolute error in the tail (the tests compare with tolerances).
+//
+// The erf forward of f16/bf16 storage takes neither: kernels::gelu_erf_for_half (poly_math.h),
+// about 16 instructions per element against erff's 25, relative error below 1e-5 (the tail
+// included) where the stored result rounds by 4.9e-4 (f16) or 3.9e-3 (bf16). Both builds run it
+// (the simulator with 1 / u and exp2f for the GPU's rcp.approx and ex2.approx), so their f16/bf16
+// GELU no longer equals the cpu's bits: the cpu's f32 value, rounded, may sit one storage ulp away.
 #pragma once
 
 #include <type_traits>
@@ -52,10 +58,15 @@ LATHE_DEVICE_INLINE float gauss_f32(float v) {
 
 // ---- forward: C operator()(C x) ----
 
+// kHalf: the caller stores f16/bf16: x·Φ(x) by the short approximation of
+// kernels/poly_math.h (gelu_erf_for_half, relative error below 1e-5), in the simulated build too.
+template <bool kHalf = false>
 struct ErfF {
   template <class C>
   LATHE_DEVICE_INLINE C operator()(C x) const {
-    if constexpr (std::is_same_v<C, float>) {
+    if constexpr (kHalf && std::is_same_v<C, float>) {
+      return ::lathe::kernels::gelu_erf_for_half(x);
+    } else if constexpr (std::is_same_v<C, float>) {
       return x * normal_cdf_f32(x);
     } else {
       return C(0.5) * x * (C(1) + dmath::erf(x * C(kInvSqrt2)));
@@ -98,8 +109,8 @@ struct TanhB {
 };
 
 // The forward / backward functor of one form, for storage type T.
-template <bool kTanh>
-using Forward = std::conditional_t<kTanh, TanhF, ErfF>;
+template <bool kTanh, class T>
+using Forward = std::conditional_t<kTanh, TanhF, ErfF<sizeof(T) == 2>>;
 template <bool kTanh, class T>
 using Backward = std::conditional_t<kTanh, TanhB, ErfB<sizeof(T) == 2>>;
 

@@ -20,7 +20,9 @@
 //    read once. Other rows run the dx kernel and then a separate chunk-sum kernel that reads x and
 //    dy again (a block of 32 x 8 threads per chunk and 32 column packs, the 8 thread rows combined
 //    in a fixed order through shared memory).
+#include <cstring>
 #include <limits>
+#include <type_traits>
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cuda_kernels.h"
@@ -159,9 +161,9 @@ __global__ void layer_norm_grad_x_kernel(const T* x, const T* w, const acc_t<T>*
 //
 // For rows of whole, aligned packs that a warp (or fewer lanes) holds in registers: each block
 // owns a chunk of consecutive rows, its groups take the chunk's rows in turn, and each thread,
-// which sees the same columns in every row, adds dy * xhat and dy of its columns into registers
-// while computing dx. At the end the block's groups combine their sums in group order through
-// shared memory into the chunk's partial row. The unfused backward read x and dy a second time
+// which sees the same columns in every row, adds dy * xhat and dy of its columns into its own
+// shared-memory slots while computing dx. At the end the block's groups' slots are added in group
+// order into the chunk's partial row. The unfused backward read x and dy a second time
 // for the parameter gradients: 5 tensors of traffic where this reads x and dy and writes dx once
 // (3), plus partial rows that stay in L2.
 
@@ -177,16 +179,67 @@ int64_t fused_chunks(int64_t n_rows) {
   return c < 1 ? 1 : (c > kFusedMaxChunks ? kFusedMaxChunks : c);
 }
 
+// The chunk's running dweight / dbias sums live in shared memory, not in registers: a thread
+// holding N packs of f32 sums for each had 2 * N * 8 registers of them live across the whole row
+// loop (bf16, 3 packs: 148 registers, 105 with the sums here; scripts/sass.sh), and the occupancy
+// that cost. Each row adds into them with one 16-byte read and write per 4 sums (that row loop: 919
+// instructions before, 934 now). Each thread owns a run of quads (4 floats, 16 bytes) laid out
+// [pack][quad of the pack][dweight, dbias], so every access is one base register plus a constant
+// (a layout [pack][quad][lane] needs an address register per quad: 118 registers). The run is an
+// odd number of quads long (one of padding), so the 8 threads of a quarter warp, whose 16-byte
+// accesses are served together, hit 8 different groups of 4 banks. Each slot is a thread's own
+// and adds the group's rows in order, as the registers did: the same sums in the same order. (The
+// GPU's SASS keeps its FMUL / FFMA mix. In the simulated build g++ contracts a * b + c into FMAs
+// by its own heuristics, and there dx moved by an ulp here and there against the register
+// version; with contraction off the two agree bit for bit.)
+template <class T, int N>
+struct FusedSlots {
+  static constexpr int kQuads = rows::kPack<T> / 4;         // quads per 16-byte pack of T
+  static constexpr int kStride = (2 * N * kQuads + 1) * 4;  // floats per thread
+  // The first float of quad h of pack S of sum `which` (0: dweight, 1: dbias) in a thread's run.
+  static constexpr int offset(int S, int h, int which) {
+    return ((S * kQuads + h) * 2 + which) * 4;
+  }
+  // Column j's slot of sum `which` in the run of lane 0 of a group of `lanes` lanes that holds
+  // uniform rows (lane t has packs t, t + lanes, ...).
+  static LATHE_DEVICE_INLINE int64_t of_column(int64_t j, int lanes, int which) {
+    const int64_t p = j / rows::kPack<T>;
+    const int in_pack = int(j % rows::kPack<T>);
+    return int64_t(p % lanes) * kStride + offset(int(p / lanes), in_pack / 4, which) + in_pack % 4;
+  }
+};
+
+// 4 floats at a 16-byte aligned shared address, as one access on the GPU.
+LATHE_DEVICE_INLINE rows::Vec<float, 4> load_quad(const float* p) {
+  rows::Vec<float, 4> q;
+#ifdef __CUDACC__
+  q = *reinterpret_cast<const rows::Vec<float, 4>*>(p);
+#else
+  std::memcpy(static_cast<void*>(&q), p, sizeof q);
+#endif
+  return q;
+}
+LATHE_DEVICE_INLINE void store_quad(float* p, const rows::Vec<float, 4>& q) {
+#ifdef __CUDACC__
+  *reinterpret_cast<rows::Vec<float, 4>*>(p) = q;
+#else
+  std::memcpy(static_cast<void*>(p), &q, sizeof q);
+#endif
+}
+
 // Block shape (lanes, 128 / lanes) as row_launch's lanes-per-row shape; dynamic shared memory
-// holds blockDim.y * cols sums. Every row is `cols / V` whole packs (checked by the launcher).
+// holds every thread's run of sums (fused_shared_bytes). Every row is `cols / V` whole
+// packs (checked by the launcher).
 template <class T, int N>
 __global__ void layer_norm_backward_fused_kernel(const T* x, const T* w, const acc_t<T>* mean,
                                                  const acc_t<T>* rstd, const T* gy, T* gx,
                                                  int64_t n_rows, int64_t cols, int64_t chunks,
                                                  acc_t<T>* partial_w, acc_t<T>* partial_b) {
   using C = acc_t<T>;
+  static_assert(std::is_same_v<C, float>, "f64 rows are never cached");
+  using Slots = FusedSlots<T, N>;
   constexpr int V = rows::kPack<T>;
-  LATHE_DYNAMIC_SHARED(C, sums);  // [blockDim.y][cols]
+  LATHE_DYNAMIC_SHARED(C, sums);  // the threads' runs of FusedSlots, thread after thread
   const int64_t chunk = blockIdx.x;
   const int64_t begin = n_rows * chunk / chunks, end = n_rows * (chunk + 1) / chunks;
   const int per_warp = 32 / int(blockDim.x);
@@ -196,12 +249,9 @@ __global__ void layer_norm_backward_fused_kernel(const T* x, const T* w, const a
   whole.head = 0;
   whole.packs = cols / V;
   whole.cols = cols;
-  C acc_w[N][V], acc_b[N][V];
+  C* const run = sums + (int64_t(threadIdx.y) * blockDim.x + threadIdx.x) * Slots::kStride;
 #pragma unroll
-  for (int S = 0; S < N; ++S) {
-#pragma unroll
-    for (int k = 0; k < V; ++k) acc_w[S][k] = acc_b[S][k] = C(0);
-  }
+  for (int q = 0; q < Slots::kStride / 4; ++q) store_quad(run + 4 * q, rows::Vec<float, 4>{});
   for (int64_t r = g.first; g.runs(r, end); r += g.step) {
     const bool active = r < end;
     const rows::RowCut cut = active ? whole : rows::RowCut{};
@@ -226,8 +276,19 @@ __global__ void layer_norm_backward_fused_kernel(const T* x, const T* w, const a
         const C gv = w ? dy[S][k] * wv[k] : dy[S][k];
         part.a += gv;
         part.b += gv * xhat[S][k];
-        acc_w[S][k] += dy[S][k] * xhat[S][k];
-        acc_b[S][k] += dy[S][k];
+      }
+#pragma unroll
+      for (int h = 0; h < Slots::kQuads; ++h) {
+        float* const pw = run + Slots::offset(S, h, 0);
+        float* const pb = run + Slots::offset(S, h, 1);
+        rows::Vec<float, 4> qw = load_quad(pw), qb = load_quad(pb);
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          qw.v[e] += dy[S][4 * h + e] * xhat[S][4 * h + e];
+          qb.v[e] += dy[S][4 * h + e];
+        }
+        store_quad(pw, qw);
+        store_quad(pb, qb);
       }
     });
     const SumPair<C> total = rows::lanes_allreduce(part, AddPair{}, int(blockDim.x));
@@ -245,22 +306,25 @@ __global__ void layer_norm_backward_fused_kernel(const T* x, const T* w, const a
     });
   }
   // The chunk's partial rows: the groups' sums added in group order.
-  auto combine = [&](C(&acc)[N][V], C* partial) {
-    rows::for_row_cached<T, N>(whole, g.t, g.nt, [&]<int S>(int64_t j) {
-#pragma unroll
-      for (int k = 0; k < V; ++k) sums[int64_t(threadIdx.y) * cols + j + k] = acc[S][k];
-    });
-    __syncthreads();
-    const int threads = int(blockDim.x * blockDim.y);
-    for (int64_t j = int64_t(threadIdx.y) * blockDim.x + threadIdx.x; j < cols; j += threads) {
-      C total = sums[j];
-      for (int y = 1; y < int(blockDim.y); ++y) total += sums[int64_t(y) * cols + j];
-      partial[chunk * cols + j] = total;
+  __syncthreads();
+  const int threads = int(blockDim.x * blockDim.y);
+  const int64_t group_floats = int64_t(blockDim.x) * Slots::kStride;
+  for (int64_t j = int64_t(threadIdx.y) * blockDim.x + threadIdx.x; j < cols; j += threads) {
+    const int64_t slot_w = Slots::of_column(j, g.nt, 0), slot_b = Slots::of_column(j, g.nt, 1);
+    C tw = sums[slot_w], tb = sums[slot_b];
+    for (int y = 1; y < int(blockDim.y); ++y) {
+      tw += sums[y * group_floats + slot_w];
+      tb += sums[y * group_floats + slot_b];
     }
-    __syncthreads();
-  };
-  if (partial_w) combine(acc_w, partial_w);
-  if (partial_b) combine(acc_b, partial_b);
+    if (partial_w) partial_w[chunk * cols + j] = tw;
+    if (partial_b) partial_b[chunk * cols + j] = tb;
+  }
+}
+
+// Dynamic shared memory of layer_norm_backward_fused_kernel<T, N>: the runs of the 128 threads.
+template <class T, int N>
+constexpr size_t fused_shared_bytes() {
+  return size_t(rows::kRowGroupBlockThreads) * FusedSlots<T, N>::kStride * sizeof(float);
 }
 
 // ---- dweight / dbias ----
@@ -399,14 +463,15 @@ bool try_fused_backward(const LayerNormBackwardArgs& a) {
     return false;
   }
   const rows::RowLaunch l = rows::row_launch(a.rows, a.cols, sizeof(T));
+  if (l.block) return false;
   const int64_t groups = rows::kRowGroupBlockThreads / l.group;
-  const size_t smem = size_t(groups * a.cols) * sizeof(C);
-  if (l.block || smem > 48 * 1024) return false;
   return rows::dispatch_row_cache<T>(a.cols, l.group, true, [&]<int N>() {
-    // Four sets of N packs live in registers (dy, xhat and the two sums): N = 8 would spill.
+    // Two sets of N packs live in registers (dy and xhat): N = 8 would spill.
     if constexpr (N == 0 || N > kFusedMaxPacks) {
       return false;
     } else {
+      constexpr size_t smem = fused_shared_bytes<T, N>();  // at most 34 KiB (bf16, N = 4)
+      static_assert(smem <= 48 * 1024, "dynamic shared memory beyond the default limit");
       const int64_t chunks = fused_chunks(a.rows);
       DeviceScratch partial(size_t(2 * chunks * a.cols) * sizeof(C));
       C* pw = a.grad_weight ? partial.as<C>() : nullptr;

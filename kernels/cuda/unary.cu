@@ -86,7 +86,8 @@ struct ReluF {
   }
 };
 // GELU (both forms): gelu.cuh, shared with bias_gelu.cu.
-using GeluF = gelu_ops::ErfF;
+template <class T>
+using GeluF = gelu_ops::Forward<false, T>;
 using GeluTanhF = gelu_ops::TanhF;
 // Bounds in the compute type; for integers they were clamped into range on the host.
 template <class C>
@@ -148,7 +149,7 @@ void unary_float(UnaryOp op, const View& in, const View& out, double alpha, doub
     case UnaryOp::Relu:
       return map1<T>(in, out, ReluF{});
     case UnaryOp::Gelu:
-      return map1<T>(in, out, GeluF{});
+      return map1<T>(in, out, GeluF<T>{});
     case UnaryOp::GeluTanh:
       return map1<T>(in, out, GeluTanhF{});
     case UnaryOp::Clamp:
