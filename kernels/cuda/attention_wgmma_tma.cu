@@ -53,11 +53,13 @@ struct TmaMaps {
 struct TmaCoord {
   int32_t x0, z;
 };
+#if LATHE_FLASH_WGMMA  // device code only where the kernel has a body
 LATHE_DEVICE_INLINE TmaCoord tma_coord(const Params& p, const Rows& rows, bool fold, int64_t b) {
   if (!fold) return {0, int32_t(b)};
   const int64_t outer = b / p.lead_size[1];
   return {int32_t((b - outer * p.lead_size[1]) * rows.lead[1]), int32_t(outer)};
 }
+#endif
 
 // Rows [y, y + 128) of an operand's batch c into the swizzled tile at dst (one box per 64 columns),
 // completing on bar.
