@@ -40,17 +40,9 @@ LATHE_DEVICE_INLINE float normal_cdf_f32(float v) {
   return dmath::normal_cdf(v);
 #endif
 }
-// kHalf: the caller stores f16/bf16, and on a GPU the exponential goes through one ex2.approx
-// (dmath::exp_for, math.cuh): about 2 instructions instead of expf's 10, with an error far below
-// the result's rounding.
-template <bool kHalf = false>
 LATHE_DEVICE_INLINE float gauss_f32(float v) {
 #ifdef __CUDA_ARCH__
-  if constexpr (kHalf) {
-    return dmath::exp_for<__nv_bfloat16>(-0.5f * v * v);
-  } else {
-    return expf(-0.5f * v * v);
-  }
+  return expf(-0.5f * v * v);
 #else
   return dmath::exp_poly(-0.5f * v * v);
 #endif
@@ -83,13 +75,16 @@ struct TanhF {
 
 // ---- backward: C operator()(C v, C d) = d * gelu'(v) ----
 
-// kHalf: results stored as f16/bf16 (gauss_f32).
+// kHalf: results stored as f16/bf16: gelu'(v) by the short approximation of kernels/poly_math.h
+// (gelu_erf_grad_for_half, error below 1e-5 of |Φ| + |v φ|), in the simulated build too.
 template <bool kHalf = false>
 struct ErfB {
   template <class C>
   LATHE_DEVICE_INLINE C operator()(C v, C d) const {
-    if constexpr (std::is_same_v<C, float>) {
-      const float pdf = float(kInvSqrt2Pi) * gauss_f32<kHalf>(v);
+    if constexpr (kHalf && std::is_same_v<C, float>) {
+      return d * ::lathe::kernels::gelu_erf_grad_for_half(v);
+    } else if constexpr (std::is_same_v<C, float>) {
+      const float pdf = float(kInvSqrt2Pi) * gauss_f32(v);
       return d * (normal_cdf_f32(v) + v * pdf);
     } else {
       C cdf = C(0.5) * (C(1) + dmath::erf(v * C(kInvSqrt2)));

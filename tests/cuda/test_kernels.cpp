@@ -390,6 +390,43 @@ TEST_CASE("cuda kernels: the f16/bf16 GELU approximation is within 1e-5 of x * P
   }
 }
 
+TEST_CASE("cuda kernels: the f16/bf16 GELU derivative approximation is within 1e-5",
+          "[cuda][kernels][gelu]") {
+  // kernels::gelu_erf_grad_for_half = Phi(x) + x phi(x) (the f16/bf16 GELU backward) against erfc
+  // and exp in f64 over the forward's inputs. The two terms have opposite signs below 0 and the
+  // derivative crosses zero near x = -0.75, so the error is measured against |Phi| + |x phi| (the
+  // size of what is summed), relative where that is at least 2^-100 (below, near x = -13, phi is
+  // an f32 subnormal and the terms lose bits; no f16/bf16 gradient is that small).
+  double max_rel = 0, at = 0, max_abs = 0;
+  auto add = [&](float x) {
+    const double xd = x, cdf = 0.5 * std::erfc(-xd / std::sqrt(2.0));
+    const double xpdf = xd * std::exp(-0.5 * xd * xd) / std::sqrt(2.0 * M_PI);
+    const double err = std::fabs(double(kernels::gelu_erf_grad_for_half(x)) - (cdf + xpdf));
+    const double scale = std::fabs(cdf) + std::fabs(xpdf);
+    if (scale >= std::ldexp(1.0, -100)) {
+      if (err / scale > max_rel) max_rel = err / scale, at = x;
+    } else {
+      max_abs = std::max(max_abs, err);
+    }
+  };
+  for (uint32_t sign : {0u, 0x80000000u}) {
+    for (uint32_t bits = 0; bits <= 0x41a00000u; bits += 61) add(float_from_bits(bits | sign));
+  }
+  for (uint32_t h = 0; h < 0x10000u; ++h) {
+    const float bf16 = float_from_bits(h << 16);
+    if (std::isfinite(bf16)) add(bf16);
+  }
+  INFO("max relative error " << max_rel << " at x = " << at << ", max absolute error " << max_abs
+                             << " (below 2^-100)");
+  CHECK(max_rel <= 1e-5);
+  CHECK(max_abs <= std::ldexp(1.0, -105));
+  // The derivative's landmarks: 0.5 at 0, 1 far right, 0 far left; NaN stays NaN.
+  CHECK(kernels::gelu_erf_grad_for_half(0.0f) == Approx(0.5).epsilon(1e-5));
+  CHECK(kernels::gelu_erf_grad_for_half(20.0f) == 1.0f);
+  CHECK(kernels::gelu_erf_grad_for_half(-20.0f) == 0.0f);
+  CHECK(std::isnan(kernels::gelu_erf_grad_for_half(std::nanf(""))));
+}
+
 // ---------------------------------------------------------------------------------------- binary
 
 TEST_CASE("cuda kernels: binary ops with broadcasting match the cpu", "[cuda][kernels]") {
