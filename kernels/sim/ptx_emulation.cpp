@@ -8,6 +8,7 @@
 //   {0,1}][lane/4]
 // where {0,1} are the low and high 16 bits of the register.
 #include "kernels/sim/ptx_emulation.h"
+#include "kernels/sim/sim_tsan.h"
 
 #include <mutex>
 #include <sstream>
@@ -218,6 +219,9 @@ void tma_load(const void* tensor_map, void* dst, void* bar, int rank, const int3
               ": the ", bytes, "-byte box at ", dst, " is not all shared memory");
   int64_t at[3] = {coords[0], coords[1], rank == 3 ? coords[2] : 0};
   auto* out = static_cast<unsigned char*>(dst);
+  // The copy's closure is allocated here and run and freed on whichever simulated thread first
+  // waits on the barrier (sim_tsan.h); TSan does not see the copy itself either.
+  const BookkeepingGuard bookkeeping;
   mbarrier_async_copy(
       bar, uint32_t(bytes),
       [f, out, at0 = at[0], at1 = at[1], at2 = at[2]] {

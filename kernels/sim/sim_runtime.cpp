@@ -28,14 +28,7 @@
 
 // LATHE_SIM_TSAN: this file is compiled without -fsanitize=thread, but the annotations must reach
 // the TSan runtime the rest of the program uses.
-#if defined(__SANITIZE_THREAD__) || defined(LATHE_SIM_TSAN)
-#include <sanitizer/tsan_interface.h>
-#define LATHE_SIM_TSAN_RELEASE(addr) __tsan_release(addr)
-#define LATHE_SIM_TSAN_ACQUIRE(addr) __tsan_acquire(addr)
-#else
-#define LATHE_SIM_TSAN_RELEASE(addr) ((void)(addr))
-#define LATHE_SIM_TSAN_ACQUIRE(addr) ((void)(addr))
-#endif
+#include "kernels/sim/sim_tsan.h"
 
 // The CUDA built-in variables. thread_local because the scheduler rewrites them on every switch
 // and fibers never migrate between OS threads.
@@ -851,6 +844,7 @@ void mbarrier_init(void* bar, uint32_t count, const char* file, int line) {
               ": an mbarrier is an 8-byte aligned 64-bit object in shared memory — ", here());
   LATHE_CHECK(count >= 1 && count <= uint32_t(kMaxTxCount), mbarrier_where(bar, op, file, line),
               ": arrival count ", count, " is outside [1, 2^20 - 1] — ", here());
+  const BookkeepingGuard bookkeeping;
   auto it = b.mbarriers.find(reinterpret_cast<uintptr_t>(bar));
   if (it != b.mbarriers.end()) {
     LATHE_CHECK(it->second.copies.empty() && it->second.waiters.empty(),
@@ -867,6 +861,7 @@ void mbarrier_init(void* bar, uint32_t count, const char* file, int line) {
 
 void mbarrier_inval(void* bar, const char* file, int line) {
   const char* op = "mbarrier.inval.shared::cta.b64";
+  const BookkeepingGuard bookkeeping;
   MbarrierState& m = find_mbarrier(bar, op, file, line);
   bool waiting = false;
   for (const ThreadState* t : m.waiters) {
@@ -892,6 +887,7 @@ uint64_t mbarrier_arrive(void* bar, uint32_t expect_tx_bytes, const char* file, 
   const uint64_t token = m.phase;
   --m.pending;
   LATHE_SIM_TSAN_RELEASE(bar);
+  const BookkeepingGuard bookkeeping;
   wake_waiters(b, m, bar);
   complete_phase_if_done(b, m, bar, op, file, line);
   return token;
@@ -902,6 +898,7 @@ void mbarrier_expect_tx(void* bar, uint32_t bytes, const char* file, int line) {
   MbarrierState& m = find_mbarrier(bar, op, file, line);
   m.tx += bytes;
   check_tx(m, bar, op, file, line);
+  const BookkeepingGuard bookkeeping;
   wake_waiters(*g_block, m, bar);
 }
 
@@ -911,6 +908,7 @@ void mbarrier_async_copy(void* bar, uint32_t bytes, std::function<void()> perfor
   BlockState& b = *g_block;
   LATHE_CHECK(int64_t(bytes) <= kMaxTxCount, mbarrier_where(bar, what, file, line), ": ", bytes,
               " bytes exceed the transaction count range (2^20 - 1) — ", here());
+  const BookkeepingGuard bookkeeping;
   m.copies.push_back(PendingCopy{bytes, std::move(perform), what, file, line});
   wake_waiters(b, m, bar);
 }
@@ -922,7 +920,10 @@ bool mbarrier_try_wait_parity(void* bar, uint32_t parity, const char* file, int 
   ThreadState& t = *g_thread;
   LATHE_CHECK(parity <= 1, mbarrier_where(bar, op, file, line), ": phase parity ", parity,
               " is not 0 or 1 — ", here());
-  perform_copies(b, m, bar, op, file, line);
+  {
+    const BookkeepingGuard bookkeeping;
+    perform_copies(b, m, bar, op, file, line);
+  }
   if ((m.phase & 1) != parity) {
     LATHE_SIM_TSAN_ACQUIRE(bar);
     b.idle_poll_rounds = 0;
@@ -933,7 +934,10 @@ bool mbarrier_try_wait_parity(void* bar, uint32_t parity, const char* file, int 
   t.parity = parity;
   t.file = file;
   t.line = line;
-  m.waiters.push_back(&t);
+  {
+    const BookkeepingGuard bookkeeping;
+    m.waiters.push_back(&t);
+  }
   t.fiber.yield();
   return false;
 }
@@ -946,14 +950,20 @@ void mbarrier_wait_parity(void* bar, uint32_t parity, const char* file, int line
     ThreadState& t = *g_thread;
     LATHE_CHECK(parity <= 1, mbarrier_where(bar, op, file, line), ": phase parity ", parity,
                 " is not 0 or 1 — ", here());
-    perform_copies(b, m, bar, op, file, line);
+    {
+      const BookkeepingGuard bookkeeping;
+      perform_copies(b, m, bar, op, file, line);
+    }
     if ((m.phase & 1) != parity) break;
     t.state = State::Mbarrier;
     t.mbarrier = bar;
     t.parity = parity;
     t.file = file;
     t.line = line;
-    m.waiters.push_back(&t);
+    {
+      const BookkeepingGuard bookkeeping;
+      m.waiters.push_back(&t);
+    }
     t.fiber.yield();
   }
   LATHE_SIM_TSAN_ACQUIRE(bar);
