@@ -95,6 +95,28 @@ LATHE_POLY_INLINE float normal_cdf_f32(float v) {
   return v < 0 ? half_tail : 1.0f - half_tail;
 }
 
+// 1 / u and 2^y as one MUFU instruction each on a GPU (rcp.approx.ftz, 1 ulp; ex2.approx.ftz,
+// about 2^-22 relative, flushing below 2^-126); a division and exp2f in the simulated and
+// cpu-hosted builds (the pattern of dmath::exp_for).
+LATHE_POLY_INLINE float mufu_rcp(float u) {
+#if defined(__CUDA_ARCH__)
+  float r;
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(u));
+  return r;
+#else
+  return 1.0f / u;
+#endif
+}
+LATHE_POLY_INLINE float mufu_exp2(float y) {
+#if defined(__CUDA_ARCH__)
+  float e;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(e) : "f"(y));
+  return e;
+#else
+  return exp2f(y);
+#endif
+}
+
 // GELU (erf form) x·Φ(x) in f32 for results stored as f16 or bf16, whose rounding (half an ulp:
 // 4.9e-4 relative for f16, 3.9e-3 for bf16) hides any error far below it. The GPU's erff took
 // about 25 instructions per element (both of its branches, selects and an exponential), most of
@@ -127,12 +149,7 @@ LATHE_POLY_INLINE float normal_cdf_for_half(float x) {
   constexpr float kHalfLog2e = 0.72134752044448170f;
   const float a = x < 0 ? -x : x;
   const float u = fmaf(4 * kP, a, 4.0f);
-#if defined(__CUDA_ARCH__)
-  float t4;  // t / 4
-  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(t4) : "f"(u));
-#else
-  const float t4 = 1.0f / u;
-#endif
+  const float t4 = mufu_rcp(u);  // t / 4
   float p = kC6 * 4096.0f;
   p = fmaf(p, t4, kC5 * 1024.0f);
   p = fmaf(p, t4, kC4 * 256.0f);
@@ -140,13 +157,7 @@ LATHE_POLY_INLINE float normal_cdf_for_half(float x) {
   p = fmaf(p, t4, kC2 * 16.0f);
   p = fmaf(p, t4, kC1 * 4.0f);
   p = fmaf(p, t4, kC0 + 2.0f);
-  const float y = fmaf(x * -kHalfLog2e, x, p);
-#if defined(__CUDA_ARCH__)
-  float e;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(e) : "f"(y));
-#else
-  const float e = exp2f(y);
-#endif
+  const float e = mufu_exp2(fmaf(x * -kHalfLog2e, x, p));
   const float q = t4 * e;  // Q(|x|)
   return x < 0 ? q : 1.0f - q;
 }
@@ -167,13 +178,7 @@ LATHE_POLY_INLINE float gelu_erf_for_half(float x) {
 LATHE_POLY_INLINE float gelu_erf_grad_for_half(float x) {
   constexpr float kHalfLog2e = 0.72134752044448170f;
   constexpr float kInvSqrt2Pi = 0.39894228040143268f;
-  const float y = (x * -kHalfLog2e) * x;
-#if defined(__CUDA_ARCH__)
-  float e;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(e) : "f"(y));
-#else
-  const float e = exp2f(y);
-#endif
+  const float e = mufu_exp2((x * -kHalfLog2e) * x);
   return fmaf(x, kInvSqrt2Pi * e, normal_cdf_for_half(x));
 }
 

@@ -442,14 +442,7 @@ LATHE_DEVICE_INLINE void dkdv_block(const Params& p, int64_t k_tiles) {
   if (first < n_tiles) load_q_tile(first, 0);
   rt::cp_async_commit();
 
-  // grad_mask rows the causal skip leaves out are zero.
-  if (p.grad_mask != nullptr && first > 0) {
-    const int64_t rows = int64_t(first) * BQ < p.tq ? int64_t(first) * BQ : p.tq;
-    const int64_t cols = p.tk - j0 < kBlockN ? p.tk - j0 : kBlockN;
-    for (int64_t e = threadIdx.x; e < rows * cols; e += kThreads) {
-      p.grad_mask[(b * p.tq + e / cols) * p.tk + j0 + e % cols] = 0.0f;
-    }
-  }
+  zero_skipped_grad_mask(p, b, j0, int64_t(first) * BQ, kBlockN, kThreads);
 
   const int64_t key[2] = {j0 + 16 * warp + g, j0 + 16 * warp + g + 8};
   const int64_t mask_base = p.mask.data != nullptr ? p.mask.batch_offset(b) : 0;

@@ -266,14 +266,7 @@ void launch_forward_wgmma(const Params& p, int64_t batch, int64_t q_len, bool ov
                            : forward_wgmma_overlap_kernel<T, D, false>)
               : (p.dropout ? forward_wgmma_kernel<T, D, true> : forward_wgmma_kernel<T, D, false>);
   allow_shared(kernel, smem, "flash attention");
-#ifdef __CUDACC__
-  // A build without 90a in LATHE_CUDA_ARCHS would run the sm_80 stub, which traps.
-  cudaFuncAttributes attr{};
-  LATHE_CHECK(cudaFuncGetAttributes(&attr, kernel) == cudaSuccess && attr.binaryVersion == 90,
-              "flash attention: forward variants 2 and 3 need the kernel compiled for sm_90a "
-              "(LATHE_CUDA_ARCHS with 90a), found binary version ",
-              attr.binaryVersion);
-#endif
+  check_sm90a_binary(kernel, overlap ? "forward variant 3" : "forward variant 2");
   rt::launch(kernel, dim3(unsigned(q_tiles * batch)), dim3(kWgThreads), smem, stream(),
              overlap ? "flash_attention_forward_wgmma_overlap" : "flash_attention_forward_wgmma", p,
              q_tiles);

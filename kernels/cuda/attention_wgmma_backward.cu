@@ -132,14 +132,7 @@ __global__ void __launch_bounds__(kWgThreads) dkdv_wgmma_kernel(Params p, int64_
   if (first < n_tiles) load_q_tile(first, 0);
   rt::cp_async_commit();
 
-  // grad_mask rows the causal skip leaves out are zero.
-  if (p.grad_mask != nullptr && first > 0) {
-    const int64_t rows = int64_t(first) * BQ < p.tq ? int64_t(first) * BQ : p.tq;
-    const int64_t cols = p.tk - j0 < BN ? p.tk - j0 : BN;
-    for (int64_t e = threadIdx.x; e < rows * cols; e += kWgThreads) {
-      p.grad_mask[(b * p.tq + e / cols) * p.tk + j0 + e % cols] = 0.0f;
-    }
-  }
+  zero_skipped_grad_mask(p, b, j0, int64_t(first) * BQ, BN, kWgThreads);
 
   const int64_t wg_j0 = j0 + 64 * wg;  // this warpgroup's first key
   const int64_t key[2] = {wg_j0 + 16 * warp + g, wg_j0 + 16 * warp + g + 8};
@@ -489,20 +482,6 @@ __global__ void __launch_bounds__(kWgThreads) dq_wgmma_kernel(Params p, int64_t 
 #endif
 }
 
-template <class Kernel>
-void check_sm90a(Kernel kernel) {
-#ifdef __CUDACC__
-  // A build without 90a in LATHE_CUDA_ARCHS would run the sm_80 stub, which traps.
-  cudaFuncAttributes attr{};
-  LATHE_CHECK(cudaFuncGetAttributes(&attr, kernel) == cudaSuccess && attr.binaryVersion == 90,
-              "flash attention: backward variant 2 needs the kernels compiled for sm_90a "
-              "(LATHE_CUDA_ARCHS with 90a), found binary version ",
-              attr.binaryVersion);
-#else
-  (void)kernel;
-#endif
-}
-
 }  // namespace
 
 template <class T, int D>
@@ -513,7 +492,7 @@ void launch_backward_wgmma(const Params& p, int64_t batch, bool atomic_dq) {
     auto kernel = p.dropout ? dkdv_wgmma_kernel<T, D, true, kAtomicDq>
                             : dkdv_wgmma_kernel<T, D, false, kAtomicDq>;
     allow_shared(kernel, smem, "flash attention");
-    check_sm90a(kernel);
+    check_sm90a_binary(kernel, "backward variant 2");
     rt::launch(kernel, dim3(unsigned(k_tiles * batch)), dim3(kWgThreads), smem, stream(),
                kAtomicDq ? "flash_attention_backward_dkdv_wgmma_atomic_dq"
                          : "flash_attention_backward_dkdv_wgmma",
@@ -532,7 +511,7 @@ void launch_backward_wgmma(const Params& p, int64_t batch, bool atomic_dq) {
     constexpr size_t smem = wg_dq_smem<D, T>();
     auto kernel = p.dropout ? dq_wgmma_kernel<T, D, true> : dq_wgmma_kernel<T, D, false>;
     allow_shared(kernel, smem, "flash attention");
-    check_sm90a(kernel);
+    check_sm90a_binary(kernel, "backward variant 2");
     rt::launch(kernel, dim3(unsigned(q_tiles * batch)), dim3(kWgThreads), smem, stream(),
                "flash_attention_backward_dq_wgmma", p, q_tiles);
   }

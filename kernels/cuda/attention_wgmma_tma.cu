@@ -265,14 +265,7 @@ void launch_forward_tma(const Params& p, int64_t batch, int64_t q_len) {
   maps.v = tma_operand_map(p, dtype, p.v, p.v_rows, p.tk, D, "v", maps.fold_v);
   auto kernel = p.dropout ? forward_tma_kernel<T, D, true> : forward_tma_kernel<T, D, false>;
   allow_shared(kernel, smem, "flash attention");
-#ifdef __CUDACC__
-  // A build without 90a in LATHE_CUDA_ARCHS would run the sm_80 stub, which traps.
-  cudaFuncAttributes attr{};
-  LATHE_CHECK(cudaFuncGetAttributes(&attr, kernel) == cudaSuccess && attr.binaryVersion == 90,
-              "flash attention: forward variant 4 needs the kernel compiled for sm_90a "
-              "(LATHE_CUDA_ARCHS with 90a), found binary version ",
-              attr.binaryVersion);
-#endif
+  check_sm90a_binary(kernel, "forward variant 4");
   rt::launch(kernel, dim3(unsigned(q_tiles * batch)), dim3(kTmaThreads), smem, stream(),
              "flash_attention_forward_tma", p, q_tiles, maps);
 }

@@ -133,6 +133,18 @@ LATHE_DEVICE_INLINE void atomic_add_pair(float* p, float x, float y) {
 #endif
 }
 
+// grad_mask of the key tile [j0, j0 + keys) is zero in the first `rows` query rows, which the
+// dK/dV kernels' causal skip leaves out; the block's `threads` threads share the work.
+LATHE_DEVICE_INLINE void zero_skipped_grad_mask(const Params& p, int64_t b, int64_t j0,
+                                                int64_t rows, int64_t keys, int threads) {
+  if (p.grad_mask == nullptr || rows <= 0) return;
+  if (rows > p.tq) rows = p.tq;
+  const int64_t cols = p.tk - j0 < keys ? p.tk - j0 : keys;
+  for (int64_t e = threadIdx.x; e < rows * cols; e += threads) {
+    p.grad_mask[(b * p.tq + e / cols) * p.tk + j0 + e % cols] = 0.0f;
+  }
+}
+
 // The dropout factor of probability element n: keep_scale or 0.
 LATHE_DEVICE_INLINE float dropout_factor(const Params& p, uint64_t n) {
   const std::array<uint32_t, 4> w = philox::block(p.offset + n / 4, p.seed);

@@ -77,6 +77,23 @@ LATHE_DEVICE_INLINE T* align_1024(T* raw) {
   return reinterpret_cast<T*>((reinterpret_cast<uintptr_t>(raw) + 1023) & ~uintptr_t(1023));
 }
 
+// The wgmma kernels' sm_80 instantiations are trapping stubs: a build without 90a in
+// LATHE_CUDA_ARCHS would run one. Their launchers refuse that here, naming `what`.
+template <class Kernel>
+void check_sm90a_binary(Kernel kernel, const char* what) {
+#ifdef __CUDACC__
+  cudaFuncAttributes attr{};
+  LATHE_CHECK(cudaFuncGetAttributes(&attr, kernel) == cudaSuccess && attr.binaryVersion == 90,
+              "flash attention: ", what,
+              " needs its kernels compiled for sm_90a (LATHE_CUDA_ARCHS with 90a), found binary "
+              "version ",
+              attr.binaryVersion);
+#else
+  (void)kernel;
+  (void)what;
+#endif
+}
+
 // cp.async writes through the generic proxy, wgmma reads through the async proxy: each thread
 // fences its own copies, then the barrier publishes everyone's.
 LATHE_DEVICE_INLINE void publish_to_wgmma() {
