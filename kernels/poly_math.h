@@ -97,7 +97,8 @@ LATHE_POLY_INLINE float normal_cdf_f32(float v) {
 
 // 1 / u and 2^y as one MUFU instruction each on a GPU (rcp.approx.ftz, 1 ulp; ex2.approx.ftz,
 // about 2^-22 relative, flushing below 2^-126); a division and exp2f in the simulated and
-// cpu-hosted builds (the pattern of dmath::exp_for).
+// cpu-hosted builds. The one place these instructions are written: dmath::exp_for (math.cuh) and
+// the flash attention kernels' fast_exp2 call mufu_exp2 too.
 LATHE_POLY_INLINE float mufu_rcp(float u) {
 #if defined(__CUDA_ARCH__)
   float r;

@@ -15,6 +15,7 @@
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/ptx.cuh"
+#include "kernels/poly_math.h"  // mufu_exp2
 #include "lathe/core/random.h"
 
 namespace lathe::kernels::cuda::flash {
@@ -106,13 +107,7 @@ LATHE_DEVICE_INLINE float quad_sum(float x) {
 // 2^x: one ex2.approx instruction on the GPU (relative error ~2^-22, exp2(-inf) = 0, far below
 // what rounding P to 16 bits costs), libm's exp2f in the simulator.
 LATHE_DEVICE_INLINE float fast_exp2(float x) {
-#if defined(__CUDA_ARCH__)
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-#else
-  return exp2f(x);
-#endif
+  return ::lathe::kernels::mufu_exp2(x);
 }
 
 // Whether keys [j0, j0 + BN) need no masking for queries [i0, i0 + rows): no mask, all keys

@@ -65,14 +65,7 @@ LATHE_DEVICE_INLINE float normal_cdf(float v) {
 template <class T, class C>
 LATHE_DEVICE_INLINE C exp_for(C x) {
   if constexpr (sizeof(T) == 2 && std::is_same_v<C, float>) {
-    const float y = x * 1.4426950408889634f;
-#if defined(__CUDA_ARCH__)
-    float e;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(e) : "f"(y));
-    return e;
-#else
-    return ::exp2f(y);
-#endif
+    return ::lathe::kernels::mufu_exp2(x * 1.4426950408889634f);
   } else {
     return exp(x);
   }
