@@ -16,6 +16,8 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <string_view>
 
 #include "bench/bench_util.h"
 #include "core/tensor_internal.h"
@@ -147,7 +149,18 @@ class VariantScope {
   VariantScope& operator=(const VariantScope&) = delete;
 };
 
+// The sm_90a kernels (forward variants 2-4, backward variant 2) are not confirmed on hardware
+// yet: scripts/gpu-check.sh sets LATHE_BENCH_SKIP_SM90=1 for its main run and times them in
+// processes of their own, so that a kernel that hangs or traps costs only its own entries.
+bool skip_sm90(benchmark::State& state, int variant) {
+  const char* skip = std::getenv("LATHE_BENCH_SKIP_SM90");
+  if (variant < 2 || skip == nullptr || std::string_view(skip) != "1") return false;
+  state.SkipWithError("LATHE_BENCH_SKIP_SM90=1: sm_90a variants are timed separately");
+  return true;
+}
+
 void BM_CudaFlashAttentionForwardVariant(benchmark::State& state) {
+  if (skip_sm90(state, int(state.range(3)))) return;
   const Problem p(state.range(0), state.range(1), state.range(2) != 0);
   const VariantScope variant({int(state.range(3)), 0});
   try {
@@ -160,6 +173,7 @@ void BM_CudaFlashAttentionForwardVariant(benchmark::State& state) {
 }
 
 void BM_CudaFlashAttentionBackwardVariant(benchmark::State& state) {
+  if (skip_sm90(state, int(state.range(3)))) return;
   const Problem p(state.range(0), state.range(1), state.range(2) != 0);
   p.forward();
   const VariantScope variant({0, int(state.range(3))});

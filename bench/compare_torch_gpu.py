@@ -32,7 +32,9 @@ def load_lathe(path):
         runs = json.load(f)["benchmarks"]
     out = {}
     for b in runs:
-        if b.get("run_type") == "aggregate":
+        # Aggregates, and entries that skipped with an error (a variant the GPU lacks, or one
+        # gpu-check times in a process of its own and merges in under the same name).
+        if b.get("run_type") == "aggregate" or b.get("error_occurred"):
             continue
         unit = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0}[b["time_unit"]]
         # "BM_X/args/min_time:1.000/real_time" -> "BM_X/args"

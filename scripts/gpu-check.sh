@@ -10,18 +10,26 @@
 #   carry = ["build-gpu/gpu-carry.tar.gz"]   (~20 MiB: stripped binaries, liblathe, the bundle)
 #   command = "bash scripts/gpu-check.sh"   and a timeout of ~540 s.
 #
-# On the GPU it runs, each with a time limit so the whole fits one device call (< 8 min):
+# On the GPU it runs, each with a time limit so the whole fits one device call (< 9 min):
 #   1. nvidia-smi (card, driver);
-#   2. the core op suite on cuda:0 (every device-generic test body, LATHE_TEST_DEVICE=cuda);
-#   3. the cuda device's own tests (runtime, caching allocator, every kernel family vs the cpu);
-#   4. the PTX wrapper tests, including the self-check of mma/ldmatrix/cp.async/wgmma against known
-#      products — the confirmation that the simulator's emulation matches the hardware;
-#   5. lathe-bench's cuda entries (BM_Cuda*: every kernel in GB/s, GEMM through lathe and through
-#      cuBLAS directly, attention, the BERT training step and inference in f32 and bf16), as JSON;
-#   6. the BERT-base bf16 training step again under LATHE_PROFILE=1 (time per kernel family);
-#   7. bench/compare_torch_gpu.py: PyTorch eager / torch.compile / SDPA on the same shapes, and the
+#   2. the PTX wrapper tests, each test case in a process of its own (scripts/lib/each-test.sh),
+#      including the self-check of mma/ldmatrix/cp.async/wgmma/mbarrier/TMA against known products,
+#      which prints each line as it goes (LATHE_SELF_CHECK_ECHO) — the confirmation that the
+#      simulator's emulation matches the hardware;
+#   3. the sm_90a attention tests ([sm90]: forward variants 2-4, backward variant 2), each case in
+#      its own process too, a failed one again without variant 4 (LATHE_TEST_FORWARD_VARIANTS=2,3);
+#   4. the rest of the cuda device's own tests (runtime, caching allocator, every kernel family);
+#   5. lathe-bench's sm_90a attention entries, one process per variant, then its other cuda entries
+#      (BM_Cuda*: every kernel in GB/s, GEMM through lathe and through cuBLAS directly, attention,
+#      the BERT training step and inference in f32 and bf16), merged into one JSON;
+#   6. bench/compare_torch_gpu.py: PyTorch eager / torch.compile / SDPA on the same shapes, and the
 #      ratio and %-of-copy-bandwidth tables of docs/benchmarks.md (compare.md);
-#   8. scripts/gpu-profile.sh: Nsight Compute counters of a few kernels (ncu.txt), when ncu exists.
+#   7. the BERT-base bf16 training step again under LATHE_PROFILE=1 (time per kernel family);
+#   8. the core op suite on cuda:0 (every device-generic test body, LATHE_TEST_DEVICE=cuda);
+#   9. scripts/gpu-profile.sh: Nsight Compute counters of a few kernels (ncu.txt), when ncu exists.
+# The kernels not yet confirmed on hardware run first and in processes of their own: one that hangs
+# or traps then costs its own time limit and entries, not the run. The order is what a run cut
+# short should still answer: correctness and timing of the new kernels first.
 # Test binaries are run directly (not through ctest), because the carried build tree's ctest files
 # hold this machine's absolute paths; the source path compiled into the tests (golden files) is
 # linked to this checkout when it does not exist there. Results go to $OUT (or
@@ -115,28 +123,46 @@ fi
 rm -f "$OUT_DIR"/{gpu.txt,tests-cuda.log,core-cuda.log,bench.log,bench.json,profile.txt,compare.md,ncu.txt}
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader \
   >"$OUT_DIR/gpu.txt" 2>&1 || true
-step "ptx wrappers (mma...wgmma)" 60 tests-cuda.log "$BUILD/bin/lathe-tests-ptx" \
-  --use-colour no
+EACH="scripts/lib/each-test.sh"
+step "ptx wrappers (mma...TMA), each" 90 tests-cuda.log env LATHE_SELF_CHECK_ECHO=1 \
+  bash "$EACH" 40 "$BUILD/bin/lathe-tests-ptx" "*"
+step "sm_90a attention tests, each" 150 tests-cuda.log \
+  env LATHE_EACH_TEST_RETRY=LATHE_TEST_FORWARD_VARIANTS=2,3 \
+  bash "$EACH" 30 "$BUILD/bin/lathe-tests-cuda" "[sm90]"
 step "cuda runtime, allocator, kernels" 150 tests-cuda.log "$BUILD/bin/lathe-tests-cuda" \
-  --use-colour no
-step "core ops + BERT goldens on cuda:0" 180 core-cuda.log env LATHE_TEST_DEVICE=cuda \
-  "$BUILD/bin/lathe-tests-core" "~[cpu-only]" --use-colour no
-step "lathe-bench BM_Cuda*" "${LATHE_GPU_BENCH_LIMIT:-200}" bench.log "$BUILD/bin/lathe-bench" \
+  "~[sm90]" --use-colour no
+# The sm_90a variants one process each, into their own JSON files, merged into bench.json below.
+PARTS="$(mktemp -d)"
+for part in ForwardVariant:2 ForwardVariant:3 ForwardVariant:4 BackwardVariant:2; do
+  step "lathe-bench flash ${part/:/ variant }" 45 bench.log "$BUILD/bin/lathe-bench" \
+    --benchmark_filter="^BM_CudaFlashAttention${part%:*}/.*/variant:${part#*:}/" \
+    --benchmark_min_time=0.05 --benchmark_out="$PARTS/${part/:/-}.json" \
+    --benchmark_out_format=json
+done
+step "lathe-bench BM_Cuda*" "${LATHE_GPU_BENCH_LIMIT:-200}" bench.log \
+  env LATHE_BENCH_SKIP_SM90=1 "$BUILD/bin/lathe-bench" \
   --benchmark_filter="${LATHE_GPU_BENCH_FILTER:-BM_Cuda}" --benchmark_min_time=0.05 \
   --benchmark_out="$OUT_DIR/bench.json" --benchmark_out_format=json
-# Where the headline step's time goes (kernels/kernel_profile.h): per kernel family, synchronized.
-step "LATHE_PROFILE BERT-base bf16 step" 90 profile.txt env LATHE_PROFILE=1 \
-  "$BUILD/bin/lathe-bench" --benchmark_filter='BM_CudaTrainStep/base:1/T:128/bf16:1/'
+if [[ -s "$OUT_DIR/bench.json" ]] && compgen -G "$PARTS/*.json" >/dev/null; then
+  python3 bench/merge_bench_json.py "$OUT_DIR/bench.json" "$PARTS"/*.json >>"$OUT_DIR/bench.log" 2>&1
+fi
+rm -rf "$PARTS"
 if [[ -s "$OUT_DIR/bench.json" ]] && command -v python3 >/dev/null; then
   step "PyTorch comparison" "${LATHE_GPU_COMPARE_LIMIT:-240}" compare.md env PYTHONUNBUFFERED=1 \
     python3 bench/compare_torch_gpu.py --lathe-json "$OUT_DIR/bench.json" ${LATHE_GPU_COMPARE_ARGS:-}
 fi
+# Where the headline step's time goes (kernels/kernel_profile.h): per kernel family, synchronized.
+step "LATHE_PROFILE BERT-base bf16 step" 90 profile.txt env LATHE_PROFILE=1 \
+  "$BUILD/bin/lathe-bench" --benchmark_filter='BM_CudaTrainStep/base:1/T:128/bf16:1/'
+step "core ops + BERT goldens on cuda:0" 180 core-cuda.log env LATHE_TEST_DEVICE=cuda \
+  "$BUILD/bin/lathe-tests-core" "~[cpu-only]" --use-colour no
 # Hardware counters last, with what time is left (about 5 s per kernel plus lathe-bench's start).
 step "Nsight Compute counters" "${LATHE_GPU_NCU_LIMIT:-90}" ncu.txt env LATHE_NCU_ONE_FILE=1 \
   bash scripts/gpu-profile.sh
 
 echo "== lathe gpu-check $(date -u +%Y-%m-%dT%H:%MZ) on $(cat "$OUT_DIR/gpu.txt" 2>/dev/null)"
 printf '%s\n' "${ROWS[@]}"
+grep -E '^(== .*: (FAIL|TIMEOUT)|self-check: FAIL)' "$OUT_DIR/tests-cuda.log" 2>/dev/null | head -n 30
 for log in tests-cuda core-cuda; do
   grep -B2 -A12 -E 'FAILED|REQUIRE|CHECK\(' "$OUT_DIR/$log.log" 2>/dev/null | head -n 60
 done

@@ -788,13 +788,20 @@ __forceinline__ void cp_async_16(void* smem, const void* gmem, int src_size,
                                  const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
   sim::cp_async(smem, gmem, 16, src_size, file, line);
 }
-// The copies above complete at issue time, so groups need no bookkeeping.
-__forceinline__ void cp_async_commit() {}
+// The copies above happen when the wait that retires their group runs (ptx_emulation.h).
+__forceinline__ void cp_async_commit() {
+  sim::cp_async_commit_group();
+}
 template <int N>
 __forceinline__ void cp_async_wait() {
   static_assert(N >= 0, "cp.async.wait_group takes a non-negative group count");
+  sim::cp_async_wait(N);
 }
-__forceinline__ void cp_async_wait_all() {}
+// cp.async.wait_all is commit_group followed by wait_group 0 (PTX ISA).
+__forceinline__ void cp_async_wait_all() {
+  sim::cp_async_commit_group();
+  sim::cp_async_wait(0);
+}
 
 // Descriptors carry the host memory window in reserved bits (kernels/sim/ptx_emulation.h).
 __forceinline__ uint64_t make_wgmma_desc(const void* smem_ptr, uint32_t lbo, uint32_t sbo,
@@ -832,18 +839,21 @@ __forceinline__ void wgmma_rs_bf16(float (&d)[N / 2], const uint32_t a[4], uint6
   static_assert(N == 64 || N == 128 || N == 256, "wgmma wrappers: N is 64, 128 or 256");
   sim::wgmma_rs<N>(sim::MmaInput::BF16, d, a, desc_b, kB == WgmmaMajor::MN, accumulate, file, line);
 }
-// The products above happen at issue time: these only check that the warpgroup is together.
+// The products above are performed by the wait_group that retires their group (each thread its
+// own); fence, commit and wait also check that the warpgroup executes them together.
 __forceinline__ void wgmma_fence(const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
   sim::wgmma_sync("wgmma.fence.sync.aligned", file, line);
 }
 __forceinline__ void wgmma_commit(const char* file = __builtin_FILE(),
                                   int line = __builtin_LINE()) {
   sim::wgmma_sync("wgmma.commit_group.sync.aligned", file, line);
+  sim::wgmma_commit_group();
 }
 template <int N>
 __forceinline__ void wgmma_wait(const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
   static_assert(N >= 0 && N <= 7, "wgmma.wait_group takes 0..7");
   sim::wgmma_sync("wgmma.wait_group.sync.aligned", file, line);
+  sim::wgmma_retire(N, file, line);
 }
 template <int Count>
 __forceinline__ void wgmma_fence_operand(float (&)[Count]) {}

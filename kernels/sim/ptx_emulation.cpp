@@ -392,6 +392,14 @@ const char* wgmma_name(MmaInput type, int n, bool rs) {
   return names[type == MmaInput::BF16][rs][size];
 }
 
+void wgmma_hazard(const char* instruction, const char* issue_file, int issue_line,
+                  const char* wait_file, int wait_line, const std::string& what) {
+  LATHE_FAIL("cuda simulator: ", instruction, " at ", issue_file, ":", issue_line, " (thread ",
+             linear_thread_id(), "): ", what, " before the wgmma.wait_group that retires it (",
+             wait_file, ":", wait_line,
+             "); a GPU reads the operands and writes the accumulators at any time until then");
+}
+
 void wgmma_sync(const char* instruction, const char* file, int line) {
   warpgroup_compute(nullptr, nullptr, nullptr, nullptr, instruction, file, line);
 }

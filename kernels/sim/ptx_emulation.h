@@ -8,19 +8,27 @@
 // are not TSan-instrumented): ldmatrix reads each row in the lane that supplies its address, and
 // the collective only moves register values between lanes.
 //
-// cp.async is emulated synchronously: the copy (with its zero fill) happens at issue time and
-// commit/wait are no-ops. A kernel that reads the destination before cp.async.wait_group therefore
-// still sees the data here; only the real-GPU run of the same test catches a missing wait.
-//
-// wgmma (sm_90a warpgroup MMA) is emulated the same way: the product happens at issue time, so
-// a missing wgmma.wait_group (reading the accumulators early) or overwriting an operand's shared
-// memory before the wait shows only on a GPU; wgmma.fence, commit_group and wait_group check that
-// the whole warpgroup executes them and otherwise do nothing. Each thread reads the shared-memory
-// operands it needs itself (inline, before the warpgroup rendezvous, so a missing __syncthreads
-// before the wgmma still changes results under warp-random and TSan still sees the race), and
-// computes its own accumulator elements. Only the RS form's A fragments cross threads: the
-// warpgroup rendezvous moves each warp's registers into the rows its threads need.
-//
+// cp.async and wgmma are asynchronous here too: a GPU may perform them at any time until the wait
+// that retires their group, so the emulation performs them at that wait (sim_runtime.h keeps each
+// thread's groups), in the thread that waits:
+// - cp.async: the operands are checked at issue, the copy (with its zero fill) happens at the
+//   issuing thread's cp.async.wait_group that retires its group. A thread that reads the
+//   destination before that wait, or another thread that reads it without the issuer's wait and a
+//   barrier in between, sees what was there before (stale or poisoned shared memory).
+// - wgmma: the descriptors are checked and the shared-memory operands read at issue (inline,
+//   before the warpgroup rendezvous, so a missing __syncthreads before the wgmma still changes
+//   results under warp-random and TSan still sees the race); the accumulators are saved and set to
+//   a signalling-NaN pattern. At wgmma.wait_group the operands are read again — one that changed
+//   in between (overwritten shared memory, or the RS form's A registers) is reported, since a GPU
+//   may read it at any time until then — and the product is computed into the accumulators, which
+//   must still hold the pattern: a thread that writes them while a product is in flight is
+//   reported, and one that reads them early computes with NaN. Products chained on one
+//   accumulator (k steps, or P·V of consecutive tiles) take the previous product's result. A
+//   wgmma.wait_group with products not committed, and a thread that exits with products in flight,
+//   are errors. Each thread computes its own accumulator elements; only the RS form's A fragments
+//   cross threads: the warpgroup rendezvous moves each warp's registers into the rows its threads
+//   need. wgmma.fence and fence.proxy.async are not modelled (only the GPU run checks them).
+
 // mbarrier (sm_90 asynchronous transaction barriers) is emulated in sim_runtime.cpp: each barrier's
 // state (arrival count, pending arrivals, transaction count, completed phases) lives in a table of
 // the running block keyed by its shared address, and the 8 bytes in shared memory hold a marker, so
@@ -63,6 +71,9 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
 
 #include "kernels/sim/sim_runtime.h"
 #include "lathe/core/half.h"
@@ -111,9 +122,21 @@ inline void cp_async(void* dst, const void* src, int cp_size, int src_size, cons
       (src_size > 0 && reinterpret_cast<uintptr_t>(src) % unsigned(cp_size) != 0)) {
     cp_async_invalid(dst, src, cp_size, src_size, file, line);
   }
-  if (src_size > 0) std::memcpy(dst, src, size_t(src_size));
-  if (src_size < cp_size)
-    std::memset(static_cast<char*>(dst) + src_size, 0, size_t(cp_size - src_size));
+  cp_async_issue({dst, src, cp_size, src_size});
+}
+
+// cp.async.wait_group pending: performs the copies of the groups it retires (here, inline, so the
+// sanitizers attribute the writes to the kernel's thread).
+inline void cp_async_wait(int pending) {
+  thread_local std::vector<CpAsyncCopy> retired;  // no fiber switch happens in this function
+  retired.clear();
+  cp_async_retire(pending, retired);
+  for (const CpAsyncCopy& c : retired) {
+    if (c.src_size > 0) std::memcpy(c.dst, c.src, size_t(c.src_size));
+    if (c.src_size < c.cp_size) {
+      std::memset(static_cast<char*>(c.dst) + c.src_size, 0, size_t(c.cp_size - c.src_size));
+    }
+  }
 }
 
 // ---- TMA ----
@@ -215,20 +238,6 @@ void wgmma_sync(const char* instruction, const char* file, int line);
 void wgmma_gather_a(const uint32_t a[4], uint32_t rows[2][8], const char* instruction,
                     const char* file, int line);
 
-// The columns of B (B(k, n) is the operand's element (row n, k), K- or MN-major) a thread needs:
-// n = 8i + 2t + j (t = its lane % 4) at index 2i + j.
-template <int N>
-inline void wgmma_read_b(MmaInput type, const WgmmaOperand& b, float cols[N / 4][16]) {
-  const int t = int(linear_thread_id() % 4);
-  for (int i = 0; i < N / 8; ++i) {
-    for (int j = 0; j < 2; ++j) {
-      for (int k = 0; k < 16; ++k) {
-        cols[2 * i + j][k] = wgmma_value(type, *wgmma_element(b, 8 * i + 2 * t + j, k));
-      }
-    }
-  }
-}
-
 // D (64xN, f32) = A (64x16) * B (16xN) [+ D]. Thread r of the warpgroup (warp w = r/32, g and t of
 // its lane) holds d[4i + e] = D[16w + g + 8*(e/2)][8i + 2t + e%2], i < N/8: the m16n8 mma
 // accumulator layout, repeated along N and stacked over the four warps. `a` holds the thread's
@@ -251,39 +260,156 @@ inline void wgmma_accumulate(float* d, const float a[2][16], const float b[N / 4
   }
 }
 
+// The bits an accumulator holds while products write it (a signalling NaN: arithmetic on it
+// quiets it, so a thread that scales an accumulator in flight changes the bits too).
+inline constexpr uint32_t kAccumulatorInFlight = 0x7FBADBADu;
+
+// Raises the error of an operand or accumulator touched while a product was in flight.
+[[noreturn]] void wgmma_hazard(const char* instruction, const char* issue_file, int issue_line,
+                               const char* wait_file, int wait_line, const std::string& what);
+
+// One wgmma in flight: its operands as read at issue, and where to read them again at the wait.
+template <int N>
+struct WgmmaProduct {
+  MmaInput type;
+  float* d;
+  bool scale_d, rs;
+  const char* name;
+  const char* file;
+  int line;
+  WgmmaOperand a_op{}, b_op{};
+  int row0 = 0, t = 0;          // this thread's first A row, its lane % 4
+  uint16_t a_bits[2][16] = {};  // rows row0 and row0 + 8 of A
+  // The B columns the thread needs: n = 8i + 2t + j (t = its lane % 4) at index 2i + j.
+  uint16_t b_bits[N / 4][16] = {};
+  const uint32_t* a_regs = nullptr;  // RS: the thread's A fragment registers, and their values
+  uint32_t a_saved[4] = {};
+  std::vector<float> saved;  // d at issue, when no other product was writing it
+
+  void read_b(uint16_t (&out)[N / 4][16]) const {
+    for (int i = 0; i < N / 8; ++i) {
+      for (int j = 0; j < 2; ++j) {
+        for (int k = 0; k < 16; ++k) out[2 * i + j][k] = *wgmma_element(b_op, 8 * i + 2 * t + j, k);
+      }
+    }
+  }
+  void read_a(uint16_t (&out)[2][16]) const {
+    for (int h = 0; h < 2; ++h) {
+      for (int k = 0; k < 16; ++k) out[h][k] = *wgmma_element(a_op, row0 + 8 * h, k);
+    }
+  }
+
+  // At issue (after the operands were read): d's value is saved unless a product in flight
+  // already writes it, and d takes the in-flight pattern.
+  void begin() {
+    PendingAccumulator& acc = wgmma_accumulators()[d];
+    if (acc.products++ == 0) {
+      saved.assign(d, d + N / 2);
+      for (int i = 0; i < N / 2; ++i) std::memcpy(&d[i], &kAccumulatorInFlight, 4);
+    }
+  }
+
+  void retire(const char* wait_file, int wait_line) {
+    auto hazard = [&](const std::string& what) {
+      wgmma_hazard(name, file, line, wait_file, wait_line, what);
+    };
+    uint16_t now_b[N / 4][16];
+    read_b(now_b);
+    if (std::memcmp(now_b, b_bits, sizeof(now_b)) != 0) {
+      hazard("its shared-memory B operand was overwritten");
+    }
+    if (!rs) {
+      uint16_t now_a[2][16];
+      read_a(now_a);
+      if (std::memcmp(now_a, a_bits, sizeof(now_a)) != 0) {
+        hazard("its shared-memory A operand was overwritten");
+      }
+    } else if (std::memcmp(a_regs, a_saved, sizeof(a_saved)) != 0) {
+      hazard("its A fragment registers were written");
+    }
+    float a[2][16], b[N / 4][16];
+    for (int h = 0; h < 2; ++h) {
+      for (int k = 0; k < 16; ++k) a[h][k] = wgmma_value(type, a_bits[h][k]);
+    }
+    for (int c = 0; c < N / 4; ++c) {
+      for (int k = 0; k < 16; ++k) b[c][k] = wgmma_value(type, b_bits[c][k]);
+    }
+    auto& all = wgmma_accumulators();
+    const auto it = all.find(d);
+    PendingAccumulator& acc = it->second;
+    float value[N / 2];
+    const float* in = acc.has_value ? acc.value.data() : saved.data();
+    std::memcpy(value, in, sizeof(value));
+    wgmma_accumulate<N>(value, a, b, scale_d);
+    if (--acc.products > 0) {
+      acc.value.assign(value, value + N / 2);
+      acc.has_value = true;
+      return;
+    }
+    all.erase(it);
+    for (int i = 0; i < N / 2; ++i) {
+      uint32_t bits;
+      std::memcpy(&bits, &d[i], 4);
+      if (bits != kAccumulatorInFlight) {
+        hazard("its accumulator register " + std::to_string(i) +
+               " was written while the product was in flight");
+      }
+    }
+    std::memcpy(d, value, sizeof(value));
+  }
+};
+
 template <int N>
 inline void wgmma_ss(MmaInput type, float* d, uint64_t desc_a, uint64_t desc_b, bool b_mn_major,
                      bool scale_d, const char* file, int line) {
   const char* name = wgmma_name(type, N, false);
-  const WgmmaOperand a_op = wgmma_operand(desc_a, 64, false, 'A', name, file, line);
-  const WgmmaOperand b_op = wgmma_operand(desc_b, N, b_mn_major, 'B', name, file, line);
+  auto p = std::make_shared<WgmmaProduct<N>>();
+  p->type = type;
+  p->d = d;
+  p->scale_d = scale_d;
+  p->rs = false;
+  p->name = name;
+  p->file = file;
+  p->line = line;
+  p->a_op = wgmma_operand(desc_a, 64, false, 'A', name, file, line);
+  p->b_op = wgmma_operand(desc_b, N, b_mn_major, 'B', name, file, line);
   const unsigned rank = linear_thread_id() % 128;
-  const int row0 = int(16 * (rank / 32) + rank % 32 / 4);
-  float a[2][16], b[N / 4][16];
-  for (int h = 0; h < 2; ++h) {
-    for (int k = 0; k < 16; ++k) a[h][k] = wgmma_value(type, *wgmma_element(a_op, row0 + 8 * h, k));
-  }
-  wgmma_read_b<N>(type, b_op, b);
+  p->row0 = int(16 * (rank / 32) + rank % 32 / 4);
+  p->t = int(rank % 4);
+  p->read_a(p->a_bits);
+  p->read_b(p->b_bits);
   wgmma_sync(name, file, line);
-  wgmma_accumulate<N>(d, a, b, scale_d);
+  p->begin();
+  wgmma_issue([p](const char* wf, int wl) { p->retire(wf, wl); }, name, file, line);
 }
 
 template <int N>
 inline void wgmma_rs(MmaInput type, float* d, const uint32_t a_frag[4], uint64_t desc_b,
                      bool b_mn_major, bool scale_d, const char* file, int line) {
   const char* name = wgmma_name(type, N, true);
-  const WgmmaOperand b_op = wgmma_operand(desc_b, N, b_mn_major, 'B', name, file, line);
-  float a[2][16], b[N / 4][16];
-  wgmma_read_b<N>(type, b_op, b);
+  auto p = std::make_shared<WgmmaProduct<N>>();
+  p->type = type;
+  p->d = d;
+  p->scale_d = scale_d;
+  p->rs = true;
+  p->name = name;
+  p->file = file;
+  p->line = line;
+  p->b_op = wgmma_operand(desc_b, N, b_mn_major, 'B', name, file, line);
+  p->t = int(linear_thread_id() % 4);
+  p->read_b(p->b_bits);
   uint32_t rows[2][8];
   wgmma_gather_a(a_frag, rows, name, file, line);
   for (int h = 0; h < 2; ++h) {
-    for (int p = 0; p < 8; ++p) {
-      a[h][2 * p] = wgmma_value(type, uint16_t(rows[h][p]));
-      a[h][2 * p + 1] = wgmma_value(type, uint16_t(rows[h][p] >> 16));
+    for (int q = 0; q < 8; ++q) {
+      p->a_bits[h][2 * q] = uint16_t(rows[h][q]);
+      p->a_bits[h][2 * q + 1] = uint16_t(rows[h][q] >> 16);
     }
   }
-  wgmma_accumulate<N>(d, a, b, scale_d);
+  p->a_regs = a_frag;
+  std::memcpy(p->a_saved, a_frag, sizeof(p->a_saved));
+  p->begin();
+  wgmma_issue([p](const char* wf, int wl) { p->retire(wf, wl); }, name, file, line);
 }
 
 }  // namespace lathe::sim

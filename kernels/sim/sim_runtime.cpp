@@ -57,6 +57,27 @@ struct ThreadState {
   const void* mbarrier = nullptr;  // the barrier a Mbarrier/Poll thread waits on
   uint32_t parity = 0;
   unsigned named_id = 0;  // the named barrier a Named thread waits at
+  // Asynchronous operations in flight (sim_runtime.h): issued since the last commit, then
+  // committed groups, oldest first.
+  std::vector<CpAsyncCopy> copies_open;
+  std::deque<std::vector<CpAsyncCopy>> copy_groups;
+  struct Product {
+    WgmmaRetire retire;
+    const char* what;
+    const char* file;
+    int line;
+  };
+  std::vector<Product> products_open;
+  std::deque<std::vector<Product>> product_groups;
+  std::unordered_map<const float*, PendingAccumulator> accumulators;
+
+  void clear_async() {
+    copies_open.clear();
+    copy_groups.clear();
+    products_open.clear();
+    product_groups.clear();
+    accumulators.clear();
+  }
 };
 
 // An asynchronous copy waiting to be performed on a thread's next test of its mbarrier.
@@ -322,14 +343,34 @@ unsigned threads_in_warp(const BlockState& b, unsigned warp) {
 char g_host_to_kernel;
 char g_kernel_to_host;
 
+// At a thread's exit (in its fiber): a GPU may still be writing the accumulators of a wgmma no
+// wait retired. cp.async copies left in flight are dropped: no thread may read them without the
+// issuer's wait.
+void check_async_at_exit(ThreadState& t) {
+  const ThreadState::Product* p = nullptr;
+  for (const auto& group : t.product_groups) {
+    if (p == nullptr && !group.empty()) p = &group.front();
+  }
+  if (p == nullptr && !t.products_open.empty()) p = &t.products_open.front();
+  if (p != nullptr) {
+    LATHE_FAIL("cuda simulator: ", here(), " exited with ", p->what, " (", p->file, ":", p->line,
+               ") in flight: no wgmma.wait_group retired it");
+  }
+  t.clear_async();
+}
+
 void run_block(BlockState& b, const std::function<void()>& body) {
   for (unsigned i = 0; i < b.count; ++i) {
     ThreadState& t = *b.threads[i];
     t.state = State::Runnable;
-    t.fiber.reset(g_stacks.get(i), [&body] {
+    t.fiber.reset(g_stacks.get(i), [&body, &t] {
       LATHE_SIM_TSAN_ACQUIRE(&g_host_to_kernel);
       try {
+        // The thread's asynchronous bookkeeping is touched only in its own fiber (fiber switches
+        // do not order memory for TSan, so the scheduler keeps out of it).
+        t.clear_async();
         body();
+        check_async_at_exit(t);
       } catch (...) {
         LATHE_SIM_TSAN_RELEASE(&g_kernel_to_host);  // the host reads the error object
         throw;
@@ -521,6 +562,56 @@ void launch(dim3 grid, dim3 block, size_t dynamic_shared_bytes,
 
 bool in_kernel() {
   return g_block != nullptr;
+}
+
+void cp_async_issue(const CpAsyncCopy& copy) {
+  g_thread->copies_open.push_back(copy);
+}
+
+void cp_async_commit_group() {
+  ThreadState& t = *g_thread;
+  t.copy_groups.push_back(std::move(t.copies_open));  // an empty group is a group too
+  t.copies_open.clear();
+}
+
+void cp_async_retire(int pending, std::vector<CpAsyncCopy>& out) {
+  ThreadState& t = *g_thread;
+  while (t.copy_groups.size() > size_t(std::max(pending, 0))) {
+    const std::vector<CpAsyncCopy>& group = t.copy_groups.front();
+    out.insert(out.end(), group.begin(), group.end());
+    t.copy_groups.pop_front();
+  }
+}
+
+void wgmma_issue(WgmmaRetire retire, const char* what, const char* file, int line) {
+  g_thread->products_open.push_back({std::move(retire), what, file, line});
+}
+
+void wgmma_commit_group() {
+  ThreadState& t = *g_thread;
+  t.product_groups.push_back(std::move(t.products_open));
+  t.products_open.clear();
+}
+
+void wgmma_retire(int pending, const char* file, int line) {
+  ThreadState& t = *g_thread;
+  if (!t.products_open.empty()) {
+    const auto& p = t.products_open.front();
+    LATHE_FAIL("cuda simulator: wgmma.wait_group at ", file, ":", line, " (", here(), ") with ",
+               p.what, " (", p.file, ":", p.line,
+               ") not committed: wait_group covers committed groups only "
+               "(wgmma.commit_group is missing)");
+  }
+  while (t.product_groups.size() > size_t(std::max(pending, 0))) {
+    // Popped first: a product that raises an error leaves the queue consistent.
+    std::vector<ThreadState::Product> group = std::move(t.product_groups.front());
+    t.product_groups.pop_front();
+    for (auto& p : group) p.retire(file, line);
+  }
+}
+
+std::unordered_map<const float*, PendingAccumulator>& wgmma_accumulators() {
+  return g_thread->accumulators;
 }
 
 void* dynamic_shared_memory() {

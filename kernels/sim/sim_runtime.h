@@ -9,8 +9,11 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <string>
+#include <unordered_map>
+#include <vector>
 
 namespace lathe::sim {
 
@@ -94,6 +97,39 @@ void mbarrier_async_copy(void* bar, uint32_t bytes, std::function<void()> perfor
 // nthreads a positive multiple of 32 no larger than the block rounded up to whole warps; threads
 // meeting at one barrier with different counts are an error.
 void named_barrier(unsigned id, unsigned nthreads, bool wait, const char* file, int line);
+
+// ---- asynchronous operations of the calling thread: cp.async copies and wgmma products ----
+// The PTX emulation (kernels/sim/ptx_emulation.h) defers both to the wait that retires their group
+// (cp.async.wait_group, wgmma.wait_group), since a GPU may perform them at any time until then.
+// The runtime keeps each thread's groups: operations issued since the last commit ("open"), then
+// committed groups, oldest first; a block start clears them.
+struct CpAsyncCopy {
+  void* dst;
+  const void* src;
+  int cp_size, src_size;
+};
+void cp_async_issue(const CpAsyncCopy& copy);
+void cp_async_commit_group();
+// Moves the copies of the oldest committed groups into `out` (issue order) until at most
+// `pending` committed groups remain; copies not yet committed stay, as on a GPU.
+void cp_async_retire(int pending, std::vector<CpAsyncCopy>& out);
+
+// A wgmma product in flight: `retire(wait_file, wait_line)` performs it (and checks its operands).
+using WgmmaRetire = std::function<void(const char* wait_file, int wait_line)>;
+void wgmma_issue(WgmmaRetire retire, const char* what, const char* file, int line);
+void wgmma_commit_group();
+// Runs the products of the oldest committed groups (issue order) until at most `pending`
+// committed groups remain. A product issued but not committed is an error: wait_group would not
+// cover it, and nothing else can.
+void wgmma_retire(int pending, const char* file, int line);
+// The calling thread's accumulators with wgmma products in flight, by address: how many products
+// still write each one, and its value after the products retired so far (for the next one).
+struct PendingAccumulator {
+  int products = 0;
+  bool has_value = false;
+  std::vector<float> value;
+};
+std::unordered_map<const float*, PendingAccumulator>& wgmma_accumulators();
 
 // threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z) of the calling thread.
 unsigned linear_thread_id();

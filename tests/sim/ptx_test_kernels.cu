@@ -7,7 +7,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <sstream>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -184,6 +186,17 @@ __global__ void cp_async_kernel(const uint8_t* src, uint8_t* dst) {
   cp_async_wait_all();
   __syncthreads();
   for (int i = lane; i < 32 * 16; i += 32) dst[i] = buf[i];
+}
+
+__global__ void cp_async_early_kernel(const uint8_t* src, uint8_t* early, uint8_t* late) {
+  alignas(16) __shared__ uint8_t buf[32 * 16];
+  const int lane = threadIdx.x;
+  for (int i = 0; i < 16; ++i) buf[16 * lane + i] = 0xAB;
+  cp_async_16(&buf[16 * lane], src + 16 * lane);
+  cp_async_commit();
+  for (int i = 0; i < 16; ++i) early[16 * lane + i] = buf[16 * lane + i];  // no wait: a hazard
+  cp_async_wait<0>();
+  for (int i = 0; i < 16; ++i) late[16 * lane + i] = buf[16 * lane + i];
 }
 
 // ---- tiled tensor-core GEMM: one block of 4 warps (2x2, 16x16 each) walks 32x32 output tiles,
@@ -426,10 +439,40 @@ __global__ void wgmma_misuse_kernel(int misuse, const uint16_t* global, float* o
       desc = cuda::make_wgmma_desc(tile, 128, 256, WgmmaSwizzle::None);
       if (threadIdx.x >= 64) return;
       break;
+    default:
+      desc = cuda::make_wgmma_desc(tile, 128, 256, WgmmaSwizzle::None);
+      break;
   }
   float acc[32] = {};
+  uint32_t frag[4] = {0x3F803F80u, 0x3F803F80u, 0x3F803F80u, 0x3F803F80u};  // bf16 ones
   cuda::wgmma_fence();
-  cuda::wgmma_ss_bf16<64>(acc, desc, desc, false);
+  if (WgmmaMisuse(misuse) == WgmmaMisuse::WriteRegistersEarly) {
+    cuda::wgmma_rs_bf16<64>(acc, frag, desc, false);
+  } else {
+    cuda::wgmma_ss_bf16<64>(acc, desc, desc, false);
+  }
+  switch (WgmmaMisuse(misuse)) {
+    case WgmmaMisuse::OverwriteOperand:
+      tile[threadIdx.x * 8] = 0x3F80;  // every thread: some row of A (and B) it reads
+      break;
+    case WgmmaMisuse::WriteAccumulatorEarly:
+      acc[0] *= 2.0f;
+      break;
+    case WgmmaMisuse::WriteRegistersEarly:
+      frag[1] = 0;
+      break;
+    case WgmmaMisuse::WaitWithoutCommit:
+      cuda::wgmma_wait<0>();
+      break;
+    case WgmmaMisuse::ExitInFlight:
+      cuda::wgmma_commit();
+      return;
+    case WgmmaMisuse::ReadAccumulatorEarly:
+      out[128 + threadIdx.x] = acc[0];
+      break;
+    default:
+      break;
+  }
   cuda::wgmma_commit();
   cuda::wgmma_wait<0>();
   out[threadIdx.x] = acc[0];
@@ -784,6 +827,14 @@ void cp_async_zero_fill(const uint8_t* src, uint8_t* dst) {
   ddst.to_host(dst);
 }
 
+void cp_async_read_early(const uint8_t* src, uint8_t* early, uint8_t* late) {
+  DeviceArray<uint8_t> dsrc(src, 512), dearly(nullptr, 512), dlate(nullptr, 512);
+  cuda::launch(cp_async_early_kernel, dim3(1), dim3(32), 0, nullptr, "cp_async_read_early",
+               dsrc.get(), dearly.get(), dlate.get());
+  dearly.to_host(early);
+  dlate.to_host(late);
+}
+
 void hgemm(Elem elem, bool b_n_major, int M, int N, int K, const uint16_t* a, const uint16_t* b,
            float* c) {
   LATHE_CHECK(M >= 1 && N >= 8 && K >= 8 && N % 8 == 0 && K % 8 == 0,
@@ -892,11 +943,14 @@ void wgmma_tile(Elem elem, bool rs, int n, WgmmaLayout layout, int ksteps, bool 
   dd.to_host(d);
 }
 
-void wgmma_misuse(WgmmaMisuse misuse) {
+std::vector<float> wgmma_misuse(WgmmaMisuse misuse) {
   DeviceArray<uint16_t> global(nullptr, 64 * 16);
-  DeviceArray<float> out(nullptr, 128);
+  DeviceArray<float> out(nullptr, 256);
   cuda::launch(wgmma_misuse_kernel, dim3(1), dim3(misuse == WgmmaMisuse::BlockOf96 ? 96 : 128), 0,
                nullptr, "wgmma_misuse", int(misuse), global.get(), out.get());
+  std::vector<float> host(256);
+  out.to_host(host.data());
+  return host;
 }
 
 bool tma_supported() {
@@ -1016,9 +1070,14 @@ void pipeline_misuse(PipelineMisuse misuse) {
 int self_check(std::string* report) {
   std::ostringstream log;
   int failures = 0;
+  // LATHE_SELF_CHECK_ECHO=1 (scripts/gpu-check.sh) also prints each line as it is decided: a check
+  // that hangs the GPU then still leaves the lines before it in the log.
+  const char* echo_env = std::getenv("LATHE_SELF_CHECK_ECHO");
+  const bool echo = echo_env != nullptr && std::string(echo_env) == "1";
   auto record = [&](bool ok, const std::string& what) {
     failures += ok ? 0 : 1;
     log << (ok ? "ok   " : "FAIL ") << what << "\n";
+    if (echo) std::fprintf(stderr, "self-check: %s %s\n", ok ? "ok  " : "FAIL", what.c_str());
   };
   // Error of a computed product against an f64 reference, relative to sum_k |a_ik b_kj| + |c_ij|:
   // the error bound of a sum in f32 scales with it.

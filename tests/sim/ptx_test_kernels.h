@@ -29,6 +29,10 @@ void ldmatrix_fragments(const uint16_t* matrices, uint32_t* out);
 // Lane l of one warp copies src[16l .. 16l+15] to shared memory with cp_async_16(..., src_size =
 // l % 17) over a destination prefilled with 0xAB, then writes shared memory to dst[32*16].
 void cp_async_zero_fill(const uint8_t* src, uint8_t* dst);
+// The same copies (src_size 16), the destination read once before cp.async.wait_group (into
+// early[32*16]) and once after (into late[32*16]). In the simulator a copy lands at the issuing
+// thread's wait, so early holds the 0xAB fill; on a GPU it may hold either.
+void cp_async_read_early(const uint8_t* src, uint8_t* early, uint8_t* late);
 
 // C[M][N] (f32) = A[M][K] * B, with B k-major [K][N] or (b_n_major) n-major [N][K]: a tiled
 // tensor-core GEMM on one block of 4 warps, built only on the ptx.cuh wrappers, staging tiles with
@@ -79,16 +83,27 @@ void wgmma_tile(Elem elem, bool rs, int n, WgmmaLayout layout, int ksteps, bool 
 
 // Misuse the simulator must report: a descriptor of a pointer that is not 16-byte aligned, or
 // not in shared memory, one not made by make_wgmma_desc, one with 64-byte swizzle, a block of 96
-// threads, and a warpgroup of which only 64 threads reach the wgmma.
+// threads, and a warpgroup of which only 64 threads reach the wgmma. Then the hazards of a product
+// in flight (issued, not yet retired by wgmma.wait_group): its shared-memory operand overwritten,
+// an accumulator written, the RS form's A registers written, a wait_group without commit_group
+// and a thread that exits without waiting. ReadAccumulatorEarly is no error: the accumulator read
+// before the wait (returned in out[thread]) holds the in-flight NaN pattern, as it holds garbage
+// on a GPU. Returns out[128], each thread's accumulator 0 (after the wait).
 enum class WgmmaMisuse {
   MisalignedPointer,
   GlobalPointer,
   RawDescriptor,
   Swizzle64,
   BlockOf96,
-  PartialWarpgroup
+  PartialWarpgroup,
+  OverwriteOperand,
+  WriteAccumulatorEarly,
+  WriteRegistersEarly,
+  WaitWithoutCommit,
+  ExitInFlight,
+  ReadAccumulatorEarly
 };
-void wgmma_misuse(WgmmaMisuse misuse);
+std::vector<float> wgmma_misuse(WgmmaMisuse misuse);
 
 // ---- sm_90 pipelines: mbarrier, TMA, named barriers, setmaxnreg ----
 

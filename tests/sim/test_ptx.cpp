@@ -641,6 +641,66 @@ TEST_CASE("ptx: the simulator reports wgmma misuse", "[ptx]") {
   CHECK(e.find("wgmma") != std::string::npos);
 }
 
+TEST_CASE("ptx: the simulator reports what touches a wgmma in flight", "[ptx]") {
+  // Products happen at the wait_group that retires them, so each of these hazards either raises
+  // an error or (an early read) sees the in-flight NaN pattern, under every schedule.
+  using ptx_tests::WgmmaMisuse;
+  for (const Schedule& s : kSchedules) {
+    INFO("schedule " << s.name << " seed " << s.seed);
+    auto error = [&](WgmmaMisuse m) {
+      std::string what;
+      under(s, [&] {
+        try {
+          ptx_tests::wgmma_misuse(m);
+        } catch (const lathe::Error& e) {
+          what = e.what();
+        }
+      });
+      return what;
+    };
+    std::string e = error(WgmmaMisuse::OverwriteOperand);
+    INFO(e);
+    CHECK(e.find("wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 (SS) at") !=
+          std::string::npos);
+    CHECK(e.find("shared-memory") != std::string::npos);
+    CHECK(e.find("operand was overwritten before the wgmma.wait_group") != std::string::npos);
+    CHECK(e.find("ptx_test_kernels.cu:") != std::string::npos);
+    e = error(WgmmaMisuse::WriteAccumulatorEarly);
+    INFO(e);
+    CHECK(e.find("accumulator register 0 was written while the product was in flight") !=
+          std::string::npos);
+    e = error(WgmmaMisuse::WriteRegistersEarly);
+    INFO(e);
+    CHECK(e.find("(RS) at") != std::string::npos);
+    CHECK(e.find("A fragment registers were written") != std::string::npos);
+    e = error(WgmmaMisuse::WaitWithoutCommit);
+    INFO(e);
+    CHECK(e.find("not committed") != std::string::npos);
+    e = error(WgmmaMisuse::ExitInFlight);
+    INFO(e);
+    CHECK(e.find("exited with wgmma.mma_async") != std::string::npos);
+    CHECK(e.find("in flight: no wgmma.wait_group retired it") != std::string::npos);
+    std::vector<float> out;
+    under(s, [&] { out = ptx_tests::wgmma_misuse(WgmmaMisuse::ReadAccumulatorEarly); });
+    for (int t = 0; t < 128; ++t) {
+      INFO("thread " << t);
+      CHECK(std::isnan(out[size_t(128 + t)]));  // read in flight
+      CHECK(out[size_t(t)] == 0.0f);            // the zero tile's product, after the wait
+    }
+  }
+}
+
+TEST_CASE("ptx: in the simulator a cp.async copy lands at the issuing thread's wait", "[ptx]") {
+  std::vector<uint8_t> src(512), early(512), late(512);
+  for (size_t i = 0; i < src.size(); ++i) src[i] = uint8_t(5 + i * 11 % 240);
+  for (const Schedule& s : kSchedules) {
+    INFO("schedule " << s.name << " seed " << s.seed);
+    under(s, [&] { ptx_tests::cp_async_read_early(src.data(), early.data(), late.data()); });
+    CHECK(early == std::vector<uint8_t>(512, 0xAB));
+    CHECK(late == src);
+  }
+}
+
 TEST_CASE("ptx: in the simulator a consumer that skips the mbarrier wait reads stale data",
           "[ptx]") {
   std::vector<uint16_t> src(64 * 64);
