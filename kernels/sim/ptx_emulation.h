@@ -43,7 +43,10 @@
 // validates the copy (tensor map, destination alignment and extent, barrier) and records it on the
 // mbarrier it signals, with its byte count. The copy happens when a thread next tests or waits on
 // that barrier (try_wait / the wait loop), which then subtracts the bytes from the transaction
-// count and completes the phase if the arrivals are in. So a thread that reads the destination
+// count and completes the phase if the arrivals are in. Under the warp-random schedule a random
+// half of the copies is performed at issue instead, so that a stage released to the producer
+// while a consumer's wgmma still reads it is overwritten in flight (and reported at the wgmma's
+// wait, below). So a thread that reads the destination
 // without waiting on the barrier sees whatever was there before (stale or poisoned shared memory),
 // as it could on a GPU; a phase that would complete while copies signalling it are still pending (a
 // missing or short expect_tx) and a block that ends with copies pending are errors. The copy itself

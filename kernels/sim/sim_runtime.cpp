@@ -98,6 +98,10 @@ struct MbarrierState {
   std::vector<ThreadState*> waiters;  // may hold stale entries (see wake_waiters)
   const char* file = "";              // mbarrier.init's call site
   int line = 0;
+  // A copy performed at issue (warp-random) that no successful wait has observed since: a block
+  // that ends so would, on a GPU, exit with the copy in flight.
+  bool eager_unobserved = false;
+  PendingCopy eager;  // that copy's what, file and line
 };
 
 struct NamedBarrierState {
@@ -433,6 +437,21 @@ void run_block(BlockState& b, const std::function<void()>& body) {
     }
   }
   for (const auto& [address, m] : b.mbarriers) {
+    if (m.tx < 0 && m.pending == 0) {
+      LATHE_FAIL("cuda simulator: block (", b.idx.x, ",", b.idx.y, ",", b.idx.z, ") of ", b.kernel,
+                 " ended with mbarrier ", reinterpret_cast<const void*>(address),
+                 "'s arrivals in and its transaction count at ", m.tx,
+                 ": copies completed bytes no expect_tx announced (the expect_tx bytes are "
+                 "missing or fewer than the copies' bytes); the last copy performed at issue: ",
+                 m.eager.what, " at ", m.eager.file, ":", m.eager.line);
+    }
+    if (m.eager_unobserved && m.copies.empty()) {
+      LATHE_FAIL("cuda simulator: block (", b.idx.x, ",", b.idx.y, ",", b.idx.z, ") of ", b.kernel,
+                 " ended with 1 asynchronous copy (", m.eager.what, " at ", m.eager.file, ":",
+                 m.eager.line, ") on mbarrier ", reinterpret_cast<const void*>(address),
+                 " that no thread waited for, so on a GPU the block could have exited (and its "
+                 "shared memory been reused) while it was in flight");
+    }
     if (m.copies.empty()) continue;
     const PendingCopy& c = m.copies.front();
     LATHE_FAIL("cuda simulator: block (", b.idx.x, ",", b.idx.y, ",", b.idx.z, ") of ", b.kernel,
@@ -1001,6 +1020,16 @@ void mbarrier_async_copy(void* bar, uint32_t bytes, std::function<void()> perfor
               " bytes exceed the transaction count range (2^20 - 1) — ", here());
   const BookkeepingGuard bookkeeping;
   m.copies.push_back(PendingCopy{bytes, std::move(perform), what, file, line});
+  // Under warp-random, half the copies land at once instead (with those issued before them on the
+  // barrier), as a GPU's may: a stage refilled while a consumer's wgmma still reads it then shows
+  // as an operand changed in flight. The lazy copies keep showing a consumer that skips its wait.
+  if (b.schedule == Schedule::WarpRandom && (b.rng() & 1) != 0) {
+    m.eager_unobserved = true;
+    m.eager.what = what;
+    m.eager.file = file;
+    m.eager.line = line;
+    perform_copies(b, m, bar, what, file, line);
+  }
   wake_waiters(b, m, bar);
 }
 
@@ -1018,6 +1047,7 @@ bool mbarrier_try_wait_parity(void* bar, uint32_t parity, const char* file, int 
   if ((m.phase & 1) != parity) {
     LATHE_SIM_TSAN_ACQUIRE(bar);
     b.idle_poll_rounds = 0;
+    m.eager_unobserved = false;
     return true;
   }
   t.state = State::Poll;
@@ -1045,7 +1075,10 @@ void mbarrier_wait_parity(void* bar, uint32_t parity, const char* file, int line
       const BookkeepingGuard bookkeeping;
       perform_copies(b, m, bar, op, file, line);
     }
-    if ((m.phase & 1) != parity) break;
+    if ((m.phase & 1) != parity) {
+      m.eager_unobserved = false;
+      break;
+    }
     t.state = State::Mbarrier;
     t.mbarrier = bar;
     t.parity = parity;

@@ -713,8 +713,11 @@ TEST_CASE("ptx: in the simulator a consumer that skips the mbarrier wait reads s
       ptx_tests::tma_read(true, src.data(), early.data());
     });
     CHECK(waited == src);
-    // The copy lands when a thread waits on the barrier: every early read sees the fill.
-    CHECK(early == std::vector<uint16_t>(src.size(), 0xDEAD));
+    // The copy lands when a thread waits on the barrier: every early read sees the fill. (Under
+    // warp-random a random half of the copies lands at issue instead, as a GPU's may.)
+    if (std::string(s.name) != "warp-random") {
+      CHECK(early == std::vector<uint16_t>(src.size(), 0xDEAD));
+    }
   }
 }
 
@@ -744,7 +747,11 @@ TEST_CASE("ptx: the simulator reports mbarrier, TMA, named barrier and setmaxnre
 
       e = error(PipelineMisuse::MissingExpectTx);
       INFO(e);
-      CHECK(e.find("phase 0 completes") != std::string::npos);
+      // Under warp-random the copy may land at issue: then the phase never completes and the
+      // block ends with the bytes unannounced.
+      if (std::string(s.name) != "warp-random") {
+        CHECK(e.find("phase 0 completes") != std::string::npos);
+      }
       CHECK(e.find("expect_tx bytes are missing") != std::string::npos);
       CHECK(e.find("cp.async.bulk.tensor.2d") != std::string::npos);
 
