@@ -27,6 +27,7 @@
 #include "bench/bench_cuda_util.h"
 #include "bench/bench_util.h"
 #include "core/tensor_internal.h"
+#include "kernels/cuda/layer_norm_variant.h"
 #include "kernels/cuda/row_shapes.h"
 #include "kernels/kernel_table.h"
 #include "lathe/lathe.h"
@@ -311,9 +312,30 @@ void row_shape_cases(benchmark::internal::Benchmark* b) {
   }
 }
 
+// The fused layer-norm backward with bf16 dy kept packed against widened (layer_norm_variant.h),
+// at BERT's widths, so that the GPU decides which stays. Args: rows, cols, dtype (as rows_cols),
+// dy (0 widened, 1 packed).
+void BM_CudaLayerNormBackwardDy(benchmark::State& state) {
+  namespace cu = lathe::kernels::cuda;
+  const cu::LayerNormDy saved = cu::layer_norm_dy();
+  cu::set_layer_norm_dy(state.range(3) == 0 ? cu::LayerNormDy::Widened : cu::LayerNormDy::Packed);
+  BM_CudaLayerNormBackward(state);
+  cu::set_layer_norm_dy(saved);
+}
+
+void layer_norm_dy_cases(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"rows", "cols", "bf16", "dy"});
+  for (int64_t rows : {4096, 32768}) {
+    for (int64_t cols : {384, 768, 1024}) {
+      for (int64_t dy : {0, 1}) b->Args({rows, cols, 1, dy});
+    }
+  }
+}
+
 }  // namespace
 
 LATHE_CUDA_BENCH(BM_CudaRowShapes, row_shape_cases);
+LATHE_CUDA_BENCH(BM_CudaLayerNormBackwardDy, layer_norm_dy_cases);
 LATHE_CUDA_BENCH(BM_CudaCopy, rows_cols);
 LATHE_CUDA_BENCH(BM_CudaSoftmaxForward, rows_cols);
 LATHE_CUDA_BENCH(BM_CudaSoftmaxBackward, rows_cols);

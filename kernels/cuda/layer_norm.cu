@@ -27,6 +27,7 @@
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/layer_norm_row.cuh"
+#include "kernels/cuda/layer_norm_variant.h"
 #include "kernels/cuda/math.cuh"
 #include "kernels/cuda/rows.cuh"
 #include "kernels/sim/sim.h"  // LATHE_DYNAMIC_SHARED in both builds
@@ -227,10 +228,22 @@ LATHE_DEVICE_INLINE void store_quad(float* p, const rows::Vec<float, 4>& q) {
 #endif
 }
 
+// A pack of dy as the fused backward holds it (layer_norm_variant.h), in the compute type: the
+// loaded 16-bit pack widened, or the widened pack itself.
+template <class C, class T, int V>
+LATHE_DEVICE_INLINE void held_dy(const rows::Vec<T, V>& held, C (&out)[V]) {
+  if constexpr (std::is_same_v<T, C>) {
+#pragma unroll
+    for (int k = 0; k < V; ++k) out[k] = held.v[k];
+  } else {
+    rows::widen(held, out);
+  }
+}
+
 // Block shape (lanes, 128 / lanes) as row_launch's lanes-per-row shape; dynamic shared memory
 // holds every thread's run of sums (fused_shared_bytes). Every row is `cols / V` whole
 // packs (checked by the launcher).
-template <class T, int N>
+template <class T, int N, bool kPackedDy>
 __global__ void layer_norm_backward_fused_kernel(const T* x, const T* w, const acc_t<T>* mean,
                                                  const acc_t<T>* rstd, const T* gy, T* gx,
                                                  int64_t n_rows, int64_t cols, int64_t chunks,
@@ -259,9 +272,17 @@ __global__ void layer_norm_backward_fused_kernel(const T* x, const T* w, const a
     const T* gyr = gy + r * cols;
     T* gxr = gx + r * cols;
     const C m = active ? mean[r] : C(0), s = active ? rstd[r] : C(0);
-    C dy[N][V], xhat[N][V];
+    // dy as loaded (kPackedDy: 16-bit packs, widened at each use) or widened
+    // (layer_norm_variant.h).
+    using DyPack = std::conditional_t<kPackedDy, rows::Vec<T, V>, rows::Vec<C, V>>;
+    DyPack dy_held[N];
+    C xhat[N][V];
     rows::load_row_cached<T, N>(cut, g.t, g.nt, [&]<int S>(int64_t j) {
-      rows::load<V>(gyr + j, dy[S]);
+      if constexpr (kPackedDy) {
+        dy_held[S] = load16<rows::Vec<T, V>>(gyr + j);
+      } else {
+        rows::load<V>(gyr + j, dy_held[S].v);
+      }
       rows::load<V>(xr + j, xhat[S]);
     });
     // g = dy * w is formed where it is used (w is an L1 hit), so the registers hold dy, which the
@@ -270,10 +291,12 @@ __global__ void layer_norm_backward_fused_kernel(const T* x, const T* w, const a
     rows::for_row_cached<T, N>(cut, g.t, g.nt, [&]<int S>(int64_t j) {
       C wv[V] = {};
       if (w) rows::load<V>(w + j, wv);
+      C dy[V];
+      held_dy(dy_held[S], dy);
 #pragma unroll
       for (int k = 0; k < V; ++k) {
         xhat[S][k] = (xhat[S][k] - m) * s;
-        const C gv = w ? dy[S][k] * wv[k] : dy[S][k];
+        const C gv = w ? dy[k] * wv[k] : dy[k];
         part.a += gv;
         part.b += gv * xhat[S][k];
       }
@@ -284,8 +307,8 @@ __global__ void layer_norm_backward_fused_kernel(const T* x, const T* w, const a
         rows::Vec<float, 4> qw = load_quad(pw), qb = load_quad(pb);
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          qw.v[e] += dy[S][4 * h + e] * xhat[S][4 * h + e];
-          qb.v[e] += dy[S][4 * h + e];
+          qw.v[e] += dy[4 * h + e] * xhat[S][4 * h + e];
+          qb.v[e] += dy[4 * h + e];
         }
         store_quad(pw, qw);
         store_quad(pb, qb);
@@ -296,10 +319,11 @@ __global__ void layer_norm_backward_fused_kernel(const T* x, const T* w, const a
     rows::for_row_cached<T, N>(cut, g.t, g.nt, [&]<int S>(int64_t j) {
       C wv[V] = {};
       if (w) rows::load<V>(w + j, wv);
-      C out[V];
+      C dy[V], out[V];
+      held_dy(dy_held[S], dy);
 #pragma unroll
       for (int k = 0; k < V; ++k) {
-        const C gv = w ? dy[S][k] * wv[k] : dy[S][k];
+        const C gv = w ? dy[k] * wv[k] : dy[k];
         out[k] = s * (gv - mean_g - xhat[S][k] * mean_gx);
       }
       rows::store<V>(gxr + j, out);
@@ -451,6 +475,10 @@ void param_grads(const LayerNormBackwardArgs& a) {
   param_final<T>(pw, pb, a.cols, chunks, a.grad_weight, a.grad_bias);
 }
 
+// layer_norm_variant.h's knob, and the launches it took effect in.
+LayerNormDy g_layer_norm_dy = LayerNormDy::Widened;
+long long g_packed_dy_launches = 0;
+
 // dx, dweight and dbias through layer_norm_backward_fused_kernel when the rows fit it (a group
 // of at most a warp holding a row of whole, aligned packs in registers); false otherwise.
 template <class T>
@@ -476,12 +504,18 @@ bool try_fused_backward(const LayerNormBackwardArgs& a) {
       DeviceScratch partial(size_t(2 * chunks * a.cols) * sizeof(C));
       C* pw = a.grad_weight ? partial.as<C>() : nullptr;
       C* pb = a.grad_bias ? partial.as<C>() + chunks * a.cols : nullptr;
-      rt::launch(layer_norm_backward_fused_kernel<T, N>, dim3(unsigned(chunks)),
-                 dim3(unsigned(l.group), unsigned(groups)), smem, stream(),
-                 "layer_norm_backward_fused", static_cast<const T*>(a.x),
+      // Packed dy for bf16 only: its widening is a shift or a mask per element, f16's a convert
+      // (packed, the f16 kernel at 3 packs took 116 registers against 102; scripts/sass.sh).
+      constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
+      const bool packed = kBf16 && layer_norm_dy() == LayerNormDy::Packed;
+      auto kernel = packed ? layer_norm_backward_fused_kernel<T, N, kBf16>
+                           : layer_norm_backward_fused_kernel<T, N, false>;
+      rt::launch(kernel, dim3(unsigned(chunks)), dim3(unsigned(l.group), unsigned(groups)), smem,
+                 stream(), "layer_norm_backward_fused", static_cast<const T*>(a.x),
                  static_cast<const T*>(a.weight), static_cast<const C*>(a.mean),
                  static_cast<const C*>(a.rstd), static_cast<const T*>(a.grad_y),
                  static_cast<T*>(a.grad_x), a.rows, a.cols, chunks, pw, pb);
+      g_packed_dy_launches += packed ? 1 : 0;
       param_final<T>(pw, pb, a.cols, chunks, a.grad_weight, a.grad_bias);
       return true;
     }
@@ -539,6 +573,16 @@ void layer_norm_backward_impl(const LayerNormBackwardArgs& a) {
 }
 
 }  // namespace
+
+void set_layer_norm_dy(LayerNormDy mode) {
+  g_layer_norm_dy = mode;
+}
+LayerNormDy layer_norm_dy() {
+  return g_layer_norm_dy;
+}
+long long layer_norm_packed_dy_launches() {
+  return g_packed_dy_launches;
+}
 
 extern const LayerNormForwardFn layer_norm_forward = layer_norm_forward_impl;
 extern const LayerNormBackwardFn layer_norm_backward = layer_norm_backward_impl;

@@ -16,6 +16,7 @@
 #include <map>
 
 #include "cuda/kernel_test_util.h"
+#include "kernels/cuda/layer_norm_variant.h"
 #include "kernels/cuda/row_shapes.h"
 #include "kernels/cuda/rows.cuh"
 
@@ -183,6 +184,15 @@ struct RowShapesScope {
   }
   ~RowShapesScope() { kernels::cuda::set_row_shapes(saved); }
   kernels::cuda::RowShapes saved;
+};
+
+struct LayerNormDyScope {
+  explicit LayerNormDyScope(kernels::cuda::LayerNormDy mode)
+      : saved(kernels::cuda::layer_norm_dy()) {
+    kernels::cuda::set_layer_norm_dy(mode);
+  }
+  ~LayerNormDyScope() { kernels::cuda::set_layer_norm_dy(saved); }
+  kernels::cuda::LayerNormDy saved;
 };
 
 int64_t longest_run(const std::vector<int64_t>& idx, int64_t padding_idx) {
@@ -409,6 +419,54 @@ TEST_CASE("cuda transformer kernels: layer_norm parameter gradients over many ro
     check_kernel(cuda.dw, cpu.dw, dtype, std::sqrt(double(rows)) * 4);
     check_kernel(cuda.db, cpu.db, dtype, std::sqrt(double(rows)) * 4);
     if (with_dx) check_kernel(cuda.dx, cpu.dx, dtype, 10.0);
+  }
+}
+
+TEST_CASE("cuda transformer kernels: layer_norm's fused backward with packed dy",
+          "[cuda][transformer][layer_norm]") {
+  // kernels/cuda/layer_norm_variant.h: bf16 dy kept as the loaded packs and widened at each use
+  // must give the widened run's values, at each packs-per-lane count of the fused kernel (384:
+  // 16 lanes x 3 packs; 256: 16 x 2; 768: 32 x 3; 1024: 32 x 4), and match the cpu; f16 ignores
+  // the knob.
+  namespace cu = kernels::cuda;
+  for (DType dtype : {DType::BF16, DType::F16}) {
+    for (int64_t cols : {256, 384, 768, 1024}) {
+      const int64_t rows = 37;
+      INFO(dtype << " rows " << rows << " cols " << cols);
+      const Tensor x = values({rows, cols}, uint64_t(cols), dtype, 2, 4);
+      const Tensor w = values({cols}, 3, dtype, 0.5, 1.5), b = values({cols}, 4, dtype);
+      const Tensor gy = values({rows, cols}, uint64_t(cols + 1), dtype);
+      LayerNormOut cpu = run_layer_norm(cpu_k(), kCpu, wide(dtype), x, w, b, gy,
+                                        zeros({rows}, wide(dtype)), ones({rows}, wide(dtype)));
+      cpu = run_layer_norm(cpu_k(), kCpu, wide(dtype), x, w, b, gy, cpu.mean, cpu.rstd);
+      LayerNormOut widened, packed;
+      {
+        const LayerNormDyScope scope(cu::LayerNormDy::Widened);
+        widened = run_layer_norm(cuda_k(), kCuda, dtype, x, w, b, gy, cpu.mean, cpu.rstd);
+      }
+      {
+        const LayerNormDyScope scope(cu::LayerNormDy::Packed);
+        const long long launches = cu::layer_norm_packed_dy_launches();
+        packed = run_layer_norm(cuda_k(), kCuda, dtype, x, w, b, gy, cpu.mean, cpu.rstd);
+        // The fused kernel ran packed (bf16 only: f16 always runs widened).
+        CHECK(cu::layer_norm_packed_dy_launches() == launches + (dtype == DType::BF16 ? 1 : 0));
+        if (dtype == DType::BF16 && cols == 384) {
+          check_schedule_invariant([&] {
+            LayerNormOut o =
+                run_layer_norm(cuda_k(), kCuda, dtype, x, w, b, gy, cpu.mean, cpu.rstd);
+            return std::vector<Tensor>{o.dx, o.dw, o.db};
+          });
+        }
+      }
+      check_kernel(packed.dx, cpu.dx, dtype, 10.0);
+      check_kernel(packed.dw, cpu.dw, dtype, 2.0 * double(rows));
+      check_kernel(packed.db, cpu.db, dtype, 2.0 * double(rows));
+      // The same arithmetic on the same values: only the compiler's FMA contraction of the
+      // rearranged loops may move a result by a rounding (g++ does so for f16 dx here).
+      check_kernel(packed.dx, widened.dx, dtype);
+      check_kernel(packed.dw, widened.dw, dtype);
+      check_kernel(packed.db, widened.db, dtype);
+    }
   }
 }
 
