@@ -134,7 +134,7 @@ step "cuda runtime, allocator, kernels" 150 tests-cuda.log "$BUILD/bin/lathe-tes
 # The sm_90a variants one process each, into their own JSON files, merged into bench.json below.
 PARTS="$(mktemp -d)"
 for part in ForwardVariant:2 ForwardVariant:3 ForwardVariant:4 BackwardVariant:2; do
-  step "lathe-bench flash ${part/:/ variant }" 45 bench.log "$BUILD/bin/lathe-bench" \
+  step "bench sm_90a ${part/:/ v}" 45 bench.log "$BUILD/bin/lathe-bench" \
     --benchmark_filter="^BM_CudaFlashAttention${part%:*}/.*/variant:${part#*:}/" \
     --benchmark_min_time=0.05 --benchmark_out="$PARTS/${part/:/-}.json" \
     --benchmark_out_format=json
