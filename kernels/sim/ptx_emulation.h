@@ -362,47 +362,50 @@ struct WgmmaProduct {
   }
 };
 
+// A product's common part: the fields, B decoded and read, this thread's lane in the warpgroup.
 template <int N>
-inline void wgmma_ss(MmaInput type, float* d, uint64_t desc_a, uint64_t desc_b, bool b_mn_major,
-                     bool scale_d, const char* file, int line) {
-  const char* name = wgmma_name(type, N, false);
+std::shared_ptr<WgmmaProduct<N>> wgmma_product(MmaInput type, float* d, bool rs, uint64_t desc_b,
+                                               bool b_mn_major, bool scale_d, const char* file,
+                                               int line) {
   auto p = std::make_shared<WgmmaProduct<N>>();
   p->type = type;
   p->d = d;
   p->scale_d = scale_d;
-  p->rs = false;
-  p->name = name;
+  p->rs = rs;
+  p->name = wgmma_name(type, N, rs);
   p->file = file;
   p->line = line;
-  p->a_op = wgmma_operand(desc_a, 64, false, 'A', name, file, line);
-  p->b_op = wgmma_operand(desc_b, N, b_mn_major, 'B', name, file, line);
+  p->b_op = wgmma_operand(desc_b, N, b_mn_major, 'B', p->name, file, line);
   const unsigned rank = linear_thread_id() % 128;
   p->row0 = int(16 * (rank / 32) + rank % 32 / 4);
   p->t = int(rank % 4);
-  p->read_a(p->a_bits);
   p->read_b(p->b_bits);
-  wgmma_sync(name, file, line);
+  return p;
+}
+
+// After the warpgroup rendezvous: d takes the in-flight pattern, the product waits for its wait.
+template <int N>
+void wgmma_in_flight(const std::shared_ptr<WgmmaProduct<N>>& p) {
   p->begin();
-  wgmma_issue([p](const char* wf, int wl) { p->retire(wf, wl); }, name, file, line);
+  wgmma_issue([p](const char* wf, int wl) { p->retire(wf, wl); }, p->name, p->file, p->line);
+}
+
+template <int N>
+inline void wgmma_ss(MmaInput type, float* d, uint64_t desc_a, uint64_t desc_b, bool b_mn_major,
+                     bool scale_d, const char* file, int line) {
+  auto p = wgmma_product<N>(type, d, false, desc_b, b_mn_major, scale_d, file, line);
+  p->a_op = wgmma_operand(desc_a, 64, false, 'A', p->name, file, line);
+  p->read_a(p->a_bits);
+  wgmma_sync(p->name, file, line);
+  wgmma_in_flight(p);
 }
 
 template <int N>
 inline void wgmma_rs(MmaInput type, float* d, const uint32_t a_frag[4], uint64_t desc_b,
                      bool b_mn_major, bool scale_d, const char* file, int line) {
-  const char* name = wgmma_name(type, N, true);
-  auto p = std::make_shared<WgmmaProduct<N>>();
-  p->type = type;
-  p->d = d;
-  p->scale_d = scale_d;
-  p->rs = true;
-  p->name = name;
-  p->file = file;
-  p->line = line;
-  p->b_op = wgmma_operand(desc_b, N, b_mn_major, 'B', name, file, line);
-  p->t = int(linear_thread_id() % 4);
-  p->read_b(p->b_bits);
+  auto p = wgmma_product<N>(type, d, true, desc_b, b_mn_major, scale_d, file, line);
   uint32_t rows[2][8];
-  wgmma_gather_a(a_frag, rows, name, file, line);
+  wgmma_gather_a(a_frag, rows, p->name, file, line);  // the warpgroup rendezvous
   for (int h = 0; h < 2; ++h) {
     for (int q = 0; q < 8; ++q) {
       p->a_bits[h][2 * q] = uint16_t(rows[h][q]);
@@ -411,8 +414,7 @@ inline void wgmma_rs(MmaInput type, float* d, const uint32_t a_frag[4], uint64_t
   }
   p->a_regs = a_frag;
   std::memcpy(p->a_saved, a_frag, sizeof(p->a_saved));
-  p->begin();
-  wgmma_issue([p](const char* wf, int wl) { p->retire(wf, wl); }, name, file, line);
+  wgmma_in_flight(p);
 }
 
 }  // namespace lathe::sim
