@@ -131,10 +131,7 @@ inline void cp_async(void* dst, const void* src, int cp_size, int src_size, cons
 // cp.async.wait_group pending: performs the copies of the groups it retires (here, inline, so the
 // sanitizers attribute the writes to the kernel's thread).
 inline void cp_async_wait(int pending) {
-  thread_local std::vector<CpAsyncCopy> retired;  // no fiber switch happens in this function
-  retired.clear();
-  cp_async_retire(pending, retired);
-  for (const CpAsyncCopy& c : retired) {
+  for (const CpAsyncCopy& c : cp_async_retire(pending)) {
     if (c.src_size > 0) std::memcpy(c.dst, c.src, size_t(c.src_size));
     if (c.src_size < c.cp_size) {
       std::memset(static_cast<char*>(c.dst) + c.src_size, 0, size_t(c.cp_size - c.src_size));

@@ -61,6 +61,7 @@ struct ThreadState {
   // committed groups, oldest first.
   std::vector<CpAsyncCopy> copies_open;
   std::deque<std::vector<CpAsyncCopy>> copy_groups;
+  std::vector<CpAsyncCopy> copies_retired;  // cp_async_retire's answer
   struct Product {
     WgmmaRetire retire;
     const char* what;
@@ -74,6 +75,7 @@ struct ThreadState {
   void clear_async() {
     copies_open.clear();
     copy_groups.clear();
+    copies_retired.clear();
     products_open.clear();
     product_groups.clear();
     accumulators.clear();
@@ -593,13 +595,15 @@ void cp_async_commit_group() {
   t.copies_open.clear();
 }
 
-void cp_async_retire(int pending, std::vector<CpAsyncCopy>& out) {
+const std::vector<CpAsyncCopy>& cp_async_retire(int pending) {
   ThreadState& t = *g_thread;
+  t.copies_retired.clear();
   while (t.copy_groups.size() > size_t(std::max(pending, 0))) {
     const std::vector<CpAsyncCopy>& group = t.copy_groups.front();
-    out.insert(out.end(), group.begin(), group.end());
+    t.copies_retired.insert(t.copies_retired.end(), group.begin(), group.end());
     t.copy_groups.pop_front();
   }
+  return t.copies_retired;
 }
 
 void wgmma_issue(WgmmaRetire retire, const char* what, const char* file, int line) {

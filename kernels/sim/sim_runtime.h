@@ -110,9 +110,10 @@ struct CpAsyncCopy {
 };
 void cp_async_issue(const CpAsyncCopy& copy);
 void cp_async_commit_group();
-// Moves the copies of the oldest committed groups into `out` (issue order) until at most
-// `pending` committed groups remain; copies not yet committed stay, as on a GPU.
-void cp_async_retire(int pending, std::vector<CpAsyncCopy>& out);
+// Takes the copies of the oldest committed groups (issue order) until at most `pending` committed
+// groups remain; copies not yet committed stay, as on a GPU. The vector is the calling thread's
+// own, valid until its next call.
+const std::vector<CpAsyncCopy>& cp_async_retire(int pending);
 
 // A wgmma product in flight: `retire(wait_file, wait_line)` performs it (and checks its operands).
 using WgmmaRetire = std::function<void(const char* wait_file, int wait_line)>;
