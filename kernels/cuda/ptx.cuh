@@ -25,7 +25,9 @@
 // All 32 lanes of the warp must execute mma/ldmatrix together (the simulator reports otherwise).
 // In the simulated build the wrappers take two trailing defaulted arguments (the call site), which
 // name the instruction in errors and tell lanes of a warp meeting at different instructions apart.
-// There, cp.async copies at issue time, so a missing cp_async_wait shows only on a real GPU.
+// There, a cp.async copy lands at the issuing thread's cp_async_wait that retires its group, and a
+// wgmma product at the wgmma_wait that retires it (kernels/sim/ptx_emulation.h), so a missing or
+// too-shallow wait reads stale data there too.
 //
 // The sm_90 producer/consumer machinery (FlashAttention-3 style pipelines) is wrapped too:
 //  - mbarrier (64-bit barriers in shared memory with a phase, an arrival count and a transaction

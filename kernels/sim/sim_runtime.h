@@ -85,9 +85,10 @@ bool mbarrier_try_wait_parity(void* bar, uint32_t parity, const char* file, int 
 // Blocks until the phase of parity `parity` completed; a wait that can never end is a deadlock.
 void mbarrier_wait_parity(void* bar, uint32_t parity, const char* file, int line);
 // An asynchronous copy of `bytes` bytes that signals complete_tx on `bar`: `perform` runs when a
-// thread next tests or waits on the barrier (not at issue time), then the bytes count against the
-// transaction count. `what` names the instruction in errors. A block that exits with copies still
-// pending is an error.
+// thread next tests or waits on the barrier (not at issue time; under warp-random, at issue for a
+// random half of the copies), then the bytes count against the transaction count. `what` names the
+// instruction in errors. A block that exits with copies still pending, or with a copy performed at
+// issue that no wait observed, is an error.
 void mbarrier_async_copy(void* bar, uint32_t bytes, std::function<void()> perform, const char* what,
                          const char* file, int line);
 
