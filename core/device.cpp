@@ -33,4 +33,10 @@ bool cuda_available() {
   return cuda_device_count() > 0;
 }
 
+void synchronize(Device device) {
+  const kernels::DeviceApi* api = kernels::device_api(device.type);
+  LATHE_CHECK(api && api->synchronize, "synchronize: this build has no backend for ", device.str());
+  api->synchronize(device.index);
+}
+
 }  // namespace lathe

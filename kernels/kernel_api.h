@@ -13,6 +13,27 @@ namespace lathe::kernels {
 
 inline constexpr int kMaxDims = 16;
 
+// The op a kernel names when it reports bad data it found on the device (an index out of range,
+// kernels/cuda/device_report.h), for the scope of a call whose op is not the kernel's own:
+// embedding's forward runs the index_select kernel, and its error should say "embedding". Set by
+// the op around the kernel call; the cpu kernels validate before the call and ignore it.
+class ReportAs {
+ public:
+  explicit ReportAs(const char* op) : previous_(slot()) { slot() = op; }
+  ~ReportAs() { slot() = previous_; }
+  ReportAs(const ReportAs&) = delete;
+  ReportAs& operator=(const ReportAs&) = delete;
+  // The op set for this thread, or nullptr.
+  static const char* current() { return slot(); }
+
+ private:
+  static const char*& slot() {
+    static thread_local const char* op = nullptr;
+    return op;
+  }
+  const char* previous_;
+};
+
 // A strided n-d view of device memory. `data` points at the view's first element (the tensor's
 // offset is already applied); strides are in elements and may be 0 (broadcast).
 struct View {
@@ -349,21 +370,30 @@ struct MultiTensor {
   DType dtype = DType::F32;
 };
 
-// norms[k] (host array of `count`) = sum |x|^p over tensor k (p = norm_type), or max |x| when
-// norm_type is infinite; computed in f64. The per-element order of the sums is fixed (chunks of
-// `chunk` elements summed in a fixed tree, chunks added in order): the result does not depend on
-// the thread count or the schedule. NaN propagates. Synchronous: the norms are on the host on
-// return.
+// norms[k] = sum |x|^p over tensor k (p = norm_type), or max |x| when norm_type is infinite;
+// computed in f64. The per-element order of the sums is fixed (chunks of `chunk` elements summed
+// in a fixed tree, chunks added in order): the result does not depend on the thread count or the
+// schedule. NaN propagates. When `total` is set, total[0] = the norms combined in tensor order
+// (0 + norms[0] + norms[1] + ..., or their maximum with NaN winning), so that a caller's reduction
+// of the norms has one fixed order on every device. `norms` and `total` point into the kernel's
+// device memory (host memory for the cpu device). The cuda kernel is asynchronous on the current
+// stream and never makes the host wait: the values are there once the stream reaches them.
 struct MultiTensorNormArgs {
-  const MultiTensor* tensors = nullptr;
+  const MultiTensor* tensors = nullptr;  // host array of `count` entries (device pointers inside)
   int64_t count = 0;
   double norm_type = 2.0;
-  double* norms = nullptr;
-  int64_t chunk = 0;  // 0: the backend's default; tests set it small
+  double* norms = nullptr;  // `count` f64 in device memory
+  double* total = nullptr;  // optional: one f64 in device memory
+  int64_t chunk = 0;        // 0: the backend's default; tests set it small
 };
 using MultiTensorNormFn = void (*)(const MultiTensorNormArgs& args);
 
-// x *= scale for every tensor, in place, computed in f32 (f64 for f64 data) and rounded once.
-using MultiTensorScaleFn = void (*)(const MultiTensor* tensors, int64_t count, double scale);
+// Gradient clipping's scaling, with the coefficient c = *scale (one f64 in the device's memory, so
+// that a coefficient computed on the device never visits the host): every tensor is multiplied by
+// c in place, in f32 (f64 for f64 data) and rounded once, unless c >= 1, which leaves the tensors
+// untouched (clipping's min(c, 1) without writing memory; the cuda kernel's blocks return after
+// reading c). A NaN c fails that test and poisons the tensors, as PyTorch's clipping does.
+// Asynchronous on cuda, like the norm.
+using MultiTensorScaleFn = void (*)(const MultiTensor* tensors, int64_t count, const double* scale);
 
 }  // namespace lathe::kernels

@@ -39,8 +39,10 @@ Tensor BertEmbeddings::forward(const Tensor& input_ids, const Tensor& token_type
   LATHE_CHECK(seq <= position_embeddings->num_embeddings(), "BertEmbeddings: sequence length ", seq,
               " exceeds max_position_embeddings ", position_embeddings->num_embeddings());
   Tensor sum = word_embeddings->forward(input_ids);
-  const Tensor positions = arange(seq, TensorOptions(DType::I64).device(input_ids.device()));
-  sum = sum + position_embeddings->forward(positions);  // [T, H] broadcasts over the batch
+  // Positions 0 .. T-1 pick the table's first T rows: a view of them, whose gradient is the
+  // summed rows, not a lookup (the position ids would be a host -> device copy per call, and the
+  // lookup's backward a sort). [T, H] broadcasts over the batch.
+  sum = sum + position_embeddings->weight.slice(0, 0, seq, 1);
   if (token_type_ids.defined()) {
     LATHE_CHECK(token_type_ids.shape() == input_ids.shape(), "BertEmbeddings: token_type_ids ",
                 shape_str(token_type_ids.shape()), " differs from input_ids ",

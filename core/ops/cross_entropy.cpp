@@ -5,8 +5,11 @@
 //   - label smoothing eps gives (1 - eps) * nll + eps * mean over classes of -log p;
 //   - Mean divides the summed loss by the number of non-ignored rows. When every row is ignored
 //     that is 0 / 0 = NaN, exactly as PyTorch returns; the gradient is then 0, never NaN.
-// Targets are validated on the host first so a bad class index is reported by value (and never
-// read out of bounds by a kernel).
+// A bad class index is reported by value and never read out of bounds. The fused op validates the
+// targets here on the cpu only; on cuda its kernel checks them and the error is raised at the
+// host's next wait for the device (kernels/cuda/device_report.h): reading the targets back made the
+// host wait at every loss. For the same reason Mean's count of non-ignored rows is a tensor on the
+// logits' device. The composite twin, a reference, validates on the host everywhere.
 #include <cmath>
 
 #include <limits>
@@ -19,11 +22,12 @@ namespace {
 
 struct CrossEntropyShape {
   int64_t rows = 0, classes = 0;
-  int64_t counted = 0;  // rows whose target is not ignore_index
+  int64_t counted = 0;  // rows whose target is not ignore_index (when validated on the host)
 };
 
 CrossEntropyShape check_cross_entropy(const Tensor& logits, const Tensor& targets,
-                                      const CrossEntropyOptions& options, const char* op) {
+                                      const CrossEntropyOptions& options, const char* op,
+                                      bool validate_on_host) {
   detail::check_defined(logits, op, "logits");
   detail::check_defined(targets, op, "targets");
   LATHE_CHECK(is_floating(logits.dtype()), op,
@@ -49,6 +53,7 @@ CrossEntropyShape check_cross_entropy(const Tensor& logits, const Tensor& target
                 " must be 0-dim for 1-d logits ", detail::describe(logits));
   }
   LATHE_CHECK(s.classes > 0, op, ": logits ", detail::describe(logits), " have no classes");
+  if (!validate_on_host) return s;
   const std::vector<int64_t> values = targets.to_vector<int64_t>();
   for (size_t i = 0; i < values.size(); ++i) {
     const int64_t t = values[i];
@@ -69,7 +74,8 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, CrossEntropyOp
     NoAutocastGuard inside;
     return cross_entropy((*cast)[0], (*cast)[1], options);
   }
-  const CrossEntropyShape s = check_cross_entropy(logits, targets, options, op);
+  const CrossEntropyShape s =
+      check_cross_entropy(logits, targets, options, op, targets.device().is_cpu());
   // Devices without the fused kernel use the composite twin (same values, autograd gradients).
   if (!detail::kernels_of(logits).cross_entropy_forward) {
     return cross_entropy_slow(logits, targets, options);
@@ -101,7 +107,7 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, CrossEntropyOp
   }
 
   Tensor out;
-  double grad_scale = 1.0;  // d out / d loss[row] for Mean and Sum
+  Tensor inv_count;  // Mean: d out / d loss[row], 1 / max(rows not ignored, 1), on the device
   {
     NoGradGuard no_grad;
     switch (options.reduction) {
@@ -111,18 +117,24 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, CrossEntropyOp
       case Reduction::Sum:
         out = sum(losses);
         break;
-      case Reduction::Mean:
-        // 0 / 0 = NaN when every row is ignored, as in PyTorch.
-        out = sum(losses) / double(s.counted);
-        grad_scale = s.counted > 0 ? 1.0 / double(s.counted) : 0.0;
+      case Reduction::Mean: {
+        // 0 / 0 = NaN when every row is ignored, as in PyTorch; the gradient is then 0 (every
+        // row's is), whatever inv_count says.
+        const DType acc = logits.dtype() == DType::F64 ? DType::F64 : DType::F32;
+        const Tensor ignore = full({}, double(options.ignore_index),
+                                   TensorOptions(DType::I64).device(logits.device()));
+        const Tensor counted = sum(ne(t, ignore).to(acc));
+        out = (sum(losses).to(acc) / counted).to(logits.dtype());
+        inv_count = 1.0 / maximum(counted, full_like(counted, 1.0));
         break;
+      }
     }
   }
 
   if (autograd::any_requires_grad({&logits})) {
     autograd::record(
         op, {logits}, {out},
-        [saved_x = autograd::SavedTensor(x, op), t, lse, s, options, grad_scale,
+        [saved_x = autograd::SavedTensor(x, op), t, lse, s, options, inv_count,
          logits_shape = logits.shape()](const std::vector<Tensor>& g) {
           const Tensor& xs = saved_x.get();
           const TensorOptions o = TensorOptions(xs.dtype()).device(xs.device());
@@ -130,8 +142,9 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, CrossEntropyOp
           if (options.reduction == Reduction::None) {
             grad_loss = g[0].to(xs.dtype()).reshape({s.rows}).contiguous();
           } else {
-            grad_loss =
-                (g[0].to(xs.dtype()) * grad_scale).reshape({1}).expand({s.rows}).contiguous();
+            const Tensor scaled =
+                inv_count.defined() ? g[0].to(inv_count.dtype()) * inv_count : g[0];
+            grad_loss = scaled.to(xs.dtype()).reshape({1}).expand({s.rows}).contiguous();
           }
           Tensor grad = empty({s.rows, s.classes}, o);
           if (s.rows > 0) {
@@ -161,7 +174,7 @@ Tensor cross_entropy_slow(const Tensor& logits, const Tensor& targets,
     NoAutocastGuard inside;
     return cross_entropy_slow((*cast)[0], (*cast)[1], options);
   }
-  const CrossEntropyShape s = check_cross_entropy(logits, targets, options, op);
+  const CrossEntropyShape s = check_cross_entropy(logits, targets, options, op, true);
   Tensor x = logits.reshape({s.rows, s.classes});
   Tensor t = targets.reshape({s.rows});
   Tensor log_p = log_softmax(x, 1);

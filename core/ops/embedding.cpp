@@ -3,8 +3,10 @@
 // embedding_backward kernel, which writes the whole [V, D] gradient: each row the sum of the
 // gradient rows of the positions that picked it (in a deterministic order, so repeated indices sum
 // reproducibly; on cuda by sorting the positions by index and summing segments), the padding row
-// and unused rows zero. Indices are validated on the host first, so an out-of-range index is
-// reported by value instead of reading out of bounds.
+// and unused rows zero. An out-of-range index is reported by value instead of read out of bounds:
+// on the cpu checked here first; on cuda by the kernel that reads it, raised at the host's next
+// wait for the device (kernels/cuda/device_report.h), since reading the indices back here made
+// the host wait at every lookup.
 #include "core/tensor_internal.h"
 
 namespace lathe {
@@ -25,17 +27,20 @@ Tensor embedding(const Tensor& indices, const Tensor& weight, std::optional<int6
                 " is out of range for ", V, " embeddings (weight ", detail::describe(weight), ")");
     pad = *padding_idx < 0 ? *padding_idx + V : *padding_idx;
   }
-  const std::vector<int64_t> values = indices.to_vector<int64_t>();
-  for (size_t i = 0; i < values.size(); ++i) {
-    LATHE_CHECK(values[i] >= 0 && values[i] < V, op, ": index ", values[i], " (at flat position ",
-                i, ") is out of range for ", V, " embeddings (weight ", detail::describe(weight),
-                ")");
+  if (indices.device().is_cpu()) {
+    const std::vector<int64_t> values = indices.to_vector<int64_t>();
+    for (size_t i = 0; i < values.size(); ++i) {
+      LATHE_CHECK(values[i] >= 0 && values[i] < V, op, ": index ", values[i], " (at position ", i,
+                  ") is out of range for ", V, " embeddings (weight ", detail::describe(weight),
+                  ")");
+    }
   }
 
   const int64_t n = indices.numel();
   Tensor flat = indices.detach().to(DType::I64).reshape({n}).contiguous();
   Tensor out_2d = empty({n, D}, TensorOptions(weight.dtype()).device(weight.device()));
   if (n > 0 && D > 0) {
+    const kernels::ReportAs report_as(op);
     LATHE_KERNEL(weight.device(), index_select, op)
     (detail::make_view(weight.detach()), 0, detail::make_view(flat), detail::make_view(out_2d));
   }

@@ -445,9 +445,11 @@ int run(const Options& o) {
         break;
       }
       loss.backward();
-      // clip_grad_norm_ also measures: an infinite max_norm never scales.
+      // clip_grad_norm_ also measures: an infinite max_norm never scales. The norm is read every
+      // step, not only when logged, because a non-finite one must stop the run before the step.
       last_grad_norm =
-          optim::clip_grad_norm_(optimizer, o.max_grad_norm > 0 ? o.max_grad_norm : INFINITY);
+          optim::clip_grad_norm_(optimizer, o.max_grad_norm > 0 ? o.max_grad_norm : INFINITY)
+              .item<double>();
       if (!std::isfinite(last_grad_norm)) {
         say("step " + std::to_string(step) + ": the gradient norm is " +
             std::to_string(last_grad_norm) + "; stopping");

@@ -119,10 +119,18 @@ void multi_tensor_norm_kernel(const MultiTensorNormArgs& a) {
     double& out = a.norms[chunks[i].tensor];
     out = chunks[i].begin == 0 ? partial[i] : merge(out, partial[i], kind);
   }
+  if (a.total) {
+    double total = 0.0;
+    for (int64_t k = 0; k < a.count; ++k) total = merge(total, a.norms[k], kind);
+    *a.total = total;
+  }
 }
 
-void multi_tensor_scale_kernel(const MultiTensor* tensors, int64_t count, double scale) {
+void multi_tensor_scale_kernel(const MultiTensor* tensors, int64_t count, const double* coef) {
   check_tensors(tensors, count, "multi_tensor_scale");
+  LATHE_CHECK(coef, "multi_tensor_scale: no coefficient");
+  const double scale = *coef;
+  if (scale >= 1.0) return;
   const std::vector<ChunkRef> chunks = make_chunks(tensors, count, kDefaultChunk);
   const int64_t n = int64_t(chunks.size());
 #pragma omp parallel for schedule(dynamic, 1) if (n > 1)

@@ -11,13 +11,15 @@
 //    zeros for ignored rows (whose grad_loss is not read).
 // Memory traffic is one read of the logits forward and one read plus one write backward, the
 // minimum for the two kernel calls autograd makes. The formulas and special values are those of
-// kernels/cpu/cross_entropy.cpp (an all -inf row gives NaN). The op validates targets on the host;
-// a target outside [0, classes) that reaches the kernel anyway gives a NaN loss and NaN gradients
-// instead of an out-of-bounds read.
+// kernels/cpu/cross_entropy.cpp (an all -inf row gives NaN). The targets are checked here, not by
+// the op (a read-back was a host wait per call): one outside [0, classes) that is not ignore_index
+// gives a NaN loss and NaN gradients instead of an out-of-bounds read, and the forward files it in
+// the device report, raised at the host's next wait (device_report.h).
 #include <limits>
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda/device_report.cuh"
 #include "kernels/cuda/math.cuh"
 #include "kernels/cuda/rows.cuh"
 
@@ -88,7 +90,8 @@ constexpr int64_t kStreamBlock = 256;
 template <class T, bool kBlock>
 __global__ void cross_entropy_forward_kernel(const T* logits, const int64_t* targets, T* loss,
                                              acc_t<T>* lse_out, int64_t n_rows, int64_t classes,
-                                             int64_t ignore_index, acc_t<T> eps) {
+                                             int64_t ignore_index, acc_t<T> eps,
+                                             DeviceReport* report) {
   using C = acc_t<T>;
   __shared__ LseState<C> scratch[32];
   const rows::RowGroup<kBlock> g = rows::row_group<kBlock>();
@@ -112,6 +115,7 @@ __global__ void cross_entropy_forward_kernel(const T* logits, const int64_t* tar
       value = C(0);
     } else if (t < 0 || t >= classes) {
       value = std::numeric_limits<C>::quiet_NaN();
+      file_report(report, "cross_entropy", ReportKind::Target, t, classes, r, -1, ignore_index);
     } else {
       value = lse - convert<C>(xr[t]);
       if (eps > C(0)) value = (C(1) - eps) * value + eps * (lse - row.sum_x / C(classes));
@@ -172,8 +176,10 @@ void cross_entropy_forward_impl(const CrossEntropyForwardArgs& a) {
         l.block ? cross_entropy_forward_kernel<T, true> : cross_entropy_forward_kernel<T, false>;
     rt::launch(kernel, l.grid, l.threads, 0, stream(), "cross_entropy_forward",
                static_cast<const T*>(a.logits), a.targets, static_cast<T*>(a.loss),
-               static_cast<C*>(a.lse), a.rows, a.classes, a.ignore_index, C(a.label_smoothing));
+               static_cast<C*>(a.lse), a.rows, a.classes, a.ignore_index, C(a.label_smoothing),
+               device_report());
   });
+  after_reporting_launch(stream());
 }
 
 void cross_entropy_backward_impl(const CrossEntropyBackwardArgs& a) {

@@ -2,16 +2,21 @@
 // the runtime on the thread's current stream) and the KernelTable of the cuda kernels. The same
 // file serves the real and the simulated build; only runtime_*.cpp differs.
 //
-// Host copies synchronize the stream before returning: the host buffer of copy_from_host may be a
-// temporary that is freed right after the call, and copy_to_host's caller reads the data at once.
+// copy_to_host waits for the stream before returning: its caller reads the data at once.
+// copy_from_host's host buffer may be a temporary freed right after the call: small copies are
+// staged in pinned memory first and queued without a wait (upload.h), larger ones wait.
 // Kernels run on the current device; a multi-GPU process selects it with cuda::set_device.
+// Every wait here raises the errors that kernels found in their data meanwhile
+// (device_report.h).
 #include "kernels/cuda/cuda_device.h"
 
 #include <cstdio>
 
 #include "kernels/cuda/allocator.h"
 #include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda/device_report.h"
 #include "kernels/cuda/runtime.h"
+#include "kernels/cuda/upload.h"
 #include "kernels/device_api.h"
 #include "kernels/kernel_table.h"
 
@@ -34,16 +39,29 @@ void cuda_deallocate(void* ptr, size_t, int index) {
   }
 }
 
+// Copies up to this size go through upload_async's pinned staging blocks: a batch of token ids
+// (32 x 512 i64 is 128 KiB) then reaches the device without a host wait. Larger copies (weights,
+// datasets) wait rather than hold that much pinned memory.
+constexpr size_t kStagedCopyBytes = size_t(1) << 20;
+
 void cuda_copy_from_host(void* dst, const void* src, size_t nbytes, int index) {
+  // The staging event belongs to the current device, so only its own copies are staged.
+  if (nbytes <= kStagedCopyBytes && index == rt::current_device()) {
+    rt::upload_async(dst, src, nbytes, rt::current_stream(index));
+    return;
+  }
   rt::memcpy_sync(dst, src, nbytes, rt::CopyKind::HostToDevice, rt::current_stream(index));
+  cuda::raise_device_report();
 }
 
 void cuda_copy_to_host(void* dst, const void* src, size_t nbytes, int index) {
   rt::memcpy_sync(dst, src, nbytes, rt::CopyKind::DeviceToHost, rt::current_stream(index));
+  cuda::raise_device_report();
 }
 
 void cuda_synchronize(int index) {
   rt::device_synchronize(index);
+  cuda::raise_device_report();
 }
 
 int cuda_count() {

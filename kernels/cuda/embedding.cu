@@ -3,15 +3,17 @@
 //
 // Sort-and-segment, the scheme of PyTorch's embedding_dense_backward:
 //  1. keys (index << 32 | position) for every position whose index is not padding_idx; padding and
-//     the power-of-two fill sort last as UINT64_MAX. Indices out of range are found here too (an
-//     integer atomicMin keeps the first) and reported before anything is written.
+//     the power-of-two fill sort last as UINT64_MAX. An index out of range is filed in the device
+//     report (raised at the host's next wait, device_report.h) and its position skipped.
 //  2. bitonic sort of the keys: whole 2048-key tiles in shared memory, then the global merge
 //     stages, each finishing in shared memory once its stride fits in a tile. Keys are unique, so
 //     the order is the same whatever the sort's internals: positions of one index come out in
 //     increasing order.
 //  3. each run of equal indices (a segment) is cut into groups of at most kGroup positions, counted
 //     from the segment's start: a max-scan gives every key its segment's start, a sum-scan numbers
-//     the groups. One host read of the group count sizes the rest.
+//     the groups. The group count stays on the device: the buffers are sized for one group per
+//     position (the most there can be) and the later kernels read the count, so the host never
+//     waits (a read-back here was a host wait per call).
 //  4. a thread per (group, 16-byte column pack) adds the group's rows of grad_out in position order
 //     into an f32 (f64) partial row; neighbouring threads read neighbouring columns.
 //  5. a thread per (segment, column pack) adds its groups' partial rows in order and writes the
@@ -24,6 +26,7 @@
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda/device_report.cuh"
 #include "kernels/cuda/rows.cuh"
 
 namespace lathe::kernels::cuda {
@@ -45,13 +48,13 @@ LATHE_DEVICE_INLINE int64_t key_position(uint64_t key) {
 
 __global__ void make_keys_kernel(const int64_t* indices, int64_t n, int64_t padded,
                                  int64_t num_embeddings, int64_t padding_idx, uint64_t* keys,
-                                 unsigned long long* first_bad) {
+                                 DeviceReport* report) {
   for (int64_t i = global_thread(); i < padded; i += grid_threads()) {
     uint64_t key = kNoKey;
     if (i < n) {
       const int64_t v = indices[i];
       if (v < 0 || v >= num_embeddings) {
-        atomicMin(first_bad, static_cast<unsigned long long>(i));
+        file_report(report, "embedding backward", ReportKind::Embedding, v, num_embeddings, i);
       } else if (v != padding_idx) {
         key = (uint64_t(v) << 32) | uint64_t(i);
       }
@@ -160,10 +163,10 @@ __global__ void group_bounds_kernel(const uint64_t* keys, int64_t n, const int64
 // partial[g, c .. c + W) = sum over the group's positions k, in order, of grad_out[k, c .. c + W).
 template <class T, int W>
 __global__ void group_sums_kernel(const uint64_t* keys, const int64_t* begin, const int64_t* end,
-                                  int64_t groups, const T* grad_out, int64_t s0, int64_t s1,
-                                  int64_t dim, acc_t<T>* partial) {
+                                  const int64_t* group_count, const T* grad_out, int64_t s0,
+                                  int64_t s1, int64_t dim, acc_t<T>* partial) {
   using C = acc_t<T>;
-  const int64_t packs = dim / W;
+  const int64_t packs = dim / W, groups = *group_count;
   for (int64_t w = global_thread(); w < groups * packs; w += grid_threads()) {
     const int64_t g = w / packs, c = (w - g * packs) * W;
     C acc[W];
@@ -185,10 +188,10 @@ __global__ void group_sums_kernel(const uint64_t* keys, const int64_t* begin, co
 // For the first group of each segment: its segment's partial rows added in order, written to the
 // weight row.
 template <class T, int W>
-__global__ void segment_sums_kernel(const int64_t* row, int64_t groups, const acc_t<T>* partial,
-                                    int64_t dim, T* grad_weight) {
+__global__ void segment_sums_kernel(const int64_t* row, const int64_t* group_count,
+                                    const acc_t<T>* partial, int64_t dim, T* grad_weight) {
   using C = acc_t<T>;
-  const int64_t packs = dim / W;
+  const int64_t packs = dim / W, groups = *group_count;
   for (int64_t w = global_thread(); w < groups * packs; w += grid_threads()) {
     const int64_t g = w / packs, c = (w - g * packs) * W;
     const int64_t v = row[g];
@@ -202,12 +205,6 @@ __global__ void segment_sums_kernel(const int64_t* row, int64_t groups, const ac
   }
 }
 
-int64_t read_back(const int64_t* device_value) {
-  int64_t v = 0;
-  rt::memcpy_sync(&v, device_value, sizeof v, rt::CopyKind::DeviceToHost, stream());
-  return v;
-}
-
 template <class T>
 void embedding_backward_typed(const EmbeddingBackwardArgs& a) {
   using C = acc_t<T>;
@@ -219,19 +216,10 @@ void embedding_backward_typed(const EmbeddingBackwardArgs& a) {
   int64_t padded = 1;
   while (padded < n) padded *= 2;
   DeviceScratch keys(size_t(padded) * sizeof(uint64_t));
-  DeviceScratch bad(sizeof(unsigned long long));
-  rt::memset_async(bad.as<void>(), 0xff, sizeof(unsigned long long), stream());
   rt::launch(make_keys_kernel, dim3(grid_for(padded)), dim3(kThreads), 0, stream(),
              "embedding_backward_keys", a.indices, n, padded, a.num_embeddings, a.padding_idx,
-             keys.as<uint64_t>(), bad.as<unsigned long long>());
-  unsigned long long first_bad = 0;
-  rt::memcpy_sync(&first_bad, bad.as<void>(), sizeof first_bad, rt::CopyKind::DeviceToHost,
-                  stream());
-  if (first_bad != ULLONG_MAX) {
-    const int64_t value = read_back(a.indices + first_bad);
-    LATHE_FAIL("embedding backward: index ", value, " (at position ", first_bad,
-               ") is out of range for ", a.num_embeddings, " embeddings");
-  }
+             keys.as<uint64_t>(), device_report());
+  after_reporting_launch(stream());
   rt::memset_async(grad_weight, 0, weight_bytes, stream());
 
   // 2. sort; 3. segments and groups.
@@ -247,8 +235,9 @@ void embedding_backward_typed(const EmbeddingBackwardArgs& a) {
              "embedding_backward_groups", static_cast<const uint64_t*>(keys.as<uint64_t>()), padded,
              static_cast<const int64_t*>(seg_start.as<int64_t>()), group_incl.as<int64_t>());
   rows::inclusive_scan(group_incl.as<int64_t>(), padded, rows::Sum{}, int64_t(0));
-  const int64_t groups = read_back(group_incl.as<int64_t>() + padded - 1);
-  if (groups == 0) return;  // every position is padding
+  // At most one group per position; the count itself stays on the device.
+  const int64_t groups = n;
+  const int64_t* group_count = group_incl.as<int64_t>() + padded - 1;
   DeviceScratch bounds(size_t(3 * groups) * sizeof(int64_t));
   int64_t* begin = bounds.as<int64_t>();
   int64_t* end = begin + groups;
@@ -268,10 +257,10 @@ void embedding_backward_typed(const EmbeddingBackwardArgs& a) {
     const unsigned g = grid_for(groups * (dim / W));
     rt::launch(group_sums_kernel<T, W>, dim3(g), dim3(kThreads), 0, stream(),
                "embedding_backward_group_sums", static_cast<const uint64_t*>(keys.as<uint64_t>()),
-               static_cast<const int64_t*>(begin), static_cast<const int64_t*>(end), groups, src,
-               s0, s1, dim, partial.as<C>());
+               static_cast<const int64_t*>(begin), static_cast<const int64_t*>(end), group_count,
+               src, s0, s1, dim, partial.as<C>());
     rt::launch(segment_sums_kernel<T, W>, dim3(g), dim3(kThreads), 0, stream(),
-               "embedding_backward_segment_sums", static_cast<const int64_t*>(row), groups,
+               "embedding_backward_segment_sums", static_cast<const int64_t*>(row), group_count,
                static_cast<const C*>(partial.as<C>()), dim, grad_weight);
   };
   if (vec) {

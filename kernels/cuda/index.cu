@@ -8,51 +8,42 @@
 //   order the cpu kernels use, so results are bit-identical to the cpu's. Parallelism is the size
 //   of the rest (the embedding dim for an embedding backward), which suits wide rows; a sort-based
 //   kernel for very narrow ones can come later.
-// - Indices are validated on the device before anything is written (one small reduction and a
-//   synchronizing read of its result), so a bad index throws the same lathe::Error as on the cpu
-//   instead of reading or writing out of bounds.
-#include <climits>
-
+// - Indices are checked where they are read. A bad one is skipped (a copy writes 0 there, an
+//   accumulation adds nothing) and filed in the device report, which the host raises at its next
+//   wait with the same message as the cpu's (device_report.h). Checking before the launch cost a
+//   synchronizing read-back per call.
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda/device_report.cuh"
 
 namespace lathe::kernels::cuda {
 
 namespace {
 
-// ---- index validation ----
-
-__global__ void find_bad_index_kernel(const int64_t* index, OffsetCalc<1> calc, int64_t n,
-                                      int64_t limit, unsigned long long* first_bad) {
-  for (int64_t i = global_thread(); i < n; i += grid_threads()) {
-    int64_t off[1];
-    calc.get(i, off);
-    const int64_t v = index[off[0]];
-    if (v < 0 || v >= limit) atomicMin(first_bad, static_cast<unsigned long long>(i));
+// What a kernel needs to check an index against `limit` and report it: as an index of dim `dim`
+// of `op`, or, under kernels::ReportAs (embedding's forward), as an embedding index at its
+// position (offset / index_stride: the op passes the flattened indices).
+struct IndexCheck {
+  DeviceReport* report;
+  const char* op;
+  ReportKind kind;
+  int64_t limit, index_stride;
+  int dim;
+  // True when v (read at element offset `at` of the index) is in range; otherwise files the report.
+  LATHE_DEVICE_INLINE bool ok(int64_t v, int64_t at) const {
+    if (v >= 0 && v < limit) return true;
+    file_report(report, op, kind, v, limit, index_stride != 0 ? at / index_stride : at, dim);
+    return false;
   }
-}
+};
 
-void check_indices(const View& index, int64_t limit, const char* op, int dim) {
+IndexCheck index_check(const View& index, int64_t limit, const char* op, int dim,
+                       int64_t index_stride) {
   LATHE_CHECK(index.dtype == DType::I64, op, ": index must be i64 here, got ", index.dtype);
-  const int64_t n = index.numel();
-  if (n == 0) return;
-  DeviceScratch flag(sizeof(unsigned long long));
-  rt::memset_async(flag.as<void>(), 0xff, sizeof(unsigned long long), stream());
-  rt::launch(find_bad_index_kernel, dim3(grid_for(n)), dim3(kThreads), 0, stream(), "check_indices",
-             static_cast<const int64_t*>(index.data), make_offset_calc<1>({&index}), n, limit,
-             flag.as<unsigned long long>());
-  unsigned long long first = 0;
-  rt::memcpy_sync(&first, flag.as<void>(), sizeof first, rt::CopyKind::DeviceToHost, stream());
-  if (first == ULLONG_MAX) return;
-  int64_t rest = int64_t(first), offset = 0;
-  for (int d = index.ndim - 1; d >= 0; --d) {
-    offset += (rest % index.size[d]) * index.stride[d];
-    rest /= index.size[d];
+  if (const char* as = ReportAs::current()) {
+    return IndexCheck{device_report(), as, ReportKind::Embedding, limit, index_stride, dim};
   }
-  int64_t value = 0;
-  rt::memcpy_sync(&value, static_cast<const int64_t*>(index.data) + offset, sizeof value,
-                  rt::CopyKind::DeviceToHost, stream());
-  LATHE_FAIL(op, ": index ", value, " is out of range for dim ", dim, " of size ", limit);
+  return IndexCheck{device_report(), op, ReportKind::Index, limit, index_stride, dim};
 }
 
 void check_dims(const View& a, const View& b, int dim, const char* op) {
@@ -69,9 +60,11 @@ struct IndexedCopy {
   const int64_t* index;
   const T* in;
   int64_t in_dim;
+  IndexCheck check;
   // off: output, index, input with the indexed dim's stride zeroed
   LATHE_DEVICE_INLINE void operator()(const int64_t (&off)[3]) const {
-    out[off[0]] = in[off[2] + index[off[1]] * in_dim];
+    const int64_t v = index[off[1]];
+    out[off[0]] = check.ok(v, off[1]) ? in[off[2] + v * in_dim] : convert<T>(0.0f);
   }
 };
 
@@ -79,7 +72,7 @@ void index_select_kernel(const View& in, int dim, const View& index, const View&
   check_dims(in, out, dim, "index_select");
   LATHE_CHECK(index.ndim == 1 && index.size[0] == out.size[dim],
               "index_select: index must be 1-d with ", out.size[dim], " elements");
-  check_indices(index, in.size[dim], "index_select", dim);
+  const IndexCheck check = index_check(index, in.size[dim], "index_select", dim, index.stride[0]);
   if (out.numel() == 0) return;
   // The index walks dim `dim` of the output and is broadcast over the rest.
   View idx = out;
@@ -94,8 +87,9 @@ void index_select_kernel(const View& in, int dim, const View& index, const View&
     launch_elementwise<3>(
         "index_select", {&out, &idx, &in_rest},
         IndexedCopy<T>{static_cast<T*>(out.data), static_cast<const int64_t*>(index.data),
-                       static_cast<const T*>(in.data), in.stride[dim]});
+                       static_cast<const T*>(in.data), in.stride[dim], check});
   });
+  after_reporting_launch(stream());
 }
 
 void gather_kernel(const View& in, int dim, const View& index, const View& out) {
@@ -105,7 +99,7 @@ void gather_kernel(const View& in, int dim, const View& index, const View& out) 
     LATHE_CHECK(index.size[d] == out.size[d] && (d == dim || out.size[d] <= in.size[d]),
                 "gather: index, input and output shapes disagree at dim ", d);
   }
-  check_indices(index, in.size[dim], "gather", dim);
+  const IndexCheck check = index_check(index, in.size[dim], "gather", dim, 0);
   if (out.numel() == 0) return;
   View in_rest = in;
   for (int d = 0; d < out.ndim; ++d) in_rest.size[d] = out.size[d];
@@ -114,8 +108,9 @@ void gather_kernel(const View& in, int dim, const View& index, const View& out) 
     launch_elementwise<3>(
         "gather", {&out, &index, &in_rest},
         IndexedCopy<T>{static_cast<T*>(out.data), static_cast<const int64_t*>(index.data),
-                       static_cast<const T*>(in.data), in.stride[dim]});
+                       static_cast<const T*>(in.data), in.stride[dim], check});
   });
+  after_reporting_launch(stream());
 }
 
 // ---- index_add: out.select(dim, index[k]) += src.select(dim, k), k in order ----
@@ -126,11 +121,14 @@ struct IndexAddRow {
   const T* src;
   const int64_t* index;
   int64_t index_stride, count, out_dim, src_dim;
+  IndexCheck check;
   // off: output rest, source rest
   LATHE_DEVICE_INLINE void operator()(const int64_t (&off)[2]) const {
     using C = compute_t<T>;
     for (int64_t k = 0; k < count; ++k) {
-      T& o = out[off[0] + index[k * index_stride] * out_dim];
+      const int64_t v = index[k * index_stride];
+      if (!check.ok(v, k * index_stride)) continue;
+      T& o = out[off[0] + v * out_dim];
       o = convert<T>(C(convert<C>(o) + convert<C>(src[off[1] + k * src_dim])));
     }
   }
@@ -140,14 +138,15 @@ void index_add_kernel(const View& out, int dim, const View& index, const View& s
   check_dims(out, src, dim, "index_add");
   LATHE_CHECK(index.ndim == 1 && index.size[0] == src.size[dim],
               "index_add: index must be 1-d with ", src.size[dim], " elements");
-  check_indices(index, out.size[dim], "index_add", dim);
+  const IndexCheck check = index_check(index, out.size[dim], "index_add", dim, index.stride[0]);
   const View out_rest = drop_dim(out, dim, &src), src_rest = drop_dim(src, dim);
   dispatch_device_arith(out.dtype, "index_add", [&]<class T>() {
     launch_elementwise<2>("index_add", {&out_rest, &src_rest},
                           IndexAddRow<T>{static_cast<T*>(out.data), static_cast<const T*>(src.data),
                                          static_cast<const int64_t*>(index.data), index.stride[0],
-                                         index.size[0], out.stride[dim], src.stride[dim]});
+                                         index.size[0], out.stride[dim], src.stride[dim], check});
   });
+  after_reporting_launch(stream());
 }
 
 // ---- scatter_add: out[..index[..k..]..] += src[..k..] along dim, k in order ----
@@ -158,11 +157,14 @@ struct ScatterAddRow {
   const T* src;
   const int64_t* index;
   int64_t count, index_dim, src_dim, out_dim;
+  IndexCheck check;
   // off: index rest, source rest, output rest
   LATHE_DEVICE_INLINE void operator()(const int64_t (&off)[3]) const {
     using C = compute_t<T>;
     for (int64_t k = 0; k < count; ++k) {
-      T& o = out[off[2] + index[off[0] + k * index_dim] * out_dim];
+      const int64_t v = index[off[0] + k * index_dim];
+      if (!check.ok(v, off[0] + k * index_dim)) continue;
+      T& o = out[off[2] + v * out_dim];
       o = convert<T>(C(convert<C>(o) + convert<C>(src[off[1] + k * src_dim])));
     }
   }
@@ -175,7 +177,7 @@ void scatter_add_kernel(const View& out, int dim, const View& index, const View&
     LATHE_CHECK(index.size[d] <= src.size[d] && (d == dim || index.size[d] <= out.size[d]),
                 "scatter_add: index, source and output shapes disagree at dim ", d);
   }
-  check_indices(index, out.size[dim], "scatter_add", dim);
+  const IndexCheck check = index_check(index, out.size[dim], "scatter_add", dim, 0);
   const View idx_rest = drop_dim(index, dim), src_rest = drop_dim(src, dim, &index),
              out_rest = drop_dim(out, dim, &index);
   dispatch_device_arith(out.dtype, "scatter_add", [&]<class T>() {
@@ -183,8 +185,9 @@ void scatter_add_kernel(const View& out, int dim, const View& index, const View&
         "scatter_add", {&idx_rest, &src_rest, &out_rest},
         ScatterAddRow<T>{static_cast<T*>(out.data), static_cast<const T*>(src.data),
                          static_cast<const int64_t*>(index.data), index.size[dim],
-                         index.stride[dim], src.stride[dim], out.stride[dim]});
+                         index.stride[dim], src.stride[dim], out.stride[dim], check});
   });
+  after_reporting_launch(stream());
 }
 
 }  // namespace

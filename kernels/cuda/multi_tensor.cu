@@ -5,11 +5,16 @@
 // per tensor merging its chunks' partials (a fixed tree again), so results are deterministic and
 // identical under every simulator schedule. The cpu kernels (kernels/cpu/multi_tensor.cpp) sum a
 // chunk in element order instead, so the two agree to f64 rounding.
+// Nothing here makes the host wait (a training step must not): the chunk tables travel through
+// upload_async's pinned staging, the norms stay in device memory, and the scaling coefficient is
+// read from device memory by the kernel itself.
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda/upload.h"
 
 namespace lathe::kernels::cuda {
 
@@ -114,6 +119,15 @@ __global__ void norm_merge(const double* partial, const int64_t* first, const in
   }
 }
 
+// One thread: the norms combined in tensor order, the order the cpu kernel and the host loop this
+// replaced use, so the total has the same bits on both devices. A few hundred loads.
+__global__ void norm_total(const double* norms, int64_t tensors, int kind_code, double* total) {
+  const auto kind = NormKind(kind_code);
+  double acc = 0.0;
+  for (int64_t k = 0; k < tensors; ++k) acc = merge(acc, norms[k], kind);
+  *total = acc;
+}
+
 template <class T>
 LATHE_DEVICE_INLINE void scale_chunk(const DeviceChunk& c, double scale) {
   T* x = static_cast<T*>(c.data) + c.begin;
@@ -127,7 +141,9 @@ LATHE_DEVICE_INLINE void scale_chunk(const DeviceChunk& c, double scale) {
   }
 }
 
-__global__ void scale_chunks(const DeviceChunk* chunks, int64_t n, double scale) {
+__global__ void scale_chunks(const DeviceChunk* chunks, int64_t n, const double* coef) {
+  const double scale = *coef;
+  if (scale >= 1.0) return;  // clipping leaves the tensors as they are; NaN goes on and poisons
   for (int64_t i = blockIdx.x; i < n; i += gridDim.x) {
     const DeviceChunk c = chunks[i];
     switch (c.dtype) {
@@ -188,6 +204,14 @@ unsigned grid_of(int64_t blocks) {
   return unsigned(blocks < 65535 ? (blocks < 1 ? 1 : blocks) : 65535);
 }
 
+// Appends the bytes of `values` to a host table that one upload_async sends to the device.
+template <class T>
+void append(std::vector<char>& table, const std::vector<T>& values) {
+  const size_t at = table.size();
+  table.resize(at + values.size() * sizeof(T));
+  if (!values.empty()) std::memcpy(table.data() + at, values.data(), values.size() * sizeof(T));
+}
+
 void multi_tensor_norm_kernel(const MultiTensorNormArgs& a) {
   LATHE_CHECK(a.norm_type > 0 && !std::isnan(a.norm_type),
               "multi_tensor_norm: norm_type must be positive, got ", a.norm_type);
@@ -197,47 +221,51 @@ void multi_tensor_norm_kernel(const MultiTensorNormArgs& a) {
   const std::vector<DeviceChunk> chunks =
       make_chunks(a.tensors, a.count, a.chunk > 0 ? a.chunk : kDefaultChunk, "multi_tensor_norm",
                   &first, &counts);
-  if (a.count == 0) return;
+  const cudaStream_t s = stream();
+  if (a.count == 0) {
+    if (a.total) rt::memset_async(a.total, 0, sizeof(double), s);  // all-zero bits are +0.0
+    return;
+  }
   const NormKind kind = std::isinf(a.norm_type) ? NormKind::Max
                         : a.norm_type == 2.0    ? NormKind::SumSquares
                         : a.norm_type == 1.0    ? NormKind::Sum
                                                 : NormKind::Power;
   const int64_t n = int64_t(chunks.size());
-  // Layout of the scratch buffer: chunks | first | counts | partial[n] | norms[count].
-  const size_t chunk_bytes = size_t(n) * sizeof(DeviceChunk);
-  const size_t index_bytes = size_t(a.count) * sizeof(int64_t);
-  DeviceScratch scratch(chunk_bytes + 2 * index_bytes + size_t(n) * 8 + size_t(a.count) * 8 + 8);
+  // Device scratch: chunks | first | counts (one upload) | partial[n].
+  std::vector<char> table;
+  append(table, chunks);
+  append(table, first);
+  append(table, counts);
+  DeviceScratch scratch(table.size() + size_t(n) * sizeof(double));
   char* base = scratch.as<char>();
-  auto* d_chunks = reinterpret_cast<DeviceChunk*>(base);
-  auto* d_first = reinterpret_cast<int64_t*>(base + chunk_bytes);
-  auto* d_counts = d_first + a.count;
-  auto* d_partial = reinterpret_cast<double*>(d_counts + a.count);
-  double* d_norms = d_partial + n;
-  const cudaStream_t s = stream();
-  if (n > 0) rt::memcpy_sync(d_chunks, chunks.data(), chunk_bytes, rt::CopyKind::HostToDevice, s);
-  rt::memcpy_sync(d_first, first.data(), index_bytes, rt::CopyKind::HostToDevice, s);
-  rt::memcpy_sync(d_counts, counts.data(), index_bytes, rt::CopyKind::HostToDevice, s);
+  rt::upload_async(base, table.data(), table.size(), s);
+  const auto* d_chunks = reinterpret_cast<const DeviceChunk*>(base);
+  const auto* d_first = reinterpret_cast<const int64_t*>(base + size_t(n) * sizeof(DeviceChunk));
+  const int64_t* d_counts = d_first + a.count;
+  auto* d_partial = reinterpret_cast<double*>(base + table.size());
   if (n > 0) {
-    rt::launch(norm_partials, dim3(grid_of(n)), dim3(kThreads), 0, s, "multi_tensor_norm",
-               static_cast<const DeviceChunk*>(d_chunks), n, int(kind), a.norm_type, d_partial);
+    rt::launch(norm_partials, dim3(grid_of(n)), dim3(kThreads), 0, s, "multi_tensor_norm", d_chunks,
+               n, int(kind), a.norm_type, d_partial);
   }
   rt::launch(norm_merge, dim3(grid_of(a.count)), dim3(kThreads), 0, s, "multi_tensor_norm",
-             static_cast<const double*>(d_partial), static_cast<const int64_t*>(d_first),
-             static_cast<const int64_t*>(d_counts), a.count, int(kind), d_norms);
-  rt::memcpy_sync(a.norms, d_norms, size_t(a.count) * 8, rt::CopyKind::DeviceToHost, s);
+             static_cast<const double*>(d_partial), d_first, d_counts, a.count, int(kind), a.norms);
+  if (a.total) {
+    rt::launch(norm_total, dim3(1), dim3(1), 0, s, "multi_tensor_norm",
+               static_cast<const double*>(a.norms), a.count, int(kind), a.total);
+  }
 }
 
-void multi_tensor_scale_kernel(const MultiTensor* tensors, int64_t count, double scale) {
+void multi_tensor_scale_kernel(const MultiTensor* tensors, int64_t count, const double* coef) {
+  LATHE_CHECK(coef, "multi_tensor_scale: no coefficient");
   const std::vector<DeviceChunk> chunks =
       make_chunks(tensors, count, kDefaultChunk, "multi_tensor_scale");
   const int64_t n = int64_t(chunks.size());
   if (n == 0) return;
   DeviceScratch scratch(size_t(n) * sizeof(DeviceChunk));
   const cudaStream_t s = stream();
-  rt::memcpy_sync(scratch.as<DeviceChunk>(), chunks.data(), size_t(n) * sizeof(DeviceChunk),
-                  rt::CopyKind::HostToDevice, s);
+  rt::upload_async(scratch.as<DeviceChunk>(), chunks.data(), size_t(n) * sizeof(DeviceChunk), s);
   rt::launch(scale_chunks, dim3(grid_of(n)), dim3(kThreads), 0, s, "multi_tensor_scale",
-             static_cast<const DeviceChunk*>(scratch.as<DeviceChunk>()), n, scale);
+             static_cast<const DeviceChunk*>(scratch.as<DeviceChunk>()), n, coef);
 }
 
 }  // namespace

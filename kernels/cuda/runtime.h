@@ -120,4 +120,17 @@ void memcpy_async(void* dst, const void* src, size_t bytes, CopyKind kind, cudaS
 void memcpy_sync(void* dst, const void* src, size_t bytes, CopyKind kind, cudaStream_t stream);
 void memset_async(void* dst, int byte_value, size_t bytes, cudaStream_t stream);
 
+// ---- host waits and mapped host memory ----
+
+// How many times a host thread of this process has waited for a device: every memcpy_sync and
+// *_synchronize call (the simulated device counts them too, although it never waits). Each wait
+// drains the stream: the device idles until the host has queued the next kernels. Tests hold a
+// training step to none (tests/nn/test_no_host_waits.cpp).
+uint64_t host_waits();
+
+// Pinned host memory that kernels on every device write directly (cudaHostAllocMapped |
+// cudaHostAllocPortable; with unified addressing the same pointer on both sides). Never freed:
+// for the process-lifetime record of device_report.h. Zeroed.
+void* host_alloc_mapped(size_t bytes);
+
 }  // namespace lathe::cuda

@@ -5,7 +5,9 @@
 #include <cuda_runtime.h>
 
 #include <array>
+#include <atomic>
 #include <cstdio>
+#include <cstring>
 #include <mutex>
 #include <vector>
 
@@ -19,6 +21,7 @@ namespace {
 
 constexpr int kMaxDevices = 64;
 thread_local std::array<cudaStream_t, kMaxDevices> t_current_stream{};
+std::atomic<uint64_t> g_host_waits{0};
 
 }  // namespace
 
@@ -94,6 +97,7 @@ void set_device(int device) {
 
 void device_synchronize(int device) {
   set_device(device);
+  g_host_waits.fetch_add(1, std::memory_order_relaxed);
   LATHE_CUDA_CHECK(cudaDeviceSynchronize());
 }
 
@@ -135,6 +139,7 @@ void stream_destroy(cudaStream_t stream) {
 }
 
 void stream_synchronize(cudaStream_t stream) {
+  g_host_waits.fetch_add(1, std::memory_order_relaxed);
   LATHE_CUDA_CHECK(cudaStreamSynchronize(stream));
 }
 
@@ -186,6 +191,7 @@ bool event_query(cudaEvent_t event) {
 }
 
 void event_synchronize(cudaEvent_t event) {
+  g_host_waits.fetch_add(1, std::memory_order_relaxed);
   LATHE_CUDA_CHECK(cudaEventSynchronize(event));
 }
 
@@ -226,6 +232,21 @@ void memcpy_sync(void* dst, const void* src, size_t bytes, CopyKind kind, cudaSt
 void memset_async(void* dst, int byte_value, size_t bytes, cudaStream_t stream) {
   if (bytes == 0) return;
   LATHE_CUDA_CHECK(cudaMemsetAsync(dst, byte_value, bytes, stream));
+}
+
+uint64_t host_waits() {
+  return g_host_waits.load(std::memory_order_relaxed);
+}
+
+void* host_alloc_mapped(size_t bytes) {
+  void* host = nullptr;
+  LATHE_CUDA_CHECK(cudaHostAlloc(&host, bytes, cudaHostAllocMapped | cudaHostAllocPortable));
+  std::memset(host, 0, bytes);
+  void* device = nullptr;
+  LATHE_CUDA_CHECK(cudaHostGetDevicePointer(&device, host, 0));
+  LATHE_CHECK(device == host, "host_alloc_mapped: the device address of mapped host memory ",
+              device, " differs from its host address ", host, " (no unified addressing)");
+  return host;
 }
 
 namespace detail {

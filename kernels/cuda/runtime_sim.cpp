@@ -4,6 +4,7 @@
 // recorded. Streams and events are still real objects with identities, because the caching
 // allocator keys its pools on streams and must behave exactly as on a GPU.
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -36,6 +37,7 @@ double now_ms() {
 }
 
 thread_local cudaStream_t t_current_stream = nullptr;
+std::atomic<uint64_t> g_host_waits{0};
 
 // The error codes the simulated runtime can produce, with cudart's strings.
 const char* sim_error_string(cudaError_t status) {
@@ -117,6 +119,7 @@ void set_device(int device) {
 
 void device_synchronize(int device) {
   check_device(device, "device_synchronize");
+  g_host_waits.fetch_add(1, std::memory_order_relaxed);
 }
 
 void* raw_malloc(size_t bytes, int device) {
@@ -147,7 +150,9 @@ void stream_destroy(cudaStream_t stream) {
   delete stream;
 }
 
-void stream_synchronize(cudaStream_t) {}
+void stream_synchronize(cudaStream_t) {
+  g_host_waits.fetch_add(1, std::memory_order_relaxed);
+}
 
 cudaStream_t current_stream(int) {
   return t_current_stream;
@@ -191,6 +196,7 @@ bool event_query(cudaEvent_t event) {
 
 void event_synchronize(cudaEvent_t event) {
   LATHE_CHECK(event != nullptr, "event_synchronize: null event");
+  g_host_waits.fetch_add(1, std::memory_order_relaxed);
 }
 
 void stream_wait_event(cudaStream_t, cudaEvent_t event) {
@@ -222,6 +228,16 @@ void memset_async(void* dst, int byte_value, size_t bytes, cudaStream_t) {
   if (bytes == 0) return;
   LATHE_CHECK(dst != nullptr, "memset_async: null pointer");
   std::memset(dst, byte_value, bytes);
+}
+
+uint64_t host_waits() {
+  return g_host_waits.load(std::memory_order_relaxed);
+}
+
+void* host_alloc_mapped(size_t bytes) {
+  void* p = std::calloc(1, std::max<size_t>(bytes, 1));
+  LATHE_CHECK(p != nullptr, "host_alloc_mapped: out of host memory (", bytes, " bytes)");
+  return p;
 }
 
 namespace detail {

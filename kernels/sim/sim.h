@@ -85,6 +85,7 @@ inline int __syncthreads_or(int predicate, const char* file = __builtin_FILE(),
 // Memory fences order nothing extra here: fibers interleave only at synchronization points.
 inline void __threadfence() {}
 inline void __threadfence_block() {}
+inline void __threadfence_system() {}
 
 // ---- warp collectives ----
 inline void __syncwarp(unsigned mask = 0xffffffffu, const char* file = __builtin_FILE(),

@@ -250,7 +250,7 @@ TEST_CASE("optim: SGD, Adam and AdamW replay PyTorch's trajectories", "[optim][g
         }
       }
       if (c.clip > 0) {
-        const double total = optim::clip_grad_norm_(*opt, c.clip);
+        const double total = optim::clip_grad_norm_(*opt, c.clip).item<double>();
         const double expected =
             golden_values(c.name + "/" + dtype_tag(dtype) + "/total_norm")[size_t(s)];
         CHECK(std::abs(total - expected) <= rtol * expected);
@@ -291,7 +291,11 @@ TEST_CASE("optim: clip_grad_norm_ matches PyTorch for 2, inf, 1 and 3 norms", "[
     }
     // A parameter without a gradient is skipped.
     params.push_back(zeros({3}, TensorOptions(DType::F32).device(device)).requires_grad_(true));
-    const double total = optim::clip_grad_norm_(params, c.max_norm, c.norm_type);
+    const Tensor norm = optim::clip_grad_norm_(params, c.max_norm, c.norm_type);
+    CHECK(norm.dim() == 0);
+    CHECK(norm.dtype() == DType::F64);
+    CHECK(norm.device() == device);
+    const double total = norm.item<double>();
     const double expected = golden_values(std::string("clip/") + c.name + "/total_norm")[0];
     CHECK(std::abs(total - expected) <= 1e-6 * expected);
     for (size_t k = 0; k < kGoldenParams.size(); ++k) {
@@ -301,6 +305,68 @@ TEST_CASE("optim: clip_grad_norm_ matches PyTorch for 2, inf, 1 and 3 norms", "[
                   shape, 1e-7, 1e-6);
     }
     CHECK_FALSE(params.back().grad().defined());
+  }
+}
+
+TEST_CASE("optim: clip_grad_norm_ on non-contiguous gradients against a float64 loop",
+          "[optim][clip]") {
+  // Strided gradients take the composed path (tensor ops instead of the multi-tensor kernels);
+  // its norm, its coefficient and its "coef >= 1 changes nothing" rule are those of the fused
+  // path: x * f32(coef) for f32, x * coef for f64.
+  auto device = GENERATE(from_range(test_devices()));
+  const double inf = std::numeric_limits<double>::infinity();
+  auto norm_type = GENERATE_COPY(2.0, 3.0, inf);
+  auto max_norm = GENERATE(0.25, 1e3);
+  INFO(device << " norm_type " << norm_type << " max_norm " << max_norm);
+  std::vector<Tensor> params;
+  std::vector<std::vector<double>> before;
+  std::vector<DType> dtypes;
+  double acc = 0.0;
+  for (int k = 0; k < 3; ++k) {
+    const DType dtype = k == 1 ? DType::F64 : DType::F32;
+    Tensor p = zeros({5, 3 + k}, TensorOptions(dtype).device(device)).requires_grad_(true);
+    Tensor g = non_contiguous(random_tensor({5, 3 + k}, 40 + uint64_t(k), dtype, device));
+    REQUIRE_FALSE(g.is_contiguous());
+    p.set_grad(g);
+    before.push_back(g.to_vector<double>());
+    dtypes.push_back(dtype);
+    for (double v : before.back()) {
+      acc = std::isinf(norm_type) ? std::max(acc, std::fabs(v))
+                                  : acc + std::pow(std::fabs(v), norm_type);
+    }
+    params.push_back(p);
+  }
+  const double expected_total = std::isinf(norm_type) ? acc : std::pow(acc, 1.0 / norm_type);
+  const Tensor total = optim::clip_grad_norm_(params, max_norm, norm_type);
+  CHECK(total.dim() == 0);
+  CHECK(total.dtype() == DType::F64);
+  CHECK(total.device() == device);
+  // f32 gradients are reduced in f32 on this path (as PyTorch's per-tensor norms are).
+  CHECK(std::fabs(total.item<double>() - expected_total) <= 1e-6 * expected_total);
+  const double coef = max_norm / (total.item<double>() + 1e-6);
+  REQUIRE((coef < 1.0) == (max_norm < 1.0));  // both branches are covered
+  for (size_t k = 0; k < params.size(); ++k) {
+    INFO("gradient " << k);
+    std::vector<double> expected = before[k];
+    if (coef < 1.0) {
+      for (double& v : expected) {
+        v = dtypes[k] == DType::F64 ? v * coef : double(float(v) * float(coef));
+      }
+    }
+    check_close(params[k].grad(), expected, params[k].shape(), 0.0,
+                dtypes[k] == DType::F64 ? 1e-15 : 1e-7);
+  }
+}
+
+TEST_CASE("optim: clip_grad_norm_ without gradients returns a cpu f64 zero", "[optim][clip]") {
+  auto device = GENERATE(from_range(test_devices()));
+  std::vector<Tensor> params = {zeros({3}, TensorOptions(DType::F32).device(device))};
+  for (const Tensor& t :
+       {optim::clip_grad_norm_(params, 1.0), optim::clip_grad_norm_(std::vector<Tensor>{}, 1.0)}) {
+    CHECK(t.dim() == 0);
+    CHECK(t.dtype() == DType::F64);
+    CHECK(t.device() == Device::cpu());
+    CHECK(t.item<double>() == 0.0);
   }
 }
 

@@ -13,6 +13,7 @@
 #include <limits>
 
 #include "core/tensor_internal.h"
+#include "kernels/cuda/device_report.h"
 #include "kernels/cuda/gemm.h"
 #include "kernels/cuda/runtime.h"
 #include "kernels/kernel_table.h"
@@ -735,19 +736,62 @@ TEST_CASE("cuda kernels: index_add and scatter_add are deterministic and equal t
   }
 }
 
-TEST_CASE("cuda kernels: out-of-range indices throw the cpu's error", "[cuda][kernels]") {
+TEST_CASE("cuda kernels: out-of-range indices are raised at the next wait with the cpu's error",
+          "[cuda][kernels]") {
+  // kernels/cuda/device_report.h: the kernel skips the bad index and files it; the host raises it
+  // once it has waited for the device.
+  const auto wait = [] { lathe::synchronize(kCuda); };
   Tensor x = random_tensor({4, 37}, 1, DType::F32).to(kCuda);
   Tensor index =
       from_vector(std::vector<double>{1, 2, 99, 0}, {4}, TensorOptions(DType::I64)).to(kCuda);
   Tensor out = Tensor::empty({4, 4}, TensorOptions(DType::F32).device(kCuda));
-  testing::check_error([&] { cuda_k().index_select(view(x), 1, view(index), view(out)); },
-                       {"index_select", "index 99", "out of range", "dim 1", "size 37"});
+  testing::check_error(
+      [&] {
+        cuda_k().index_select(view(x), 1, view(index), view(out));
+        wait();
+      },
+      {"index_select", "index 99", "out of range", "dim 1", "size 37"});
+  // The other columns were copied, the bad one is zero.
+  const std::vector<double> xh = x.to_vector<double>(), oh = out.to_vector<double>();
+  for (size_t r = 0; r < 4; ++r) {
+    CHECK(oh[r * 4 + 0] == xh[r * 37 + 1]);
+    CHECK(oh[r * 4 + 1] == xh[r * 37 + 2]);
+    CHECK(oh[r * 4 + 2] == 0.0);
+    CHECK(oh[r * 4 + 3] == xh[r * 37 + 0]);
+  }
   Tensor neg = from_vector(std::vector<double>{-1}, {1}, TensorOptions(DType::I64)).to(kCuda);
-  Tensor src = zeros({4, 1}, TensorOptions(DType::F32).device(kCuda));
+  Tensor src = ones({4, 1}, TensorOptions(DType::F32).device(kCuda));
   Tensor before = x.to(Device::cpu());
-  testing::check_error([&] { cuda_k().index_add(view(x), 1, view(neg), view(src)); },
-                       {"index_add", "index -1"});
-  check_bits(x, before);  // nothing written
+  testing::check_error(
+      [&] {
+        cuda_k().index_add(view(x), 1, view(neg), view(src));
+        wait();
+      },
+      {"index_add", "index -1", "dim 1", "size 37"});
+  check_bits(x, before);  // the bad index added nothing
+  Tensor gidx =
+      from_vector(std::vector<double>{0, 37, 2, 3}, {4, 1}, TensorOptions(DType::I64)).to(kCuda);
+  Tensor gout = Tensor::empty({4, 1}, TensorOptions(DType::F32).device(kCuda));
+  testing::check_error(
+      [&] {
+        cuda_k().gather(view(x), 1, view(gidx), view(gout));
+        wait();
+      },
+      {"gather", "index 37", "dim 1", "size 37"});
+  testing::check_error(
+      [&] {
+        cuda_k().scatter_add(view(x), 1, view(gidx), view(ones({4, 1}).to(kCuda)));
+        wait();
+      },
+      {"scatter_add", "index 37", "dim 1", "size 37"});
+  // Raised once: the next wait is clean.
+  wait();
+  SECTION("LATHE_CUDA_SYNC_CHECKS: raised at the call") {
+    kernels::cuda::set_sync_checks(true);
+    testing::check_error([&] { cuda_k().index_select(view(x), 1, view(index), view(out)); },
+                         {"index_select", "index 99"});
+    kernels::cuda::set_sync_checks(false);
+  }
 }
 
 // ---------------------------------------------------------------------------- random, dropout

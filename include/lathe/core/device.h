@@ -34,4 +34,10 @@ inline std::ostream& operator<<(std::ostream& os, const Device& d) {
 bool cuda_available();
 int cuda_device_count();
 
+// Waits until the work queued on `device` has finished (nothing to wait for on the cpu), then
+// raises, as a lathe::Error, any error a kernel found in its data meanwhile (on cuda, an index or a
+// class target out of range is reported this way, at the host's next wait: docs/cuda.md). Copies
+// to and from the host wait too; a training loop needs neither until it reads a value.
+void synchronize(Device device);
+
 }  // namespace lathe

@@ -195,12 +195,15 @@ class AdamW : public Adam {
 
 // torch.nn.utils.clip_grad_norm_: the norm_type-norm of all gradients together (parameters
 // without a gradient are skipped; norm_type may be infinity for the max-abs norm); when
-// max_norm / (total + 1e-6) < 1 every gradient is multiplied by it, in place. Returns the total
-// norm before clipping (0 when no parameter has a gradient). A non-finite total turns the
-// gradients into NaN, as in PyTorch.
-double clip_grad_norm_(const std::vector<Tensor>& params, double max_norm, double norm_type = 2.0);
-double clip_grad_norm_(const NamedParameters& named, double max_norm, double norm_type = 2.0);
+// max_norm / (total + 1e-6) < 1 every gradient is multiplied by it, in place. A non-finite total
+// turns the gradients into NaN, as in PyTorch. Returns the total norm before clipping as a 0-dim
+// f64 tensor on the gradients' device (the first gradient's device when they live on several),
+// or a cpu 0 when no parameter has a gradient. On cuda the call never makes the host wait for the
+// device: the norm and the coefficient stay on the device; `.item<double>()` on the result is
+// the wait, for a caller that wants the value.
+Tensor clip_grad_norm_(const std::vector<Tensor>& params, double max_norm, double norm_type = 2.0);
+Tensor clip_grad_norm_(const NamedParameters& named, double max_norm, double norm_type = 2.0);
 // Every parameter of every group of `optimizer`.
-double clip_grad_norm_(const Optimizer& optimizer, double max_norm, double norm_type = 2.0);
+Tensor clip_grad_norm_(const Optimizer& optimizer, double max_norm, double norm_type = 2.0);
 
 }  // namespace lathe::optim
