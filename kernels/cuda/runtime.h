@@ -125,7 +125,7 @@ void memset_async(void* dst, int byte_value, size_t bytes, cudaStream_t stream);
 // How many times a host thread of this process has waited for a device: every memcpy_sync and
 // *_synchronize call (the simulated device counts them too, although it never waits). Each wait
 // drains the stream: the device idles until the host has queued the next kernels. Tests hold a
-// training step to none (tests/nn/test_no_host_waits.cpp).
+// training step to none (tests/cuda/test_host_waits.cpp).
 uint64_t host_waits();
 
 // Pinned host memory that kernels on every device write directly (cudaHostAllocMapped |
