@@ -845,6 +845,7 @@ __forceinline__ void wgmma_rs_bf16(float (&d)[N / 2], const uint32_t a[4], uint6
 // own); fence, commit and wait also check that the warpgroup executes them together.
 __forceinline__ void wgmma_fence(const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
   sim::wgmma_sync("wgmma.fence.sync.aligned", file, line);
+  sim::wgmma_fence_registers();
 }
 __forceinline__ void wgmma_commit(const char* file = __builtin_FILE(),
                                   int line = __builtin_LINE()) {
@@ -860,7 +861,10 @@ __forceinline__ void wgmma_wait(const char* file = __builtin_FILE(), int line = 
 template <int Count>
 __forceinline__ void wgmma_fence_operand(float (&)[Count]) {}
 __forceinline__ void wgmma_fence_operand(uint32_t (&)[4]) {}
-__forceinline__ void fence_proxy_async_shared() {}
+__forceinline__ void fence_proxy_async_shared(const char* file = __builtin_FILE(),
+                                              int line = __builtin_LINE()) {
+  sim::fence_proxy_async(file, line);
+}
 
 // mbarrier, TMA, named barriers and setmaxnreg: kernels/sim/ptx_emulation.h describes the
 // emulation.

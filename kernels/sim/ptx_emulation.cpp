@@ -10,6 +10,7 @@
 #include "kernels/sim/ptx_emulation.h"
 #include "kernels/sim/sim_tsan.h"
 
+#include <cstdio>
 #include <mutex>
 #include <sstream>
 #include <vector>
@@ -224,9 +225,10 @@ void tma_load(const void* tensor_map, void* dst, void* bar, int rank, const int3
   const BookkeepingGuard bookkeeping;
   mbarrier_async_copy(
       bar, uint32_t(bytes),
-      [f, out, at0 = at[0], at1 = at[1], at2 = at[2]] {
+      [f, out, bytes, at0 = at[0], at1 = at[1], at2 = at[2]] {
         const int64_t c[3] = {at0, at1, at2};
         tma_perform(f, out, c);
+        async_proxy_wrote(out, bytes);  // an async-proxy write: both views see it
       },
       what, file, line);
 }
@@ -398,6 +400,20 @@ void wgmma_hazard(const char* instruction, const char* issue_file, int issue_lin
              linear_thread_id(), "): ", what, " before the wgmma.wait_group that retires it (",
              wait_file, ":", wait_line,
              "); a GPU reads the operands and writes the accumulators at any time until then");
+}
+
+void wgmma_proxy_hazard(const char* instruction, const char* file, int line, char operand, int row,
+                        int k, const void* address, uint16_t value, uint16_t seen) {
+  char values[64];
+  std::snprintf(values, sizeof(values), "0x%04x, the async proxy's view 0x%04x", unsigned(value),
+                unsigned(seen));
+  LATHE_FAIL("cuda simulator: ", instruction, " at ", file, ":", line, ": its shared-memory ",
+             operand, " operand (row ", row, ", k ", k, ", at ", address, ": ", values,
+             ") was written by ordinary stores (st.shared, or cp.async retired by its wait) after "
+             "the last fence.proxy.async. wgmma reads shared memory through the async proxy: the "
+             "threads that fill a tile must execute fence.proxy.async "
+             "(cuda::fence_proxy_async_shared) after their stores and before the barrier that "
+             "precedes the wgmma");
 }
 
 void wgmma_sync(const char* instruction, const char* file, int line) {

@@ -27,7 +27,16 @@
 //   wgmma.wait_group with products not committed, and a thread that exits with products in flight,
 //   are errors. Each thread computes its own accumulator elements; only the RS form's A fragments
 //   cross threads: the warpgroup rendezvous moves each warp's registers into the rows its threads
-//   need. wgmma.fence and fence.proxy.async are not modelled (only the GPU run checks them).
+//   need.
+// - fence.proxy.async: wgmma reads shared memory through the async proxy, which has its own view
+//   of shared memory here (sim_runtime.h): a fence by any thread copies shared memory into it, a
+//   TMA copy writes both views, and each operand element a wgmma reads at issue must equal the
+//   view (else stores reached the tile after the last fence). Looser than a GPU in one way: one
+//   thread's fence publishes every thread's stores so far.
+// - wgmma.fence: a thread's first wgmma in the block needs one before it, and the accumulator and
+//   RS A registers a wgmma uses must hold what they held at the thread's last wgmma.fence, unless
+//   a wgmma changed them since (the in-flight pattern, a retired product). Register writes are
+//   found by comparing values; reads between the fence and the wgmma are not seen.
 
 // mbarrier (sm_90 asynchronous transaction barriers) is emulated in sim_runtime.cpp: each barrier's
 // state (arrival count, pending arrivals, transaction count, completed phases) lives in a table of
@@ -264,6 +273,12 @@ inline void wgmma_accumulate(float* d, const float a[2][16], const float b[N / 4
 // quiets it, so a thread that scales an accumulator in flight changes the bits too).
 inline constexpr uint32_t kAccumulatorInFlight = 0x7FBADBADu;
 
+// Raises the error of a shared-memory operand element whose generic value (`value`, read at issue)
+// differs from the async proxy's view (`seen`): stores not followed by fence.proxy.async.
+[[noreturn]] void wgmma_proxy_hazard(const char* instruction, const char* file, int line,
+                                     char operand, int row, int k, const void* address,
+                                     uint16_t value, uint16_t seen);
+
 // Raises the error of an operand or accumulator touched while a product was in flight.
 [[noreturn]] void wgmma_hazard(const char* instruction, const char* issue_file, int issue_line,
                                const char* wait_file, int wait_line, const std::string& what);
@@ -286,17 +301,39 @@ struct WgmmaProduct {
   uint32_t a_saved[4] = {};
   std::vector<float> saved;  // d at issue, when no other product was writing it
 
-  void read_b(uint16_t (&out)[N / 4][16]) const {
+  // Reads the thread's B columns; at issue (`w` given) also checks each element against the async
+  // proxy's view, since wgmma reads shared memory through the async proxy (fence.proxy.async).
+  void read_b(uint16_t (&out)[N / 4][16], const AsyncProxyWindow* w = nullptr) const {
     for (int i = 0; i < N / 8; ++i) {
       for (int j = 0; j < 2; ++j) {
-        for (int k = 0; k < 16; ++k) out[2 * i + j][k] = *wgmma_element(b_op, 8 * i + 2 * t + j, k);
+        const int n = 8 * i + 2 * t + j;
+        for (int k = 0; k < 16; ++k) {
+          const uint16_t* e = wgmma_element(b_op, n, k);
+          out[2 * i + j][k] = *e;
+          if (w) check_proxy(*w, 'B', n, k, e, *e);
+        }
       }
     }
   }
-  void read_a(uint16_t (&out)[2][16]) const {
+  void read_a(uint16_t (&out)[2][16], const AsyncProxyWindow* w = nullptr) const {
     for (int h = 0; h < 2; ++h) {
-      for (int k = 0; k < 16; ++k) out[h][k] = *wgmma_element(a_op, row0 + 8 * h, k);
+      for (int k = 0; k < 16; ++k) {
+        const uint16_t* e = wgmma_element(a_op, row0 + 8 * h, k);
+        out[h][k] = *e;
+        if (w) check_proxy(*w, 'A', row0 + 8 * h, k, e, *e);
+      }
     }
+  }
+  void check_proxy(const AsyncProxyWindow& w, char operand, int row, int k, const uint16_t* e,
+                   uint16_t value) const {
+    const auto a = reinterpret_cast<uintptr_t>(e);
+    uint16_t seen;
+    if (a >= w.begin && a < w.end) {
+      std::memcpy(&seen, reinterpret_cast<const void*>(a + uintptr_t(w.delta)), 2);
+    } else {
+      seen = async_proxy_element(e);  // static shared memory
+    }
+    if (seen != value) wgmma_proxy_hazard(name, file, line, operand, row, k, e, value, seen);
   }
 
   // At issue (after the operands were read): d's value is saved unless a product in flight
@@ -306,6 +343,7 @@ struct WgmmaProduct {
     if (acc.products++ == 0) {
       saved.assign(d, d + N / 2);
       for (int i = 0; i < N / 2; ++i) std::memcpy(&d[i], &kAccumulatorInFlight, 4);
+      wgmma_registers_changed(d, N / 2);
     }
   }
 
@@ -356,6 +394,7 @@ struct WgmmaProduct {
       }
     }
     std::memcpy(d, value, sizeof(value));
+    wgmma_registers_changed(d, N / 2);
   }
 };
 
@@ -376,7 +415,9 @@ std::shared_ptr<WgmmaProduct<N>> wgmma_product(MmaInput type, float* d, bool rs,
   const unsigned rank = linear_thread_id() % 128;
   p->row0 = int(16 * (rank / 32) + rank % 32 / 4);
   p->t = int(rank % 4);
-  p->read_b(p->b_bits);
+  wgmma_check_registers(d, N / 2, "accumulator", p->name, file, line);
+  const AsyncProxyWindow window = async_proxy_window();
+  p->read_b(p->b_bits, &window);
   return p;
 }
 
@@ -392,7 +433,8 @@ inline void wgmma_ss(MmaInput type, float* d, uint64_t desc_a, uint64_t desc_b, 
                      bool scale_d, const char* file, int line) {
   auto p = wgmma_product<N>(type, d, false, desc_b, b_mn_major, scale_d, file, line);
   p->a_op = wgmma_operand(desc_a, 64, false, 'A', p->name, file, line);
-  p->read_a(p->a_bits);
+  const AsyncProxyWindow window = async_proxy_window();
+  p->read_a(p->a_bits, &window);
   wgmma_sync(p->name, file, line);
   wgmma_in_flight(p);
 }
@@ -401,6 +443,7 @@ template <int N>
 inline void wgmma_rs(MmaInput type, float* d, const uint32_t a_frag[4], uint64_t desc_b,
                      bool b_mn_major, bool scale_d, const char* file, int line) {
   auto p = wgmma_product<N>(type, d, true, desc_b, b_mn_major, scale_d, file, line);
+  wgmma_check_registers(a_frag, 4, "A fragment", p->name, file, line);
   uint32_t rows[2][8];
   wgmma_gather_a(a_frag, rows, p->name, file, line);  // the warpgroup rendezvous
   for (int h = 0; h < 2; ++h) {

@@ -13,6 +13,7 @@
 #include <link.h>
 
 #include <algorithm>
+#include <array>
 #include <bit>
 #include <cstdlib>
 #include <cstring>
@@ -71,6 +72,10 @@ struct ThreadState {
   std::vector<Product> products_open;
   std::deque<std::vector<Product>> product_groups;
   std::unordered_map<const float*, PendingAccumulator> accumulators;
+  // wgmma.fence: whether the thread executed one in this block, and the registers wgmmas used, as
+  // of its last wgmma.fence or the last change a wgmma made (wgmma_check_registers).
+  bool wgmma_fenced = false;
+  std::unordered_map<const void*, std::vector<uint32_t>> register_views;
 
   void clear_async() {
     copies_open.clear();
@@ -79,6 +84,8 @@ struct ThreadState {
     products_open.clear();
     product_groups.clear();
     accumulators.clear();
+    wgmma_fenced = false;
+    register_views.clear();
   }
 };
 
@@ -162,6 +169,7 @@ struct BlockState {
   int barrier_line = 0;
   int barrier_count = 0;
   std::vector<unsigned char> shared;
+  std::vector<unsigned char> async_shared;  // the async proxy's view of `shared`
   Schedule schedule = Schedule::Forward;
   std::mt19937_64 rng;
   int current_warp = -1;
@@ -173,6 +181,9 @@ struct BlockState {
 };
 
 thread_local BlockState* g_block = nullptr;
+// The async proxy's view of the `static __shared__` 16-byte chunks async-proxy accesses touched,
+// by address (static arrays keep their addresses from launch to launch).
+thread_local std::unordered_map<uintptr_t, std::array<unsigned char, 16>> g_async_static;
 thread_local ThreadState* g_thread = nullptr;
 thread_local StackPool g_stacks;
 
@@ -395,6 +406,14 @@ void run_block(BlockState& b, const std::function<void()>& body) {
   for (auto& n : b.named) n = NamedBarrierState{};
   b.idle_poll_rounds = 0;
   if (!b.shared.empty()) std::memset(b.shared.data(), 0xFF, b.shared.size());  // NaN poison
+  {
+    // A block starts with both proxies seeing the same shared memory.
+    const BookkeepingGuard bookkeeping;
+    b.async_shared = b.shared;
+    for (auto& [address, view] : g_async_static) {
+      std::memcpy(view.data(), reinterpret_cast<const void*>(address), view.size());
+    }
+  }
   // The block's threads see the state just reset (and everything the host did before).
   LATHE_SIM_TSAN_RELEASE(&g_host_to_kernel);
 
@@ -635,6 +654,113 @@ void wgmma_retire(int pending, const char* file, int line) {
 
 std::unordered_map<const float*, PendingAccumulator>& wgmma_accumulators() {
   return g_thread->accumulators;
+}
+
+void fence_proxy_async(const char* file, int line) {
+  LATHE_CHECK(g_block != nullptr, "fence.proxy.async called outside a kernel (", file, ":", line,
+              ")");
+  const BookkeepingGuard bookkeeping;
+  BlockState& b = *g_block;
+  if (!b.shared.empty()) std::memcpy(b.async_shared.data(), b.shared.data(), b.shared.size());
+  for (auto& [address, view] : g_async_static) {
+    std::memcpy(view.data(), reinterpret_cast<const void*>(address), view.size());
+  }
+}
+
+namespace {
+
+// The async view of the byte at p, or null when p is not in the block's dynamic shared memory.
+unsigned char* dynamic_async_view(uintptr_t p) {
+  BlockState& b = *g_block;
+  if (b.shared.empty()) return nullptr;
+  const auto base = reinterpret_cast<uintptr_t>(b.shared.data());
+  return p >= base && p < base + b.shared.size() ? b.async_shared.data() + (p - base) : nullptr;
+}
+
+// The async view of a static chunk, mirrored from shared memory as it is now when untracked.
+std::array<unsigned char, 16>& static_async_view(uintptr_t chunk) {
+  auto [it, inserted] = g_async_static.try_emplace(chunk);
+  if (inserted) std::memcpy(it->second.data(), reinterpret_cast<const void*>(chunk), 16);
+  return it->second;
+}
+
+}  // namespace
+
+void async_proxy_wrote(const void* p, size_t bytes) {
+  const BookkeepingGuard bookkeeping;
+  const auto begin = reinterpret_cast<uintptr_t>(p);
+  if (unsigned char* view = dynamic_async_view(begin)) {
+    std::memcpy(view, p, bytes);
+    return;
+  }
+  for (uintptr_t chunk = begin & ~uintptr_t(15); chunk < begin + bytes; chunk += 16) {
+    std::array<unsigned char, 16>& view = static_async_view(chunk);
+    std::memcpy(view.data(), reinterpret_cast<const void*>(chunk), 16);
+  }
+}
+
+uint16_t async_proxy_element(const void* p) {
+  const BookkeepingGuard bookkeeping;
+  const auto address = reinterpret_cast<uintptr_t>(p);
+  uint16_t value;
+  if (const unsigned char* view = dynamic_async_view(address)) {
+    std::memcpy(&value, view, 2);
+  } else {
+    std::memcpy(&value, static_async_view(address & ~uintptr_t(15)).data() + address % 16, 2);
+  }
+  return value;
+}
+
+AsyncProxyWindow async_proxy_window() {
+  BlockState& b = *g_block;
+  if (b.shared.empty()) return {};
+  const auto begin = reinterpret_cast<uintptr_t>(b.shared.data());
+  return {begin, begin + b.shared.size(),
+          reinterpret_cast<const unsigned char*>(b.async_shared.data()) -
+              reinterpret_cast<const unsigned char*>(b.shared.data())};
+}
+
+void wgmma_fence_registers() {
+  ThreadState& t = *g_thread;
+  t.wgmma_fenced = true;
+  for (auto& [regs, view] : t.register_views) {
+    std::memcpy(view.data(), regs, view.size() * sizeof(uint32_t));
+  }
+}
+
+void wgmma_check_registers(const void* regs, size_t words, const char* role,
+                           const char* instruction, const char* file, int line) {
+  ThreadState& t = *g_thread;
+  if (!t.wgmma_fenced) {
+    LATHE_FAIL("cuda simulator: ", instruction, " at ", file, ":", line, " (", here(),
+               ") is issued before any wgmma.fence: the PTX ISA requires wgmma.fence before a "
+               "warpgroup's first wgmma.mma_async");
+  }
+  auto [it, inserted] = t.register_views.try_emplace(regs);
+  std::vector<uint32_t>& view = it->second;
+  if (inserted || view.size() != words) {
+    // First use of these registers: there is no earlier value to compare with.
+    view.resize(words);
+    std::memcpy(view.data(), regs, words * sizeof(uint32_t));
+    return;
+  }
+  for (size_t i = 0; i < words; ++i) {
+    uint32_t now;
+    std::memcpy(&now, static_cast<const uint32_t*>(regs) + i, 4);
+    if (now != view[i]) {
+      LATHE_FAIL("cuda simulator: ", instruction, " at ", file, ":", line, " (", here(), "): its ",
+                 role, " register ", i,
+                 " was written after the thread's last wgmma.fence; the PTX ISA requires "
+                 "wgmma.fence between a thread's accesses to registers and a wgmma.mma_async that "
+                 "uses them (rt::wgmma_fence() after the writes, before the wgmma)");
+    }
+  }
+}
+
+void wgmma_registers_changed(const void* regs, size_t words) {
+  std::vector<uint32_t>& view = g_thread->register_views[regs];
+  view.resize(words);
+  std::memcpy(view.data(), regs, words * sizeof(uint32_t));
 }
 
 void* dynamic_shared_memory() {

@@ -133,6 +133,35 @@ struct PendingAccumulator {
 };
 std::unordered_map<const float*, PendingAccumulator>& wgmma_accumulators();
 
+// ---- proxies and wgmma.fence (kernels/sim/ptx_emulation.h explains the model) ----
+// The async proxy's view of shared memory: what a wgmma reading its operands (or any other
+// async-proxy reader) is entitled to see. fence.proxy.async by any thread of the block copies the
+// block's shared memory into it; a TMA copy writes both views. Dynamic shared memory is mirrored
+// whole; a `static __shared__` 16-byte chunk is mirrored from the first time an async-proxy
+// access touches it (before that it cannot be checked).
+void fence_proxy_async(const char* file, int line);
+// An async-proxy write (a TMA copy) of [p, p + bytes) that just happened.
+void async_proxy_wrote(const void* p, size_t bytes);
+// The async proxy's view of the 2-byte element at p (shared memory, 2-byte aligned).
+uint16_t async_proxy_element(const void* p);
+// The mirror of the running block's dynamic shared memory, for checks that read many elements:
+// the view of address a in [begin, end) is at a + delta.
+struct AsyncProxyWindow {
+  uintptr_t begin = 0, end = 0;
+  ptrdiff_t delta = 0;
+};
+AsyncProxyWindow async_proxy_window();
+// wgmma.fence by the calling thread: the registers a later wgmma accesses must hold what they
+// hold now (unless a wgmma changed them since).
+void wgmma_fence_registers();
+// At a wgmma's issue: raises lathe::Error when the thread has not executed wgmma.fence since the
+// block started, or when the `words` 32-bit registers at `regs` (an accumulator, or the RS form's
+// A fragment) changed since its last wgmma.fence other than through a wgmma. `role` names them.
+void wgmma_check_registers(const void* regs, size_t words, const char* role,
+                           const char* instruction, const char* file, int line);
+// The wgmma emulation itself changed those registers (the in-flight pattern, a retired product).
+void wgmma_registers_changed(const void* regs, size_t words);
+
 // threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z) of the calling thread.
 unsigned linear_thread_id();
 // Whether [p, p + bytes) can be shared memory: inside the running block's dynamic shared memory,

@@ -16,6 +16,7 @@
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/ptx.cuh"
 #include "kernels/cuda/tensor_map.h"
+#include "kernels/sim/sim.h"  // LATHE_DYNAMIC_SHARED in both builds
 #include "lathe/core/dtype.h"
 #include "lathe/core/error.h"
 #include "lathe/core/half.h"
@@ -416,6 +417,7 @@ __global__ void __launch_bounds__(128)
 __global__ void wgmma_misuse_kernel(int misuse, const uint16_t* global, float* out) {
   alignas(1024) __shared__ uint16_t tile[64 * 16];
   for (int i = threadIdx.x; i < 64 * 16; i += blockDim.x) tile[i] = 0;
+  cuda::fence_proxy_async_shared();
   __syncthreads();
   uint64_t desc = 0;
   switch (WgmmaMisuse(misuse)) {
@@ -476,6 +478,53 @@ __global__ void wgmma_misuse_kernel(int misuse, const uint16_t* global, float* o
   cuda::wgmma_commit();
   cuda::wgmma_wait<0>();
   out[threadIdx.x] = acc[0];
+}
+
+__global__ void wgmma_order_kernel(int misuse, const uint16_t* global, float* out) {
+  using M = WgmmaOrderMisuse;
+  const auto m = WgmmaOrderMisuse(misuse);
+  LATHE_DYNAMIC_SHARED(uint16_t, tile);  // 64 x 16, no swizzle: 8 x 8 cores, LBO 128, SBO 256
+  if (m == M::ProxyFenceBeforeStores) cuda::fence_proxy_async_shared();
+  if (m == M::CpAsyncWithoutProxyFence) {
+    for (int i = int(threadIdx.x) * 8; i < 64 * 16; i += int(blockDim.x) * 8) {
+      cuda::cp_async_16(tile + i, global + i);
+    }
+    cuda::cp_async_wait_all();
+  } else {
+    for (int i = int(threadIdx.x); i < 64 * 16; i += int(blockDim.x)) tile[i] = 0x3F80;  // 1.0
+  }
+  if (m != M::MissingProxyFence && m != M::ProxyFenceBeforeStores &&
+      m != M::CpAsyncWithoutProxyFence) {
+    cuda::fence_proxy_async_shared();
+  }
+  __syncthreads();
+  const uint64_t desc = cuda::make_wgmma_desc(tile, 128, 256, WgmmaSwizzle::None);
+  float acc[32] = {};
+  uint32_t frag[4] = {0x3F803F80u, 0x3F803F80u, 0x3F803F80u, 0x3F803F80u};  // bf16 ones
+  if (m != M::NoWgmmaFence) cuda::wgmma_fence();
+  if (m == M::FragmentAfterWgmmaFence) {
+    cuda::wgmma_rs_bf16<64>(acc, frag, desc, false);
+  } else {
+    cuda::wgmma_ss_bf16<64>(acc, desc, desc, false);
+  }
+  cuda::wgmma_commit();
+  cuda::wgmma_wait<0>();
+  cuda::wgmma_fence_operand(acc);
+  if (m == M::AccumulatorAfterWgmmaFence) cuda::wgmma_fence();
+  acc[0] *= 2.0f;  // after the second product's fence in AccumulatorAfterWgmmaFence
+  if (m == M::Correct || m == M::FragmentAfterWgmmaFence) cuda::wgmma_fence();
+  frag[1] = 0x3F803F80u;                                       // the same value: not a change
+  if (m == M::FragmentAfterWgmmaFence) frag[2] = 0x40003F80u;  // after the fence
+  if (m == M::FragmentAfterWgmmaFence) {
+    cuda::wgmma_rs_bf16<64>(acc, frag, desc, true);
+  } else {
+    cuda::wgmma_ss_bf16<64>(acc, desc, desc, true);
+  }
+  cuda::wgmma_commit();
+  cuda::wgmma_wait<0>();
+  cuda::wgmma_fence_operand(acc);
+  out[threadIdx.x] = acc[0];
+  out[128 + threadIdx.x] = acc[1];
 }
 
 // ---- sm_90 pipelines ----
@@ -948,6 +997,17 @@ std::vector<float> wgmma_misuse(WgmmaMisuse misuse) {
   DeviceArray<float> out(nullptr, 256);
   cuda::launch(wgmma_misuse_kernel, dim3(1), dim3(misuse == WgmmaMisuse::BlockOf96 ? 96 : 128), 0,
                nullptr, "wgmma_misuse", int(misuse), global.get(), out.get());
+  std::vector<float> host(256);
+  out.to_host(host.data());
+  return host;
+}
+
+std::vector<float> wgmma_order(WgmmaOrderMisuse misuse) {
+  const std::vector<uint16_t> ones(64 * 16, 0x3F80);
+  DeviceArray<uint16_t> global(ones.data(), ones.size());
+  DeviceArray<float> out(nullptr, 256);
+  cuda::launch(wgmma_order_kernel, dim3(1), dim3(128), 64 * 16 * sizeof(uint16_t), nullptr,
+               "wgmma_order", int(misuse), global.get(), out.get());
   std::vector<float> host(256);
   out.to_host(host.data());
   return host;

@@ -106,6 +106,25 @@ enum class WgmmaMisuse {
 };
 std::vector<float> wgmma_misuse(WgmmaMisuse misuse);
 
+// The ordering rules the simulator models for wgmma (kernels/sim/ptx_emulation.h): a 128-thread
+// block fills a 64 x 16 bf16 tile of dynamic shared memory with ones and runs two wgmma products
+// on it (A = B = the tile, the second accumulating onto the first, whose accumulator 0 is doubled
+// in between). Each misuse breaks one rule: tile stores with no fence.proxy.async before the
+// barrier, the fence placed before the stores, the tile filled by cp.async (retired by its wait)
+// with no fence, no wgmma.fence before the first wgmma, the accumulator doubled after the second
+// product's wgmma.fence, the RS form's A fragment changed after it. Correct breaks none and
+// returns out[t] = accumulator 0 (2 * 16 + 16 = 48) and out[128 + t] = accumulator 1 (16 + 16).
+enum class WgmmaOrderMisuse {
+  Correct,
+  MissingProxyFence,
+  ProxyFenceBeforeStores,
+  CpAsyncWithoutProxyFence,
+  NoWgmmaFence,
+  AccumulatorAfterWgmmaFence,
+  FragmentAfterWgmmaFence
+};
+std::vector<float> wgmma_order(WgmmaOrderMisuse misuse);
+
 // ---- sm_90 pipelines: mbarrier, TMA, named barriers, setmaxnreg ----
 
 // Whether the mbarrier/TMA/setmaxnreg kernels can run: always in the simulated build; on a GPU,

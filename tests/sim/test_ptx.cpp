@@ -663,7 +663,10 @@ TEST_CASE("ptx: the simulator reports what touches a wgmma in flight", "[ptx]") 
     CHECK(e.find("wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 (SS) at") !=
           std::string::npos);
     CHECK(e.find("shared-memory") != std::string::npos);
-    CHECK(e.find("operand was overwritten before the wgmma.wait_group") != std::string::npos);
+    // The store overwrites the tile in flight for the threads that issued already; a thread that
+    // issues after it (warp-random) reads a tile changed without fence.proxy.async.
+    CHECK((e.find("operand was overwritten before the wgmma.wait_group") != std::string::npos ||
+           e.find("after the last fence.proxy.async") != std::string::npos));
     CHECK(e.find("ptx_test_kernels.cu:") != std::string::npos);
     e = error(WgmmaMisuse::WriteAccumulatorEarly);
     INFO(e);
@@ -687,6 +690,58 @@ TEST_CASE("ptx: the simulator reports what touches a wgmma in flight", "[ptx]") 
       CHECK(std::isnan(out[size_t(128 + t)]));  // read in flight
       CHECK(out[size_t(t)] == 0.0f);            // the zero tile's product, after the wait
     }
+  }
+}
+
+TEST_CASE("ptx: the simulator reports missing fence.proxy.async and wgmma.fence", "[ptx]") {
+  using ptx_tests::WgmmaOrderMisuse;
+  for (const Schedule& s : kSchedules) {
+    INFO("schedule " << s.name << " seed " << s.seed);
+    auto error = [&](WgmmaOrderMisuse m) {
+      std::string what;
+      under(s, [&] {
+        try {
+          ptx_tests::wgmma_order(m);
+        } catch (const lathe::Error& e) {
+          what = e.what();
+        }
+      });
+      return what;
+    };
+    std::vector<float> out;
+    under(s, [&] { out = ptx_tests::wgmma_order(WgmmaOrderMisuse::Correct); });
+    for (int t = 0; t < 128; ++t) {
+      INFO("thread " << t);
+      CHECK(out[size_t(t)] == 48.0f);
+      CHECK(out[size_t(128 + t)] == 32.0f);
+    }
+    for (WgmmaOrderMisuse m :
+         {WgmmaOrderMisuse::MissingProxyFence, WgmmaOrderMisuse::ProxyFenceBeforeStores,
+          WgmmaOrderMisuse::CpAsyncWithoutProxyFence}) {
+      std::string e = error(m);
+      INFO(int(m) << ": " << e);
+      CHECK(e.find("wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 (SS) at") !=
+            std::string::npos);
+      CHECK(e.find("ptx_test_kernels.cu:") != std::string::npos);
+      CHECK(e.find("was written by ordinary stores") != std::string::npos);
+      CHECK(e.find("after the last fence.proxy.async") != std::string::npos);
+      // The tile holds bf16 ones; the async proxy still sees the block's initial poison.
+      CHECK(e.find("0x3f80, the async proxy's view 0xffff") != std::string::npos);
+    }
+    std::string e = error(WgmmaOrderMisuse::NoWgmmaFence);
+    INFO(e);
+    CHECK(e.find("(SS) at") != std::string::npos);
+    CHECK(e.find("is issued before any wgmma.fence") != std::string::npos);
+    e = error(WgmmaOrderMisuse::AccumulatorAfterWgmmaFence);
+    INFO(e);
+    CHECK(e.find("(SS) at") != std::string::npos);
+    CHECK(e.find("its accumulator register 0 was written after the thread's last wgmma.fence") !=
+          std::string::npos);
+    e = error(WgmmaOrderMisuse::FragmentAfterWgmmaFence);
+    INFO(e);
+    CHECK(e.find("(RS) at") != std::string::npos);
+    CHECK(e.find("its A fragment register 2 was written after the thread's last wgmma.fence") !=
+          std::string::npos);
   }
 }
 
