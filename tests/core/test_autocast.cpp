@@ -109,15 +109,7 @@ std::vector<double> attention_ref(const std::vector<double>& q, const std::vecto
 }
 
 nn::BertConfig tiny_config() {
-  nn::BertConfig c;
-  c.vocab_size = 50;
-  c.hidden_size = 16;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 4;
-  c.intermediate_size = 24;
-  c.max_position_embeddings = 20;
-  c.hidden_dropout_prob = 0.0;
-  c.attention_probs_dropout_prob = 0.0;
+  nn::BertConfig c = testing::tiny_bert_config();
   // Larger than BERT's 0.02 so the logits are O(1) and a bf16 error would show.
   c.initializer_range = 0.2;
   return c;

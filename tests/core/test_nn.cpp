@@ -10,19 +10,6 @@ using namespace lathe::testing;
 
 namespace {
 
-nn::BertConfig tiny_config() {
-  nn::BertConfig c;
-  c.vocab_size = 50;
-  c.hidden_size = 16;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 4;
-  c.intermediate_size = 24;
-  c.max_position_embeddings = 20;
-  c.hidden_dropout_prob = 0.0;
-  c.attention_probs_dropout_prob = 0.0;
-  return c;
-}
-
 class TwoLayer : public nn::Module {
  public:
   TwoLayer() : Module("TwoLayer") {
@@ -68,7 +55,7 @@ TEST_CASE("nn: the module tree names parameters and buffers by dotted paths", "[
 }
 
 TEST_CASE("nn: BERT parameter names are Hugging Face's", "[nn]") {
-  nn::BertForSequenceClassification model(tiny_config());
+  nn::BertForSequenceClassification model(tiny_bert_config());
   const auto names = names_of(model.named_parameters());
   const std::vector<std::string> expected_some = {
       "bert.embeddings.word_embeddings.weight",
@@ -92,7 +79,7 @@ TEST_CASE("nn: BERT parameter names are Hugging Face's", "[nn]") {
   // 5 embedding tensors, 16 per layer, 2 pooler, 2 classifier.
   CHECK(names.size() == 5 + 16 * 2 + 2 + 2);
   // Mean pooling builds no pooler.
-  nn::BertForSequenceClassification mean_model(tiny_config(), nn::Pooling::Mean);
+  nn::BertForSequenceClassification mean_model(tiny_bert_config(), nn::Pooling::Mean);
   for (const auto& n : names_of(mean_model.named_parameters())) {
     CHECK(n.find("pooler") == std::string::npos);
   }
@@ -233,7 +220,7 @@ TEST_CASE("nn: Linear, Embedding and LayerNorm match float64 loops", "[nn]") {
 }
 
 TEST_CASE("nn: dropout acts only in train mode, and train/eval reach every submodule", "[nn]") {
-  nn::BertConfig c = tiny_config();
+  nn::BertConfig c = tiny_bert_config();
   c.hidden_dropout_prob = 0.5;
   nn::BertForSequenceClassification model(c);
   CHECK(model.is_training());
@@ -256,7 +243,7 @@ TEST_CASE("nn: dropout acts only in train mode, and train/eval reach every submo
 
 TEST_CASE("nn: padding does not change the states of real tokens", "[nn]") {
   const Device device = GENERATE(from_range(test_devices()));
-  nn::BertModel model(tiny_config());
+  nn::BertModel model(tiny_bert_config());
   model.to(DType::F64);
   model.to(device);
   model.eval();
@@ -303,7 +290,7 @@ TEST_CASE("nn: pre-LN layers and gradients of a transformer layer against finite
 }
 
 TEST_CASE("nn: bad inputs and configs are named errors", "[nn]") {
-  nn::BertModel model(tiny_config());
+  nn::BertModel model(tiny_bert_config());
   check_error(
       [&] {
         model.forward(zeros({2, 30}, DType::I64));
@@ -314,7 +301,7 @@ TEST_CASE("nn: bad inputs and configs are named errors", "[nn]") {
         model.forward(zeros({2, 4}, DType::I64), ones({2, 5}, DType::I64));
       },
       {"attention_mask [2, 5]", "input_ids [2, 4]"});
-  nn::BertConfig bad = tiny_config();
+  nn::BertConfig bad = tiny_bert_config();
   bad.hidden_act = "swiglu";
   check_error([&] { nn::BertModel m(bad); }, {"unknown activation 'swiglu'"});
   check_error([&] { nn::parse_pooling("max"); }, {"unknown pooling 'max'"});
@@ -322,7 +309,7 @@ TEST_CASE("nn: bad inputs and configs are named errors", "[nn]") {
 
 TEST_CASE("nn: LoRA starts at the pretrained function and merges into plain weights", "[nn]") {
   const Device device = GENERATE(from_range(test_devices()));
-  nn::BertForSequenceClassification model(tiny_config());
+  nn::BertForSequenceClassification model(tiny_bert_config());
   model.to(DType::F64);
   model.to(device);
   model.eval();
@@ -362,7 +349,7 @@ TEST_CASE("nn: LoRA starts at the pretrained function and merges into plain weig
   CHECK(max(abs(adapted_logits - before)).item<double>() > 1e-6);  // the adapter does something
   const nn::StateDict merged = nn::merged_state_dict(model);
   for (const auto& [name, t] : merged) CHECK(name.find("lora_") == std::string::npos);
-  nn::BertForSequenceClassification plain(tiny_config());
+  nn::BertForSequenceClassification plain(tiny_bert_config());
   plain.to(DType::F64);
   plain.to(device);
   plain.eval();

@@ -22,10 +22,9 @@ using testing::check_error;
 namespace {
 
 nn::BertConfig small_bert() {
-  nn::BertConfig c;
+  nn::BertConfig c = testing::tiny_bert_config();
   c.vocab_size = 120;
   c.hidden_size = 64;
-  c.num_hidden_layers = 2;
   c.num_attention_heads = 2;  // head_dim 32: the flash kernels
   c.intermediate_size = 96;
   c.max_position_embeddings = 32;

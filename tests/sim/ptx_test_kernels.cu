@@ -501,28 +501,25 @@ __global__ void wgmma_order_kernel(int misuse, const uint16_t* global, float* ou
   const uint64_t desc = cuda::make_wgmma_desc(tile, 128, 256, WgmmaSwizzle::None);
   float acc[32] = {};
   uint32_t frag[4] = {0x3F803F80u, 0x3F803F80u, 0x3F803F80u, 0x3F803F80u};  // bf16 ones
-  if (m != M::NoWgmmaFence) cuda::wgmma_fence();
-  if (m == M::FragmentAfterWgmmaFence) {
-    cuda::wgmma_rs_bf16<64>(acc, frag, desc, false);
-  } else {
-    cuda::wgmma_ss_bf16<64>(acc, desc, desc, false);
+  for (int product = 0; product < 2; ++product) {
+    if (product == 0) {
+      if (m != M::NoWgmmaFence) cuda::wgmma_fence();
+    } else {
+      if (m == M::AccumulatorAfterWgmmaFence) cuda::wgmma_fence();
+      acc[0] *= 2.0f;  // after the second product's fence in AccumulatorAfterWgmmaFence
+      if (m == M::Correct || m == M::FragmentAfterWgmmaFence) cuda::wgmma_fence();
+      frag[1] = 0x3F803F80u;                                       // the same value: no change
+      if (m == M::FragmentAfterWgmmaFence) frag[2] = 0x40003F80u;  // after the fence
+    }
+    if (m == M::FragmentAfterWgmmaFence) {
+      cuda::wgmma_rs_bf16<64>(acc, frag, desc, product > 0);
+    } else {
+      cuda::wgmma_ss_bf16<64>(acc, desc, desc, product > 0);
+    }
+    cuda::wgmma_commit();
+    cuda::wgmma_wait<0>();
+    cuda::wgmma_fence_operand(acc);
   }
-  cuda::wgmma_commit();
-  cuda::wgmma_wait<0>();
-  cuda::wgmma_fence_operand(acc);
-  if (m == M::AccumulatorAfterWgmmaFence) cuda::wgmma_fence();
-  acc[0] *= 2.0f;  // after the second product's fence in AccumulatorAfterWgmmaFence
-  if (m == M::Correct || m == M::FragmentAfterWgmmaFence) cuda::wgmma_fence();
-  frag[1] = 0x3F803F80u;                                       // the same value: not a change
-  if (m == M::FragmentAfterWgmmaFence) frag[2] = 0x40003F80u;  // after the fence
-  if (m == M::FragmentAfterWgmmaFence) {
-    cuda::wgmma_rs_bf16<64>(acc, frag, desc, true);
-  } else {
-    cuda::wgmma_ss_bf16<64>(acc, desc, desc, true);
-  }
-  cuda::wgmma_commit();
-  cuda::wgmma_wait<0>();
-  cuda::wgmma_fence_operand(acc);
   out[threadIdx.x] = acc[0];
   out[128 + threadIdx.x] = acc[1];
 }

@@ -126,13 +126,22 @@ bool same_bits(const std::vector<float>& x, const std::vector<float>& y) {
 }
 
 #ifdef LATHE_CUDA_SIM_BUILD
-std::string error_of(void (*fn)()) {
+// The message of the lathe::Error `fn` raises; empty when it raises none.
+template <class F>
+std::string error_of(F fn) {
   try {
     fn();
   } catch (const lathe::Error& e) {
     return e.what();
   }
   return "";
+}
+// The same under schedule s.
+template <class F>
+std::string error_under(const Schedule& s, F fn) {
+  std::string what;
+  under(s, [&] { what = error_of(fn); });
+  return what;
 }
 #endif
 
@@ -604,14 +613,7 @@ TEST_CASE("ptx: the simulator reports misaligned ldmatrix rows and partial-warp 
 }
 TEST_CASE("ptx: the simulator reports wgmma misuse", "[ptx]") {
   using ptx_tests::WgmmaMisuse;
-  auto error = [](WgmmaMisuse m) {
-    try {
-      ptx_tests::wgmma_misuse(m);
-    } catch (const lathe::Error& e) {
-      return std::string(e.what());
-    }
-    return std::string();
-  };
+  auto error = [](WgmmaMisuse m) { return error_of([&] { ptx_tests::wgmma_misuse(m); }); };
   std::string e = error(WgmmaMisuse::MisalignedPointer);
   INFO(e);
   CHECK(e.find("make_wgmma_desc at") != std::string::npos);
@@ -647,17 +649,7 @@ TEST_CASE("ptx: the simulator reports what touches a wgmma in flight", "[ptx]") 
   using ptx_tests::WgmmaMisuse;
   for (const Schedule& s : kSchedules) {
     INFO("schedule " << s.name << " seed " << s.seed);
-    auto error = [&](WgmmaMisuse m) {
-      std::string what;
-      under(s, [&] {
-        try {
-          ptx_tests::wgmma_misuse(m);
-        } catch (const lathe::Error& e) {
-          what = e.what();
-        }
-      });
-      return what;
-    };
+    auto error = [&](WgmmaMisuse m) { return error_under(s, [&] { ptx_tests::wgmma_misuse(m); }); };
     std::string e = error(WgmmaMisuse::OverwriteOperand);
     INFO(e);
     CHECK(e.find("wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 (SS) at") !=
@@ -698,15 +690,7 @@ TEST_CASE("ptx: the simulator reports missing fence.proxy.async and wgmma.fence"
   for (const Schedule& s : kSchedules) {
     INFO("schedule " << s.name << " seed " << s.seed);
     auto error = [&](WgmmaOrderMisuse m) {
-      std::string what;
-      under(s, [&] {
-        try {
-          ptx_tests::wgmma_order(m);
-        } catch (const lathe::Error& e) {
-          what = e.what();
-        }
-      });
-      return what;
+      return error_under(s, [&] { ptx_tests::wgmma_order(m); });
     };
     std::vector<float> out;
     under(s, [&] { out = ptx_tests::wgmma_order(WgmmaOrderMisuse::Correct); });
@@ -779,14 +763,7 @@ TEST_CASE("ptx: in the simulator a consumer that skips the mbarrier wait reads s
 TEST_CASE("ptx: the simulator reports mbarrier, TMA, named barrier and setmaxnreg misuse",
           "[ptx]") {
   using ptx_tests::PipelineMisuse;
-  auto error = [](PipelineMisuse m) {
-    try {
-      ptx_tests::pipeline_misuse(m);
-    } catch (const lathe::Error& e) {
-      return std::string(e.what());
-    }
-    return std::string();
-  };
+  auto error = [](PipelineMisuse m) { return error_of([&] { ptx_tests::pipeline_misuse(m); }); };
   for (const Schedule& s : kSchedules) {
     INFO("schedule " << s.name << " seed " << s.seed);
     under(s, [&] {

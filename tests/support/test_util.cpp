@@ -146,4 +146,17 @@ void check_error(const std::function<void()>& fn, const std::vector<std::string>
   FAIL("expected lathe::Error, nothing was thrown");
 }
 
+nn::BertConfig tiny_bert_config() {
+  nn::BertConfig c;
+  c.vocab_size = 50;
+  c.hidden_size = 16;
+  c.num_hidden_layers = 2;
+  c.num_attention_heads = 4;
+  c.intermediate_size = 24;
+  c.max_position_embeddings = 20;
+  c.hidden_dropout_prob = 0.0;
+  c.attention_probs_dropout_prob = 0.0;
+  return c;
+}
+
 }  // namespace lathe::testing

@@ -43,6 +43,10 @@ void gradcheck(const std::function<Tensor(const std::vector<Tensor>&)>& f,
                const std::vector<Tensor>& inputs, double eps = 1e-6, double atol = 1e-6,
                double rtol = 1e-5);
 
+// A BERT small enough for naive references and finite differences: vocabulary 50, width 16, 2
+// layers of 4 heads, intermediate 24, 20 positions, no dropout. Tests change what they need.
+nn::BertConfig tiny_bert_config();
+
 // Runs fn and asserts it throws lathe::Error whose message contains every fragment.
 void check_error(const std::function<void()>& fn, const std::vector<std::string>& fragments);
 
