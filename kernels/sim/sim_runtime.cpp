@@ -184,6 +184,13 @@ thread_local BlockState* g_block = nullptr;
 // The async proxy's view of the `static __shared__` 16-byte chunks async-proxy accesses touched,
 // by address (static arrays keep their addresses from launch to launch).
 thread_local std::unordered_map<uintptr_t, std::array<unsigned char, 16>> g_async_static;
+
+// Copies the tracked static chunks' current contents into their async views.
+void mirror_static_chunks() {
+  for (auto& [address, view] : g_async_static) {
+    std::memcpy(view.data(), reinterpret_cast<const void*>(address), view.size());
+  }
+}
 thread_local ThreadState* g_thread = nullptr;
 thread_local StackPool g_stacks;
 
@@ -410,9 +417,7 @@ void run_block(BlockState& b, const std::function<void()>& body) {
     // A block starts with both proxies seeing the same shared memory.
     const BookkeepingGuard bookkeeping;
     b.async_shared = b.shared;
-    for (auto& [address, view] : g_async_static) {
-      std::memcpy(view.data(), reinterpret_cast<const void*>(address), view.size());
-    }
+    mirror_static_chunks();
   }
   // The block's threads see the state just reset (and everything the host did before).
   LATHE_SIM_TSAN_RELEASE(&g_host_to_kernel);
@@ -662,9 +667,7 @@ void fence_proxy_async(const char* file, int line) {
   const BookkeepingGuard bookkeeping;
   BlockState& b = *g_block;
   if (!b.shared.empty()) std::memcpy(b.async_shared.data(), b.shared.data(), b.shared.size());
-  for (auto& [address, view] : g_async_static) {
-    std::memcpy(view.data(), reinterpret_cast<const void*>(address), view.size());
-  }
+  mirror_static_chunks();
 }
 
 namespace {
