@@ -225,7 +225,8 @@ void tma_load(const void* tensor_map, void* dst, void* bar, int rank, const int3
   const BookkeepingGuard bookkeeping;
   mbarrier_async_copy(
       bar, uint32_t(bytes),
-      [f, out, bytes, at0 = at[0], at1 = at[1], at2 = at[2]] {
+      [f, out, bytes, what, file, line, at0 = at[0], at1 = at[1], at2 = at[2]] {
+        async_proxy_check_destination(out, bytes, what, file, line);
         const int64_t c[3] = {at0, at1, at2};
         tma_perform(f, out, c);
         async_proxy_wrote(out, bytes);  // an async-proxy write: both views see it

@@ -31,8 +31,9 @@
 // - fence.proxy.async: wgmma reads shared memory through the async proxy, which has its own view
 //   of shared memory here (sim_runtime.h): a fence by any thread copies shared memory into it, a
 //   TMA copy writes both views, and each operand element a wgmma reads at issue must equal the
-//   view (else stores reached the tile after the last fence). Looser than a GPU in one way: one
-//   thread's fence publishes every thread's stores so far.
+//   view (else stores reached the tile after the last fence); a TMA copy's destination must equal
+//   it when the copy lands (else ordinary stores and the copy write it unordered). Looser than a
+//   GPU in one way: one thread's fence publishes every thread's stores so far.
 // - wgmma.fence: a thread's first wgmma in the block needs one before it, and the accumulator and
 //   RS A registers a wgmma uses must hold what they held at the thread's last wgmma.fence, unless
 //   a wgmma changed them since (the in-flight pattern, a retired product). Register writes are

@@ -702,6 +702,41 @@ void async_proxy_wrote(const void* p, size_t bytes) {
   }
 }
 
+void async_proxy_check_destination(const void* p, size_t bytes, const char* what, const char* file,
+                                   int line) {
+  const auto begin = reinterpret_cast<uintptr_t>(p);
+  const auto* generic = static_cast<const unsigned char*>(p);
+  size_t changed = bytes;  // the first byte whose views differ
+  {
+    const BookkeepingGuard bookkeeping;
+    if (const unsigned char* view = dynamic_async_view(begin)) {
+      for (size_t i = 0; i < bytes && changed == bytes; ++i) {
+        if (generic[i] != view[i]) changed = i;
+      }
+    } else {
+      for (uintptr_t chunk = begin & ~uintptr_t(15); chunk < begin + bytes && changed == bytes;
+           chunk += 16) {
+        const auto it = g_async_static.find(chunk);
+        if (it == g_async_static.end()) continue;  // never touched by the async proxy
+        for (uintptr_t a = std::max(chunk, begin); a < std::min(chunk + 16, begin + bytes); ++a) {
+          if (*reinterpret_cast<const unsigned char*>(a) != it->second[a - chunk]) {
+            changed = a - begin;
+            break;
+          }
+        }
+      }
+    }
+  }
+  if (changed < bytes) {
+    LATHE_FAIL("cuda simulator: ", what, " at ", file, ":", line, ": byte ", changed,
+               " of its destination (", static_cast<const void*>(generic + changed),
+               ") was written by ordinary stores after the last fence.proxy.async; a TMA copy "
+               "writes shared memory through the async proxy, so stores to its destination need "
+               "fence.proxy.async (cuda::fence_proxy_async_shared) before the copy is issued, and "
+               "none may land while it is in flight");
+  }
+}
+
 uint16_t async_proxy_element(const void* p) {
   const BookkeepingGuard bookkeeping;
   const auto address = reinterpret_cast<uintptr_t>(p);

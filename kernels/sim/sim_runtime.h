@@ -142,6 +142,11 @@ std::unordered_map<const float*, PendingAccumulator>& wgmma_accumulators();
 void fence_proxy_async(const char* file, int line);
 // An async-proxy write (a TMA copy) of [p, p + bytes) that just happened.
 void async_proxy_wrote(const void* p, size_t bytes);
+// Before that write: raises lathe::Error (naming the copy `what` issued at file:line) when
+// ordinary stores changed any of those bytes since the last fence.proxy.async, which leaves the
+// order of the two writes undefined on a GPU.
+void async_proxy_check_destination(const void* p, size_t bytes, const char* what, const char* file,
+                                   int line);
 // The async proxy's view of the 2-byte element at p (shared memory, 2-byte aligned).
 uint16_t async_proxy_element(const void* p);
 // The mirror of the running block's dynamic shared memory, for checks that read many elements:

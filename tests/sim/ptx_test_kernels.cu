@@ -808,6 +808,25 @@ __global__ void __launch_bounds__(128, 1)
     case PipelineMisuse::SetmaxnregPartial:
       if (tid < 64) cuda::setmaxnreg_dec<40>();
       break;
+    case PipelineMisuse::StoresBeforeTma:
+      if (tid == 0) {
+        mbarrier_init(&bar[0], 1);
+        cuda::fence_mbarrier_init();
+      }
+      __syncthreads();
+      for (int round = 0; round < 2; ++round) {
+        if (round == 1) {
+          tile[tid] = 0x7777;  // after the first copy landed; fence.proxy.async missing here
+          __syncthreads();
+        }
+        if (tid == 0) {
+          mbarrier_arrive_expect_tx(&bar[0], 64 * 64 * 2);
+          cuda::tma_load_2d(tile, &map, 0, 0, &bar[0]);
+        }
+        mbarrier_wait_parity(&bar[0], uint32_t(round));
+        __syncthreads();
+      }
+      break;
   }
   out[tid] = tile[tid];
 }

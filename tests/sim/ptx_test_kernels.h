@@ -196,6 +196,7 @@ enum class PipelineMisuse {
   NamedBarrierCount,     // bar.sync with 100 threads
   NamedBarrierMismatch,  // warps meeting at one named barrier with 64 and 96 threads
   SetmaxnregPartial,     // setmaxnreg by half a warpgroup
+  StoresBeforeTma,       // a second copy into a tile stored to after the first, with no fence
 };
 void pipeline_misuse(PipelineMisuse misuse);
 

@@ -825,6 +825,14 @@ TEST_CASE("ptx: the simulator reports mbarrier, TMA, named barrier and setmaxnre
       CHECK((e.find("exited while its warpgroup") != std::string::npos ||
              e.find("deadlock") != std::string::npos));
       CHECK(e.find("setmaxnreg.dec.sync.aligned.u32") != std::string::npos);
+
+      e = error(PipelineMisuse::StoresBeforeTma);
+      INFO(e);
+      CHECK(e.find("cp.async.bulk.tensor.2d") != std::string::npos);
+      CHECK(e.find("ptx_test_kernels.cu:") != std::string::npos);
+      CHECK(e.find("of its destination") != std::string::npos);
+      CHECK(e.find("written by ordinary stores after the last fence.proxy.async") !=
+            std::string::npos);
     });
   }
 }
