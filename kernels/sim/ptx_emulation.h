@@ -422,11 +422,15 @@ std::shared_ptr<WgmmaProduct<N>> wgmma_product(MmaInput type, float* d, bool rs,
   return p;
 }
 
-// After the warpgroup rendezvous: d takes the in-flight pattern, the product waits for its wait.
+// The thread's queue owns the product from before the warpgroup rendezvous on: when another
+// thread's error abandons the block there, this thread's stack is dropped without unwinding, and a
+// shared_ptr held only on it would leak.
 template <int N>
-void wgmma_in_flight(const std::shared_ptr<WgmmaProduct<N>>& p) {
-  p->begin();
-  wgmma_issue([p](const char* wf, int wl) { p->retire(wf, wl); }, p->name, p->file, p->line);
+WgmmaProduct<N>* wgmma_queue(std::shared_ptr<WgmmaProduct<N>> p) {
+  WgmmaProduct<N>* raw = p.get();
+  wgmma_issue([p = std::move(p)](const char* wf, int wl) { p->retire(wf, wl); }, raw->name,
+              raw->file, raw->line);
+  return raw;
 }
 
 template <int N>
@@ -436,8 +440,9 @@ inline void wgmma_ss(MmaInput type, float* d, uint64_t desc_a, uint64_t desc_b, 
   p->a_op = wgmma_operand(desc_a, 64, false, 'A', p->name, file, line);
   const AsyncProxyWindow window = async_proxy_window();
   p->read_a(p->a_bits, &window);
-  wgmma_sync(p->name, file, line);
-  wgmma_in_flight(p);
+  WgmmaProduct<N>* product = wgmma_queue(std::move(p));
+  wgmma_sync(product->name, file, line);
+  product->begin();  // after the rendezvous: d takes the in-flight pattern
 }
 
 template <int N>
@@ -445,17 +450,18 @@ inline void wgmma_rs(MmaInput type, float* d, const uint32_t a_frag[4], uint64_t
                      bool b_mn_major, bool scale_d, const char* file, int line) {
   auto p = wgmma_product<N>(type, d, true, desc_b, b_mn_major, scale_d, file, line);
   wgmma_check_registers(a_frag, 4, "A fragment", p->name, file, line);
+  WgmmaProduct<N>* product = wgmma_queue(std::move(p));
   uint32_t rows[2][8];
-  wgmma_gather_a(a_frag, rows, p->name, file, line);  // the warpgroup rendezvous
+  wgmma_gather_a(a_frag, rows, product->name, file, line);  // the warpgroup rendezvous
   for (int h = 0; h < 2; ++h) {
     for (int q = 0; q < 8; ++q) {
-      p->a_bits[h][2 * q] = uint16_t(rows[h][q]);
-      p->a_bits[h][2 * q + 1] = uint16_t(rows[h][q] >> 16);
+      product->a_bits[h][2 * q] = uint16_t(rows[h][q]);
+      product->a_bits[h][2 * q + 1] = uint16_t(rows[h][q] >> 16);
     }
   }
-  p->a_regs = a_frag;
-  std::memcpy(p->a_saved, a_frag, sizeof(p->a_saved));
-  wgmma_in_flight(p);
+  product->a_regs = a_frag;
+  std::memcpy(product->a_saved, a_frag, sizeof(product->a_saved));
+  product->begin();
 }
 
 }  // namespace lathe::sim
