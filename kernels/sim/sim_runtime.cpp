@@ -787,14 +787,13 @@ void wgmma_check_registers(const void* regs, size_t words, const char* role,
                ") is issued before any wgmma.fence: the PTX ISA requires wgmma.fence before a "
                "warpgroup's first wgmma.mma_async");
   }
-  auto [it, inserted] = t.register_views.try_emplace(regs);
-  std::vector<uint32_t>& view = it->second;
-  if (inserted || view.size() != words) {
+  const auto it = t.register_views.find(regs);
+  if (it == t.register_views.end() || it->second.size() != words) {
     // First use of these registers: there is no earlier value to compare with.
-    view.resize(words);
-    std::memcpy(view.data(), regs, words * sizeof(uint32_t));
+    wgmma_registers_changed(regs, words);
     return;
   }
+  const std::vector<uint32_t>& view = it->second;
   for (size_t i = 0; i < words; ++i) {
     uint32_t now;
     std::memcpy(&now, static_cast<const uint32_t*>(regs) + i, 4);
