@@ -25,7 +25,10 @@ namespace {
 // dS^T = P^T (dP^T - D), both rounded into RS A fragments, and dV += P^T dO, dK += dS^T Q by 4 RS
 // wgmmas each with Q and dO as MN-major B (queries are K, d is N: the tiles as stored). Q, dO and
 // their lse and row dots are double-buffered with cp.async. Registers per thread: S^T and dP^T
-// 32 each, dK and dV D/2 each (64 at d = 128).
+// 32 each, dK and dV D/2 each (64 at d = 128). At d = 64 the elementwise steps run under the
+// tensor cores (kOverlap): S^T and dP^T are two commit groups, P^T is computed while dP^T's
+// wgmmas run and dS^T while dV's do; the products and their order of summation are the same, so
+// are the bits.
 constexpr int kDkdvKeys = kWgRows;
 constexpr int kDkdvQueries = 64;
 // + the atomic-dQ mode's dS tile, [128 keys / 64][64 queries][64 keys].
@@ -87,6 +90,11 @@ __global__ void __launch_bounds__(kWgThreads) dkdv_wgmma_kernel(Params p, int64_
   constexpr uint32_t kQBlock = BQ * 128;  // of the Q or dO tile
   constexpr uint32_t kQTile = BQ * D * sizeof(T);
   static_assert(D % 64 == 0, "128-byte swizzled rows hold 64 columns");
+  // At d = 64 the elementwise work runs under the tensor cores: P^T while dP^T's wgmmas run, dS^T
+  // while dV's do. That keeps P^T (f32 and fragments) live beside dP^T and dS^T: 200 registers at
+  // d = 64; at d = 128, where dK and dV alone take 128, ptxas spilled, so there the tile is
+  // computed after both products, k-step by k-step, as before.
+  constexpr bool kOverlap = D <= 64;
   LATHE_DYNAMIC_SHARED(T, smem_raw);
   T* sK = align_1024(smem_raw);                            // [D/64][BN][64]
   T* sV = sK + BN * D;                                     // [D/64][BN][64]
@@ -185,6 +193,7 @@ __global__ void __launch_bounds__(kWgThreads) dkdv_wgmma_kernel(Params p, int64_
     const float* cD = sD + buf * BQ;
     const int64_t i0 = int64_t(it) * BQ;
 
+    // With kOverlap two commit groups, S^T then dP^T, so that P^T is computed while dP^T runs.
     float s[BQ / 2], dp[BQ / 2];
     rt::wgmma_fence_operand(s);
     rt::wgmma_fence_operand(dp);
@@ -194,48 +203,63 @@ __global__ void __launch_bounds__(kWgThreads) dkdv_wgmma_kernel(Params p, int64_
       const uint32_t at_k = (kk / 4) * kKBlock + (kk % 4) * 32;
       const uint32_t at_q = buf * kQTile + (kk / 4) * kQBlock + (kk % 4) * 32;
       ss_wgmma<T, BQ>(s, desc_k + (at_k >> 4), desc_q + (at_q >> 4), kk > 0);
-      ss_wgmma<T, BQ>(dp, desc_v + (at_k >> 4), desc_do + (at_q >> 4), kk > 0);
+      if constexpr (!kOverlap)
+        ss_wgmma<T, BQ>(dp, desc_v + (at_k >> 4), desc_do + (at_q >> 4), kk > 0);
+    }
+    if constexpr (kOverlap) {
+      rt::wgmma_commit();
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) {
+        const uint32_t at_k = (kk / 4) * kKBlock + (kk % 4) * 32;
+        const uint32_t at_q = buf * kQTile + (kk / 4) * kQBlock + (kk % 4) * 32;
+        ss_wgmma<T, BQ>(dp, desc_v + (at_k >> 4), desc_do + (at_q >> 4), kk > 0);
+      }
     }
     rt::wgmma_commit();
     uint32_t keep = 0;
     if constexpr (kDropout) keep = dkdv_keep_bits<BQ>(p, b, i0, key, t);
-    rt::wgmma_wait<0>();
-    rt::wgmma_fence_operand(s);
-    rt::wgmma_fence_operand(dp);
 
-    // P^T, Z and dS^T = P^T (Z dP^T - D), rounded into the A fragments of dV += (Z P)^T dO and
-    // dK += dS^T Q: k-step kk (queries 16kk..) is n-tiles 2kk and 2kk + 1. Converted k-step by
-    // k-step, so each step's S^T and dP^T registers die early. Padding queries read lse = +inf
-    // (P = 0) and D = 0.
+    // Element (n, e) of the accumulators is query i0 + 8n + 2t + (e & 1), key key[e >> 1]; k-step
+    // kk of the A fragments (queries 16kk..) is n-tiles 2kk and 2kk + 1. Padding queries read
+    // lse = +inf (P = 0) and D = 0.
     const bool plain = tile_unmasked<64>(p, i0, wg_j0);
-    uint32_t pf[BQ / 16][4], sf[BQ / 16][4];
-#pragma unroll
-    for (int kk = 0; kk < BQ / 16; ++kk) {
-#pragma unroll
-      for (int n = 2 * kk; n < 2 * kk + 2; ++n) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int col = 8 * n + 2 * t + (e & 1);
-          const int64_t i = i0 + col, j = key[e >> 1];
-          const float x =
-              plain ? s[4 * n + e] * p.scale_log2 : masked_score(p, mask_base, s[4 * n + e], i, j);
-          const float pr = fast_exp2(x - cL[col]);
-          float z = 1.0f;  // dropout, regenerated from (seed, offset)
-          if constexpr (kDropout) z = (keep >> (4 * n + e)) & 1u ? p.keep_scale : 0.0f;
-          const float ds = pr * (z * dp[4 * n + e] - cD[col]);
-          s[4 * n + e] = z * pr;
-          dp[4 * n + e] = ds;
-          if (p.grad_mask != nullptr && i < p.tq && j < p.tk) {
-            p.grad_mask[(b * p.tq + i) * p.tk + j] = ds;
-          }
-        }
+    // P^T = exp2(S^T scale - lse), undropped.
+    auto probability = [&](int n, int e) {
+      const int col = 8 * n + 2 * t + (e & 1);
+      const float x = plain ? s[4 * n + e] * p.scale_log2
+                            : masked_score(p, mask_base, s[4 * n + e], i0 + col, key[e >> 1]);
+      return fast_exp2(x - cL[col]);
+    };
+    // The dropout factor Z, regenerated from (seed, offset).
+    auto dropout_z = [&](int n, int e) {
+      if constexpr (kDropout) return (keep >> (4 * n + e)) & 1u ? p.keep_scale : 0.0f;
+      return 1.0f;
+    };
+    // dS^T = P^T (Z dP^T - D), also the op's mask gradient.
+    auto score_grad = [&](int n, int e, float pr) {
+      const int col = 8 * n + 2 * t + (e & 1);
+      const float ds = pr * (dropout_z(n, e) * dp[4 * n + e] - cD[col]);
+      const int64_t i = i0 + col, j = key[e >> 1];
+      if (p.grad_mask != nullptr && i < p.tq && j < p.tk) {
+        p.grad_mask[(b * p.tq + i) * p.tk + j] = ds;
       }
-      c_to_a<T>(pf[kk], s + 8 * kk, s + 8 * kk + 4);
+      return ds;
+    };
+    uint32_t pf[BQ / 16][4], sf[BQ / 16][4];
+    // Z P^T (P^T in s) of k-step kk rounded into dV's A fragments.
+    auto to_pf = [&](int kk) {
+      float zp[8];
+#pragma unroll
+      for (int x = 0; x < 8; ++x) zp[x] = dropout_z(2 * kk + x / 4, x % 4) * s[8 * kk + x];
+      c_to_a<T>(pf[kk], zp, zp + 4);
+    };
+    // dS^T (in dp) of k-step kk rounded into dK's A fragments, and with kAtomicDq stored as dQ's
+    // A operand: each 16-bit half of word w of the fragment is dS at query 16kk + 8(w / 2) + 2t +
+    // h, key 16 warp + g + 8(w % 2); the two halves are neighbouring queries, so two rows of the
+    // [query][key] tile.
+    auto to_sf = [&](int kk) {
       c_to_a<T>(sf[kk], dp + 8 * kk, dp + 8 * kk + 4);
       if constexpr (kAtomicDq) {
-        // Each 16-bit half of word w of the fragment is dS at query 16kk + 8(w / 2) + 2t + h, key
-        // 16 warp + g + 8(w % 2); the two halves are neighbouring queries, so two rows of the
-        // [query][key] tile.
 #pragma unroll
         for (int w = 0; w < 4; ++w) {
 #pragma unroll
@@ -246,17 +270,71 @@ __global__ void __launch_bounds__(kWgThreads) dkdv_wgmma_kernel(Params p, int64_
           }
         }
       }
-    }
-    rt::wgmma_fence_operand(dv);
-    rt::wgmma_fence_operand(dk);
-    fence_fragments(pf);
-    fence_fragments(sf);
-    rt::wgmma_fence();
+    };
+
+    if constexpr (kOverlap) {
+      // P^T while dP^T runs, then dS^T while dV's wgmmas run.
+      rt::wgmma_wait<1>();
+      rt::wgmma_fence_operand(s);
 #pragma unroll
-    for (int kk = 0; kk < BQ / 16; ++kk) {
-      const uint32_t at = buf * kQTile + kk * 16 * 128;
-      rs_wgmma_mn<T, D>(dv, pf[kk], desc_do_mn + (at >> 4));
-      rs_wgmma_mn<T, D>(dk, sf[kk], desc_q_mn + (at >> 4));
+      for (int kk = 0; kk < BQ / 16; ++kk) {
+#pragma unroll
+        for (int x = 0; x < 8; ++x) s[8 * kk + x] = probability(2 * kk + x / 4, x % 4);
+        to_pf(kk);
+      }
+      rt::wgmma_wait<0>();
+      rt::wgmma_fence_operand(dp);
+      rt::wgmma_fence_operand(dv);
+      fence_fragments(pf);
+      rt::wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < BQ / 16; ++kk) {
+        rs_wgmma_mn<T, D>(dv, pf[kk], desc_do_mn + ((buf * kQTile + kk * 16 * 128) >> 4));
+      }
+      rt::wgmma_commit();
+#pragma unroll
+      for (int kk = 0; kk < BQ / 16; ++kk) {
+#pragma unroll
+        for (int x = 0; x < 8; ++x) {
+          dp[8 * kk + x] = score_grad(2 * kk + x / 4, x % 4, s[8 * kk + x]);
+        }
+        to_sf(kk);
+      }
+      rt::wgmma_fence_operand(dk);
+      fence_fragments(sf);
+      rt::wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < BQ / 16; ++kk) {
+        rs_wgmma_mn<T, D>(dk, sf[kk], desc_q_mn + ((buf * kQTile + kk * 16 * 128) >> 4));
+      }
+    } else {
+      // Both products in, then P^T and dS^T k-step by k-step, so that s and dp die early.
+      rt::wgmma_wait<0>();
+      rt::wgmma_fence_operand(s);
+      rt::wgmma_fence_operand(dp);
+#pragma unroll
+      for (int kk = 0; kk < BQ / 16; ++kk) {
+#pragma unroll
+        for (int x = 0; x < 8; ++x) {
+          const int n = 2 * kk + x / 4, e = x % 4;
+          const float pr = probability(n, e);
+          dp[8 * kk + x] = score_grad(n, e, pr);
+          s[8 * kk + x] = dropout_z(n, e) * pr;
+        }
+        c_to_a<T>(pf[kk], s + 8 * kk, s + 8 * kk + 4);
+        to_sf(kk);
+      }
+      rt::wgmma_fence_operand(dv);
+      rt::wgmma_fence_operand(dk);
+      fence_fragments(pf);
+      fence_fragments(sf);
+      rt::wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < BQ / 16; ++kk) {
+        const uint32_t at = buf * kQTile + kk * 16 * 128;
+        rs_wgmma_mn<T, D>(dv, pf[kk], desc_do_mn + (at >> 4));
+        rs_wgmma_mn<T, D>(dk, sf[kk], desc_q_mn + (at >> 4));
+      }
     }
     rt::wgmma_commit();
     // Before dk and dv are read, before pf and sf may be reused, and before the barrier below
@@ -328,7 +406,8 @@ __global__ void __launch_bounds__(kWgThreads) dkdv_wgmma_kernel(Params p, int64_
 //
 // Per key tile and warpgroup: S = Q K^T and dP = dO V^T by SS wgmmas (m64nBNk16), dS = P (dP - D)
 // in f32 on the accumulator layout, rounded into RS A fragments, dQ += dS K by BN/16 RS wgmmas
-// with K as the MN-major B (keys are K, d is N). K and V double-buffered with cp.async. BN = 128
+// with K as the MN-major B (keys are K, d is N). K and V double-buffered with cp.async. S and dP
+// are two commit groups: P is computed while dP's wgmmas run. BN = 128
 // keys at d = 64 (S and dP 64 registers each, dQ 32), 64 at d = 128 (32 each, dQ 64).
 template <int D>
 constexpr int wg_dq_keys() {
@@ -410,6 +489,7 @@ __global__ void __launch_bounds__(kWgThreads) dq_wgmma_kernel(Params p, int64_t 
     }
     publish_to_wgmma();
 
+    // S, then dP in a second commit group: P is computed while dP is still running.
     float s[BN / 2], dp[BN / 2];
     rt::wgmma_fence_operand(s);
     rt::wgmma_fence_operand(dp);
@@ -419,29 +499,43 @@ __global__ void __launch_bounds__(kWgThreads) dq_wgmma_kernel(Params p, int64_t 
       const uint32_t at_q = (kk / 4) * kQBlock + (kk % 4) * 32;
       const uint32_t at_k = buf * kKTile + (kk / 4) * kKBlock + (kk % 4) * 32;
       ss_wgmma<T, BN>(s, desc_q + (at_q >> 4), desc_k + (at_k >> 4), kk > 0);
+    }
+    rt::wgmma_commit();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      const uint32_t at_q = (kk / 4) * kQBlock + (kk % 4) * 32;
+      const uint32_t at_k = buf * kKTile + (kk / 4) * kKBlock + (kk % 4) * 32;
       ss_wgmma<T, BN>(dp, desc_do + (at_q >> 4), desc_v + (at_k >> 4), kk > 0);
     }
     rt::wgmma_commit();
-    rt::wgmma_wait<0>();
+    rt::wgmma_wait<1>();  // S is in
     rt::wgmma_fence_operand(s);
-    rt::wgmma_fence_operand(dp);
 
     const int64_t j0 = int64_t(it) * BN;
     const bool plain = tile_unmasked<BN>(p, wg_i0, j0);
 #pragma unroll
     for (int n = 0; n < BN / 8; ++n) {
 #pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int r = e >> 1;
+        const float x =
+            plain ? s[4 * n + e] * p.scale_log2
+                  : masked_score(p, mask_base, s[4 * n + e], row[r], j0 + 8 * n + 2 * t + (e & 1));
+        s[4 * n + e] = fast_exp2(x - lse2[r]);  // P
+      }
+    }
+    rt::wgmma_wait<0>();
+    rt::wgmma_fence_operand(dp);
+#pragma unroll
+    for (int n = 0; n < BN / 8; ++n) {
+#pragma unroll
       for (int r = 0; r < 2; ++r) {
-        const int64_t jb = j0 + 8 * n + 2 * t;
         float z[2] = {1.0f, 1.0f};  // dropout, regenerated as in dq_kernel
-        if constexpr (kDropout) dropout_pair(p, b, row[r], jb, z);
+        if constexpr (kDropout) dropout_pair(p, b, row[r], j0 + 8 * n + 2 * t, z);
 #pragma unroll
         for (int c = 0; c < 2; ++c) {
           const int e = 2 * r + c;
-          const float x = plain ? s[4 * n + e] * p.scale_log2
-                                : masked_score(p, mask_base, s[4 * n + e], row[r], jb + c);
-          const float pr = fast_exp2(x - lse2[r]);
-          s[4 * n + e] = pr * (z[c] * dp[4 * n + e] - rd[r]);  // dS
+          s[4 * n + e] *= z[c] * dp[4 * n + e] - rd[r];  // dS
         }
       }
     }

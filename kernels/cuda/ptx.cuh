@@ -858,9 +858,18 @@ __forceinline__ void wgmma_wait(const char* file = __builtin_FILE(), int line = 
   sim::wgmma_sync("wgmma.wait_group.sync.aligned", file, line);
   sim::wgmma_retire(N, file, line);
 }
+// On the GPU these pin the registers' accesses in place; here the arrays live in memory, and the
+// empty asm taking their address makes the C++ compiler treat them as live from this point on.
+// Without it, an array the code mentions first at its wgmma may share its stack slot with
+// temporaries of earlier wgmma calls in the same scope (GCC shares slots by first reference),
+// which would overwrite the values the thread's wgmma.fence recorded for it.
 template <int Count>
-__forceinline__ void wgmma_fence_operand(float (&)[Count]) {}
-__forceinline__ void wgmma_fence_operand(uint32_t (&)[4]) {}
+__forceinline__ void wgmma_fence_operand(float (&d)[Count]) {
+  asm volatile("" : : "r"(&d[0]) : "memory");
+}
+__forceinline__ void wgmma_fence_operand(uint32_t (&a)[4]) {
+  asm volatile("" : : "r"(&a[0]) : "memory");
+}
 __forceinline__ void fence_proxy_async_shared(const char* file = __builtin_FILE(),
                                               int line = __builtin_LINE()) {
   sim::fence_proxy_async(file, line);
