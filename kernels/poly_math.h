@@ -63,6 +63,29 @@ LATHE_POLY_INLINE float exp_f32(float x) {
   return x != x ? x : y;
 }
 
+// exp(x) for x <= 0 (or NaN), the same bits as exp_f32 there: what softmax, cross-entropy and
+// attention take the exponential of (x - max, x - lse, old max - new max). Without exp_f32's
+// overflow clamp and +inf select, the cpu softmax's exponential pass ran 1.3x faster (AVX2).
+// Positive x is not handled: above ~88.7 the exponent bits overflow.
+LATHE_POLY_INLINE float exp_nonpositive_f32(float x) {
+  constexpr float kLo = -87.3365447505531f;
+  constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  const float xc = x < kLo ? kLo : x;
+  const float t = xc * 1.44269504088896341f + kRound;
+  const int32_t ni = float_to_bits(t) - float_to_bits(kRound);
+  const float n = t - kRound;
+  const float r = xc - n * 0.693359375f - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const float y = x < kLo ? 0.0f : p * bits_to_float((ni + 127) << 23);
+  return x != x ? x : y;
+}
+
 // The standard normal CDF Φ(v) in f32 (GELU = x·Φ(x)). With a = |v|/√2: erf(a) = a·P(a²) for
 // a < 1, and erfc(a) = exp(-a²)·Q(1/(1 + a/2)) for a >= 1, the tail computed directly so that Φ
 // keeps its relative accuracy for very negative v. P and Q are least-squares fits at Chebyshev

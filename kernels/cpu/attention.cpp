@@ -50,9 +50,10 @@ int team_size() {
 #endif
 }
 
+// Every exponential here is of x - max, x - lse or old max - new max: never positive.
 template <class T>
 inline T exp_elem(T x) {
-  return exp_fast<T>(x);
+  return exp_nonpositive<T>(x);
 }
 
 // The data of an operand view; the cpu kernels read and write rows of contiguous memory (the op

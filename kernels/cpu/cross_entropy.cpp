@@ -31,7 +31,7 @@ double row_sum_exp(const T* x, T shift, int64_t n, double& sum_x) {
   int64_t j = 0;
   for (; j + kLanes <= n; j += kLanes) {
     for (int l = 0; l < kLanes; ++l) {
-      lanes[l] += double(exp_fast<T>(x[j + l] - shift));
+      lanes[l] += double(exp_nonpositive<T>(x[j + l] - shift));
       if constexpr (kSumX) lanes_x[l] += double(x[j + l]);
     }
   }
@@ -41,7 +41,7 @@ double row_sum_exp(const T* x, T shift, int64_t n, double& sum_x) {
     if constexpr (kSumX) sum_x += lanes_x[l];
   }
   for (; j < n; ++j) {
-    s += double(exp_fast<T>(x[j] - shift));
+    s += double(exp_nonpositive<T>(x[j] - shift));
     if constexpr (kSumX) sum_x += double(x[j]);
   }
   return s;
@@ -110,7 +110,7 @@ void backward_impl(const CrossEntropyBackwardArgs& a) {
     }
     const T* x = logits + r * C;
     const T shift = lse[r], scale = grad_loss[r];
-    for (int64_t j = 0; j < C; ++j) g[j] = (exp_fast<T>(x[j] - shift) - smooth) * scale;
+    for (int64_t j = 0; j < C; ++j) g[j] = (exp_nonpositive<T>(x[j] - shift) - smooth) * scale;
     g[t] -= (T(1) - eps) * scale;
   });
 }

@@ -87,7 +87,7 @@ void forward_row(const T* __restrict xr, T* __restrict yr, int64_t cols, bool lo
       const int64_t block_end = std::min(cols, c + kBlock);
       for (; c + kLanes <= block_end; c += kLanes) {
         for (int l = 0; l < kLanes; ++l) {
-          const T e = exp_fast<T>(xr[c + l] - m);
+          const T e = exp_nonpositive<T>(xr[c + l] - m);
           yr[c + l] = e;
           lanes[l] += e;
         }
@@ -95,7 +95,7 @@ void forward_row(const T* __restrict xr, T* __restrict yr, int64_t cols, bool lo
       for (int l = 0; l < kLanes; ++l) total += double(lanes[l]);
     }
     for (; c < cols; ++c) {
-      yr[c] = exp_fast<T>(xr[c] - m);
+      yr[c] = exp_nonpositive<T>(xr[c] - m);
       total += double(yr[c]);
     }
     const T inv = T(1.0 / total);

@@ -28,6 +28,16 @@ inline T exp_fast(T x) {
   }
 }
 
+// exp(x) for x <= 0 (or NaN) in T: exp_fast's bits there, cheaper in f32 (poly_math.h).
+template <class T>
+inline T exp_nonpositive(T x) {
+  if constexpr (std::is_same_v<T, float>) {
+    return kernels::exp_nonpositive_f32(x);
+  } else {
+    return std::exp(x);
+  }
+}
+
 // Row reductions written with kLanes independent partial results, so that the compiler vectorizes
 // them without -ffast-math (one scalar accumulator forces sequential adds).
 inline constexpr int kLanes = 16;
@@ -46,17 +56,17 @@ T row_max(const T* x, int64_t n) {
   return m;
 }
 
-// sum_j exp(x[j] - shift).
+// sum_j exp(x[j] - shift), shift >= every x[j] (the row's max).
 template <class T>
 double row_sum_exp(const T* x, T shift, int64_t n) {
   double lanes[kLanes] = {};
   int64_t j = 0;
   for (; j + kLanes <= n; j += kLanes) {
-    for (int l = 0; l < kLanes; ++l) lanes[l] += double(exp_fast<T>(x[j + l] - shift));
+    for (int l = 0; l < kLanes; ++l) lanes[l] += double(exp_nonpositive<T>(x[j + l] - shift));
   }
   double s = 0;
   for (int l = 0; l < kLanes; ++l) s += lanes[l];
-  for (; j < n; ++j) s += double(exp_fast<T>(x[j] - shift));
+  for (; j < n; ++j) s += double(exp_nonpositive<T>(x[j] - shift));
   return s;
 }
 

@@ -1,9 +1,12 @@
 // softmax / log_softmax: forward against float64 naive loops (any dim, odd sizes, f32 and f64,
 // extreme values), gradients against finite differences (last dim, other dims, non-contiguous,
-// 0-dim), the f32 backward against the f64 one, and error messages.
+// 0-dim), the f32 backward against the f64 one, error messages, and the f32 exponential of
+// non-positive arguments the cpu kernels share (kernels/poly_math.h).
+#include <bit>
 #include <cmath>
 #include <limits>
 
+#include "kernels/poly_math.h"
 #include "support/test_util.h"
 
 using namespace lathe;
@@ -171,4 +174,36 @@ TEST_CASE("softmax: errors name the op, the dim and the tensor", "[softmax][erro
   Tensor i = zeros({2, 3}, TensorOptions(DType::I64).device(device));
   check_error([&] { softmax(i, 1); }, {"softmax", "i64"});
   check_error([&] { softmax(Tensor(), 0); }, {"softmax", "undefined"});
+}
+
+// exp_nonpositive_f32 drops exp_f32's overflow handling; over x <= 0 it must give the same bits
+// (so softmax, cross-entropy and attention results did not move), and both stay within 2 ulp-ish
+// of exp in f64 down to the f32 underflow, 0 below it, NaN for NaN.
+TEST_CASE("softmax: the non-positive f32 exp equals exp_f32 bit for bit and f64 exp closely",
+          "[softmax]") {
+  std::vector<float> xs = {0.0f,    -0.0f,    -1e-30f,
+                           -1e-7f,  -0.5f,    -1.0f,
+                           -10.0f,  -87.0f,   -87.3365447505531f,
+                           -87.34f, -88.0f,   -103.0f,
+                           -1e4f,   -3.4e38f, -std::numeric_limits<float>::infinity()};
+  // Every 997th float bit pattern from -0 down through -inf: a dense sweep of all exponents.
+  for (uint32_t bits = 0x80000000u; bits <= 0xff800000u; bits += 997u) {
+    xs.push_back(std::bit_cast<float>(bits));
+  }
+  int64_t mismatches = 0, nonzero_underflows = 0;
+  double worst = 0;
+  for (float x : xs) {
+    const float fast = kernels::exp_nonpositive_f32(x), full = kernels::exp_f32(x);
+    if (std::bit_cast<uint32_t>(fast) != std::bit_cast<uint32_t>(full)) ++mismatches;
+    const double ref = std::exp(double(x));
+    if (ref >= double(std::numeric_limits<float>::min())) {
+      worst = std::max(worst, std::abs(double(fast) - ref) / ref);
+    } else if (x < -87.3365447505531f && fast != 0.0f) {
+      ++nonzero_underflows;  // below ln(FLT_MIN): exact zero (a masked logit's -inf included)
+    }
+  }
+  CHECK(mismatches == 0);
+  CHECK(nonzero_underflows == 0);
+  CHECK(worst < 3e-7);
+  CHECK(std::isnan(kernels::exp_nonpositive_f32(std::numeric_limits<float>::quiet_NaN())));
 }
