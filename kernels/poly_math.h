@@ -113,7 +113,7 @@ LATHE_POLY_INLINE float normal_cdf_f32(float v) {
   q = q * t + 2.832523787199358e-01f;
   q = q * t + 2.820116491846932e-01f;
   q = q * t + 2.614141000235676e-06f;
-  const float erfc_large = exp_f32(-z) * q;
+  const float erfc_large = exp_nonpositive_f32(-z) * q;  // -z <= 0: exp_f32's bits
   const float half_tail = 0.5f * (a < 1.0f ? erfc_small : erfc_large);
   return v < 0 ? half_tail : 1.0f - half_tail;
 }

@@ -33,7 +33,7 @@ inline T gelu_tanh(T v) {
 template <class T>
 inline T gelu_erf_grad(T v, T d) {
   if constexpr (std::is_same_v<T, float>) {
-    const float pdf = float(kGeluInvSqrt2Pi) * exp_f32(-0.5f * v * v);
+    const float pdf = float(kGeluInvSqrt2Pi) * kernels::exp_nonpositive_f32(-0.5f * v * v);
     return d * (normal_cdf_f32(v) + v * pdf);
   } else {
     T cdf = T(0.5) * (T(1) + std::erf(v * T(kGeluInvSqrt2)));
