@@ -1,6 +1,7 @@
 // The kernel families that bench_memory.cpp (cpu layer norm / softmax) and bench_cuda_kernels.cpp
 // (the cuda row kernels) leave out on one device or the other: GELU, cross-entropy, the embedding
-// lookup and its gradient on the cpu, and fused AdamW on both devices. Each body is written once
+// lookup and its gradient on the cpu, and fused AdamW and the gradient norm of clipping on both
+// devices. Each body is written once
 // over a Target (device, kernel table, how to wait for the device, the copy ceiling of the same
 // process) and registered per device: `BM_Cpu*` everywhere, `BM_Cuda*` in a real CUDA build, where
 // kernels run asynchronously and every timed iteration ends with a synchronization. Rates are GB/s
@@ -182,6 +183,33 @@ void adamw_entry(benchmark::State& state, const Target& target) {
   state.counters["params"] = double(total);
 }
 
+// clip_grad_norm_'s measuring half: the 2-norm of every f32 gradient of the same shapes, per
+// tensor and in total, in f64 (4 bytes read per element).
+void grad_norm_entry(benchmark::State& state, const Target& target) {
+  const bool base = state.range(0) == 1;
+  const std::vector<int64_t> sizes = bert_param_sizes(base ? 768 : 384, base ? 12 : 6);
+  std::vector<Tensor> keep;
+  std::vector<lathe::kernels::MultiTensor> tensors;
+  int64_t total = 0;
+  for (int64_t n : sizes) {
+    Tensor g = randn_on(target, {n});
+    tensors.push_back({g.data_ptr(), n, DType::F32});
+    keep.push_back(g);
+    total += n;
+  }
+  Tensor norms = lathe::zeros({int64_t(sizes.size()) + 1},
+                              lathe::TensorOptions(DType::F64).device(target.device));
+  lathe::kernels::MultiTensorNormArgs a;
+  a.tensors = tensors.data();
+  a.count = int64_t(tensors.size());
+  a.norm_type = 2.0;
+  a.norms = static_cast<double*>(norms.data_ptr());
+  a.total = a.norms + a.count;
+  const auto& k = target.table();
+  run(state, target, double(total) * 4.0, [&] { k.multi_tensor_norm(a); });
+  state.counters["params"] = double(total);
+}
+
 void gelu_shapes(benchmark::internal::Benchmark* b) {
   b->ArgNames({"n", "backward"})->ArgsProduct({{1 << 20, 12582912}, {0, 1}});
 }
@@ -213,9 +241,15 @@ void BM_CpuEmbedding(benchmark::State& s) {
 void BM_CpuAdamW(benchmark::State& s) {
   adamw_entry(s, kCpu);
 }
+void BM_CpuGradNorm(benchmark::State& s) {
+  grad_norm_entry(s, kCpu);
+}
 #ifdef LATHE_CUDA_BUILD
 void BM_CudaAdamW(benchmark::State& s) {
   adamw_entry(s, kCuda);
+}
+void BM_CudaGradNorm(benchmark::State& s) {
+  grad_norm_entry(s, kCuda);
 }
 void BM_CudaEmbedding(benchmark::State& s) {
   embedding_entry(s, kCuda);
@@ -235,7 +269,9 @@ LATHE_FAMILY_BENCH(BM_CpuGelu, gelu_shapes);
 LATHE_FAMILY_BENCH(BM_CpuCrossEntropy, cross_entropy_shapes);
 LATHE_FAMILY_BENCH(BM_CpuEmbedding, embedding_shapes);
 LATHE_FAMILY_BENCH(BM_CpuAdamW, adamw_shapes);
+LATHE_FAMILY_BENCH(BM_CpuGradNorm, adamw_shapes);
 #ifdef LATHE_CUDA_BUILD
 LATHE_FAMILY_BENCH(BM_CudaAdamW, adamw_shapes);
+LATHE_FAMILY_BENCH(BM_CudaGradNorm, adamw_shapes);
 LATHE_FAMILY_BENCH(BM_CudaEmbedding, embedding_shapes);
 #endif
