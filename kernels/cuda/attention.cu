@@ -96,8 +96,8 @@ LATHE_DEVICE_INLINE void forward_block(const Params& p, int64_t q_tiles) {
   T* sK = sQ + BM * LD;           // [2][kBlockN][LD]
   T* sV = sK + 2 * kBlockN * LD;  // [2][kBlockN][LD]
 
-  const int64_t b = int64_t(blockIdx.x) / q_tiles;
-  const int64_t i0 = (int64_t(blockIdx.x) - b * q_tiles) * BM;
+  int64_t b, i0;
+  query_tile_of_block(blockIdx.x, q_tiles, BM, p.causal, b, i0);
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
   const int g = lane >> 2, t = lane & 3;
   const T* q_all = static_cast<const T*>(p.q);
@@ -588,8 +588,8 @@ __global__ void __launch_bounds__(kThreads) dq_kernel(Params p, int64_t q_tiles)
   T* sK = sdO + kBlockM * LD;     // [2][kBlockN][LD]
   T* sV = sK + 2 * kBlockN * LD;  // [2][kBlockN][LD]
 
-  const int64_t b = int64_t(blockIdx.x) / q_tiles;
-  const int64_t i0 = (int64_t(blockIdx.x) - b * q_tiles) * kBlockM;
+  int64_t b, i0;
+  query_tile_of_block(blockIdx.x, q_tiles, kBlockM, p.causal, b, i0);
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
   const int g = lane >> 2, t = lane & 3;
   const T* q_all = static_cast<const T*>(p.q);

@@ -32,6 +32,20 @@ struct Rows {
   bool vec = false;  // 16-byte aligned rows (attention_rows_aligned): may move as vectors
 };
 
+// The batch index b and the first query row i0 of the block whose linear index is `block`, in a
+// grid of q_tiles query tiles of `rows` rows per batch index. Batch-major, so that neighbouring
+// blocks read the same K and V from L2. With a causal mask query tile t sees t + 1 key tiles
+// (top-left aligned), so there the tiles of each batch index go heaviest first: blocks start in
+// index order, and the last ones to start, which decide when the grid ends, are the shortest
+// (the longest-first rule FlashAttention-3's scheduler uses for causal attention). The results do
+// not depend on the order: every tile is computed alone.
+LATHE_DEVICE_INLINE void query_tile_of_block(int64_t block, int64_t q_tiles, int64_t rows,
+                                             bool causal, int64_t& b, int64_t& i0) {
+  b = block / q_tiles;
+  const int64_t t = block - b * q_tiles;
+  i0 = (causal ? q_tiles - 1 - t : t) * rows;
+}
+
 LATHE_DEVICE_INLINE int64_t batch_offset(const Lead& l, const Rows& r, int64_t b) {
   int64_t off = 0;
   for (int i = l.lead - 1; i >= 0; --i) {

@@ -373,8 +373,8 @@ __global__ void __launch_bounds__(kThreads, Config<T, D>::kFwdMinBlocks)
   T* sV = Cfg::kFwdSharedKv ? sK : sK + BN * LD;  // [BN][LD]
   T* sP = sV + BN * LD;                           // [BM][LDP]
 
-  const int64_t b = int64_t(blockIdx.x) / q_tiles;
-  const int64_t i0 = (int64_t(blockIdx.x) - b * q_tiles) * BM;
+  int64_t b, i0;
+  query_tile_of_block(blockIdx.x, q_tiles, BM, p.causal, b, i0);
   const int tx = int(threadIdx.x) % 16, ty = int(threadIdx.x) / 16;
   const T* q = static_cast<const T*>(p.q) + batch_offset(p, p.q_rows, b);
   const T* k = static_cast<const T*>(p.k) + batch_offset(p, p.k_rows, b);
@@ -624,8 +624,8 @@ __global__ void __launch_bounds__(kThreads, Config<T, D>::kDqMinBlocks)
   T* sV = sK + BN * LD;   // [BN][LD]
   T* sS = sV + BN * LD;   // [BM][LDS] dS
 
-  const int64_t b = int64_t(blockIdx.x) / q_tiles;
-  const int64_t i0 = (int64_t(blockIdx.x) - b * q_tiles) * BM;
+  int64_t b, i0;
+  query_tile_of_block(blockIdx.x, q_tiles, BM, p.causal, b, i0);
   const int tx = int(threadIdx.x) % 16, ty = int(threadIdx.x) / 16;
   const T* q = static_cast<const T*>(p.q) + batch_offset(p, p.q_rows, b);
   const T* dout = static_cast<const T*>(p.grad_out) + batch_offset(p, p.do_rows, b);

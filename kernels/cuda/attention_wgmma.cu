@@ -64,8 +64,7 @@ struct WgmmaBlock {
     sQ = reinterpret_cast<T*>((raw + 1023) & ~uintptr_t(1023));
     sK = sQ + BM * D;
     sV = sK + 2 * BN * D;
-    b = int64_t(blockIdx.x) / q_tiles;
-    i0 = (int64_t(blockIdx.x) - b * q_tiles) * BM;
+    query_tile_of_block(blockIdx.x, q_tiles, BM, p.causal, b, i0);
     const int wg = int(threadIdx.x) / 128, warp = int(threadIdx.x) % 128 / 32;
     const int lane = int(threadIdx.x) % 32, g = lane >> 2;
     t = lane & 3;

@@ -431,8 +431,8 @@ __global__ void __launch_bounds__(kWgThreads) dq_wgmma_kernel(Params p, int64_t 
   T* sK = sdO + BM * D;          // [2][D/64][BN][64]
   T* sV = sK + 2 * BN * D;       // [2][D/64][BN][64]
 
-  const int64_t b = int64_t(blockIdx.x) / q_tiles;
-  const int64_t i0 = (int64_t(blockIdx.x) - b * q_tiles) * BM;
+  int64_t b, i0;
+  query_tile_of_block(blockIdx.x, q_tiles, BM, p.causal, b, i0);
   const int wg = int(threadIdx.x) / 128, warp = int(threadIdx.x) % 128 / 32;
   const int lane = int(threadIdx.x) % 32, g = lane >> 2, t = lane & 3;
   const T* q_all = static_cast<const T*>(p.q);

@@ -89,8 +89,8 @@ __global__ void __launch_bounds__(kTmaThreads, 1)
   uint64_t* k_empty = v_full + S;
   uint64_t* v_empty = k_empty + S;
 
-  const int64_t b = int64_t(blockIdx.x) / q_tiles;
-  const int64_t i0 = (int64_t(blockIdx.x) - b * q_tiles) * BM;
+  int64_t b, i0;
+  query_tile_of_block(blockIdx.x, q_tiles, BM, p.causal, b, i0);
   const int64_t j_end = p.causal ? (p.tk < i0 + BM ? p.tk : i0 + BM) : p.tk;
   const int n_tiles = int((j_end + BN - 1) / BN);
   const int wg = int(threadIdx.x) / 128;
