@@ -442,7 +442,7 @@ LATHE_DEVICE_INLINE void dkdv_block(const Params& p, int64_t k_tiles) {
   if (first < n_tiles) load_q_tile(first, 0);
   rt::cp_async_commit();
 
-  zero_skipped_grad_mask(p, b, j0, int64_t(first) * BQ, kBlockN, kThreads);
+  zero_skipped_grad_mask(p, b, j0, int64_t(first) * BQ, kBlockN, int(threadIdx.x), kThreads);
 
   const int64_t key[2] = {j0 + 16 * warp + g, j0 + 16 * warp + g + 8};
   const int64_t mask_base = p.mask.data != nullptr ? p.mask.batch_offset(b) : 0;

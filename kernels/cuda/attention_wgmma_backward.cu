@@ -82,19 +82,306 @@ LATHE_DEVICE_INLINE uint32_t dkdv_keep_bits(const Params& p, int64_t b, int64_t 
 // attention.cu's atomic mode does, and dq_convert_kernel scales and rounds them afterwards. The two
 // warpgroups add separately (each its own keys), the same number of atomics per key as the default
 // kernel's.
+// What a thread of a dK/dV warpgroup keeps across the query tiles: its keys and the descriptors
+// of the block's tiles. The same in the cp.async kernel (backward variant 2) and the TMA kernel
+// (variant 4), which share the per-tile step below.
+struct DkdvThread {
+  int warp = 0, g = 0, t = 0;
+  int64_t wg_j0 = 0, key[2] = {0, 0}, mask_base = 0;
+  // K-major operands step 32 bytes per k16 inside a 128-byte row and one block per 64 columns;
+  // the MN-major B of dV and dK (Q and dO, K = queries) steps 16 rows = 2048 bytes per k16, its
+  // 64-column blocks (of d, the N) kQBlock apart. The Q / dO descriptors point at stage 0 of their
+  // buffers; a tile adds its stage's byte offset.
+  uint64_t desc_k = 0, desc_v = 0, desc_q = 0, desc_do = 0, desc_q_mn = 0, desc_do_mn = 0;
+  // Atomic dQ: this warpgroup's dS block as a K-major A, and its 64 keys of K as the MN-major B.
+  uint64_t desc_ds = 0, desc_k_mn = 0;
+  // Where this thread's dS elements go in the swizzled tile: row r = 16kk + 8m + 2t + h has
+  // r % 8 = 2t + h and key column 16 warp + g + 8 w1 is 16-byte chunk 2 warp + w1, so byte offset
+  // r * 128 + ((2 warp + w1) ^ (2t + h)) * 16 + 2g: four bases per thread, the rest constants
+  // (rt::wgmma_offset per element kept 32 addresses live across the tile loop).
+  char* ds_bytes = nullptr;
+  uint32_t ds_at[2][2] = {};
+};
+
+// Thread ct (0..255) of the two dK/dV warpgroups of the block that owns keys j0.. of batch b.
+template <class T, int D, bool kAtomicDq>
+LATHE_DEVICE_INLINE DkdvThread make_dkdv_thread(const Params& p, int64_t b, int64_t j0, int ct,
+                                                T* sK, T* sV, T* sQ, T* sdO, T* sdS) {
+  constexpr uint32_t kKBlock = kDkdvKeys * 128, kQBlock = kDkdvQueries * 128;
+  DkdvThread st;
+  const int wg = ct / 128, lane = ct % 32;
+  st.warp = ct % 128 / 32;
+  st.g = lane >> 2;
+  st.t = lane & 3;
+  st.wg_j0 = j0 + 64 * wg;  // this warpgroup's first key
+  st.key[0] = st.wg_j0 + 16 * st.warp + st.g;
+  st.key[1] = st.key[0] + 8;
+  st.mask_base = p.mask.data != nullptr ? p.mask.batch_offset(b) : 0;
+  st.desc_k = rt::make_wgmma_desc(sK + 64 * wg * 64, 16, 1024, rt::WgmmaSwizzle::B128);
+  st.desc_v = rt::make_wgmma_desc(sV + 64 * wg * 64, 16, 1024, rt::WgmmaSwizzle::B128);
+  st.desc_q = rt::make_wgmma_desc(sQ, 16, 1024, rt::WgmmaSwizzle::B128);
+  st.desc_do = rt::make_wgmma_desc(sdO, 16, 1024, rt::WgmmaSwizzle::B128);
+  st.desc_q_mn = rt::make_wgmma_desc(sQ, kQBlock, 1024, rt::WgmmaSwizzle::B128);
+  st.desc_do_mn = rt::make_wgmma_desc(sdO, kQBlock, 1024, rt::WgmmaSwizzle::B128);
+  T* my_ds = sdS + wg * kDkdvQueries * 64;
+  st.ds_bytes = reinterpret_cast<char*>(my_ds);
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+#pragma unroll
+    for (int w1 = 0; w1 < 2; ++w1) {
+      st.ds_at[h][w1] =
+          uint32_t((2 * st.t + h) * 128 + ((2 * st.warp + w1) ^ (2 * st.t + h)) * 16 + 2 * st.g);
+    }
+  }
+  if constexpr (kAtomicDq) {
+    st.desc_ds = rt::make_wgmma_desc(my_ds, 16, 1024, rt::WgmmaSwizzle::B128);
+    st.desc_k_mn = rt::make_wgmma_desc(sK + 64 * wg * 64, kKBlock, 1024, rt::WgmmaSwizzle::B128);
+  }
+  return st;
+}
+
+// One 64-query tile (queries i0..) of a dK/dV warpgroup: its Q and dO at byte offset q_at of the
+// Q / dO buffers, its lse (log2 units) and row dots at cL and cD. Accumulates into dk and dv; with
+// kAtomicDq also adds the tile's dQ to p.dq_accum, calling sync_ds() between the dS stores and the
+// wgmma that reads them (a barrier of at least the warpgroup, after fence.proxy.async). Returns
+// with every wgmma retired: the tile's Q / dO may be overwritten once all 256 threads returned.
+template <class T, int D, bool kDropout, bool kAtomicDq, class SyncDs>
+LATHE_DEVICE_INLINE void dkdv_tile(const Params& p, const DkdvThread& st, float (&dk)[D / 2],
+                                   float (&dv)[D / 2], int64_t b, int64_t i0, uint32_t q_at,
+                                   const float* cL, const float* cD, SyncDs&& sync_ds) {
+  constexpr int BQ = kDkdvQueries;
+  constexpr uint32_t kKBlock = kDkdvKeys * 128;  // bytes of one 64-column block of the K or V tile
+  constexpr uint32_t kQBlock = BQ * 128;         // of the Q or dO tile
+  static_assert(D % 64 == 0, "128-byte swizzled rows hold 64 columns");
+  // At d = 64 the elementwise work runs under the tensor cores: P^T while dP^T's wgmmas run, dS^T
+  // while dV's do. That keeps P^T (f32 and fragments) live beside dP^T and dS^T: 186 registers at
+  // d = 64; at d = 128, where dK and dV alone take 128, ptxas spilled, so there the tile is
+  // computed after both products, k-step by k-step, as before.
+  constexpr bool kOverlap = D <= 64;
+  const int warp = st.warp, g = st.g, t = st.t;
+  const int64_t wg_j0 = st.wg_j0, mask_base = st.mask_base;
+  const int64_t(&key)[2] = st.key;
+  const uint64_t desc_k = st.desc_k, desc_v = st.desc_v, desc_q = st.desc_q, desc_do = st.desc_do;
+  const uint64_t desc_q_mn = st.desc_q_mn, desc_do_mn = st.desc_do_mn;
+  const uint64_t desc_ds = st.desc_ds, desc_k_mn = st.desc_k_mn;
+  char* ds_bytes = st.ds_bytes;
+  const uint32_t(&ds_at)[2][2] = st.ds_at;
+  (void)desc_ds;
+  (void)desc_k_mn;
+  (void)g;
+  (void)warp;
+
+  // With kOverlap two commit groups, S^T then dP^T, so that P^T is computed while dP^T runs.
+  float s[BQ / 2], dp[BQ / 2];
+  rt::wgmma_fence_operand(s);
+  rt::wgmma_fence_operand(dp);
+  rt::wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    const uint32_t at_k = (kk / 4) * kKBlock + (kk % 4) * 32;
+    const uint32_t at_q = q_at + (kk / 4) * kQBlock + (kk % 4) * 32;
+    ss_wgmma<T, BQ>(s, desc_k + (at_k >> 4), desc_q + (at_q >> 4), kk > 0);
+    if constexpr (!kOverlap)
+      ss_wgmma<T, BQ>(dp, desc_v + (at_k >> 4), desc_do + (at_q >> 4), kk > 0);
+  }
+  if constexpr (kOverlap) {
+    rt::wgmma_commit();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      const uint32_t at_k = (kk / 4) * kKBlock + (kk % 4) * 32;
+      const uint32_t at_q = q_at + (kk / 4) * kQBlock + (kk % 4) * 32;
+      ss_wgmma<T, BQ>(dp, desc_v + (at_k >> 4), desc_do + (at_q >> 4), kk > 0);
+    }
+  }
+  rt::wgmma_commit();
+  uint32_t keep = 0;
+  if constexpr (kDropout) keep = dkdv_keep_bits<BQ>(p, b, i0, key, t);
+
+  // Element (n, e) of the accumulators is query i0 + 8n + 2t + (e & 1), key key[e >> 1]; k-step
+  // kk of the A fragments (queries 16kk..) is n-tiles 2kk and 2kk + 1. Padding queries read
+  // lse = +inf (P = 0) and D = 0.
+  const bool plain = tile_unmasked<64>(p, i0, wg_j0);
+  // P^T = exp2(S^T scale - lse), undropped.
+  auto probability = [&](int n, int e) {
+    const int col = 8 * n + 2 * t + (e & 1);
+    const float x = plain ? s[4 * n + e] * p.scale_log2
+                          : masked_score(p, mask_base, s[4 * n + e], i0 + col, key[e >> 1]);
+    return fast_exp2(x - cL[col]);
+  };
+  // The dropout factor Z, regenerated from (seed, offset).
+  auto dropout_z = [&](int n, int e) {
+    if constexpr (kDropout) return (keep >> (4 * n + e)) & 1u ? p.keep_scale : 0.0f;
+    return 1.0f;
+  };
+  // dS^T = P^T (Z dP^T - D), also the op's mask gradient.
+  auto score_grad = [&](int n, int e, float pr) {
+    const int col = 8 * n + 2 * t + (e & 1);
+    const float ds = pr * (dropout_z(n, e) * dp[4 * n + e] - cD[col]);
+    const int64_t i = i0 + col, j = key[e >> 1];
+    if (p.grad_mask != nullptr && i < p.tq && j < p.tk) {
+      p.grad_mask[(b * p.tq + i) * p.tk + j] = ds;
+    }
+    return ds;
+  };
+  uint32_t pf[BQ / 16][4], sf[BQ / 16][4];
+  // Z P^T (P^T in s) of k-step kk rounded into dV's A fragments.
+  auto to_pf = [&](int kk) {
+    float zp[8];
+#pragma unroll
+    for (int x = 0; x < 8; ++x) zp[x] = dropout_z(2 * kk + x / 4, x % 4) * s[8 * kk + x];
+    c_to_a<T>(pf[kk], zp, zp + 4);
+  };
+  // dS^T (in dp) of k-step kk rounded into dK's A fragments, and with kAtomicDq stored as dQ's
+  // A operand: each 16-bit half of word w of the fragment is dS at query 16kk + 8(w / 2) + 2t +
+  // h, key 16 warp + g + 8(w % 2); the two halves are neighbouring queries, so two rows of the
+  // [query][key] tile.
+  auto to_sf = [&](int kk) {
+    c_to_a<T>(sf[kk], dp + 8 * kk, dp + 8 * kk + 4);
+    if constexpr (kAtomicDq) {
+#pragma unroll
+      for (int w = 0; w < 4; ++w) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          *reinterpret_cast<uint16_t*>(ds_bytes + ds_at[h][w & 1] +
+                                       (16 * kk + 8 * (w >> 1)) * 128) =
+              uint16_t(sf[kk][w] >> (16 * h));
+        }
+      }
+    }
+  };
+
+  if constexpr (kOverlap) {
+    // P^T while dP^T runs, then dS^T while dV's wgmmas run.
+    rt::wgmma_wait<1>();
+    rt::wgmma_fence_operand(s);
+#pragma unroll
+    for (int kk = 0; kk < BQ / 16; ++kk) {
+#pragma unroll
+      for (int x = 0; x < 8; ++x) s[8 * kk + x] = probability(2 * kk + x / 4, x % 4);
+      to_pf(kk);
+    }
+    rt::wgmma_wait<0>();
+    rt::wgmma_fence_operand(dp);
+    rt::wgmma_fence_operand(dv);
+    fence_fragments(pf);
+    rt::wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < BQ / 16; ++kk) {
+      rs_wgmma_mn<T, D>(dv, pf[kk], desc_do_mn + ((q_at + kk * 16 * 128) >> 4));
+    }
+    rt::wgmma_commit();
+#pragma unroll
+    for (int kk = 0; kk < BQ / 16; ++kk) {
+#pragma unroll
+      for (int x = 0; x < 8; ++x) {
+        dp[8 * kk + x] = score_grad(2 * kk + x / 4, x % 4, s[8 * kk + x]);
+      }
+      to_sf(kk);
+    }
+    rt::wgmma_fence_operand(dk);
+    fence_fragments(sf);
+    rt::wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < BQ / 16; ++kk) {
+      rs_wgmma_mn<T, D>(dk, sf[kk], desc_q_mn + ((q_at + kk * 16 * 128) >> 4));
+    }
+  } else {
+    // Both products in, then P^T and dS^T k-step by k-step, so that s and dp die early.
+    rt::wgmma_wait<0>();
+    rt::wgmma_fence_operand(s);
+    rt::wgmma_fence_operand(dp);
+#pragma unroll
+    for (int kk = 0; kk < BQ / 16; ++kk) {
+#pragma unroll
+      for (int x = 0; x < 8; ++x) {
+        const int n = 2 * kk + x / 4, e = x % 4;
+        const float pr = probability(n, e);
+        dp[8 * kk + x] = score_grad(n, e, pr);
+        s[8 * kk + x] = dropout_z(n, e) * pr;
+      }
+      c_to_a<T>(pf[kk], s + 8 * kk, s + 8 * kk + 4);
+      to_sf(kk);
+    }
+    rt::wgmma_fence_operand(dv);
+    rt::wgmma_fence_operand(dk);
+    fence_fragments(pf);
+    fence_fragments(sf);
+    rt::wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < BQ / 16; ++kk) {
+      const uint32_t at = q_at + kk * 16 * 128;
+      rs_wgmma_mn<T, D>(dv, pf[kk], desc_do_mn + (at >> 4));
+      rs_wgmma_mn<T, D>(dk, sf[kk], desc_q_mn + (at >> 4));
+    }
+  }
+  rt::wgmma_commit();
+  // Before dk and dv are read, before pf and sf may be reused, and before the barrier below
+  // lets the next iteration overwrite this Q / dO buffer.
+  rt::wgmma_wait<0>();
+  rt::wgmma_fence_operand(dv);
+  rt::wgmma_fence_operand(dk);
+  fence_fragments(pf);
+  fence_fragments(sf);
+  if constexpr (kAtomicDq) {
+    // The dS stores (generic proxy) become visible to this warpgroup's wgmma (async proxy).
+    sync_ds();
+    // In 64-column slices of d: a [64, 64] accumulator (32 registers) beside dK and dV; all of
+    // d at once (64 at d = 128) made ptxas spill.
+#pragma unroll 1
+    for (int h = 0; h < D / 64; ++h) {
+      float dq[32];
+      rt::wgmma_fence_operand(dq);
+      rt::wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) {
+        ss_wgmma<T, 64, rt::WgmmaMajor::MN>(dq, desc_ds + ((kk * 32) >> 4),
+                                            desc_k_mn + ((h * kKBlock + kk * 16 * 128) >> 4),
+                                            kk > 0);
+      }
+      rt::wgmma_commit();
+      rt::wgmma_wait<0>();
+      rt::wgmma_fence_operand(dq);
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int64_t i = i0 + 16 * warp + g + 8 * r;
+        if (i >= p.tq) continue;  // padding rows: dS = 0, and nothing reads them
+        float* row = p.dq_accum + (b * p.tq_pad + i) * D + 64 * h + 2 * t;
+#pragma unroll
+        for (int n = 0; n < 8; ++n) {
+          atomic_add_pair(row + 8 * n, dq[4 * n + 2 * r], dq[4 * n + 2 * r + 1]);
+        }
+      }
+    }
+  }
+}
+
+// dK (scaled) and dV of the thread's two keys.
+template <class T, int D>
+LATHE_DEVICE_INLINE void store_dkdv(const Params& p, const DkdvThread& st, const float (&dk)[D / 2],
+                                    const float (&dv)[D / 2], int64_t b) {
+  T* grad_k = static_cast<T*>(p.grad_k) + batch_offset(p, p.dk_rows, b);
+  T* grad_v = static_cast<T*>(p.grad_v) + batch_offset(p, p.dv_rows, b);
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int64_t j = st.key[r];
+    if (j >= p.tk) continue;
+    T* gk = grad_k + j * p.dk_rows.row;
+    T* gv = grad_v + j * p.dv_rows.row;
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+      *reinterpret_cast<uint32_t*>(gk + 8 * n + 2 * st.t) =
+          pack2<T>(dk[4 * n + 2 * r] * p.scale, dk[4 * n + 2 * r + 1] * p.scale);
+      *reinterpret_cast<uint32_t*>(gv + 8 * n + 2 * st.t) =
+          pack2<T>(dv[4 * n + 2 * r], dv[4 * n + 2 * r + 1]);
+    }
+  }
+}
+
 template <class T, int D, bool kDropout, bool kAtomicDq>
 __global__ void __launch_bounds__(kWgThreads) dkdv_wgmma_kernel(Params p, int64_t k_tiles) {
 #if LATHE_FLASH_WGMMA
   constexpr int BN = kDkdvKeys, BQ = kDkdvQueries;
-  constexpr uint32_t kKBlock = BN * 128;  // bytes of one 64-column block of the K or V tile
-  constexpr uint32_t kQBlock = BQ * 128;  // of the Q or dO tile
   constexpr uint32_t kQTile = BQ * D * sizeof(T);
-  static_assert(D % 64 == 0, "128-byte swizzled rows hold 64 columns");
-  // At d = 64 the elementwise work runs under the tensor cores: P^T while dP^T's wgmmas run, dS^T
-  // while dV's do. That keeps P^T (f32 and fragments) live beside dP^T and dS^T: 200 registers at
-  // d = 64; at d = 128, where dK and dV alone take 128, ptxas spilled, so there the tile is
-  // computed after both products, k-step by k-step, as before.
-  constexpr bool kOverlap = D <= 64;
   LATHE_DYNAMIC_SHARED(T, smem_raw);
   T* sK = align_1024(smem_raw);                            // [D/64][BN][64]
   T* sV = sK + BN * D;                                     // [D/64][BN][64]
@@ -107,8 +394,6 @@ __global__ void __launch_bounds__(kWgThreads) dkdv_wgmma_kernel(Params p, int64_
 
   const int64_t b = int64_t(blockIdx.x) / k_tiles;
   const int64_t j0 = (int64_t(blockIdx.x) - b * k_tiles) * BN;
-  const int wg = int(threadIdx.x) / 128, warp = int(threadIdx.x) % 128 / 32;
-  const int lane = int(threadIdx.x) % 32, g = lane >> 2, t = lane & 3;
   const T* q_all = static_cast<const T*>(p.q);
   const T* k_all = static_cast<const T*>(p.k);
   const T* v_all = static_cast<const T*>(p.v);
@@ -140,44 +425,13 @@ __global__ void __launch_bounds__(kWgThreads) dkdv_wgmma_kernel(Params p, int64_
   if (first < n_tiles) load_q_tile(first, 0);
   rt::cp_async_commit();
 
-  zero_skipped_grad_mask(p, b, j0, int64_t(first) * BQ, BN, kWgThreads);
+  zero_skipped_grad_mask(p, b, j0, int64_t(first) * BQ, BN, int(threadIdx.x), kWgThreads);
 
-  const int64_t wg_j0 = j0 + 64 * wg;  // this warpgroup's first key
-  const int64_t key[2] = {wg_j0 + 16 * warp + g, wg_j0 + 16 * warp + g + 8};
-  const int64_t mask_base = p.mask.data != nullptr ? p.mask.batch_offset(b) : 0;
+  const DkdvThread st =
+      make_dkdv_thread<T, D, kAtomicDq>(p, b, j0, int(threadIdx.x), sK, sV, sQ, sdO, sdS);
   float dk[D / 2], dv[D / 2];
 #pragma unroll
   for (int i = 0; i < D / 2; ++i) dk[i] = dv[i] = 0.0f;
-
-  // K-major operands step 32 bytes per k16 inside a 128-byte row and one block per 64 columns;
-  // the MN-major B of dV and dK (Q and dO, K = queries) steps 16 rows = 2048 bytes per k16, its
-  // 64-column blocks (of d, the N) kQBlock apart.
-  const uint64_t desc_k = rt::make_wgmma_desc(sK + 64 * wg * 64, 16, 1024, rt::WgmmaSwizzle::B128);
-  const uint64_t desc_v = rt::make_wgmma_desc(sV + 64 * wg * 64, 16, 1024, rt::WgmmaSwizzle::B128);
-  const uint64_t desc_q = rt::make_wgmma_desc(sQ, 16, 1024, rt::WgmmaSwizzle::B128);
-  const uint64_t desc_do = rt::make_wgmma_desc(sdO, 16, 1024, rt::WgmmaSwizzle::B128);
-  const uint64_t desc_q_mn = rt::make_wgmma_desc(sQ, kQBlock, 1024, rt::WgmmaSwizzle::B128);
-  const uint64_t desc_do_mn = rt::make_wgmma_desc(sdO, kQBlock, 1024, rt::WgmmaSwizzle::B128);
-  // Atomic dQ: this warpgroup's dS block as a K-major A, and its 64 keys of K as the MN-major B.
-  T* my_ds = sdS + wg * BQ * 64;
-  uint64_t desc_ds = 0, desc_k_mn = 0;
-  // Where this thread's dS elements go in the swizzled tile: row r = 16kk + 8m + 2t + h has
-  // r % 8 = 2t + h and key column 16 warp + g + 8 w1 is 16-byte chunk 2 warp + w1, so byte offset
-  // r * 128 + ((2 warp + w1) ^ (2t + h)) * 16 + 2g: four bases per thread, the rest constants
-  // (rt::wgmma_offset per element kept 32 addresses live across the tile loop).
-  char* ds_bytes = reinterpret_cast<char*>(my_ds);
-  uint32_t ds_at[2][2];
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-#pragma unroll
-    for (int w1 = 0; w1 < 2; ++w1) {
-      ds_at[h][w1] = uint32_t((2 * t + h) * 128 + ((2 * warp + w1) ^ (2 * t + h)) * 16 + 2 * g);
-    }
-  }
-  if constexpr (kAtomicDq) {
-    desc_ds = rt::make_wgmma_desc(my_ds, 16, 1024, rt::WgmmaSwizzle::B128);
-    desc_k_mn = rt::make_wgmma_desc(sK + 64 * wg * 64, kKBlock, 1024, rt::WgmmaSwizzle::B128);
-  }
 
   for (int it = first; it < n_tiles; ++it) {
     const int buf = (it - first) & 1;
@@ -189,212 +443,12 @@ __global__ void __launch_bounds__(kWgThreads) dkdv_wgmma_kernel(Params p, int64_
       rt::cp_async_wait<0>();
     }
     publish_to_wgmma();
-    const float* cL = sL + buf * BQ;
-    const float* cD = sD + buf * BQ;
-    const int64_t i0 = int64_t(it) * BQ;
-
-    // With kOverlap two commit groups, S^T then dP^T, so that P^T is computed while dP^T runs.
-    float s[BQ / 2], dp[BQ / 2];
-    rt::wgmma_fence_operand(s);
-    rt::wgmma_fence_operand(dp);
-    rt::wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      const uint32_t at_k = (kk / 4) * kKBlock + (kk % 4) * 32;
-      const uint32_t at_q = buf * kQTile + (kk / 4) * kQBlock + (kk % 4) * 32;
-      ss_wgmma<T, BQ>(s, desc_k + (at_k >> 4), desc_q + (at_q >> 4), kk > 0);
-      if constexpr (!kOverlap)
-        ss_wgmma<T, BQ>(dp, desc_v + (at_k >> 4), desc_do + (at_q >> 4), kk > 0);
-    }
-    if constexpr (kOverlap) {
-      rt::wgmma_commit();
-#pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) {
-        const uint32_t at_k = (kk / 4) * kKBlock + (kk % 4) * 32;
-        const uint32_t at_q = buf * kQTile + (kk / 4) * kQBlock + (kk % 4) * 32;
-        ss_wgmma<T, BQ>(dp, desc_v + (at_k >> 4), desc_do + (at_q >> 4), kk > 0);
-      }
-    }
-    rt::wgmma_commit();
-    uint32_t keep = 0;
-    if constexpr (kDropout) keep = dkdv_keep_bits<BQ>(p, b, i0, key, t);
-
-    // Element (n, e) of the accumulators is query i0 + 8n + 2t + (e & 1), key key[e >> 1]; k-step
-    // kk of the A fragments (queries 16kk..) is n-tiles 2kk and 2kk + 1. Padding queries read
-    // lse = +inf (P = 0) and D = 0.
-    const bool plain = tile_unmasked<64>(p, i0, wg_j0);
-    // P^T = exp2(S^T scale - lse), undropped.
-    auto probability = [&](int n, int e) {
-      const int col = 8 * n + 2 * t + (e & 1);
-      const float x = plain ? s[4 * n + e] * p.scale_log2
-                            : masked_score(p, mask_base, s[4 * n + e], i0 + col, key[e >> 1]);
-      return fast_exp2(x - cL[col]);
-    };
-    // The dropout factor Z, regenerated from (seed, offset).
-    auto dropout_z = [&](int n, int e) {
-      if constexpr (kDropout) return (keep >> (4 * n + e)) & 1u ? p.keep_scale : 0.0f;
-      return 1.0f;
-    };
-    // dS^T = P^T (Z dP^T - D), also the op's mask gradient.
-    auto score_grad = [&](int n, int e, float pr) {
-      const int col = 8 * n + 2 * t + (e & 1);
-      const float ds = pr * (dropout_z(n, e) * dp[4 * n + e] - cD[col]);
-      const int64_t i = i0 + col, j = key[e >> 1];
-      if (p.grad_mask != nullptr && i < p.tq && j < p.tk) {
-        p.grad_mask[(b * p.tq + i) * p.tk + j] = ds;
-      }
-      return ds;
-    };
-    uint32_t pf[BQ / 16][4], sf[BQ / 16][4];
-    // Z P^T (P^T in s) of k-step kk rounded into dV's A fragments.
-    auto to_pf = [&](int kk) {
-      float zp[8];
-#pragma unroll
-      for (int x = 0; x < 8; ++x) zp[x] = dropout_z(2 * kk + x / 4, x % 4) * s[8 * kk + x];
-      c_to_a<T>(pf[kk], zp, zp + 4);
-    };
-    // dS^T (in dp) of k-step kk rounded into dK's A fragments, and with kAtomicDq stored as dQ's
-    // A operand: each 16-bit half of word w of the fragment is dS at query 16kk + 8(w / 2) + 2t +
-    // h, key 16 warp + g + 8(w % 2); the two halves are neighbouring queries, so two rows of the
-    // [query][key] tile.
-    auto to_sf = [&](int kk) {
-      c_to_a<T>(sf[kk], dp + 8 * kk, dp + 8 * kk + 4);
-      if constexpr (kAtomicDq) {
-#pragma unroll
-        for (int w = 0; w < 4; ++w) {
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            *reinterpret_cast<uint16_t*>(ds_bytes + ds_at[h][w & 1] +
-                                         (16 * kk + 8 * (w >> 1)) * 128) =
-                uint16_t(sf[kk][w] >> (16 * h));
-          }
-        }
-      }
-    };
-
-    if constexpr (kOverlap) {
-      // P^T while dP^T runs, then dS^T while dV's wgmmas run.
-      rt::wgmma_wait<1>();
-      rt::wgmma_fence_operand(s);
-#pragma unroll
-      for (int kk = 0; kk < BQ / 16; ++kk) {
-#pragma unroll
-        for (int x = 0; x < 8; ++x) s[8 * kk + x] = probability(2 * kk + x / 4, x % 4);
-        to_pf(kk);
-      }
-      rt::wgmma_wait<0>();
-      rt::wgmma_fence_operand(dp);
-      rt::wgmma_fence_operand(dv);
-      fence_fragments(pf);
-      rt::wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < BQ / 16; ++kk) {
-        rs_wgmma_mn<T, D>(dv, pf[kk], desc_do_mn + ((buf * kQTile + kk * 16 * 128) >> 4));
-      }
-      rt::wgmma_commit();
-#pragma unroll
-      for (int kk = 0; kk < BQ / 16; ++kk) {
-#pragma unroll
-        for (int x = 0; x < 8; ++x) {
-          dp[8 * kk + x] = score_grad(2 * kk + x / 4, x % 4, s[8 * kk + x]);
-        }
-        to_sf(kk);
-      }
-      rt::wgmma_fence_operand(dk);
-      fence_fragments(sf);
-      rt::wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < BQ / 16; ++kk) {
-        rs_wgmma_mn<T, D>(dk, sf[kk], desc_q_mn + ((buf * kQTile + kk * 16 * 128) >> 4));
-      }
-    } else {
-      // Both products in, then P^T and dS^T k-step by k-step, so that s and dp die early.
-      rt::wgmma_wait<0>();
-      rt::wgmma_fence_operand(s);
-      rt::wgmma_fence_operand(dp);
-#pragma unroll
-      for (int kk = 0; kk < BQ / 16; ++kk) {
-#pragma unroll
-        for (int x = 0; x < 8; ++x) {
-          const int n = 2 * kk + x / 4, e = x % 4;
-          const float pr = probability(n, e);
-          dp[8 * kk + x] = score_grad(n, e, pr);
-          s[8 * kk + x] = dropout_z(n, e) * pr;
-        }
-        c_to_a<T>(pf[kk], s + 8 * kk, s + 8 * kk + 4);
-        to_sf(kk);
-      }
-      rt::wgmma_fence_operand(dv);
-      rt::wgmma_fence_operand(dk);
-      fence_fragments(pf);
-      fence_fragments(sf);
-      rt::wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < BQ / 16; ++kk) {
-        const uint32_t at = buf * kQTile + kk * 16 * 128;
-        rs_wgmma_mn<T, D>(dv, pf[kk], desc_do_mn + (at >> 4));
-        rs_wgmma_mn<T, D>(dk, sf[kk], desc_q_mn + (at >> 4));
-      }
-    }
-    rt::wgmma_commit();
-    // Before dk and dv are read, before pf and sf may be reused, and before the barrier below
-    // lets the next iteration overwrite this Q / dO buffer.
-    rt::wgmma_wait<0>();
-    rt::wgmma_fence_operand(dv);
-    rt::wgmma_fence_operand(dk);
-    fence_fragments(pf);
-    fence_fragments(sf);
-    if constexpr (kAtomicDq) {
-      // The dS stores (generic proxy) become visible to this warpgroup's wgmma (async proxy).
-      publish_to_wgmma();
-      // In 64-column slices of d: a [64, 64] accumulator (32 registers) beside dK and dV; all of
-      // d at once (64 at d = 128) made ptxas spill.
-#pragma unroll 1
-      for (int h = 0; h < D / 64; ++h) {
-        float dq[32];
-        rt::wgmma_fence_operand(dq);
-        rt::wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < 4; ++kk) {
-          ss_wgmma<T, 64, rt::WgmmaMajor::MN>(dq, desc_ds + ((kk * 32) >> 4),
-                                              desc_k_mn + ((h * kKBlock + kk * 16 * 128) >> 4),
-                                              kk > 0);
-        }
-        rt::wgmma_commit();
-        rt::wgmma_wait<0>();
-        rt::wgmma_fence_operand(dq);
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          const int64_t i = i0 + 16 * warp + g + 8 * r;
-          if (i >= p.tq) continue;  // padding rows: dS = 0, and nothing reads them
-          float* row = p.dq_accum + (b * p.tq_pad + i) * D + 64 * h + 2 * t;
-#pragma unroll
-          for (int n = 0; n < 8; ++n) {
-            atomic_add_pair(row + 8 * n, dq[4 * n + 2 * r], dq[4 * n + 2 * r + 1]);
-          }
-        }
-      }
-    }
-    __syncthreads();
+    dkdv_tile<T, D, kDropout, kAtomicDq>(p, st, dk, dv, b, int64_t(it) * BQ, buf * kQTile,
+                                         sL + buf * BQ, sD + buf * BQ, [] { publish_to_wgmma(); });
+    __syncthreads();  // the next iteration refills this Q / dO buffer (and the dS tile)
   }
   if (first >= n_tiles) rt::cp_async_wait<0>();
-
-  T* grad_k = static_cast<T*>(p.grad_k) + batch_offset(p, p.dk_rows, b);
-  T* grad_v = static_cast<T*>(p.grad_v) + batch_offset(p, p.dv_rows, b);
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int64_t j = key[r];
-    if (j >= p.tk) continue;
-    T* gk = grad_k + j * p.dk_rows.row;
-    T* gv = grad_v + j * p.dv_rows.row;
-#pragma unroll
-    for (int n = 0; n < D / 8; ++n) {
-      *reinterpret_cast<uint32_t*>(gk + 8 * n + 2 * t) =
-          pack2<T>(dk[4 * n + 2 * r] * p.scale, dk[4 * n + 2 * r + 1] * p.scale);
-      *reinterpret_cast<uint32_t*>(gv + 8 * n + 2 * t) =
-          pack2<T>(dv[4 * n + 2 * r], dv[4 * n + 2 * r + 1]);
-    }
-  }
+  store_dkdv<T, D>(p, st, dk, dv, b);
 #else
   (void)p;
   (void)k_tiles;

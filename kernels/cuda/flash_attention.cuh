@@ -129,13 +129,14 @@ LATHE_DEVICE_INLINE void atomic_add_pair(float* p, float x, float y) {
 }
 
 // grad_mask of the key tile [j0, j0 + keys) is zero in the first `rows` query rows, which the
-// dK/dV kernels' causal skip leaves out; the block's `threads` threads share the work.
+// dK/dV kernels' causal skip leaves out; `threads` threads share the work, this one `thread`.
 LATHE_DEVICE_INLINE void zero_skipped_grad_mask(const Params& p, int64_t b, int64_t j0,
-                                                int64_t rows, int64_t keys, int threads) {
+                                                int64_t rows, int64_t keys, int thread,
+                                                int threads) {
   if (p.grad_mask == nullptr || rows <= 0) return;
   if (rows > p.tq) rows = p.tq;
   const int64_t cols = p.tk - j0 < keys ? p.tk - j0 : keys;
-  for (int64_t e = threadIdx.x; e < rows * cols; e += threads) {
+  for (int64_t e = thread; e < rows * cols; e += threads) {
     p.grad_mask[(b * p.tq + e / cols) * p.tk + j0 + e % cols] = 0.0f;
   }
 }
