@@ -149,9 +149,9 @@ class VariantScope {
   VariantScope& operator=(const VariantScope&) = delete;
 };
 
-// The sm_90a kernels (forward variants 2-4, backward variant 2) are not confirmed on hardware
-// yet: scripts/gpu-check.sh sets LATHE_BENCH_SKIP_SM90=1 for its main run and times them in
-// processes of their own, so that a kernel that hangs or traps costs only its own entries.
+// The sm_90a kernels (forward variants 2-4, backward variants 2 and 4) are not confirmed on
+// hardware yet: scripts/gpu-check.sh sets LATHE_BENCH_SKIP_SM90=1 for its main run and times them
+// in processes of their own, so that a kernel that hangs or traps costs only its own entries.
 bool skip_sm90(benchmark::State& state, int variant) {
   const char* skip = std::getenv("LATHE_BENCH_SKIP_SM90");
   if (variant < 2 || skip == nullptr || std::string_view(skip) != "1") return false;
@@ -178,7 +178,7 @@ void BM_CudaFlashAttentionBackwardVariant(benchmark::State& state) {
   p.forward();
   const VariantScope variant({0, int(state.range(3))});
   try {
-    p.backward();  // variant 2 refuses GPUs other than sm_90
+    p.backward();  // variants 2 and 4 refuse GPUs other than sm_90
   } catch (const lathe::Error& e) {
     state.SkipWithError(e.what());
     return;
@@ -187,28 +187,38 @@ void BM_CudaFlashAttentionBackwardVariant(benchmark::State& state) {
 }
 
 void BM_CudaFlashAttentionBackwardAtomicVariant(benchmark::State& state) {
+  if (skip_sm90(state, int(state.range(3)))) return;
   const Problem p(state.range(0), state.range(1), state.range(2) != 0);
   p.forward();
   const VariantScope variant({0, int(state.range(3))});
+  try {
+    p.backward(false);  // variants 2 and 4 refuse GPUs other than sm_90
+  } catch (const lathe::Error& e) {
+    state.SkipWithError(e.what());
+    return;
+  }
   run(state, 2.5 * p.forward_flops(), [&] { p.backward(false); });
 }
 
-// T = 2048 only (an A/B, not a sweep), causal and not. The atomic-dQ backward's: variants 0 and 1.
+// T = 2048 only (an A/B, not a sweep), causal and not. The atomic-dQ backward's: variants 0 and 1
+// at d = 64, and the sm_90a ones (2: FlashAttention-3's 5 GEMMs on wgmma, 4: the same on the TMA
+// pipeline) at d = 64 and 128, with the default beside them at d = 128.
 void atomic_variant_shapes(benchmark::internal::Benchmark* b) {
   for (int64_t c : {int64_t(0), int64_t(1)}) {
-    for (int64_t variant : {0, 1}) b->Args({2048, 64, c, variant});
+    for (int64_t variant : {0, 1, 2, 4}) b->Args({2048, 64, c, variant});
+    for (int64_t variant : {0, 2, 4}) b->Args({2048, 128, c, variant});
   }
 }
 
 // The deterministic backward's: variant 1 (non-causal only: its dK/dV kernel is the atomic one's
-// minus the dQ tile) and variant 2 (the sm_90a wgmma
-// kernels) at d = 64 and 128, causal too, with the default beside it at d = 128.
+// minus the dQ tile) and variants 2 and 4 (the sm_90a wgmma kernels; 4 with the dK/dV kernel on
+// the TMA pipeline) at d = 64 and 128, causal too, with the default beside them at d = 128.
 void backward_variant_shapes(benchmark::internal::Benchmark* b) {
   for (int64_t c : {int64_t(0), int64_t(1)}) {
-    for (int64_t variant : {0, 1, 2}) {
+    for (int64_t variant : {0, 1, 2, 4}) {
       if (c == 0 || variant != 1) b->Args({2048, 64, c, variant});
     }
-    for (int64_t variant : {0, 2}) b->Args({2048, 128, c, variant});
+    for (int64_t variant : {0, 2, 4}) b->Args({2048, 128, c, variant});
   }
 }
 

@@ -16,8 +16,9 @@
 #      including the self-check of mma/ldmatrix/cp.async/wgmma/mbarrier/TMA against known products,
 #      which prints each line as it goes (LATHE_SELF_CHECK_ECHO) — the confirmation that the
 #      simulator's emulation matches the hardware;
-#   3. the sm_90a attention tests ([sm90]: forward variants 2-4, backward variant 2), each case in
-#      its own process too, a failed one again without variant 4 (LATHE_TEST_FORWARD_VARIANTS=2,3);
+#   3. the sm_90a attention tests ([sm90]: forward variants 2-4, backward variants 2 and 4), each
+#      case in its own process too, a failed one again without variant 4
+#      (LATHE_TEST_WGMMA_VARIANTS=2,3);
 #   4. the rest of the cuda device's own tests (runtime, caching allocator, every kernel family);
 #   5. lathe-bench's sm_90a attention entries, one process per variant, then its other cuda entries
 #      (BM_Cuda*: every kernel in GB/s, GEMM through lathe and through cuBLAS directly, attention,
@@ -127,15 +128,18 @@ EACH="scripts/lib/each-test.sh"
 step "ptx wrappers (mma...TMA), each" 90 tests-cuda.log env LATHE_SELF_CHECK_ECHO=1 \
   bash "$EACH" 40 "$BUILD/bin/lathe-tests-ptx" "*"
 step "sm_90a attention tests, each" 150 tests-cuda.log \
-  env LATHE_EACH_TEST_RETRY=LATHE_TEST_FORWARD_VARIANTS=2,3 \
+  env LATHE_EACH_TEST_RETRY=LATHE_TEST_WGMMA_VARIANTS=2,3 \
   bash "$EACH" 30 "$BUILD/bin/lathe-tests-cuda" "[sm90]"
 step "cuda runtime, allocator, kernels" 150 tests-cuda.log "$BUILD/bin/lathe-tests-cuda" \
   "~[sm90]" --use-colour no
 # The sm_90a variants one process each, into their own JSON files, merged into bench.json below.
 PARTS="$(mktemp -d)"
-for part in ForwardVariant:2 ForwardVariant:3 ForwardVariant:4 BackwardVariant:2; do
+# Backward: the deterministic and the atomic-dQ entries of a variant in one process.
+for part in ForwardVariant:2 ForwardVariant:3 ForwardVariant:4 Backward:2 Backward:4; do
+  name="${part%:*}"
+  [[ "$name" == Backward ]] && name='Backward(Atomic)?Variant'
   step "bench sm_90a ${part/:/ v}" 45 bench.log "$BUILD/bin/lathe-bench" \
-    --benchmark_filter="^BM_CudaFlashAttention${part%:*}/.*/variant:${part#*:}/" \
+    --benchmark_filter="^BM_CudaFlashAttention${name}/.*/variant:${part#*:}/" \
     --benchmark_min_time=0.05 --benchmark_out="$PARTS/${part/:/-}.json" \
     --benchmark_out_format=json
 done

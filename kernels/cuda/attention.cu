@@ -770,8 +770,8 @@ constexpr int kVariantTma = 4;
 void check_variant(int variant, const AttentionForwardArgs& a, const char* which) {
   if (variant == 0) return;
   const bool forward = std::string_view(which) == "forward";
-  if (variant == kVariantWgmma ||
-      ((variant == kVariantWgmmaOverlap || variant == kVariantTma) && forward)) {
+  if (variant == kVariantWgmma || variant == kVariantTma ||
+      (variant == kVariantWgmmaOverlap && forward)) {
     LATHE_CHECK(a.head_dim == 64 || a.head_dim == 128, "flash attention: ", which, " variant ",
                 variant, " (sm_90a wgmma) exists for f16/bf16 at head dim 64 or 128 only, got ",
                 a.head_dim);
@@ -928,6 +928,10 @@ void backward_impl(const AttentionBackwardArgs& args) {
       if (variant == kVariantWgmma) {
         ++g_flash_variant_launches;
         launch_backward_wgmma<T, D>(p, a.batch, atomic_dq);
+        wgmma = true;
+      } else if (variant == kVariantTma) {
+        ++g_flash_variant_launches;
+        launch_backward_tma<T, D>(p, a.batch, atomic_dq);
         wgmma = true;
       }
     }

@@ -456,6 +456,132 @@ __global__ void __launch_bounds__(kWgThreads) dkdv_wgmma_kernel(Params p, int64_
 #endif
 }
 
+// ---- dK, dV on FlashAttention-3's pipeline (backward variant 4) ----
+//
+// The same per-tile step (dkdv_tile, the same bits) with the loads of forward variant 4: a
+// producer warpgroup, whose one elected thread copies K and V once and then each query tile's Q,
+// dO, lse and row dots by TMA into a ring of stages, and the two consumer warpgroups of the
+// cp.async kernel, which wait for a stage's full mbarrier and release it on its empty mbarrier
+// (all 256 consumer threads arrive after the tile's last wgmma) instead of meeting at a block
+// barrier per tile. setmaxnreg gives the producer's registers to the consumers. In the atomic-dQ
+// mode each warpgroup meets its own 128 threads at a named barrier around its dS tile.
+constexpr int kTmaBwdThreads = 128 * (1 + kWgConsumers);
+constexpr int kTmaBwdStages = 3;
+constexpr int kTmaBwdProducerRegisters = 24;
+constexpr int kTmaBwdConsumerRegisters = 240;
+static_assert(128 * kTmaBwdProducerRegisters + 256 * kTmaBwdConsumerRegisters <= 65536,
+              "setmaxnreg must not ask for more registers than the SM has");
+
+// K, V, the ring of Q and dO tiles, the dS tiles, the lse and row-dot stages, 1 KiB of alignment,
+// the mbarriers (K/V full, then full and empty per stage).
+template <int D, class T>
+constexpr size_t tma_dkdv_smem() {
+  constexpr int S = kTmaBwdStages;
+  return size_t(2 * kDkdvKeys + 2 * S * kDkdvQueries) * D * sizeof(T) +
+         size_t(kDkdvQueries) * kDkdvKeys * sizeof(T) + 2 * S * kDkdvQueries * sizeof(float) +
+         1024 + (1 + 2 * S) * sizeof(uint64_t);
+}
+
+// The backward's tensor maps: q, k, v and dO as forward variant 4 reads its operands (64-row boxes
+// for q and dO, 128-row for k and v), and the padded lse / row-dot rows, [batch][tq_pad] f32 in
+// boxes of one tile's 64.
+struct TmaBackwardMaps {
+  rt::TensorMap q, k, v, dout, lse, row_dot;
+  bool fold_q = false, fold_k = false, fold_v = false, fold_do = false;
+};
+
+template <class T, int D, bool kDropout, bool kAtomicDq>
+__global__ void __launch_bounds__(kTmaBwdThreads, 1)
+    dkdv_tma_kernel(Params p, int64_t k_tiles, const __grid_constant__ TmaBackwardMaps maps) {
+#if LATHE_FLASH_WGMMA
+  constexpr int BN = kDkdvKeys, BQ = kDkdvQueries, S = kTmaBwdStages;
+  constexpr uint32_t kQTile = BQ * D * sizeof(T);
+  LATHE_DYNAMIC_SHARED(T, smem_raw);
+  T* sK = align_1024(smem_raw);                         // [D/64][BN][64]
+  T* sV = sK + BN * D;                                  // [D/64][BN][64]
+  T* sQ = sV + BN * D;                                  // [S][D/64][BQ][64]
+  T* sdO = sQ + S * BQ * D;                             // [S][D/64][BQ][64]
+  T* sdS = sdO + S * BQ * D;                            // [BN/64][BQ][64] (kAtomicDq)
+  float* sL = reinterpret_cast<float*>(sdS + BN * BQ);  // [S][BQ] lse (log2 units)
+  float* sD = sL + S * BQ;                              // [S][BQ] row dots
+  uint64_t* kv_full = reinterpret_cast<uint64_t*>(sD + S * BQ);
+  uint64_t* full = kv_full + 1;
+  uint64_t* empty = full + S;
+
+  const int64_t b = int64_t(blockIdx.x) / k_tiles;
+  const int64_t j0 = (int64_t(blockIdx.x) - b * k_tiles) * BN;
+  // Causal: queries above the key tile see none of its keys.
+  const int first = p.causal ? int(j0 / BQ) : 0;
+  const int n_tiles = int((p.tq + BQ - 1) / BQ);
+  const int wg = int(threadIdx.x) / 128;
+  if (threadIdx.x == 0) {
+    rt::mbarrier_init(kv_full, 1);
+    for (int st = 0; st < S; ++st) {
+      rt::mbarrier_init(&full[st], 1);            // the producer's arrive.expect_tx, then the bytes
+      rt::mbarrier_init(&empty[st], kWgThreads);  // every consumer thread
+    }
+    rt::fence_mbarrier_init();
+  }
+  __syncthreads();  // the last block-wide barrier: the producer leaves early
+
+  if (wg == 0) {
+    rt::setmaxnreg_dec<kTmaBwdProducerRegisters>();
+    if (threadIdx.x == 0) {
+      const TmaCoord cq = tma_coord(p, p.q_rows, maps.fold_q, b),
+                     ck = tma_coord(p, p.k_rows, maps.fold_k, b),
+                     cv = tma_coord(p, p.v_rows, maps.fold_v, b),
+                     cdo = tma_coord(p, p.do_rows, maps.fold_do, b);
+      rt::mbarrier_arrive_expect_tx(kv_full, 2 * BN * D * sizeof(T));
+      tma_tile<D, BN>(sK, &maps.k, ck, j0, kv_full);
+      tma_tile<D, BN>(sV, &maps.v, cv, j0, kv_full);
+      // Stage st's use u waits for the consumers to release its use u - 1.
+      for (int it = first; it < n_tiles; ++it) {
+        const int st = (it - first) % S, use = (it - first) / S;
+        if (use > 0) rt::mbarrier_wait_parity(&empty[st], uint32_t(use - 1) & 1u);
+        rt::mbarrier_arrive_expect_tx(&full[st], 2 * kQTile + 2 * BQ * sizeof(float));
+        const int64_t i0 = int64_t(it) * BQ;
+        tma_tile<D, BQ>(sQ + st * BQ * D, &maps.q, cq, i0, &full[st]);
+        tma_tile<D, BQ>(sdO + st * BQ * D, &maps.dout, cdo, i0, &full[st]);
+        rt::tma_load_2d(sL + st * BQ, &maps.lse, int32_t(i0), int32_t(b), &full[st]);
+        rt::tma_load_2d(sD + st * BQ, &maps.row_dot, int32_t(i0), int32_t(b), &full[st]);
+      }
+    }
+    return;
+  }
+  rt::setmaxnreg_inc<kTmaBwdConsumerRegisters>();
+
+  const int ct = int(threadIdx.x) - 128;  // 0..255 over the two consumer warpgroups
+  zero_skipped_grad_mask(p, b, j0, int64_t(first) * BQ, BN, ct, kWgThreads);
+  const DkdvThread st = make_dkdv_thread<T, D, kAtomicDq>(p, b, j0, ct, sK, sV, sQ, sdO, sdS);
+  float dk[D / 2], dv[D / 2];
+#pragma unroll
+  for (int i = 0; i < D / 2; ++i) dk[i] = dv[i] = 0.0f;
+  // This warpgroup's 128 threads (named barriers 1 and 2; 0 is __syncthreads).
+  const int my_barrier = wg;
+  auto sync_ds = [my_barrier] {
+    rt::fence_proxy_async_shared();  // the dS stores, for this warpgroup's wgmma
+    rt::named_barrier_sync(my_barrier, 128);
+  };
+
+  rt::mbarrier_wait_parity(kv_full, 0);  // also when there is no tile: no copy outlives the block
+  for (int it = first; it < n_tiles; ++it) {
+    const int stage = (it - first) % S, use = (it - first) / S;
+    rt::mbarrier_wait_parity(&full[stage], uint32_t(use) & 1u);
+    dkdv_tile<T, D, kDropout, kAtomicDq>(p, st, dk, dv, b, int64_t(it) * BQ, stage * kQTile,
+                                         sL + stage * BQ, sD + stage * BQ, sync_ds);
+    // The next tile's dS stores wait for every warp's dQ wgmma on this one.
+    if constexpr (kAtomicDq) rt::named_barrier_sync(my_barrier, 128);
+    rt::mbarrier_arrive(&empty[stage]);
+  }
+  store_dkdv<T, D>(p, st, dk, dv, b);
+#else
+  (void)p;
+  (void)k_tiles;
+  (void)maps;
+  __trap();
+#endif
+}
+
 // ---- dQ: a block of two warpgroups owns 128 queries (64 each) ----
 //
 // Per key tile and warpgroup: S = Q K^T and dP = dO V^T by SS wgmmas (m64nBNk16), dS = P (dP - D)
@@ -632,6 +758,23 @@ __global__ void __launch_bounds__(kWgThreads) dq_wgmma_kernel(Params p, int64_t 
 
 }  // namespace
 
+namespace {
+
+// The dQ kernel of the deterministic mode (variants 2 and 4).
+template <class T, int D>
+void launch_dq_wgmma(const Params& p, int64_t batch, const char* what) {
+  const int64_t q_tiles = (p.tq + kWgRows - 1) / kWgRows;
+  if (q_tiles == 0) return;
+  constexpr size_t smem = wg_dq_smem<D, T>();
+  auto kernel = p.dropout ? dq_wgmma_kernel<T, D, true> : dq_wgmma_kernel<T, D, false>;
+  allow_shared(kernel, smem, "flash attention");
+  check_sm90a_binary(kernel, what);
+  rt::launch(kernel, dim3(unsigned(q_tiles * batch)), dim3(kWgThreads), smem, stream(),
+             "flash_attention_backward_dq_wgmma", p, q_tiles);
+}
+
+}  // namespace
+
 template <class T, int D>
 void launch_backward_wgmma(const Params& p, int64_t batch, bool atomic_dq) {
   const int64_t k_tiles = (p.tk + kDkdvKeys - 1) / kDkdvKeys;
@@ -654,20 +797,52 @@ void launch_backward_wgmma(const Params& p, int64_t batch, bool atomic_dq) {
     }
   }
   if (atomic_dq) return;  // the caller's dq_convert_kernel writes grad_q
-  const int64_t q_tiles = (p.tq + kWgRows - 1) / kWgRows;
-  if (q_tiles > 0) {
-    constexpr size_t smem = wg_dq_smem<D, T>();
-    auto kernel = p.dropout ? dq_wgmma_kernel<T, D, true> : dq_wgmma_kernel<T, D, false>;
-    allow_shared(kernel, smem, "flash attention");
-    check_sm90a_binary(kernel, "backward variant 2");
-    rt::launch(kernel, dim3(unsigned(q_tiles * batch)), dim3(kWgThreads), smem, stream(),
-               "flash_attention_backward_dq_wgmma", p, q_tiles);
+  launch_dq_wgmma<T, D>(p, batch, "backward variant 2");
+}
+
+template <class T, int D>
+void launch_backward_tma(const Params& p, int64_t batch, bool atomic_dq) {
+  const int64_t k_tiles = (p.tk + kDkdvKeys - 1) / kDkdvKeys;
+  if (k_tiles > 0) {
+    constexpr DType dtype = std::is_same_v<T, __half> ? DType::F16 : DType::BF16;
+    TmaBackwardMaps maps;
+    maps.q = tma_operand_map(p, dtype, p.q, p.q_rows, p.tq, D, kDkdvQueries, "q", maps.fold_q);
+    maps.k = tma_operand_map(p, dtype, p.k, p.k_rows, p.tk, D, kDkdvKeys, "k", maps.fold_k);
+    maps.v = tma_operand_map(p, dtype, p.v, p.v_rows, p.tk, D, kDkdvKeys, "v", maps.fold_v);
+    maps.dout = tma_operand_map(p, dtype, p.grad_out, p.do_rows, p.tq, D, kDkdvQueries, "grad_out",
+                                maps.fold_do);
+    // The row statistics are [batch][tq_pad] f32 (tq_pad a multiple of 64, so every box is whole).
+    const uint64_t padded = uint64_t(p.tq_pad > 0 ? p.tq_pad : kDkdvQueries);
+    maps.lse = rt::make_tensor_map_2d(DType::F32, p.lse2, {padded, uint64_t(batch)}, padded * 4,
+                                      {uint32_t(kDkdvQueries), 1});
+    maps.row_dot = rt::make_tensor_map_2d(DType::F32, p.row_dot, {padded, uint64_t(batch)},
+                                          padded * 4, {uint32_t(kDkdvQueries), 1});
+    constexpr size_t smem = tma_dkdv_smem<D, T>();
+    auto launch = [&](auto kernel, const char* name) {
+      allow_shared(kernel, smem, "flash attention");
+      check_sm90a_binary(kernel, "backward variant 4");
+      rt::launch(kernel, dim3(unsigned(k_tiles * batch)), dim3(kTmaBwdThreads), smem, stream(),
+                 name, p, k_tiles, maps);
+    };
+    if (atomic_dq) {
+      launch(p.dropout ? dkdv_tma_kernel<T, D, true, true> : dkdv_tma_kernel<T, D, false, true>,
+             "flash_attention_backward_dkdv_tma_atomic_dq");
+    } else {
+      launch(p.dropout ? dkdv_tma_kernel<T, D, true, false> : dkdv_tma_kernel<T, D, false, false>,
+             "flash_attention_backward_dkdv_tma");
+    }
   }
+  if (atomic_dq) return;  // the caller's dq_convert_kernel writes grad_q
+  launch_dq_wgmma<T, D>(p, batch, "backward variant 4");
 }
 
 template void launch_backward_wgmma<__half, 64>(const Params&, int64_t, bool);
 template void launch_backward_wgmma<__half, 128>(const Params&, int64_t, bool);
 template void launch_backward_wgmma<__nv_bfloat16, 64>(const Params&, int64_t, bool);
 template void launch_backward_wgmma<__nv_bfloat16, 128>(const Params&, int64_t, bool);
+template void launch_backward_tma<__half, 64>(const Params&, int64_t, bool);
+template void launch_backward_tma<__half, 128>(const Params&, int64_t, bool);
+template void launch_backward_tma<__nv_bfloat16, 64>(const Params&, int64_t, bool);
+template void launch_backward_tma<__nv_bfloat16, 128>(const Params&, int64_t, bool);
 
 }  // namespace lathe::kernels::cuda::flash

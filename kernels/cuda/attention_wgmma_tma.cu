@@ -47,31 +47,6 @@ struct TmaMaps {
   bool fold_q = false, fold_k = false, fold_v = false;
 };
 
-// Where batch b of an operand sits in its tensor map: z, the batch index, and x0, the element
-// offset of an inner batch dim folded into the row (the head of a [B, T, H, d] view), which
-// leaves z the outer batch index.
-struct TmaCoord {
-  int32_t x0, z;
-};
-#if LATHE_FLASH_WGMMA  // device code only where the kernel has a body
-LATHE_DEVICE_INLINE TmaCoord tma_coord(const Params& p, const Rows& rows, bool fold, int64_t b) {
-  if (!fold) return {0, int32_t(b)};
-  const int64_t outer = b / p.lead_size[1];
-  return {int32_t((b - outer * p.lead_size[1]) * rows.lead[1]), int32_t(outer)};
-}
-#endif
-
-// Rows [y, y + 128) of an operand's batch c into the swizzled tile at dst (one box per 64 columns),
-// completing on bar.
-template <int D, class T>
-LATHE_DEVICE_INLINE void tma_tile(T* dst, const rt::TensorMap* map, TmaCoord c, int64_t y,
-                                  uint64_t* bar) {
-#pragma unroll
-  for (int blk = 0; blk < D / 64; ++blk) {
-    rt::tma_load_3d(dst + blk * 128 * 64, map, c.x0 + 64 * blk, int32_t(y), c.z, bar);
-  }
-}
-
 template <class T, int D, bool kDropout>
 __global__ void __launch_bounds__(kTmaThreads, 1)
     forward_tma_kernel(Params p, int64_t q_tiles, const __grid_constant__ TmaMaps maps) {
@@ -113,16 +88,16 @@ __global__ void __launch_bounds__(kTmaThreads, 1)
                      ck = tma_coord(p, p.k_rows, maps.fold_k, b),
                      cv = tma_coord(p, p.v_rows, maps.fold_v, b);
       rt::mbarrier_arrive_expect_tx(q_full, kTileBytes);
-      tma_tile<D>(sQ, &maps.q, cq, i0, q_full);
+      tma_tile<D, kTmaBlockN>(sQ, &maps.q, cq, i0, q_full);
       // K of tile t waits for the consumers' S of tile t - S, V for their P V of tile t - S.
       for (int it = 0; it < n_tiles; ++it) {
         const int s = it % S, use = it / S;
         if (use > 0) rt::mbarrier_wait_parity(&k_empty[s], uint32_t(use - 1) & 1u);
         rt::mbarrier_arrive_expect_tx(&k_full[s], kTileBytes);
-        tma_tile<D>(sK + s * BN * D, &maps.k, ck, int64_t(it) * BN, &k_full[s]);
+        tma_tile<D, kTmaBlockN>(sK + s * BN * D, &maps.k, ck, int64_t(it) * BN, &k_full[s]);
         if (use > 0) rt::mbarrier_wait_parity(&v_empty[s], uint32_t(use - 1) & 1u);
         rt::mbarrier_arrive_expect_tx(&v_full[s], kTileBytes);
-        tma_tile<D>(sV + s * BN * D, &maps.v, cv, int64_t(it) * BN, &v_full[s]);
+        tma_tile<D, kTmaBlockN>(sV + s * BN * D, &maps.v, cv, int64_t(it) * BN, &v_full[s]);
       }
     }
     return;
@@ -208,7 +183,9 @@ __global__ void __launch_bounds__(kTmaThreads, 1)
 #endif
 }
 
-// The tensor map of one operand for the kernel's 128-row, 64-column boxes: a 3D tensor
+}  // namespace
+
+// The tensor map of one operand for boxes of box_rows rows and 64 columns: a 3D tensor
 // [batch][len][row elements] with the operand's row stride and one batch stride. Two batch dims
 // (the kernels' leading dims, which merge only where every operand allows) become one for this
 // operand when its own strides merge ([B, H, T, d] contiguous), or else the inner one is folded
@@ -217,9 +194,10 @@ __global__ void __launch_bounds__(kTmaThreads, 1)
 // `len` and columns past the row are zero-filled by the copy; columns past d within a row (another
 // head, or padding) are never read. `fold` says which way batch indices map.
 rt::TensorMap tma_operand_map(const Params& p, DType dtype, const void* data, const Rows& rows,
-                              int64_t len, int64_t d, const char* name, bool& fold) {
+                              int64_t len, int64_t d, uint32_t box_rows, const char* name,
+                              bool& fold) {
   const int64_t es = int64_t(element_size(dtype));
-  LATHE_CHECK(p.lead <= 2, "flash attention: forward variant 4 (TMA) reads each operand as ",
+  LATHE_CHECK(p.lead <= 2, "flash attention: variant 4 (TMA) reads each operand as ",
               "[batch][rows][row]; ", name, " has ", p.lead, " leading dims that do not merge");
   const int64_t rows_len = len > 0 ? len : 1;
   int64_t batches = 1, batch_stride = rows.row * rows_len;
@@ -233,7 +211,7 @@ rt::TensorMap tma_operand_map(const Params& p, DType dtype, const void* data, co
       batch_stride = rows.lead[1];
     } else {
       LATHE_CHECK(rows.lead[1] >= 0 && (p.lead_size[1] - 1) * rows.lead[1] + d <= rows.row,
-                  "flash attention: forward variant 4 (TMA) folds ", name,
+                  "flash attention: variant 4 (TMA) folds ", name,
                   "'s inner batch dim into its rows, which needs (", p.lead_size[1], " - 1) * ",
                   rows.lead[1], " + ", d, " <= its row stride ", rows.row);
       fold = true;
@@ -242,17 +220,15 @@ rt::TensorMap tma_operand_map(const Params& p, DType dtype, const void* data, co
     }
   }
   LATHE_CHECK(batches == 1 || batch_stride >= rows.row * rows_len,
-              "flash attention: forward variant 4 (TMA) needs ", name, "'s batch stride (",
-              batch_stride, " elements) to cover its ", len, " rows of ", rows.row,
+              "flash attention: variant 4 (TMA) needs ", name, "'s batch stride (", batch_stride,
+              " elements) to cover its ", len, " rows of ", rows.row,
               " (a broadcast or overlapping batch dim has no tensor map)");
   if (batches == 1) batch_stride = rows.row * rows_len;
   return rt::make_tensor_map_3d(dtype, data,
                                 {uint64_t(rows.row), uint64_t(rows_len), uint64_t(batches)},
                                 {uint64_t(rows.row * es), uint64_t(batch_stride * es)},
-                                {64, uint32_t(kTmaBlockN), 1}, rt::TensorMapSwizzle::B128);
+                                {64, box_rows, 1}, rt::TensorMapSwizzle::B128);
 }
-
-}  // namespace
 
 template <class T, int D>
 void launch_forward_tma(const Params& p, int64_t batch, int64_t q_len) {
@@ -260,9 +236,9 @@ void launch_forward_tma(const Params& p, int64_t batch, int64_t q_len) {
   constexpr size_t smem = tma_forward_smem<D, T>();
   constexpr DType dtype = std::is_same_v<T, __half> ? DType::F16 : DType::BF16;
   TmaMaps maps;
-  maps.q = tma_operand_map(p, dtype, p.q, p.q_rows, p.tq, D, "q", maps.fold_q);
-  maps.k = tma_operand_map(p, dtype, p.k, p.k_rows, p.tk, D, "k", maps.fold_k);
-  maps.v = tma_operand_map(p, dtype, p.v, p.v_rows, p.tk, D, "v", maps.fold_v);
+  maps.q = tma_operand_map(p, dtype, p.q, p.q_rows, p.tq, D, kTmaBlockN, "q", maps.fold_q);
+  maps.k = tma_operand_map(p, dtype, p.k, p.k_rows, p.tk, D, kTmaBlockN, "k", maps.fold_k);
+  maps.v = tma_operand_map(p, dtype, p.v, p.v_rows, p.tk, D, kTmaBlockN, "v", maps.fold_v);
   auto kernel = p.dropout ? forward_tma_kernel<T, D, true> : forward_tma_kernel<T, D, false>;
   allow_shared(kernel, smem, "flash attention");
   check_sm90a_binary(kernel, "forward variant 4");

@@ -9,6 +9,7 @@
 #include <type_traits>
 
 #include "kernels/cuda/flash_attention.cuh"
+#include "kernels/cuda/tensor_map.h"
 #include "kernels/sim/sim.h"  // LATHE_DYNAMIC_SHARED in both builds
 
 namespace lathe::kernels::cuda::flash {
@@ -99,6 +100,40 @@ void check_sm90a_binary(Kernel kernel, const char* what) {
 LATHE_DEVICE_INLINE void publish_to_wgmma() {
   rt::fence_proxy_async_shared();
   __syncthreads();
+}
+
+// ---- TMA (the variant 4 kernels: attention_wgmma_tma.cu, attention_wgmma_backward.cu) ----
+
+// The tensor map of one operand of p for boxes of box_rows rows and 64 columns, 128-byte
+// swizzled: [batch][len][row elements], the inner of two batch dims folded into the row where its
+// strides need it (`fold`, tma_coord). attention_wgmma_tma.cu.
+rt::TensorMap tma_operand_map(const Params& p, DType dtype, const void* data, const Rows& rows,
+                              int64_t len, int64_t d, uint32_t box_rows, const char* name,
+                              bool& fold);
+
+// Where batch b of an operand sits in its tensor map: z, the batch index, and x0, the element
+// offset of an inner batch dim folded into the row (the head of a [B, T, H, d] view), which
+// leaves z the outer batch index.
+struct TmaCoord {
+  int32_t x0, z;
+};
+#if LATHE_FLASH_WGMMA  // device code only where the kernels have a body
+LATHE_DEVICE_INLINE TmaCoord tma_coord(const Params& p, const Rows& rows, bool fold, int64_t b) {
+  if (!fold) return {0, int32_t(b)};
+  const int64_t outer = b / p.lead_size[1];
+  return {int32_t((b - outer * p.lead_size[1]) * rows.lead[1]), int32_t(outer)};
+}
+#endif
+
+// Rows [y, y + ROWS) of an operand's batch c into the swizzled tile at dst (one box per 64
+// columns), completing on bar.
+template <int D, int ROWS, class T>
+LATHE_DEVICE_INLINE void tma_tile(T* dst, const rt::TensorMap* map, TmaCoord c, int64_t y,
+                                  uint64_t* bar) {
+#pragma unroll
+  for (int blk = 0; blk < D / 64; ++blk) {
+    rt::tma_load_3d(dst + blk * ROWS * 64, map, c.x0 + 64 * blk, int32_t(y), c.z, bar);
+  }
 }
 
 // ---- the forward kernels' steps on the accumulator layout (variants 2, 3 and 4) ----

@@ -12,7 +12,7 @@
 # ("test cases: N | P passed | F failed"), which gpu-check's table picks up.
 #
 # LATHE_EACH_TEST_RETRY="VAR=value": a failed case runs once more with that variable set, to tell
-# what failed (gpu-check: LATHE_TEST_FORWARD_VARIANTS=2,3, the wgmma variants without variant 4's
+# what failed (gpu-check: LATHE_TEST_WGMMA_VARIANTS=2,3, the wgmma variants without variant 4's
 # TMA pipeline). Exit status: 0 when every case passed on its first run, else 1.
 set -uo pipefail
 if (($# < 3)); then

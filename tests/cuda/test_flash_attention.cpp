@@ -671,12 +671,12 @@ void check_lse(const Tensor& lse, const std::vector<double>& want) {
   CHECK(wrong_inf == 0);
 }
 
-// The pipelined forward variants the tests compare with variant 2: 3 and 4, or those named in
-// LATHE_TEST_FORWARD_VARIANTS (e.g. "2,3"). scripts/gpu-check.sh reruns a failed sm_90a test with
-// "2,3" to tell whether variant 4's TMA pipeline (the one with mbarriers, which can hang the GPU)
-// or the wgmma arithmetic they share failed.
+// The wgmma variants the tests compare with variant 2: forward 3 and 4, backward 4, or those named
+// in LATHE_TEST_WGMMA_VARIANTS (e.g. "2,3"; forward and backward alike). scripts/gpu-check.sh
+// reruns a failed sm_90a test with "2,3" to tell whether variant 4's TMA pipeline (the one with
+// mbarriers, which can hang the GPU) or the wgmma arithmetic they share failed.
 bool forward_variant_tested(int which) {
-  const char* list = std::getenv("LATHE_TEST_FORWARD_VARIANTS");
+  const char* list = std::getenv("LATHE_TEST_WGMMA_VARIANTS");
   if (list == nullptr || *list == '\0') return true;
   std::stringstream in(list);
   for (std::string item; std::getline(in, item, ',');) {
@@ -869,36 +869,57 @@ TEST_CASE("flash attention: forward variants 2, 3 and 4 refuse what they do not 
 
 namespace {
 
-// Backward variant 2 on `c`, in both dQ modes: the gradients against the f64 composite (check_case,
-// the forward being the default's), and the launches counted. The atomic mode (dQ added by the
-// dK/dV kernel) must give the deterministic mode's out, lse, dK and dV bits; its dQ sums the key
-// tiles in another grouping, so only the reference judges it.
+// The backward variants on wgmma the tests run: 2, and 4 (its TMA pipeline) unless
+// LATHE_TEST_WGMMA_VARIANTS leaves it out.
+std::vector<int> wgmma_backward_variants() {
+  std::vector<int> out = {2};
+  if (forward_variant_tested(4)) out.push_back(4);
+  return out;
+}
+
+// Backward variants 2 and 4 on `c`, in both dQ modes: the gradients against the f64 composite
+// (check_case, the forward being the default's), and the launches counted. The atomic mode (dQ
+// added by the dK/dV kernel) must give the deterministic mode's out, lse, dK and dV bits; its dQ
+// sums the key tiles in another grouping, so only the reference judges it. Variant 4 (variant 2's
+// arithmetic on the TMA pipeline) must give variant 2's bits in each mode (dQ too: the simulator
+// runs blocks one after another, so even the atomic sums come in the same order).
 Results check_wgmma_backward(const Case& c, const Inputs& in) {
   INFO(describe(c));
   const Reference ref = reference(c, in);
-  const VariantGuard variant({0, 2});
-  Results first;
-  for (bool det : kDqModes) {
-    INFO(mode_name(det));
-    const long long launches = kernels::cuda::flash_attention_variant_launches();
-    Results r = run_kernels(c, in, Layout::Contiguous, det);
-    CHECK(kernels::cuda::flash_attention_variant_launches() == launches + 1);
-    check_case(c, r, ref);
-    if (det) {
-      first = r;
-    } else {
-      CHECK(bytes_of(r.out) == bytes_of(first.out));
-      CHECK(bytes_of(r.lse) == bytes_of(first.lse));
-      CHECK(bytes_of(r.dk) == bytes_of(first.dk));
-      CHECK(bytes_of(r.dv) == bytes_of(first.dv));
+  Results first, variant2[2];
+  for (int which : wgmma_backward_variants()) {
+    INFO("backward variant " << which);
+    const VariantGuard variant({0, which});
+    for (bool det : kDqModes) {
+      INFO(mode_name(det));
+      const long long launches = kernels::cuda::flash_attention_variant_launches();
+      Results r = run_kernels(c, in, Layout::Contiguous, det);
+      CHECK(kernels::cuda::flash_attention_variant_launches() == launches + 1);
+      check_case(c, r, ref);
+      if (which == 2) {
+        variant2[det ? 0 : 1] = r;
+      } else {
+        for (size_t i = 0; i < r.all().size(); ++i) {
+          INFO("output " << i << " of out, lse, dq, dk, dv against variant 2's");
+          CHECK(bytes_of(r.all()[i]) == bytes_of(variant2[det ? 0 : 1].all()[i]));
+        }
+      }
+      if (det) {
+        first = r;
+      } else {
+        CHECK(bytes_of(r.out) == bytes_of(first.out));
+        CHECK(bytes_of(r.lse) == bytes_of(first.lse));
+        CHECK(bytes_of(r.dk) == bytes_of(first.dk));
+        CHECK(bytes_of(r.dv) == bytes_of(first.dv));
+      }
     }
   }
-  return first;
+  return variant2[0];
 }
 
 }  // namespace
 
-TEST_CASE("flash attention: backward variant 2 (sm_90a wgmma) against the f64 composite",
+TEST_CASE("flash attention: backward variants 2 and 4 (sm_90a wgmma) against the f64 composite",
           "[cuda][attention][sm90]") {
   // dK/dV blocks of 128 keys (two warpgroups of 64) over 64-query tiles, dQ blocks of 128 queries
   // over 128-key (d = 64) or 64-key (d = 128) tiles: T = 1, 17, 64 (one whole query tile), 129
@@ -916,7 +937,7 @@ TEST_CASE("flash attention: backward variant 2 (sm_90a wgmma) against the f64 co
   check_wgmma_backward(c, make_inputs(c, 2500 + uint64_t(t + d)));
 }
 
-TEST_CASE("flash attention: backward variant 2 with Tq != Tk and masks",
+TEST_CASE("flash attention: backward variants 2 and 4 with Tq != Tk and masks",
           "[cuda][attention][sm90]") {
   SECTION("Tq != Tk, causal top-left") {
     const auto [tq, tk] =
@@ -956,11 +977,12 @@ TEST_CASE("flash attention: backward variant 2 with Tq != Tk and masks",
   }
 }
 
-TEST_CASE("flash attention: backward variant 2 reads strided operands and is schedule-invariant",
+TEST_CASE("flash attention: backward variants 2 and 4 read strided operands, schedule-invariant",
           "[cuda][attention][sm90]") {
   // Gradients written through batch, head and row strides: the contiguous run's bits; and the
-  // same bits under every simulator schedule.
+  // same bits under every simulator schedule. Variant 4 reads them through its tensor maps.
   const Layout layout = GENERATE(Layout::HeadView, Layout::Packed, Layout::PaddedRows);
+  const int which = GENERATE_COPY(from_range(wgmma_backward_variants()));
   Case c;
   c.B = 2;
   c.H = 2;
@@ -969,11 +991,11 @@ TEST_CASE("flash attention: backward variant 2 reads strided operands and is sch
   c.dtype = layout == Layout::Packed ? DType::BF16 : DType::F16;
   c.causal = layout != Layout::PaddedRows;
   c.mask = MaskKind::KeyPaddingFloat;
-  INFO(layout_name(layout) << ", " << describe(c));
+  INFO(layout_name(layout) << ", " << describe(c) << ", backward variant " << which);
   const Inputs in = make_inputs(c, 2800 + uint64_t(layout));
   const Inputs strided = relayout(layout, c, in);
   REQUIRE(!strided.q.is_contiguous());
-  const VariantGuard variant({0, 2});
+  const VariantGuard variant({0, which});
   const Results contiguous = run_kernels(c, in);
   const Results r = run_kernels(c, strided, layout);
   REQUIRE(!r.dq.is_contiguous());
@@ -991,20 +1013,34 @@ TEST_CASE("flash attention: backward variant 2 reads strided operands and is sch
   }
 }
 
-TEST_CASE("flash attention: backward variant 2 refuses what it does not support",
+TEST_CASE("flash attention: backward variants 2 and 4 refuse what they do not support",
           "[cuda][attention][sm90]") {
   Case c;
   c.d = 32;
   const Inputs in = make_inputs(c, 2900);
-  const VariantGuard variant({0, 2});
-  CHECK_THROWS_WITH(run_kernels(c, in),
-                    Catch::Contains("backward variant 2 (sm_90a wgmma) exists for f16/bf16 at "
-                                    "head dim 64 or 128 only, got 32"));
+  for (int which : {2, 4}) {
+    const VariantGuard variant({0, which});
+    CHECK_THROWS_WITH(run_kernels(c, in),
+                      Catch::Contains("backward variant " + std::to_string(which) +
+                                      " (sm_90a wgmma) exists for f16/bf16 at head dim 64 or 128 "
+                                      "only, got 32"));
+  }
+  // Variant 4's tensor maps: k and v shared by every batch entry and head (stride 0) have none.
+  Case d;
+  d.B = 2;
+  d.H = 2;
+  d.d = 64;
+  Inputs shared = make_inputs(d, 2901);
+  shared.k = shared.k.narrow(0, 0, 1).narrow(1, 0, 1).expand({d.B, d.H, d.tk, d.d});
+  shared.v = shared.v.narrow(0, 0, 1).narrow(1, 0, 1).expand({d.B, d.H, d.tk, d.d});
+  if (!forward_variant_tested(4)) return;
+  const VariantGuard variant({0, 4});
+  CHECK_THROWS_WITH(run_kernels(d, shared), Catch::Contains("has no tensor map"));
 }
 
 TEST_CASE("flash attention: the wgmma variants with dropout from Philox",
           "[cuda][attention][sm90]") {
-  // Forward variants 2, 3 and 4 and backward variant 2 draw the default kernels' mask (the
+  // Forward variants 2, 3 and 4 and backward variants 2 and 4 draw the default kernels' mask (the
   // composite reference draws it too): odd key counts put key pairs across Philox blocks, several
   // tiles of every kernel, causal and not. Variants 3 and 4 must give variant 2's bits; the same
   // seed gives the same bits again.
@@ -1024,7 +1060,7 @@ TEST_CASE("flash attention: the wgmma variants with dropout from Philox",
   const Reference ref = reference(c, in);
   std::vector<Results> pipelined;
   for (int which : pipelined_forward_variants()) {
-    const VariantGuard variant({which, 2});
+    const VariantGuard variant({which, which == 4 ? 4 : 2});
     pipelined.push_back(run_kernels(c, in));
   }
   const VariantGuard variant({2, 2});
@@ -1032,11 +1068,45 @@ TEST_CASE("flash attention: the wgmma variants with dropout from Philox",
   check_case(c, r, ref);
   for (const Results& other : pipelined) {
     for (size_t i = 0; i < r.all().size(); ++i) {
-      INFO("output " << i << " of out, lse, dq, dk, dv (variants 3, 4)");
+      INFO("output " << i << " of out, lse, dq, dk, dv (forward variants 3, 4; backward 2, 4)");
       CHECK(bytes_of(other.all()[i]) == bytes_of(r.all()[i]));
     }
   }
   attention_test::check_dropout_determinism(c, [&](const Case& k) { return run_kernels(k, in); });
+}
+
+TEST_CASE("flash attention: backward variant 4 writes variant 2's mask gradient",
+          "[cuda][attention][sm90]") {
+  // Through the op, as above: a differentiable additive mask, whose gradient (dS) the dK/dV step
+  // writes; variant 4 runs variant 2's step on its TMA pipeline, so every gradient has its bits.
+  if (!forward_variant_tested(4)) return;
+  Case c;
+  c.B = 2;
+  c.H = 2;
+  c.tq = 70;
+  c.tk = 150;
+  c.d = 64;
+  c.dtype = DType::BF16;
+  c.mask = MaskKind::Bias;
+  c.causal = GENERATE(false, true);
+  INFO(describe(c));
+  const Inputs in = make_inputs(c, 610);
+  auto grads = [&](int which) {
+    const VariantGuard variant({0, which});
+    auto leaf = [](const Tensor& t) {
+      Tensor x = t.detach().clone();
+      x.requires_grad_();
+      return x;
+    };
+    Tensor q = leaf(in.q), k = leaf(in.k), v = leaf(in.v), mask = leaf(in.mask);
+    sum(scaled_dot_product_attention(q, k, v, mask, c.causal) * in.grad_out).backward();
+    return std::vector<Tensor>{q.grad(), k.grad(), v.grad(), mask.grad()};
+  };
+  const std::vector<Tensor> two = grads(2), four = grads(4);
+  for (size_t i = 0; i < two.size(); ++i) {
+    INFO("gradient " << i << " of q, k, v, mask");
+    CHECK(bytes_of(four[i]) == bytes_of(two[i]));
+  }
 }
 
 TEST_CASE("flash attention: the op dispatches f16/bf16 to the fused kernel, with mask gradients",
@@ -1052,7 +1122,8 @@ TEST_CASE("flash attention: the op dispatches f16/bf16 to the fused kernel, with
   c.dtype = GENERATE(DType::BF16, DType::F16);
   c.mask = MaskKind::Bias;
   c.causal = GENERATE(false, true);
-  // The backward's variant 2 (sm_90a wgmma) writes grad_mask too.
+  // The backward's variant 2 (sm_90a wgmma) writes grad_mask too (variant 4 shares its step; not
+  // here, where gpu-check runs it outside the per-case processes of the [sm90] tests).
   const int backward_variant = GENERATE(0, 2);
   const VariantGuard variant({0, backward_variant});
   const Inputs in = make_inputs(c, 600);
