@@ -881,8 +881,9 @@ std::vector<int> wgmma_backward_variants() {
 // (check_case, the forward being the default's), and the launches counted. The atomic mode (dQ
 // added by the dK/dV kernel) must give the deterministic mode's out, lse, dK and dV bits; its dQ
 // sums the key tiles in another grouping, so only the reference judges it. Variant 4 (variant 2's
-// arithmetic on the TMA pipeline) must give variant 2's bits in each mode (dQ too: the simulator
-// runs blocks one after another, so even the atomic sums come in the same order).
+// arithmetic on the TMA pipeline) must give variant 2's bits in each mode, except the atomic
+// mode's dQ: the two warpgroups of a block add into the same dQ rows, in an order that follows the
+// schedule (under warp-random it differs between the two kernels' instruction streams).
 Results check_wgmma_backward(const Case& c, const Inputs& in) {
   INFO(describe(c));
   const Reference ref = reference(c, in);
@@ -900,6 +901,7 @@ Results check_wgmma_backward(const Case& c, const Inputs& in) {
         variant2[det ? 0 : 1] = r;
       } else {
         for (size_t i = 0; i < r.all().size(); ++i) {
+          if (!det && i == 2) continue;  // the atomic dQ
           INFO("output " << i << " of out, lse, dq, dk, dv against variant 2's");
           CHECK(bytes_of(r.all()[i]) == bytes_of(variant2[det ? 0 : 1].all()[i]));
         }
