@@ -50,6 +50,7 @@ DEFAULT_TARGETS+=";flash-dkdv-wgmma|dkdv_wgmma_kernel|BM_CudaFlashAttentionBackw
 DEFAULT_TARGETS+=";flash-dq-wgmma|dq_wgmma_kernel|BM_CudaFlashAttentionBackwardVariant/T:2048/d:64/causal:0/variant:2/"
 # Backward variant 4, the same dK/dV step on the TMA pipeline: fewer stalls than flash-dkdv-wgmma?
 DEFAULT_TARGETS+=";flash-dkdv-tma|dkdv_tma_kernel|BM_CudaFlashAttentionBackwardVariant/T:2048/d:64/causal:0/variant:4/"
+DEFAULT_TARGETS+=";flash-dq-tma|dq_tma_kernel|BM_CudaFlashAttentionBackwardVariant/T:2048/d:64/causal:0/variant:4/"
 # The occupancy variants of kernels/cuda/attention_variant.h, to set against flash-dkdv and
 # flash-forward above (last, so that a short time limit cuts them first).
 DEFAULT_TARGETS+=";flash-dkdv-variant|dkdv_variant_kernel|BM_CudaFlashAttentionBackwardVariant/T:2048/d:64/causal:0/variant:1/"

@@ -598,12 +598,145 @@ constexpr size_t wg_dq_smem() {
   return size_t(2 * kWgRows + 4 * wg_dq_keys<D>()) * D * sizeof(T) + 1024;
 }
 
+// What a thread of a dQ warpgroup keeps across the key tiles: its two query rows with their lse
+// and row dots, and the descriptors of the block's tiles (the K and V descriptors point at stage
+// 0; a tile adds its stage's byte offset). Shared by the cp.async kernel (variant 2) and the TMA
+// kernel (variant 4).
+struct DqThread {
+  int t = 0;
+  int64_t wg_i0 = 0, row[2] = {0, 0}, mask_base = 0;
+  float lse2[2] = {}, rd[2] = {};
+  uint64_t desc_q = 0, desc_do = 0, desc_k = 0, desc_v = 0, desc_k_mn = 0;
+};
+
+// Thread ct (0..255) of the two dQ warpgroups of the block that owns queries i0.. of batch b.
+template <class T, int D>
+LATHE_DEVICE_INLINE DqThread make_dq_thread(const Params& p, int64_t b, int64_t i0, int ct, T* sQ,
+                                            T* sdO, T* sK, T* sV) {
+  constexpr uint32_t kKBlock = wg_dq_keys<D>() * 128;  // bytes of one 64-column block of K or V
+  DqThread st;
+  const int wg = ct / 128, warp = ct % 128 / 32, lane = ct % 32;
+  st.t = lane & 3;
+  st.wg_i0 = i0 + 64 * wg;  // this warpgroup's first query row
+  st.row[0] = st.wg_i0 + 16 * warp + (lane >> 2);
+  st.row[1] = st.row[0] + 8;
+  st.mask_base = p.mask.data != nullptr ? p.mask.batch_offset(b) : 0;
+  // 128-row blocks may reach past tq_pad (a multiple of 64): rows past tq read as padding.
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    st.lse2[r] = st.row[r] < p.tq ? p.lse2[b * p.tq_pad + st.row[r]] : INFINITY;
+    st.rd[r] = st.row[r] < p.tq ? p.row_dot[b * p.tq_pad + st.row[r]] : 0.0f;
+  }
+  st.desc_q = rt::make_wgmma_desc(sQ + 64 * wg * 64, 16, 1024, rt::WgmmaSwizzle::B128);
+  st.desc_do = rt::make_wgmma_desc(sdO + 64 * wg * 64, 16, 1024, rt::WgmmaSwizzle::B128);
+  st.desc_k = rt::make_wgmma_desc(sK, 16, 1024, rt::WgmmaSwizzle::B128);
+  st.desc_v = rt::make_wgmma_desc(sV, 16, 1024, rt::WgmmaSwizzle::B128);
+  st.desc_k_mn = rt::make_wgmma_desc(sK, kKBlock, 1024, rt::WgmmaSwizzle::B128);
+  return st;
+}
+
+// One key tile (keys j0..) of a dQ warpgroup, its K and V at byte offset k_at of the K / V
+// buffers: dQ += dS K. Returns with every wgmma retired.
+template <class T, int D, bool kDropout>
+LATHE_DEVICE_INLINE void dq_tile(const Params& p, const DqThread& st, float (&dq)[D / 2], int64_t b,
+                                 int64_t j0, uint32_t k_at) {
+  constexpr int BN = wg_dq_keys<D>();
+  constexpr uint32_t kQBlock = kWgRows * 128;  // bytes of one 64-column block of the Q or dO tile
+  constexpr uint32_t kKBlock = BN * 128;       // of a K or V tile
+  const int t = st.t;
+  const int64_t wg_i0 = st.wg_i0, mask_base = st.mask_base;
+  const int64_t row[2] = {st.row[0], st.row[1]};
+  const float lse2[2] = {st.lse2[0], st.lse2[1]}, rd[2] = {st.rd[0], st.rd[1]};
+  const uint64_t desc_q = st.desc_q, desc_do = st.desc_do, desc_k = st.desc_k, desc_v = st.desc_v;
+  const uint64_t desc_k_mn = st.desc_k_mn;
+
+  // S, then dP in a second commit group: P is computed while dP is still running.
+  float s[BN / 2], dp[BN / 2];
+  rt::wgmma_fence_operand(s);
+  rt::wgmma_fence_operand(dp);
+  rt::wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    const uint32_t at_q = (kk / 4) * kQBlock + (kk % 4) * 32;
+    const uint32_t at_k = k_at + (kk / 4) * kKBlock + (kk % 4) * 32;
+    ss_wgmma<T, BN>(s, desc_q + (at_q >> 4), desc_k + (at_k >> 4), kk > 0);
+  }
+  rt::wgmma_commit();
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    const uint32_t at_q = (kk / 4) * kQBlock + (kk % 4) * 32;
+    const uint32_t at_k = k_at + (kk / 4) * kKBlock + (kk % 4) * 32;
+    ss_wgmma<T, BN>(dp, desc_do + (at_q >> 4), desc_v + (at_k >> 4), kk > 0);
+  }
+  rt::wgmma_commit();
+  rt::wgmma_wait<1>();  // S is in
+  rt::wgmma_fence_operand(s);
+
+  const bool plain = tile_unmasked<BN>(p, wg_i0, j0);
+#pragma unroll
+  for (int n = 0; n < BN / 8; ++n) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int r = e >> 1;
+      const float x =
+          plain ? s[4 * n + e] * p.scale_log2
+                : masked_score(p, mask_base, s[4 * n + e], row[r], j0 + 8 * n + 2 * t + (e & 1));
+      s[4 * n + e] = fast_exp2(x - lse2[r]);  // P
+    }
+  }
+  rt::wgmma_wait<0>();
+  rt::wgmma_fence_operand(dp);
+#pragma unroll
+  for (int n = 0; n < BN / 8; ++n) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float z[2] = {1.0f, 1.0f};  // dropout, regenerated as in dq_kernel
+      if constexpr (kDropout) dropout_pair(p, b, row[r], j0 + 8 * n + 2 * t, z);
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        const int e = 2 * r + c;
+        s[4 * n + e] *= z[c] * dp[4 * n + e] - rd[r];  // dS
+      }
+    }
+  }
+  uint32_t sf[BN / 16][4];
+#pragma unroll
+  for (int kk = 0; kk < BN / 16; ++kk) c_to_a<T>(sf[kk], s + 8 * kk, s + 8 * kk + 4);
+  rt::wgmma_fence_operand(dq);
+  fence_fragments(sf);
+  rt::wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < BN / 16; ++kk) {
+    rs_wgmma_mn<T, D>(dq, sf[kk], desc_k_mn + ((k_at + kk * 16 * 128) >> 4));
+  }
+  rt::wgmma_commit();
+  rt::wgmma_wait<0>();
+  rt::wgmma_fence_operand(dq);
+  fence_fragments(sf);
+}
+
+// dQ (scaled) of the thread's two query rows.
+template <class T, int D>
+LATHE_DEVICE_INLINE void store_dq(const Params& p, const DqThread& st, const float (&dq)[D / 2],
+                                  int64_t b) {
+  T* grad_q = static_cast<T*>(p.grad_q) + batch_offset(p, p.dq_rows, b);
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int64_t i = st.row[r];
+    if (i >= p.tq) continue;
+    T* gq = grad_q + i * p.dq_rows.row;
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+      *reinterpret_cast<uint32_t*>(gq + 8 * n + 2 * st.t) =
+          pack2<T>(dq[4 * n + 2 * r] * p.scale, dq[4 * n + 2 * r + 1] * p.scale);
+    }
+  }
+}
+
 template <class T, int D, bool kDropout>
 __global__ void __launch_bounds__(kWgThreads) dq_wgmma_kernel(Params p, int64_t q_tiles) {
 #if LATHE_FLASH_WGMMA
   constexpr int BM = kWgRows, BN = wg_dq_keys<D>();
-  constexpr uint32_t kQBlock = BM * 128;  // bytes of one 64-column block of the Q or dO tile
-  constexpr uint32_t kKBlock = BN * 128;  // of a K or V tile
   constexpr uint32_t kKTile = BN * D * sizeof(T);
   LATHE_DYNAMIC_SHARED(T, smem_raw);
   T* sQ = align_1024(smem_raw);  // [D/64][BM][64]
@@ -613,8 +746,6 @@ __global__ void __launch_bounds__(kWgThreads) dq_wgmma_kernel(Params p, int64_t 
 
   int64_t b, i0;
   query_tile_of_block(blockIdx.x, q_tiles, BM, p.causal, b, i0);
-  const int wg = int(threadIdx.x) / 128, warp = int(threadIdx.x) % 128 / 32;
-  const int lane = int(threadIdx.x) % 32, g = lane >> 2, t = lane & 3;
   const T* q_all = static_cast<const T*>(p.q);
   const T* k_all = static_cast<const T*>(p.k);
   const T* v_all = static_cast<const T*>(p.v);
@@ -635,26 +766,10 @@ __global__ void __launch_bounds__(kWgThreads) dq_wgmma_kernel(Params p, int64_t 
   }
   rt::cp_async_commit();
 
-  const int64_t wg_i0 = i0 + 64 * wg;  // this warpgroup's first query row
-  const int64_t row[2] = {wg_i0 + 16 * warp + g, wg_i0 + 16 * warp + g + 8};
-  const int64_t mask_base = p.mask.data != nullptr ? p.mask.batch_offset(b) : 0;
-  // 128-row blocks may reach past tq_pad (a multiple of 64): rows past tq read as padding.
-  float lse2[2], rd[2];
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    lse2[r] = row[r] < p.tq ? p.lse2[b * p.tq_pad + row[r]] : INFINITY;
-    rd[r] = row[r] < p.tq ? p.row_dot[b * p.tq_pad + row[r]] : 0.0f;
-  }
+  const DqThread st = make_dq_thread<T, D>(p, b, i0, int(threadIdx.x), sQ, sdO, sK, sV);
   float dq[D / 2];
 #pragma unroll
   for (int i = 0; i < D / 2; ++i) dq[i] = 0.0f;
-
-  const uint64_t desc_q = rt::make_wgmma_desc(sQ + 64 * wg * 64, 16, 1024, rt::WgmmaSwizzle::B128);
-  const uint64_t desc_do =
-      rt::make_wgmma_desc(sdO + 64 * wg * 64, 16, 1024, rt::WgmmaSwizzle::B128);
-  const uint64_t desc_k = rt::make_wgmma_desc(sK, 16, 1024, rt::WgmmaSwizzle::B128);
-  const uint64_t desc_v = rt::make_wgmma_desc(sV, 16, 1024, rt::WgmmaSwizzle::B128);
-  const uint64_t desc_k_mn = rt::make_wgmma_desc(sK, kKBlock, 1024, rt::WgmmaSwizzle::B128);
 
   for (int it = 0; it < n_tiles; ++it) {
     const int buf = it & 1;
@@ -668,90 +783,104 @@ __global__ void __launch_bounds__(kWgThreads) dq_wgmma_kernel(Params p, int64_t 
       rt::cp_async_wait<0>();
     }
     publish_to_wgmma();
-
-    // S, then dP in a second commit group: P is computed while dP is still running.
-    float s[BN / 2], dp[BN / 2];
-    rt::wgmma_fence_operand(s);
-    rt::wgmma_fence_operand(dp);
-    rt::wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      const uint32_t at_q = (kk / 4) * kQBlock + (kk % 4) * 32;
-      const uint32_t at_k = buf * kKTile + (kk / 4) * kKBlock + (kk % 4) * 32;
-      ss_wgmma<T, BN>(s, desc_q + (at_q >> 4), desc_k + (at_k >> 4), kk > 0);
-    }
-    rt::wgmma_commit();
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      const uint32_t at_q = (kk / 4) * kQBlock + (kk % 4) * 32;
-      const uint32_t at_k = buf * kKTile + (kk / 4) * kKBlock + (kk % 4) * 32;
-      ss_wgmma<T, BN>(dp, desc_do + (at_q >> 4), desc_v + (at_k >> 4), kk > 0);
-    }
-    rt::wgmma_commit();
-    rt::wgmma_wait<1>();  // S is in
-    rt::wgmma_fence_operand(s);
-
-    const int64_t j0 = int64_t(it) * BN;
-    const bool plain = tile_unmasked<BN>(p, wg_i0, j0);
-#pragma unroll
-    for (int n = 0; n < BN / 8; ++n) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int r = e >> 1;
-        const float x =
-            plain ? s[4 * n + e] * p.scale_log2
-                  : masked_score(p, mask_base, s[4 * n + e], row[r], j0 + 8 * n + 2 * t + (e & 1));
-        s[4 * n + e] = fast_exp2(x - lse2[r]);  // P
-      }
-    }
-    rt::wgmma_wait<0>();
-    rt::wgmma_fence_operand(dp);
-#pragma unroll
-    for (int n = 0; n < BN / 8; ++n) {
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        float z[2] = {1.0f, 1.0f};  // dropout, regenerated as in dq_kernel
-        if constexpr (kDropout) dropout_pair(p, b, row[r], j0 + 8 * n + 2 * t, z);
-#pragma unroll
-        for (int c = 0; c < 2; ++c) {
-          const int e = 2 * r + c;
-          s[4 * n + e] *= z[c] * dp[4 * n + e] - rd[r];  // dS
-        }
-      }
-    }
-    uint32_t sf[BN / 16][4];
-#pragma unroll
-    for (int kk = 0; kk < BN / 16; ++kk) c_to_a<T>(sf[kk], s + 8 * kk, s + 8 * kk + 4);
-    rt::wgmma_fence_operand(dq);
-    fence_fragments(sf);
-    rt::wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < BN / 16; ++kk) {
-      rs_wgmma_mn<T, D>(dq, sf[kk], desc_k_mn + ((buf * kKTile + kk * 16 * 128) >> 4));
-    }
-    rt::wgmma_commit();
-    rt::wgmma_wait<0>();
-    rt::wgmma_fence_operand(dq);
-    fence_fragments(sf);
+    dq_tile<T, D, kDropout>(p, st, dq, b, int64_t(it) * BN, buf * kKTile);
     __syncthreads();  // the next iteration refills this buffer
   }
   if (n_tiles == 0) rt::cp_async_wait<0>();
-
-  T* grad_q = static_cast<T*>(p.grad_q) + batch_offset(p, p.dq_rows, b);
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int64_t i = row[r];
-    if (i >= p.tq) continue;
-    T* gq = grad_q + i * p.dq_rows.row;
-#pragma unroll
-    for (int n = 0; n < D / 8; ++n) {
-      *reinterpret_cast<uint32_t*>(gq + 8 * n + 2 * t) =
-          pack2<T>(dq[4 * n + 2 * r] * p.scale, dq[4 * n + 2 * r + 1] * p.scale);
-    }
-  }
+  store_dq<T, D>(p, st, dq, b);
 #else
   (void)p;
   (void)q_tiles;
+  __trap();
+#endif
+}
+
+// ---- dQ on the TMA pipeline (backward variant 4's deterministic mode) ----
+//
+// Variant 2's dQ step (dq_tile, the same bits) fed by a producer warpgroup: Q and dO of the
+// block's 128 queries once, then the K and V tiles into a ring of stages on full / empty
+// mbarriers, as dkdv_tma_kernel and forward variant 4 do.
+template <int D, class T>
+constexpr size_t tma_dq_smem() {
+  constexpr int S = kTmaBwdStages;
+  return size_t(2 * kWgRows + 2 * S * wg_dq_keys<D>()) * D * sizeof(T) + 1024 +
+         (1 + 2 * S) * sizeof(uint64_t);
+}
+
+// q and dO in 128-row boxes, k and v in boxes of the key tile (wg_dq_keys).
+struct TmaDqMaps {
+  rt::TensorMap q, k, v, dout;
+  bool fold_q = false, fold_k = false, fold_v = false, fold_do = false;
+};
+
+template <class T, int D, bool kDropout>
+__global__ void __launch_bounds__(kTmaBwdThreads, 1)
+    dq_tma_kernel(Params p, int64_t q_tiles, const __grid_constant__ TmaDqMaps maps) {
+#if LATHE_FLASH_WGMMA
+  constexpr int BM = kWgRows, BN = wg_dq_keys<D>(), S = kTmaBwdStages;
+  constexpr uint32_t kKTile = BN * D * sizeof(T);
+  LATHE_DYNAMIC_SHARED(T, smem_raw);
+  T* sQ = align_1024(smem_raw);  // [D/64][BM][64]
+  T* sdO = sQ + BM * D;          // [D/64][BM][64]
+  T* sK = sdO + BM * D;          // [S][D/64][BN][64]
+  T* sV = sK + S * BN * D;       // [S][D/64][BN][64]
+  uint64_t* q_full = reinterpret_cast<uint64_t*>(sV + S * BN * D);
+  uint64_t* full = q_full + 1;
+  uint64_t* empty = full + S;
+
+  int64_t b, i0;
+  query_tile_of_block(blockIdx.x, q_tiles, BM, p.causal, b, i0);
+  const int64_t j_end = p.causal ? (p.tk < i0 + BM ? p.tk : i0 + BM) : p.tk;
+  const int n_tiles = int((j_end + BN - 1) / BN);
+  const int wg = int(threadIdx.x) / 128;
+  if (threadIdx.x == 0) {
+    rt::mbarrier_init(q_full, 1);
+    for (int st = 0; st < S; ++st) {
+      rt::mbarrier_init(&full[st], 1);
+      rt::mbarrier_init(&empty[st], kWgThreads);
+    }
+    rt::fence_mbarrier_init();
+  }
+  __syncthreads();  // the last block-wide barrier: the producer leaves early
+
+  if (wg == 0) {
+    rt::setmaxnreg_dec<kTmaBwdProducerRegisters>();
+    if (threadIdx.x == 0) {
+      const TmaCoord cq = tma_coord(p, p.q_rows, maps.fold_q, b),
+                     ck = tma_coord(p, p.k_rows, maps.fold_k, b),
+                     cv = tma_coord(p, p.v_rows, maps.fold_v, b),
+                     cdo = tma_coord(p, p.do_rows, maps.fold_do, b);
+      rt::mbarrier_arrive_expect_tx(q_full, 2 * BM * D * sizeof(T));
+      tma_tile<D, BM>(sQ, &maps.q, cq, i0, q_full);
+      tma_tile<D, BM>(sdO, &maps.dout, cdo, i0, q_full);
+      for (int it = 0; it < n_tiles; ++it) {
+        const int st = it % S, use = it / S;
+        if (use > 0) rt::mbarrier_wait_parity(&empty[st], uint32_t(use - 1) & 1u);
+        rt::mbarrier_arrive_expect_tx(&full[st], 2 * kKTile);
+        tma_tile<D, BN>(sK + st * BN * D, &maps.k, ck, int64_t(it) * BN, &full[st]);
+        tma_tile<D, BN>(sV + st * BN * D, &maps.v, cv, int64_t(it) * BN, &full[st]);
+      }
+    }
+    return;
+  }
+  rt::setmaxnreg_inc<kTmaBwdConsumerRegisters>();
+
+  const DqThread st = make_dq_thread<T, D>(p, b, i0, int(threadIdx.x) - 128, sQ, sdO, sK, sV);
+  float dq[D / 2];
+#pragma unroll
+  for (int i = 0; i < D / 2; ++i) dq[i] = 0.0f;
+  rt::mbarrier_wait_parity(q_full, 0);  // also when there is no tile: no copy outlives the block
+  for (int it = 0; it < n_tiles; ++it) {
+    const int stage = it % S;
+    rt::mbarrier_wait_parity(&full[stage], uint32_t(it / S) & 1u);
+    dq_tile<T, D, kDropout>(p, st, dq, b, int64_t(it) * BN, stage * kKTile);
+    rt::mbarrier_arrive(&empty[stage]);
+  }
+  store_dq<T, D>(p, st, dq, b);
+#else
+  (void)p;
+  (void)q_tiles;
+  (void)maps;
   __trap();
 #endif
 }
@@ -833,7 +962,22 @@ void launch_backward_tma(const Params& p, int64_t batch, bool atomic_dq) {
     }
   }
   if (atomic_dq) return;  // the caller's dq_convert_kernel writes grad_q
-  launch_dq_wgmma<T, D>(p, batch, "backward variant 4");
+  const int64_t q_tiles = (p.tq + kWgRows - 1) / kWgRows;
+  if (q_tiles == 0) return;
+  constexpr DType dtype = std::is_same_v<T, __half> ? DType::F16 : DType::BF16;
+  constexpr uint32_t kKeys = uint32_t(wg_dq_keys<D>());
+  TmaDqMaps maps;
+  maps.q = tma_operand_map(p, dtype, p.q, p.q_rows, p.tq, D, kWgRows, "q", maps.fold_q);
+  maps.dout =
+      tma_operand_map(p, dtype, p.grad_out, p.do_rows, p.tq, D, kWgRows, "grad_out", maps.fold_do);
+  maps.k = tma_operand_map(p, dtype, p.k, p.k_rows, p.tk, D, kKeys, "k", maps.fold_k);
+  maps.v = tma_operand_map(p, dtype, p.v, p.v_rows, p.tk, D, kKeys, "v", maps.fold_v);
+  constexpr size_t smem = tma_dq_smem<D, T>();
+  auto kernel = p.dropout ? dq_tma_kernel<T, D, true> : dq_tma_kernel<T, D, false>;
+  allow_shared(kernel, smem, "flash attention");
+  check_sm90a_binary(kernel, "backward variant 4");
+  rt::launch(kernel, dim3(unsigned(q_tiles * batch)), dim3(kTmaBwdThreads), smem, stream(),
+             "flash_attention_backward_dq_tma", p, q_tiles, maps);
 }
 
 template void launch_backward_wgmma<__half, 64>(const Params&, int64_t, bool);
