@@ -15,9 +15,9 @@
 // same bits again (operands whose layout has no tensor map are an error).
 // Backward variant 2 is the backward on wgmma (sm_90a), with the same restrictions: the
 // deterministic split (a dK/dV kernel, then a dQ kernel), or in the atomic-dQ mode
-// FlashAttention-3's 5 GEMMs in the dK/dV kernel; backward variant 4 runs the same dK/dV step on
-// forward variant 4's TMA pipeline (producer warpgroup, stage ring on mbarriers), same bits, and
-// the same dQ kernel. docs/kernels.md ("flash attention") has their registers and what the GPU run
+// FlashAttention-3's 5 GEMMs in the dK/dV kernel; backward variant 4 runs the same dK/dV and dQ
+// steps on forward variant 4's TMA pipeline (producer warpgroup, stage rings on mbarriers), same
+// bits. docs/kernels.md ("flash attention") has their registers and what the GPU run
 // must decide.
 #pragma once
 

@@ -257,8 +257,8 @@ void launch_forward_tma(const Params& p, int64_t batch, int64_t q_len);
 // converts it). Checks that the kernels were compiled for sm_90a.
 template <class T, int D>
 void launch_backward_wgmma(const Params& p, int64_t batch, bool atomic_dq);
-// Backward variant 4 (attention_wgmma_backward.cu): variant 2's dK/dV step on forward variant 4's
-// TMA pipeline (producer warpgroup, stage ring on mbarriers), then variant 2's dQ kernel unless
+// Backward variant 4 (attention_wgmma_backward.cu): variant 2's dK/dV and dQ steps on forward
+// variant 4's TMA pipeline (producer warpgroup, stage rings on mbarriers), the dQ kernel unless
 // atomic_dq; operands whose layout has no tensor map are an error.
 template <class T, int D>
 void launch_backward_tma(const Params& p, int64_t batch, bool atomic_dq);
