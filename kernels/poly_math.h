@@ -38,13 +38,14 @@ LATHE_POLY_INLINE float bits_to_float(int32_t i) {
 #endif
 }
 
-// exp(x) in f32: Cephes' expf — range reduction by ln 2, a degree-6 minimax polynomial and 2^n
-// built from exponent bits — accurate to ~1 ulp. Exactly 0 below ln(FLT_MIN) (so -inf, the
-// masked logit, gives 0), +inf above ln(FLT_MAX), NaN for NaN.
-LATHE_POLY_INLINE float exp_f32(float x) {
-  constexpr float kLo = -87.3365447505531f, kHi = 88.7228391116729f;
+// The lower end of exp_f32's range: below ln(FLT_MIN) the result is 0.
+inline constexpr float kExpLoF32 = -87.3365447505531f;
+
+// exp(xc) in f32 for xc in [kExpLoF32, 88.376]: Cephes' expf — range reduction by ln 2, a
+// degree-6 minimax polynomial and 2^n built from exponent bits — accurate to ~1 ulp. The core of
+// exp_f32 and exp_nonpositive_f32, which clamp their argument into that range.
+LATHE_POLY_INLINE float exp_range_f32(float xc) {
   constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-  const float xc = x < kLo ? kLo : (x > 88.3762626647949f ? 88.3762626647949f : x);
   // n = round(x / ln 2) as a float and as an int, without a (trapping) float -> int conversion.
   const float t = xc * 1.44269504088896341f + kRound;
   const int32_t ni = float_to_bits(t) - float_to_bits(kRound);
@@ -57,8 +58,16 @@ LATHE_POLY_INLINE float exp_f32(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  float y = p * bits_to_float((ni + 127) << 23);
-  y = x < kLo ? 0.0f : y;
+  return p * bits_to_float((ni + 127) << 23);
+}
+
+// exp(x) in f32, accurate to ~1 ulp. Exactly 0 below ln(FLT_MIN) (so -inf, the masked logit,
+// gives 0), +inf above ln(FLT_MAX), NaN for NaN.
+LATHE_POLY_INLINE float exp_f32(float x) {
+  constexpr float kHi = 88.7228391116729f;
+  const float xc = x < kExpLoF32 ? kExpLoF32 : (x > 88.3762626647949f ? 88.3762626647949f : x);
+  float y = exp_range_f32(xc);
+  y = x < kExpLoF32 ? 0.0f : y;
   y = x > kHi ? bits_to_float(0x7f800000) : y;
   return x != x ? x : y;
 }
@@ -68,21 +77,7 @@ LATHE_POLY_INLINE float exp_f32(float x) {
 // overflow clamp and +inf select, the cpu softmax's exponential pass ran 1.3x faster (AVX2).
 // Positive x is not handled: above ~88.7 the exponent bits overflow.
 LATHE_POLY_INLINE float exp_nonpositive_f32(float x) {
-  constexpr float kLo = -87.3365447505531f;
-  constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-  const float xc = x < kLo ? kLo : x;
-  const float t = xc * 1.44269504088896341f + kRound;
-  const int32_t ni = float_to_bits(t) - float_to_bits(kRound);
-  const float n = t - kRound;
-  const float r = xc - n * 0.693359375f - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const float y = x < kLo ? 0.0f : p * bits_to_float((ni + 127) << 23);
+  const float y = x < kExpLoF32 ? 0.0f : exp_range_f32(x < kExpLoF32 ? kExpLoF32 : x);
   return x != x ? x : y;
 }
 

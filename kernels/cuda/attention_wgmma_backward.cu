@@ -482,13 +482,41 @@ constexpr size_t tma_dkdv_smem() {
          1024 + (1 + 2 * S) * sizeof(uint64_t);
 }
 
-// The backward's tensor maps: q, k, v and dO as forward variant 4 reads its operands (64-row boxes
-// for q and dO, 128-row for k and v), and the padded lse / row-dot rows, [batch][tq_pad] f32 in
-// boxes of one tile's 64.
+// The backward's tensor maps: q, k, v and dO as forward variant 4 reads its operands (dK/dV: 64-row
+// boxes for q and dO, 128-row for k and v; dQ: 128-row boxes for q and dO, key tiles for k and v),
+// and for dK/dV the padded lse / row-dot rows, [batch][tq_pad] f32 in boxes of one tile's 64.
 struct TmaBackwardMaps {
   rt::TensorMap q, k, v, dout, lse, row_dot;
   bool fold_q = false, fold_k = false, fold_v = false, fold_do = false;
 };
+
+#if LATHE_FLASH_WGMMA  // device code only where the kernels have a body
+// The mbarriers of a backward TMA kernel, initialized by thread 0 before the block's last
+// __syncthreads: `once` completes when the tiles copied once have landed (the producer's
+// arrive.expect_tx, then the bytes), full[st] when stage st's copies have, empty[st] when all 256
+// consumer threads are done with it.
+LATHE_DEVICE_INLINE void init_ring(uint64_t* once, uint64_t* full, uint64_t* empty) {
+  if (threadIdx.x == 0) {
+    rt::mbarrier_init(once, 1);
+    for (int st = 0; st < kTmaBwdStages; ++st) {
+      rt::mbarrier_init(&full[st], 1);
+      rt::mbarrier_init(&empty[st], kWgThreads);
+    }
+    rt::fence_mbarrier_init();
+  }
+  __syncthreads();  // the last block-wide barrier: the producer leaves early
+}
+
+// Where batch b of q, k, v and dO sits in their tensor maps.
+struct TmaBackwardCoords {
+  TmaCoord q, k, v, dout;
+};
+LATHE_DEVICE_INLINE TmaBackwardCoords tma_backward_coords(const Params& p,
+                                                          const TmaBackwardMaps& maps, int64_t b) {
+  return {tma_coord(p, p.q_rows, maps.fold_q, b), tma_coord(p, p.k_rows, maps.fold_k, b),
+          tma_coord(p, p.v_rows, maps.fold_v, b), tma_coord(p, p.do_rows, maps.fold_do, b)};
+}
+#endif
 
 template <class T, int D, bool kDropout, bool kAtomicDq>
 __global__ void __launch_bounds__(kTmaBwdThreads, 1)
@@ -514,34 +542,23 @@ __global__ void __launch_bounds__(kTmaBwdThreads, 1)
   const int first = p.causal ? int(j0 / BQ) : 0;
   const int n_tiles = int((p.tq + BQ - 1) / BQ);
   const int wg = int(threadIdx.x) / 128;
-  if (threadIdx.x == 0) {
-    rt::mbarrier_init(kv_full, 1);
-    for (int st = 0; st < S; ++st) {
-      rt::mbarrier_init(&full[st], 1);            // the producer's arrive.expect_tx, then the bytes
-      rt::mbarrier_init(&empty[st], kWgThreads);  // every consumer thread
-    }
-    rt::fence_mbarrier_init();
-  }
-  __syncthreads();  // the last block-wide barrier: the producer leaves early
+  init_ring(kv_full, full, empty);
 
   if (wg == 0) {
     rt::setmaxnreg_dec<kTmaBwdProducerRegisters>();
     if (threadIdx.x == 0) {
-      const TmaCoord cq = tma_coord(p, p.q_rows, maps.fold_q, b),
-                     ck = tma_coord(p, p.k_rows, maps.fold_k, b),
-                     cv = tma_coord(p, p.v_rows, maps.fold_v, b),
-                     cdo = tma_coord(p, p.do_rows, maps.fold_do, b);
+      const TmaBackwardCoords c = tma_backward_coords(p, maps, b);
       rt::mbarrier_arrive_expect_tx(kv_full, 2 * BN * D * sizeof(T));
-      tma_tile<D, BN>(sK, &maps.k, ck, j0, kv_full);
-      tma_tile<D, BN>(sV, &maps.v, cv, j0, kv_full);
+      tma_tile<D, BN>(sK, &maps.k, c.k, j0, kv_full);
+      tma_tile<D, BN>(sV, &maps.v, c.v, j0, kv_full);
       // Stage st's use u waits for the consumers to release its use u - 1.
       for (int it = first; it < n_tiles; ++it) {
         const int st = (it - first) % S, use = (it - first) / S;
         if (use > 0) rt::mbarrier_wait_parity(&empty[st], uint32_t(use - 1) & 1u);
         rt::mbarrier_arrive_expect_tx(&full[st], 2 * kQTile + 2 * BQ * sizeof(float));
         const int64_t i0 = int64_t(it) * BQ;
-        tma_tile<D, BQ>(sQ + st * BQ * D, &maps.q, cq, i0, &full[st]);
-        tma_tile<D, BQ>(sdO + st * BQ * D, &maps.dout, cdo, i0, &full[st]);
+        tma_tile<D, BQ>(sQ + st * BQ * D, &maps.q, c.q, i0, &full[st]);
+        tma_tile<D, BQ>(sdO + st * BQ * D, &maps.dout, c.dout, i0, &full[st]);
         rt::tma_load_2d(sL + st * BQ, &maps.lse, int32_t(i0), int32_t(b), &full[st]);
         rt::tma_load_2d(sD + st * BQ, &maps.row_dot, int32_t(i0), int32_t(b), &full[st]);
       }
@@ -807,15 +824,9 @@ constexpr size_t tma_dq_smem() {
          (1 + 2 * S) * sizeof(uint64_t);
 }
 
-// q and dO in 128-row boxes, k and v in boxes of the key tile (wg_dq_keys).
-struct TmaDqMaps {
-  rt::TensorMap q, k, v, dout;
-  bool fold_q = false, fold_k = false, fold_v = false, fold_do = false;
-};
-
 template <class T, int D, bool kDropout>
 __global__ void __launch_bounds__(kTmaBwdThreads, 1)
-    dq_tma_kernel(Params p, int64_t q_tiles, const __grid_constant__ TmaDqMaps maps) {
+    dq_tma_kernel(Params p, int64_t q_tiles, const __grid_constant__ TmaBackwardMaps maps) {
 #if LATHE_FLASH_WGMMA
   constexpr int BM = kWgRows, BN = wg_dq_keys<D>(), S = kTmaBwdStages;
   constexpr uint32_t kKTile = BN * D * sizeof(T);
@@ -833,32 +844,21 @@ __global__ void __launch_bounds__(kTmaBwdThreads, 1)
   const int64_t j_end = p.causal ? (p.tk < i0 + BM ? p.tk : i0 + BM) : p.tk;
   const int n_tiles = int((j_end + BN - 1) / BN);
   const int wg = int(threadIdx.x) / 128;
-  if (threadIdx.x == 0) {
-    rt::mbarrier_init(q_full, 1);
-    for (int st = 0; st < S; ++st) {
-      rt::mbarrier_init(&full[st], 1);
-      rt::mbarrier_init(&empty[st], kWgThreads);
-    }
-    rt::fence_mbarrier_init();
-  }
-  __syncthreads();  // the last block-wide barrier: the producer leaves early
+  init_ring(q_full, full, empty);
 
   if (wg == 0) {
     rt::setmaxnreg_dec<kTmaBwdProducerRegisters>();
     if (threadIdx.x == 0) {
-      const TmaCoord cq = tma_coord(p, p.q_rows, maps.fold_q, b),
-                     ck = tma_coord(p, p.k_rows, maps.fold_k, b),
-                     cv = tma_coord(p, p.v_rows, maps.fold_v, b),
-                     cdo = tma_coord(p, p.do_rows, maps.fold_do, b);
+      const TmaBackwardCoords c = tma_backward_coords(p, maps, b);
       rt::mbarrier_arrive_expect_tx(q_full, 2 * BM * D * sizeof(T));
-      tma_tile<D, BM>(sQ, &maps.q, cq, i0, q_full);
-      tma_tile<D, BM>(sdO, &maps.dout, cdo, i0, q_full);
+      tma_tile<D, BM>(sQ, &maps.q, c.q, i0, q_full);
+      tma_tile<D, BM>(sdO, &maps.dout, c.dout, i0, q_full);
       for (int it = 0; it < n_tiles; ++it) {
         const int st = it % S, use = it / S;
         if (use > 0) rt::mbarrier_wait_parity(&empty[st], uint32_t(use - 1) & 1u);
         rt::mbarrier_arrive_expect_tx(&full[st], 2 * kKTile);
-        tma_tile<D, BN>(sK + st * BN * D, &maps.k, ck, int64_t(it) * BN, &full[st]);
-        tma_tile<D, BN>(sV + st * BN * D, &maps.v, cv, int64_t(it) * BN, &full[st]);
+        tma_tile<D, BN>(sK + st * BN * D, &maps.k, c.k, int64_t(it) * BN, &full[st]);
+        tma_tile<D, BN>(sV + st * BN * D, &maps.v, c.v, int64_t(it) * BN, &full[st]);
       }
     }
     return;
@@ -966,7 +966,7 @@ void launch_backward_tma(const Params& p, int64_t batch, bool atomic_dq) {
   if (q_tiles == 0) return;
   constexpr DType dtype = std::is_same_v<T, __half> ? DType::F16 : DType::BF16;
   constexpr uint32_t kKeys = uint32_t(wg_dq_keys<D>());
-  TmaDqMaps maps;
+  TmaBackwardMaps maps;  // q and dO in 128-row boxes, k and v in key tiles; no row statistics
   maps.q = tma_operand_map(p, dtype, p.q, p.q_rows, p.tq, D, kWgRows, "q", maps.fold_q);
   maps.dout =
       tma_operand_map(p, dtype, p.grad_out, p.do_rows, p.tq, D, kWgRows, "grad_out", maps.fold_do);

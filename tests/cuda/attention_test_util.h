@@ -23,6 +23,13 @@ enum class MaskKind {
   RowsBool,         // [B, H, Tq, Tk] bool with some rows fully masked (SIMT tests)
 };
 
+// A detached copy of t that requires grad: an autograd leaf for the op-level tests.
+inline lathe::Tensor grad_leaf(const lathe::Tensor& t) {
+  lathe::Tensor x = t.detach().clone();
+  x.requires_grad_();
+  return x;
+}
+
 inline const char* mask_name(MaskKind k) {
   switch (k) {
     case MaskKind::None:

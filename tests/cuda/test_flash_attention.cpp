@@ -44,6 +44,7 @@
 #endif
 
 using namespace lathe;
+using attention_test::grad_leaf;
 using attention_test::mask_name;
 using attention_test::MaskKind;
 using attention_test::valid_keys;
@@ -1095,12 +1096,7 @@ TEST_CASE("flash attention: backward variant 4 writes variant 2's mask gradient"
   const Inputs in = make_inputs(c, 610);
   auto grads = [&](int which) {
     const VariantGuard variant({0, which});
-    auto leaf = [](const Tensor& t) {
-      Tensor x = t.detach().clone();
-      x.requires_grad_();
-      return x;
-    };
-    Tensor q = leaf(in.q), k = leaf(in.k), v = leaf(in.v), mask = leaf(in.mask);
+    Tensor q = grad_leaf(in.q), k = grad_leaf(in.k), v = grad_leaf(in.v), mask = grad_leaf(in.mask);
     sum(scaled_dot_product_attention(q, k, v, mask, c.causal) * in.grad_out).backward();
     return std::vector<Tensor>{q.grad(), k.grad(), v.grad(), mask.grad()};
   };
@@ -1134,12 +1130,7 @@ TEST_CASE("flash attention: the op dispatches f16/bf16 to the fused kernel, with
   for (bool det : kDqModes) {
     INFO(mode_name(det));
     const DeterminismGuard mode(det);
-    auto leaf = [](const Tensor& t) {
-      Tensor x = t.detach().clone();
-      x.requires_grad_();
-      return x;
-    };
-    Tensor q = leaf(in.q), k = leaf(in.k), v = leaf(in.v), mask = leaf(in.mask);
+    Tensor q = grad_leaf(in.q), k = grad_leaf(in.k), v = grad_leaf(in.v), mask = grad_leaf(in.mask);
     Tensor out = scaled_dot_product_attention(q, k, v, mask, c.causal);
     REQUIRE(out.dtype() == c.dtype);
     sum(out * in.grad_out).backward();
@@ -1385,12 +1376,7 @@ TEST_CASE("flash attention: the op attends head views in place and answers in q'
   context.backward(in.grad_out.transpose(1, 2).contiguous().reshape({B, T, H * d}));
 
   // The same op on contiguous copies: the same bits.
-  auto leaf = [](const Tensor& t) {
-    Tensor x = t.detach().clone();
-    x.requires_grad_();
-    return x;
-  };
-  Tensor q = leaf(in.q), k = leaf(in.k), v = leaf(in.v);
+  Tensor q = grad_leaf(in.q), k = grad_leaf(in.k), v = grad_leaf(in.v);
   const Tensor expected = scaled_dot_product_attention(q, k, v, in.mask, c.causal);
   REQUIRE(expected.is_contiguous());
   expected.backward(in.grad_out);
