@@ -1,16 +1,18 @@
-// Backward variant 2 of the flash attention (attention_variant.h): the deterministic split of
-// attention.cu's backward (a dK/dV kernel over query tiles, then a dQ kernel over key tiles, both
-// recomputing P from the saved lse) on Hopper's warpgroup MMA, sm_90a only. The tile layout, the
-// cp.async loads and the typed wgmma calls are flash_attention_wgmma.cuh's, shared with the
-// forward variants; the masking, lse and row-dot conventions are flash_attention.cuh's, shared
-// with every flash kernel. docs/kernels.md ("Backward variant 2").
+// Backward variants 2 and 4 of the flash attention (attention_variant.h): the deterministic split
+// of attention.cu's backward (a dK/dV kernel over query tiles, then a dQ kernel over key tiles,
+// both recomputing P from the saved lse) on Hopper's warpgroup MMA, sm_90a only. Variant 2 loads
+// its tiles with cp.async; variant 4 runs the same per-tile steps (dkdv_tile, dq_tile: the same
+// bits) fed by a TMA producer warpgroup through rings of stages on mbarriers, as forward variant 4
+// does. The tile layout and the typed wgmma calls are flash_attention_wgmma.cuh's, shared with
+// the forward variants; the masking, lse and row-dot conventions are flash_attention.cuh's,
+// shared with every flash kernel. docs/kernels.md ("Backward variant 2", "Backward variant 4").
 //
 // Why this split and not FlashAttention-3's (one kernel adding dQ with f32 atomics): every GEMM
 // of it maps onto the wgmma forms the forward already uses (SS with K-major operands, RS with an
 // MN-major B), dS never goes through shared memory, and the sums run in a fixed order, so the
-// results are bit-reproducible in both dQ modes. The price is S and dP computed twice (7 GEMMs
-// instead of 5). The atomic form needs dS^T as an A operand read transposed from shared memory
-// (imm-trans-a), which the wrappers do not have yet.
+// results are bit-reproducible. The price is S and dP computed twice (7 GEMMs instead of 5). The
+// atomic-dQ mode (deterministic = false) is FlashAttention-3's 5 GEMMs instead: the dK/dV kernel
+// also stores dS as a K-major A operand and adds dS K into an f32 buffer.
 #include "kernels/cuda/flash_attention_wgmma.cuh"
 
 namespace lathe::kernels::cuda::flash {
