@@ -10,43 +10,23 @@
 
 #include "kernels/cpu/cpu_kernels.h"
 #include "kernels/cpu/strided_loop.h"
+#include "kernels/cpu/vec_math.h"
 
 namespace lathe::kernels::cpu {
 
 namespace {
 
-constexpr int kLanes = 16;
-
 template <class T>
 T lane_sum(const T* x, int64_t n) {
-  T lanes[kLanes] = {};
-  int64_t j = 0;
-  for (; j + kLanes <= n; j += kLanes) {
-    for (int l = 0; l < kLanes; ++l) lanes[l] += x[j + l];
-  }
-  T s = 0;
-  for (int l = 0; l < kLanes; ++l) s += lanes[l];
-  for (; j < n; ++j) s += x[j];
-  return s;
+  return lane_sum_of<T>(n, [x](int64_t j) { return x[j]; });
 }
 
 template <class T>
 T lane_centered_squares(const T* x, T mean, int64_t n) {
-  T lanes[kLanes] = {};
-  int64_t j = 0;
-  for (; j + kLanes <= n; j += kLanes) {
-    for (int l = 0; l < kLanes; ++l) {
-      T d = x[j + l] - mean;
-      lanes[l] += d * d;
-    }
-  }
-  T s = 0;
-  for (int l = 0; l < kLanes; ++l) s += lanes[l];
-  for (; j < n; ++j) {
-    T d = x[j] - mean;
-    s += d * d;
-  }
-  return s;
+  return lane_sum_of<T>(n, [x, mean](int64_t j) {
+    const T d = x[j] - mean;
+    return d * d;
+  });
 }
 
 template <class T>

@@ -16,12 +16,12 @@
 
 #include "kernels/cpu/cpu_kernels.h"
 #include "kernels/cpu/strided_loop.h"
+#include "kernels/cpu/vec_math.h"
 
 namespace lathe::kernels::cpu {
 
 namespace {
 
-constexpr int kLanes = 16;
 // Upper bound on the partial rows of dweight/dbias: enough blocks to keep every thread busy,
 // few enough that the partials stay small next to the input.
 constexpr int64_t kMaxBlocks = 64;
@@ -29,34 +29,15 @@ constexpr int64_t kMinRowsPerBlock = 8;
 
 template <class Acc, class T>
 Acc lane_sum(const T* x, int64_t n) {
-  Acc lanes[kLanes] = {};
-  int64_t j = 0;
-  for (; j + kLanes <= n; j += kLanes) {
-    for (int l = 0; l < kLanes; ++l) lanes[l] += Acc(x[j + l]);
-  }
-  Acc s = 0;
-  for (int l = 0; l < kLanes; ++l) s += lanes[l];
-  for (; j < n; ++j) s += Acc(x[j]);
-  return s;
+  return lane_sum_of<Acc>(n, [x](int64_t j) { return Acc(x[j]); });
 }
 
 template <class Acc, class T>
 Acc lane_centered_squares(const T* x, Acc mean, int64_t n) {
-  Acc lanes[kLanes] = {};
-  int64_t j = 0;
-  for (; j + kLanes <= n; j += kLanes) {
-    for (int l = 0; l < kLanes; ++l) {
-      Acc d = Acc(x[j + l]) - mean;
-      lanes[l] += d * d;
-    }
-  }
-  Acc s = 0;
-  for (int l = 0; l < kLanes; ++l) s += lanes[l];
-  for (; j < n; ++j) {
-    Acc d = Acc(x[j]) - mean;
-    s += d * d;
-  }
-  return s;
+  return lane_sum_of<Acc>(n, [x, mean](int64_t j) {
+    const Acc d = Acc(x[j]) - mean;
+    return d * d;
+  });
 }
 
 template <class T>

@@ -42,19 +42,10 @@ double as_double(T v) {
 // sum |x| or sum x^2 in kLanes independent f64 sums, so that the loop vectorizes.
 template <class T, NormKind kKind>
 double chunk_sum(const T* x, int64_t n) {
-  auto term = [](T v) {
-    const double a = as_double(v);
+  return lane_sum_of<double>(n, [x](int64_t i) {
+    const double a = as_double(x[i]);
     return kKind == NormKind::SumSquares ? a * a : std::fabs(a);
-  };
-  double lanes[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    for (int l = 0; l < kLanes; ++l) lanes[l] += term(x[i + l]);
-  }
-  double acc = 0.0;
-  for (int l = 0; l < kLanes; ++l) acc += lanes[l];
-  for (; i < n; ++i) acc += term(x[i]);
-  return acc;
+  });
 }
 
 template <class T>

@@ -26,28 +26,12 @@ namespace {
 // sum_j a[j] * b[j] in f64.
 template <class T>
 double row_dot(const T* a, const T* b, int64_t n) {
-  double lanes[kLanes] = {};
-  int64_t j = 0;
-  for (; j + kLanes <= n; j += kLanes) {
-    for (int l = 0; l < kLanes; ++l) lanes[l] += double(a[j + l]) * double(b[j + l]);
-  }
-  double s = 0;
-  for (int l = 0; l < kLanes; ++l) s += lanes[l];
-  for (; j < n; ++j) s += double(a[j]) * double(b[j]);
-  return s;
+  return lane_sum_of<double>(n, [a, b](int64_t j) { return double(a[j]) * double(b[j]); });
 }
 
 template <class T>
 double row_sum(const T* a, int64_t n) {
-  double lanes[kLanes] = {};
-  int64_t j = 0;
-  for (; j + kLanes <= n; j += kLanes) {
-    for (int l = 0; l < kLanes; ++l) lanes[l] += double(a[j + l]);
-  }
-  double s = 0;
-  for (int l = 0; l < kLanes; ++l) s += lanes[l];
-  for (; j < n; ++j) s += double(a[j]);
-  return s;
+  return lane_sum_of<double>(n, [a](int64_t j) { return double(a[j]); });
 }
 
 // Rows and columns of a contiguous view reduced over its last dim (a 0-dim view is one element).

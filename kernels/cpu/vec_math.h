@@ -42,6 +42,22 @@ inline T exp_nonpositive(T x) {
 // them without -ffast-math (one scalar accumulator forces sequential adds).
 inline constexpr int kLanes = 16;
 
+// sum_{j < n} term(j) in kLanes independent partial sums of Acc (lane l takes j = l mod kLanes of
+// the whole kLanes-blocks), the lanes added in order, then the tail in order: a fixed order, and
+// the loop vectorizes.
+template <class Acc, class Term>
+Acc lane_sum_of(int64_t n, Term&& term) {
+  Acc lanes[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) {
+    for (int l = 0; l < kLanes; ++l) lanes[l] += term(j + l);
+  }
+  Acc s = 0;
+  for (int l = 0; l < kLanes; ++l) s += lanes[l];
+  for (; j < n; ++j) s += term(j);
+  return s;
+}
+
 template <class T>
 T row_max(const T* x, int64_t n) {
   T lanes[kLanes];
