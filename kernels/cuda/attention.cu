@@ -66,6 +66,7 @@ namespace {
 // attention_variant.h's knob, and how many launches it has turned to a variant's kernel.
 FlashAttentionVariant g_flash_variant;
 long long g_flash_variant_launches = 0;
+long long g_flash_tma_fallbacks = 0;
 
 }  // namespace
 
@@ -787,6 +788,16 @@ void check_variant(int variant, const AttentionForwardArgs& a, const char* which
               " variant exists for bf16 at head dim 64 without dropout only");
 }
 
+// Variant 4 reads its operands through tensor maps, which some layouts the other kernels read do
+// not have (k and v broadcast over batch and heads, three leading dims that do not merge). For
+// those it runs `fallback` (forward 3, backward 2): the same arithmetic in the same order, so the
+// same bits, with cp.async loads that follow any row layout. Counted, so that the tests see it.
+int tma_or_fallback(int variant, int fallback, const Params& p, int64_t d, bool backward) {
+  if (variant != kVariantTma || tma_layout_problem(p, d, backward).empty()) return variant;
+  ++g_flash_tma_fallbacks;
+  return fallback;
+}
+
 Params make_params(const AttentionForwardArgs& a) {
   LATHE_CHECK(a.dtype == DType::F16 || a.dtype == DType::BF16,
               "attention on cuda: the fused kernel takes f16/bf16 (f32/f64 attention composes "
@@ -847,8 +858,9 @@ void forward_impl(const AttentionForwardArgs& a) {
             {"v", &a.v, &p.v_rows, a.kv_len, d},
             {"out", &a.out, &p.out_rows, a.q_len, d, true}},
            true, "attention on cuda");
-  const int variant = flash_attention_variant().forward;
+  int variant = flash_attention_variant().forward;
   check_variant(variant, a, "forward");
+  variant = tma_or_fallback(variant, kVariantWgmmaOverlap, p, a.head_dim, false);
   dispatch(a, [&]<class T, int D>() {
     auto launch = [&]<int MT>(auto kernel) {
       constexpr int64_t kRows = 16 * kWarps * MT;
@@ -906,8 +918,9 @@ void backward_impl(const AttentionBackwardArgs& args) {
   DeviceScratch row_stats(size_t(rows > 0 ? 2 * rows : 1) * sizeof(float));
   p.row_dot = row_stats.as<float>();
   p.lse2 = p.row_dot + rows;
-  const int variant = flash_attention_variant().backward;
+  int variant = flash_attention_variant().backward;
   check_variant(variant, a, "backward");
+  variant = tma_or_fallback(variant, kVariantWgmma, p, a.head_dim, true);
   const bool atomic_dq = !args.deterministic && rows > 0;
   std::optional<DeviceScratch> dq_accum;
   if (atomic_dq) {
@@ -1010,6 +1023,9 @@ FlashAttentionVariant flash_attention_variant() {
 }
 long long flash_attention_variant_launches() {
   return g_flash_variant_launches;
+}
+long long flash_attention_tma_fallbacks() {
+  return g_flash_tma_fallbacks;
 }
 
 extern const AttentionForwardFn attention_forward = attention_forward_any;

@@ -12,13 +12,14 @@
 // only (the simulator counts as 9.0); forward variant 3 is the same with FlashAttention-3's
 // intra-warpgroup pipelining (the next tile's Q K^T issued before this tile's softmax), same bits;
 // forward variant 4 adds FlashAttention-3's TMA producer warpgroup and inter-warpgroup ping-pong,
-// same bits again (operands whose layout has no tensor map are an error).
+// same bits again (where an operand's layout has no tensor map, k and v broadcast over batch and
+// heads for example, the op runs variant 3 instead, which gives the same bits).
 // Backward variant 2 is the backward on wgmma (sm_90a), with the same restrictions: the
 // deterministic split (a dK/dV kernel, then a dQ kernel), or in the atomic-dQ mode
 // FlashAttention-3's 5 GEMMs in the dK/dV kernel; backward variant 4 runs the same dK/dV and dQ
 // steps on forward variant 4's TMA pipeline (producer warpgroup, stage rings on mbarriers), same
-// bits. docs/kernels.md ("flash attention") has their registers and what the GPU run
-// must decide.
+// bits (variant 2 where an operand has no tensor map). docs/kernels.md ("flash attention") has
+// their registers and what the GPU run must decide.
 #pragma once
 
 namespace lathe::kernels::cuda {
@@ -33,5 +34,8 @@ FlashAttentionVariant flash_attention_variant();
 // Launches of a nonzero variant's kernels so far: the tests' proof that the knob reached them
 // (the variants' results are bit-identical to the defaults' by design).
 long long flash_attention_variant_launches();
+// Calls of variant 4 that ran variant 3 (forward) or 2 (backward) instead, because an operand's
+// layout has no tensor map.
+long long flash_attention_tma_fallbacks();
 
 }  // namespace lathe::kernels::cuda

@@ -13,6 +13,10 @@
 //  - intra-warpgroup overlap, as in variant 3: S_j is issued before P_{j-1} V_{j-1}, and tile j's
 //    softmax runs while that P V is in flight.
 // docs/kernels.md ("Forward variant 4").
+#include <string>
+#include <string_view>
+#include <tuple>
+
 #include "kernels/cuda/flash_attention_wgmma.cuh"
 #include "kernels/cuda/tensor_map.h"
 
@@ -185,49 +189,86 @@ __global__ void __launch_bounds__(kTmaThreads, 1)
 
 }  // namespace
 
-// The tensor map of one operand for boxes of box_rows rows and 64 columns: a 3D tensor
-// [batch][len][row elements] with the operand's row stride and one batch stride. Two batch dims
-// (the kernels' leading dims, which merge only where every operand allows) become one for this
-// operand when its own strides merge ([B, H, T, d] contiguous), or else the inner one is folded
-// into the row when its stride times its size fits there (the heads of a [B, T, H, d] view or of a
-// packed QKV projection, or a stride-0 broadcast over heads), with x0 = head * stride. Rows past
-// `len` and columns past the row are zero-filled by the copy; columns past d within a row (another
-// head, or padding) are never read. `fold` says which way batch indices map.
+// How one operand is laid out as a 3D tensor [batch][len][row elements] with the operand's row
+// stride and one batch stride. Two batch dims (the kernels' leading dims, which merge only where
+// every operand allows) become one for this operand when its own strides merge ([B, H, T, d]
+// contiguous), or else the inner one is folded into the row when its stride times its size fits
+// there (the heads of a [B, T, H, d] view or of a packed QKV projection, or a stride-0 broadcast
+// over heads), with x0 = head * stride. `problem` is empty when the operand has a tensor map and
+// says why not otherwise (a broadcast or overlapping batch dim, a third leading dim).
+struct TmaOperandLayout {
+  int64_t batches = 1, batch_stride = 0;
+  bool fold = false;
+  std::string problem;
+};
+
+TmaOperandLayout tma_operand_layout(const Params& p, const Rows& rows, int64_t len, int64_t d,
+                                    const char* name) {
+  TmaOperandLayout out;
+  auto refuse = [&](auto&&... parts) {
+    out.problem = ::lathe::detail::concat("flash attention: variant 4 (TMA) ", parts...);
+    return out;
+  };
+  if (p.lead > 2) {
+    return refuse("reads each operand as [batch][rows][row]; ", name, " has ", p.lead,
+                  " leading dims that do not merge");
+  }
+  const int64_t rows_len = len > 0 ? len : 1;
+  out.batch_stride = rows.row * rows_len;
+  if (p.lead == 1) {
+    out.batches = p.lead_size[0];
+    out.batch_stride = rows.lead[0];
+  } else if (p.lead == 2) {
+    if (rows.lead[0] == rows.lead[1] * p.lead_size[1]) {
+      out.batches = p.lead_size[0] * p.lead_size[1];
+      out.batch_stride = rows.lead[1];
+    } else {
+      if (!(rows.lead[1] >= 0 && (p.lead_size[1] - 1) * rows.lead[1] + d <= rows.row)) {
+        return refuse("folds ", name, "'s inner batch dim into its rows, which needs (",
+                      p.lead_size[1], " - 1) * ", rows.lead[1], " + ", d, " <= its row stride ",
+                      rows.row);
+      }
+      out.fold = true;
+      out.batches = p.lead_size[0];
+      out.batch_stride = rows.lead[0];
+    }
+  }
+  if (out.batches > 1 && out.batch_stride < rows.row * rows_len) {
+    return refuse("needs ", name, "'s batch stride (", out.batch_stride, " elements) to cover its ",
+                  len, " rows of ", rows.row,
+                  " (a broadcast or overlapping batch dim has no tensor map)");
+  }
+  if (!rows.vec) return refuse("needs ", name, "'s rows on 16-byte boundaries");
+  if (out.batches == 1) out.batch_stride = rows.row * rows_len;
+  return out;
+}
+
+// The tensor map of one operand for boxes of box_rows rows and 64 columns (tma_operand_layout).
+// Rows past `len` and columns past the row are zero-filled by the copy; columns past d within a
+// row (another head, or padding) are never read. `fold` says which way batch indices map.
 rt::TensorMap tma_operand_map(const Params& p, DType dtype, const void* data, const Rows& rows,
                               int64_t len, int64_t d, uint32_t box_rows, const char* name,
                               bool& fold) {
+  const TmaOperandLayout layout = tma_operand_layout(p, rows, len, d, name);
+  LATHE_CHECK(layout.problem.empty(), layout.problem);
+  fold = layout.fold;
   const int64_t es = int64_t(element_size(dtype));
-  LATHE_CHECK(p.lead <= 2, "flash attention: variant 4 (TMA) reads each operand as ",
-              "[batch][rows][row]; ", name, " has ", p.lead, " leading dims that do not merge");
   const int64_t rows_len = len > 0 ? len : 1;
-  int64_t batches = 1, batch_stride = rows.row * rows_len;
-  fold = false;
-  if (p.lead == 1) {
-    batches = p.lead_size[0];
-    batch_stride = rows.lead[0];
-  } else if (p.lead == 2) {
-    if (rows.lead[0] == rows.lead[1] * p.lead_size[1]) {
-      batches = p.lead_size[0] * p.lead_size[1];
-      batch_stride = rows.lead[1];
-    } else {
-      LATHE_CHECK(rows.lead[1] >= 0 && (p.lead_size[1] - 1) * rows.lead[1] + d <= rows.row,
-                  "flash attention: variant 4 (TMA) folds ", name,
-                  "'s inner batch dim into its rows, which needs (", p.lead_size[1], " - 1) * ",
-                  rows.lead[1], " + ", d, " <= its row stride ", rows.row);
-      fold = true;
-      batches = p.lead_size[0];
-      batch_stride = rows.lead[0];
-    }
-  }
-  LATHE_CHECK(batches == 1 || batch_stride >= rows.row * rows_len,
-              "flash attention: variant 4 (TMA) needs ", name, "'s batch stride (", batch_stride,
-              " elements) to cover its ", len, " rows of ", rows.row,
-              " (a broadcast or overlapping batch dim has no tensor map)");
-  if (batches == 1) batch_stride = rows.row * rows_len;
   return rt::make_tensor_map_3d(dtype, data,
-                                {uint64_t(rows.row), uint64_t(rows_len), uint64_t(batches)},
-                                {uint64_t(rows.row * es), uint64_t(batch_stride * es)},
+                                {uint64_t(rows.row), uint64_t(rows_len), uint64_t(layout.batches)},
+                                {uint64_t(rows.row * es), uint64_t(layout.batch_stride * es)},
                                 {64, box_rows, 1}, rt::TensorMapSwizzle::B128);
+}
+
+std::string tma_layout_problem(const Params& p, int64_t d, bool backward) {
+  for (const auto& [rows, len, name] :
+       {std::tuple{&p.q_rows, p.tq, "q"}, std::tuple{&p.k_rows, p.tk, "k"},
+        std::tuple{&p.v_rows, p.tk, "v"}, std::tuple{&p.do_rows, p.tq, "grad_out"}}) {
+    if (!backward && std::string_view(name) == "grad_out") continue;
+    std::string problem = tma_operand_layout(p, *rows, len, d, name).problem;
+    if (!problem.empty()) return problem;
+  }
+  return {};
 }
 
 template <class T, int D>

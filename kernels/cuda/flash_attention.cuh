@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <string>
 #include <type_traits>
 
 #include "kernels/cuda/attention_layout.cuh"
@@ -248,6 +249,10 @@ void launch_forward_wgmma(const Params& p, int64_t batch, int64_t q_len, bool ov
 // Forward variant 4 (attention_wgmma_tma.cu): FlashAttention-3's pipeline (TMA producer warpgroup,
 // ping-ponging consumers) for the same T and D, on the current stream. Builds the operands' tensor
 // maps (an error names an operand whose layout has none) and checks the sm_90a build.
+// tma_layout_problem says beforehand why an operand of p (q, k, v, and grad_out for the backward)
+// has no tensor map, empty when all have one: the op then runs variant 3 / 2, which read any
+// layout the default kernels read and give variant 4's bits.
+std::string tma_layout_problem(const Params& p, int64_t d, bool backward);
 template <class T, int D>
 void launch_forward_tma(const Params& p, int64_t batch, int64_t q_len);
 
@@ -259,7 +264,7 @@ template <class T, int D>
 void launch_backward_wgmma(const Params& p, int64_t batch, bool atomic_dq);
 // Backward variant 4 (attention_wgmma_backward.cu): variant 2's dK/dV and dQ steps on forward
 // variant 4's TMA pipeline (producer warpgroup, stage rings on mbarriers), the dQ kernel unless
-// atomic_dq; operands whose layout has no tensor map are an error.
+// atomic_dq; operands whose layout has no tensor map are an error (tma_layout_problem).
 template <class T, int D>
 void launch_backward_tma(const Params& p, int64_t batch, bool atomic_dq);
 

@@ -830,7 +830,8 @@ TEST_CASE("flash attention: forward variants 2, 3 and 4 read k and v broadcast o
           "[cuda][attention][sm90]") {
   // Grouped-query style sharing: k and v of head 0 seen by every head through a stride-0 view.
   // Variant 4's tensor maps fold the head dim into the row with stride 0 (q's heads merge with
-  // its batch instead); a broadcast over the whole batch has no tensor map and is an error there.
+  // its batch instead); a broadcast over the whole batch has no tensor map, and variant 4 falls
+  // back to variant 3 there.
   Case c;
   c.B = 2;
   c.H = 3;
@@ -848,8 +849,21 @@ TEST_CASE("flash attention: forward variants 2, 3 and 4 read k and v broadcast o
   shared.k = in.k.narrow(0, 0, 1).narrow(1, 0, 1).expand({c.B, c.H, c.tk, c.d});
   shared.v = in.v.narrow(0, 0, 1).narrow(1, 0, 1).expand({c.B, c.H, c.tk, c.d});
   if (!forward_variant_tested(4)) return;
+  // Shared by the whole batch: no tensor map, so variant 4 runs variant 3 (the same bits as 2).
+  Results expected;
+  {
+    const VariantGuard variant({2, 0});
+    expected = run_forward(c, shared);
+  }
   const VariantGuard variant({4, 0});
-  CHECK_THROWS_WITH(run_forward(c, shared), Catch::Contains("has no tensor map"));
+  const long long fallbacks = kernels::cuda::flash_attention_tma_fallbacks();
+  const Results r = run_forward(c, shared);
+  CHECK(kernels::cuda::flash_attention_tma_fallbacks() == fallbacks + 1);
+  CHECK(bytes_of(r.out) == bytes_of(expected.out));
+  CHECK(bytes_of(r.lse) == bytes_of(expected.lse));
+  // The stride-0 heads alone have a tensor map: no fallback there.
+  run_forward(c, in);
+  CHECK(kernels::cuda::flash_attention_tma_fallbacks() == fallbacks + 1);
 }
 
 TEST_CASE("flash attention: forward variants 2, 3 and 4 refuse what they do not support",
@@ -1028,17 +1042,47 @@ TEST_CASE("flash attention: backward variants 2 and 4 refuse what they do not su
                                       " (sm_90a wgmma) exists for f16/bf16 at head dim 64 or 128 "
                                       "only, got 32"));
   }
-  // Variant 4's tensor maps: k and v shared by every batch entry and head (stride 0) have none.
+}
+
+TEST_CASE(
+    "flash attention: backward variant 4 falls back to variant 2 where there is no tensor map",
+    "[cuda][attention][sm90]") {
+  // k and v shared by every batch entry and head (stride 0 over both) have no tensor map: variant
+  // 4 runs variant 2's kernels, in both dQ modes, and gives their bits. k and v broadcast over the
+  // heads only fold into the row and keep variant 4.
+  if (!forward_variant_tested(4)) return;
   Case d;
   d.B = 2;
   d.H = 2;
+  d.tq = 70;
+  d.tk = 90;
   d.d = 64;
-  Inputs shared = make_inputs(d, 2901);
-  shared.k = shared.k.narrow(0, 0, 1).narrow(1, 0, 1).expand({d.B, d.H, d.tk, d.d});
-  shared.v = shared.v.narrow(0, 0, 1).narrow(1, 0, 1).expand({d.B, d.H, d.tk, d.d});
-  if (!forward_variant_tested(4)) return;
-  const VariantGuard variant({0, 4});
-  CHECK_THROWS_WITH(run_kernels(d, shared), Catch::Contains("has no tensor map"));
+  d.mask = MaskKind::KeyPaddingBool;
+  const Inputs in = make_inputs(d, 2901);
+  Inputs shared = in;
+  shared.k = in.k.narrow(0, 0, 1).narrow(1, 0, 1).expand({d.B, d.H, d.tk, d.d});
+  shared.v = in.v.narrow(0, 0, 1).narrow(1, 0, 1).expand({d.B, d.H, d.tk, d.d});
+  Inputs per_batch = in;
+  per_batch.k = in.k.narrow(1, 0, 1).expand({d.B, d.H, d.tk, d.d});
+  per_batch.v = in.v.narrow(1, 0, 1).expand({d.B, d.H, d.tk, d.d});
+  for (bool det : kDqModes) {
+    INFO(mode_name(det));
+    Results expected;
+    {
+      const VariantGuard variant({0, 2});
+      expected = run_kernels(d, shared, Layout::Contiguous, det);
+    }
+    const VariantGuard variant({0, 4});
+    const long long fallbacks = kernels::cuda::flash_attention_tma_fallbacks();
+    const Results r = run_kernels(d, shared, Layout::Contiguous, det);
+    CHECK(kernels::cuda::flash_attention_tma_fallbacks() == fallbacks + 1);
+    CHECK(bytes_of(r.dk) == bytes_of(expected.dk));
+    CHECK(bytes_of(r.dv) == bytes_of(expected.dv));
+    if (det) CHECK(bytes_of(r.dq) == bytes_of(expected.dq));
+    check_case(d, r, reference(d, shared));
+    run_kernels(d, per_batch, Layout::Contiguous, det);
+    CHECK(kernels::cuda::flash_attention_tma_fallbacks() == fallbacks + 1);
+  }
 }
 
 TEST_CASE("flash attention: the wgmma variants with dropout from Philox",
