@@ -218,16 +218,16 @@ struct CrossEntropyBackwardArgs {
 // q: [lead..., q_len, head_dim], k: [lead..., kv_len, head_dim], v: [lead..., kv_len, value_dim],
 // out: [lead..., q_len, value_dim]: views with the same leading sizes (batch x heads, broadcast
 // already applied), whose product is `batch`; batch index b is row-major over them. The cpu kernels
-// take contiguous views. The cuda kernels take any strides whose rows they can copy in 16-byte
-// pieces (attention_rows_aligned), so a [B, H, T, d] head view of a [B, T, H, d] projection is
-// read, and out written, where it is, without a layout copy on either side. mask: a view of
-// shape [leading dims..., q_len, kv_len] whose leading sizes multiply to `batch` (strides may be
-// 0: a [B, 1, 1, T] key-padding mask broadcast over heads cannot be flattened to one batch
-// stride), or data == null. Bool masks keep true positions; floating masks (of the accumulation
-// type: `dtype`, f32 for f16/bf16) are added to the scaled scores. causal masks key j > query i
-// (PyTorch's top-left tril). Dropout keeps element n = (b * q_len + i) * kv_len + j of the
-// probabilities iff philox::to_uniform(block(offset + n / 4, seed)[n % 4]) >= float(dropout_p)
-// (the dropout kernel's rule), scaled by 1 / (1 - p).
+// take any views with contiguous rows (attention_rows_strided). The cuda kernels take any strides
+// whose rows they can copy in 16-byte pieces (attention_rows_aligned), so a [B, H, T, d] head view
+// of a [B, T, H, d] projection is read, and out written, where it is, without a layout copy on
+// either side. mask: a view of shape [leading dims..., q_len, kv_len] whose leading sizes multiply
+// to `batch` (strides may be 0: a [B, 1, 1, T] key-padding mask broadcast over heads cannot be
+// flattened to one batch stride), or data == null. Bool masks keep true positions; floating masks
+// (of the accumulation type: `dtype`, f32 for f16/bf16) are added to the scaled scores. causal
+// masks key j > query i (PyTorch's top-left tril). Dropout keeps element n = (b * q_len + i) *
+// kv_len + j of the probabilities iff philox::to_uniform(block(offset + n / 4, seed)[n % 4]) >=
+// float(dropout_p) (the dropout kernel's rule), scaled by 1 / (1 - p).
 struct AttentionForwardArgs {
   DType dtype = DType::F32;
   int64_t batch = 0, q_len = 0, kv_len = 0, head_dim = 0, value_dim = 0;
@@ -254,6 +254,20 @@ inline bool attention_rows_aligned(const View& v) {
   for (int i = 0; i < v.ndim; ++i) {
     if (v.size[i] <= 1) continue;
     if (i == v.ndim - 1 ? v.stride[i] != 1 : (v.stride[i] * elem) % 16 != 0) return false;
+  }
+  return true;
+}
+
+// Whether the cpu attention kernels can read or write `v` where it is: contiguous rows (the last
+// dim of stride 1) at a row stride of at least the row length (BLAS's leading dimension), any
+// non-negative stride, 0 included, over the leading dims.
+inline bool attention_rows_strided(const View& v) {
+  if (v.ndim < 2) return false;
+  const int last = v.ndim - 1;
+  if (v.size[last] > 1 && v.stride[last] != 1) return false;
+  if (v.size[last - 1] > 1 && v.stride[last - 1] < v.size[last]) return false;
+  for (int i = 0; i < last - 1; ++i) {
+    if (v.stride[i] < 0) return false;
   }
   return true;
 }

@@ -114,20 +114,22 @@ AttentionShapes check_args(const Tensor& q, const Tensor& k, const Tensor& v, co
   return s;
 }
 
-// Whether the fused kernel of t's device reads and writes strided rows where they are. The cpu
-// kernel takes contiguous operands. The cuda kernels take any batch, head and row strides with
-// contiguous, 16-byte aligned rows (kernels::attention_rows_aligned): BERT's heads are [B, H, T, d]
-// views of [B, T, H, d] projections, and copying q, k, v, the output, dO and three gradients
-// around every attention was a good part of the copy kernels of a GPU training step.
-bool strided_rows(const Tensor& t) {
-  return t.device().is_cuda();
+// The fused kernels of both devices read and write strided rows where they are: any batch, head
+// and row strides with contiguous rows, on cuda 16-byte aligned (kernels::attention_rows_aligned),
+// on the cpu at a row stride BLAS takes as its leading dimension
+// (kernels::attention_rows_strided). BERT's heads are [B, H, T, d] views of [B, T, H, d]
+// projections, and copying q, k, v, the output, dO and three gradients around every attention was
+// a good part of the copy kernels of a GPU training step (about 2% of a cpu one).
+bool rows_in_place(const Tensor& x) {
+  const kernels::View view = detail::make_view(x);
+  return x.device().is_cuda() ? kernels::attention_rows_aligned(view)
+                              : kernels::attention_rows_strided(view);
 }
 
 // An operand as the fused kernel takes it (differentiably): where it is when the kernel reads that
 // layout, else a contiguous copy (clone also moves a contiguous view off a 16-byte boundary).
 Tensor kernel_operand(const Tensor& x) {
-  if (!strided_rows(x)) return x.contiguous();
-  return kernels::attention_rows_aligned(detail::make_view(x)) ? x : x.clone();
+  return rows_in_place(x) ? x : x.clone();
 }
 
 // q/k/v broadcast to the common leading dims (a view: stride 0 is a layout the cuda kernels read).
@@ -141,7 +143,6 @@ Tensor prepare(const Tensor& t, const AttentionShapes& s) {
 // [B, T, H, d] buffer is itself such a view, so context.transpose(1, 2).reshape(B, T, H * d) needs
 // no copy, and the gradients of q, k and v flow back through view and transpose the same way.
 Tensor empty_like_rows(const Tensor& like, const Shape& shape, const TensorOptions& options) {
-  if (!strided_rows(like)) return Tensor::empty(shape, options);
   const int64_t n = like.dim();
   const Strides& strides = like.strides();
   std::vector<int64_t> order(size_t(n - 1));

@@ -10,6 +10,11 @@
 // (a polynomial exp for f32). Arithmetic stays in the element type (f32 accumulation for f32, f64
 // for f64).
 //
+// Operands are read and written where they are: any leading (batch, head) strides, 0 included, and
+// any row stride, with contiguous rows (kernels::attention_rows_strided). BLAS takes the row stride
+// as its leading dimension, so BERT's [B, H, T, d] head views of [B, T, H, d] projections cost no
+// copy on either side of the op, as on cuda.
+//
 // Threads: the forward splits (batch, query block); the backward gives each work item a
 // (batch, key range), so dK and dV have a single writer; dQ, which sums over keys, goes either
 // straight to the output (one key range per batch) or to per-range partials summed at the end.
@@ -56,12 +61,43 @@ inline T exp_elem(T x) {
   return exp_nonpositive<T>(x);
 }
 
-// The data of an operand view; the cpu kernels read and write rows of contiguous memory (the op
-// makes its operands contiguous here).
+// An operand's rows: row i of batch index b starts at data + batch[b] + i * row (elements), the
+// batch index unravelled over the view's leading dims with its strides (a [B, 1, 1, T] broadcast
+// or a head view has no single batch stride).
 template <class T>
-T* contiguous_data(const View& v, const char* what) {
-  LATHE_CHECK(v.is_contiguous(), "attention on the cpu: ", what, " must be a contiguous view");
-  return static_cast<T*>(v.data);
+struct Rows {
+  T* data = nullptr;
+  std::vector<int64_t> batch;
+  int64_t row = 0;
+
+  T* at(int64_t b, int64_t i) const { return data + batch[size_t(b)] + i * row; }
+};
+
+template <class T>
+Rows<T> rows_of(const View& v, int64_t batch, int64_t len, int64_t width, const char* what) {
+  LATHE_CHECK(v.ndim >= 2 && v.size[v.ndim - 2] == len && v.size[v.ndim - 1] == width,
+              "attention on the cpu: ", what, " view does not end in [", len, ", ", width, "]");
+  LATHE_CHECK(attention_rows_strided(v), "attention on the cpu: ", what,
+              " needs contiguous rows at a row stride of at least their length");
+  Rows<T> r;
+  r.data = static_cast<T*>(v.data);
+  // BLAS wants a leading dimension of at least the row length even where there is one row.
+  r.row = len > 1 ? v.stride[v.ndim - 2] : width;
+  const int lead = v.ndim - 2;
+  int64_t lead_numel = 1;
+  for (int i = 0; i < lead; ++i) lead_numel *= v.size[i];
+  LATHE_CHECK(lead_numel == batch, "attention on the cpu: ", what,
+              " leading dims do not multiply to batch ", batch);
+  r.batch.resize(size_t(batch));
+  for (int64_t b = 0; b < batch; ++b) {
+    int64_t rest = b, off = 0;
+    for (int i = lead - 1; i >= 0; --i) {
+      off += (rest % v.size[i]) * v.stride[i];
+      rest /= v.size[i];
+    }
+    r.batch[size_t(b)] = off;
+  }
+  return r;
 }
 
 template <class T>
@@ -73,9 +109,7 @@ constexpr T neg_inf() {
 template <class T>
 struct Problem {
   int64_t batch = 0, tq = 0, tk = 0, d = 0, dv = 0;
-  const T* q = nullptr;
-  const T* k = nullptr;
-  const T* v = nullptr;
+  Rows<const T> q, k, v;
   T scale = 1;
   bool causal = false;
   // Mask: element (b, i, j) at mask + mask_batch[b] + i * mask_sq + j * mask_sk (elements).
@@ -95,9 +129,9 @@ struct Problem {
     tk = a.kv_len;
     d = a.head_dim;
     dv = a.value_dim;
-    q = contiguous_data<const T>(a.q, "q");
-    k = contiguous_data<const T>(a.k, "k");
-    v = contiguous_data<const T>(a.v, "v");
+    q = rows_of<const T>(a.q, batch, tq, d, "q");
+    k = rows_of<const T>(a.k, batch, tk, d, "k");
+    v = rows_of<const T>(a.v, batch, tk, dv, "v");
     scale = T(a.scale);
     causal = a.causal;
     if (a.mask.data != nullptr) {
@@ -218,27 +252,40 @@ void dropout_factors(const Problem<T>& P, int64_t b, int64_t i, int64_t j0, int6
   for (int64_t jj = 0; jj < nj; ++jj) z[jj] = u[jj] >= P.p ? P.keep_scale : T(0);
 }
 
+// Rows [0, n) of an operand whose rows are `ld` apart, as dense rows: `src` itself where they
+// are, else a copy in `scratch`. OpenBLAS's small-matrix kernels read their operands in place, and
+// head-dim rows of 32 or 64 floats a whole hidden row apart cost them more than copying the tile
+// (a hot, cache-sized copy, not the op-level copy kernels it replaces).
+template <class T>
+const T* dense_rows(const T* src, int64_t ld, int64_t n, int64_t width, T* scratch) {
+  if (ld == width || n <= 1) return src;
+  for (int64_t r = 0; r < n; ++r)
+    std::copy(src + r * ld, src + r * ld + width, scratch + r * width);
+  return scratch;
+}
+
 // ---- forward ----
 
 template <class T>
 struct ForwardScratch {
-  std::vector<T> s, z, acc, m, l;
+  std::vector<T> s, z, acc, m, l, q, k, v;  // q, k, v: dense copies of strided rows
   explicit ForwardScratch(const Problem<T>& P)
       : s(size_t(kQueryBlock * kKeyTile)),
         z(kKeyTile),
         acc(size_t(kQueryBlock * P.dv)),
         m(kQueryBlock),
-        l(kQueryBlock) {}
+        l(kQueryBlock),
+        q(size_t(kQueryBlock * P.d)),
+        k(size_t(kKeyTile * P.d)),
+        v(size_t(kKeyTile * P.dv)) {}
 };
 
 // Query rows [i0, i1) of batch b.
 template <class T>
-void forward_block(const Problem<T>& P, int64_t b, int64_t i0, int64_t i1, T* out, T* lse,
-                   ForwardScratch<T>& w) {
+void forward_block(const Problem<T>& P, int64_t b, int64_t i0, int64_t i1, const Rows<T>& out,
+                   T* lse, ForwardScratch<T>& w) {
   const int64_t nq = i1 - i0, d = P.d, dv = P.dv;
-  const T* q = P.q + (b * P.tq + i0) * d;
-  const T* k = P.k + b * P.tk * d;
-  const T* v = P.v + b * P.tk * dv;
+  const T* q = dense_rows(P.q.at(b, i0), P.q.row, nq, d, w.q.data());
   std::fill(w.m.begin(), w.m.begin() + nq, neg_inf<T>());
   std::fill(w.l.begin(), w.l.begin() + nq, T(0));
   std::fill(w.acc.begin(), w.acc.begin() + nq * dv, T(0));
@@ -248,7 +295,8 @@ void forward_block(const Problem<T>& P, int64_t b, int64_t i0, int64_t i1, T* ou
   for (int64_t j0 = 0; j0 < j_end; j0 += kKeyTile) {
     const int64_t nj = std::min(kKeyTile, P.tk - j0);
     // S = scale * Q K^T for the whole block, then the softmax bookkeeping row by row.
-    tile_gemm(false, true, nq, nj, d, P.scale, q, d, k + j0 * d, d, T(0), w.s.data(), kKeyTile);
+    const T* k = dense_rows(P.k.at(b, j0), P.k.row, nj, d, w.k.data());
+    tile_gemm(false, true, nq, nj, d, P.scale, q, d, k, d, T(0), w.s.data(), kKeyTile);
     bool any = false;
     for (int64_t r = 0; r < nq; ++r) {
       const int64_t i = i0 + r;
@@ -281,13 +329,14 @@ void forward_block(const Problem<T>& P, int64_t b, int64_t i0, int64_t i1, T* ou
     }
     // acc += P V
     if (any) {
-      tile_gemm(false, false, nq, dv, nj, T(1), w.s.data(), kKeyTile, v + j0 * dv, dv, T(1),
-                w.acc.data(), dv);
+      const T* v = dense_rows(P.v.at(b, j0), P.v.row, nj, dv, w.v.data());
+      tile_gemm(false, false, nq, dv, nj, T(1), w.s.data(), kKeyTile, v, dv, T(1), w.acc.data(),
+                dv);
     }
   }
   for (int64_t r = 0; r < nq; ++r) {
     const int64_t i = i0 + r;
-    T* o = out + (b * P.tq + i) * dv;
+    T* o = out.at(b, i);
     const T l = w.l[size_t(r)];
     if (l == T(0)) {  // fully masked row: defined as zeros
       std::fill(o, o + dv, T(0));
@@ -305,7 +354,7 @@ void forward_block(const Problem<T>& P, int64_t b, int64_t i0, int64_t i1, T* ou
 template <class T>
 void forward_typed(const AttentionForwardArgs& args) {
   const Problem<T> P(args);
-  T* out = contiguous_data<T>(args.out, "out");
+  const Rows<T> out = rows_of<T>(args.out, P.batch, P.tq, P.dv, "out");
   T* lse = static_cast<T*>(args.lse);
   const int64_t blocks = (P.tq + kQueryBlock - 1) / kQueryBlock;
   const int64_t items = P.batch * blocks;
@@ -333,53 +382,62 @@ void attention_forward_kernel(const AttentionForwardArgs& args) {
 
 template <class T>
 struct BackwardScratch {
-  std::vector<T> s, dp, z;
-  BackwardScratch()
-      : s(size_t(kQueryBlock * kKeyTile)), dp(size_t(kQueryBlock * kKeyTile)), z(kKeyTile) {}
+  std::vector<T> s, dp, z, q, dout, k, v;  // q, dout, k, v: dense copies of strided rows
+  explicit BackwardScratch(const Problem<T>& P)
+      : s(size_t(kQueryBlock * kKeyTile)),
+        dp(size_t(kQueryBlock * kKeyTile)),
+        z(kKeyTile),
+        q(size_t(kQueryBlock * P.d)),
+        dout(size_t(kQueryBlock * P.dv)),
+        k(size_t(kKeyTile * P.d)),
+        v(size_t(kKeyTile * P.dv)) {}
 };
 
-struct BackwardOut {
-  const void* grad_out;
-  const void* lse;
-  const void* row_dot;  // D_i = dO_i . O_i
-  void* grad_k;
-  void* grad_v;
-  void* grad_mask;
-};
-
-// Keys [jbeg, jend) of batch b against every query row; dq is batch b's [tq, d] accumulator.
 template <class T>
-void backward_chunk(const Problem<T>& P, const BackwardOut& o, int64_t b, int64_t jbeg,
-                    int64_t jend, T* dq, BackwardScratch<T>& w) {
+struct BackwardOut {
+  Rows<const T> grad_out;
+  const T* lse;
+  const T* row_dot;  // D_i = dO_i . O_i
+  Rows<T> grad_k, grad_v;
+  T* grad_mask;
+};
+
+// Keys [jbeg, jend) of batch b against every query row; dq is batch b's [tq, d] accumulator, rows
+// ld_dq apart.
+template <class T>
+void backward_chunk(const Problem<T>& P, const BackwardOut<T>& o, int64_t b, int64_t jbeg,
+                    int64_t jend, T* dq, int64_t ld_dq, BackwardScratch<T>& w) {
   const int64_t d = P.d, dvw = P.dv, tq = P.tq, tk = P.tk;
-  const T* q = P.q + b * tq * d;
-  const T* k = P.k + b * tk * d;
-  const T* v = P.v + b * tk * dvw;
-  const T* dout = static_cast<const T*>(o.grad_out) + b * tq * dvw;
-  const T* lse = static_cast<const T*>(o.lse) + b * tq;
-  const T* row_dot = static_cast<const T*>(o.row_dot) + b * tq;
-  T* grad_k = static_cast<T*>(o.grad_k) + b * tk * d;
-  T* grad_v = static_cast<T*>(o.grad_v) + b * tk * dvw;
-  T* grad_mask = o.grad_mask ? static_cast<T*>(o.grad_mask) + b * tq * tk : nullptr;
+
+  const T* lse = o.lse + b * tq;
+  const T* row_dot = o.row_dot + b * tq;
+  T* grad_k = o.grad_k.at(b, 0);
+  T* grad_v = o.grad_v.at(b, 0);
+  const int64_t ldgk = o.grad_k.row, ldgv = o.grad_v.row;
+  T* grad_mask = o.grad_mask ? o.grad_mask + b * tq * tk : nullptr;
   if (grad_mask) {
     for (int64_t i = 0; i < tq; ++i) {
       std::fill(grad_mask + i * tk + jbeg, grad_mask + i * tk + jend, T(0));
     }
   }
-  std::fill(grad_k + jbeg * d, grad_k + jend * d, T(0));
-  std::fill(grad_v + jbeg * dvw, grad_v + jend * dvw, T(0));
+  for (int64_t j = jbeg; j < jend; ++j) {
+    std::fill(grad_k + j * ldgk, grad_k + j * ldgk + d, T(0));
+    std::fill(grad_v + j * ldgv, grad_v + j * ldgv + dvw, T(0));
+  }
   T* z = w.z.data();
   for (int64_t j0 = jbeg; j0 < jend; j0 += kKeyTile) {
     const int64_t nj = std::min(kKeyTile, jend - j0);
+    const T* k = dense_rows(P.k.at(b, j0), P.k.row, nj, d, w.k.data());
+    const T* v = dense_rows(P.v.at(b, j0), P.v.row, nj, dvw, w.v.data());
     // Causal: query blocks that end above the tile see none of its keys.
     const int64_t first = P.causal ? j0 / kQueryBlock * kQueryBlock : 0;
     for (int64_t i0 = first; i0 < tq; i0 += kQueryBlock) {
       const int64_t nq = std::min(kQueryBlock, tq - i0);
+      const T* q = dense_rows(P.q.at(b, i0), P.q.row, nq, d, w.q.data());
+      const T* dout = dense_rows(o.grad_out.at(b, i0), o.grad_out.row, nq, dvw, w.dout.data());
       // S = scale * Q K^T and dP = dO V^T for the block.
-      tile_gemm(false, true, nq, nj, d, P.scale, q + i0 * d, d, k + j0 * d, d, T(0), w.s.data(),
-                kKeyTile);
-      tile_gemm(false, true, nq, nj, dvw, T(1), dout + i0 * dvw, dvw, v + j0 * dvw, dvw, T(0),
-                w.dp.data(), kKeyTile);
+      tile_gemm(false, true, nq, nj, d, P.scale, q, d, k, d, T(0), w.s.data(), kKeyTile);
+      tile_gemm(false, true, nq, nj, dvw, T(1), dout, dvw, v, dvw, T(0), w.dp.data(), kKeyTile);
       bool any = false;
       for (int64_t r = 0; r < nq; ++r) {
         const int64_t i = i0 + r;
@@ -411,12 +469,12 @@ void backward_chunk(const Problem<T>& P, const BackwardOut& o, int64_t b, int64_
       }
       if (!any) continue;
       // dV += (Z P)^T dO, dK += scale dS^T Q, dQ += scale dS K.
-      tile_gemm(true, false, nj, dvw, nq, T(1), w.s.data(), kKeyTile, dout + i0 * dvw, dvw, T(1),
-                grad_v + j0 * dvw, dvw);
-      tile_gemm(true, false, nj, d, nq, P.scale, w.dp.data(), kKeyTile, q + i0 * d, d, T(1),
-                grad_k + j0 * d, d);
-      tile_gemm(false, false, nq, d, nj, P.scale, w.dp.data(), kKeyTile, k + j0 * d, d, T(1),
-                dq + i0 * d, d);
+      tile_gemm(true, false, nj, dvw, nq, T(1), w.s.data(), kKeyTile, dout, dvw, T(1),
+                grad_v + j0 * ldgv, ldgv);
+      tile_gemm(true, false, nj, d, nq, P.scale, w.dp.data(), kKeyTile, q, d, T(1),
+                grad_k + j0 * ldgk, ldgk);
+      tile_gemm(false, false, nq, d, nj, P.scale, w.dp.data(), kKeyTile, k, d, T(1),
+                dq + i0 * ld_dq, ld_dq);
     }
   }
 }
@@ -433,15 +491,17 @@ void backward_typed(const AttentionBackwardArgs& args) {
   // D_i = dO_i . O_i, the row term of the softmax backward (unchanged by dropout, since
   // O = (Z o P) V already contains the dropout factors).
   std::vector<T> row_dot(size_t(batch * tq));
+  const Rows<const T> grad_out = rows_of<const T>(args.grad_out, batch, tq, dv, "grad_out");
   {
-    const T* dout = contiguous_data<const T>(args.grad_out, "grad_out");
-    const T* out = contiguous_data<const T>(args.forward.out, "out");
+    const Rows<const T> out = rows_of<const T>(args.forward.out, batch, tq, dv, "out");
     const int64_t rows = batch * tq;
 #pragma omp parallel for schedule(static) if (parallel && rows * dv >= kParallelWork)
     for (int64_t r = 0; r < rows; ++r) {
+      const T* dout_row = grad_out.at(r / tq, r % tq);
+      const T* out_row = out.at(r / tq, r % tq);
       T acc = 0;
 #pragma omp simd reduction(+ : acc)
-      for (int64_t c = 0; c < dv; ++c) acc += dout[r * dv + c] * out[r * dv + c];
+      for (int64_t c = 0; c < dv; ++c) acc += dout_row[c] * out_row[c];
       row_dot[size_t(r)] = acc;
     }
   }
@@ -455,39 +515,48 @@ void backward_typed(const AttentionBackwardArgs& args) {
   const int64_t tiles_per_split = std::max<int64_t>(1, (tiles + splits - 1) / splits);
   splits = std::max<int64_t>(1, (tiles + tiles_per_split - 1) / tiles_per_split);
 
-  T* grad_q = contiguous_data<T>(args.grad_q, "grad_q");
+  const Rows<T> grad_q = rows_of<T>(args.grad_q, batch, tq, d, "grad_q");
   std::vector<T> partial;
   if (splits > 1) {
     partial.assign(size_t(splits * batch * tq * d), T(0));
   } else {
-    std::fill(grad_q, grad_q + batch * tq * d, T(0));
+    for (int64_t b = 0; b < batch; ++b) {
+      for (int64_t i = 0; i < tq; ++i) std::fill(grad_q.at(b, i), grad_q.at(b, i) + d, T(0));
+    }
   }
-  const BackwardOut o{contiguous_data<const T>(args.grad_out, "grad_out"),
-                      args.forward.lse,
-                      row_dot.data(),
-                      contiguous_data<T>(args.grad_k, "grad_k"),
-                      contiguous_data<T>(args.grad_v, "grad_v"),
-                      args.grad_mask};
+  const BackwardOut<T> o{grad_out,
+                         static_cast<const T*>(args.forward.lse),
+                         row_dot.data(),
+                         rows_of<T>(args.grad_k, batch, tk, d, "grad_k"),
+                         rows_of<T>(args.grad_v, batch, tk, dv, "grad_v"),
+                         static_cast<T*>(args.grad_mask)};
   const int64_t items = batch * splits;
 #pragma omp parallel if (parallel && items > 1)
   {
-    BackwardScratch<T> scratch;
+    BackwardScratch<T> scratch(P);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t item = 0; item < items; ++item) {
       const int64_t b = item / splits, part = item % splits;
       const int64_t jbeg = std::min(tk, part * tiles_per_split * kKeyTile);
       const int64_t jend = std::min(tk, jbeg + tiles_per_split * kKeyTile);
-      T* dq = splits > 1 ? partial.data() + (part * batch + b) * tq * d : grad_q + b * tq * d;
-      backward_chunk(P, o, b, jbeg, jend, dq, scratch);
+      if (splits > 1) {
+        backward_chunk(P, o, b, jbeg, jend, partial.data() + (part * batch + b) * tq * d, d,
+                       scratch);
+      } else {
+        backward_chunk(P, o, b, jbeg, jend, grad_q.at(b, 0), grad_q.row, scratch);
+      }
     }
   }
   if (splits > 1) {
-    const int64_t n = batch * tq * d;
+    const int64_t n = batch * tq * d, rows = batch * tq;
 #pragma omp parallel for schedule(static) if (parallel && n >= kParallelWork)
-    for (int64_t e = 0; e < n; ++e) {
-      T acc = 0;
-      for (int64_t part = 0; part < splits; ++part) acc += partial[size_t(part * n + e)];
-      grad_q[e] = acc;
+    for (int64_t r = 0; r < rows; ++r) {
+      T* dq_row = grad_q.at(r / tq, r % tq);
+      for (int64_t c = 0; c < d; ++c) {
+        T acc = 0;
+        for (int64_t part = 0; part < splits; ++part) acc += partial[size_t(part * n + r * d + c)];
+        dq_row[c] = acc;
+      }
     }
   }
 }

@@ -3,10 +3,11 @@
 // regenerated here from Philox), the fused op against its composite twin (values and gradients,
 // f32 and f64, with and without dropout), finite-difference gradients (non-contiguous BERT-style
 // layouts, broadcast leading dims, a differentiable float mask), head views and packed QKV against
-// contiguous inputs (and the output's layout on cuda), and error messages.
+// contiguous inputs (no copies, and the output's layout), and error messages.
 #include <cmath>
 #include <limits>
 
+#include "kernels/kernel_profile.h"
 #include "support/test_util.h"
 
 using namespace lathe;
@@ -443,14 +444,35 @@ TEST_CASE("attention: larger sizes use several threads and key ranges consistent
     std::vector<Tensor> ga = grads_of(fused, a, 84), gb = grads_of(slow, b, 84);
     for (size_t t = 0; t < 3; ++t) check_close(ga[t], gb[t], 1e-11, 1e-9);
   }
+  // The same split over [T, B, d] buffers seen as [B, T, d]: rows 2 d apart, read in place, and
+  // the gradients (dQ summed from the partials) written in the buffers' order.
+  for (bool causal : {false, true}) {
+    std::vector<Tensor> buffers, views;
+    for (uint64_t i = 0; i < 3; ++i) {
+      buffers.push_back(
+          random_tensor({i == 0 ? 150 : 300, 2, 16}, 85 + i, DType::F64, Device::cpu(), -2, 2));
+      buffers.back().requires_grad_(true);
+      views.push_back(buffers.back().transpose(0, 1));
+    }
+    std::vector<Tensor> flat = leaves(views);
+    Tensor fused = scaled_dot_product_attention(views[0], views[1], views[2], Tensor(), causal);
+    CHECK(fused.transpose(0, 1).is_contiguous());
+    Tensor slow = scaled_dot_product_attention_slow(flat[0], flat[1], flat[2], Tensor(), causal);
+    check_close(fused, slow.detach(), 1e-12, 1e-10);
+    grads_of(fused, buffers, 88);
+    std::vector<Tensor> gb = grads_of(slow, flat, 88);
+    for (size_t t = 0; t < 3; ++t)
+      check_close(buffers[t].grad().transpose(0, 1), gb[t], 1e-11, 1e-9);
+  }
 }
 
 TEST_CASE("attention: head views and packed QKV give the contiguous inputs' results",
           "[attention]") {
   // q, k and v as BERT splits its heads: [B, H, T, d] views of [B, T, H, d] projections, or of one
-  // packed [B, T, 3, H, d] projection. On cuda the f16/bf16 flash kernel reads them where they are
-  // and writes the output in q's memory order (a head view too, so merging the heads is free);
-  // elsewhere they are copied. Either way: the contiguous inputs' values and gradients.
+  // packed [B, T, 3, H, d] projection. The fused kernels (cpu f32/f64, cuda every dtype) read them
+  // where they are and write the output in q's memory order (a head view too, so merging the heads
+  // is free); the cpu's f16/bf16, widened to f32 first, is copied. Either way: the contiguous
+  // inputs' values and gradients.
   auto device = GENERATE(from_range(test_devices()));
   auto dtype = GENERATE(DType::F64, DType::BF16);
   const bool packed = GENERATE(false, true);
@@ -473,9 +495,17 @@ TEST_CASE("attention: head views and packed QKV give the contiguous inputs' resu
   bool causal = false;
   const Tensor mask = make_mask(MaskKind::KeyPadding, B, H, T, T, dtype, device, &causal, 94);
   causal = packed;
-  const Tensor out = scaled_dot_product_attention(heads[0], heads[1], heads[2], mask, causal);
+  // The fused kernel of the device takes this dtype (the cpu widens f16/bf16 to f32 first): it
+  // reads the heads where they are, with no copy kernel on the way in or out.
+  const bool in_place = device.is_cuda() || !is_low_precision(dtype);
+  Tensor out;
+  {
+    kernels::KernelCallCounter counter;
+    out = scaled_dot_product_attention(heads[0], heads[1], heads[2], mask, causal);
+    if (in_place) CHECK(counter.calls(device.is_cuda() ? "cuda copy" : "cpu copy") == 0);
+  }
   const Tensor expected = scaled_dot_product_attention(flat[0], flat[1], flat[2], mask, causal);
-  if (device.is_cuda() && is_low_precision(dtype)) {
+  if (in_place) {
     CHECK(out.transpose(1, 2).is_contiguous());
     CHECK(out.transpose(1, 2).reshape({B, T, H * d}).data_ptr() == out.data_ptr());
   }
