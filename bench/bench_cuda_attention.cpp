@@ -137,6 +137,25 @@ void BM_CudaFlashAttentionBackwardAtomic(benchmark::State& state) {
   run(state, 2.5 * p.forward_flops(), [&] { p.backward(false); });
 }
 
+// Attention dropout (p = 0.1, BERT's), whose Philox mask every kernel draws again from (seed,
+// offset): the forward and the deterministic backward with and without it, side by side, at BERT's
+// T = 128 and at T = 2048, d = 64. Same FLOP convention (the draws are not counted). Args: T,
+// head dim, backward, dropout.
+void BM_CudaFlashAttentionDropout(benchmark::State& state) {
+  Problem p(state.range(0), state.range(1), false);
+  if (state.range(3) != 0) {
+    p.args.dropout_p = 0.1;
+    p.args.seed = 1234;
+    p.args.offset = 0;
+  }
+  if (state.range(2) == 0) {
+    run(state, p.forward_flops(), [&] { p.forward(); });
+  } else {
+    p.forward();
+    run(state, 2.5 * p.forward_flops(), [&] { p.backward(); });
+  }
+}
+
 // The kernel variants of kernels/cuda/attention_variant.h against the default (variant 0), side by
 // side in one run, where the variants exist (bf16, d = 64). Args: T, head dim, causal, variant.
 class VariantScope {
@@ -278,6 +297,11 @@ BENCHMARK(BM_CudaFlashAttentionBackward)
 BENCHMARK(BM_CudaFlashAttentionBackwardAtomic)
     ->ArgNames({"T", "d", "causal"})
     ->Apply(flash_shapes)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_CudaFlashAttentionDropout)
+    ->ArgNames({"T", "d", "backward", "dropout"})
+    ->ArgsProduct({{128, 2048}, {64}, {0, 1}, {0, 1}})
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_CudaFlashAttentionForwardVariant)

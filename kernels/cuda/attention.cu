@@ -239,12 +239,14 @@ LATHE_DEVICE_INLINE void forward_block(const Params& p, int64_t q_tiles) {
         }
       }
       if constexpr (kDropout) {
+        static_assert(kBlockN == 64, "dropout_row_bits covers 64 keys");
 #pragma unroll
-        for (int n = 0; n < kBlockN / 8; ++n) {
+        for (int r = 0; r < 2; ++r) {
+          const uint32_t bits = dropout_row_bits(p, b, row[mt][r], j0, lane);
 #pragma unroll
-          for (int r = 0; r < 2; ++r) {
+          for (int n = 0; n < kBlockN / 8; ++n) {
             float z[2];
-            dropout_pair(p, b, row[mt][r], j0 + 8 * n + 2 * t, z);
+            dropout_pair_from_bits(p, bits, n, row[mt][r], j0 + 8 * n + 2 * t, z);
             s[mt][n][2 * r] *= z[0];
             s[mt][n][2 * r + 1] *= z[1];
           }
@@ -469,6 +471,10 @@ LATHE_DEVICE_INLINE void dkdv_block(const Params& p, int64_t k_tiles) {
     const float* cL = sL + buf * BQ;
     const float* cD = sD + buf * BQ;
     const int64_t i0 = int64_t(it) * BQ;
+    // The tile's dropout draws, shared by the lanes of each column (dkdv_keep_bits), before S^T and
+    // dP^T are live.
+    uint32_t keep = 0;
+    if constexpr (kDropout) keep = dkdv_keep_bits<BQ>(p, b, i0, key, lane);
 
     // S^T = K Q^T and dP^T = V dO^T: 16 keys x BQ queries per warp.
     float s[BQ / 8][4], dp[BQ / 8][4];
@@ -505,7 +511,7 @@ LATHE_DEVICE_INLINE void dkdv_block(const Params& p, int64_t k_tiles) {
         const float pr = fast_exp2(x - cL[col]);
         float z = 1.0f;
         if constexpr (kDropout) {
-          if (i < p.tq && j < p.tk) z = dropout_factor(p, uint64_t((b * p.tq + i) * p.tk + j));
+          if (i < p.tq && j < p.tk) z = (keep >> (4 * n + e)) & 1u ? p.keep_scale : 0.0f;
         }
         const float ds = pr * (z * dp[n][e] - cD[col]);
         s[n][e] = z * pr;
@@ -670,6 +676,8 @@ __global__ void __launch_bounds__(kThreads) dq_kernel(Params p, int64_t q_tiles)
       for (int r = 0; r < 2; ++r) {
         const int64_t i = row[r], jb = j0 + 8 * n + 2 * t;
         float z[2] = {1.0f, 1.0f};
+        // One Philox block per key pair: drawn per quad (dropout_row_bits), as in the forward,
+        // the draws took this kernel from 164 registers to 214-241 (3 blocks per SM to 2).
         if constexpr (kDropout) dropout_pair(p, b, i, jb, z);
 #pragma unroll
         for (int c = 0; c < 2; ++c) {
@@ -823,6 +831,7 @@ Params make_params(const AttentionForwardArgs& a) {
   p.dropout = a.dropout_p > 0;
   p.p = float(a.dropout_p);
   p.keep_scale = a.dropout_p < 1 ? float(1.0 / (1.0 - a.dropout_p)) : 0.0f;
+  p.keep_threshold = keep_threshold(p.p);
   p.seed = a.seed;
   p.offset = a.offset;
   return p;

@@ -54,7 +54,7 @@ struct WgmmaBlock {
   T* sK;  // [2][D/64][BN][64]
   T* sV;  // [2][D/64][BN][64]
   int64_t b, i0, wg_i0, ldk, ldv, mask_base, row[2];
-  int t;
+  int lane, t;
   const T *q_all, *k_all, *v_all, *q, *k, *v;
   int n_tiles;
   uint64_t desc_q, desc_k, desc_v;
@@ -66,7 +66,8 @@ struct WgmmaBlock {
     sV = sK + 2 * BN * D;
     query_tile_of_block(blockIdx.x, q_tiles, BM, p.causal, b, i0);
     const int wg = int(threadIdx.x) / 128, warp = int(threadIdx.x) % 128 / 32;
-    const int lane = int(threadIdx.x) % 32, g = lane >> 2;
+    lane = int(threadIdx.x) % 32;
+    const int g = lane >> 2;
     t = lane & 3;
     q_all = static_cast<const T*>(p.q);
     k_all = static_cast<const T*>(p.k);
@@ -145,7 +146,8 @@ __global__ void __launch_bounds__(kWgThreads) forward_wgmma_kernel(Params p, int
 
     scale_and_mask<BN>(p, s, blk.wg_i0, int64_t(it) * BN, blk.mask_base, blk.row, blk.t);
     online_softmax<BN>(s, m_run, l_run, corr);
-    if constexpr (kDropout) drop_probabilities<BN>(p, s, blk.b, blk.row, int64_t(it) * BN, blk.t);
+    if constexpr (kDropout)
+      drop_probabilities<BN>(p, s, blk.b, blk.row, int64_t(it) * BN, blk.lane);
     rescale<D>(o, corr);
 
     uint32_t pf[BN / 16][4];
@@ -213,7 +215,7 @@ __global__ void __launch_bounds__(kWgThreads)
     rt::wgmma_fence_operand(s);
     scale_and_mask<BN>(p, s, blk.wg_i0, 0, blk.mask_base, blk.row, blk.t);
     online_softmax<BN>(s, m_run, l_run, corr);
-    if constexpr (kDropout) drop_probabilities<BN>(p, s, blk.b, blk.row, 0, blk.t);
+    if constexpr (kDropout) drop_probabilities<BN>(p, s, blk.b, blk.row, 0, blk.lane);
     probabilities_to_a<T, BN>(pf, s);
   }
   for (int it = 1; it < n_tiles; ++it) {
@@ -231,7 +233,8 @@ __global__ void __launch_bounds__(kWgThreads)
     rt::wgmma_fence_operand(s);
     scale_and_mask<BN>(p, s, blk.wg_i0, int64_t(it) * BN, blk.mask_base, blk.row, blk.t);
     online_softmax<BN>(s, m_run, l_run, corr);
-    if constexpr (kDropout) drop_probabilities<BN>(p, s, blk.b, blk.row, int64_t(it) * BN, blk.t);
+    if constexpr (kDropout)
+      drop_probabilities<BN>(p, s, blk.b, blk.row, int64_t(it) * BN, blk.lane);
 
     rt::wgmma_wait<0>();  // P_{it-1} V_{it-1}: o is ours again, pf may be overwritten
     after_pv<D, BN>(o, pf);

@@ -49,34 +49,6 @@ LATHE_DEVICE_INLINE void fence_fragments(uint32_t (&a)[N][K]) {
   for (int i = 0; i < N; ++i) rt::wgmma_fence_operand(a[i]);
 }
 
-// The dropout keep bits of this thread's elements of a dK/dV tile, bit 4n + e for query
-// i0 + 8n + 2t + (e & 1) and key key[e >> 1]: the forward's Philox draws (dropout_factor's rule).
-// Elements outside the problem read as kept; their P is 0 either way. Drawn while the S^T and dP^T
-// wgmmas run, so that no Philox state is live beside their accumulators (drawn in the element
-// loop, ptxas spilled at d = 128).
-template <int BQ>
-LATHE_DEVICE_INLINE uint32_t dkdv_keep_bits(const Params& p, int64_t b, int64_t i0,
-                                            const int64_t (&key)[2], int t) {
-  static_assert(BQ / 2 <= 32, "one bit per element of a 32-bit word");
-  uint32_t bits = 0;
-  // Not unrolled: few Philox blocks in flight at a time keep the register count down.
-#pragma unroll 1
-  for (int n = 0; n < BQ / 8; ++n) {
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int64_t i = i0 + 8 * n + 2 * t + (e & 1), j = key[e >> 1];
-      bool keep = true;
-      if (i < p.tq && j < p.tk) {
-        const uint64_t m = uint64_t((b * p.tq + i) * p.tk + j);
-        keep = philox::to_uniform(
-                   word(philox::block(p.offset + m / 4, p.seed), uint32_t(m & 3u))) >= p.p;
-      }
-      bits |= uint32_t(keep) << (4 * n + e);
-    }
-  }
-  return bits;
-}
-
 // With kAtomicDq (FlashAttention-3's backward: 5 GEMMs instead of 7), each warpgroup also stores
 // its dS (rounded to T, as dK's A fragments have it) into shared memory as a K-major [64
 // queries][64 keys] A operand, and dQ_tile += dS K over its 64 keys is one more SS wgmma group
@@ -197,7 +169,7 @@ LATHE_DEVICE_INLINE void dkdv_tile(const Params& p, const DkdvThread& st, float 
   }
   rt::wgmma_commit();
   uint32_t keep = 0;
-  if constexpr (kDropout) keep = dkdv_keep_bits<BQ>(p, b, i0, key, t);
+  if constexpr (kDropout) keep = dkdv_keep_bits<BQ, D != 128>(p, b, i0, key, 4 * st.g + t);
 
   // Element (n, e) of the accumulators is query i0 + 8n + 2t + (e & 1), key key[e >> 1]; k-step
   // kk of the A fragments (queries 16kk..) is n-tiles 2kk and 2kk + 1. Padding queries read
@@ -622,7 +594,7 @@ constexpr size_t wg_dq_smem() {
 // 0; a tile adds its stage's byte offset). Shared by the cp.async kernel (variant 2) and the TMA
 // kernel (variant 4).
 struct DqThread {
-  int t = 0;
+  int lane = 0, t = 0;
   int64_t wg_i0 = 0, row[2] = {0, 0}, mask_base = 0;
   float lse2[2] = {}, rd[2] = {};
   uint64_t desc_q = 0, desc_do = 0, desc_k = 0, desc_v = 0, desc_k_mn = 0;
@@ -635,6 +607,7 @@ LATHE_DEVICE_INLINE DqThread make_dq_thread(const Params& p, int64_t b, int64_t 
   constexpr uint32_t kKBlock = wg_dq_keys<D>() * 128;  // bytes of one 64-column block of K or V
   DqThread st;
   const int wg = ct / 128, warp = ct % 128 / 32, lane = ct % 32;
+  st.lane = lane;
   st.t = lane & 3;
   st.wg_i0 = i0 + 64 * wg;  // this warpgroup's first query row
   st.row[0] = st.wg_i0 + 16 * warp + (lane >> 2);
@@ -655,8 +628,11 @@ LATHE_DEVICE_INLINE DqThread make_dq_thread(const Params& p, int64_t b, int64_t 
 }
 
 // One key tile (keys j0..) of a dQ warpgroup, its K and V at byte offset k_at of the K / V
-// buffers: dQ += dS K. Returns with every wgmma retired.
-template <class T, int D, bool kDropout>
+// buffers: dQ += dS K. Returns with every wgmma retired. kRowBits: the dropout draws shared by
+// each quad (dropout_row_bits) rather than one Philox block per key pair (dropout_pair); the same
+// mask either way. The TMA kernel at d = 64 keeps the pairs: its consumers' 240 registers hold S,
+// dP and dQ with nothing to spare, and the quad's draws made it spill.
+template <class T, int D, bool kDropout, bool kRowBits = true>
 LATHE_DEVICE_INLINE void dq_tile(const Params& p, const DqThread& st, float (&dq)[D / 2], int64_t b,
                                  int64_t j0, uint32_t k_at) {
   constexpr int BN = wg_dq_keys<D>();
@@ -668,6 +644,20 @@ LATHE_DEVICE_INLINE void dq_tile(const Params& p, const DqThread& st, float (&dq
   const float lse2[2] = {st.lse2[0], st.lse2[1]}, rd[2] = {st.rd[0], st.rd[1]};
   const uint64_t desc_q = st.desc_q, desc_do = st.desc_do, desc_k = st.desc_k, desc_v = st.desc_v;
   const uint64_t desc_k_mn = st.desc_k_mn;
+
+  // The tile's dropout draws (the forward's, dropout_row_bits), before S's and dP's accumulators
+  // are live: drawn while they were in flight, the TMA kernel's (168 registers at launch) spilled.
+  static_assert(BN % 64 == 0, "dropout_row_bits covers 64 keys");
+  uint32_t drop_bits[BN / 64][2] = {};
+  if constexpr (kDropout && kRowBits) {
+#pragma unroll
+    for (int h = 0; h < BN / 64; ++h) {
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        drop_bits[h][r] = dropout_row_bits(p, b, row[r], j0 + 64 * h, st.lane);
+      }
+    }
+  }
 
   // S, then dP in a second commit group: P is computed while dP is still running.
   float s[BN / 2], dp[BN / 2];
@@ -710,7 +700,11 @@ LATHE_DEVICE_INLINE void dq_tile(const Params& p, const DqThread& st, float (&dq
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       float z[2] = {1.0f, 1.0f};  // dropout, regenerated as in dq_kernel
-      if constexpr (kDropout) dropout_pair(p, b, row[r], j0 + 8 * n + 2 * t, z);
+      if constexpr (kDropout && kRowBits) {
+        dropout_pair_from_bits(p, drop_bits[n / 8][r], n % 8, row[r], j0 + 8 * n + 2 * t, z);
+      } else if constexpr (kDropout) {
+        dropout_pair(p, b, row[r], j0 + 8 * n + 2 * t, z);
+      }
 #pragma unroll
       for (int c = 0; c < 2; ++c) {
         const int e = 2 * r + c;
@@ -875,7 +869,7 @@ __global__ void __launch_bounds__(kTmaBwdThreads, 1)
   for (int it = 0; it < n_tiles; ++it) {
     const int stage = it % S;
     rt::mbarrier_wait_parity(&full[stage], uint32_t(it / S) & 1u);
-    dq_tile<T, D, kDropout>(p, st, dq, b, int64_t(it) * BN, stage * kKTile);
+    dq_tile<T, D, kDropout, D != 64>(p, st, dq, b, int64_t(it) * BN, stage * kKTile);
     rt::mbarrier_arrive(&empty[stage]);
   }
   store_dq<T, D>(p, st, dq, b);

@@ -143,7 +143,7 @@ __global__ void __launch_bounds__(kTmaThreads, 1)
     rt::mbarrier_arrive(&k_empty[0]);
     scale_and_mask<BN>(p, s, wg_i0, 0, mask_base, row, t);
     online_softmax<BN>(s, m_run, l_run, corr);
-    if constexpr (kDropout) drop_probabilities<BN>(p, s, b, row, 0, t);
+    if constexpr (kDropout) drop_probabilities<BN>(p, s, b, row, 0, lane);
     probabilities_to_a<T, BN>(pf, s);
   }
   for (int it = 1; it < n_tiles; ++it) {
@@ -161,7 +161,7 @@ __global__ void __launch_bounds__(kTmaThreads, 1)
     rt::mbarrier_arrive(&k_empty[sk]);
     scale_and_mask<BN>(p, s, wg_i0, int64_t(it) * BN, mask_base, row, t);
     online_softmax<BN>(s, m_run, l_run, corr);
-    if constexpr (kDropout) drop_probabilities<BN>(p, s, b, row, int64_t(it) * BN, t);
+    if constexpr (kDropout) drop_probabilities<BN>(p, s, b, row, int64_t(it) * BN, lane);
 
     rt::wgmma_wait<0>();  // P_{it-1} V_{it-1}: o is ours again, pf may be overwritten
     after_pv<D, BN>(o, pf);

@@ -67,6 +67,9 @@ struct Params : Lead {
   bool causal = false;
   bool dropout = false;
   float p = 0, keep_scale = 1;
+  // keep iff (word >> 8) >= keep_threshold, the integer form of philox::to_uniform(word) >= p:
+  // ceil(p * 2^24), at most 2^24 (keep_threshold()).
+  uint32_t keep_threshold = 0;
   uint64_t seed = 0, offset = 0;
 };
 
@@ -167,6 +170,142 @@ LATHE_DEVICE_INLINE void dropout_pair(const Params& p, int64_t b, int64_t i, int
   if (j + 1 >= p.tk) return;
   z[1] = lane == 3 ? dropout_factor(p, n + 1)
                    : (philox::to_uniform(word(w, lane + 1)) >= p.p ? p.keep_scale : 0.0f);
+}
+
+// Warp-cooperative dropout draws. In the mma and wgmma accumulator layouts lane t = lane % 4 of a
+// quad holds keys j0 + 8n + 2t and j0 + 8n + 2t + 1 of one query row, so neighbouring lanes' key
+// pairs share a Philox block: dropout_pair draws every block twice, and a third time where a pair
+// straddles two blocks (a divergent branch, which the whole warp then waits for). The quad instead
+// draws each block of the row once, 4 per lane for 64 keys (a fifth on lane 0 where the row starts
+// inside a block), and swaps the keep bits through shuffles: the same draws, the same bits.
+
+// The integer form of philox::to_uniform(word) >= p: float(word >> 8) * 2^-24 is exact, so it holds
+// iff word >> 8 >= ceil(p * 2^24); p >= 1 gives 2^24, which no 24-bit value reaches.
+inline uint32_t keep_threshold(float p) {
+  const double t = std::ceil(double(p) * 16777216.0);
+  return t <= 0 ? 0u : t >= 16777216.0 ? 16777216u : uint32_t(t);
+}
+
+// Bit w: whether word w of Philox block `block` (relative to p.offset) keeps its element.
+LATHE_DEVICE_INLINE uint32_t keep_nibble(const Params& p, uint64_t block) {
+  const std::array<uint32_t, 4> w = philox::block(p.offset + block, p.seed);
+  const uint32_t k = p.keep_threshold;
+  return uint32_t((w[0] >> 8) >= k) | uint32_t((w[1] >> 8) >= k) << 1 |
+         uint32_t((w[2] >> 8) >= k) << 2 | uint32_t((w[3] >> 8) >= k) << 3;
+}
+
+// The keep bits of query row i (of batch index b) against keys [j0, j0 + 64) for this lane's keys:
+// bit 2n + c for key j0 + 8n + 2t + c (t = lane % 4). Bits only: the caller gives elements outside
+// the problem (i >= tq, j >= tk) dropout_pair's factor 1. Every lane of the warp must call it
+// together (shuffles within each quad).
+LATHE_DEVICE_INLINE uint32_t dropout_row_bits(const Params& p, int64_t b, int64_t i, int64_t j0,
+                                              int lane) {
+  const int t = lane & 3;
+  const uint64_t e0 = uint64_t((b * p.tq + i) * p.tk + j0);
+  const uint64_t first = e0 >> 2;  // the block of key j0
+  const uint32_t a = uint32_t(e0 & 3u);
+  // Lane t draws blocks first + t + 4q (nibble q of `mine`); lane 0 also block first + 16 (bits
+  // 16-19), which the last keys need when the row starts inside a block.
+  uint32_t mine = 0;
+  // One block at a time: four Philox states live at once made the forward kernel spill.
+#pragma unroll 1
+  for (int q = 0; q < 4; ++q) mine |= keep_nibble(p, first + uint64_t(t + 4 * q)) << (4 * q);
+  if (t == 0 && a != 0) mine |= keep_nibble(p, first + 16) << 16;
+  uint32_t m[4];
+#pragma unroll
+  for (int o = 0; o < 4; ++o) m[o] = __shfl_sync(0xffffffffu, mine, (lane & ~3) | o);
+  // Key j0 + 8n + 2t + c is element x = a + 8n + 2t + c from the block of key j0 on: word x % 4 of
+  // block x / 4, which lane (x / 4) % 4 drew as its nibble x / 16 (nibble 4 of lane 0 for x >= 64).
+  uint32_t bits = 0;
+#pragma unroll
+  for (int n = 0; n < 8; ++n) {
+#pragma unroll
+    for (int c = 0; c < 2; ++c) {
+      const uint32_t x = a + uint32_t(8 * n + 2 * t + c);
+      const uint32_t o = (x >> 2) & 3u;
+      const uint32_t from = o == 0 ? m[0] : o == 1 ? m[1] : o == 2 ? m[2] : m[3];
+      bits |= ((from >> (4 * (x >> 4) + (x & 3u))) & 1u) << (2 * n + c);
+    }
+  }
+  return bits;
+}
+
+// The dropout factors of keys j and j + 1 of query row i from dropout_row_bits' bits (bit 2n + c
+// for j = j0 + 8n + 2t): 1 outside the problem, as dropout_pair.
+LATHE_DEVICE_INLINE void dropout_pair_from_bits(const Params& p, uint32_t bits, int n, int64_t i,
+                                                int64_t j, float z[2]) {
+  const bool row_in = i < p.tq;
+#pragma unroll
+  for (int c = 0; c < 2; ++c) {
+    z[c] = row_in && j + c < p.tk ? ((bits >> (2 * n + c)) & 1u ? p.keep_scale : 0.0f) : 1.0f;
+  }
+}
+
+// The transposed tiles of the dK/dV kernels hold keys in rows: lane (g, t) holds keys kb + g and
+// kb + g + 8 against queries i0 + 8n + 2t + c, so the consecutive elements of a query row (its
+// keys) lie across the eight lanes of a column (the same t), and dropout_factor drew one Philox
+// block per element. The column's lanes instead draw the blocks of queries i and i + 1 (16 keys
+// each: 4 blocks, a fifth where the keys start inside a block) once, lanes g < 4 for query i and
+// the others for i + 1, and swap the keep bits through shuffles.
+
+// Keep bits of keys kb + g + 8r against queries i + c, bit 2r + c. Bits only: the caller gives
+// elements outside the problem the factor 1. Every lane of the warp must call it together.
+LATHE_DEVICE_INLINE uint32_t dropout_col_bits(const Params& p, int64_t b, int64_t i, int64_t kb,
+                                              int lane) {
+  const int g = lane >> 2, t = lane & 3;
+  const int c_own = g >> 2, k_own = g & 3;  // this lane draws block k_own of query i + c_own
+  const uint64_t e_own = uint64_t((b * p.tq + i + c_own) * p.tk + kb);
+  uint32_t mine = keep_nibble(p, (e_own >> 2) + uint64_t(k_own));
+  if (k_own == 0 && (e_own & 3u) != 0) mine |= keep_nibble(p, (e_own >> 2) + 4) << 4;
+  uint32_t bits = 0;
+#pragma unroll
+  for (int c = 0; c < 2; ++c) {
+    const uint32_t a = uint32_t(uint64_t((b * p.tq + i + c) * p.tk + kb) & 3u);
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const uint32_t x = a + uint32_t(g + 8 * r);  // element x of the 16 keys from block kb's on
+      const uint32_t k = x >> 2;                   // 0 ... 4; block 4 is lane 4c's second nibble
+      const uint32_t from = __shfl_sync(0xffffffffu, mine, int(4 * (4 * c + (k & 3u))) + t);
+      bits |= ((from >> (4 * (k >> 2) + (x & 3u))) & 1u) << (2 * r + c);
+    }
+  }
+  return bits;
+}
+
+// The dropout keep bits of this thread's elements of a dK/dV tile of BQ queries, bit 4n + e for
+// query i0 + 8n + 2t + (e & 1) and key key[e >> 1] (key[1] = key[0] + 8, key[0] = kb + g): the
+// forward's Philox draws. Elements outside the problem read as kept; their P is 0 either way.
+// Every lane of the warp must call it together. kShared = false draws one block per element
+// instead (dropout_factor's way, no shuffles): the wgmma kernels at d = 128, which draw while their
+// S^T and dP^T wgmmas run, spilled with the column's draws.
+template <int BQ, bool kShared = true>
+LATHE_DEVICE_INLINE uint32_t dkdv_keep_bits(const Params& p, int64_t b, int64_t i0,
+                                            const int64_t (&key)[2], int lane) {
+  static_assert(BQ / 2 <= 32, "one bit per element of a 32-bit word");
+  const int g = lane >> 2, t = lane & 3;
+  uint32_t bits = 0;
+  // Not unrolled: few Philox blocks in flight at a time keep the register count down.
+#pragma unroll 1
+  for (int n = 0; n < BQ / 8; ++n) {
+    const int64_t i = i0 + 8 * n + 2 * t;
+    uint32_t drawn = 0;
+    if constexpr (kShared) drawn = dropout_col_bits(p, b, i, key[0] - g, lane);
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int64_t qi = i + (e & 1), kj = key[e >> 1];
+      const bool in = qi < p.tq && kj < p.tk;
+      bool keep = true;
+      if constexpr (kShared) {
+        keep = !in || ((drawn >> e) & 1u);
+      } else if (in) {
+        const uint64_t m = uint64_t((b * p.tq + qi) * p.tk + kj);
+        keep = (word(philox::block(p.offset + m / 4, p.seed), uint32_t(m & 3u)) >> 8) >=
+               p.keep_threshold;
+      }
+      bits |= uint32_t(keep) << (4 * n + e);
+    }
+  }
+  return bits;
 }
 
 // A scaled score in log2 units with the mask, the causal rule and the key tail applied (query row

@@ -192,15 +192,21 @@ LATHE_DEVICE_INLINE void online_softmax(float (&s)[BN / 2], float (&m_run)[2], f
 // undropped ones): the same Philox draws and pairing as forward_block.
 template <int BN>
 LATHE_DEVICE_INLINE void drop_probabilities(const Params& p, float (&s)[BN / 2], int64_t b,
-                                            const int64_t (&row)[2], int64_t j0, int t) {
+                                            const int64_t (&row)[2], int64_t j0, int lane) {
+  static_assert(BN % 64 == 0, "dropout_row_bits covers 64 keys");
+  const int t = lane & 3;
 #pragma unroll
-  for (int n = 0; n < BN / 8; ++n) {
+  for (int h = 0; h < BN / 64; ++h) {
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      float z[2];
-      dropout_pair(p, b, row[r], j0 + 8 * n + 2 * t, z);
-      s[4 * n + 2 * r] *= z[0];
-      s[4 * n + 2 * r + 1] *= z[1];
+      const uint32_t bits = dropout_row_bits(p, b, row[r], j0 + 64 * h, lane);
+#pragma unroll
+      for (int n = 0; n < 8; ++n) {
+        float z[2];
+        dropout_pair_from_bits(p, bits, n, row[r], j0 + 64 * h + 8 * n + 2 * t, z);
+        s[4 * (8 * h + n) + 2 * r] *= z[0];
+        s[4 * (8 * h + n) + 2 * r + 1] *= z[1];
+      }
     }
   }
 }
