@@ -187,6 +187,23 @@ void BM_CudaGeluBackward(benchmark::State& state) {
   BM_CudaGelu(state, true);
 }
 
+// Dropout (p = 0.1) of contiguous tensors, BERT-base's hidden states at B·T = 4096 and 32768:
+// in and out, 16-byte packs with their Philox blocks (kernels/cuda/random.cu). Args: n, bf16.
+void BM_CudaDropout(benchmark::State& state) {
+  const int64_t n = state.range(0);
+  const DType t = dtype_of(state.range(1));
+  Tensor x = randn_on({n}, t), y = lathe::empty({n}, on_cuda(t));
+  const auto vx = lathe::detail::make_view(x), vy = lathe::detail::make_view(y);
+  run(state, 2.0 * double(n) * double(lathe::element_size(t)),
+      [&] { cuda_k().dropout(vx, vy, 0.1, 1234, 0); });
+}
+
+void dropout_shapes(benchmark::internal::Benchmark* b) {
+  for (int64_t dtype : {0, 1}) {
+    for (int64_t n : {int64_t(4096) * 768, int64_t(32768) * 768}) b->Args({n, dtype});
+  }
+}
+
 void gelu_shapes(benchmark::internal::Benchmark* b) {
   for (int64_t dtype : {0, 1}) {
     for (int64_t n : {int64_t(8192) * 1536, int64_t(32768) * 3072}) b->Args({n, dtype});
@@ -346,6 +363,7 @@ LATHE_CUDA_BENCH(BM_CudaCrossEntropyBackward, ce_shapes);
 LATHE_CUDA_BENCH(BM_CudaEmbeddingBackward, embedding_shapes);
 LATHE_CUDA_BENCH(BM_CudaGeluForward, gelu_shapes);
 LATHE_CUDA_BENCH(BM_CudaGeluBackward, gelu_shapes);
+LATHE_CUDA_BENCH(BM_CudaDropout, dropout_shapes);
 LATHE_CUDA_BENCH(BM_CudaGemm_Lathe, gemm_shapes);
 LATHE_CUDA_BENCH(BM_CudaGemm_Cublas, gemm_shapes);
 BENCHMARK(BM_CudaAttentionOp)

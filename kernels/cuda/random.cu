@@ -9,6 +9,8 @@
 // Dropout keeps element i (row-major over the logical shape) iff
 // to_uniform(block(offset + i / 4, seed)[i % 4]) >= float(p), scales kept elements by 1 / (1 - p)
 // in the element type and writes exact zeros elsewhere: the rule of kernels/cpu/dropout.cpp.
+// Contiguous aligned tensors go by 16-byte packs (dropout_vector_kernel), the rest and the tail
+// element by element.
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/math.cuh"
@@ -59,22 +61,48 @@ void random_kernel(RandomDist dist, const View& out, uint64_t seed, uint64_t off
   });
 }
 
-// One thread per Philox block: elements 4b .. 4b + 3 in logical order.
+// x * scale where Philox word r keeps its element, else an exact zero (the cpu kernel's rule:
+// scaled in the compute type, rounded once).
 template <class T>
-__global__ void dropout_kernel_impl(const T* in, T* out, int64_t n, OffsetCalc<2> calc,
-                                    bool contiguous, float p, compute_t<T> scale, uint64_t seed,
-                                    uint64_t offset) {
+LATHE_DEVICE_INLINE T dropped(T x, uint32_t r, float p, compute_t<T> scale) {
   using C = compute_t<T>;
+  return philox::to_uniform(r) >= p ? convert<T>(C(convert<C>(x) * scale)) : convert<T>(C(0));
+}
+
+// Contiguous, 16-byte aligned input and output: one 16-byte pack of V elements per thread (V = 4
+// for f32, 8 for f16/bf16: one or two whole Philox blocks, since a pack starts at a multiple of 4),
+// so each thread issues one vector load and one vector store instead of an access per element.
+template <class T, int V>
+__global__ void dropout_vector_kernel(const T* in, T* out, int64_t packs, float p,
+                                      compute_t<T> scale, uint64_t seed, uint64_t offset) {
+  static_assert(V % 4 == 0, "whole Philox blocks per pack");
+  for (int64_t k = global_thread(); k < packs; k += grid_threads()) {
+    const Pack<T, V> x = load_pack<T, V>(in, k);
+    Pack<T, V> y;
+#pragma unroll
+    for (int q = 0; q < V / 4; ++q) {
+      const std::array<uint32_t, 4> r = philox::block(offset + uint64_t(k * (V / 4) + q), seed);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) y.v[4 * q + j] = dropped(x.v[4 * q + j], r[j], p, scale);
+    }
+    store_pack(out, k, y);
+  }
+}
+
+// One thread per Philox block, blocks first_block.. : elements 4b .. 4b + 3 in logical order.
+template <class T>
+__global__ void dropout_kernel_impl(const T* in, T* out, int64_t n, int64_t first_block,
+                                    OffsetCalc<2> calc, bool contiguous, float p,
+                                    compute_t<T> scale, uint64_t seed, uint64_t offset) {
   const int64_t blocks = (n + 3) / 4;
-  for (int64_t b = global_thread(); b < blocks; b += grid_threads()) {
+  for (int64_t b = first_block + global_thread(); b < blocks; b += grid_threads()) {
     const std::array<uint32_t, 4> r = philox::block(offset + uint64_t(b), seed);
     const int64_t count = n - b * 4 < 4 ? n - b * 4 : 4;
     for (int64_t j = 0; j < count; ++j) {
       const int64_t i = b * 4 + j;
       int64_t off[2] = {i, i};
       if (!contiguous) calc.get(i, off);
-      const bool keep = philox::to_uniform(r[j]) >= p;
-      out[off[0]] = keep ? convert<T>(C(convert<C>(in[off[1]]) * scale)) : convert<T>(C(0));
+      out[off[0]] = dropped(in[off[1]], r[j], p, scale);
     }
   }
 }
@@ -93,9 +121,25 @@ void dropout_kernel(const View& in, const View& out, double p, uint64_t seed, ui
     // p == 1 drops everything: scale 0 instead of 1/0. f16/bf16 scale in f32 and round once.
     const C scale = p >= 1.0 ? C(0) : C(1.0 / (1.0 - p));
     const bool contiguous = all_contiguous<2>(out, {&out, &in});
-    rt::launch(dropout_kernel_impl<T>, dim3(grid_for((n + 3) / 4)), dim3(kThreads), 0, stream(),
-               "dropout", static_cast<const T*>(in.data), static_cast<T*>(out.data), n,
-               make_offset_calc<2>({&out, &in}), contiguous, float(p), scale, seed, offset);
+    const T* src = static_cast<const T*>(in.data);
+    T* dst = static_cast<T*>(out.data);
+    constexpr int V = int(16 / sizeof(T));
+    int64_t first_block = 0;
+    if constexpr (V % 4 == 0) {
+      if (contiguous && aligned16(src) && aligned16(dst) && n >= V) {
+        const int64_t packs = n / V;
+        rt::launch(dropout_vector_kernel<T, V>, dim3(grid_for(packs)), dim3(kThreads), 0, stream(),
+                   "dropout", src, dst, packs, float(p), scale, seed, offset);
+        first_block = packs * (V / 4);
+      }
+    }
+    // Everything (strided, misaligned, f64), or the tail past the last whole pack.
+    const int64_t left = (n + 3) / 4 - first_block;
+    if (left > 0) {
+      rt::launch(dropout_kernel_impl<T>, dim3(grid_for(left)), dim3(kThreads), 0, stream(),
+                 "dropout", src, dst, n, first_block, make_offset_calc<2>({&out, &in}), contiguous,
+                 float(p), scale, seed, offset);
+    }
   });
 }
 

@@ -841,6 +841,30 @@ TEST_CASE("cuda kernels: dropout keeps the cpu's mask", "[cuda][kernels]") {
       cuda_k().dropout(view(testing::non_contiguous(x.to(kCuda))),
                        view(wide_cuda.slice(1, 1, 202, 2)), p, 99, 5);
       check_bits(wide_cuda, wide);
+      // A contiguous view one element off a 16-byte boundary: the element-wise path whole.
+      Tensor flat = random_tensor({3738}, 8, t);
+      Tensor shifted = flat.narrow(0, 1, 3737),
+             out_shifted = Tensor::empty({3737}, TensorOptions(t));
+      Tensor flat_cuda = flat.to(kCuda),
+             out_shifted_cuda = zeros({3738}, TensorOptions(t).device(kCuda));
+      cpu_k().dropout(view(shifted), view(out_shifted), p, 99, 6);
+      cuda_k().dropout(view(flat_cuda.narrow(0, 1, 3737)),
+                       view(out_shifted_cuda.narrow(0, 1, 3737)), p, 99, 6);
+      check_bits(out_shifted_cuda.narrow(0, 1, 3737), out_shifted);
+    }
+  }
+  // f16 / bf16 (the 16-byte packs hold two Philox blocks): the cpu's f32 dropout of the widened
+  // values, rounded once, is the reference (the cuda kernel scales in f32 and rounds once too).
+  // Sizes with a tail past the last whole pack, and below one pack.
+  for (DType t : {DType::F16, DType::BF16}) {
+    for (int64_t n : {3737, 4096, 5}) {
+      INFO("dropout of " << t << ", " << n << " elements");
+      Tensor x = random_tensor({n}, 9, t);
+      Tensor out = Tensor::empty({n}, TensorOptions(DType::F32));
+      Tensor out_cuda = Tensor::empty({n}, TensorOptions(t).device(kCuda));
+      cpu_k().dropout(view(x.to(DType::F32)), view(out), 0.3, 123, 17);
+      cuda_k().dropout(view(x.to(kCuda)), view(out_cuda), 0.3, 123, 17);
+      check_bits(out_cuda, out.to(t));
     }
   }
 }
