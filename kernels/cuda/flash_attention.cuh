@@ -263,8 +263,11 @@ LATHE_DEVICE_INLINE uint32_t dropout_col_bits(const Params& p, int64_t b, int64_
     const uint32_t a = uint32_t(uint64_t((b * p.tq + i + c) * p.tk + kb) & 3u);
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      const uint32_t x = a + uint32_t(g + 8 * r);  // element x of the 16 keys from block kb's on
-      const uint32_t k = x >> 2;                   // 0 ... 4; block 4 is lane 4c's second nibble
+      // Key kb + g + 8r is element x counted from the first key of kb's Philox block: word x % 4
+      // of that block's k-th successor, k = x / 4 in 0 ... 4, which lane 4c + k % 4 of the column
+      // drew (k = 4: lane 4c's second nibble).
+      const uint32_t x = a + uint32_t(g + 8 * r);
+      const uint32_t k = x >> 2;
       const uint32_t from = __shfl_sync(0xffffffffu, mine, int(4 * (4 * c + (k & 3u))) + t);
       bits |= ((from >> (4 * (k >> 2) + (x & 3u))) & 1u) << (2 * r + c);
     }
