@@ -275,6 +275,10 @@ def main():
     for n in (8192 * 1536, 32768 * 3072):
         x = torch.randn(n, device=DEVICE, dtype=torch.bfloat16)
         add(f"GELU fwd {n} bf16", f"BM_CudaGeluForward/{n}/1", lambda x=x: F.gelu(x))
+    for n in (4096 * 768, 32768 * 768):
+        x = torch.randn(n, device=DEVICE, dtype=torch.bfloat16)
+        add(f"dropout p 0.1 {n} bf16", f"BM_CudaDropout/{n}/1",
+            lambda x=x: F.dropout(x, 0.1, training=True))
     for r, c in ((4096, 30522),):
         x = torch.randn(r, c, device=DEVICE, dtype=torch.bfloat16)
         t = torch.randint(0, c, (r,), device=DEVICE)
