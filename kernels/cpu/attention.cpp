@@ -73,6 +73,26 @@ struct Rows {
   T* at(int64_t b, int64_t i) const { return data + batch[size_t(b)] + i * row; }
 };
 
+// Element offset of batch index b (row-major over the view's leading dims, all but the last two)
+// for every b < batch.
+std::vector<int64_t> batch_offsets(const View& v, int64_t batch, const char* what) {
+  const int lead = v.ndim - 2;
+  int64_t lead_numel = 1;
+  for (int i = 0; i < lead; ++i) lead_numel *= v.size[i];
+  LATHE_CHECK(lead_numel == batch, "attention on the cpu: ", what,
+              " leading dims do not multiply to batch ", batch);
+  std::vector<int64_t> offsets(static_cast<size_t>(batch));
+  for (int64_t b = 0; b < batch; ++b) {
+    int64_t rest = b, off = 0;
+    for (int i = lead - 1; i >= 0; --i) {
+      off += (rest % v.size[i]) * v.stride[i];
+      rest /= v.size[i];
+    }
+    offsets[size_t(b)] = off;
+  }
+  return offsets;
+}
+
 template <class T>
 Rows<T> rows_of(const View& v, int64_t batch, int64_t len, int64_t width, const char* what) {
   LATHE_CHECK(v.ndim >= 2 && v.size[v.ndim - 2] == len && v.size[v.ndim - 1] == width,
@@ -83,20 +103,7 @@ Rows<T> rows_of(const View& v, int64_t batch, int64_t len, int64_t width, const 
   r.data = static_cast<T*>(v.data);
   // BLAS wants a leading dimension of at least the row length even where there is one row.
   r.row = len > 1 ? v.stride[v.ndim - 2] : width;
-  const int lead = v.ndim - 2;
-  int64_t lead_numel = 1;
-  for (int i = 0; i < lead; ++i) lead_numel *= v.size[i];
-  LATHE_CHECK(lead_numel == batch, "attention on the cpu: ", what,
-              " leading dims do not multiply to batch ", batch);
-  r.batch.resize(size_t(batch));
-  for (int64_t b = 0; b < batch; ++b) {
-    int64_t rest = b, off = 0;
-    for (int i = lead - 1; i >= 0; --i) {
-      off += (rest % v.size[i]) * v.stride[i];
-      rest /= v.size[i];
-    }
-    r.batch[size_t(b)] = off;
-  }
+  r.batch = batch_offsets(v, batch, what);
   return r;
 }
 
@@ -144,20 +151,8 @@ struct Problem {
       mask_bool = m.dtype == DType::Bool;
       mask_sq = m.stride[m.ndim - 2];
       mask_sk = m.stride[m.ndim - 1];
-      const int lead = m.ndim - 2;
-      int64_t lead_numel = 1;
-      for (int i = 0; i < lead; ++i) lead_numel *= m.size[i];
-      LATHE_CHECK(lead_numel == batch, "attention: mask leading dims do not multiply to batch");
-      // A [B, 1, 1, T] mask broadcast over heads has no single batch stride, so unravel each b.
-      mask_batch.resize(size_t(batch));
-      for (int64_t b = 0; b < batch; ++b) {
-        int64_t rest = b, off = 0;
-        for (int i = lead - 1; i >= 0; --i) {
-          off += (rest % m.size[i]) * m.stride[i];
-          rest /= m.size[i];
-        }
-        mask_batch[size_t(b)] = off;
-      }
+      // A [B, 1, 1, T] mask broadcast over heads has no single batch stride.
+      mask_batch = batch_offsets(m, batch, "mask");
     }
     dropout = a.dropout_p > 0;
     p = float(a.dropout_p);

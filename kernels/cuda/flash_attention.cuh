@@ -145,16 +145,24 @@ LATHE_DEVICE_INLINE void zero_skipped_grad_mask(const Params& p, int64_t b, int6
   }
 }
 
-// The dropout factor of probability element n: keep_scale or 0.
-LATHE_DEVICE_INLINE float dropout_factor(const Params& p, uint64_t n) {
-  const std::array<uint32_t, 4> w = philox::block(p.offset + n / 4, p.seed);
-  const uint32_t lane = uint32_t(n & 3u);
-  const uint32_t bits = lane == 0 ? w[0] : lane == 1 ? w[1] : lane == 2 ? w[2] : w[3];
-  return philox::to_uniform(bits) >= p.p ? p.keep_scale : 0.0f;
-}
-
 LATHE_DEVICE_INLINE uint32_t word(const std::array<uint32_t, 4>& w, uint32_t lane) {
   return lane == 0 ? w[0] : lane == 1 ? w[1] : lane == 2 ? w[2] : w[3];
+}
+
+// Whether Philox word w keeps its element: philox::to_uniform(w) >= p as an integer compare
+// (keep_threshold below).
+LATHE_DEVICE_INLINE bool keeps(const Params& p, uint32_t w) {
+  return (w >> 8) >= p.keep_threshold;
+}
+
+// Whether dropout keeps probability element n: word n % 4 of Philox block offset + n / 4.
+LATHE_DEVICE_INLINE bool element_kept(const Params& p, uint64_t n) {
+  return keeps(p, word(philox::block(p.offset + n / 4, p.seed), uint32_t(n & 3u)));
+}
+
+// The dropout factor of probability element n: keep_scale or 0.
+LATHE_DEVICE_INLINE float dropout_factor(const Params& p, uint64_t n) {
+  return element_kept(p, n) ? p.keep_scale : 0.0f;
 }
 
 // The dropout factors of keys j and j + 1 of query row i (1 for elements outside the problem):
@@ -166,10 +174,9 @@ LATHE_DEVICE_INLINE void dropout_pair(const Params& p, int64_t b, int64_t i, int
   const uint64_t n = uint64_t((b * p.tq + i) * p.tk + j);
   const std::array<uint32_t, 4> w = philox::block(p.offset + n / 4, p.seed);
   const uint32_t lane = uint32_t(n & 3u);
-  z[0] = philox::to_uniform(word(w, lane)) >= p.p ? p.keep_scale : 0.0f;
+  z[0] = keeps(p, word(w, lane)) ? p.keep_scale : 0.0f;
   if (j + 1 >= p.tk) return;
-  z[1] = lane == 3 ? dropout_factor(p, n + 1)
-                   : (philox::to_uniform(word(w, lane + 1)) >= p.p ? p.keep_scale : 0.0f);
+  z[1] = lane == 3 ? dropout_factor(p, n + 1) : (keeps(p, word(w, lane + 1)) ? p.keep_scale : 0.0f);
 }
 
 // Warp-cooperative dropout draws. In the mma and wgmma accumulator layouts lane t = lane % 4 of a
@@ -179,8 +186,8 @@ LATHE_DEVICE_INLINE void dropout_pair(const Params& p, int64_t b, int64_t i, int
 // draws each block of the row once, 4 per lane for 64 keys (a fifth on lane 0 where the row starts
 // inside a block), and swaps the keep bits through shuffles: the same draws, the same bits.
 
-// The integer form of philox::to_uniform(word) >= p: float(word >> 8) * 2^-24 is exact, so it holds
-// iff word >> 8 >= ceil(p * 2^24); p >= 1 gives 2^24, which no 24-bit value reaches.
+// The integer form of philox::to_uniform(word) >= p (keeps): float(word >> 8) * 2^-24 is exact, so
+// it holds iff word >> 8 >= ceil(p * 2^24); p >= 1 gives 2^24, which no 24-bit value reaches.
 inline uint32_t keep_threshold(float p) {
   const double t = std::ceil(double(p) * 16777216.0);
   return t <= 0 ? 0u : t >= 16777216.0 ? 16777216u : uint32_t(t);
@@ -189,9 +196,8 @@ inline uint32_t keep_threshold(float p) {
 // Bit w: whether word w of Philox block `block` (relative to p.offset) keeps its element.
 LATHE_DEVICE_INLINE uint32_t keep_nibble(const Params& p, uint64_t block) {
   const std::array<uint32_t, 4> w = philox::block(p.offset + block, p.seed);
-  const uint32_t k = p.keep_threshold;
-  return uint32_t((w[0] >> 8) >= k) | uint32_t((w[1] >> 8) >= k) << 1 |
-         uint32_t((w[2] >> 8) >= k) << 2 | uint32_t((w[3] >> 8) >= k) << 3;
+  return uint32_t(keeps(p, w[0])) | uint32_t(keeps(p, w[1])) << 1 | uint32_t(keeps(p, w[2])) << 2 |
+         uint32_t(keeps(p, w[3])) << 3;
 }
 
 // The keep bits of query row i (of batch index b) against keys [j0, j0 + 64) for this lane's keys:
@@ -301,9 +307,7 @@ LATHE_DEVICE_INLINE uint32_t dkdv_keep_bits(const Params& p, int64_t b, int64_t 
       if constexpr (kShared) {
         keep = !in || ((drawn >> e) & 1u);
       } else if (in) {
-        const uint64_t m = uint64_t((b * p.tq + qi) * p.tk + kj);
-        keep = (word(philox::block(p.offset + m / 4, p.seed), uint32_t(m & 3u)) >> 8) >=
-               p.keep_threshold;
+        keep = element_kept(p, uint64_t((b * p.tq + qi) * p.tk + kj));
       }
       bits |= uint32_t(keep) << (4 * n + e);
     }
