@@ -14,8 +14,6 @@
 //    softmax runs while that P V is in flight.
 // docs/kernels.md ("Forward variant 4").
 #include <string>
-#include <string_view>
-#include <tuple>
 
 #include "kernels/cuda/flash_attention_wgmma.cuh"
 #include "kernels/cuda/tensor_map.h"
@@ -261,11 +259,19 @@ rt::TensorMap tma_operand_map(const Params& p, DType dtype, const void* data, co
 }
 
 std::string tma_layout_problem(const Params& p, int64_t d, bool backward) {
-  for (const auto& [rows, len, name] :
-       {std::tuple{&p.q_rows, p.tq, "q"}, std::tuple{&p.k_rows, p.tk, "k"},
-        std::tuple{&p.v_rows, p.tk, "v"}, std::tuple{&p.do_rows, p.tq, "grad_out"}}) {
-    if (!backward && std::string_view(name) == "grad_out") continue;
-    std::string problem = tma_operand_layout(p, *rows, len, d, name).problem;
+  struct Operand {
+    const Rows* rows;
+    int64_t len;
+    const char* name;
+  };
+  // The forward maps q, k and v; the backward grad_out too.
+  const Operand operands[] = {{&p.q_rows, p.tq, "q"},
+                              {&p.k_rows, p.tk, "k"},
+                              {&p.v_rows, p.tk, "v"},
+                              {&p.do_rows, p.tq, "grad_out"}};
+  for (int i = 0; i < (backward ? 4 : 3); ++i) {
+    const Operand& o = operands[i];
+    std::string problem = tma_operand_layout(p, *o.rows, o.len, d, o.name).problem;
     if (!problem.empty()) return problem;
   }
   return {};
