@@ -144,6 +144,37 @@ void model_shapes(benchmark::internal::Benchmark* b) {
       ->UseRealTime();
 }
 BENCHMARK(BM_TrainStep)->Apply(model_shapes)->MinTime(5.0);
+
+// The step with and without gradient checkpointing (BertEncoder::gradient_checkpointing): the
+// time it costs (one more forward of each layer) beside the memory it saves. peak_MiB: the
+// allocator's peak over one step, weights, gradients and AdamW's moments included.
+// Args: {base, T, checkpointing}.
+void BM_TrainStepCheckpointing(benchmark::State& state) {
+  Setup s = make_setup(state);
+  s.model->train();
+  s.model->bert->encoder->gradient_checkpointing = state.range(2) == 1;
+  optim::AdamW opt(optim::no_decay_param_groups(s.model->named_parameters(), 5e-5, 0.01));
+  auto step = [&] {
+    Tensor loss = cross_entropy(s.model->forward(s.ids, s.mask), s.labels);
+    loss.backward();
+    optim::clip_grad_norm_(opt, 1.0);
+    opt.step();
+    opt.zero_grad();
+    return loss.item<float>();
+  };
+  step();  // AdamW's moments exist from here on, as in a long run
+  reset_peak_memory_stats(Device::cpu());
+  for (auto _ : state) benchmark::DoNotOptimize(step());
+  state.counters["peak_MiB"] =
+      double(memory_stats(Device::cpu()).peak_allocated_bytes) / double(1 << 20);
+  set_counters(state, state.range(1));
+}
+BENCHMARK(BM_TrainStepCheckpointing)
+    ->ArgNames({"base", "T", "checkpointing"})
+    ->ArgsProduct({{0, 1}, {128}, {0, 1}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime()
+    ->MinTime(5.0);
 BENCHMARK(BM_Inference)->Apply(model_shapes)->MinTime(3.0);
 
 #ifdef LATHE_CUDA_BUILD
@@ -198,6 +229,38 @@ void BM_CudaInference(benchmark::State& state) {
   set_counters(state, state.range(1));
 }
 
+// BM_TrainStepCheckpointing on the GPU, bf16 autocast. Args: {base, T, checkpointing}.
+void BM_CudaTrainStepCheckpointing(benchmark::State& state) {
+  Setup s = make_cuda_setup(state);
+  s.model->train();
+  s.model->bert->encoder->gradient_checkpointing = state.range(2) == 1;
+  optim::AdamW opt(optim::no_decay_param_groups(s.model->named_parameters(), 5e-5, 0.01));
+  auto step = [&] {
+    Tensor loss;
+    {
+      AutocastGuard autocast(DType::BF16, DeviceType::CUDA);
+      loss = cross_entropy(s.model->forward(s.ids, s.mask), s.labels);
+    }
+    loss.backward();
+    optim::clip_grad_norm_(opt, 1.0);
+    opt.step();
+    opt.zero_grad();
+    return loss.item<float>();
+  };
+  step();
+  reset_peak_memory_stats(Device::cuda(0));
+  for (auto _ : state) benchmark::DoNotOptimize(step());
+  state.counters["peak_MiB"] =
+      double(memory_stats(Device::cuda(0)).peak_allocated_bytes) / double(1 << 20);
+  set_counters(state, state.range(1));
+}
+
+BENCHMARK(BM_CudaTrainStepCheckpointing)
+    ->ArgNames({"base", "T", "checkpointing"})
+    ->ArgsProduct({{1}, {128, 512}, {0, 1}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime()
+    ->MinTime(1.0);
 BENCHMARK(BM_CudaTrainStep)
     ->ArgNames({"base", "T", "bf16"})
     ->ArgsProduct({{0, 1}, {128}, {0, 1}})

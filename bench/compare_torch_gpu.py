@@ -8,7 +8,8 @@ attention) and prints markdown tables:
   1. lathe / PyTorch time ratios (< 1: lathe is faster) for the training step, inference, GEMM
      (lathe's matmul op and cuBLAS called directly, both from lathe-bench), attention and the row
      kernels;
-  2. each lathe kernel's GB/s as a fraction of the device-to-device copy bandwidth measured by
+  2. the training step's peak allocated memory with and without gradient checkpointing;
+  3. each lathe kernel's GB/s as a fraction of the device-to-device copy bandwidth measured by
      BM_CudaCopy in the same lathe-bench run (the roofline line of issue #9 / #7).
 
 Usage: python3 bench/compare_torch_gpu.py --lathe-json bench.json [--no-compile] [--quick]
@@ -91,9 +92,11 @@ def batch(seq):
     return ids, mask, labels
 
 
-def train_step_fn(base, seq, bf16, compile_model=False):
+def train_step_fn(base, seq, bf16, compile_model=False, checkpointing=False):
     model = bert(base)
     model.train()
+    if checkpointing:
+        model.gradient_checkpointing_enable()
     opt = torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=0.01, fused=DEVICE == "cuda")
     ids, mask, labels = batch(seq)
     fwd = torch.compile(model) if compile_model else model
@@ -169,6 +172,31 @@ def main():
         print(f"  torch.compile warm-up: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
         add("train step, BERT-base B32 T128 bf16", "BM_CudaTrainStep/base:1/T:128/bf16:1", step,
             "torch.compile", per_launch=False)
+
+    # Gradient checkpointing (lathe: BM_CudaTrainStepCheckpointing, bf16): step time beside the
+    # step's peak allocated memory, against Hugging Face's gradient_checkpointing_enable().
+    memory_rows = []  # (label, lathe MiB or None, torch MiB)
+    for t_ in ((128,) if a.quick else (128, 512)):
+        for ckpt in (0, 1):
+            label = f"train step, BERT-base B32 T{t_} bf16, checkpointing {'on' if ckpt else 'off'}"
+            name = f"BM_CudaTrainStepCheckpointing/base:1/T:{t_}/checkpointing:{ckpt}"
+            try:
+                step = train_step_fn(1, t_, True, checkpointing=bool(ckpt))
+                step()  # AdamW's state exists from here on, as on the lathe side
+                if DEVICE == "cuda":
+                    torch.cuda.synchronize()
+                    torch.cuda.reset_peak_memory_stats()
+                add(label, name, step, per_launch=False)
+                torch_mib = (torch.cuda.max_memory_allocated() / 2**20 if DEVICE == "cuda"
+                             else None)
+                del step
+            except Exception as e:
+                print(f"  {label}: PyTorch failed: {e}", file=sys.stderr)
+                torch_mib = None
+            b = lathe.get(name)
+            memory_rows.append((label, b.get("peak_MiB") if b else None, torch_mib))
+            if DEVICE == "cuda":
+                torch.cuda.empty_cache()
 
     # GEMM: torch.matmul (cuBLAS underneath) vs lathe's op and vs raw cuBLAS from lathe-bench.
     gemm_shapes = [(4096, 384, 384), (4096, 1536, 384), (4096, 384, 1536), (4096, 768, 768),
@@ -291,6 +319,13 @@ def main():
         fmt = lambda s: "—" if s is None else f"{s * 1e3:.3f}"
         ratio = "—" if (ls is None or ts is None) else f"{ls / ts:.2f}"
         print(f"| {label} | {tl} | {fmt(ls)} | {fmt(ts)} | {ratio} |")
+
+    print("\n| training memory | lathe peak MiB | PyTorch peak MiB | lathe / PyTorch |")
+    print("|---|---|---|---|")
+    for label, lm, tm in memory_rows:
+        fmt = lambda v: "—" if v is None else f"{v:.0f}"
+        ratio = "—" if (lm is None or tm is None) else f"{lm / tm:.2f}"
+        print(f"| {label} | {fmt(lm)} | {fmt(tm)} | {ratio} |")
 
     # Roofline line per kernel: GB/s against the best copy of the same run.
     copies = [b["GB/s"] for n, b in lathe.items() if n.startswith("BM_CudaCopy/") and "GB/s" in b]

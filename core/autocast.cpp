@@ -80,6 +80,25 @@ NoAutocastGuard::~NoAutocastGuard() {
   for (int i = 0; i < kNumDeviceTypes; ++i) g_slots[size_t(i)].enabled = previous_[i];
 }
 
+AutocastState autocast_state() {
+  AutocastState state;
+  for (int i = 0; i < kNumDeviceTypes; ++i) {
+    state.enabled[i] = g_slots[size_t(i)].enabled;
+    state.dtype[i] = g_slots[size_t(i)].dtype;
+  }
+  return state;
+}
+
+AutocastStateGuard::AutocastStateGuard(const AutocastState& state) : previous_(autocast_state()) {
+  for (int i = 0; i < kNumDeviceTypes; ++i) g_slots[size_t(i)] = {state.enabled[i], state.dtype[i]};
+}
+
+AutocastStateGuard::~AutocastStateGuard() {
+  for (int i = 0; i < kNumDeviceTypes; ++i) {
+    g_slots[size_t(i)] = {previous_.enabled[i], previous_.dtype[i]};
+  }
+}
+
 bool autocast_enabled(DeviceType type) {
   return g_slots[size_t(type)].enabled;
 }

@@ -1,6 +1,7 @@
 #include "lathe/nn/bert.h"
 
 #include "lathe/core/autograd.h"
+#include "lathe/core/checkpoint.h"
 #include "lathe/core/functional.h"
 #include "lathe/nn/init.h"
 
@@ -67,7 +68,20 @@ BertEncoder::BertEncoder(const BertConfig& c, bool pre_layer_norm) : Module("Ber
 
 Tensor BertEncoder::forward(const Tensor& hidden, const Tensor& mask) const {
   Tensor h = hidden;
-  for (const auto& layer : layers) h = layer->forward(h, mask);
+  const bool recompute = gradient_checkpointing && is_training() && grad_mode_enabled();
+  for (const auto& layer : layers) {
+    if (!recompute) {
+      h = layer->forward(h, mask);
+      continue;
+    }
+    // The closure outlives this call (backward runs it again): it holds the layer, not `this`.
+    std::shared_ptr<const TransformerEncoderLayer> block = layer;
+    h = checkpoint(
+        [block](const std::vector<Tensor>& in) {
+          return std::vector<Tensor>{block->forward(in[0], in[1])};
+        },
+        {h, mask})[0];
+  }
   return h;
 }
 

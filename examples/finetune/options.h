@@ -44,8 +44,9 @@ struct Options {
   std::string device = "cpu";
   std::string precision = "fp32";
   int64_t threads = 0;
-  int64_t eval_every = 0;  // steps; 0: at the end of every epoch
-  int64_t patience = 0;    // evaluations without dev improvement before stopping; 0: never
+  bool gradient_checkpointing = false;  // not in the fingerprint: the results are the same
+  int64_t eval_every = 0;               // steps; 0: at the end of every epoch
+  int64_t patience = 0;  // evaluations without dev improvement before stopping; 0: never
   int64_t train_eval_size = 512;
   std::string out = "runs/finetune";
   bool resume = false;

@@ -303,6 +303,7 @@ int run(const Options& o) {
     }
   }
   model->train();
+  model->bert->encoder->gradient_checkpointing = o.gradient_checkpointing;
   std::fprintf(stderr, "model: %s, %d layers, hidden %d, %s pooling; %s of %s parameters trained\n",
                o.random_init ? "random init" : o.model.c_str(), int(num_layers),
                int(model->config().hidden_size), o.pooling.c_str(),
@@ -436,6 +437,13 @@ int run(const Options& o) {
                                            b.token_type_ids.to(device));
       const Tensor loss = cross_entropy(logits, b.labels.to(device));
       autocast.reset();
+      loss.backward();
+      // clip_grad_norm_ also measures: an infinite max_norm never scales. The loss and the norm
+      // are read after backward and clipping are queued, in one wait per step (a GPU then never
+      // idles while the host queues the backward); a non-finite one stops the run before the
+      // optimizer step, so the weights stay those of the last good step.
+      const Tensor grad_norm =
+          optim::clip_grad_norm_(optimizer, o.max_grad_norm > 0 ? o.max_grad_norm : INFINITY);
       const double loss_value = loss.item<double>();
       const int64_t step = st.global_step + 1;
       if (!std::isfinite(loss_value)) {
@@ -444,12 +452,7 @@ int run(const Options& o) {
         exit_code = 3;
         break;
       }
-      loss.backward();
-      // clip_grad_norm_ also measures: an infinite max_norm never scales. The norm is read every
-      // step, not only when logged, because a non-finite one must stop the run before the step.
-      last_grad_norm =
-          optim::clip_grad_norm_(optimizer, o.max_grad_norm > 0 ? o.max_grad_norm : INFINITY)
-              .item<double>();
+      last_grad_norm = grad_norm.item<double>();
       if (!std::isfinite(last_grad_norm)) {
         say("step " + std::to_string(step) + ": the gradient norm is " +
             std::to_string(last_grad_norm) + "; stopping");
@@ -576,6 +579,8 @@ int run(const Options& o) {
   }
   if (st.global_step >= total_steps && o.max_steps > 0) stop_reason = "max_steps";
   const double train_seconds = elapsed_now();
+  // This process's training peak (a resumed run reports its own part).
+  const size_t peak_memory = memory_stats(device).peak_allocated_bytes;
   write_training_plot_png((out / "plot.png").string(), title, history.train_loss, history.dev_loss,
                           history.dev_accuracy, history.dev_f1);
 
@@ -590,6 +595,8 @@ int run(const Options& o) {
   summary["train_examples_per_second"] = double(st.examples_seen) / std::max(train_seconds, 1e-9);
   summary["threads"] = get_num_threads();
   summary["device"] = device.str();
+  summary["gradient_checkpointing"] = o.gradient_checkpointing;
+  summary["peak_memory_bytes"] = peak_memory;
   summary["options"] = json::parse(o.fingerprint());
   summary["best"] = {{"step", st.best_step}, {"dev_macro_f1", st.best_metric}};
   nn::PretrainedOptions best_po;
@@ -613,8 +620,12 @@ int run(const Options& o) {
   summary["wall_seconds"] =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - wall_start).count();
   write_json_atomically(out / "summary.json", summary);
-  std::fprintf(stderr, "wrote %s/{summary.json,metrics.jsonl,plot.svg} in %s\n", out.c_str(),
-               format_duration(train_seconds).c_str());
+  std::fprintf(stderr,
+               "wrote %s/{summary.json,metrics.jsonl,plot.svg} in %s; peak %s memory "
+               "%.1f MiB%s\n",
+               out.c_str(), format_duration(train_seconds).c_str(), device.str().c_str(),
+               double(peak_memory) / double(1 << 20),
+               o.gradient_checkpointing ? " (gradient checkpointing)" : "");
   return 0;
 }
 

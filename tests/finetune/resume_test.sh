@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # lathe-finetune's exact-resume promise: a run killed with SIGKILL (at a step between
 # checkpoints, or in the middle of writing one) and continued with --resume ends with weights
-# bit-identical to an uninterrupted run. Tiny random-init BERT (tests/data/tiny-bert, dropout on
+# bit-identical to an uninterrupted run, also when the resumed part runs with
+# --gradient-checkpointing. Tiny random-init BERT (tests/data/tiny-bert, dropout on
 # so the RNG state matters) on 48 hand-written review snippets (tests/data/finetune).
 # Usage: resume_test.sh LATHE_FINETUNE SOURCE_DIR
 set -u
@@ -39,7 +40,14 @@ for extra in "" "--lora-rank 2"; do
   LATHE_FINETUNE_KILL_AT_STEP=8 run --out "$work/a$tag" "${flags[@]}"
   [[ $? -eq 137 ]] || fail "the run was not killed at step 8"
   [[ -f "$work/a$tag/checkpoints/last/training_state.safetensors" ]] || fail "no checkpoint"
-  run --out "$work/a$tag" --resume "${flags[@]}" || { cat "$work/log"; fail "resume failed"; }
+  # Resumed with gradient checkpointing: the layers re-run in backward replay their dropout
+  # draws, so the weights stay bit-identical.
+  run --out "$work/a$tag" --resume --gradient-checkpointing "${flags[@]}" ||
+    { cat "$work/log"; fail "resume failed"; }
+  grep -q '"gradient_checkpointing": true' "$work/a$tag/summary.json" ||
+    fail "summary.json of the resumed run does not record gradient checkpointing"
+  grep -q "(gradient checkpointing)" "$work/log" ||
+    fail "the resumed run does not report gradient checkpointing: $(tail -3 "$work/log")"
   same_weights "$work/full$tag" "$work/a$tag"
 
   # Killed inside the checkpoint write of step 10 (its files written, not yet swapped in).
@@ -53,4 +61,4 @@ done
 # A different setting is refused on --resume, naming it.
 run --out "$work/a" --resume --lr 2e-3 && fail "--resume with another --lr was accepted"
 grep -q -- "--lr" "$work/log" || fail "the refusal does not name --lr: $(cat "$work/log")"
-echo "resume: bit-identical after kill -9 (between and during checkpoints, full and LoRA)"
+echo "resume: bit-identical after kill -9 (between and during checkpoints, full and LoRA, with and without gradient checkpointing)"

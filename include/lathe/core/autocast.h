@@ -53,6 +53,26 @@ class NoAutocastGuard {
   bool previous_[kNumDeviceTypes];
 };
 
+// This thread's whole autocast state, and a guard that puts a recorded state back for its scope:
+// activation checkpointing re-runs a forward inside backward, where autocast is off, and needs
+// the ops to cast exactly as they did the first time.
+struct AutocastState {
+  bool enabled[kNumDeviceTypes] = {};
+  DType dtype[kNumDeviceTypes] = {};
+};
+AutocastState autocast_state();
+
+class AutocastStateGuard {
+ public:
+  explicit AutocastStateGuard(const AutocastState& state);
+  ~AutocastStateGuard();
+  AutocastStateGuard(const AutocastStateGuard&) = delete;
+  AutocastStateGuard& operator=(const AutocastStateGuard&) = delete;
+
+ private:
+  AutocastState previous_;
+};
+
 // Whether autocast is on for tensors on `type` in this thread, and to which dtype.
 bool autocast_enabled(DeviceType type);
 std::optional<DType> autocast_dtype(DeviceType type);

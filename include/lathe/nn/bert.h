@@ -43,6 +43,10 @@ class BertEncoder : public Module {
   explicit BertEncoder(const BertConfig& config, bool pre_layer_norm = false);
   Tensor forward(const Tensor& hidden, const Tensor& mask = Tensor()) const;
   std::vector<std::shared_ptr<TransformerEncoderLayer>> layers;  // "layer.<i>"
+  // In training mode, keep only each layer's input for backward and re-run the layer there
+  // (lathe/core/checkpoint.h): activation memory of one layer instead of all of them, for about
+  // one more forward per step. Hugging Face's `gradient_checkpointing_enable()`.
+  bool gradient_checkpointing = false;
 };
 
 // tanh(dense(hidden[:, 0])): BERT's [CLS] pooler.
