@@ -63,7 +63,14 @@ void add_options(CLI::App& app, Options& o) {
       ->check(CLI::Range(int64_t(3), int64_t(1 << 20)))
       ->group(g);
   g = "Training";
-  app.add_option("--batch-size", o.batch_size, "examples per step")
+  app.add_option("--batch-size", o.batch_size, "examples per batch (per step without accumulation)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber)
+      ->group(g);
+  app.add_option("--gradient-accumulation-steps", o.gradient_accumulation_steps,
+                 "batches per optimizer step, their gradients summed (each batch's loss weighted "
+                 "by its share of the step's examples): the step of a batch N times larger in the "
+                 "memory of one; steps, warmup and --eval-every count optimizer steps")
       ->capture_default_str()
       ->check(CLI::PositiveNumber)
       ->group(g);
@@ -208,6 +215,9 @@ std::string Options::fingerprint() const {
   j["subset"] = subset;
   j["max_len"] = max_len;
   j["batch_size"] = batch_size;
+  // Absent at its default, so that checkpoints written before the option existed still resume.
+  if (gradient_accumulation_steps != 1)
+    j["gradient_accumulation_steps"] = gradient_accumulation_steps;
   j["epochs"] = epochs;
   j["max_steps"] = max_steps;
   j["lr"] = lr;

@@ -25,6 +25,7 @@ struct Options {
   int64_t max_len = 64;
   // optimization
   int64_t batch_size = 32;
+  int64_t gradient_accumulation_steps = 1;  // batches per optimizer step
   int64_t epochs = 3;
   int64_t max_steps = 0;  // 0: epochs decide
   double lr = 5e-5;

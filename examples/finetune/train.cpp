@@ -96,8 +96,14 @@ void check_same_options(const std::string& saved, const Options& o, const std::s
   for (auto it = b.begin(); it != b.end(); ++it) {
     if (!a.contains(it.key()) || a.at(it.key()) != it.value()) {
       diff += "\n  --" + it.key() + ": checkpoint " +
-              (a.contains(it.key()) ? a.at(it.key()).dump() : "(absent)") + ", now " +
+              (a.contains(it.key()) ? a.at(it.key()).dump() : "(default)") + ", now " +
               it.value().dump();
+    }
+  }
+  // Settings left out of the fingerprint at their default (gradient_accumulation_steps).
+  for (auto it = a.begin(); it != a.end(); ++it) {
+    if (!b.contains(it.key())) {
+      diff += "\n  --" + it.key() + ": checkpoint " + it.value().dump() + ", now (default)";
     }
   }
   LATHE_CHECK(diff.empty(), source,
@@ -341,7 +347,11 @@ int run(const Options& o) {
   const bool have_train_sample = !train_sample.empty();
   const data::Batcher train_eval_batcher(have_train_sample ? train_sample : d.dev, eval_bo);
 
-  const int64_t steps_per_epoch = static_cast<int64_t>(train_batcher.plan(0).size());
+  // An optimizer step takes --gradient-accumulation-steps consecutive batches of the epoch's plan
+  // (the epoch's last step what is left).
+  const int64_t accumulate = o.gradient_accumulation_steps;
+  const int64_t batches_per_epoch = static_cast<int64_t>(train_batcher.plan(0).size());
+  const int64_t steps_per_epoch = (batches_per_epoch + accumulate - 1) / accumulate;
   const int64_t total_steps = o.max_steps > 0 ? o.max_steps : o.epochs * steps_per_epoch;
   const int64_t num_epochs = (total_steps + steps_per_epoch - 1) / steps_per_epoch;
   const auto warmup = static_cast<int64_t>(std::ceil(o.warmup_ratio * double(total_steps)));
@@ -363,11 +373,12 @@ int run(const Options& o) {
                  static_cast<long long>(st.epoch + 1), static_cast<long long>(st.batch_in_epoch));
   }
   std::fprintf(stderr,
-               "training: %lld steps (%lld per epoch, %lld epoch(s)), batch %lld, lr %g with %lld "
-               "warmup steps (%s), weight decay %g%s%s\n",
+               "training: %lld steps (%lld per epoch, %lld epoch(s)), batch %lld%s, lr %g with "
+               "%lld warmup steps (%s), weight decay %g%s%s\n",
                static_cast<long long>(total_steps), static_cast<long long>(steps_per_epoch),
-               static_cast<long long>(num_epochs), static_cast<long long>(o.batch_size), o.lr,
-               static_cast<long long>(warmup), o.schedule.c_str(), o.weight_decay,
+               static_cast<long long>(num_epochs), static_cast<long long>(o.batch_size),
+               accumulate > 1 ? (" x " + std::to_string(accumulate) + " accumulated").c_str() : "",
+               o.lr, static_cast<long long>(warmup), o.schedule.c_str(), o.weight_decay,
                o.layerwise_lr_decay < 1 ? ", layer-wise lr decay" : "",
                o.lora_rank > 0 ? ", LoRA" : "");
 
@@ -430,21 +441,34 @@ int run(const Options& o) {
     const auto plan = train_batcher.plan(st.epoch);
     for (; st.batch_in_epoch < static_cast<int64_t>(plan.size()); ++st.batch_in_epoch) {
       if (st.global_step >= total_steps) break;
-      const data::Batch b = train_batcher.collate(plan[size_t(st.batch_in_epoch)]);
-      std::optional<AutocastGuard> autocast;
-      if (bf16) autocast.emplace(DType::BF16, device.type);
-      const Tensor logits = model->forward(b.input_ids.to(device), b.attention_mask.to(device),
-                                           b.token_type_ids.to(device));
-      const Tensor loss = cross_entropy(logits, b.labels.to(device));
-      autocast.reset();
-      loss.backward();
+      // The step's batches: plan[first .. last]. Each batch's mean loss is weighted by its share
+      // of the step's examples, so the summed gradient is that of the mean over all of them (a
+      // batch of batch-size x accumulation, up to padding and dropout draws).
+      const int64_t first = st.batch_in_epoch;
+      const int64_t last = std::min<int64_t>(first + accumulate, int64_t(plan.size())) - 1;
+      int64_t step_examples = 0;
+      for (int64_t i = first; i <= last; ++i) step_examples += int64_t(plan[size_t(i)].size());
+      Tensor step_loss;  // on the device: read once, below
+      for (int64_t i = first; i <= last; ++i) {
+        const data::Batch b = train_batcher.collate(plan[size_t(i)]);
+        std::optional<AutocastGuard> autocast;
+        if (bf16) autocast.emplace(DType::BF16, device.type);
+        const Tensor logits = model->forward(b.input_ids.to(device), b.attention_mask.to(device),
+                                             b.token_type_ids.to(device));
+        Tensor loss = cross_entropy(logits, b.labels.to(device));
+        autocast.reset();
+        if (first != last) loss = loss * (double(b.indices.size()) / double(step_examples));
+        loss.backward();  // frees this batch's graph before the next forward
+        step_loss = step_loss.defined() ? step_loss + loss.detach() : loss.detach();
+      }
+      st.batch_in_epoch = last;  // the loop's increment moves past the step's batches
       // clip_grad_norm_ also measures: an infinite max_norm never scales. The loss and the norm
       // are read after backward and clipping are queued, in one wait per step (a GPU then never
       // idles while the host queues the backward); a non-finite one stops the run before the
       // optimizer step, so the weights stay those of the last good step.
       const Tensor grad_norm =
           optim::clip_grad_norm_(optimizer, o.max_grad_norm > 0 ? o.max_grad_norm : INFINITY);
-      const double loss_value = loss.item<double>();
+      const double loss_value = step_loss.item<double>();
       const int64_t step = st.global_step + 1;
       if (!std::isfinite(loss_value)) {
         say("step " + std::to_string(step) + ": the loss is " + std::to_string(loss_value) +
@@ -464,7 +488,7 @@ int run(const Options& o) {
       scheduler.step();
       optimizer.zero_grad();
       st.global_step = step;
-      st.examples_seen += static_cast<int64_t>(b.indices.size());
+      st.examples_seen += step_examples;
       st.loss_sum += loss_value;
       ++st.loss_count;
       st.log_loss += loss_value;

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # lathe-finetune's exact-resume promise: a run killed with SIGKILL (at a step between
 # checkpoints, or in the middle of writing one) and continued with --resume ends with weights
-# bit-identical to an uninterrupted run, also when the resumed part runs with
-# --gradient-checkpointing. Tiny random-init BERT (tests/data/tiny-bert, dropout on
+# bit-identical to an uninterrupted run (full fine-tuning, LoRA, and 3 batches per step), also
+# when the resumed part runs with --gradient-checkpointing; a changed setting is refused. Tiny random-init BERT (tests/data/tiny-bert, dropout on
 # so the RNG state matters) on 48 hand-written review snippets (tests/data/finetune).
 # Usage: resume_test.sh LATHE_FINETUNE SOURCE_DIR
 set -u
@@ -30,13 +30,13 @@ same_weights() {  # $1 $2: run directories
   cmp -s "$work/s1" "$work/s2" || fail "summary.json of $2 differs: $(diff "$work/s1" "$work/s2")"
 }
 
-for extra in "" "--lora-rank 2"; do
+for extra in "" "--lora-rank 2" "--gradient-accumulation-steps 3"; do
   # shellcheck disable=SC2206
   flags=($extra)
   tag="${extra// /}"
   run --out "$work/full$tag" "${flags[@]}" || { cat "$work/log"; fail "uninterrupted run failed"; }
 
-  # Killed at step 8 of 36: the last checkpoint is step 5.
+  # Killed at step 8 (of 36; 12 with 3 batches per step): the last checkpoint is step 5.
   LATHE_FINETUNE_KILL_AT_STEP=8 run --out "$work/a$tag" "${flags[@]}"
   [[ $? -eq 137 ]] || fail "the run was not killed at step 8"
   [[ -f "$work/a$tag/checkpoints/last/training_state.safetensors" ]] || fail "no checkpoint"
@@ -58,7 +58,12 @@ for extra in "" "--lora-rank 2"; do
   ls -a "$work/b$tag/checkpoints" | grep -q tmp && fail "a temporary checkpoint was left behind"
 done
 
-# A different setting is refused on --resume, naming it.
+# A different setting is refused on --resume, naming it; so is dropping the accumulation (a
+# setting the fingerprint leaves out at its default).
 run --out "$work/a" --resume --lr 2e-3 && fail "--resume with another --lr was accepted"
 grep -q -- "--lr" "$work/log" || fail "the refusal does not name --lr: $(cat "$work/log")"
-echo "resume: bit-identical after kill -9 (between and during checkpoints, full and LoRA, with and without gradient checkpointing)"
+run --out "$work/a--gradient-accumulation-steps3" --resume &&
+  fail "--resume without the run's --gradient-accumulation-steps was accepted"
+grep -q -- "--gradient_accumulation_steps: checkpoint 3, now (default)" "$work/log" ||
+  fail "the refusal does not name the accumulation: $(cat "$work/log")"
+echo "resume: bit-identical after kill -9 (between and during checkpoints, full, LoRA and accumulated, with and without gradient checkpointing)"
