@@ -171,6 +171,24 @@ TEST_CASE("checkpoint: nested checkpoints", "[checkpoint]") {
   }
 }
 
+TEST_CASE("checkpoint: outputs that are inputs or views of them", "[checkpoint]") {
+  auto device = GENERATE(from_range(test_devices()));
+  Tensor x = random_tensor({4, 6}, 3, DType::F32, device).requires_grad_(true);
+  Tensor w = random_tensor({4, 6}, 4, DType::F32, device);
+  std::vector<Tensor> out = checkpoint(
+      [](const std::vector<Tensor>& in) {
+        return std::vector<Tensor>{in[0], in[0].transpose(0, 1), in[0] * in[0]};
+      },
+      {x});
+  CHECK(x.is_leaf());  // the returned alias carries the node, not x itself
+  (out[0] * w + out[1].transpose(0, 1) * 3.0 + out[2]).sum().backward();
+  // d/dx (x * w + 3 x + x^2) = w + 3 + 2 x
+  const std::vector<double> xv = x.to_vector<double>(), wv = w.to_vector<double>();
+  std::vector<double> expected(xv.size());
+  for (size_t i = 0; i < xv.size(); ++i) expected[i] = wv[i] + 3.0 + 2.0 * xv[i];
+  check_close(x.grad(), expected, {4, 6}, 1e-6, 1e-6);
+}
+
 TEST_CASE("checkpoint: misuse is reported", "[checkpoint]") {
   Tensor x = random_tensor({4, 8}, 7, DType::F32).requires_grad_(true);
   SECTION("an input modified in place before backward") {
