@@ -226,17 +226,24 @@ void gemm_counters(benchmark::State& state, int64_t m, int64_t n, int64_t k) {
   tflops_counter(state, 2.0 * double(m) * double(n) * double(k), state.range(3) == 0);
 }
 
+// dtype code 2: f32 under set_float32_matmul_precision("high"), TF32 on tensor cores.
 void BM_CudaGemm_Lathe(benchmark::State& state) {
   const int64_t m = state.range(0), n = state.range(1), k = state.range(2);
-  const DType t = dtype_of(state.range(3));
+  const bool tf32 = state.range(3) == 2;
+  const DType t = tf32 ? DType::F32 : dtype_of(state.range(3));
   Tensor a = randn_on({m, k}, t), b = randn_on({k, n}, t);
+  const lathe::MatmulPrecision saved = lathe::float32_matmul_precision();
+  lathe::set_float32_matmul_precision(tf32 ? lathe::MatmulPrecision::High
+                                           : lathe::MatmulPrecision::Highest);
   run(state, 0.0, [&] { benchmark::DoNotOptimize(lathe::matmul(a, b)); });
+  lathe::set_float32_matmul_precision(saved);
   gemm_counters(state, m, n, k);
 }
 
 void BM_CudaGemm_Cublas(benchmark::State& state) {
   const int64_t m = state.range(0), n = state.range(1), k = state.range(2);
-  const DType t = dtype_of(state.range(3));
+  const bool tf32 = state.range(3) == 2;
+  const DType t = tf32 ? DType::F32 : dtype_of(state.range(3));
   Tensor a = randn_on({m, k}, t), b = randn_on({k, n}, t), c = lathe::empty({m, n}, on_cuda(t));
   sync_device();
   static cublasHandle_t handle = [] {
@@ -248,10 +255,11 @@ void BM_CudaGemm_Cublas(benchmark::State& state) {
   const cudaDataType_t type = t == DType::F32 ? CUDA_R_32F : CUDA_R_16BF;
   // Row-major C = A B is column-major C^T = B^T A^T: swap the operands, no transposes.
   auto body = [&] {
-    check_cublas(cublasGemmEx(handle, CUBLAS_OP_N, CUBLAS_OP_N, int(n), int(m), int(k), &alpha,
-                              b.data_ptr(), type, int(n), a.data_ptr(), type, int(k), &beta,
-                              c.data_ptr(), type, int(n), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-                 "cublasGemmEx");
+    check_cublas(
+        cublasGemmEx(handle, CUBLAS_OP_N, CUBLAS_OP_N, int(n), int(m), int(k), &alpha, b.data_ptr(),
+                     type, int(n), a.data_ptr(), type, int(k), &beta, c.data_ptr(), type, int(n),
+                     tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+        "cublasGemmEx");
   };
   body();
   cudaDeviceSynchronize();
@@ -262,7 +270,8 @@ void BM_CudaGemm_Cublas(benchmark::State& state) {
   gemm_counters(state, m, n, k);
 }
 
-// BERT's linear layers at B·T = 4096 (MiniLM 384/1536, BERT-base 768/3072) and square sizes.
+// BERT's linear layers at B·T = 4096 (MiniLM 384/1536, BERT-base 768/3072) and square sizes;
+// dtype 0 f32, 1 bf16, 2 f32 in TF32.
 void gemm_shapes(benchmark::internal::Benchmark* b) {
   for (int64_t dtype : {0, 1}) {
     for (auto [m, n, k] : std::vector<std::array<int64_t, 3>>{{4096, 384, 384},
@@ -277,6 +286,11 @@ void gemm_shapes(benchmark::internal::Benchmark* b) {
                                                               {4096, 4096, 4096}}) {
       b->Args({m, n, k, dtype});
     }
+  }
+  // f32 in TF32 (code 2), at BERT-base's FFN shapes and the square 4096.
+  for (auto [m, n, k] : std::vector<std::array<int64_t, 3>>{
+           {4096, 3072, 768}, {4096, 768, 3072}, {4096, 4096, 4096}}) {
+    b->Args({m, n, k, 2});
   }
 }
 

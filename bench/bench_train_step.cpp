@@ -229,6 +229,34 @@ void BM_CudaInference(benchmark::State& state) {
   set_counters(state, state.range(1));
 }
 
+// The f32 step with the GEMMs in TF32 (set_float32_matmul_precision("high")), beside
+// BM_CudaTrainStep's f32 and bf16 steps. Args: {base, T}.
+void BM_CudaTrainStepTf32(benchmark::State& state) {
+  Setup s = make_cuda_setup(state);
+  s.model->train();
+  optim::AdamW opt(optim::no_decay_param_groups(s.model->named_parameters(), 5e-5, 0.01));
+  const MatmulPrecision saved = float32_matmul_precision();
+  set_float32_matmul_precision(MatmulPrecision::High);
+  auto step = [&] {
+    Tensor loss = cross_entropy(s.model->forward(s.ids, s.mask), s.labels);
+    loss.backward();
+    optim::clip_grad_norm_(opt, 1.0);
+    opt.step();
+    opt.zero_grad();
+    return loss.item<float>();
+  };
+  step();
+  for (auto _ : state) benchmark::DoNotOptimize(step());
+  set_float32_matmul_precision(saved);
+  set_counters(state, state.range(1));
+}
+BENCHMARK(BM_CudaTrainStepTf32)
+    ->ArgNames({"base", "T"})
+    ->ArgsProduct({{0, 1}, {128}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime()
+    ->MinTime(1.0);
+
 // BM_TrainStepCheckpointing on the GPU, bf16 autocast. Args: {base, T, checkpointing}.
 void BM_CudaTrainStepCheckpointing(benchmark::State& state) {
   Setup s = make_cuda_setup(state);

@@ -165,6 +165,17 @@ def main():
                 train_step_fn(base, 128, bool(bf16)), per_launch=False)
             add(f"inference, {tag}", f"BM_CudaInference/{name}", inference_fn(base, 128, bool(bf16)),
                 per_launch=False)
+    # f32 with the GEMMs in TF32 on both sides (lathe: set_float32_matmul_precision("high");
+    # PyTorch: torch.backends.cuda.matmul.allow_tf32).
+    if DEVICE == "cuda":
+        for base in (0, 1):
+            tag = f"{'BERT-base' if base else 'MiniLM'} B32 T128 f32, TF32 GEMMs"
+            torch.backends.cuda.matmul.allow_tf32 = True
+            try:
+                add(f"train step, {tag}", f"BM_CudaTrainStepTf32/base:{base}/T:128",
+                    train_step_fn(base, 128, False), per_launch=False)
+            finally:
+                torch.backends.cuda.matmul.allow_tf32 = False
     if not a.no_compile:
         t0 = time.perf_counter()
         step = train_step_fn(1, 128, True, compile_model=True)
@@ -211,6 +222,19 @@ def main():
             raw = lathe_s(f"BM_CudaGemm_Cublas/{suffix}")
             rows.append((label + " (raw cuBLAS via lathe-bench)", lathe_s(f"BM_CudaGemm_Lathe/{suffix}"),
                          raw, "cuBLAS direct"))
+    if DEVICE == "cuda":
+        for m, n, k in ((4096, 3072, 768), (4096, 768, 3072), (4096, 4096, 4096)):
+            x = torch.randn(m, k, device=DEVICE)
+            y = torch.randn(k, n, device=DEVICE)
+            suffix = f"{m}/{n}/{k}/2"
+            label = f"GEMM {m}x{n}x{k} f32 TF32"
+            torch.backends.cuda.matmul.allow_tf32 = True
+            try:
+                add(label, f"BM_CudaGemm_Lathe/{suffix}", lambda x=x, y=y: torch.matmul(x, y))
+            finally:
+                torch.backends.cuda.matmul.allow_tf32 = False
+            rows.append((label + " (raw cuBLAS via lathe-bench)", lathe_s(f"BM_CudaGemm_Lathe/{suffix}"),
+                         lathe_s(f"BM_CudaGemm_Cublas/{suffix}"), "cuBLAS direct"))
 
     # Attention: lathe's op (composed or fused) vs SDPA (flash backend) forward, bf16, H = 12.
     from torch.nn.attention import SDPBackend, sdpa_kernel

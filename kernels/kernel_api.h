@@ -123,6 +123,9 @@ struct GemmArgs {
   void* c = nullptr;
   int64_t ldc = 0, batch_stride_c = 0;
   double alpha = 1.0, beta = 0.0;
+  // f32 only: the cuda device may compute in TF32 on tensor cores (set_float32_matmul_precision);
+  // the cpu device has no TF32 and ignores it.
+  bool allow_tf32 = false;
 };
 
 // Statistics (mean, rstd, lse) are kept in the accumulation type: f64 for f64 data, f32 otherwise.

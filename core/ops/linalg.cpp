@@ -15,6 +15,7 @@
 #include <optional>
 
 #include "core/tensor_internal.h"
+#include "lathe/core/matmul_precision.h"
 
 namespace lathe {
 
@@ -135,6 +136,7 @@ void gemm_into(const Tensor& c, const Tensor& a_in, const Tensor& b_in, const Sh
   args.ldb = b.layout.ld;
   args.ldc = ldc;
   args.beta = beta;
+  args.allow_tf32 = args.dtype == DType::F32 && float32_matmul_precision() == MatmulPrecision::High;
   if (!dims.empty()) {
     args.batch = dims.back().size;
     args.batch_stride_a = dims.back().a;

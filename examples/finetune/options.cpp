@@ -134,11 +134,12 @@ void add_options(CLI::App& app, Options& o) {
   g = "Execution";
   app.add_option("--device", o.device, "cpu or cuda[:N]")->capture_default_str()->group(g);
   app.add_option("--precision", o.precision,
-                 "fp32, or bf16 autocast: matmuls and attention in bf16, softmax, LayerNorm and "
-                 "the loss in f32, f32 master weights (fast on GPUs; on the cpu bf16 is emulated "
-                 "through f32 and only useful for checking)")
+                 "fp32; tf32: fp32 with the GEMMs on tensor cores in TF32 (cuda only; inputs "
+                 "rounded to 10 mantissa bits); or bf16 autocast: matmuls and attention in bf16, "
+                 "softmax, LayerNorm and the loss in f32, f32 master weights (fast on GPUs; on the "
+                 "cpu bf16 is emulated through f32 and only useful for checking)")
       ->capture_default_str()
-      ->check(CLI::IsMember({"fp32", "bf16"}))
+      ->check(CLI::IsMember({"fp32", "tf32", "bf16"}))
       ->group(g);
   app.add_option("--threads", o.threads, "cpu threads (0 = all cores)")
       ->check(CLI::NonNegativeNumber)

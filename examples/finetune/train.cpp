@@ -228,6 +228,13 @@ int run(const Options& o) {
   if (o.threads > 0) set_num_threads(static_cast<int>(o.threads));
   const Device device = Device::parse(o.device);
   const bool bf16 = o.precision == "bf16";
+  // tf32: f32 weights and activations, the GEMMs on tensor cores in TF32 (the cpu has none: there
+  // it is fp32).
+  set_float32_matmul_precision(o.precision == "tf32" ? MatmulPrecision::High
+                                                     : MatmulPrecision::Highest);
+  if (o.precision == "tf32" && !device.is_cuda()) {
+    std::fprintf(stderr, "lathe-finetune: --precision tf32 on the cpu computes in full f32\n");
+  }
   const fs::path out = o.out;
   const fs::path ckpt_dir = out / "checkpoints";
   const fs::path last_dir = ckpt_dir / "last", best_dir = ckpt_dir / "best";

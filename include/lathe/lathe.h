@@ -9,6 +9,7 @@
 #include "lathe/core/dtype.h"
 #include "lathe/core/error.h"
 #include "lathe/core/functional.h"
+#include "lathe/core/matmul_precision.h"
 #include "lathe/core/memory.h"
 #include "lathe/core/op_table.h"
 #include "lathe/core/random.h"

@@ -14,7 +14,6 @@
 // mantissa, multiplied, then alpha/beta, bias and GELU applied and the result rounded once to
 // C's dtype, as cuBLASLt does with f32 accumulation.
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -81,8 +80,6 @@ namespace lathe::cuda {
 
 namespace {
 
-std::atomic<bool> g_allow_tf32{false};
-
 bool floating_for_gemm(DType t) {
   return t == DType::F32 || t == DType::F64 || t == DType::F16 || t == DType::BF16;
 }
@@ -118,13 +115,6 @@ void validate(const GemmExArgs& x) {
 }
 
 }  // namespace
-
-void set_allow_tf32(bool allow) {
-  g_allow_tf32 = allow;
-}
-bool allow_tf32() {
-  return g_allow_tf32;
-}
 
 #if !defined(__CUDACC__)
 // ---------------------------------------------------------------- simulated build: the cpu GEMM
@@ -487,7 +477,7 @@ void gemm_kernel(const GemmArgs& args) {
   ::lathe::cuda::GemmExArgs x;
   x.gemm = args;
   x.c_dtype = args.dtype;
-  x.allow_tf32 = args.dtype == DType::F32 && ::lathe::cuda::allow_tf32();
+  x.allow_tf32 = args.allow_tf32 && args.dtype == DType::F32;
   ::lathe::cuda::gemm_ex(x, stream());
 }
 }  // namespace

@@ -33,8 +33,7 @@ struct GemmExArgs {
 // unsupported combinations.
 void gemm_ex(const GemmExArgs& args, cudaStream_t stream);
 
-// The default used by the KernelTable's gemm for f32 (false: full f32, like PyTorch's default).
-void set_allow_tf32(bool allow);
-bool allow_tf32();
+// The KernelTable's gemm passes GemmArgs::allow_tf32 (set by the ops from
+// set_float32_matmul_precision, lathe/core/matmul_precision.h) on as allow_tf32.
 
 }  // namespace lathe::cuda

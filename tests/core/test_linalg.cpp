@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "kernels/kernel_table.h"
+#include "lathe/core/matmul_precision.h"
 #include "support/test_util.h"
 
 using namespace lathe;
@@ -364,4 +365,79 @@ TEST_CASE("matmul / linear: invalid arguments name the op and shapes", "[matmul]
       {"linear", "bias", "[3]"});
   check_error([&] { linear(ones({2, 5}, opts), ones({5}, opts)); }, {"linear", "weight", "2-D"});
   check_error([&] { linear(ones({2, 5}, opts), Tensor()); }, {"linear", "undefined"});
+}
+
+namespace {
+
+// Puts the process-wide f32 matmul precision back when a test ends, pass or fail.
+struct PrecisionScope {
+  MatmulPrecision saved = float32_matmul_precision();
+  explicit PrecisionScope(MatmulPrecision p) { set_float32_matmul_precision(p); }
+  ~PrecisionScope() { set_float32_matmul_precision(saved); }
+};
+
+}  // namespace
+
+TEST_CASE("matmul: f32 precision 'high' is TF32 on cuda, full f32 on the cpu", "[linalg]") {
+  auto device = GENERATE(from_range(test_devices()));
+  auto precision = GENERATE(MatmulPrecision::Highest, MatmulPrecision::High);
+  INFO("device " << device << ", precision " << matmul_precision_name(precision));
+  // Every input is q / 64 (q in 1..64: exact in TF32's 10 mantissa bits) times 1 + 2^-12, which
+  // TF32 drops whether it rounds to nearest or truncates. All positive, so nothing cancels: the
+  // full-f32 and the TF32 products differ by about 2^-11 relative, 80x the f32 accumulation error.
+  const int64_t m = 48, k = 96, n = 40;
+  auto operand = [](int64_t rows, int64_t cols, uint64_t seed, std::vector<double>& base) {
+    std::vector<double> v = random_values(rows * cols, seed, 1.0, 65.0);
+    base.resize(v.size());
+    std::vector<float> f(v.size());
+    for (size_t i = 0; i < v.size(); ++i) {
+      base[i] = std::floor(v[i]) / 64.0;
+      f[i] = float(base[i] * (1.0 + std::ldexp(1.0, -12)));
+    }
+    return from_vector<float>(f, {rows, cols});
+  };
+  std::vector<double> base_a, base_b;
+  const Tensor a_host = operand(m, k, 1, base_a), b_host = operand(k, n, 2, base_b);
+  auto product = [&](bool tf32) {
+    std::vector<double> out(size_t(m * n), 0.0);
+    const std::vector<double> va = a_host.to_vector<double>(), vb = b_host.to_vector<double>();
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < n; ++j)
+        for (int64_t p = 0; p < k; ++p)
+          out[size_t(i * n + j)] += tf32 ? base_a[size_t(i * k + p)] * base_b[size_t(p * n + j)]
+                                         : va[size_t(i * k + p)] * vb[size_t(p * n + j)];
+    return out;
+  };
+  const bool tf32 = device.is_cuda() && precision == MatmulPrecision::High;
+  const std::vector<double> expected = product(tf32), other = product(!tf32);
+
+  PrecisionScope scope(precision);
+  Tensor a = a_host.to(device).requires_grad_(true);
+  const Tensor b = b_host.to(device);
+  Tensor c = matmul(a, b);
+  check_close(c, expected, {m, n}, 0.0, 2e-5);
+  // The other product is far outside that tolerance, so the check above tells them apart.
+  CHECK(std::abs(c.to_vector<double>()[0] - other[0]) > 1e-4 * std::abs(other[0]));
+  check_close(linear(a.detach(), b.t()), expected, {m, n}, 0.0, 2e-5);
+
+  // Backward GEMMs follow the same setting: dA = ones @ B^T sums B's rows (TF32-rounded or not).
+  c.sum().backward();
+  std::vector<double> grad(size_t(m * k));
+  const std::vector<double> vb = b_host.to_vector<double>();
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t p = 0; p < k; ++p)
+      for (int64_t j = 0; j < n; ++j)
+        grad[size_t(i * k + p)] += tf32 ? base_b[size_t(p * n + j)] : vb[size_t(p * n + j)];
+  check_close(a.grad(), grad, {m, k}, 0.0, 2e-6);
+}
+
+TEST_CASE("matmul: f32 precision settings and their errors", "[linalg]") {
+  PrecisionScope scope(MatmulPrecision::Highest);
+  set_float32_matmul_precision("high");
+  CHECK(float32_matmul_precision() == MatmulPrecision::High);
+  set_float32_matmul_precision("highest");
+  CHECK(float32_matmul_precision() == MatmulPrecision::Highest);
+  check_error([] { set_float32_matmul_precision("medium"); },
+              {"unknown f32 matmul precision 'medium'", "'highest'", "'high'"});
+  CHECK(float32_matmul_precision() == MatmulPrecision::Highest);
 }
