@@ -255,7 +255,7 @@ BENCHMARK(BM_CudaTrainStepTf32)
     ->ArgsProduct({{0, 1}, {128}})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime()
-    ->MinTime(1.0);
+    ->MinTime(0.5);
 
 // BM_TrainStepCheckpointing on the GPU, bf16 autocast. Args: {base, T, checkpointing}.
 void BM_CudaTrainStepCheckpointing(benchmark::State& state) {
@@ -288,7 +288,7 @@ BENCHMARK(BM_CudaTrainStepCheckpointing)
     ->ArgsProduct({{1}, {128, 512}, {0, 1}})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime()
-    ->MinTime(1.0);
+    ->MinTime(0.5);
 BENCHMARK(BM_CudaTrainStep)
     ->ArgNames({"base", "T", "bf16"})
     ->ArgsProduct({{0, 1}, {128}, {0, 1}})
