@@ -74,8 +74,16 @@ LATHE_DEVICE_INLINE void rs_wgmma_mn(float (&d)[N / 2], const uint32_t a[4], uin
 
 template <class T>
 LATHE_DEVICE_INLINE T* align_1024(T* raw) {
-  // The swizzle is a function of shared address bits 4..9: tiles start 1024-aligned.
+  // The swizzle is a function of shared address bits 4..9: tiles start 1024-aligned. On the GPU
+  // that is the shared-window address wgmma and TMA see (CUTLASS aligns that one too), which
+  // equals the generic pointer's alignment only if the window's base is 1024-aligned; in the
+  // simulator shared memory is host memory and the host address is the one it swizzles.
+#ifdef __CUDACC__
+  const uint32_t pad = (1024u - (rt::shared_address(raw) & 1023u)) & 1023u;
+  return reinterpret_cast<T*>(reinterpret_cast<char*>(raw) + pad);
+#else
   return reinterpret_cast<T*>((reinterpret_cast<uintptr_t>(raw) + 1023) & ~uintptr_t(1023));
+#endif
 }
 
 // The wgmma kernels' sm_80 instantiations are trapping stubs: a build without 90a in

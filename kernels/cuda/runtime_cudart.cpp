@@ -293,8 +293,10 @@ CUtensorMapDataType driver_dtype(DType dtype) {
 }  // namespace
 
 TensorMap encode_tensor_map(const TensorMapArgs& a) {
+  // CUDA 13 declares CUtensorMap 128-byte aligned, CUDA 12 64: ours (128) must be at least as
+  // strict for the driver to write one in place.
   static_assert(
-      sizeof(TensorMap) == sizeof(CUtensorMap) && alignof(TensorMap) == alignof(CUtensorMap),
+      sizeof(TensorMap) == sizeof(CUtensorMap) && alignof(TensorMap) % alignof(CUtensorMap) == 0,
       "cuda::TensorMap must be layout-compatible with CUtensorMap");
   static const auto encode =
       reinterpret_cast<EncodeTiled>(driver_function("cuTensorMapEncodeTiled", 12000));
@@ -311,7 +313,9 @@ TensorMap encode_tensor_map(const TensorMapArgs& a) {
       const_cast<void*>(a.base), sizes, strides, box, element_strides,
       CU_TENSOR_MAP_INTERLEAVE_NONE,
       a.swizzle == TensorMapSwizzle::B128 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_NONE,
-      CU_TENSOR_MAP_L2_PROMOTION_NONE, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+      // 256-byte L2 promotion, as CUTLASS's and DeepGEMM's maps use: a box row is 128 bytes (64
+      // bf16), and at d = 128 the row's other half is the next box the producer loads.
+      CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   if (status != CUDA_SUCCESS) {
     const char* name = "unknown CUresult";
     static const auto error_name =

@@ -311,6 +311,27 @@ double tol_of(DType t, bool grad) {
   return grad ? 1.5e-3 : 1e-3;
 }
 
+// Two kernels that do the same arithmetic in the same order (a pipelined variant and the one it
+// pipelines; the atomic-dQ instantiation's out, lse, dK, dV and the deterministic one's): the
+// simulator, one compiler and one schedule of operations, must give the same bits. On a GPU ptxas
+// compiles each kernel separately and may contract a multiply and an add into an FMA in one and
+// not the other, so there the values are checked within the dtype's tolerance and differing bits
+// are reported as a warning (in tests-cuda.log) rather than failed.
+void check_same_arithmetic(const Tensor& other, const Tensor& base, DType dtype, bool grad,
+                           const char* what) {
+#ifdef LATHE_CUDA_SIM_BUILD
+  (void)dtype;
+  (void)grad;
+  INFO(what);
+  CHECK(bytes_of(other) == bytes_of(base));
+#else
+  if (bytes_of(other) != bytes_of(base)) {
+    WARN(what << ": not the same bits as the kernel it should match (separately compiled)");
+    check_rel(other, base.to(kCpu).to(DType::F64), tol_of(dtype, grad), what);
+  }
+#endif
+}
+
 void check_case(const Case& c, const Results& r, const Reference& ref) {
   INFO(describe(c));
   check_rel(r.out, ref.out, tol_of(c.dtype, false), "output");
@@ -482,10 +503,10 @@ TEST_CASE("flash attention: atomic dQ agrees with the deterministic mode, the re
   const Inputs in = make_inputs(c, 1300 + uint64_t(c.d));
   const Results det = run_kernels(c, in, Layout::Contiguous, true);
   const Results atomic = run_kernels(c, in, Layout::Contiguous, false);
-  CHECK(bytes_of(atomic.out) == bytes_of(det.out));
-  CHECK(bytes_of(atomic.lse) == bytes_of(det.lse));
-  CHECK(bytes_of(atomic.dk) == bytes_of(det.dk));
-  CHECK(bytes_of(atomic.dv) == bytes_of(det.dv));
+  check_same_arithmetic(atomic.out, det.out, c.dtype, false, "out, atomic vs deterministic");
+  check_same_arithmetic(atomic.lse, det.lse, c.dtype, false, "lse, atomic vs deterministic");
+  check_same_arithmetic(atomic.dk, det.dk, c.dtype, true, "dk, atomic vs deterministic");
+  check_same_arithmetic(atomic.dv, det.dv, c.dtype, true, "dv, atomic vs deterministic");
   // Rounding the same f32 sum summed in another order moves an element by at most about one unit
   // in the last place of the input type.
   check_rel(atomic.dq, det.dq.to(kCpu).to(DType::F64), c.dtype == DType::BF16 ? 4e-3 : 5e-4,
@@ -712,8 +733,8 @@ Results check_wgmma_forward(const Case& c, const Inputs& in) {
     INFO("variant " << which);
     const VariantGuard variant({which, 0});
     const Results other = run_forward(c, in);
-    CHECK(bytes_of(other.out) == bytes_of(r.out));
-    CHECK(bytes_of(other.lse) == bytes_of(r.lse));
+    check_same_arithmetic(other.out, r.out, c.dtype, false, "out against variant 2's");
+    check_same_arithmetic(other.lse, r.lse, c.dtype, false, "lse against variant 2's");
   }
   CHECK(kernels::cuda::flash_attention_variant_launches() ==
         launches + 1 + static_cast<long long>(pipelined.size()));
@@ -918,16 +939,17 @@ Results check_wgmma_backward(const Case& c, const Inputs& in) {
         for (size_t i = 0; i < r.all().size(); ++i) {
           if (!det && i == 2) continue;  // the atomic dQ
           INFO("output " << i << " of out, lse, dq, dk, dv against variant 2's");
-          CHECK(bytes_of(r.all()[i]) == bytes_of(variant2[det ? 0 : 1].all()[i]));
+          check_same_arithmetic(r.all()[i], variant2[det ? 0 : 1].all()[i], c.dtype, i >= 2,
+                                "against variant 2's");
         }
       }
       if (det) {
         first = r;
       } else {
-        CHECK(bytes_of(r.out) == bytes_of(first.out));
-        CHECK(bytes_of(r.lse) == bytes_of(first.lse));
-        CHECK(bytes_of(r.dk) == bytes_of(first.dk));
-        CHECK(bytes_of(r.dv) == bytes_of(first.dv));
+        check_same_arithmetic(r.out, first.out, c.dtype, false, "out, atomic vs deterministic");
+        check_same_arithmetic(r.lse, first.lse, c.dtype, false, "lse, atomic vs deterministic");
+        check_same_arithmetic(r.dk, first.dk, c.dtype, true, "dk, atomic vs deterministic");
+        check_same_arithmetic(r.dv, first.dv, c.dtype, true, "dv, atomic vs deterministic");
       }
     }
   }
@@ -1116,10 +1138,43 @@ TEST_CASE("flash attention: the wgmma variants with dropout from Philox",
   for (const Results& other : pipelined) {
     for (size_t i = 0; i < r.all().size(); ++i) {
       INFO("output " << i << " of out, lse, dq, dk, dv (forward variants 3, 4; backward 2, 4)");
-      CHECK(bytes_of(other.all()[i]) == bytes_of(r.all()[i]));
+      check_same_arithmetic(other.all()[i], r.all()[i], c.dtype, i >= 2,
+                            "against forward variant 2 and backward variant 2");
     }
   }
   attention_test::check_dropout_determinism(c, [&](const Case& k) { return run_kernels(k, in); });
+}
+
+TEST_CASE("flash attention: no queries or no keys, on every variant", "[cuda][attention][sm90]") {
+  // An empty q or k/v has no memory to describe: the TMA variant must not build a tensor map for
+  // it. Rows with no keys are fully masked rows (output 0, gradients 0), as on the cpu.
+  const auto [tq, tk] =
+      GENERATE(std::pair<int64_t, int64_t>{0, 70}, std::pair<int64_t, int64_t>{70, 0},
+               std::pair<int64_t, int64_t>{0, 0});
+  const int64_t d = GENERATE(64, 128);
+  INFO("tq " << tq << ", tk " << tk << ", d " << d);
+  const Tensor q0 = randn({1, 2, tq, d}).to(DType::BF16), k0 = randn({1, 2, tk, d}).to(DType::BF16),
+               v0 = randn({1, 2, tk, d}).to(DType::BF16), g0 = randn({1, 2, tq, d}).to(DType::BF16);
+  auto run = [&](Device device) {
+    Tensor q = grad_leaf(q0.to(device)), k = grad_leaf(k0.to(device)), v = grad_leaf(v0.to(device));
+    Tensor out = scaled_dot_product_attention(q, k, v);
+    sum(out * g0.to(device)).backward();
+    return std::vector<Tensor>{out, q.grad(), k.grad(), v.grad()};
+  };
+  const std::vector<Tensor> expected = run(kCpu);
+  for (const auto& [fwd, bwd] : std::vector<std::pair<int, int>>{{0, 0}, {2, 2}, {3, 2}, {4, 4}}) {
+    if (fwd == 4 && !forward_variant_tested(4)) continue;
+    INFO("forward variant " << fwd << ", backward variant " << bwd);
+    const VariantGuard variant({fwd, bwd});
+    const std::vector<Tensor> got = run(kCuda);
+    for (size_t i = 0; i < got.size(); ++i) {
+      INFO("output " << i << " of out, dq, dk, dv");
+      REQUIRE(got[i].defined());
+      CHECK(got[i].shape() == expected[i].shape());
+      CHECK(got[i].to(kCpu).to(DType::F64).to_vector<double>() ==
+            expected[i].to(DType::F64).to_vector<double>());
+    }
+  }
 }
 
 TEST_CASE("flash attention: backward variant 4 writes variant 2's mask gradient",
@@ -1147,7 +1202,7 @@ TEST_CASE("flash attention: backward variant 4 writes variant 2's mask gradient"
   const std::vector<Tensor> two = grads(2), four = grads(4);
   for (size_t i = 0; i < two.size(); ++i) {
     INFO("gradient " << i << " of q, k, v, mask");
-    CHECK(bytes_of(four[i]) == bytes_of(two[i]));
+    check_same_arithmetic(four[i], two[i], c.dtype, true, "against variant 2's");
   }
 }
 
