@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "bench/bench_util.h"
+#include "kernels/cpu/gemm_amx.h"
 #include "kernels/kernel_table.h"
 #include "lathe/lathe.h"
 
@@ -128,6 +129,47 @@ void BM_GemmThenOpenMP_OpenBLAS(benchmark::State& state) {
   p.report(state);
 }
 
+// bf16 GEMM through the cpu gemm kernel: on AMX tiles (amx:1, where the processor has them) or
+// widened to f32 for SGEMM (amx:0, what every bf16 product did before) — beside BM_Sgemm_Lathe's
+// f32 rate at the same sizes. A linear layer's three products for x[m, k], w[n, k]:
+// layout 0 the forward x @ w^T, 1 the input gradient dy[m, n] @ w (here [m, k] @ [k, n] with B
+// untransposed), 2 the weight gradient dy^T @ x (A transposed).
+void BM_GemmBf16_Lathe(benchmark::State& state) {
+  const int64_t m = state.range(0), n = state.range(1), k = state.range(2);
+  const bool amx = state.range(3) == 1;
+  const int64_t layout = state.range(4);
+  if (amx && !lathe::kernels::cpu::amx_bf16_available()) {
+    state.SkipWithError("no AMX-BF16 on this processor");
+    return;
+  }
+  lathe::kernels::cpu::set_amx_enabled(amx);
+  const bool ta = layout == 2, tb = layout == 0;
+  const lathe::Tensor a = lathe::rand({ta ? k : m, ta ? m : k}).to(lathe::DType::BF16);
+  const lathe::Tensor b = lathe::rand({tb ? n : k, tb ? k : n}).to(lathe::DType::BF16);
+  lathe::Tensor c = lathe::empty({m, n}, lathe::DType::BF16);
+  lathe::kernels::GemmArgs args;
+  args.dtype = lathe::DType::BF16;
+  args.trans_a = ta;
+  args.trans_b = tb;
+  args.m = m;
+  args.n = n;
+  args.k = k;
+  args.a = a.data_ptr();
+  args.lda = a.shape()[1];
+  args.b = b.data_ptr();
+  args.ldb = b.shape()[1];
+  args.c = c.data_ptr();
+  args.ldc = n;
+  for (auto _ : state) {
+    lathe::kernels::kernel_table(lathe::DeviceType::CPU).gemm(args);
+    benchmark::DoNotOptimize(c.data_ptr());
+  }
+  lathe::kernels::cpu::set_amx_enabled(true);
+  state.counters["FLOPS"] = benchmark::Counter(2.0 * double(m) * double(n) * double(k),
+                                               benchmark::Counter::kIsIterationInvariantRate,
+                                               benchmark::Counter::kIs1000);
+}
+
 void square_sizes(benchmark::internal::Benchmark* b) {
   for (int64_t s : {512, 1024, 2048}) b->Args({s, s, s});
 }
@@ -142,6 +184,17 @@ BENCHMARK(BM_Sgemm_Lathe)
     ->Apply(square_sizes)
     ->Apply(bert_sizes)
     ->Apply(lathe_bench::robust)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_GemmBf16_Lathe)
+    ->ArgNames({"m", "n", "k", "amx", "layout"})
+    // MiniLM's FFN at 4096 tokens: forward, input gradient, weight gradient (m = 1536 features,
+    // k = 4096 tokens); BERT-base's up-projection; a square.
+    ->ArgsProduct({{4096}, {1536}, {384}, {0, 1}, {0}})
+    ->ArgsProduct({{4096}, {384}, {1536}, {0, 1}, {1}})
+    ->ArgsProduct({{1536}, {384}, {4096}, {0, 1}, {2}})
+    ->ArgsProduct({{4096}, {3072}, {768}, {0, 1}, {0}})
+    ->ArgsProduct({{1024}, {1024}, {1024}, {0, 1}, {0}})
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_Sgemm_LatheMatmul)

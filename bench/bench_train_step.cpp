@@ -10,6 +10,7 @@
 #include <optional>
 
 #include "bench/bench_util.h"
+#include "kernels/cpu/gemm_amx.h"
 #include "lathe/lathe.h"
 
 namespace {
@@ -144,6 +145,40 @@ void model_shapes(benchmark::internal::Benchmark* b) {
       ->UseRealTime();
 }
 BENCHMARK(BM_TrainStep)->Apply(model_shapes)->MinTime(5.0);
+
+// The BM_TrainStep step under bf16 autocast on the cpu: matmuls and linear layers in bf16 (AMX
+// tiles, amx:1, where the processor has them; amx:0 widens them to f32 for SGEMM, the cpu's only
+// bf16 path before), everything else as autocast's policy says. Args: {base, T, amx}.
+void BM_TrainStepBf16(benchmark::State& state) {
+  if (state.range(2) == 1 && !kernels::cpu::amx_bf16_available()) {
+    state.SkipWithError("no AMX-BF16 on this processor");
+    return;
+  }
+  kernels::cpu::set_amx_enabled(state.range(2) == 1);
+  Setup s = make_setup(state);
+  s.model->train();
+  optim::AdamW opt(optim::no_decay_param_groups(s.model->named_parameters(), 5e-5, 0.01));
+  for (auto _ : state) {
+    Tensor loss;
+    {
+      AutocastGuard autocast(DType::BF16, DeviceType::CPU);
+      loss = cross_entropy(s.model->forward(s.ids, s.mask), s.labels);
+    }
+    loss.backward();
+    optim::clip_grad_norm_(opt, 1.0);
+    opt.step();
+    opt.zero_grad();
+    benchmark::DoNotOptimize(loss.item<float>());
+  }
+  kernels::cpu::set_amx_enabled(true);
+  set_counters(state, state.range(1));
+}
+BENCHMARK(BM_TrainStepBf16)
+    ->ArgNames({"base", "T", "amx"})
+    ->ArgsProduct({{0, 1}, {128}, {0, 1}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime()
+    ->MinTime(5.0);
 
 // The step with and without gradient checkpointing (BertEncoder::gradient_checkpointing): the
 // time it costs (one more forward of each layer) beside the memory it saves. peak_MiB: the

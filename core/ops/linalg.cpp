@@ -79,9 +79,10 @@ void gemm_into(const Tensor& c, const Tensor& a_in, const Tensor& b_in, const Sh
   const int64_t m = c.shape()[c.shape().size() - 2], n = c.shape().back();
   const int64_t k = a_in.shape().back();
   if (c.numel() == 0) return;
-  if (detail::half_via_f32(c)) {
-    // The cpu GEMM is f32/f64 only: widen (exact), multiply with f32 accumulation, round once,
-    // as the cuda GEMM does with bf16/f16 inputs.
+  if (detail::half_via_f32(c) && c.dtype() != DType::BF16) {
+    // The cpu GEMM takes f32, f64 and bf16 (AMX tiles where the processor has them): f16 is
+    // widened (exact), multiplied with f32 accumulation and rounded once, as the cuda GEMM does
+    // with f16 inputs.
     Tensor c32 = beta != 0.0
                      ? c.to(DType::F32)
                      : Tensor::empty(c.shape(), TensorOptions(DType::F32).device(c.device()));

@@ -136,8 +136,8 @@ void add_options(CLI::App& app, Options& o) {
   app.add_option("--precision", o.precision,
                  "fp32; tf32: fp32 with the GEMMs on tensor cores in TF32 (cuda only; inputs "
                  "rounded to 10 mantissa bits); or bf16 autocast: matmuls and attention in bf16, "
-                 "softmax, LayerNorm and the loss in f32, f32 master weights (fast on GPUs; on the "
-                 "cpu bf16 is emulated through f32 and only useful for checking)")
+                 "softmax, LayerNorm and the loss in f32, f32 master weights (fast on GPUs and on "
+                 "cpus with AMX; other cpus emulate bf16 through f32)")
       ->capture_default_str()
       ->check(CLI::IsMember({"fp32", "tf32", "bf16"}))
       ->group(g);

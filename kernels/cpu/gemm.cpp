@@ -15,8 +15,11 @@
 
 #include <algorithm>
 #include <limits>
+#include <vector>
 
 #include "kernels/cpu/cpu_kernels.h"
+#include "kernels/cpu/gemm_amx.h"
+#include "lathe/core/half.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -148,6 +151,67 @@ void gemm_typed(const GemmArgs& args) {
   }
 }
 
+// bf16 A, B and C: on AMX tiles when the processor has them (gemm_amx.h), else widened to f32
+// (exact), multiplied by SGEMM with f32 accumulation and rounded once, which is what the op layer
+// did before this kernel took bf16.
+void gemm_bf16(const GemmArgs& args) {
+  const int64_t a_rows = args.trans_a ? args.k : args.m, a_cols = args.trans_a ? args.m : args.k;
+  const int64_t b_rows = args.trans_b ? args.n : args.k, b_cols = args.trans_b ? args.k : args.n;
+  auto a_of = [&](int64_t i) {
+    return static_cast<const BFloat16*>(args.a) + i * args.batch_stride_a;
+  };
+  auto b_of = [&](int64_t i) {
+    return static_cast<const BFloat16*>(args.b) + i * args.batch_stride_b;
+  };
+  auto c_of = [&](int64_t i) { return static_cast<BFloat16*>(args.c) + i * args.batch_stride_c; };
+  if (args.k == 0 || args.alpha == 0.0) {
+    for (int64_t i = 0; i < args.batch; ++i) {
+      for (int64_t r = 0; r < args.m; ++r) {
+        BFloat16* row = c_of(i) + r * args.ldc;
+        for (int64_t q = 0; q < args.n; ++q) {
+          row[q] = BFloat16(args.beta == 0.0 ? 0.0f : float(args.beta) * float(row[q]));
+        }
+      }
+    }
+    return;
+  }
+  const int threads = team_size();
+  if (amx_bf16_available()) {
+    for (int64_t i = 0; i < args.batch; ++i) {
+      gemm_bf16_amx(args, a_of(i), b_of(i), c_of(i), /*c_f32=*/false, threads);
+    }
+    return;
+  }
+  auto widen = [](const BFloat16* src, int64_t rows, int64_t cols, int64_t ld) {
+    std::vector<float> out(size_t(rows * cols));
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t q = 0; q < cols; ++q) out[size_t(r * cols + q)] = float(src[r * ld + q]);
+    }
+    return out;
+  };
+  for (int64_t i = 0; i < args.batch; ++i) {
+    const std::vector<float> a32 = widen(a_of(i), a_rows, a_cols, args.lda);
+    const std::vector<float> b32 = widen(b_of(i), b_rows, b_cols, args.ldb);
+    std::vector<float> c32 = args.beta != 0.0 ? widen(c_of(i), args.m, args.n, args.ldc)
+                                              : std::vector<float>(size_t(args.m * args.n));
+    GemmArgs f = args;
+    f.dtype = DType::F32;
+    f.batch = 1;
+    f.a = a32.data();
+    f.lda = std::max<int64_t>(1, a_cols);
+    f.b = b32.data();
+    f.ldb = std::max<int64_t>(1, b_cols);
+    f.c = c32.data();
+    f.ldc = std::max<int64_t>(1, args.n);
+    gemm_typed<float>(f);
+    for (int64_t r = 0; r < args.m; ++r) {
+      for (int64_t q = 0; q < args.n; ++q) {
+        c_of(i)[r * args.ldc + q] = BFloat16(c32[size_t(r * args.n + q)]);
+      }
+    }
+  }
+}
+
 void gemm_kernel(const GemmArgs& args) {
   LATHE_CHECK(args.m >= 0 && args.n >= 0 && args.k >= 0 && args.batch >= 0,
               "gemm: negative size (m ", args.m, ", n ", args.n, ", k ", args.k, ", batch ",
@@ -164,6 +228,10 @@ void gemm_kernel(const GemmArgs& args) {
   LATHE_CHECK(std::max({args.m, args.n, args.k, args.lda, args.ldb, args.ldc}) <= kBlasMax,
               "gemm: a size or leading dimension exceeds the BLAS integer range (m ", args.m,
               ", n ", args.n, ", k ", args.k, ")");
+  if (args.dtype == DType::BF16) {
+    gemm_bf16(args);
+    return;
+  }
   dispatch_float(args.dtype, "gemm", [&]<class T>() { gemm_typed<T>(args); });
 }
 

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <limits>
 
+#include "kernels/cpu/gemm_amx.h"
 #include "kernels/kernel_table.h"
 #include "lathe/core/matmul_precision.h"
 #include "support/test_util.h"
@@ -440,4 +441,101 @@ TEST_CASE("matmul: f32 precision settings and their errors", "[linalg]") {
   check_error([] { set_float32_matmul_precision("medium"); },
               {"unknown f32 matmul precision 'medium'", "'highest'", "'high'"});
   CHECK(float32_matmul_precision() == MatmulPrecision::Highest);
+}
+
+TEST_CASE("gemm kernel: bf16 on the cpu, on AMX tiles and through f32", "[gemm][cpu-only]") {
+  // The cpu gemm takes bf16 itself: AMX tiles where the processor has them, else widening to
+  // f32. Both against an f64 loop over the same bf16 values: products are exact in f32, so the
+  // difference is f32 accumulation plus the final rounding to bf16. Sizes cut every tile (16 rows,
+  // 32-deep k steps, 32 x 32 blocks) and leave tails in m, n and k; leading dims larger than the
+  // rows; a batch; alpha and beta; NaN in C where beta is 0.
+  const auto& table = kernels::kernel_table(DeviceType::CPU);
+  const bool amx_here = kernels::cpu::amx_bf16_available();
+  if (!amx_here) WARN("this processor has no AMX-BF16: only the f32 path is checked");
+  struct Shape3 {
+    int64_t m, n, k;
+  };
+  for (bool amx : {true, false}) {
+    if (amx && !amx_here) continue;
+    kernels::cpu::set_amx_enabled(amx);
+    for (const Shape3 s : {Shape3{1, 1, 1}, Shape3{17, 15, 31}, Shape3{33, 40, 33},
+                           Shape3{70, 33, 100}, Shape3{64, 96, 64}}) {
+      for (int trans = 0; trans < 4; ++trans) {
+        const bool ta = trans & 1, tb = trans & 2;
+        const double alpha = trans == 3 ? 0.5 : 1.0, beta = trans == 1 ? 1.0 : 0.0;
+        INFO((amx ? "AMX" : "f32 path")
+             << ": m " << s.m << ", n " << s.n << ", k " << s.k << (ta ? ", A transposed" : "")
+             << (tb ? ", B transposed" : "") << ", alpha " << alpha << ", beta " << beta);
+        const int64_t batch = 2;
+        const int64_t a_rows = ta ? s.k : s.m, a_cols = ta ? s.m : s.k;
+        const int64_t b_rows = tb ? s.n : s.k, b_cols = tb ? s.k : s.n;
+        const int64_t lda = a_cols + 3, ldb = b_cols + 5, ldc = s.n + 2;
+        auto bf16_values = [](int64_t count, uint64_t seed) {
+          std::vector<BFloat16> out(static_cast<size_t>(count));
+          std::vector<double> v = random_values(count, seed, -2.0, 2.0);
+          for (size_t i = 0; i < out.size(); ++i) out[i] = BFloat16(float(v[i]));
+          return out;
+        };
+        const std::vector<BFloat16> a = bf16_values(batch * a_rows * lda, 11);
+        const std::vector<BFloat16> b = bf16_values(batch * b_rows * ldb, 12);
+        const std::vector<BFloat16> c0 = bf16_values(batch * s.m * ldc, 13);
+        std::vector<BFloat16> c = c0;
+        if (beta == 0.0) std::fill(c.begin(), c.end(), BFloat16(std::nanf("")));
+        kernels::GemmArgs args;
+        args.dtype = DType::BF16;
+        args.trans_a = ta;
+        args.trans_b = tb;
+        args.m = s.m;
+        args.n = s.n;
+        args.k = s.k;
+        args.batch = batch;
+        args.a = a.data();
+        args.lda = lda;
+        args.batch_stride_a = a_rows * lda;
+        args.b = b.data();
+        args.ldb = ldb;
+        args.batch_stride_b = b_rows * ldb;
+        args.c = c.data();
+        args.ldc = ldc;
+        args.batch_stride_c = s.m * ldc;
+        args.alpha = alpha;
+        args.beta = beta;
+        table.gemm(args);
+        int64_t bad = 0;
+        for (int64_t bi = 0; bi < batch; ++bi) {
+          for (int64_t i = 0; i < s.m; ++i) {
+            for (int64_t j = 0; j < s.n; ++j) {
+              double acc = 0, magnitude = 0;
+              for (int64_t p = 0; p < s.k; ++p) {
+                const double x =
+                    float(a[size_t(bi * args.batch_stride_a + (ta ? p * lda + i : i * lda + p))]);
+                const double y =
+                    float(b[size_t(bi * args.batch_stride_b + (tb ? j * ldb + p : p * ldb + j))]);
+                acc += x * y;
+                magnitude += std::abs(x * y);
+              }
+              const size_t at = size_t(bi * args.batch_stride_c + i * ldc + j);
+              const double expected = alpha * acc + beta * double(float(c0[at]));
+              const double got = float(c[at]);
+              // bf16 output: half an ulp is 2^-9 relative; f32 sums: k ulps of the magnitude.
+              const double tol = std::ldexp(std::abs(expected), -8) + 1e-6 * magnitude;
+              if (!(std::abs(got - expected) <= tol) && ++bad <= 3) {
+                FAIL_CHECK("batch " << bi << ", C[" << i << "][" << j << "] = " << got
+                                    << ", expected " << expected);
+              }
+            }
+          }
+          // Elements past n in each row of C (ldc > n) are not written.
+          for (int64_t i = 0; i < s.m; ++i) {
+            for (int64_t j = s.n; j < ldc; ++j) {
+              const size_t at = size_t(bi * args.batch_stride_c + i * ldc + j);
+              if (beta != 0.0) CHECK(c[at].bits == c0[at].bits);
+            }
+          }
+        }
+        CHECK(bad == 0);
+      }
+    }
+  }
+  kernels::cpu::set_amx_enabled(true);
 }

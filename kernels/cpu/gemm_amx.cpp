@@ -1,0 +1,346 @@
+// bf16 GEMM on AMX tiles (design in gemm_amx.h). This file alone is compiled with -mamx-tile
+// -mamx-bf16 (CMakeLists.txt) and runs only after amx_bf16_available() said the processor and the
+// OS allow it; without compiler support it builds to "not available".
+#include "kernels/cpu/gemm_amx.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <string_view>
+#include <vector>
+
+#include "lathe/core/error.h"
+#include "lathe/core/half.h"
+
+#if defined(__x86_64__) && defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__linux__)
+#define LATHE_CPU_AMX 1
+#include <cpuid.h>
+#include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#else
+#define LATHE_CPU_AMX 0
+#endif
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace lathe::kernels::cpu {
+
+namespace {
+
+bool hardware_and_os_allow() {
+#if LATHE_CPU_AMX
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return false;
+  const bool amx_bf16 = (edx >> 22) & 1u, amx_tile = (edx >> 24) & 1u;
+  if (!amx_bf16 || !amx_tile) return false;
+  if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx) || !((ecx >> 27) & 1u)) return false;  // OSXSAVE
+  uint32_t xcr0_lo = 0, xcr0_hi = 0;
+  __asm__ volatile("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
+  if ((xcr0_lo & (3u << 17)) != (3u << 17)) return false;  // XTILECFG and XTILEDATA state saved
+  // Linux keeps tile data disabled for a process until it asks (ARCH_REQ_XCOMP_PERM for
+  // XFEATURE_XTILEDATA); a refusal (an old kernel, a sandbox) leaves the f32 path.
+  constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+  return false;
+#endif
+}
+
+bool enabled_by_env() {
+  const char* env = std::getenv("LATHE_CPU_AMX");
+  if (env == nullptr) return true;
+  const std::string_view v(env);
+  return !(v == "0" || v == "false" || v == "off");
+}
+
+std::atomic<bool>& enabled() {
+  static std::atomic<bool> flag{enabled_by_env()};
+  return flag;
+}
+
+}  // namespace
+
+bool amx_bf16_available() {
+  static const bool hardware = hardware_and_os_allow();
+  return hardware && enabled().load(std::memory_order_relaxed);
+}
+
+void set_amx_enabled(bool on) {
+  enabled().store(on, std::memory_order_relaxed);
+}
+
+#if LATHE_CPU_AMX
+
+namespace {
+
+constexpr int64_t kBlock = 32;                     // C block rows / columns, K per tile step
+constexpr int64_t kTileElems = kBlock * kBlock;    // bf16 elements of one packed 32 x 32 step
+constexpr int64_t kPanelBytes = int64_t(1) << 20;  // B columns kept hot in L2 per panel
+
+struct alignas(64) TileConfig {
+  uint8_t palette = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// Tiles 0-3: the 2 x 2 f32 accumulators of a 32 x 32 block of C; 4-5: A's two 16-row halves;
+// 6-7: B's two 16-column halves. Every tile is 16 rows of 64 bytes.
+void configure_tiles() {
+  TileConfig config;
+  for (int t = 0; t < 8; ++t) {
+    config.colsb[t] = 64;
+    config.rows[t] = 16;
+  }
+  _tile_loadconfig(&config);
+}
+
+struct Operands {
+  const uint16_t* a;
+  const uint16_t* b;
+  int64_t m, n, k, lda, ldb;
+  bool trans_a, trans_b;
+  int64_t k_steps;  // ceil(k / 32)
+
+  uint16_t a_at(int64_t i, int64_t p) const { return trans_a ? a[p * lda + i] : a[i * lda + p]; }
+  uint16_t b_at(int64_t p, int64_t j) const { return trans_b ? b[j * ldb + p] : b[p * ldb + j]; }
+};
+
+// The packs. A block of op(A) is [k step][32 rows][32 k]; a block of op(B) is the tiles'
+// pair-interleaved layout [k step][16 pairs][32 columns][2], element (p, j) at pair p / 2, slot
+// p % 2. Both are zero past m / n and k (the buffers are cleared first).
+//
+// Each operand is read along its stored rows. When those run along k (A as stored, B transposed:
+// x and w^T of a forward) a block is packed from its own rows; when they run across the blocks
+// (A transposed, B as stored: dy^T and x of a weight gradient, both [tokens, features]) a k step
+// is packed for every block at once from whole stored rows. Packing block by block there read 64
+// bytes per stored row, a cache line per 32 elements with a row's stride between them, and the
+// weight gradient ran at half the rate of the other two products.
+
+// Block mb of op(A) from A's stored rows (A untransposed).
+void pack_a_block(const Operands& o, int64_t mb, uint16_t* dst) {
+  const int64_t i0 = mb * kBlock, rows = std::min(kBlock, o.m - i0);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t s = 0; s < o.k_steps; ++s) {
+      const int64_t p0 = s * kBlock, count = std::min(kBlock, o.k - p0);
+      std::memcpy(dst + s * kTileElems + r * kBlock, o.a + (i0 + r) * o.lda + p0,
+                  size_t(count) * sizeof(uint16_t));
+    }
+  }
+}
+
+// K step s of every block of op(A) from stored rows p = k (A transposed).
+void pack_a_step(const Operands& o, int64_t s, int64_t block_elems, uint16_t* packed) {
+  const int64_t p0 = s * kBlock, p1 = std::min(o.k, p0 + kBlock);
+  for (int64_t p = p0; p < p1; ++p) {
+    const uint16_t* row = o.a + p * o.lda;
+    for (int64_t i0 = 0; i0 < o.m; i0 += kBlock) {
+      uint16_t* out = packed + (i0 / kBlock) * block_elems + s * kTileElems + (p - p0);
+      const int64_t rows = std::min(kBlock, o.m - i0);
+      for (int64_t r = 0; r < rows; ++r) out[r * kBlock] = row[i0 + r];
+    }
+  }
+}
+
+// Block nb of op(B) from B's stored rows j (B transposed).
+void pack_b_block(const Operands& o, int64_t nb, uint16_t* dst) {
+  const int64_t j0 = nb * kBlock, cols = std::min(kBlock, o.n - j0);
+  for (int64_t c = 0; c < cols; ++c) {
+    const uint16_t* row = o.b + (j0 + c) * o.ldb;
+    for (int64_t p = 0; p < o.k; ++p) {
+      dst[(p / kBlock) * kTileElems + ((p % kBlock) / 2) * (2 * kBlock) + 2 * c + (p % 2)] = row[p];
+    }
+  }
+}
+
+// K step s of every block of op(B) from stored rows p = k (B untransposed).
+void pack_b_step(const Operands& o, int64_t s, int64_t block_elems, uint16_t* packed) {
+  const int64_t p0 = s * kBlock, p1 = std::min(o.k, p0 + kBlock);
+  for (int64_t p = p0; p < p1; ++p) {
+    const uint16_t* row = o.b + p * o.ldb;
+    const int64_t offset = s * kTileElems + ((p - p0) / 2) * (2 * kBlock) + (p % 2);
+    for (int64_t j0 = 0; j0 < o.n; j0 += kBlock) {
+      uint16_t* out = packed + (j0 / kBlock) * block_elems + offset;
+      const int64_t cols = std::min(kBlock, o.n - j0);
+      for (int64_t c = 0; c < cols; ++c) out[2 * c] = row[j0 + c];
+    }
+  }
+}
+
+// acc[32][32] = A block x B block over every k step.
+void multiply_block(const uint16_t* a_block, const uint16_t* b_block, int64_t k_steps, float* acc) {
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  for (int64_t s = 0; s < k_steps; ++s) {
+    const uint16_t* a_step = a_block + s * kTileElems;
+    const uint16_t* b_step = b_block + s * kTileElems;
+    _tile_loadd(4, a_step, 64);                // rows 0..15: 32 k each
+    _tile_loadd(5, a_step + 16 * kBlock, 64);  // rows 16..31
+    _tile_loadd(6, b_step, 128);               // columns 0..15 of each k pair
+    _tile_loadd(7, b_step + kBlock, 128);      // columns 16..31
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
+  }
+  _tile_stored(0, acc, 128);
+  _tile_stored(1, acc + 16, 128);
+  _tile_stored(2, acc + 16 * kBlock, 128);
+  _tile_stored(3, acc + 16 * kBlock + 16, 128);
+}
+
+struct Output {
+  void* c;
+  int64_t ldc;
+  bool f32;
+  float alpha, beta;
+
+  // C[i0.., j0..] = alpha * acc + beta * C over the block's valid rows and columns; beta == 0
+  // never reads C (whatever it held, NaN included, is overwritten).
+  void write(const float* acc, int64_t i0, int64_t j0, int64_t rows, int64_t cols) const {
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* in = acc + r * kBlock;
+      if (f32) {
+        float* out = static_cast<float*>(c) + (i0 + r) * ldc + j0;
+        for (int64_t q = 0; q < cols; ++q) {
+          out[q] = beta == 0.0f ? alpha * in[q] : alpha * in[q] + beta * out[q];
+        }
+      } else {
+        auto* out = static_cast<BFloat16*>(c) + (i0 + r) * ldc + j0;
+        for (int64_t q = 0; q < cols; ++q) {
+          const float v = beta == 0.0f ? alpha * in[q] : alpha * in[q] + beta * float(out[q]);
+          out[q] = BFloat16(v);
+        }
+      }
+    }
+  }
+};
+
+// Grow-only 64-byte-aligned scratch for the packs, one per calling thread: packs of a few MB
+// allocated afresh on every call came back from the kernel as new pages, and zeroing them (page
+// faults) cost 7% of a bf16 training step.
+uint16_t* scratch(int which, int64_t elems) {
+  struct Buffer {
+    uint16_t* data = nullptr;
+    int64_t capacity = 0;
+    ~Buffer() { std::free(data); }
+  };
+  thread_local Buffer buffers[2];
+  Buffer& b = buffers[which];
+  if (b.capacity < elems) {
+    std::free(b.data);
+    const size_t bytes = (size_t(elems) * sizeof(uint16_t) + 63) / 64 * 64;
+    b.data = static_cast<uint16_t*>(std::aligned_alloc(64, bytes));
+    b.capacity = b.data != nullptr ? elems : 0;
+  }
+  return b.data;
+}
+
+}  // namespace
+
+void gemm_bf16_amx(const GemmArgs& args, const void* a, const void* b, void* c, bool c_f32,
+                   int threads) {
+  Operands o{static_cast<const uint16_t*>(a),
+             static_cast<const uint16_t*>(b),
+             args.m,
+             args.n,
+             args.k,
+             args.lda,
+             args.ldb,
+             args.trans_a,
+             args.trans_b,
+             (args.k + kBlock - 1) / kBlock};
+  const Output out{c, args.ldc, c_f32, float(args.alpha), float(args.beta)};
+  const int64_t m_blocks = (o.m + kBlock - 1) / kBlock, n_blocks = (o.n + kBlock - 1) / kBlock;
+  const int64_t block_elems = o.k_steps * kTileElems;
+
+  uint16_t* const a_packed = scratch(0, m_blocks * block_elems);
+  uint16_t* const b_packed = scratch(1, n_blocks * block_elems);
+  LATHE_CHECK(a_packed != nullptr && b_packed != nullptr,
+              "gemm (bf16, AMX): out of memory packing ", o.m, " x ", o.k, " and ", o.k, " x ", o.n,
+              " operands");
+  // Columns of B per panel: as many blocks as fit the L2 budget, at least one.
+  const int64_t panel_blocks =
+      std::clamp<int64_t>(kPanelBytes / (block_elems * int64_t(sizeof(uint16_t))), 1, n_blocks);
+  // Split C by row blocks when there are enough for the team, else by column blocks.
+  const bool split_rows = m_blocks >= threads;
+  threads = int(std::max<int64_t>(1, std::min<int64_t>(threads, split_rows ? m_blocks : n_blocks)));
+
+  // Zero what the packs leave unwritten: the last k step of every block when k is not a multiple
+  // of 32, the last block of A (B) when m (n) is not.
+  const size_t step_bytes = size_t(kTileElems) * sizeof(uint16_t);
+  if (o.k % kBlock != 0) {
+    for (int64_t mb = 0; mb < m_blocks; ++mb) {
+      std::memset(a_packed + mb * block_elems + (o.k_steps - 1) * kTileElems, 0, step_bytes);
+    }
+    for (int64_t nb = 0; nb < n_blocks; ++nb) {
+      std::memset(b_packed + nb * block_elems + (o.k_steps - 1) * kTileElems, 0, step_bytes);
+    }
+  }
+  if (o.m % kBlock != 0) {
+    std::memset(a_packed + (m_blocks - 1) * block_elems, 0, size_t(o.k_steps) * step_bytes);
+  }
+  if (o.n % kBlock != 0) {
+    std::memset(b_packed + (n_blocks - 1) * block_elems, 0, size_t(o.k_steps) * step_bytes);
+  }
+
+#pragma omp parallel num_threads(threads)
+  {
+#ifdef _OPENMP
+    const int t = omp_get_thread_num(), team = omp_get_num_threads();
+#else
+    const int t = 0, team = 1;
+#endif
+#pragma omp for schedule(static) nowait
+    for (int64_t i = 0; i < (o.trans_a ? o.k_steps : m_blocks); ++i) {
+      if (o.trans_a) {
+        pack_a_step(o, i, block_elems, a_packed);
+      } else {
+        pack_a_block(o, i, &a_packed[i * block_elems]);
+      }
+    }
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < (o.trans_b ? n_blocks : o.k_steps); ++i) {
+      if (o.trans_b) {
+        pack_b_block(o, i, &b_packed[i * block_elems]);
+      } else {
+        pack_b_step(o, i, block_elems, b_packed);
+      }
+    }
+    // (the implicit barrier of the second loop: every block is packed from here on)
+    const int64_t split = split_rows ? m_blocks : n_blocks;
+    const int64_t lo = split * t / team, hi = split * (t + 1) / team;
+    const int64_t m_lo = split_rows ? lo : 0, m_hi = split_rows ? hi : m_blocks;
+    const int64_t n_lo = split_rows ? 0 : lo, n_hi = split_rows ? n_blocks : hi;
+    alignas(64) float acc[kBlock * kBlock];
+    configure_tiles();
+    for (int64_t p0 = n_lo; p0 < n_hi; p0 += panel_blocks) {
+      const int64_t p1 = std::min(n_hi, p0 + panel_blocks);
+      for (int64_t mb = m_lo; mb < m_hi; ++mb) {
+        for (int64_t nb = p0; nb < p1; ++nb) {
+          multiply_block(&a_packed[mb * block_elems], &b_packed[nb * block_elems], o.k_steps, acc);
+          out.write(acc, mb * kBlock, nb * kBlock, std::min(kBlock, o.m - mb * kBlock),
+                    std::min(kBlock, o.n - nb * kBlock));
+        }
+      }
+    }
+    _tile_release();
+  }
+}
+
+#else  // no AMX in this build
+
+void gemm_bf16_amx(const GemmArgs&, const void*, const void*, void*, bool, int) {
+  LATHE_FAIL("gemm (bf16): this build has no AMX path");
+}
+
+#endif
+
+}  // namespace lathe::kernels::cpu
