@@ -118,9 +118,10 @@ struct Operands {
 // Each operand is read along its stored rows. When those run along k (A as stored, B transposed:
 // x and w^T of a forward) a block is packed from its own rows; when they run across the blocks
 // (A transposed, B as stored: dy^T and x of a weight gradient, both [tokens, features]) a k step
-// is packed for every block at once from whole stored rows. Packing block by block there read 64
-// bytes per stored row, a cache line per 32 elements with a row's stride between them, and the
-// weight gradient ran at half the rate of the other two products.
+// is packed for every block at once from whole stored rows (block by block read a cache line per
+// stored row, a row's stride apart), with AVX-512 row-pair interleaves and 16 x 16 dword
+// transposes for full 32 x 32 steps: the weight gradient went from 0.20 to 1.48 TFLOP/s
+// (docs/benchmarks.md).
 
 // Block mb of op(A) from A's stored rows (A untransposed).
 void pack_a_block(const Operands& o, int64_t mb, uint16_t* dst) {
@@ -134,15 +135,97 @@ void pack_a_block(const Operands& o, int64_t mb, uint16_t* dst) {
   }
 }
 
+// GCC 12's _mm512_shuffle_i32x4 passes an "undefined" vector it then reports as uninitialized
+// (GCC bug 105593); the value is never read (the mask is all ones).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+// The weight gradient's packs with AVX-512 (every processor with AMX has it; these run only
+// after amx_bf16_available()). Two stored rows p, p + 1 interleave into the (p, p + 1) pairs of 32
+// columns: 16-bit unpacks work inside 128-bit lanes, so a lane shuffle puts columns back in order.
+// `lo` gets columns 0..15 (32 words), `hi` columns 16..31.
+__attribute__((target("avx512f,avx512bw"))) inline void interleave_rows(const uint16_t* even,
+                                                                        const uint16_t* odd,
+                                                                        __m512i& lo, __m512i& hi) {
+  const __m512i e = _mm512_loadu_si512(even), o = _mm512_loadu_si512(odd);
+  const __m512i a = _mm512_unpacklo_epi16(e, o);  // columns 8L + 0..3 of lane L
+  const __m512i b = _mm512_unpackhi_epi16(e, o);  // columns 8L + 4..7
+  lo = _mm512_shuffle_i32x4(_mm512_shuffle_i32x4(a, b, 0x44), _mm512_shuffle_i32x4(a, b, 0x44),
+                            0xD8);  // a0 b0 a1 b1
+  hi = _mm512_shuffle_i32x4(_mm512_shuffle_i32x4(a, b, 0xEE), _mm512_shuffle_i32x4(a, b, 0xEE),
+                            0xD8);  // a2 b2 a3 b3
+}
+
+// r[row] holds 16 dwords; afterwards r[c] holds column c (a 16 x 16 transpose of 32-bit units).
+__attribute__((target("avx512f,avx512bw"))) inline void transpose16(__m512i r[16]) {
+  __m512i t[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+  }
+  // u[4g + j]: rows 4g..4g+3 of column 4L + j in each lane L.
+  __m512i u[16];
+  for (int g = 0; g < 4; ++g) {
+    u[4 * g + 0] = _mm512_unpacklo_epi64(t[4 * g], t[4 * g + 2]);
+    u[4 * g + 1] = _mm512_unpackhi_epi64(t[4 * g], t[4 * g + 2]);
+    u[4 * g + 2] = _mm512_unpacklo_epi64(t[4 * g + 1], t[4 * g + 3]);
+    u[4 * g + 3] = _mm512_unpackhi_epi64(t[4 * g + 1], t[4 * g + 3]);
+  }
+  for (int j = 0; j < 4; ++j) {
+    const __m512i a = _mm512_shuffle_i32x4(u[j], u[4 + j], 0x88);       // lanes 0, 2 of g 0, 1
+    const __m512i b = _mm512_shuffle_i32x4(u[j], u[4 + j], 0xDD);       // lanes 1, 3
+    const __m512i c = _mm512_shuffle_i32x4(u[8 + j], u[12 + j], 0x88);  // g 2, 3
+    const __m512i d = _mm512_shuffle_i32x4(u[8 + j], u[12 + j], 0xDD);
+    r[j] = _mm512_shuffle_i32x4(a, c, 0x88);       // column j (lane 0 of every g)
+    r[8 + j] = _mm512_shuffle_i32x4(a, c, 0xDD);   // column 8 + j
+    r[4 + j] = _mm512_shuffle_i32x4(b, d, 0x88);   // column 4 + j
+    r[12 + j] = _mm512_shuffle_i32x4(b, d, 0xDD);  // column 12 + j
+  }
+}
+
+// One full 32 x 32 step of a block of op(A) from the stored rows p0..p0+31, columns i0..i0+31
+// of A (A transposed): the row pairs' dwords, transposed, are the tile rows.
+__attribute__((target("avx512f,avx512bw"))) void pack_a_tile_avx512(const uint16_t* a, int64_t lda,
+                                                                    uint16_t* out) {
+  __m512i lo[16], hi[16];
+  for (int pair = 0; pair < 16; ++pair) {
+    interleave_rows(a + (2 * pair) * lda, a + (2 * pair + 1) * lda, lo[pair], hi[pair]);
+  }
+  transpose16(lo);
+  transpose16(hi);
+  for (int r = 0; r < 16; ++r) {
+    _mm512_store_si512(out + r * kBlock, lo[r]);
+    _mm512_store_si512(out + (16 + r) * kBlock, hi[r]);
+  }
+}
+
+// One full 32 x 32 step of a block of op(B) from the stored rows p0..p0+31 (B untransposed):
+// each row pair interleaved is one 64-word row of the tile layout.
+__attribute__((target("avx512f,avx512bw"))) void pack_b_tile_avx512(const uint16_t* b, int64_t ldb,
+                                                                    uint16_t* out) {
+  for (int pair = 0; pair < 16; ++pair) {
+    __m512i lo, hi;
+    interleave_rows(b + (2 * pair) * ldb, b + (2 * pair + 1) * ldb, lo, hi);
+    _mm512_store_si512(out + pair * 2 * kBlock, lo);
+    _mm512_store_si512(out + pair * 2 * kBlock + kBlock, hi);
+  }
+}
+
+#pragma GCC diagnostic pop
+
 // K step s of every block of op(A) from stored rows p = k (A transposed).
 void pack_a_step(const Operands& o, int64_t s, int64_t block_elems, uint16_t* packed) {
   const int64_t p0 = s * kBlock, p1 = std::min(o.k, p0 + kBlock);
-  for (int64_t p = p0; p < p1; ++p) {
-    const uint16_t* row = o.a + p * o.lda;
-    for (int64_t i0 = 0; i0 < o.m; i0 += kBlock) {
-      uint16_t* out = packed + (i0 / kBlock) * block_elems + s * kTileElems + (p - p0);
-      const int64_t rows = std::min(kBlock, o.m - i0);
-      for (int64_t r = 0; r < rows; ++r) out[r * kBlock] = row[i0 + r];
+  for (int64_t i0 = 0; i0 < o.m; i0 += kBlock) {
+    uint16_t* out = packed + (i0 / kBlock) * block_elems + s * kTileElems;
+    const int64_t rows = std::min(kBlock, o.m - i0);
+    if (rows == kBlock && p1 - p0 == kBlock) {
+      pack_a_tile_avx512(o.a + p0 * o.lda + i0, o.lda, out);
+      continue;
+    }
+    for (int64_t p = p0; p < p1; ++p) {
+      for (int64_t r = 0; r < rows; ++r) out[r * kBlock + (p - p0)] = o.a[p * o.lda + i0 + r];
     }
   }
 }
@@ -161,13 +244,16 @@ void pack_b_block(const Operands& o, int64_t nb, uint16_t* dst) {
 // K step s of every block of op(B) from stored rows p = k (B untransposed).
 void pack_b_step(const Operands& o, int64_t s, int64_t block_elems, uint16_t* packed) {
   const int64_t p0 = s * kBlock, p1 = std::min(o.k, p0 + kBlock);
-  for (int64_t p = p0; p < p1; ++p) {
-    const uint16_t* row = o.b + p * o.ldb;
-    const int64_t offset = s * kTileElems + ((p - p0) / 2) * (2 * kBlock) + (p % 2);
-    for (int64_t j0 = 0; j0 < o.n; j0 += kBlock) {
-      uint16_t* out = packed + (j0 / kBlock) * block_elems + offset;
-      const int64_t cols = std::min(kBlock, o.n - j0);
-      for (int64_t c = 0; c < cols; ++c) out[2 * c] = row[j0 + c];
+  for (int64_t j0 = 0; j0 < o.n; j0 += kBlock) {
+    uint16_t* out = packed + (j0 / kBlock) * block_elems + s * kTileElems;
+    const int64_t cols = std::min(kBlock, o.n - j0);
+    if (cols == kBlock && p1 - p0 == kBlock) {
+      pack_b_tile_avx512(o.b + p0 * o.ldb + j0, o.ldb, out);
+      continue;
+    }
+    for (int64_t p = p0; p < p1; ++p) {
+      uint16_t* pair = out + ((p - p0) / 2) * (2 * kBlock) + (p % 2);
+      for (int64_t c = 0; c < cols; ++c) pair[2 * c] = o.b[p * o.ldb + j0 + c];
     }
   }
 }
