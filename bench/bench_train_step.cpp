@@ -53,18 +53,35 @@ void set_counters(benchmark::State& state, int64_t seq) {
       benchmark::Counter(examples * double(seq), benchmark::Counter::kIsRate);
 }
 
-void BM_TrainStep(benchmark::State& state) {
-  Setup s = make_setup(state);
-  s.model->train();
-  optim::AdamW opt(optim::no_decay_param_groups(s.model->named_parameters(), 5e-5, 0.01));
-  for (auto _ : state) {
-    Tensor loss = cross_entropy(s.model->forward(s.ids, s.mask), s.labels);
-    loss.backward();
-    optim::clip_grad_norm_(opt, 1.0);
-    opt.step();
-    opt.zero_grad();
-    benchmark::DoNotOptimize(loss.item<float>());
+// A setup's model in train mode and AdamW over its parameters. step(): forward (under autocast to
+// `autocast` on the batch's device type, when given), cross-entropy, backward, clipping, AdamW;
+// returns the loss, whose read waits for the device.
+struct Trainer {
+  explicit Trainer(Setup setup) : s(std::move(setup)) {
+    s.model->train();
+    opt = std::make_unique<optim::AdamW>(
+        optim::no_decay_param_groups(s.model->named_parameters(), 5e-5, 0.01));
   }
+  float step(std::optional<DType> autocast = std::nullopt) {
+    Tensor loss;
+    {
+      std::optional<AutocastGuard> guard;
+      if (autocast) guard.emplace(*autocast, s.ids.device().type);
+      loss = cross_entropy(s.model->forward(s.ids, s.mask), s.labels);
+    }
+    loss.backward();
+    optim::clip_grad_norm_(*opt, 1.0);
+    opt->step();
+    opt->zero_grad();
+    return loss.item<float>();
+  }
+  Setup s;
+  std::unique_ptr<optim::AdamW> opt;
+};
+
+void BM_TrainStep(benchmark::State& state) {
+  Trainer t(make_setup(state));
+  for (auto _ : state) benchmark::DoNotOptimize(t.step());
   set_counters(state, state.range(1));
 }
 
@@ -155,21 +172,8 @@ void BM_TrainStepBf16(benchmark::State& state) {
     return;
   }
   kernels::cpu::set_amx_enabled(state.range(2) == 1);
-  Setup s = make_setup(state);
-  s.model->train();
-  optim::AdamW opt(optim::no_decay_param_groups(s.model->named_parameters(), 5e-5, 0.01));
-  for (auto _ : state) {
-    Tensor loss;
-    {
-      AutocastGuard autocast(DType::BF16, DeviceType::CPU);
-      loss = cross_entropy(s.model->forward(s.ids, s.mask), s.labels);
-    }
-    loss.backward();
-    optim::clip_grad_norm_(opt, 1.0);
-    opt.step();
-    opt.zero_grad();
-    benchmark::DoNotOptimize(loss.item<float>());
-  }
+  Trainer t(make_setup(state));
+  for (auto _ : state) benchmark::DoNotOptimize(t.step(DType::BF16));
   kernels::cpu::set_amx_enabled(true);
   set_counters(state, state.range(1));
 }
@@ -185,21 +189,11 @@ BENCHMARK(BM_TrainStepBf16)
 // allocator's peak over one step, weights, gradients and AdamW's moments included.
 // Args: {base, T, checkpointing}.
 void BM_TrainStepCheckpointing(benchmark::State& state) {
-  Setup s = make_setup(state);
-  s.model->train();
-  s.model->bert->encoder->gradient_checkpointing = state.range(2) == 1;
-  optim::AdamW opt(optim::no_decay_param_groups(s.model->named_parameters(), 5e-5, 0.01));
-  auto step = [&] {
-    Tensor loss = cross_entropy(s.model->forward(s.ids, s.mask), s.labels);
-    loss.backward();
-    optim::clip_grad_norm_(opt, 1.0);
-    opt.step();
-    opt.zero_grad();
-    return loss.item<float>();
-  };
-  step();  // AdamW's moments exist from here on, as in a long run
+  Trainer t(make_setup(state));
+  t.s.model->bert->encoder->gradient_checkpointing = state.range(2) == 1;
+  t.step();  // AdamW's moments exist from here on, as in a long run
   reset_peak_memory_stats(Device::cpu());
-  for (auto _ : state) benchmark::DoNotOptimize(step());
+  for (auto _ : state) benchmark::DoNotOptimize(t.step());
   state.counters["peak_MiB"] =
       double(memory_stats(Device::cpu()).peak_allocated_bytes) / double(1 << 20);
   set_counters(state, state.range(1));
@@ -227,25 +221,11 @@ Setup make_cuda_setup(const benchmark::State& state) {
 }
 
 void BM_CudaTrainStep(benchmark::State& state) {
-  Setup s = make_cuda_setup(state);
-  s.model->train();
-  optim::AdamW opt(optim::no_decay_param_groups(s.model->named_parameters(), 5e-5, 0.01));
-  const bool bf16 = state.range(2) == 1;
-  auto step = [&] {
-    Tensor loss;
-    {
-      std::optional<AutocastGuard> autocast;
-      if (bf16) autocast.emplace(DType::BF16, DeviceType::CUDA);
-      loss = cross_entropy(s.model->forward(s.ids, s.mask), s.labels);
-    }
-    loss.backward();
-    optim::clip_grad_norm_(opt, 1.0);
-    opt.step();
-    opt.zero_grad();
-    return loss.item<float>();  // synchronizes
-  };
-  step();  // warm-up: allocator pools, cuBLASLt heuristics
-  for (auto _ : state) benchmark::DoNotOptimize(step());
+  Trainer t(make_cuda_setup(state));
+  const std::optional<DType> autocast =
+      state.range(2) == 1 ? std::optional<DType>(DType::BF16) : std::nullopt;
+  t.step(autocast);  // warm-up: allocator pools, cuBLASLt heuristics
+  for (auto _ : state) benchmark::DoNotOptimize(t.step(autocast));
   set_counters(state, state.range(1));
 }
 
@@ -267,21 +247,11 @@ void BM_CudaInference(benchmark::State& state) {
 // The f32 step with the GEMMs in TF32 (set_float32_matmul_precision("high")), beside
 // BM_CudaTrainStep's f32 and bf16 steps. Args: {base, T}.
 void BM_CudaTrainStepTf32(benchmark::State& state) {
-  Setup s = make_cuda_setup(state);
-  s.model->train();
-  optim::AdamW opt(optim::no_decay_param_groups(s.model->named_parameters(), 5e-5, 0.01));
+  Trainer t(make_cuda_setup(state));
   const MatmulPrecision saved = float32_matmul_precision();
   set_float32_matmul_precision(MatmulPrecision::High);
-  auto step = [&] {
-    Tensor loss = cross_entropy(s.model->forward(s.ids, s.mask), s.labels);
-    loss.backward();
-    optim::clip_grad_norm_(opt, 1.0);
-    opt.step();
-    opt.zero_grad();
-    return loss.item<float>();
-  };
-  step();
-  for (auto _ : state) benchmark::DoNotOptimize(step());
+  t.step();
+  for (auto _ : state) benchmark::DoNotOptimize(t.step());
   set_float32_matmul_precision(saved);
   set_counters(state, state.range(1));
 }
@@ -294,25 +264,11 @@ BENCHMARK(BM_CudaTrainStepTf32)
 
 // BM_TrainStepCheckpointing on the GPU, bf16 autocast. Args: {base, T, checkpointing}.
 void BM_CudaTrainStepCheckpointing(benchmark::State& state) {
-  Setup s = make_cuda_setup(state);
-  s.model->train();
-  s.model->bert->encoder->gradient_checkpointing = state.range(2) == 1;
-  optim::AdamW opt(optim::no_decay_param_groups(s.model->named_parameters(), 5e-5, 0.01));
-  auto step = [&] {
-    Tensor loss;
-    {
-      AutocastGuard autocast(DType::BF16, DeviceType::CUDA);
-      loss = cross_entropy(s.model->forward(s.ids, s.mask), s.labels);
-    }
-    loss.backward();
-    optim::clip_grad_norm_(opt, 1.0);
-    opt.step();
-    opt.zero_grad();
-    return loss.item<float>();
-  };
-  step();
+  Trainer t(make_cuda_setup(state));
+  t.s.model->bert->encoder->gradient_checkpointing = state.range(2) == 1;
+  t.step(DType::BF16);
   reset_peak_memory_stats(Device::cuda(0));
-  for (auto _ : state) benchmark::DoNotOptimize(step());
+  for (auto _ : state) benchmark::DoNotOptimize(t.step(DType::BF16));
   state.counters["peak_MiB"] =
       double(memory_stats(Device::cuda(0)).peak_allocated_bytes) / double(1 << 20);
   set_counters(state, state.range(1));

@@ -6,16 +6,9 @@
 # step's loss and gradient norm (metrics.jsonl) must agree up to float rounding; a plain mean of
 # the batch losses would differ. Also: the step count follows the accumulation.
 # Usage: accumulation_test.sh LATHE_FINETUNE SOURCE_DIR
-set -u
-bin="$1"
-src="$2"
-work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-common=(--model "$src/tests/data/tiny-bert" --random-init
-  --train "$src/tests/data/finetune/train.tsv" --dev "$src/tests/data/finetune/dev.tsv"
-  --max-len 24 --lr 1e-3 --seed 3 --threads 2 --quiet --dropout 0 --train-eval-size 0)
+common=("${tiny[@]}" --dropout 0 --train-eval-size 0)
 
 # The first "train" record of metrics.jsonl: "loss grad_norm".
 first_step() {

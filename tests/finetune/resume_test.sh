@@ -2,20 +2,13 @@
 # lathe-finetune's exact-resume promise: a run killed with SIGKILL (at a step between
 # checkpoints, or in the middle of writing one) and continued with --resume ends with weights
 # bit-identical to an uninterrupted run (full fine-tuning, LoRA, and 3 batches per step), also
-# when the resumed part runs with --gradient-checkpointing; a changed setting is refused. Tiny random-init BERT (tests/data/tiny-bert, dropout on
-# so the RNG state matters) on 48 hand-written review snippets (tests/data/finetune).
+# when the resumed part runs with --gradient-checkpointing; a changed setting is refused. The tiny
+# BERT of common.sh, dropout on so the RNG state matters.
 # Usage: resume_test.sh LATHE_FINETUNE SOURCE_DIR
-set -u
-bin="$1"
-src="$2"
-work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-common=(--model "$src/tests/data/tiny-bert" --random-init
-  --train "$src/tests/data/finetune/train.tsv" --dev "$src/tests/data/finetune/dev.tsv"
-  --test "$src/tests/data/finetune/test.tsv" --batch-size 4 --epochs 3 --eval-every 5
-  --max-len 24 --lr 1e-3 --seed 3 --threads 2 --quiet)
+common=("${tiny[@]}" --test "$src/tests/data/finetune/test.tsv" --batch-size 4 --epochs 3
+  --eval-every 5)
 
 run() { "$bin" "${common[@]}" "$@" >"$work/log" 2>&1; }
 
