@@ -87,13 +87,10 @@ std::vector<Tensor> replay_backward(const CheckpointReplay& replay,
         now = std::string(dtype_name(out.dtype())) + " " + shape_str(out.shape()) + " on " +
               out.device().str() + (out.requires_grad() ? "" : " not requiring grad");
       }
-      LATHE_CHECK(false, "checkpoint: output ", slot, " of the block was ", dtype_name(first.dtype),
-                  " ", shape_str(first.shape), " on ", first.device.str(),
-                  " requiring grad in the forward, but the re-run in backward "
-                  "gave ",
-                  now,
-                  " (does the block depend on state that changed since, such as "
-                  "train/eval mode?)");
+      LATHE_FAIL("checkpoint: output ", slot, " of the block was ", dtype_name(first.dtype), " ",
+                 shape_str(first.shape), " on ", first.device.str(),
+                 " requiring grad in the forward, but the re-run in backward gave ", now,
+                 " (does the block depend on state that changed since, such as train/eval mode?)");
     }
     roots.push_back(out);
     seeds.push_back(grad_outputs[k]);

@@ -178,7 +178,7 @@ void gemm_bf16(const GemmArgs& args) {
   const int threads = team_size();
   if (amx_bf16_available()) {
     for (int64_t i = 0; i < args.batch; ++i) {
-      gemm_bf16_amx(args, a_of(i), b_of(i), c_of(i), /*c_f32=*/false, threads);
+      gemm_bf16_amx(args, a_of(i), b_of(i), c_of(i), threads);
     }
     return;
   }

@@ -283,27 +283,19 @@ void multiply_block(const uint16_t* a_block, const uint16_t* b_block, int64_t k_
 }
 
 struct Output {
-  void* c;
+  BFloat16* c;
   int64_t ldc;
-  bool f32;
   float alpha, beta;
 
-  // C[i0.., j0..] = alpha * acc + beta * C over the block's valid rows and columns; beta == 0
-  // never reads C (whatever it held, NaN included, is overwritten).
+  // C[i0.., j0..] = alpha * acc + beta * C over the block's valid rows and columns, rounded once
+  // to bf16; beta == 0 never reads C (whatever it held, NaN included, is overwritten).
   void write(const float* acc, int64_t i0, int64_t j0, int64_t rows, int64_t cols) const {
     for (int64_t r = 0; r < rows; ++r) {
       const float* in = acc + r * kBlock;
-      if (f32) {
-        float* out = static_cast<float*>(c) + (i0 + r) * ldc + j0;
-        for (int64_t q = 0; q < cols; ++q) {
-          out[q] = beta == 0.0f ? alpha * in[q] : alpha * in[q] + beta * out[q];
-        }
-      } else {
-        auto* out = static_cast<BFloat16*>(c) + (i0 + r) * ldc + j0;
-        for (int64_t q = 0; q < cols; ++q) {
-          const float v = beta == 0.0f ? alpha * in[q] : alpha * in[q] + beta * float(out[q]);
-          out[q] = BFloat16(v);
-        }
+      BFloat16* out = c + (i0 + r) * ldc + j0;
+      for (int64_t q = 0; q < cols; ++q) {
+        const float v = beta == 0.0f ? alpha * in[q] : alpha * in[q] + beta * float(out[q]);
+        out[q] = BFloat16(v);
       }
     }
   }
@@ -331,8 +323,7 @@ uint16_t* scratch(int which, int64_t elems) {
 
 }  // namespace
 
-void gemm_bf16_amx(const GemmArgs& args, const void* a, const void* b, void* c, bool c_f32,
-                   int threads) {
+void gemm_bf16_amx(const GemmArgs& args, const void* a, const void* b, void* c, int threads) {
   Operands o{static_cast<const uint16_t*>(a),
              static_cast<const uint16_t*>(b),
              args.m,
@@ -343,7 +334,7 @@ void gemm_bf16_amx(const GemmArgs& args, const void* a, const void* b, void* c, 
              args.trans_a,
              args.trans_b,
              (args.k + kBlock - 1) / kBlock};
-  const Output out{c, args.ldc, c_f32, float(args.alpha), float(args.beta)};
+  const Output out{static_cast<BFloat16*>(c), args.ldc, float(args.alpha), float(args.beta)};
   const int64_t m_blocks = (o.m + kBlock - 1) / kBlock, n_blocks = (o.n + kBlock - 1) / kBlock;
   const int64_t block_elems = o.k_steps * kTileElems;
 
@@ -423,7 +414,7 @@ void gemm_bf16_amx(const GemmArgs& args, const void* a, const void* b, void* c, 
 
 #else  // no AMX in this build
 
-void gemm_bf16_amx(const GemmArgs&, const void*, const void*, void*, bool, int) {
+void gemm_bf16_amx(const GemmArgs&, const void*, const void*, void*, int) {
   LATHE_FAIL("gemm (bf16): this build has no AMX path");
 }
 

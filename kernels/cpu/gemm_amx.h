@@ -4,14 +4,15 @@
 // (TDPBF16PS) does 16 x 16 x 32 bf16 multiply-adds into f32 in one instruction.
 //
 // The products of two bf16 values are exact in f32 and TDPBF16PS accumulates in f32, so the
-// result is the widened SGEMM's up to the order of the f32 sums; C is rounded once (to bf16 with
-// round-to-nearest-even, or kept f32).
+// result is the widened SGEMM's up to the order of the f32 sums; C is rounded once to bf16
+// (round-to-nearest-even).
 //
-// Scheme: B is packed once per call into 32-column blocks of the tile's pair-interleaved (VNNI)
-// layout, K padded with zeros to a multiple of 32; each thread packs the 32-row blocks of A it
-// owns, then computes 32 x 32 blocks of C in four accumulator tiles (two A tiles and two B tiles
-// per 32-deep step: all eight tile registers), column panels of B sized to stay in L2 outermost.
-// Tails are zero-padded in the packs and cut when C is written.
+// Scheme: the team packs A into 32-row blocks of the tiles' row-major layout and B into 32-column
+// blocks of their pair-interleaved (VNNI) layout, K padded with zeros to a multiple of 32 (each
+// operand read along its stored rows; gemm_amx.cpp). Then each thread computes its share of the
+// 32 x 32 blocks of C in four accumulator tiles (two A tiles and two B tiles per 32-deep step: all
+// eight tile registers), column panels of B sized to stay in L2 outermost. Tails are zero-padded
+// in the packs and cut when C is written.
 #pragma once
 
 #include "kernels/kernel_api.h"
@@ -25,9 +26,8 @@ bool amx_bf16_available();
 void set_amx_enabled(bool enabled);
 
 // C = alpha * op(A) op(B) + beta * C for one matrix (row-major, GemmArgs' trans flags and leading
-// dims), A and B bf16, C bf16 or f32 (`c_f32`). Runs on the calling thread's OpenMP team of
-// `threads`. Requires amx_bf16_available().
-void gemm_bf16_amx(const GemmArgs& args, const void* a, const void* b, void* c, bool c_f32,
-                   int threads);
+// dims), A, B and C bf16, on the calling thread's OpenMP team of `threads`. Requires
+// amx_bf16_available().
+void gemm_bf16_amx(const GemmArgs& args, const void* a, const void* b, void* c, int threads);
 
 }  // namespace lathe::kernels::cpu
