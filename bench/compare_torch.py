@@ -4,8 +4,8 @@
 For each entry the lathe side is one `lathe-bench --benchmark_filter=...` run (Google Benchmark,
 JSON output) and the PyTorch side the same computation timed here; the two alternate entry by
 entry so that both see the same machine state. Prints a markdown table of lathe/PyTorch time
-ratios (< 1: lathe is faster): training step and inference of BERT-shaped classifiers, GEMM,
-layer norm, softmax, attention.
+ratios (< 1: lathe is faster): training step (f32, and bf16 under autocast) and inference of
+BERT-shaped classifiers, GEMM (f32 and bf16), layer norm, softmax, attention.
 
 PyTorch comes from the venv of tests/golden/README.md ($LATHE_CACHE/venv-torch: torch 2.9.1 from
 PyPI, the fastest CPU build the registries offer — MKL + oneDNN, AVX-512 kernels); transformers
@@ -56,7 +56,7 @@ def bert(base, attn):
     return BertForSequenceClassification(cfg)
 
 
-def train_step_fn(base, seq, attn):
+def train_step_fn(base, seq, attn, bf16=False):
     model = bert(base, attn)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=0.01)
@@ -65,7 +65,10 @@ def train_step_fn(base, seq, attn):
     labels = torch.randint(0, 2, (32,))
 
     def step():
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        # bf16: torch.autocast on the cpu (oneDNN's bf16 kernels, AMX where the processor has it),
+        # the recipe lathe's BM_TrainStepBf16 follows with AutocastGuard(BF16, CPU).
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -105,6 +108,17 @@ def main():
                         lambda b=base, s=seq: train_step_fn(b, s, "sdpa")))
         entries.append((f"inference, {tag}", f"BM_Inference/base:{base}/T:{seq}/",
                         lambda b=base, s=seq: inference_fn(b, s, "sdpa")))
+    for base in [0] if a.quick else [0, 1]:
+        tag = f"{'BERT-base' if base else 'MiniLM'} B32 T128"
+        entries.append((f"train step, {tag}, bf16 autocast",
+                        f"BM_TrainStepBf16/base:{base}/T:128/amx:1/",
+                        lambda b=base: train_step_fn(b, 128, "sdpa", bf16=True)))
+    for m, n, k in [(4096, 1536, 384), (4096, 3072, 768)]:
+        def gemm_bf16(m=m, n=n, k=k):
+            x, w = torch.randn(m, k).bfloat16(), torch.randn(n, k).bfloat16()
+            return lambda: torch.matmul(x, w.t())
+        entries.append((f"GEMM {m}x{n}x{k} bf16 (x @ w^T)",
+                        f"BM_GemmBf16_Lathe/m:{m}/n:{n}/k:{k}/amx:1/layout:0/", gemm_bf16))
     for m, n, k in [(4096, 384, 384), (4096, 1536, 384), (4096, 384, 1536), (1024, 1024, 1024)]:
         def gemm(m=m, n=n, k=k):
             x, y = torch.randn(m, k), torch.randn(k, n)
