@@ -43,7 +43,7 @@ Tensor bias_gelu(const Tensor& x, const Tensor& bias, GeluApproximation approxim
   if (!k.bias_gelu_forward || !k.bias_gelu_backward || x.numel() == 0) {
     return gelu(x + b, approximate);
   }
-  if (detail::half_via_f32(x)) {
+  if (detail::half_via_f32(x) && x.dtype() != DType::BF16) {  // the cpu kernel takes bf16 itself
     return bias_gelu(x.to(DType::F32), b.to(DType::F32), approximate).to(x.dtype());
   }
   const int64_t cols = x.size(-1), rows = x.numel() / cols;

@@ -512,6 +512,33 @@ TEST_CASE("fused ops: row-wise ops take f16 and bf16 tensors directly on every d
   }
 }
 
+TEST_CASE("fused ops: bias_gelu in bf16 on the cpu has the bits of the op widened to f32",
+          "[cuda][fused][ops][half]") {
+  // The cpu kernel takes bf16 itself (computed in f32, rounded once per element) instead of the op
+  // widening x and b and narrowing the result; gradients included, dbias summed before rounding.
+  // Against the old path written out: casts to f32 around the f32 op, which autograd then undoes.
+  const auto [rows, cols] =
+      GENERATE(std::pair<int64_t, int64_t>{37, 1000}, std::pair<int64_t, int64_t>{700, 130});
+  const auto form = GENERATE(GeluApproximation::None, GeluApproximation::Tanh);
+  INFO(rows << " x " << cols << (form == GeluApproximation::Tanh ? ", tanh" : ", erf"));
+  const Tensor x0 = values({rows, cols}, 1, DType::F32, -4, 4).to(DType::BF16);
+  const Tensor b0 = values({cols}, 2, DType::F32).to(DType::BF16);
+  const Tensor g = values({rows, cols}, 3, DType::F32).to(DType::BF16);
+  auto run = [&](bool widened) {
+    Tensor x = x0.clone().requires_grad_(true), b = b0.clone().requires_grad_(true);
+    Tensor y = widened ? bias_gelu(x.to(DType::F32), b.to(DType::F32), form).to(DType::BF16)
+                       : bias_gelu(x, b, form);
+    (y * g).sum().backward();
+    return std::vector<Tensor>{y, x.grad(), b.grad()};
+  };
+  const std::vector<Tensor> native = run(false), widened = run(true);
+  for (size_t i = 0; i < native.size(); ++i) {
+    INFO("output " << i << " of y, dx, dbias");
+    REQUIRE(native[i].dtype() == DType::BF16);
+    CHECK(bytes_of(native[i]) == bytes_of(widened[i]));
+  }
+}
+
 TEST_CASE("fused ops: bias_gelu casts an f32 bias to a bf16 input, as linear does under autocast",
           "[cuda][fused][ops][half]") {
   for (Device device : both_devices()) {
