@@ -12,10 +12,11 @@ namespace lathe {
 namespace {
 
 // The dropout kernel into a new tensor. f16/bf16 on the cpu run the f32 kernel on the widened
-// values and round once: the mask depends only on the element index, and the cuda kernel scales in
-// f32 too, so both devices agree.
+// values and round once (contiguous bf16: the cpu kernel does that itself, batch by batch): the
+// mask depends only on the element index, and the cuda kernel scales in f32 too, so both devices
+// agree.
 Tensor run_dropout(const Tensor& in, double p, PhiloxState state, const char* op) {
-  if (detail::half_via_f32(in)) {
+  if (detail::half_via_f32(in) && !(in.dtype() == DType::BF16 && in.is_contiguous())) {
     return run_dropout(in.to(DType::F32), p, state, op).to(in.dtype());
   }
   Tensor out = empty(in.shape(), TensorOptions(in.dtype()).device(in.device()));

@@ -19,6 +19,7 @@
 #include "kernels/cpu/cpu_kernels.h"
 #include "kernels/cpu/philox_batch.h"
 #include "kernels/cpu/strided_loop.h"
+#include "lathe/core/half.h"
 #include "lathe/core/random.h"
 
 namespace lathe::kernels::cpu {
@@ -142,6 +143,29 @@ void dropout_strided(const View& in, const View& out, float p, T scale, uint64_t
   }
 }
 
+// Contiguous bf16, computed in f32 batch by batch (the f32 kernel's multiply and select on the
+// widened values, rounded once): the bits of the op widening the tensor, without the two copies.
+void dropout_contiguous_bf16(const BFloat16* in, BFloat16* out, int64_t n, float p, float scale,
+                             uint64_t seed, uint64_t offset) {
+  constexpr int64_t kPerBatch = 4 * kBatch;
+  const int64_t batches = (n + kPerBatch - 1) / kPerBatch;
+#pragma omp parallel for schedule(static) if (n >= kDropoutGrain)
+  for (int64_t b = 0; b < batches; ++b) {
+    const int64_t begin = b * kPerBatch, count = std::min(kPerBatch, n - begin);
+    float wide_in[kPerBatch] = {}, wide_out[kPerBatch];
+    for (int64_t e = 0; e < count; ++e) wide_in[e] = float(in[begin + e]);
+    if (count == kPerBatch) {
+      dropout_batch(offset + uint64_t(b * kBatch), seed, wide_in, wide_out, p, scale);
+    } else {  // the tail, one Philox block at a time as the f32 kernel does
+      for (int64_t i = 0; i < count; i += 4) {
+        dropout_block(offset + uint64_t((begin + i) / 4), seed, wide_in + i, wide_out + i, p,
+                      scale);
+      }
+    }
+    for (int64_t e = 0; e < count; ++e) out[begin + e] = BFloat16(wide_out[e]);
+  }
+}
+
 void dropout_kernel(const View& in, const View& out, double p, uint64_t seed, uint64_t offset) {
   LATHE_CHECK(in.dtype == out.dtype && in.ndim == out.ndim, "dropout: input ", in.dtype,
               " and output ", out.dtype, " must have the same dtype and rank");
@@ -151,6 +175,13 @@ void dropout_kernel(const View& in, const View& out, double p, uint64_t seed, ui
   LATHE_CHECK(p >= 0.0 && p <= 1.0, "dropout: probability must be in [0, 1], got ", p);
   const int64_t n = out.numel();
   if (n == 0) return;
+  if (in.dtype == DType::BF16) {
+    LATHE_CHECK(in.is_contiguous() && out.is_contiguous(),
+                "dropout: bf16 on the cpu takes contiguous tensors (the op widens others)");
+    dropout_contiguous_bf16(static_cast<const BFloat16*>(in.data), static_cast<BFloat16*>(out.data),
+                            n, float(p), p >= 1.0 ? 0.0f : float(1.0 / (1.0 - p)), seed, offset);
+    return;
+  }
   dispatch_float(in.dtype, "dropout", [&]<class T>() {
     // p == 1 drops everything: scale 0 instead of 1/0.
     const T scale = p >= 1.0 ? T(0) : T(1.0 / (1.0 - p));

@@ -165,3 +165,31 @@ TEST_CASE("dropout: errors name the op and the probability", "[dropout][errors]"
   check_error([&] { dropout(zeros({2}, TensorOptions(DType::I64).device(device)), 0.5); },
               {"dropout", "i64"});
 }
+
+TEST_CASE("dropout: bf16 on the cpu has the bits of the op widened to f32", "[dropout][cpu-only]") {
+  // The cpu kernel takes contiguous bf16 itself (the f32 multiply and select per batch, rounded
+  // once) instead of the op widening and narrowing the tensor: same mask, same bits, gradient
+  // included. Sizes with tails of a Philox block and of a batch, and one over the threading grain.
+  for (int64_t n : {1, 7, 37, 1001, 70001}) {
+    for (double p : {0.1, 0.5}) {
+      INFO("n " << n << " p " << p);
+      const Tensor x0 =
+          random_tensor({n}, uint64_t(n), DType::F32, Device::cpu(), -2, 2).to(DType::BF16);
+      const Tensor g = random_tensor({n}, uint64_t(n) + 1, DType::F32).to(DType::BF16);
+      auto run = [&](bool widened) {
+        Tensor x = x0.clone().requires_grad_(true);
+        manual_seed(99);
+        Tensor y = widened ? dropout(x.to(DType::F32), p).to(DType::BF16) : dropout(x, p);
+        (y * g).sum().backward();
+        return std::vector<Tensor>{y, x.grad()};
+      };
+      const std::vector<Tensor> native = run(false), widened = run(true);
+      for (size_t i = 0; i < native.size(); ++i) {
+        INFO("output " << i << " of y, dx");
+        REQUIRE(native[i].dtype() == DType::BF16);
+        CHECK(native[i].to(DType::F64).to_vector<double>() ==
+              widened[i].to(DType::F64).to_vector<double>());
+      }
+    }
+  }
+}
