@@ -1,18 +1,15 @@
 #include "lathe/core/determinism.h"
 
+#include "kernels/env_flag.h"
+
 #include <atomic>
-#include <cstdlib>
-#include <string_view>
 
 namespace lathe {
 
 namespace {
 
 bool from_env() {
-  const char* env = std::getenv("LATHE_DETERMINISTIC");
-  if (env == nullptr) return true;
-  const std::string_view v(env);
-  return !(v == "0" || v == "false" || v == "off");
+  return kernels::env_flag("LATHE_DETERMINISTIC", true);
 }
 
 // Initialised on first use, so a setting made before main (or from another static initialiser)

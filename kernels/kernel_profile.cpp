@@ -12,6 +12,8 @@
 #include <type_traits>
 #include <vector>
 
+#include "kernels/env_flag.h"
+
 namespace lathe::kernels {
 
 namespace {
@@ -70,10 +72,7 @@ struct Profile {
 };
 
 bool env_enabled() {
-  static const bool enabled = [] {
-    const char* env = std::getenv("LATHE_PROFILE");
-    return env && *env && std::string(env) != "0";
-  }();
+  static const bool enabled = env_flag("LATHE_PROFILE", false);
   return enabled;
 }
 

@@ -7,9 +7,9 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
-#include <string_view>
 #include <vector>
 
+#include "kernels/env_flag.h"
 #include "lathe/core/error.h"
 #include "lathe/core/half.h"
 
@@ -50,15 +50,8 @@ bool hardware_and_os_allow() {
 #endif
 }
 
-bool enabled_by_env() {
-  const char* env = std::getenv("LATHE_CPU_AMX");
-  if (env == nullptr) return true;
-  const std::string_view v(env);
-  return !(v == "0" || v == "false" || v == "off");
-}
-
 std::atomic<bool>& enabled() {
-  static std::atomic<bool> flag{enabled_by_env()};
+  static std::atomic<bool> flag{env_flag("LATHE_CPU_AMX", true)};
   return flag;
 }
 

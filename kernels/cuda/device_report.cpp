@@ -8,6 +8,7 @@
 #include <string>
 
 #include "kernels/cuda/runtime.h"
+#include "kernels/env_flag.h"
 #include "lathe/core/error.h"
 
 namespace lathe::kernels::cuda {
@@ -15,10 +16,7 @@ namespace lathe::kernels::cuda {
 namespace {
 
 std::atomic<bool>& sync_checks_flag() {
-  static std::atomic<bool> on = [] {
-    const char* env = std::getenv("LATHE_CUDA_SYNC_CHECKS");
-    return env != nullptr && std::strcmp(env, "") != 0 && std::strcmp(env, "0") != 0;
-  }();
+  static std::atomic<bool> on{kernels::env_flag("LATHE_CUDA_SYNC_CHECKS", false)};
   return on;
 }
 
