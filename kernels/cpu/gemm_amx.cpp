@@ -99,9 +99,6 @@ struct Operands {
   int64_t m, n, k, lda, ldb;
   bool trans_a, trans_b;
   int64_t k_steps;  // ceil(k / 32)
-
-  uint16_t a_at(int64_t i, int64_t p) const { return trans_a ? a[p * lda + i] : a[i * lda + p]; }
-  uint16_t b_at(int64_t p, int64_t j) const { return trans_b ? b[j * ldb + p] : b[p * ldb + j]; }
 };
 
 // The packs. A block of op(A) is [k step][32 rows][32 k]; a block of op(B) is the tiles'

@@ -56,6 +56,14 @@ void check_same(const Tensor& a, const Tensor& b, const char* what) {
   CHECK(a.to(DType::F64).to_vector<double>() == b.to(DType::F64).to_vector<double>());
 }
 
+// Every parameter gradient of two copies of a block, bit for bit.
+void check_same_grads(const Block& plain, const Block& ckpt) {
+  for (size_t i = 0; i < plain.params().size(); ++i) {
+    INFO("parameter " << i);
+    check_same(plain.params()[i].grad(), ckpt.params()[i].grad(), "parameter");
+  }
+}
+
 }  // namespace
 
 TEST_CASE("checkpoint: gradients are the plain backward's, bit for bit", "[checkpoint]") {
@@ -72,10 +80,7 @@ TEST_CASE("checkpoint: gradients are the plain backward's, bit for bit", "[check
   CHECK(philox_current().offset == after_plain.offset);
   CHECK(l1.item<double>() == l2.item<double>());
   check_same(x1.grad(), x2.grad(), "x");
-  for (size_t i = 0; i < plain.params().size(); ++i) {
-    INFO("parameter " << i);
-    check_same(plain.params()[i].grad(), ckpt.params()[i].grad(), "parameter");
-  }
+  check_same_grads(plain, ckpt);
 }
 
 TEST_CASE("checkpoint: f64 gradients match finite differences", "[checkpoint]") {
@@ -107,10 +112,7 @@ TEST_CASE("checkpoint: parameters get gradients when the inputs need none", "[ch
   CHECK(out[0].grad_fn()->name() == "checkpoint");
   manual_seed(2024);
   step(ckpt, x, true);
-  for (size_t i = 0; i < plain.params().size(); ++i) {
-    INFO("parameter " << i);
-    check_same(plain.params()[i].grad(), ckpt.params()[i].grad(), "parameter");
-  }
+  check_same_grads(plain, ckpt);
   CHECK_FALSE(x.grad().defined());
 }
 
@@ -140,10 +142,7 @@ TEST_CASE("checkpoint: autocast is replayed in backward", "[checkpoint]") {
   // Without the replay the re-run would compute in f32 and hand back f32-accurate gradients that
   // differ from the bf16 forward's.
   check_same(x1.grad(), x2.grad(), "x");
-  for (size_t i = 0; i < plain.params().size(); ++i) {
-    INFO("parameter " << i);
-    check_same(plain.params()[i].grad(), ckpt.params()[i].grad(), "parameter");
-  }
+  check_same_grads(plain, ckpt);
 }
 
 TEST_CASE("checkpoint: nested checkpoints", "[checkpoint]") {
@@ -165,10 +164,7 @@ TEST_CASE("checkpoint: nested checkpoints", "[checkpoint]") {
   std::vector<Tensor> o2 = checkpoint(outer(inner_ckpt, true), {x2});
   (o2[0].sum() + o2[1].sum()).backward();
   check_same(x1.grad(), x2.grad(), "x");
-  for (size_t i = 0; i < inner_plain.params().size(); ++i) {
-    INFO("parameter " << i);
-    check_same(inner_plain.params()[i].grad(), inner_ckpt.params()[i].grad(), "parameter");
-  }
+  check_same_grads(inner_plain, inner_ckpt);
 }
 
 TEST_CASE("checkpoint: outputs that are inputs or views of them", "[checkpoint]") {
