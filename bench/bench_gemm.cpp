@@ -6,11 +6,13 @@
 #include <benchmark/benchmark.h>
 #include <cblas.h>
 
+#include <string>
+
 #include <Eigen/Core>
 #include <vector>
 
 #include "bench/bench_util.h"
-#include "kernels/cpu/gemm_amx.h"
+#include "kernels/cpu/gemm_bf16.h"
 #include "kernels/kernel_table.h"
 #include "lathe/lathe.h"
 
@@ -129,20 +131,25 @@ void BM_GemmThenOpenMP_OpenBLAS(benchmark::State& state) {
   p.report(state);
 }
 
-// bf16 GEMM through the cpu gemm kernel: on AMX tiles (amx:1, where the processor has them) or
-// widened to f32 for SGEMM (amx:0, what every bf16 product did before) — beside BM_Sgemm_Lathe's
-// f32 rate at the same sizes. A linear layer's three products for x[m, k], w[n, k]:
-// layout 0 the forward x @ w^T, 1 the input gradient dy[m, n] @ w (here [m, k] @ [k, n] with B
-// untransposed), 2 the weight gradient dy^T @ x (A transposed).
+// bf16 GEMM through the cpu gemm kernel on each path (kernels/cpu/gemm_bf16.h): path 0 widens to
+// f32 for SGEMM (what every bf16 product did before), 1 AVX512-BF16 dot products, 2 AMX tiles;
+// a path the processor lacks is skipped. Beside BM_Sgemm_Lathe's f32 rate at the same sizes. A
+// linear layer's three products for x[m, k], w[n, k]: layout 0 the forward x @ w^T, 1 the input
+// gradient dy[m, n] @ w (here [m, k] @ [k, n] with B untransposed), 2 the weight gradient dy^T @ x
+// (A transposed).
 void BM_GemmBf16_Lathe(benchmark::State& state) {
+  using lathe::kernels::cpu::Bf16Gemm;
   const int64_t m = state.range(0), n = state.range(1), k = state.range(2);
-  const bool amx = state.range(3) == 1;
+  const auto path = Bf16Gemm(state.range(3));
   const int64_t layout = state.range(4);
-  if (amx && !lathe::kernels::cpu::amx_bf16_available()) {
-    state.SkipWithError("no AMX-BF16 on this processor");
+  if (!lathe::kernels::cpu::bf16_gemm_supported(path)) {
+    state.SkipWithError(
+        (std::string("no ") + lathe::kernels::cpu::bf16_gemm_name(path) + " on this processor")
+            .c_str());
     return;
   }
-  lathe::kernels::cpu::set_amx_enabled(amx);
+  const Bf16Gemm previous = lathe::kernels::cpu::bf16_gemm_path();
+  lathe::kernels::cpu::set_bf16_gemm_path(path);
   const bool ta = layout == 2, tb = layout == 0;
   const lathe::Tensor a = lathe::rand({ta ? k : m, ta ? m : k}).to(lathe::DType::BF16);
   const lathe::Tensor b = lathe::rand({tb ? n : k, tb ? k : n}).to(lathe::DType::BF16);
@@ -164,7 +171,7 @@ void BM_GemmBf16_Lathe(benchmark::State& state) {
     lathe::kernels::kernel_table(lathe::DeviceType::CPU).gemm(args);
     benchmark::DoNotOptimize(c.data_ptr());
   }
-  lathe::kernels::cpu::set_amx_enabled(true);
+  lathe::kernels::cpu::set_bf16_gemm_path(previous);
   state.counters["FLOPS"] = benchmark::Counter(2.0 * double(m) * double(n) * double(k),
                                                benchmark::Counter::kIsIterationInvariantRate,
                                                benchmark::Counter::kIs1000);
@@ -187,14 +194,14 @@ BENCHMARK(BM_Sgemm_Lathe)
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_GemmBf16_Lathe)
-    ->ArgNames({"m", "n", "k", "amx", "layout"})
+    ->ArgNames({"m", "n", "k", "path", "layout"})
     // MiniLM's FFN at 4096 tokens: forward, input gradient, weight gradient (m = 1536 features,
     // k = 4096 tokens); BERT-base's up-projection; a square.
-    ->ArgsProduct({{4096}, {1536}, {384}, {0, 1}, {0}})
-    ->ArgsProduct({{4096}, {384}, {1536}, {0, 1}, {1}})
-    ->ArgsProduct({{1536}, {384}, {4096}, {0, 1}, {2}})
-    ->ArgsProduct({{4096}, {3072}, {768}, {0, 1}, {0}})
-    ->ArgsProduct({{1024}, {1024}, {1024}, {0, 1}, {0}})
+    ->ArgsProduct({{4096}, {1536}, {384}, {0, 1, 2}, {0}})
+    ->ArgsProduct({{4096}, {384}, {1536}, {0, 1, 2}, {1}})
+    ->ArgsProduct({{1536}, {384}, {4096}, {0, 1, 2}, {2}})
+    ->ArgsProduct({{4096}, {3072}, {768}, {0, 1, 2}, {0}})
+    ->ArgsProduct({{1024}, {1024}, {1024}, {0, 1, 2}, {0}})
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_Sgemm_LatheMatmul)

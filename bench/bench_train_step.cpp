@@ -8,9 +8,10 @@
 
 #include <memory>
 #include <optional>
+#include <string>
 
 #include "bench/bench_util.h"
-#include "kernels/cpu/gemm_amx.h"
+#include "kernels/cpu/gemm_bf16.h"
 #include "lathe/lathe.h"
 
 namespace {
@@ -163,24 +164,28 @@ void model_shapes(benchmark::internal::Benchmark* b) {
 }
 BENCHMARK(BM_TrainStep)->Apply(model_shapes)->MinTime(5.0);
 
-// The BM_TrainStep step under bf16 autocast on the cpu: matmuls and linear layers in bf16 (AMX
-// tiles, amx:1, where the processor has them; amx:0 widens them to f32 for SGEMM, the cpu's only
-// bf16 path before), everything else as autocast's policy says. Args: {base, T, amx}.
+// The BM_TrainStep step under bf16 autocast on the cpu: matmuls and linear layers in bf16 on each
+// bf16 GEMM path (kernels/cpu/gemm_bf16.h: path 0 widens to f32 for SGEMM, the cpu's only bf16 path
+// before; 1 AVX512-BF16 dot products; 2 AMX tiles; a path the processor lacks is skipped),
+// everything else as autocast's policy says. Args: {base, T, path}.
 void BM_TrainStepBf16(benchmark::State& state) {
-  if (state.range(2) == 1 && !kernels::cpu::amx_bf16_available()) {
-    state.SkipWithError("no AMX-BF16 on this processor");
+  const auto path = kernels::cpu::Bf16Gemm(state.range(2));
+  if (!kernels::cpu::bf16_gemm_supported(path)) {
+    state.SkipWithError(
+        (std::string("no ") + kernels::cpu::bf16_gemm_name(path) + " on this processor").c_str());
     return;
   }
-  kernels::cpu::set_amx_enabled(state.range(2) == 1);
+  const kernels::cpu::Bf16Gemm previous = kernels::cpu::bf16_gemm_path();
+  kernels::cpu::set_bf16_gemm_path(path);
   Trainer t(make_setup(state));
   t.step(DType::BF16);  // warm: AdamW's moments, the packs' scratch, the allocator's cache
   for (auto _ : state) benchmark::DoNotOptimize(t.step(DType::BF16));
-  kernels::cpu::set_amx_enabled(true);
+  kernels::cpu::set_bf16_gemm_path(previous);
   set_counters(state, state.range(1));
 }
 BENCHMARK(BM_TrainStepBf16)
-    ->ArgNames({"base", "T", "amx"})
-    ->ArgsProduct({{0, 1}, {32, 128}, {0, 1}})
+    ->ArgNames({"base", "T", "path"})
+    ->ArgsProduct({{0, 1}, {32, 128}, {0, 1, 2}})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime()
     ->MinTime(5.0);

@@ -18,7 +18,7 @@
 #include <vector>
 
 #include "kernels/cpu/cpu_kernels.h"
-#include "kernels/cpu/gemm_amx.h"
+#include "kernels/cpu/gemm_bf16.h"
 #include "lathe/core/half.h"
 
 #ifdef _OPENMP
@@ -151,9 +151,9 @@ void gemm_typed(const GemmArgs& args) {
   }
 }
 
-// bf16 A, B and C: on AMX tiles when the processor has them (gemm_amx.h), else widened to f32
-// (exact), multiplied by SGEMM with f32 accumulation and rounded once, which is what the op layer
-// did before this kernel took bf16.
+// bf16 A, B and C: on the processor's bf16 instructions when it has them (AMX tiles or AVX512-BF16
+// dot products, gemm_bf16.h), else widened to f32 (exact), multiplied by SGEMM with f32
+// accumulation and rounded once, which is what the op layer did before this kernel took bf16.
 void gemm_bf16(const GemmArgs& args) {
   const int64_t a_rows = args.trans_a ? args.k : args.m, a_cols = args.trans_a ? args.m : args.k;
   const int64_t b_rows = args.trans_b ? args.n : args.k, b_cols = args.trans_b ? args.k : args.n;
@@ -176,9 +176,9 @@ void gemm_bf16(const GemmArgs& args) {
     return;
   }
   const int threads = team_size();
-  if (amx_bf16_available()) {
+  if (const Bf16Gemm path = bf16_gemm_path(); path != Bf16Gemm::Widen) {
     for (int64_t i = 0; i < args.batch; ++i) {
-      gemm_bf16_amx(args, a_of(i), b_of(i), c_of(i), threads);
+      gemm_bf16_native(path, args, a_of(i), b_of(i), c_of(i), threads);
     }
     return;
   }

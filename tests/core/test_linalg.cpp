@@ -4,7 +4,7 @@
 #include <cmath>
 #include <limits>
 
-#include "kernels/cpu/gemm_amx.h"
+#include "kernels/cpu/gemm_bf16.h"
 #include "kernels/kernel_table.h"
 #include "lathe/core/matmul_precision.h"
 #include "support/test_util.h"
@@ -443,27 +443,33 @@ TEST_CASE("matmul: f32 precision settings and their errors", "[linalg]") {
   CHECK(float32_matmul_precision() == MatmulPrecision::Highest);
 }
 
-TEST_CASE("gemm kernel: bf16 on the cpu, on AMX tiles and through f32", "[gemm][cpu-only]") {
-  // The cpu gemm takes bf16 itself: AMX tiles where the processor has them, else widening to
-  // f32. Both against an f64 loop over the same bf16 values: products are exact in f32, so the
-  // difference is f32 accumulation plus the final rounding to bf16. Sizes cut every tile (16 rows,
-  // 32-deep k steps, 32 x 32 blocks) and leave tails in m, n and k; leading dims larger than the
-  // rows; a batch; alpha and beta; NaN in C where beta is 0.
+TEST_CASE("gemm kernel: bf16 on the cpu, on every path the processor has", "[gemm][cpu-only]") {
+  // The cpu gemm takes bf16 itself: AMX tiles or AVX512-BF16 dot products where the processor has
+  // them, else widening to f32. Each path against an f64 loop over the same bf16 values: products
+  // are exact in f32, so the difference is f32 accumulation plus the final rounding to bf16. Sizes
+  // cut every tile (16 rows, 32-deep k steps, 32 x 32 blocks, 8-row groups) and leave tails in m, n
+  // and k; leading dims larger than the rows; a batch; alpha and beta; NaN in C where beta is 0.
+  using kernels::cpu::Bf16Gemm;
   const auto& table = kernels::kernel_table(DeviceType::CPU);
-  const bool amx_here = kernels::cpu::amx_bf16_available();
-  if (!amx_here) WARN("this processor has no AMX-BF16: only the f32 path is checked");
+  const Bf16Gemm default_path = kernels::cpu::bf16_gemm_path();
+  for (Bf16Gemm path : {Bf16Gemm::Amx, Bf16Gemm::Avx512Bf16}) {
+    if (!kernels::cpu::bf16_gemm_supported(path)) {
+      WARN("this processor has no " << kernels::cpu::bf16_gemm_name(path)
+                                    << ": that bf16 gemm path is not checked");
+    }
+  }
   struct Shape3 {
     int64_t m, n, k;
   };
-  for (bool amx : {true, false}) {
-    if (amx && !amx_here) continue;
-    kernels::cpu::set_amx_enabled(amx);
+  for (Bf16Gemm path : {Bf16Gemm::Amx, Bf16Gemm::Avx512Bf16, Bf16Gemm::Widen}) {
+    if (!kernels::cpu::bf16_gemm_supported(path)) continue;
+    kernels::cpu::set_bf16_gemm_path(path);
     for (const Shape3 s : {Shape3{1, 1, 1}, Shape3{17, 15, 31}, Shape3{33, 40, 33},
-                           Shape3{70, 33, 100}, Shape3{64, 96, 64}}) {
+                           Shape3{70, 33, 100}, Shape3{64, 96, 64}, Shape3{45, 64, 96}}) {
       for (int trans = 0; trans < 4; ++trans) {
         const bool ta = trans & 1, tb = trans & 2;
         const double alpha = trans == 3 ? 0.5 : 1.0, beta = trans == 1 ? 1.0 : 0.0;
-        INFO((amx ? "AMX" : "f32 path")
+        INFO(kernels::cpu::bf16_gemm_name(path)
              << ": m " << s.m << ", n " << s.n << ", k " << s.k << (ta ? ", A transposed" : "")
              << (tb ? ", B transposed" : "") << ", alpha " << alpha << ", beta " << beta);
         const int64_t batch = 2;
@@ -537,5 +543,11 @@ TEST_CASE("gemm kernel: bf16 on the cpu, on AMX tiles and through f32", "[gemm][
       }
     }
   }
-  kernels::cpu::set_amx_enabled(true);
+  kernels::cpu::set_bf16_gemm_path(default_path);
+  for (Bf16Gemm path : {Bf16Gemm::Amx, Bf16Gemm::Avx512Bf16}) {
+    if (kernels::cpu::bf16_gemm_supported(path)) continue;
+    check_error([&] { kernels::cpu::set_bf16_gemm_path(path); },
+                {"bf16 gemm", kernels::cpu::bf16_gemm_name(path)});
+    CHECK(kernels::cpu::bf16_gemm_path() == default_path);
+  }
 }

@@ -1,7 +1,8 @@
-// bf16 GEMM on AMX tiles (design in gemm_amx.h). This file alone is compiled with -mamx-tile
-// -mamx-bf16 (CMakeLists.txt) and runs only after amx_bf16_available() said the processor and the
-// OS allow it; without compiler support it builds to "not available".
-#include "kernels/cpu/gemm_amx.h"
+// bf16 GEMM on AMX tiles or AVX512-BF16 dot products (design in gemm_bf16.h). This file alone is
+// compiled with -mamx-tile -mamx-bf16 (CMakeLists.txt); the AVX-512 code is compiled for its
+// instruction sets by target attributes. Each path runs only after bf16_gemm_supported() said the
+// processor and the OS allow it; without compiler support a path builds to "not supported".
+#include "kernels/cpu/gemm_bf16.h"
 
 #include <algorithm>
 #include <atomic>
@@ -13,10 +14,16 @@
 #include "lathe/core/error.h"
 #include "lathe/core/half.h"
 
-#if defined(__x86_64__) && defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__linux__)
-#define LATHE_CPU_AMX 1
+#if defined(__x86_64__) && defined(__GNUC__)
+#define LATHE_CPU_X86_64 1
 #include <cpuid.h>
 #include <immintrin.h>
+#else
+#define LATHE_CPU_X86_64 0
+#endif
+
+#if LATHE_CPU_X86_64 && defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__linux__)
+#define LATHE_CPU_AMX 1
 #include <sys/syscall.h>
 #include <unistd.h>
 #else
@@ -31,18 +38,45 @@ namespace lathe::kernels::cpu {
 
 namespace {
 
-bool hardware_and_os_allow() {
-#if LATHE_CPU_AMX
+#if LATHE_CPU_X86_64
+// XCR0: the state the OS saves on a context switch.
+uint64_t xcr0() {
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx) || !((ecx >> 27) & 1u)) return 0;  // no OSXSAVE
+  uint32_t lo = 0, hi = 0;
+  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  return (uint64_t(hi) << 32) | lo;
+}
+
+// AVX-512 F, BW and VL (the packs and the epilogue use them on every path) with their register
+// state saved: SSE, AVX, opmask and both halves of the upper ZMM registers (XCR0 bits 1, 2, 5-7).
+bool avx512_usable() {
   unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
   if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return false;
+  const bool f = (ebx >> 16) & 1u, bw = (ebx >> 30) & 1u, vl = (ebx >> 31) & 1u;
+  return f && bw && vl && (xcr0() & 0xe6) == 0xe6;
+}
+#endif
+
+bool avx512_bf16_usable() {
+#if LATHE_CPU_X86_64
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (!avx512_usable() || !__get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx)) return false;
+  return (eax >> 5) & 1u;  // AVX512_BF16
+#else
+  return false;
+#endif
+}
+
+bool amx_usable() {
+#if LATHE_CPU_AMX
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (!avx512_usable() || !__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return false;
   const bool amx_bf16 = (edx >> 22) & 1u, amx_tile = (edx >> 24) & 1u;
   if (!amx_bf16 || !amx_tile) return false;
-  if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx) || !((ecx >> 27) & 1u)) return false;  // OSXSAVE
-  uint32_t xcr0_lo = 0, xcr0_hi = 0;
-  __asm__ volatile("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
-  if ((xcr0_lo & (3u << 17)) != (3u << 17)) return false;  // XTILECFG and XTILEDATA state saved
+  if ((xcr0() & (3u << 17)) != (3u << 17)) return false;  // XTILECFG and XTILEDATA state saved
   // Linux keeps tile data disabled for a process until it asks (ARCH_REQ_XCOMP_PERM for
-  // XFEATURE_XTILEDATA); a refusal (an old kernel, a sandbox) leaves the f32 path.
+  // XFEATURE_XTILEDATA); a refusal (an old kernel, a sandbox) leaves the other paths.
   constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
   return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
 #else
@@ -50,23 +84,55 @@ bool hardware_and_os_allow() {
 #endif
 }
 
-std::atomic<bool>& enabled() {
-  static std::atomic<bool> flag{env_flag("LATHE_CPU_AMX", true)};
-  return flag;
+Bf16Gemm default_path() {
+  if (bf16_gemm_supported(Bf16Gemm::Amx) && env_flag("LATHE_CPU_AMX", true)) return Bf16Gemm::Amx;
+  if (bf16_gemm_supported(Bf16Gemm::Avx512Bf16)) return Bf16Gemm::Avx512Bf16;
+  return Bf16Gemm::Widen;
+}
+
+std::atomic<Bf16Gemm>& current_path() {
+  static std::atomic<Bf16Gemm> path{default_path()};
+  return path;
 }
 
 }  // namespace
 
-bool amx_bf16_available() {
-  static const bool hardware = hardware_and_os_allow();
-  return hardware && enabled().load(std::memory_order_relaxed);
+const char* bf16_gemm_name(Bf16Gemm path) {
+  switch (path) {
+    case Bf16Gemm::Widen:
+      return "f32 (widened)";
+    case Bf16Gemm::Avx512Bf16:
+      return "AVX512-BF16";
+    case Bf16Gemm::Amx:
+      return "AMX";
+  }
+  return "?";
 }
 
-void set_amx_enabled(bool on) {
-  enabled().store(on, std::memory_order_relaxed);
+bool bf16_gemm_supported(Bf16Gemm path) {
+  static const bool dot = avx512_bf16_usable(), amx = amx_usable();
+  switch (path) {
+    case Bf16Gemm::Widen:
+      return true;
+    case Bf16Gemm::Avx512Bf16:
+      return dot;
+    case Bf16Gemm::Amx:
+      return amx;
+  }
+  return false;
 }
 
-#if LATHE_CPU_AMX
+Bf16Gemm bf16_gemm_path() {
+  return current_path().load(std::memory_order_relaxed);
+}
+
+void set_bf16_gemm_path(Bf16Gemm path) {
+  LATHE_CHECK(bf16_gemm_supported(path), "bf16 gemm: this processor (or this build) has no ",
+              bf16_gemm_name(path), " path");
+  current_path().store(path, std::memory_order_relaxed);
+}
+
+#if LATHE_CPU_X86_64
 
 namespace {
 
@@ -74,6 +140,7 @@ constexpr int64_t kBlock = 32;                     // C block rows / columns, K 
 constexpr int64_t kTileElems = kBlock * kBlock;    // bf16 elements of one packed 32 x 32 step
 constexpr int64_t kPanelBytes = int64_t(1) << 20;  // B columns kept hot in L2 per panel
 
+#if LATHE_CPU_AMX
 struct alignas(64) TileConfig {
   uint8_t palette = 1;
   uint8_t start_row = 0;
@@ -92,6 +159,7 @@ void configure_tiles() {
   }
   _tile_loadconfig(&config);
 }
+#endif
 
 struct Operands {
   const uint16_t* a;
@@ -202,6 +270,22 @@ __attribute__((target("avx512f,avx512bw"))) void pack_b_tile_avx512(const uint16
   }
 }
 
+// One full 32 x 32 step of a block of op(B) from the stored rows j0..j0+31, columns p0..p0+31 of
+// B (B transposed): a stored row's k pairs are its dwords, so the tile row of pair c is dword c
+// of each of the 32 rows, two 16 x 16 dword transposes.
+__attribute__((target("avx512f,avx512bw"))) void pack_b_tile_transposed_avx512(const uint16_t* b,
+                                                                               int64_t ldb,
+                                                                               uint16_t* out) {
+  for (int half = 0; half < 2; ++half) {
+    __m512i r[16];
+    for (int j = 0; j < 16; ++j) r[j] = _mm512_loadu_si512(b + (16 * half + j) * ldb);
+    transpose16(r);
+    for (int pair = 0; pair < 16; ++pair) {
+      _mm512_store_si512(out + pair * 2 * kBlock + 16 * half * 2, r[pair]);
+    }
+  }
+}
+
 #pragma GCC diagnostic pop
 
 // K step s of every block of op(A) from stored rows p = k (A transposed).
@@ -223,9 +307,13 @@ void pack_a_step(const Operands& o, int64_t s, int64_t block_elems, uint16_t* pa
 // Block nb of op(B) from B's stored rows j (B transposed).
 void pack_b_block(const Operands& o, int64_t nb, uint16_t* dst) {
   const int64_t j0 = nb * kBlock, cols = std::min(kBlock, o.n - j0);
+  const int64_t full_steps = cols == kBlock ? o.k / kBlock : 0;
+  for (int64_t s = 0; s < full_steps; ++s) {
+    pack_b_tile_transposed_avx512(o.b + j0 * o.ldb + s * kBlock, o.ldb, dst + s * kTileElems);
+  }
   for (int64_t c = 0; c < cols; ++c) {
     const uint16_t* row = o.b + (j0 + c) * o.ldb;
-    for (int64_t p = 0; p < o.k; ++p) {
+    for (int64_t p = full_steps * kBlock; p < o.k; ++p) {
       dst[(p / kBlock) * kTileElems + ((p % kBlock) / 2) * (2 * kBlock) + 2 * c + (p % 2)] = row[p];
     }
   }
@@ -248,8 +336,10 @@ void pack_b_step(const Operands& o, int64_t s, int64_t block_elems, uint16_t* pa
   }
 }
 
-// acc[32][32] = A block x B block over every k step.
-void multiply_block(const uint16_t* a_block, const uint16_t* b_block, int64_t k_steps, float* acc) {
+#if LATHE_CPU_AMX
+// acc[32][32] = A block x B block over every k step, on the AMX tiles.
+void multiply_block_amx(const uint16_t* a_block, const uint16_t* b_block, int64_t k_steps,
+                        float* acc) {
   _tile_zero(0);
   _tile_zero(1);
   _tile_zero(2);
@@ -271,6 +361,55 @@ void multiply_block(const uint16_t* a_block, const uint16_t* b_block, int64_t k_
   _tile_stored(2, acc + 16 * kBlock, 128);
   _tile_stored(3, acc + 16 * kBlock + 16, 128);
 }
+#endif
+
+// acc[32][32] = A block x B block over every k step, by VDPBF16PS: eight rows of C at a time in
+// sixteen registers; for each k pair, B's two 16-column vectors are loaded once and each row's A
+// dword is broadcast from the pack (an embedded-broadcast operand).
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void multiply_block_dot(
+    const uint16_t* a_block, const uint16_t* b_block, int64_t k_steps, float* acc) {
+  constexpr int kRows = 8;
+  for (int64_t r0 = 0; r0 < kBlock; r0 += kRows) {
+    __m512 c[kRows][2];
+    for (int r = 0; r < kRows; ++r) c[r][0] = c[r][1] = _mm512_setzero_ps();
+    for (int64_t s = 0; s < k_steps; ++s) {
+      const uint16_t* a_step = a_block + s * kTileElems + r0 * kBlock;
+      const uint16_t* b_step = b_block + s * kTileElems;
+      for (int pair = 0; pair < kBlock / 2; ++pair) {
+        const __m512bh b0 = (__m512bh)_mm512_load_si512(b_step + pair * 2 * kBlock);
+        const __m512bh b1 = (__m512bh)_mm512_load_si512(b_step + pair * 2 * kBlock + kBlock);
+        for (int r = 0; r < kRows; ++r) {
+          int32_t dword;
+          std::memcpy(&dword, a_step + r * kBlock + 2 * pair, sizeof(dword));
+          const __m512bh a = (__m512bh)_mm512_set1_epi32(dword);
+          c[r][0] = _mm512_dpbf16_ps(c[r][0], a, b0);
+          c[r][1] = _mm512_dpbf16_ps(c[r][1], a, b1);
+        }
+      }
+    }
+    for (int r = 0; r < kRows; ++r) {
+      _mm512_store_ps(acc + (r0 + r) * kBlock, c[r][0]);
+      _mm512_store_ps(acc + (r0 + r) * kBlock + 16, c[r][1]);
+    }
+  }
+}
+
+#pragma GCC diagnostic push  // GCC bug 105593 again (see the packs)
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+// Sixteen f32 to bf16, rounded to nearest even as BFloat16(float) does (NaN kept quiet). Integer
+// arithmetic rather than VCVTNEPS2BF16, which treats subnormal inputs as zero.
+__attribute__((target("avx512f,avx512bw"))) inline __m256i to_bf16(__m512 v) {
+  const __m512i u = _mm512_castps_si512(v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  __m512i bits =
+      _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
+  const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
+                                                _mm512_set1_epi32(0x7f800000));
+  bits = _mm512_mask_or_epi32(bits, nan, _mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
+  return _mm512_cvtepi32_epi16(bits);
+}
 
 struct Output {
   BFloat16* c;
@@ -278,18 +417,32 @@ struct Output {
   float alpha, beta;
 
   // C[i0.., j0..] = alpha * acc + beta * C over the block's valid rows and columns, rounded once
-  // to bf16; beta == 0 never reads C (whatever it held, NaN included, is overwritten).
-  void write(const float* acc, int64_t i0, int64_t j0, int64_t rows, int64_t cols) const {
+  // to bf16; beta == 0 never reads C (whatever it held, NaN included, is overwritten). Sixteen
+  // columns at a time under a mask: written element by element, this took longer than the tile
+  // products of a block when k is a few hundred.
+  __attribute__((target("avx512f,avx512bw,avx512vl"))) void write(const float* acc, int64_t i0,
+                                                                  int64_t j0, int64_t rows,
+                                                                  int64_t cols) const {
+    const __m512 scale = _mm512_set1_ps(alpha), keep = _mm512_set1_ps(beta);
     for (int64_t r = 0; r < rows; ++r) {
       const float* in = acc + r * kBlock;
-      BFloat16* out = c + (i0 + r) * ldc + j0;
-      for (int64_t q = 0; q < cols; ++q) {
-        const float v = beta == 0.0f ? alpha * in[q] : alpha * in[q] + beta * float(out[q]);
-        out[q] = BFloat16(v);
+      uint16_t* out = reinterpret_cast<uint16_t*>(c + (i0 + r) * ldc + j0);
+      for (int64_t q = 0; q < cols; q += 16) {
+        const __mmask16 lanes =
+            cols - q >= 16 ? __mmask16(0xffff) : __mmask16((1u << (cols - q)) - 1);
+        __m512 v = _mm512_mul_ps(scale, _mm512_load_ps(in + q));
+        if (beta != 0.0f) {
+          const __m512i old = _mm512_slli_epi32(
+              _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(lanes, out + q)), 16);
+          v = _mm512_fmadd_ps(keep, _mm512_castsi512_ps(old), v);
+        }
+        _mm256_mask_storeu_epi16(out + q, lanes, to_bf16(v));
       }
     }
   }
 };
+
+#pragma GCC diagnostic pop
 
 // Grow-only 64-byte-aligned scratch for the packs, one per calling thread: packs of a few MB
 // allocated afresh on every call came back from the kernel as new pages, and zeroing them (page
@@ -313,7 +466,11 @@ uint16_t* scratch(int which, int64_t elems) {
 
 }  // namespace
 
-void gemm_bf16_amx(const GemmArgs& args, const void* a, const void* b, void* c, int threads) {
+void gemm_bf16_native(Bf16Gemm path, const GemmArgs& args, const void* a, const void* b, void* c,
+                      int threads) {
+  LATHE_CHECK(path != Bf16Gemm::Widen && bf16_gemm_supported(path), "gemm (bf16): no ",
+              bf16_gemm_name(path), " path on this processor (or in this build)");
+  [[maybe_unused]] const bool amx = path == Bf16Gemm::Amx;  // (unused without AMX in the build)
   Operands o{static_cast<const uint16_t*>(a),
              static_cast<const uint16_t*>(b),
              args.m,
@@ -330,9 +487,8 @@ void gemm_bf16_amx(const GemmArgs& args, const void* a, const void* b, void* c, 
 
   uint16_t* const a_packed = scratch(0, m_blocks * block_elems);
   uint16_t* const b_packed = scratch(1, n_blocks * block_elems);
-  LATHE_CHECK(a_packed != nullptr && b_packed != nullptr,
-              "gemm (bf16, AMX): out of memory packing ", o.m, " x ", o.k, " and ", o.k, " x ", o.n,
-              " operands");
+  LATHE_CHECK(a_packed != nullptr && b_packed != nullptr, "gemm (bf16, ", bf16_gemm_name(path),
+              "): out of memory packing ", o.m, " x ", o.k, " and ", o.k, " x ", o.n, " operands");
   // Columns of B per panel: as many blocks as fit the L2 budget, at least one.
   const int64_t panel_blocks =
       std::clamp<int64_t>(kPanelBytes / (block_elems * int64_t(sizeof(uint16_t))), 1, n_blocks);
@@ -387,25 +543,39 @@ void gemm_bf16_amx(const GemmArgs& args, const void* a, const void* b, void* c, 
     const int64_t m_lo = split_rows ? lo : 0, m_hi = split_rows ? hi : m_blocks;
     const int64_t n_lo = split_rows ? 0 : lo, n_hi = split_rows ? n_blocks : hi;
     alignas(64) float acc[kBlock * kBlock];
-    configure_tiles();
+#if LATHE_CPU_AMX
+    if (amx) configure_tiles();
+#endif
     for (int64_t p0 = n_lo; p0 < n_hi; p0 += panel_blocks) {
       const int64_t p1 = std::min(n_hi, p0 + panel_blocks);
       for (int64_t mb = m_lo; mb < m_hi; ++mb) {
         for (int64_t nb = p0; nb < p1; ++nb) {
-          multiply_block(&a_packed[mb * block_elems], &b_packed[nb * block_elems], o.k_steps, acc);
+          const uint16_t* a_block = &a_packed[mb * block_elems];
+          const uint16_t* b_block = &b_packed[nb * block_elems];
+#if LATHE_CPU_AMX
+          if (amx) {
+            multiply_block_amx(a_block, b_block, o.k_steps, acc);
+          } else {
+            multiply_block_dot(a_block, b_block, o.k_steps, acc);
+          }
+#else
+          multiply_block_dot(a_block, b_block, o.k_steps, acc);
+#endif
           out.write(acc, mb * kBlock, nb * kBlock, std::min(kBlock, o.m - mb * kBlock),
                     std::min(kBlock, o.n - nb * kBlock));
         }
       }
     }
-    _tile_release();
+#if LATHE_CPU_AMX
+    if (amx) _tile_release();
+#endif
   }
 }
 
-#else  // no AMX in this build
+#else  // not x86-64: only the widened path
 
-void gemm_bf16_amx(const GemmArgs&, const void*, const void*, void*, int) {
-  LATHE_FAIL("gemm (bf16): this build has no AMX path");
+void gemm_bf16_native(Bf16Gemm path, const GemmArgs&, const void*, const void*, void*, int) {
+  LATHE_FAIL("gemm (bf16): this build has no ", bf16_gemm_name(path), " path");
 }
 
 #endif
