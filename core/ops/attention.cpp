@@ -191,18 +191,19 @@ Tensor attend_in_f32(const Tensor& q, const Tensor& k, const Tensor& v, const Te
   return attend(widen(q), widen(k), widen(v), widen(mask)).to(q.dtype());
 }
 
-// Whether the fused kernel of q's device takes this dtype and shape. cpu: f32/f64 (f16/bf16 are
-// widened to f32 first); cuda: f16/bf16 with head dim = value dim in {32, 64, 128} on tensor cores
-// (kernels/cuda/attention.cu), f32/f64 with head and value dims up to 128 on SIMT kernels
-// (kernels/cuda/attention_simt.cu); other f16/bf16 shapes are widened to f32. Larger head dims
-// compose themselves from primitives (scaled_dot_product_attention_slow).
+// Whether the fused kernel of q's device takes this dtype and shape. cpu: every floating dtype
+// (f16/bf16 read and written as they are, computed in f32); cuda: f16/bf16 with head dim = value
+// dim in {32, 64, 128} on tensor cores (kernels/cuda/attention.cu), f32/f64 with head and value
+// dims up to 128 on SIMT kernels (kernels/cuda/attention_simt.cu); other f16/bf16 shapes are
+// widened to f32. Larger head dims compose themselves from primitives
+// (scaled_dot_product_attention_slow).
 bool fused_kernel_takes(const Tensor& q, const AttentionShapes& s) {
   if (!detail::kernels_of(q).attention_forward) return false;
   if (q.device().is_cuda()) {
     if (!is_low_precision(q.dtype())) return s.d <= 128 && s.dv <= 128;
     return s.d == s.dv && (s.d == 32 || s.d == 64 || s.d == 128);
   }
-  return !is_low_precision(q.dtype());
+  return true;
 }
 
 // Autocast casts q, k and v but not the mask: a floating mask (-inf or large negative biases) is
@@ -244,22 +245,35 @@ Tensor scaled_dot_product_attention(const Tensor& q_in, const Tensor& k_in, cons
     mask = mask.to(acc);
   }
   const TensorOptions options = TensorOptions(q.dtype()).device(q.device());
-  Tensor out = empty_like_rows(q, s.with_last2(s.tq, s.dv), options);
+  // The cpu kernel computes f16/bf16 in f32; it writes that f32 output, which the backward's row
+  // dots (dO . O) then read unrounded, and the op rounds it once into `out`: the numerics of the
+  // f32 kernel on widened inputs, with one output-sized copy instead of casts of q, k, v and out.
+  // (The cuda kernels write 16-bit outputs and read them back, as FlashAttention does.)
+  const bool round_after = q.device().is_cpu() && is_low_precision(q.dtype());
+  const Shape out_shape = s.with_last2(s.tq, s.dv);
+  Tensor out_kernel =
+      empty_like_rows(q, out_shape, round_after ? TensorOptions(acc).device(q.device()) : options);
   Tensor lse = Tensor::empty({s.batch, s.tq}, TensorOptions(acc).device(q.device()));
 
   const int64_t draws = s.batch * s.tq * s.tk;
   const PhiloxState philox = dropout_p > 0 && draws > 0 ? philox_reserve(draws) : PhiloxState{};
   kernels::AttentionForwardArgs args = make_args(q, k, v, mask, causal, dropout_p, philox, s);
-  args.out = detail::make_view(out);
+  args.out = detail::make_view(out_kernel);
   args.lse = lse.data_ptr();
   if (s.batch > 0 && s.tq > 0) LATHE_KERNEL(q.device(), attention_forward, kFused)(args);
+  Tensor out = out_kernel;
+  if (round_after) {
+    out = empty_like_rows(q, out_shape, options);
+    NoGradGuard no_grad;
+    out.copy_(out_kernel);
+  }
 
   const bool mask_grad = mask.defined() && mask.dtype() != DType::Bool;
   if (autograd::any_requires_grad({&q, &k, &v, mask_grad ? &mask : nullptr})) {
     autograd::record(
         kFused, {q, k, v, mask_grad ? mask : Tensor()}, {out},
         [sq = autograd::SavedTensor(q, kFused), sk = autograd::SavedTensor(k, kFused),
-         sv = autograd::SavedTensor(v, kFused), sout = autograd::SavedTensor(out, kFused),
+         sv = autograd::SavedTensor(v, kFused), sout = autograd::SavedTensor(out_kernel, kFused),
          smask = autograd::SavedTensor(mask, kFused), lse, causal, dropout_p, philox, s,
          mask_grad](const std::vector<Tensor>& g) {
           const Tensor& q0 = sq.get();

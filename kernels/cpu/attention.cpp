@@ -8,7 +8,10 @@
 // GEMMs on OpenBLAS's single-threaded micro-kernels — a hand-written transposed-tile loop ran ~5x
 // slower, store-bound on its accumulators. The softmax bookkeeping in between is vectorized
 // (a polynomial exp for f32). Arithmetic stays in the element type (f32 accumulation for f32, f64
-// for f64).
+// for f64); f16/bf16 operands are read as they are and computed in f32 (tiles widened as they are
+// read, dK/dV/dQ summed in f32 and rounded once), with the output in f32 for the op to round and
+// for the backward's row dots: the f32 kernel's numerics on the widened inputs, without the op
+// widening q, k, v (and narrowing the gradients) by copies.
 //
 // Operands are read and written where they are: any leading (batch, head) strides, 0 included, and
 // any row stride, with contiguous rows (kernels::attention_rows_strided). BLAS takes the row stride
@@ -26,11 +29,13 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/cpu/cpu_kernels.h"
 #include "kernels/cpu/philox_batch.h"
 #include "kernels/cpu/vec_math.h"
+#include "lathe/core/half.h"
 #include "lathe/core/random.h"
 
 #ifdef _OPENMP
@@ -112,11 +117,12 @@ constexpr T neg_inf() {
   return -std::numeric_limits<T>::infinity();
 }
 
-// Everything a tile computation needs, resolved once per call.
-template <class T>
+// Everything a tile computation needs, resolved once per call. T: the arithmetic (f32 or f64);
+// S: the operands' storage, T itself or a 16-bit type (bf16/f16, computed in f32).
+template <class T, class S>
 struct Problem {
   int64_t batch = 0, tq = 0, tk = 0, d = 0, dv = 0;
-  Rows<const T> q, k, v;
+  Rows<const S> q, k, v;
   T scale = 1;
   bool causal = false;
   // Mask: element (b, i, j) at mask + mask_batch[b] + i * mask_sq + j * mask_sk (elements).
@@ -136,17 +142,18 @@ struct Problem {
     tk = a.kv_len;
     d = a.head_dim;
     dv = a.value_dim;
-    q = rows_of<const T>(a.q, batch, tq, d, "q");
-    k = rows_of<const T>(a.k, batch, tk, d, "k");
-    v = rows_of<const T>(a.v, batch, tk, dv, "v");
+    q = rows_of<const S>(a.q, batch, tq, d, "q");
+    k = rows_of<const S>(a.k, batch, tk, d, "k");
+    v = rows_of<const S>(a.v, batch, tk, dv, "v");
     scale = T(a.scale);
     causal = a.causal;
     if (a.mask.data != nullptr) {
       const View& m = a.mask;
       LATHE_CHECK(m.ndim >= 2 && m.size[m.ndim - 2] == tq && m.size[m.ndim - 1] == tk,
                   "attention: mask view does not end in [q_len, kv_len]");
-      LATHE_CHECK(m.dtype == DType::Bool || m.dtype == a.dtype,
-                  "attention: mask dtype must be bool or the dtype of q");
+      LATHE_CHECK(m.dtype == DType::Bool || m.dtype == dtype_of<T>::value,
+                  "attention: mask dtype must be bool or ", dtype_of<T>::value, " for ", a.dtype,
+                  " q");
       mask = static_cast<const char*>(m.data);
       mask_bool = m.dtype == DType::Bool;
       mask_sq = m.stride[m.ndim - 2];
@@ -211,8 +218,8 @@ inline T exp_shifted_sum(T* __restrict x, T shift, int64_t n) {
 
 // Applies the mask and the causal rule to scaled scores s of query row i of batch b against keys
 // [j0, j0 + nj): adds a floating mask, sets masked positions to -inf.
-template <class T>
-void mask_row(const Problem<T>& P, int64_t b, int64_t i, int64_t j0, int64_t nj, T* s) {
+template <class T, class S>
+void mask_row(const Problem<T, S>& P, int64_t b, int64_t i, int64_t j0, int64_t nj, T* s) {
   if (P.mask != nullptr) {
     const int64_t base = P.mask_batch[size_t(b)] + i * P.mask_sq + j0 * P.mask_sk;
     const int64_t sk = P.mask_sk;
@@ -239,8 +246,8 @@ void mask_row(const Problem<T>& P, int64_t b, int64_t i, int64_t j0, int64_t nj,
 // z[jj] = dropout factor (keep_scale or 0) of probability (b, i, j0 + jj).
 // The uniforms come from the batched Philox (kernels/cpu/philox_batch.h): called per element
 // block, Philox's scalar rounds cost as much as the attention arithmetic of a training step.
-template <class T>
-void dropout_factors(const Problem<T>& P, int64_t b, int64_t i, int64_t j0, int64_t nj, T* z) {
+template <class T, class S>
+void dropout_factors(const Problem<T, S>& P, int64_t b, int64_t i, int64_t j0, int64_t nj, T* z) {
   float u[kKeyTile];
   philox_uniforms(P.seed, P.offset, uint64_t((b * P.tq + i) * P.tk + j0), nj, u);
 #pragma omp simd
@@ -251,20 +258,42 @@ void dropout_factors(const Problem<T>& P, int64_t b, int64_t i, int64_t j0, int6
 // are, else a copy in `scratch`. OpenBLAS's small-matrix kernels read their operands in place, and
 // head-dim rows of 32 or 64 floats a whole hidden row apart cost them more than copying the tile
 // (a hot, cache-sized copy, not the op-level copy kernels it replaces).
-template <class T>
-const T* dense_rows(const T* src, int64_t ld, int64_t n, int64_t width, T* scratch) {
-  if (ld == width || n <= 1) return src;
-  for (int64_t r = 0; r < n; ++r)
-    std::copy(src + r * ld, src + r * ld + width, scratch + r * width);
+// 16-bit rows are always widened into `scratch` (exactly), so the tiles' arithmetic is the f32
+// kernel's on the same values.
+template <class T, class S>
+const T* dense_rows(const S* src, int64_t ld, int64_t n, int64_t width, T* scratch) {
+  if constexpr (std::is_same_v<S, T>) {
+    if (ld == width || n <= 1) return src;
+  }
+  for (int64_t r = 0; r < n; ++r) {
+    const S* row = src + r * ld;
+    T* out = scratch + r * width;
+    for (int64_t c = 0; c < width; ++c) out[c] = T(row[c]);
+  }
   return scratch;
+}
+
+// x rounded to the storage type. For bf16, BFloat16(float)'s rounding (nearest even, NaN kept
+// quiet) written as a select instead of an early return, which loops of it can vectorize.
+template <class S, class T>
+inline S to_storage(T x) {
+  if constexpr (std::is_same_v<S, BFloat16>) {
+    const uint32_t u = std::bit_cast<uint32_t>(float(x));
+    const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    BFloat16 out;
+    out.bits = uint16_t((u & 0x7fffffffu) > 0x7f800000u ? (u >> 16) | 0x40u : rounded);
+    return out;
+  } else {
+    return S(x);
+  }
 }
 
 // ---- forward ----
 
-template <class T>
+template <class T, class S>
 struct ForwardScratch {
   std::vector<T> s, z, acc, m, l, q, k, v;  // q, k, v: dense copies of strided rows
-  explicit ForwardScratch(const Problem<T>& P)
+  explicit ForwardScratch(const Problem<T, S>& P)
       : s(size_t(kQueryBlock * kKeyTile)),
         z(kKeyTile),
         acc(size_t(kQueryBlock * P.dv)),
@@ -275,10 +304,10 @@ struct ForwardScratch {
         v(size_t(kKeyTile * P.dv)) {}
 };
 
-// Query rows [i0, i1) of batch b.
-template <class T>
-void forward_block(const Problem<T>& P, int64_t b, int64_t i0, int64_t i1, const Rows<T>& out,
-                   T* lse, ForwardScratch<T>& w) {
+// Query rows [i0, i1) of batch b; the output in O (S, or T for 16-bit S: see forward_typed).
+template <class T, class S, class O>
+void forward_block(const Problem<T, S>& P, int64_t b, int64_t i0, int64_t i1, const Rows<O>& out,
+                   T* lse, ForwardScratch<T, S>& w) {
   const int64_t nq = i1 - i0, d = P.d, dv = P.dv;
   const T* q = dense_rows(P.q.at(b, i0), P.q.row, nq, d, w.q.data());
   std::fill(w.m.begin(), w.m.begin() + nq, neg_inf<T>());
@@ -331,25 +360,28 @@ void forward_block(const Problem<T>& P, int64_t b, int64_t i0, int64_t i1, const
   }
   for (int64_t r = 0; r < nq; ++r) {
     const int64_t i = i0 + r;
-    T* o = out.at(b, i);
+    O* o = out.at(b, i);
     const T l = w.l[size_t(r)];
     if (l == T(0)) {  // fully masked row: defined as zeros
-      std::fill(o, o + dv, T(0));
+      std::fill(o, o + dv, O(T(0)));
       lse[b * P.tq + i] = neg_inf<T>();
       continue;
     }
     const T inv = T(1) / l;
     const T* acc = w.acc.data() + r * dv;
 #pragma omp simd
-    for (int64_t c = 0; c < dv; ++c) o[c] = acc[c] * inv;
+    for (int64_t c = 0; c < dv; ++c) o[c] = to_storage<O>(acc[c] * inv);
     lse[b * P.tq + i] = w.m[size_t(r)] + std::log(l);
   }
 }
 
-template <class T>
-void forward_typed(const AttentionForwardArgs& args) {
-  const Problem<T> P(args);
-  const Rows<T> out = rows_of<T>(args.out, P.batch, P.tq, P.dv, "out");
+// For 16-bit q, k, v the output may be 16-bit or T: the op asks for T on the cpu, to round it
+// once itself and keep the unrounded output for the backward's row dots D = dO . O (the f32
+// kernel's numerics on the widened inputs, bit for bit).
+template <class T, class S, class O>
+void forward_with_output(const AttentionForwardArgs& args) {
+  const Problem<T, S> P(args);
+  const Rows<O> out = rows_of<O>(args.out, P.batch, P.tq, P.dv, "out");
   T* lse = static_cast<T*>(args.lse);
   const int64_t blocks = (P.tq + kQueryBlock - 1) / kQueryBlock;
   const int64_t items = P.batch * blocks;
@@ -358,7 +390,7 @@ void forward_typed(const AttentionForwardArgs& args) {
   keep_blas_single_threaded();
 #pragma omp parallel if (parallel)
   {
-    ForwardScratch<T> scratch(P);
+    ForwardScratch<T, S> scratch(P);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t item = 0; item < items; ++item) {
       const int64_t b = item / blocks, blk = item % blocks;
@@ -368,17 +400,39 @@ void forward_typed(const AttentionForwardArgs& args) {
   }
 }
 
+// f32/f64 in their own type; bf16/f16 stored, computed in f32 (the tiles widened as they are read,
+// the output rounded once).
+template <class T, class S>
+void forward_typed(const AttentionForwardArgs& args) {
+  if (!std::is_same_v<S, T> && args.out.dtype == dtype_of<T>::value) {
+    forward_with_output<T, S, T>(args);
+  } else {
+    LATHE_CHECK(args.out.dtype == args.dtype, "attention: out dtype ", args.out.dtype, " for ",
+                args.dtype, " q");
+    forward_with_output<T, S, S>(args);
+  }
+}
+
+template <class Fn>
+void dispatch_storage(DType dtype, const char* op, Fn&& fn) {
+  if (dtype == DType::BF16) return fn.template operator()<float, BFloat16>();
+  if (dtype == DType::F16) return fn.template operator()<float, Half>();
+  dispatch_float(dtype, op, [&]<class T>() { fn.template operator()<T, T>(); });
+}
+
 void attention_forward_kernel(const AttentionForwardArgs& args) {
   if (args.batch == 0 || args.q_len == 0) return;
-  dispatch_float(args.dtype, "attention_forward", [&]<class T>() { forward_typed<T>(args); });
+  dispatch_storage(args.dtype, "attention_forward",
+                   [&]<class T, class S>() { forward_typed<T, S>(args); });
 }
 
 // ---- backward ----
 
-template <class T>
+template <class T, class S>
 struct BackwardScratch {
   std::vector<T> s, dp, z, q, dout, k, v;  // q, dout, k, v: dense copies of strided rows
-  explicit BackwardScratch(const Problem<T>& P)
+  std::vector<T> grad_k, grad_v;           // a key range's dK, dV in T when S is 16-bit
+  explicit BackwardScratch(const Problem<T, S>& P)
       : s(size_t(kQueryBlock * kKeyTile)),
         dp(size_t(kQueryBlock * kKeyTile)),
         z(kKeyTile),
@@ -388,34 +442,50 @@ struct BackwardScratch {
         v(size_t(kKeyTile * P.dv)) {}
 };
 
-template <class T>
+template <class T, class S>
 struct BackwardOut {
-  Rows<const T> grad_out;
+  Rows<const S> grad_out;
   const T* lse;
   const T* row_dot;  // D_i = dO_i . O_i
-  Rows<T> grad_k, grad_v;
+  Rows<S> grad_k, grad_v;
   T* grad_mask;
 };
 
 // Keys [jbeg, jend) of batch b against every query row; dq is batch b's [tq, d] accumulator, rows
-// ld_dq apart.
-template <class T>
-void backward_chunk(const Problem<T>& P, const BackwardOut<T>& o, int64_t b, int64_t jbeg,
-                    int64_t jend, T* dq, int64_t ld_dq, BackwardScratch<T>& w) {
+// ld_dq apart. dK and dV of the range are summed over query blocks in place, or, for 16-bit
+// storage, in T scratch rounded once at the end.
+template <class T, class S>
+void backward_chunk(const Problem<T, S>& P, const BackwardOut<T, S>& o, int64_t b, int64_t jbeg,
+                    int64_t jend, T* dq, int64_t ld_dq, BackwardScratch<T, S>& w) {
   const int64_t d = P.d, dvw = P.dv, tq = P.tq, tk = P.tk;
+  constexpr bool in_place = std::is_same_v<S, T>;
 
   const T* lse = o.lse + b * tq;
   const T* row_dot = o.row_dot + b * tq;
-  T* grad_k = o.grad_k.at(b, 0);
-  T* grad_v = o.grad_v.at(b, 0);
-  const int64_t ldgk = o.grad_k.row, ldgv = o.grad_v.row;
+  // Row j of the range's dK (dV) at grad_k + (j - jbeg) * ldgk.
+  T* grad_k;
+  T* grad_v;
+  int64_t ldgk, ldgv;
+  if constexpr (in_place) {
+    grad_k = o.grad_k.at(b, jbeg);
+    grad_v = o.grad_v.at(b, jbeg);
+    ldgk = o.grad_k.row;
+    ldgv = o.grad_v.row;
+  } else {
+    w.grad_k.resize(size_t((jend - jbeg) * d));
+    w.grad_v.resize(size_t((jend - jbeg) * dvw));
+    grad_k = w.grad_k.data();
+    grad_v = w.grad_v.data();
+    ldgk = d;
+    ldgv = dvw;
+  }
   T* grad_mask = o.grad_mask ? o.grad_mask + b * tq * tk : nullptr;
   if (grad_mask) {
     for (int64_t i = 0; i < tq; ++i) {
       std::fill(grad_mask + i * tk + jbeg, grad_mask + i * tk + jend, T(0));
     }
   }
-  for (int64_t j = jbeg; j < jend; ++j) {
+  for (int64_t j = 0; j < jend - jbeg; ++j) {
     std::fill(grad_k + j * ldgk, grad_k + j * ldgk + d, T(0));
     std::fill(grad_v + j * ldgv, grad_v + j * ldgv + dvw, T(0));
   }
@@ -465,18 +535,28 @@ void backward_chunk(const Problem<T>& P, const BackwardOut<T>& o, int64_t b, int
       if (!any) continue;
       // dV += (Z P)^T dO, dK += scale dS^T Q, dQ += scale dS K.
       tile_gemm(true, false, nj, dvw, nq, T(1), w.s.data(), kKeyTile, dout, dvw, T(1),
-                grad_v + j0 * ldgv, ldgv);
+                grad_v + (j0 - jbeg) * ldgv, ldgv);
       tile_gemm(true, false, nj, d, nq, P.scale, w.dp.data(), kKeyTile, q, d, T(1),
-                grad_k + j0 * ldgk, ldgk);
+                grad_k + (j0 - jbeg) * ldgk, ldgk);
       tile_gemm(false, false, nq, d, nj, P.scale, w.dp.data(), kKeyTile, k, d, T(1),
                 dq + i0 * ld_dq, ld_dq);
     }
   }
+  if constexpr (!in_place) {
+    for (int64_t j = jbeg; j < jend; ++j) {
+      S* gk = o.grad_k.at(b, j);
+      S* gv = o.grad_v.at(b, j);
+#pragma omp simd
+      for (int64_t c = 0; c < d; ++c) gk[c] = to_storage<S>(grad_k[(j - jbeg) * ldgk + c]);
+#pragma omp simd
+      for (int64_t c = 0; c < dvw; ++c) gv[c] = to_storage<S>(grad_v[(j - jbeg) * ldgv + c]);
+    }
+  }
 }
 
-template <class T>
+template <class T, class S>
 void backward_typed(const AttentionBackwardArgs& args) {
-  const Problem<T> P(args.forward);
+  const Problem<T, S> P(args.forward);
   const int64_t batch = P.batch, tq = P.tq, tk = P.tk, d = P.d, dv = P.dv;
   const int threads = team_size();
   const int64_t work = batch * tq * tk * (2 * d + 2 * dv);
@@ -486,19 +566,25 @@ void backward_typed(const AttentionBackwardArgs& args) {
   // D_i = dO_i . O_i, the row term of the softmax backward (unchanged by dropout, since
   // O = (Z o P) V already contains the dropout factors).
   std::vector<T> row_dot(size_t(batch * tq));
-  const Rows<const T> grad_out = rows_of<const T>(args.grad_out, batch, tq, dv, "grad_out");
-  {
-    const Rows<const T> out = rows_of<const T>(args.forward.out, batch, tq, dv, "out");
+  const Rows<const S> grad_out = rows_of<const S>(args.grad_out, batch, tq, dv, "grad_out");
+  // The forward's output as the forward wrote it: S, or T (forward_typed).
+  auto row_dots = [&]<class O>() {
+    const Rows<const O> out = rows_of<const O>(args.forward.out, batch, tq, dv, "out");
     const int64_t rows = batch * tq;
 #pragma omp parallel for schedule(static) if (parallel && rows * dv >= kParallelWork)
     for (int64_t r = 0; r < rows; ++r) {
-      const T* dout_row = grad_out.at(r / tq, r % tq);
-      const T* out_row = out.at(r / tq, r % tq);
+      const S* dout_row = grad_out.at(r / tq, r % tq);
+      const O* out_row = out.at(r / tq, r % tq);
       T acc = 0;
 #pragma omp simd reduction(+ : acc)
-      for (int64_t c = 0; c < dv; ++c) acc += dout_row[c] * out_row[c];
+      for (int64_t c = 0; c < dv; ++c) acc += T(dout_row[c]) * T(out_row[c]);
       row_dot[size_t(r)] = acc;
     }
+  };
+  if (!std::is_same_v<S, T> && args.forward.out.dtype == dtype_of<T>::value) {
+    row_dots.template operator()<T>();
+  } else {
+    row_dots.template operator()<S>();
   }
 
   // Split the keys of each batch into `splits` ranges when there are fewer batches than threads.
@@ -510,55 +596,59 @@ void backward_typed(const AttentionBackwardArgs& args) {
   const int64_t tiles_per_split = std::max<int64_t>(1, (tiles + splits - 1) / splits);
   splits = std::max<int64_t>(1, (tiles + tiles_per_split - 1) / tiles_per_split);
 
-  const Rows<T> grad_q = rows_of<T>(args.grad_q, batch, tq, d, "grad_q");
+  const Rows<S> grad_q = rows_of<S>(args.grad_q, batch, tq, d, "grad_q");
+  // dQ sums over key ranges: straight into grad_q for one range in T, else in T partials (16-bit
+  // storage always: rounded once, after the sum).
+  const bool dq_partials = splits > 1 || !std::is_same_v<S, T>;
   std::vector<T> partial;
-  if (splits > 1) {
+  if (dq_partials) {
     partial.assign(size_t(splits * batch * tq * d), T(0));
   } else {
     for (int64_t b = 0; b < batch; ++b) {
-      for (int64_t i = 0; i < tq; ++i) std::fill(grad_q.at(b, i), grad_q.at(b, i) + d, T(0));
+      for (int64_t i = 0; i < tq; ++i) std::fill(grad_q.at(b, i), grad_q.at(b, i) + d, S(T(0)));
     }
   }
-  const BackwardOut<T> o{grad_out,
-                         static_cast<const T*>(args.forward.lse),
-                         row_dot.data(),
-                         rows_of<T>(args.grad_k, batch, tk, d, "grad_k"),
-                         rows_of<T>(args.grad_v, batch, tk, dv, "grad_v"),
-                         static_cast<T*>(args.grad_mask)};
+  const BackwardOut<T, S> o{grad_out,
+                            static_cast<const T*>(args.forward.lse),
+                            row_dot.data(),
+                            rows_of<S>(args.grad_k, batch, tk, d, "grad_k"),
+                            rows_of<S>(args.grad_v, batch, tk, dv, "grad_v"),
+                            static_cast<T*>(args.grad_mask)};
   const int64_t items = batch * splits;
 #pragma omp parallel if (parallel && items > 1)
   {
-    BackwardScratch<T> scratch(P);
+    BackwardScratch<T, S> scratch(P);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t item = 0; item < items; ++item) {
       const int64_t b = item / splits, part = item % splits;
       const int64_t jbeg = std::min(tk, part * tiles_per_split * kKeyTile);
       const int64_t jend = std::min(tk, jbeg + tiles_per_split * kKeyTile);
-      if (splits > 1) {
-        backward_chunk(P, o, b, jbeg, jend, partial.data() + (part * batch + b) * tq * d, d,
-                       scratch);
-      } else {
-        backward_chunk(P, o, b, jbeg, jend, grad_q.at(b, 0), grad_q.row, scratch);
+      if constexpr (std::is_same_v<S, T>) {
+        if (!dq_partials) {
+          backward_chunk(P, o, b, jbeg, jend, grad_q.at(b, 0), grad_q.row, scratch);
+          continue;
+        }
       }
+      backward_chunk(P, o, b, jbeg, jend, partial.data() + (part * batch + b) * tq * d, d, scratch);
     }
   }
-  if (splits > 1) {
+  if (dq_partials) {
     const int64_t n = batch * tq * d, rows = batch * tq;
 #pragma omp parallel for schedule(static) if (parallel && n >= kParallelWork)
     for (int64_t r = 0; r < rows; ++r) {
-      T* dq_row = grad_q.at(r / tq, r % tq);
+      S* dq_row = grad_q.at(r / tq, r % tq);
       for (int64_t c = 0; c < d; ++c) {
         T acc = 0;
         for (int64_t part = 0; part < splits; ++part) acc += partial[size_t(part * n + r * d + c)];
-        dq_row[c] = acc;
+        dq_row[c] = to_storage<S>(acc);
       }
     }
   }
 }
 
 void attention_backward_kernel(const AttentionBackwardArgs& args) {
-  dispatch_float(args.forward.dtype, "attention_backward",
-                 [&]<class T>() { backward_typed<T>(args); });
+  dispatch_storage(args.forward.dtype, "attention_backward",
+                   [&]<class T, class S>() { backward_typed<T, S>(args); });
 }
 
 }  // namespace

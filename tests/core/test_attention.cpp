@@ -469,10 +469,9 @@ TEST_CASE("attention: larger sizes use several threads and key ranges consistent
 TEST_CASE("attention: head views and packed QKV give the contiguous inputs' results",
           "[attention]") {
   // q, k and v as BERT splits its heads: [B, H, T, d] views of [B, T, H, d] projections, or of one
-  // packed [B, T, 3, H, d] projection. The fused kernels (cpu f32/f64, cuda every dtype) read them
+  // packed [B, T, 3, H, d] projection. The fused kernels (every dtype on both devices) read them
   // where they are and write the output in q's memory order (a head view too, so merging the heads
-  // is free); the cpu's f16/bf16, widened to f32 first, is copied. Either way: the contiguous
-  // inputs' values and gradients.
+  // is free): the contiguous inputs' values and gradients, with no layout copy.
   auto device = GENERATE(from_range(test_devices()));
   auto dtype = GENERATE(DType::F64, DType::BF16);
   const bool packed = GENERATE(false, true);
@@ -495,20 +494,17 @@ TEST_CASE("attention: head views and packed QKV give the contiguous inputs' resu
   bool causal = false;
   const Tensor mask = make_mask(MaskKind::KeyPadding, B, H, T, T, dtype, device, &causal, 94);
   causal = packed;
-  // The fused kernel of the device takes this dtype (the cpu widens f16/bf16 to f32 first): it
-  // reads the heads where they are, with no copy kernel on the way in or out.
-  const bool in_place = device.is_cuda() || !is_low_precision(dtype);
   Tensor out;
   {
     kernels::KernelCallCounter counter;
     out = scaled_dot_product_attention(heads[0], heads[1], heads[2], mask, causal);
-    if (in_place) CHECK(counter.calls(device.is_cuda() ? "cuda copy" : "cpu copy") == 0);
+    // The cpu rounds its f32 result of 16-bit inputs once, in one copy (see the op).
+    const uint64_t copies = !device.is_cuda() && is_low_precision(dtype) ? 1 : 0;
+    CHECK(counter.calls(device.is_cuda() ? "cuda copy" : "cpu copy") == copies);
   }
   const Tensor expected = scaled_dot_product_attention(flat[0], flat[1], flat[2], mask, causal);
-  if (in_place) {
-    CHECK(out.transpose(1, 2).is_contiguous());
-    CHECK(out.transpose(1, 2).reshape({B, T, H * d}).data_ptr() == out.data_ptr());
-  }
+  CHECK(out.transpose(1, 2).is_contiguous());
+  CHECK(out.transpose(1, 2).reshape({B, T, H * d}).data_ptr() == out.data_ptr());
   // Same kernels on the same values: equal, up to the f64 composite's GEMMs on cuda, which may
   // order a strided operand's products differently.
   const double atol = dtype == DType::F64 ? 1e-12 : 0.0, rtol = dtype == DType::F64 ? 1e-10 : 0.0;
@@ -521,6 +517,59 @@ TEST_CASE("attention: head views and packed QKV give the contiguous inputs' resu
     const Tensor g = packed ? buffers[0].grad().select(2, i).transpose(1, 2)
                             : buffers[size_t(i)].grad().transpose(1, 2);
     check_close(g, flat[size_t(i)].grad(), atol, rtol);
+  }
+}
+
+TEST_CASE("attention: cpu f16/bf16 are the f32 kernel's arithmetic, rounded once",
+          "[attention][cpu-only]") {
+  // The cpu kernel reads 16-bit q, k, v (and dO) as they are and computes in f32: the widened
+  // tiles, f32 dK/dV/dQ accumulators, each output rounded once, the backward's row dots from the
+  // unrounded output. So its output is, bit for bit, the f32 kernel's on the widened inputs,
+  // rounded (what the op computed before the kernel took 16-bit storage, by casts), and its
+  // gradients that within one unit in the last place (OpenBLAS may order a tile's sums by where
+  // its operands lie). Head views (strided rows), masks, causal, dropout, and keys enough for the
+  // backward to split them into ranges.
+  const Device cpu = Device::cpu();
+  auto dtype = GENERATE(DType::BF16, DType::F16);
+  auto kind = GENERATE(MaskKind::None, MaskKind::KeyPadding, MaskKind::Float, MaskKind::Causal);
+  const double p = GENERATE(0.0, 0.2);
+  const int64_t B = 1, H = 2, tq = 45, tk = 300, d = 32;
+  INFO(dtype << ", mask " << mask_name(kind) << ", dropout " << p);
+  bool causal = false;
+  const Tensor mask0 = make_mask(kind, B, H, tq, tk, DType::F32, cpu, &causal, 71);
+  std::vector<Tensor> base = {random_tensor({B, tq, H, d}, 72, dtype, cpu, -2, 2),
+                              random_tensor({B, tk, H, d}, 73, dtype, cpu, -2, 2),
+                              random_tensor({B, tk, H, d}, 74, dtype, cpu)};
+  if (mask0.defined()) base.push_back(mask0);
+  auto run = [&](bool widened, std::vector<Tensor>* grads) {
+    std::vector<Tensor> in = leaves(base);
+    std::vector<Tensor> heads;
+    for (size_t i = 0; i < 3; ++i) {
+      const Tensor h = in[i].transpose(1, 2);
+      heads.push_back(widened ? h.to(DType::F32) : h);
+    }
+    const Tensor mask = in.size() > 3 ? in[3] : Tensor();
+    manual_seed(5);
+    Tensor out = scaled_dot_product_attention(heads[0], heads[1], heads[2], mask, causal, p);
+    if (widened) out = out.to(dtype);
+    *grads = grads_of(out, in, 75);
+    return out.detach();
+  };
+  std::vector<Tensor> g16, g32;
+  const Tensor out16 = run(false, &g16), out32 = run(true, &g32);
+  REQUIRE(out16.dtype() == dtype);
+  check_close(out16, out32, 0, 0);
+  // One unit in the last place, relative; absolute, the f32 sums' rounding of terms of order 1
+  // where a gradient cancels to about 0 (the causal query 0 sees one key, so its dS = dP - D is 0
+  // in exact arithmetic), which also covers f16's subnormals (steps of 2^-24).
+  const double ulp = dtype == DType::BF16 ? std::ldexp(1.0, -7) : std::ldexp(1.0, -10);
+  const double f32_noise = std::ldexp(1.0, -22);
+  for (size_t t = 0; t < g16.size(); ++t) {
+    INFO("gradient of input " << t);
+    REQUIRE(g16[t].defined() == g32[t].defined());  // a bool mask has none
+    if (!g16[t].defined()) continue;
+    REQUIRE(g16[t].dtype() == g32[t].dtype());
+    check_close(g16[t], g32[t], f32_noise, ulp);
   }
 }
 
