@@ -273,21 +273,6 @@ const T* dense_rows(const S* src, int64_t ld, int64_t n, int64_t width, T* scrat
   return scratch;
 }
 
-// x rounded to the storage type. For bf16, BFloat16(float)'s rounding (nearest even, NaN kept
-// quiet) written as a select instead of an early return, which loops of it can vectorize.
-template <class S, class T>
-inline S to_storage(T x) {
-  if constexpr (std::is_same_v<S, BFloat16>) {
-    const uint32_t u = std::bit_cast<uint32_t>(float(x));
-    const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-    BFloat16 out;
-    out.bits = uint16_t((u & 0x7fffffffu) > 0x7f800000u ? (u >> 16) | 0x40u : rounded);
-    return out;
-  } else {
-    return S(x);
-  }
-}
-
 // ---- forward ----
 
 template <class T, class S>
@@ -370,7 +355,7 @@ void forward_block(const Problem<T, S>& P, int64_t b, int64_t i0, int64_t i1, co
     const T inv = T(1) / l;
     const T* acc = w.acc.data() + r * dv;
 #pragma omp simd
-    for (int64_t c = 0; c < dv; ++c) o[c] = to_storage<O>(acc[c] * inv);
+    for (int64_t c = 0; c < dv; ++c) o[c] = O(acc[c] * inv);
     lse[b * P.tq + i] = w.m[size_t(r)] + std::log(l);
   }
 }
@@ -546,10 +531,8 @@ void backward_chunk(const Problem<T, S>& P, const BackwardOut<T, S>& o, int64_t 
     for (int64_t j = jbeg; j < jend; ++j) {
       S* gk = o.grad_k.at(b, j);
       S* gv = o.grad_v.at(b, j);
-#pragma omp simd
-      for (int64_t c = 0; c < d; ++c) gk[c] = to_storage<S>(grad_k[(j - jbeg) * ldgk + c]);
-#pragma omp simd
-      for (int64_t c = 0; c < dvw; ++c) gv[c] = to_storage<S>(grad_v[(j - jbeg) * ldgv + c]);
+      for (int64_t c = 0; c < d; ++c) gk[c] = S(grad_k[(j - jbeg) * ldgk + c]);
+      for (int64_t c = 0; c < dvw; ++c) gv[c] = S(grad_v[(j - jbeg) * ldgv + c]);
     }
   }
 }
@@ -640,7 +623,7 @@ void backward_typed(const AttentionBackwardArgs& args) {
       for (int64_t c = 0; c < d; ++c) {
         T acc = 0;
         for (int64_t part = 0; part < splits; ++part) acc += partial[size_t(part * n + r * d + c)];
-        dq_row[c] = to_storage<S>(acc);
+        dq_row[c] = S(acc);
       }
     }
   }
