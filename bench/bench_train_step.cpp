@@ -212,6 +212,32 @@ BENCHMARK(BM_TrainStepCheckpointing)
     ->MinTime(5.0);
 BENCHMARK(BM_Inference)->Apply(model_shapes)->MinTime(3.0);
 
+// Inference under bf16 autocast on the cpu (the default bf16 GEMM path: AMX, AVX512-BF16 or
+// widened f32). cache 0: one AutocastGuard per forward, so every linear's weight and bias is cast
+// again each time; cache 1: one guard held over all forwards (what lathe-classify and
+// lathe-encode do), so autocast's cast cache converts each weight once: a fixed cost per forward
+// that shows at short sequences. Args: {base, T, cache}.
+void BM_InferenceBf16(benchmark::State& state) {
+  Setup s = make_setup(state);
+  s.model->eval();
+  NoGradGuard no_grad;
+  std::optional<AutocastGuard> region;
+  if (state.range(2) == 1) region.emplace(DType::BF16, DeviceType::CPU);
+  auto run = [&] {
+    AutocastGuard amp(DType::BF16, DeviceType::CPU);
+    return s.model->forward(s.ids, s.mask).to(DType::F32).to_vector<float>();
+  };
+  run();
+  for (auto _ : state) benchmark::DoNotOptimize(run());
+  set_counters(state, state.range(1));
+}
+BENCHMARK(BM_InferenceBf16)
+    ->ArgNames({"base", "T", "cache"})
+    ->ArgsProduct({{0, 1}, {16, 128}, {0, 1}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime()
+    ->MinTime(3.0);
+
 #ifdef LATHE_CUDA_BUILD
 // The same step on the GPU (real CUDA build only): f32, or bf16 autocast with f32 master weights
 // (PyTorch's torch.autocast recipe). bench/compare_torch_gpu.py times PyTorch eager and

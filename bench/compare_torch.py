@@ -4,7 +4,7 @@
 For each entry the lathe side is one `lathe-bench --benchmark_filter=...` run (Google Benchmark,
 JSON output) and the PyTorch side the same computation timed here; the two alternate entry by
 entry so that both see the same machine state. Prints a markdown table of lathe/PyTorch time
-ratios (< 1: lathe is faster): training step (f32, and bf16 under autocast) and inference of
+ratios (< 1: lathe is faster): training step and inference (f32, and bf16 under autocast) of
 BERT-shaped classifiers, GEMM (f32 and bf16), layer norm, softmax, attention.
 
 PyTorch comes from the venv of tests/golden/README.md ($LATHE_CACHE/venv-torch: torch 2.9.1 from
@@ -78,15 +78,16 @@ def train_step_fn(base, seq, attn, bf16=False):
     return step
 
 
-def inference_fn(base, seq, attn):
+def inference_fn(base, seq, attn, bf16=False):
     model = bert(base, attn)
     model.eval()
     ids = torch.randint(100, 30100, (32, seq))
     mask = torch.ones(32, seq, dtype=torch.long)
 
     def run():
-        with torch.no_grad():
-            model(input_ids=ids, attention_mask=mask).logits.numpy()
+        # bf16: autocast entered per forward, as lathe's BM_InferenceBf16/.../cache:0 does.
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            model(input_ids=ids, attention_mask=mask).logits.float().numpy()
     return run
 
 
@@ -115,6 +116,9 @@ def main():
         entries.append((f"train step, {tag}, bf16 autocast",
                         f"BM_TrainStepBf16/base:{base}/T:128/path:[12]/",
                         lambda b=base: train_step_fn(b, 128, "sdpa", bf16=True)))
+        entries.append((f"inference, {tag}, bf16 autocast",
+                        f"BM_InferenceBf16/base:{base}/T:128/cache:0",
+                        lambda b=base: inference_fn(b, 128, "sdpa", bf16=True)))
     for m, n, k in [(4096, 1536, 384), (4096, 3072, 768)]:
         def gemm_bf16(m=m, n=n, k=k):
             x, w = torch.randn(m, k).bfloat16(), torch.randn(n, k).bfloat16()

@@ -3,8 +3,12 @@
 #include "lathe/core/autocast.h"
 
 #include <array>
+#include <cstdint>
+#include <memory>
+#include <unordered_map>
 
 #include "core/tensor_internal.h"
+#include "lathe/core/storage.h"
 
 namespace lathe {
 
@@ -19,7 +23,73 @@ struct Slot {
 // thread's guard.
 thread_local std::array<Slot, kNumDeviceTypes> g_slots{};
 
+// The cast cache (see autocast.h): while an AutocastGuard is alive and grad mode is off, a
+// parameter's cast is made once and reused, so an inference or evaluation loop under one guard
+// does not re-read every f32 weight and write its bf16 copy for each batch (and, on cuda, does not
+// launch a cast kernel per weight and bias per forward).
+//
+// An entry is keyed by the source tensor's TensorImpl and the target dtype, and it is used only if
+// the same tensor (a live weak reference, not merely a reused address) still has the same storage,
+// layout and storage version: an in-place update (an optimizer step, load_state_dict, copy_) or a
+// move to another device makes the entry stale, and the next lookup casts again and replaces it.
+struct CastEntry {
+  std::weak_ptr<TensorImpl> source;
+  std::weak_ptr<Storage> storage;  // weak, as `source`: a freed block's address may come back
+  uint64_t version = 0;
+  Shape shape;
+  Strides strides;
+  int64_t offset = 0;
+  DType dtype = DType::F32;
+  Tensor cast;
+};
+
+struct CastKey {
+  const TensorImpl* source;
+  DType target;
+  bool operator==(const CastKey&) const = default;
+};
+
+struct CastKeyHash {
+  size_t operator()(const CastKey& k) const {
+    return std::hash<const void*>()(k.source) ^ (size_t(k.target) * 0x9E3779B97F4A7C15ull);
+  }
+};
+
+thread_local int g_guard_depth = 0;  // AutocastGuards alive in this thread
+thread_local std::unordered_map<CastKey, CastEntry, CastKeyHash> g_cast_cache;
+
+// Parameters: leaves that require grad, or that did and were frozen (requires_grad_(false) leaves
+// their autograd record in place). Activations under NoGradGuard have no autograd record, so a
+// cache entry cannot outlive the batch it was made for and hold its memory.
+bool cacheable(const Tensor& t) {
+  const TensorImpl& impl = t.impl();
+  return g_guard_depth > 0 && !grad_mode_enabled() && impl.autograd != nullptr &&
+         impl.autograd->grad_fn == nullptr && impl.storage != nullptr;
+}
+
+bool entry_matches(const CastEntry& e, const TensorImpl& impl, uint64_t version) {
+  return e.source.lock().get() == &impl && e.storage.lock() == impl.storage &&
+         e.version == version && e.shape == impl.shape && e.strides == impl.strides &&
+         e.offset == impl.offset && e.dtype == impl.dtype;
+}
+
+Tensor cast_for_autocast(const Tensor& t, DType target) {
+  if (!cacheable(t)) return t.to(target);
+  const TensorImpl& impl = t.impl();
+  const uint64_t version = impl.storage->version();
+  CastEntry& e = g_cast_cache[CastKey{&impl, target}];
+  if (!entry_matches(e, impl, version)) {
+    e = CastEntry{t.impl_ptr(), impl.storage, version,    impl.shape,
+                  impl.strides, impl.offset,  impl.dtype, t.to(target)};
+  }
+  return e.cast;
+}
+
 }  // namespace
+
+size_t autocast_cached_casts() {
+  return g_cast_cache.size();
+}
 
 const std::vector<std::pair<std::string_view, AutocastPolicy>>& autocast_policy_table() {
   using P = AutocastPolicy;
@@ -61,12 +131,14 @@ AutocastGuard::AutocastGuard(DType dtype, std::optional<DeviceType> device_type)
     previous_[i] = {g_slots[size_t(i)].enabled, g_slots[size_t(i)].dtype};
     if (!device_type || int(*device_type) == i) g_slots[size_t(i)] = {true, dtype};
   }
+  ++g_guard_depth;
 }
 
 AutocastGuard::~AutocastGuard() {
   for (int i = 0; i < kNumDeviceTypes; ++i) {
     g_slots[size_t(i)] = {previous_[i].enabled, previous_[i].dtype};
   }
+  if (--g_guard_depth == 0) g_cast_cache.clear();
 }
 
 NoAutocastGuard::NoAutocastGuard() {
@@ -136,7 +208,7 @@ std::optional<std::vector<Tensor>> autocast_inputs(const char* op,
     // another device is left for the op to report.
     const bool cast = t->defined() && is_floating(t->dtype()) && t->dtype() != DType::F64 &&
                       t->dtype() != target && t->device().type == device;
-    out.push_back(cast ? t->to(target) : *t);
+    out.push_back(cast ? cast_for_autocast(*t, target) : *t);
   }
   return out;
 }

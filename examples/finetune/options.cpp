@@ -137,7 +137,7 @@ void add_options(CLI::App& app, Options& o) {
                  "fp32; tf32: fp32 with the GEMMs on tensor cores in TF32 (cuda only; inputs "
                  "rounded to 10 mantissa bits); or bf16 autocast: matmuls and attention in bf16, "
                  "softmax, LayerNorm and the loss in f32, f32 master weights (fast on GPUs and on "
-                 "cpus with AMX; other cpus emulate bf16 through f32)")
+                 "cpus with AVX512-BF16 or AMX; other cpus emulate bf16 through f32)")
       ->capture_default_str()
       ->check(CLI::IsMember({"fp32", "tf32", "bf16"}))
       ->group(g);

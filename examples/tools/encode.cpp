@@ -18,7 +18,7 @@ namespace {
 
 constexpr const char* kUsage =
     "usage: lathe-encode --model DIR [--pooling mean|cls] [--normalize] [--batch-size N]\n"
-    "                    [--max-length N] [--device cpu|cuda[:N]]\n"
+    "                    [--max-length N] [--device cpu|cuda[:N]] [--precision fp32|bf16|tf32]\n"
     "  --model DIR       a Hugging Face BERT folder (config.json, model.safetensors, vocab)\n"
     "  --pooling P       mean (default: mean of the token states, as sentence-transformers) or\n"
     "                    cls (the pooler output: tanh(dense(state of [CLS])))\n"
@@ -27,7 +27,10 @@ constexpr const char* kUsage =
     "  --max-length N    truncate to N tokens incl. [CLS]/[SEP] (default: the model folder's\n"
     "                    sentence_bert_config.json max_seq_length, else 512, capped by the\n"
     "                    model's max_position_embeddings)\n"
-    "  --device D        cpu (default) or cuda\n";
+    "  --device D        cpu (default) or cuda\n"
+    "  --precision P     fp32 (default); bf16: linears and attention in bf16 under autocast\n"
+    "                    (fast on GPUs and on cpus with AVX512-BF16 or AMX); tf32: f32 GEMMs\n"
+    "                    on tensor cores in TF32 (cuda only)\n";
 
 using lathe::tools::fail;
 using lathe::tools::positive_int;
@@ -48,7 +51,7 @@ int64_t sentence_transformers_max_length(const std::string& dir) {
 
 int main(int argc, char** argv) {
   lathe::tools::tool_name() = "lathe-encode";
-  std::string model_dir, pooling_name = "mean", device_name = "cpu";
+  std::string model_dir, pooling_name = "mean", device_name = "cpu", precision = "fp32";
   bool normalize = false;
   int64_t batch_size = 32, max_length = 0;
   for (int i = 1; i < argc; ++i) {
@@ -69,6 +72,8 @@ int main(int argc, char** argv) {
       max_length = positive_int(arg, value());
     } else if (arg == "--device") {
       device_name = value();
+    } else if (arg == "--precision") {
+      precision = lathe::tools::precision_arg(arg, value());
     } else if (arg == "--help" || arg == "-h") {
       std::cout << kUsage;
       return 0;
@@ -98,6 +103,7 @@ int main(int argc, char** argv) {
     enc.max_length = max_length;
     enc.padding = lathe::data::Padding::Longest;
     lathe::NoGradGuard no_grad;
+    const lathe::tools::PrecisionScope precision_scope(precision, device);
     std::ios::sync_with_stdio(false);
     std::vector<std::string> batch;
     std::string line, out;

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <iostream>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -34,6 +35,40 @@ inline int64_t positive_int(const std::string& flag, const std::string& v) {
   if (used != v.size() || n < 1) fail(flag + " needs a positive integer, got '" + v + "'");
   return n;
 }
+
+// --precision of the inference tools: fp32; tf32 (f32 GEMMs on tensor cores, cuda only: the cpu
+// computes in full f32 and says so); bf16 (autocast: linears and attention in bf16, layer norm
+// and softmax in f32). The scope lives for the whole run, so autocast's cast cache converts each
+// weight once rather than once per batch.
+inline std::string precision_arg(const std::string& flag, const std::string& v) {
+  if (v != "fp32" && v != "bf16" && v != "tf32") {
+    fail(flag + " must be fp32, bf16 or tf32, got '" + v + "'");
+  }
+  return v;
+}
+
+class PrecisionScope {
+ public:
+  PrecisionScope(const std::string& precision, Device device) {
+    if (precision == "bf16") {
+      autocast_.emplace(DType::BF16, device.type);
+    } else if (precision == "tf32") {
+      if (!device.is_cuda()) {
+        std::cerr << tool_name() << ": --precision tf32 on the cpu computes in full f32\n";
+      }
+      set_float32_matmul_precision(MatmulPrecision::High);
+    } else if (precision != "fp32") {
+      fail("--precision must be fp32, bf16 or tf32, got '" + precision + "'");
+    }
+  }
+  ~PrecisionScope() { set_float32_matmul_precision(previous_); }
+  PrecisionScope(const PrecisionScope&) = delete;
+  PrecisionScope& operator=(const PrecisionScope&) = delete;
+
+ private:
+  MatmulPrecision previous_ = float32_matmul_precision();
+  std::optional<AutocastGuard> autocast_;
+};
 
 // A padded batch of encodings (Padding::Longest: equal lengths) as [n, len] I64 tensors on
 // `device`, ready for BertModel / BertForSequenceClassification::forward.

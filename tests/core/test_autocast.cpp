@@ -7,6 +7,7 @@
 #include <cstring>
 #include <limits>
 
+#include "kernels/kernel_profile.h"
 #include "support/test_util.h"
 
 using namespace lathe;
@@ -206,6 +207,119 @@ TEST_CASE("autocast: linear and matmul run in bf16/f16 from rounded inputs", "[a
     AutocastGuard other(low, device.is_cpu() ? DeviceType::CUDA : DeviceType::CPU);
     CHECK(linear(x, w, b).dtype() == DType::F32);
   }
+}
+
+TEST_CASE("autocast: under no_grad a parameter is cast once per outermost guard", "[autocast]") {
+  const Device device = GENERATE(from_range(test_devices()));
+  INFO(device.str());
+  const std::string copy = device.is_cuda() ? "cuda copy" : "cpu copy";
+  Tensor w = random_tensor({6, 8}, 2, DType::F32, device).requires_grad_(true);
+  Tensor b = random_tensor({6}, 3, DType::F32, device).requires_grad_(true);
+  const Tensor x = random_tensor({5, 8}, 1, DType::F32, device);
+  const Tensor x2 = random_tensor({5, 8}, 4, DType::F32, device);
+  // What each forward must give: the op on casts made here, outside autocast.
+  auto expected = [&](const Tensor& in) {
+    NoGradGuard no_grad;
+    return linear(in.to(DType::BF16), w.to(DType::BF16), b.to(DType::BF16)).to_vector<double>();
+  };
+  CHECK(autocast_cached_casts() == 0);
+  {
+    NoGradGuard no_grad;
+    AutocastGuard amp(DType::BF16, device.type);
+    // The copies a linear makes besides the casts (the bias broadcast into the output) are the
+    // same in every call; the casts are the difference.
+    auto copies_of = [&](const Tensor& in) {
+      const std::vector<double> want = expected(in);
+      kernels::KernelCallCounter counter;
+      const Tensor y = linear(in, w, b);
+      const uint64_t calls = counter.calls(copy);
+      CHECK(y.to_vector<double>() == want);
+      return calls;
+    };
+    const uint64_t first = copies_of(x);
+    CHECK(autocast_cached_casts() == 2);  // w and b; the activation x is not a parameter
+    const uint64_t cached = copies_of(x2);
+    CHECK(first - cached == 2);  // w and b came from the cache, x2 was cast
+    CHECK(autocast_cached_casts() == 2);
+    {
+      AutocastGuard inner(DType::BF16, device.type);  // an inner guard shares the cache
+      CHECK(copies_of(x) == cached);
+    }
+    CHECK(autocast_cached_casts() == 2);
+    // An in-place update (an optimizer step) bumps the version: the next forward casts again.
+    w.mul_(-0.5);
+    CHECK(copies_of(x) == cached + 1);
+    CHECK(copies_of(x) == cached);
+    // A new storage for the same tensor (Module::to, load_state_dict) is a new cast as well.
+    b.impl().storage = (b.detach() + 1.0).impl().storage;
+    CHECK(copies_of(x) == cached + 1);
+    // A frozen parameter (requires_grad_(false)) is still a parameter.
+    w.requires_grad_(false);
+    CHECK(copies_of(x) == cached);
+    w.requires_grad_(true);
+    // A plain f32 tensor used as a weight is not cached: it may be an activation.
+    const Tensor plain = random_tensor({6, 8}, 5, DType::F32, device);
+    const size_t before = autocast_cached_casts();
+    linear(x, plain);
+    CHECK(autocast_cached_casts() == before);
+  }
+  CHECK(autocast_cached_casts() == 0);  // the outermost guard's end empties the cache
+  // With grad mode on nothing is cached: each forward records its own cast, and the f32
+  // parameters get their gradients.
+  {
+    AutocastGuard amp(DType::BF16, device.type);
+    linear(x, w, b).sum().backward();
+    CHECK(autocast_cached_casts() == 0);
+    linear(x2, w, b).sum().backward();
+    CHECK(autocast_cached_casts() == 0);
+  }
+  REQUIRE(w.grad().defined());
+  CHECK(w.grad().dtype() == DType::F32);
+  // d/dw of sum(x w^T + b) over both calls: the column sums of x and x2 in every row (bf16 inputs).
+  const std::vector<double> xs = rounded(x, DType::BF16), x2s = rounded(x2, DType::BF16);
+  std::vector<double> dw(6 * 8, 0.0);
+  for (int64_t o = 0; o < 6; ++o) {
+    for (int64_t c = 0; c < 8; ++c) {
+      for (int64_t r = 0; r < 5; ++r)
+        dw[size_t(o * 8 + c)] += xs[size_t(r * 8 + c)] + x2s[size_t(r * 8 + c)];
+    }
+  }
+  check_close(w.grad(), dw, {6, 8}, 1e-2, 1e-2);
+}
+
+TEST_CASE("autocast: an evaluation loop under one guard gives the per-batch guard's logits",
+          "[autocast]") {
+  const Device device = GENERATE(from_range(test_devices()));
+  INFO(device.str());
+  manual_seed(6);
+  nn::BertForSequenceClassification model(tiny_config());
+  model.to(device);
+  model.eval();
+  const TensorOptions i64 = TensorOptions(DType::I64).device(device);
+  const Tensor ids = from_vector<int64_t>({1, 5, 7, 9, 2, 3, 4, 0, 8, 6, 12, 30}, {3, 4}, i64);
+  const Tensor ids2 = from_vector<int64_t>({3, 8, 2, 6, 9, 1, 5, 0, 4, 7, 11, 30}, {3, 4}, i64);
+  const Tensor mask = from_vector<int64_t>({1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 0, 0}, {3, 4}, i64);
+  NoGradGuard no_grad;
+  std::vector<std::vector<double>> per_batch;
+  for (int i = 0; i < 2; ++i) {
+    AutocastGuard amp(DType::BF16, device.type);
+    per_batch.push_back(model.forward(i == 0 ? ids : ids2, mask).to_vector<double>());
+  }
+  const std::string copy = device.is_cuda() ? "cuda copy" : "cpu copy";
+  AutocastGuard amp(DType::BF16, device.type);
+  uint64_t first_copies = 0;
+  {
+    kernels::KernelCallCounter counter;
+    CHECK(model.forward(ids, mask).to_vector<double>() == per_batch[0]);
+    first_copies = counter.calls(copy);
+  }
+  kernels::KernelCallCounter counter;
+  CHECK(model.forward(ids2, mask).to_vector<double>() == per_batch[1]);
+  // Every linear's weight (2 layers x 6 + pooler + classifier = 14) and bias was cast by the
+  // first forward only; the FFN's intermediate bias goes to the fused bias + GELU, which is not in
+  // the policy table (the 2 layers' 12 other biases and the head's 2 are linear inputs).
+  CHECK(first_copies - counter.calls(copy) == 26);
+  CHECK(autocast_cached_casts() == 26);
 }
 
 TEST_CASE("autocast: attention runs on bf16 inputs with f32 statistics", "[autocast]") {

@@ -12,6 +12,7 @@
 // one table in core/autocast.cpp; docs/mixed_precision.md explains it.
 #pragma once
 
+#include <cstddef>
 #include <optional>
 #include <string_view>
 #include <utility>
@@ -25,6 +26,14 @@ namespace lathe {
 // Enables autocast to `dtype` (BF16 or F16) for tensors on `device_type` (every device type when
 // nullopt) until destruction, which restores the previous state. Nests: an inner guard overrides
 // an outer one for its scope.
+//
+// Cast cache: with grad mode off (NoGradGuard), a parameter's cast — a leaf tensor that requires
+// grad, or was frozen with requires_grad_(false) — is made once and reused until the outermost
+// guard of the thread ends, like torch.autocast's cache. So hold one guard around a whole
+// inference or evaluation loop, not one per batch: the weights are then cast once, not per
+// forward. An entry is used only while its parameter's storage, layout and version are unchanged
+// (an in-place update or a device move casts again). Casts made with grad mode on are never cached:
+// each forward records its own cast for backward.
 class AutocastGuard {
  public:
   explicit AutocastGuard(DType dtype, std::optional<DeviceType> device_type = DeviceType::CUDA);
@@ -72,6 +81,9 @@ class AutocastStateGuard {
  private:
   AutocastState previous_;
 };
+
+// How many casts the cast cache of this thread holds (0 outside any AutocastGuard).
+size_t autocast_cached_casts();
 
 // Whether autocast is on for tensors on `type` in this thread, and to which dtype.
 bool autocast_enabled(DeviceType type);
