@@ -1,3 +1,4 @@
+#include "kernels/cpu/philox_batch.h"
 #include "support/test_util.h"
 
 using namespace lathe;
@@ -51,6 +52,32 @@ TEST_CASE("random: Philox4x32-10 matches the published known-answer vectors", "[
   auto pi = philox::block4({0x243f6a88u, 0x85a308d3u, 0x13198a2eu, 0x03707344u}, 0xa4093822u,
                            0x299f31d0u);
   CHECK(pi == std::array<uint32_t, 4>{0xd16cfe09u, 0x94fdccebu, 0x5001e420u, 0x24126ea1u});
+}
+
+TEST_CASE("random: the cpu's batched Philox gives philox::block's uniforms", "[random]") {
+  // kernels/cpu/philox_batch.h (the dropout and attention kernels' draws): eight blocks at a time
+  // in AVX2 lanes where the build has AVX2, the array loop for the rest. Any start and length,
+  // seeds with both words set, counters whose low word wraps inside a batch of eight.
+  const uint64_t seeds[] = {0, 1234, 0x9E3779B97F4A7C15ull};
+  const uint64_t offsets[] = {0, 7, 0xFFFFFFFCull, 0x1FFFFFFF9ull};
+  for (uint64_t seed : seeds) {
+    for (uint64_t offset : offsets) {
+      for (uint64_t first : {uint64_t(0), uint64_t(1), uint64_t(3), uint64_t(37)}) {
+        for (int64_t count : {1, 3, 4, 31, 32, 33, 127, 128, 300, 1025}) {
+          INFO("seed " << seed << " offset " << offset << " first " << first << " count " << count);
+          std::vector<float> u(size_t(count), -1.0f);
+          kernels::cpu::philox_uniforms(seed, offset, first, count, u.data());
+          int64_t mismatches = 0;
+          for (int64_t i = 0; i < count; ++i) {
+            const uint64_t e = first + uint64_t(i);
+            const float want = philox::to_uniform(philox::block(offset + e / 4, seed)[e % 4]);
+            mismatches += u[size_t(i)] != want;
+          }
+          REQUIRE(mismatches == 0);
+        }
+      }
+    }
+  }
 }
 
 TEST_CASE("random: rand/randn are reproducible and have the right moments", "[random]") {
