@@ -248,8 +248,11 @@ Tensor scaled_dot_product_attention(const Tensor& q_in, const Tensor& k_in, cons
   // The cpu kernel computes f16/bf16 in f32; it writes that f32 output, which the backward's row
   // dots (dO . O) then read unrounded, and the op rounds it once into `out`: the numerics of the
   // f32 kernel on widened inputs, with one output-sized copy instead of casts of q, k, v and out.
-  // (The cuda kernels write 16-bit outputs and read them back, as FlashAttention does.)
-  const bool round_after = q.device().is_cpu() && is_low_precision(q.dtype());
+  // (The cuda kernels write 16-bit outputs and read them back, as FlashAttention does.) Without a
+  // backward to record (inference), the kernel rounds each output row itself, to the same bits.
+  const bool mask_grad = mask.defined() && mask.dtype() != DType::Bool;
+  const bool records = autograd::any_requires_grad({&q, &k, &v, mask_grad ? &mask : nullptr});
+  const bool round_after = q.device().is_cpu() && is_low_precision(q.dtype()) && records;
   const Shape out_shape = s.with_last2(s.tq, s.dv);
   Tensor out_kernel =
       empty_like_rows(q, out_shape, round_after ? TensorOptions(acc).device(q.device()) : options);
@@ -268,8 +271,7 @@ Tensor scaled_dot_product_attention(const Tensor& q_in, const Tensor& k_in, cons
     out.copy_(out_kernel);
   }
 
-  const bool mask_grad = mask.defined() && mask.dtype() != DType::Bool;
-  if (autograd::any_requires_grad({&q, &k, &v, mask_grad ? &mask : nullptr})) {
+  if (records) {
     autograd::record(
         kFused, {q, k, v, mask_grad ? mask : Tensor()}, {out},
         [sq = autograd::SavedTensor(q, kFused), sk = autograd::SavedTensor(k, kFused),

@@ -559,6 +559,20 @@ TEST_CASE("attention: cpu f16/bf16 are the f32 kernel's arithmetic, rounded once
   const Tensor out16 = run(false, &g16), out32 = run(true, &g32);
   REQUIRE(out16.dtype() == dtype);
   check_close(out16, out32, 0, 0);
+  {
+    // Without a backward to record, the kernel rounds the rows itself (no f32 output, no copy):
+    // the same bits.
+    NoGradGuard no_grad;
+    std::vector<Tensor> heads;
+    for (size_t i = 0; i < 3; ++i) heads.push_back(base[i].transpose(1, 2));
+    manual_seed(5);
+    kernels::KernelCallCounter counter;
+    const Tensor out = scaled_dot_product_attention(
+        heads[0], heads[1], heads[2], base.size() > 3 ? base[3] : Tensor(), causal, p);
+    CHECK(counter.calls("cpu copy") == 0);
+    REQUIRE(out.dtype() == dtype);
+    check_close(out, out16, 0, 0);
+  }
   // One unit in the last place, relative; absolute, the f32 sums' rounding of terms of order 1
   // where a gradient cancels to about 0 (the causal query 0 sees one key, so its dS = dP - D is 0
   // in exact arithmetic), which also covers f16's subnormals (steps of 2^-24).
