@@ -882,8 +882,11 @@ __forceinline__ void mbarrier_init(uint64_t* bar, uint32_t count,
                                    int line = __builtin_LINE()) {
   sim::mbarrier_init(bar, count, file, line);
 }
-// Nothing to order: fibers interleave only at synchronization points.
-__forceinline__ void fence_mbarrier_init() {}
+// The simulator checks that a barrier a TMA copy signals was fenced after its init.
+__forceinline__ void fence_mbarrier_init(const char* file = __builtin_FILE(),
+                                         int line = __builtin_LINE()) {
+  sim::fence_mbarrier_init(file, line);
+}
 __forceinline__ uint64_t mbarrier_arrive(uint64_t* bar, const char* file = __builtin_FILE(),
                                          int line = __builtin_LINE()) {
   return sim::mbarrier_arrive(bar, 0, file, line);

@@ -107,6 +107,11 @@ struct MbarrierState {
   std::vector<ThreadState*> waiters;  // may hold stale entries (see wake_waiters)
   const char* file = "";              // mbarrier.init's call site
   int line = 0;
+  // Whether the thread that initialized the barrier has since executed fence.mbarrier_init or
+  // fence.proxy.async: mbarrier.init is a generic-proxy write, and the TMA unit that completes
+  // transaction bytes on the barrier works through the async proxy, which may not see it before.
+  const void* init_thread = nullptr;
+  bool init_fenced = false;
   // A copy performed at issue (warp-random) that no successful wait has observed since: a block
   // that ends so would, on a GPU, exit with the copy in flight.
   bool eager_unobserved = false;
@@ -661,6 +666,18 @@ std::unordered_map<const float*, PendingAccumulator>& wgmma_accumulators() {
   return g_thread->accumulators;
 }
 
+namespace {
+
+// fence.mbarrier_init and fence.proxy.async order the executing thread's earlier mbarrier.init
+// before later async-proxy operations on those barriers (a TMA copy's complete_tx).
+void fence_inits_of_this_thread(BlockState& b) {
+  for (auto& [address, m] : b.mbarriers) {
+    if (m.init_thread == g_thread) m.init_fenced = true;
+  }
+}
+
+}  // namespace
+
 void fence_proxy_async(const char* file, int line) {
   LATHE_CHECK(g_block != nullptr, "fence.proxy.async called outside a kernel (", file, ":", line,
               ")");
@@ -668,6 +685,7 @@ void fence_proxy_async(const char* file, int line) {
   BlockState& b = *g_block;
   if (!b.shared.empty()) std::memcpy(b.async_shared.data(), b.shared.data(), b.shared.size());
   mirror_static_chunks();
+  fence_inits_of_this_thread(b);
 }
 
 namespace {
@@ -1146,7 +1164,15 @@ void mbarrier_init(void* bar, uint32_t count, const char* file, int line) {
   m.expected = m.pending = count;
   m.file = file;
   m.line = line;
+  m.init_thread = g_thread;
   std::memcpy(bar, &kMbarrierMarker, sizeof(kMbarrierMarker));
+}
+
+void fence_mbarrier_init(const char* file, int line) {
+  LATHE_CHECK(g_block != nullptr, "fence.mbarrier_init called outside a kernel (", file, ":", line,
+              ")");
+  const BookkeepingGuard bookkeeping;
+  fence_inits_of_this_thread(*g_block);
 }
 
 void mbarrier_inval(void* bar, const char* file, int line) {
@@ -1198,6 +1224,13 @@ void mbarrier_async_copy(void* bar, uint32_t bytes, std::function<void()> perfor
   BlockState& b = *g_block;
   LATHE_CHECK(int64_t(bytes) <= kMaxTxCount, mbarrier_where(bar, what, file, line), ": ", bytes,
               " bytes exceed the transaction count range (2^20 - 1) — ", here());
+  LATHE_CHECK(m.init_fenced, mbarrier_where(bar, what, file, line),
+              ": the copy completes its bytes on a barrier whose mbarrier.init (", m.file, ":",
+              m.line,
+              ") no fence.mbarrier_init or fence.proxy.async of the initializing thread has "
+              "followed: the init is a generic-proxy write that the TMA unit (the async proxy) may "
+              "not see yet — ",
+              here());
   const BookkeepingGuard bookkeeping;
   m.copies.push_back(PendingCopy{bytes, std::move(perform), what, file, line});
   // Under warp-random, half the copies land at once instead (with those issued before them on the

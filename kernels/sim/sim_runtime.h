@@ -71,6 +71,10 @@ void warpgroup_compute(void* thread_input, void* thread_output, WarpCompute comp
 // arrival count outside [1, 2^20 - 1], a transaction count out of range, a phase that completes
 // while copies signalling it are still pending (a missing or short expect_tx).
 void mbarrier_init(void* bar, uint32_t count, const char* file, int line);
+// fence.mbarrier_init: the calling thread's earlier inits become visible to the async proxy. A TMA
+// copy signalling a barrier whose initializing thread has not fenced it since (this or
+// fence.proxy.async) is an error.
+void fence_mbarrier_init(const char* file, int line);
 void mbarrier_inval(void* bar, const char* file, int line);
 // One arrival, after adding `expect_tx_bytes` to the current phase's transaction count; returns the
 // phase the arrival belongs to (the emulation's state token).

@@ -767,6 +767,7 @@ __global__ void __launch_bounds__(128, 1)
     case PipelineMisuse::MissingExpectTx:
       if (tid == 0) {
         mbarrier_init(&bar[0], 1);
+        cuda::fence_mbarrier_init();
         cuda::tma_load_2d(tile, &map, 0, 0, &bar[0]);
         mbarrier_arrive(&bar[0]);
       }
@@ -774,6 +775,7 @@ __global__ void __launch_bounds__(128, 1)
     case PipelineMisuse::NeverWaited:
       if (tid == 0) {
         mbarrier_init(&bar[0], 1);
+        cuda::fence_mbarrier_init();
         mbarrier_arrive_expect_tx(&bar[0], 64 * 64 * 2);
         cuda::tma_load_2d(tile, &map, 0, 0, &bar[0]);
       }
@@ -794,9 +796,29 @@ __global__ void __launch_bounds__(128, 1)
     case PipelineMisuse::MisalignedSwizzleDst:
       if (tid == 0) {
         mbarrier_init(&bar[0], 1);
+        cuda::fence_mbarrier_init();
         mbarrier_arrive_expect_tx(&bar[0], 64 * 64 * 2);
         cuda::tma_load_2d(tile + 64, &map, 0, 0, &bar[0]);  // 128 bytes in
       }
+      break;
+    case PipelineMisuse::InitNotFenced:
+      if (tid == 0) mbarrier_init(&bar[0], 1);  // fence.mbarrier_init missing here
+      __syncthreads();
+      if (tid == 0) {
+        mbarrier_arrive_expect_tx(&bar[0], 64 * 64 * 2);
+        cuda::tma_load_2d(tile, &map, 0, 0, &bar[0]);
+      }
+      mbarrier_wait_parity(&bar[0], 0);
+      break;
+    case PipelineMisuse::InitFencedByAnotherThread:
+      if (tid == 0) mbarrier_init(&bar[0], 1);
+      __syncthreads();
+      if (tid == 32) {
+        cuda::fence_mbarrier_init();  // orders this thread's inits (none), not thread 0's
+        mbarrier_arrive_expect_tx(&bar[0], 64 * 64 * 2);
+        cuda::tma_load_2d(tile, &map, 0, 0, &bar[0]);
+      }
+      mbarrier_wait_parity(&bar[0], 0);
       break;
     case PipelineMisuse::NamedBarrierCount:
       cuda::named_barrier_sync(1, 100);

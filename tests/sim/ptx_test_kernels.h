@@ -186,17 +186,19 @@ void tma_read(bool skip_wait, const uint16_t* src, uint16_t* out);
 
 // Misuse the simulator must report.
 enum class PipelineMisuse {
-  WaitWithoutInit,       // a wait on a barrier no thread initialized
-  BarrierOverwritten,    // an ordinary store over an initialized barrier
-  MissingExpectTx,       // TMA onto a barrier whose phase expects no bytes
-  NeverWaited,           // TMA whose barrier nobody waits on before the block ends
-  NeverCompletes,        // a wait for 2 arrivals when only 1 comes: deadlock
-  PollsForever,          // a try_wait loop on a barrier nobody arrives at
-  MisalignedSwizzleDst,  // 128-byte swizzled box at a 128- but not 1024-byte aligned address
-  NamedBarrierCount,     // bar.sync with 100 threads
-  NamedBarrierMismatch,  // warps meeting at one named barrier with 64 and 96 threads
-  SetmaxnregPartial,     // setmaxnreg by half a warpgroup
-  StoresBeforeTma,       // a second copy into a tile stored to after the first, with no fence
+  WaitWithoutInit,            // a wait on a barrier no thread initialized
+  BarrierOverwritten,         // an ordinary store over an initialized barrier
+  MissingExpectTx,            // TMA onto a barrier whose phase expects no bytes
+  NeverWaited,                // TMA whose barrier nobody waits on before the block ends
+  NeverCompletes,             // a wait for 2 arrivals when only 1 comes: deadlock
+  PollsForever,               // a try_wait loop on a barrier nobody arrives at
+  MisalignedSwizzleDst,       // 128-byte swizzled box at a 128- but not 1024-byte aligned address
+  NamedBarrierCount,          // bar.sync with 100 threads
+  NamedBarrierMismatch,       // warps meeting at one named barrier with 64 and 96 threads
+  SetmaxnregPartial,          // setmaxnreg by half a warpgroup
+  StoresBeforeTma,            // a second copy into a tile stored to after the first, with no fence
+  InitNotFenced,              // TMA onto a barrier with no fence.mbarrier_init after its init
+  InitFencedByAnotherThread,  // the fence by a thread other than the one that initialized it
 };
 void pipeline_misuse(PipelineMisuse misuse);
 

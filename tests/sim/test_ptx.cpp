@@ -833,6 +833,15 @@ TEST_CASE("ptx: the simulator reports mbarrier, TMA, named barrier and setmaxnre
       CHECK(e.find("of its destination") != std::string::npos);
       CHECK(e.find("written by ordinary stores after the last fence.proxy.async") !=
             std::string::npos);
+
+      for (auto m : {PipelineMisuse::InitNotFenced, PipelineMisuse::InitFencedByAnotherThread}) {
+        e = error(m);
+        INFO(e);
+        CHECK(e.find("cp.async.bulk.tensor.2d") != std::string::npos);
+        CHECK(e.find("no fence.mbarrier_init or fence.proxy.async of the initializing thread") !=
+              std::string::npos);
+        CHECK(e.find("ptx_test_kernels.cu:") != std::string::npos);
+      }
     });
   }
 }
