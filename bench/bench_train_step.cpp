@@ -127,19 +127,21 @@ BENCHMARK(BM_Attention)
 // dim 32, T 128, a key-padding mask, dropout 0.1): on [B, H, T, d] head views of [B, T, H * d]
 // projections (heads:1, which the op reads and writes in place, the gradients flowing back through
 // the views), or on leaves that are contiguous [B, H, T, d] tensors (heads:0), the layout the op
-// copied the views to before the cpu kernel took strided rows: the floor heads:1 can reach.
+// copied the views to before the cpu kernel took strided rows: the floor heads:1 can reach. bf16:1
+// runs it on bf16 tensors (autocast's dtype for attention).
 void BM_AttentionTrain(benchmark::State& state) {
   const bool heads = state.range(0) == 1;
+  const DType dtype = state.range(1) == 1 ? DType::BF16 : DType::F32;
   const int64_t B = 32, H = 12, T = 128, d = 32;
   manual_seed(0);
   std::vector<Tensor> leaves;
   for (int i = 0; i < 3; ++i) {
-    Tensor x = randn({B, T, H * d});
+    Tensor x = randn({B, T, H * d}).to(dtype);
     leaves.push_back(heads ? x : x.view({B, T, H, d}).transpose(1, 2).contiguous());
     leaves.back().requires_grad_(true);
   }
   const Tensor mask = ones({B, 1, 1, T}, DType::Bool);
-  const Tensor grad = randn({B, T, H * d}).view({B, T, H, d}).transpose(1, 2);
+  const Tensor grad = randn({B, T, H * d}).to(dtype).view({B, T, H, d}).transpose(1, 2);
   for (auto _ : state) {
     std::vector<Tensor> in;
     for (const Tensor& x : leaves) in.push_back(heads ? x.view({B, T, H, d}).transpose(1, 2) : x);
@@ -150,8 +152,8 @@ void BM_AttentionTrain(benchmark::State& state) {
   }
 }
 BENCHMARK(BM_AttentionTrain)
-    ->ArgNames({"heads"})
-    ->DenseRange(0, 1)
+    ->ArgNames({"heads", "bf16"})
+    ->ArgsProduct({{0, 1}, {0, 1}})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 

@@ -26,11 +26,13 @@ struct BFloat16 {
   BFloat16() = default;
   explicit BFloat16(float f) : bits(from_float(f)) {}
   explicit operator float() const { return detail::bits_float(uint32_t(bits) << 16); }
+  // Round to nearest even; NaN stays NaN (quieted). Both results computed and one selected, with
+  // no early return, so that loops converting arrays vectorize.
   static uint16_t from_float(float f) {
-    uint32_t u = detail::float_bits(f);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x40);  // quiet NaN
-    uint32_t rounding = 0x7fffu + ((u >> 16) & 1u);
-    return uint16_t((u + rounding) >> 16);
+    const uint32_t u = detail::float_bits(f);
+    const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    const uint32_t quiet_nan = (u >> 16) | 0x40u;
+    return uint16_t((u & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded);
   }
 };
 
