@@ -44,11 +44,12 @@
 // the running block keyed by its shared address, and the 8 bytes in shared memory hold a marker, so
 // a barrier used before mbarrier.init in this block, or overwritten by ordinary stores, is
 // reported, and so is a TMA copy onto a barrier whose initializing thread has not executed
-// fence.mbarrier_init or fence.proxy.async since the init (the async proxy may not see it). A phase completes when its arrivals are all in and its transaction count is 0, as the
-// PTX ISA describes. try_wait.parity answers whether the phase of that parity completed; when it
-// did not, the thread is suspended until the barrier changes (or nothing else can run), so a
-// polling loop lets the producer make progress, and a wait that can never complete is reported as a
-// deadlock naming the wait's file:line instead of hanging.
+// fence.mbarrier_init or fence.proxy.async since the init (the async proxy may not see it). A phase
+// completes when its arrivals are all in and its transaction count is 0, as the PTX ISA describes.
+// try_wait.parity answers whether the phase of that parity completed; when it did not, the thread
+// is suspended until the barrier changes (or nothing else can run), so a polling loop lets the
+// producer make progress, and a wait that can never complete is reported as a deadlock naming the
+// wait's file:line instead of hanging.
 //
 // TMA (cp.async.bulk.tensor) is deliberately *not* performed at issue time: the issuing thread
 // validates the copy (tensor map, destination alignment and extent, barrier) and records it on the
