@@ -49,6 +49,7 @@ inline std::string precision_arg(const std::string& flag, const std::string& v) 
 
 class PrecisionScope {
  public:
+  // `precision` as precision_arg returned it.
   PrecisionScope(const std::string& precision, Device device) {
     if (precision == "bf16") {
       autocast_.emplace(DType::BF16, device.type);
@@ -57,8 +58,6 @@ class PrecisionScope {
         std::cerr << tool_name() << ": --precision tf32 on the cpu computes in full f32\n";
       }
       set_float32_matmul_precision(MatmulPrecision::High);
-    } else if (precision != "fp32") {
-      fail("--precision must be fp32, bf16 or tf32, got '" + precision + "'");
     }
   }
   ~PrecisionScope() { set_float32_matmul_precision(previous_); }
