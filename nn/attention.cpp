@@ -1,5 +1,7 @@
 #include "lathe/nn/attention.h"
 
+#include "lathe/core/autocast.h"
+#include "lathe/core/autograd.h"
 #include "lathe/core/functional.h"
 
 namespace lathe::nn {
@@ -19,6 +21,19 @@ Tensor key_padding_mask(const Tensor& attention_mask) {
                zeros({}, TensorOptions(attention_mask.dtype()).device(attention_mask.device())));
   return keep.reshape({attention_mask.size(0), 1, 1, attention_mask.size(1)});
 }
+
+namespace {
+
+// x as the linear op's autocast would cast it (x itself when autocast is off for its device or
+// leaves x as it is: f64, or already in the autocast dtype).
+Tensor autocast_linear_input(const Tensor& x) {
+  const std::optional<DType> target = autocast_dtype(x.device().type);
+  if (!target || autocast_policy("linear") != AutocastPolicy::LowPrecision) return x;
+  if (!is_floating(x.dtype()) || x.dtype() == DType::F64 || x.dtype() == *target) return x;
+  return x.to(*target);
+}
+
+}  // namespace
 
 MultiHeadSelfAttention::MultiHeadSelfAttention(int64_t hidden_size, int64_t num_heads,
                                                double attention_dropout, bool causal)
@@ -48,9 +63,13 @@ Tensor MultiHeadSelfAttention::forward(const Tensor& x, const Tensor& mask) cons
   auto split_heads = [&](const Tensor& t) {
     return t.view({batch, seq, num_heads_, head_dim}).transpose(1, 2);
   };
-  const Tensor q = split_heads(query->forward(x));
-  const Tensor k = split_heads(key->forward(x));
-  const Tensor v = split_heads(value->forward(x));
+  // Under autocast each projection would cast x to the low dtype itself: three identical casts of
+  // the same activation. With grad mode off, cast it once here (the same bits). With grad mode on
+  // each linear keeps its own cast, so the three gradients of x are summed in f32 as before.
+  const Tensor in = grad_mode_enabled() ? x : autocast_linear_input(x);
+  const Tensor q = split_heads(query->forward(in));
+  const Tensor k = split_heads(key->forward(in));
+  const Tensor v = split_heads(value->forward(in));
   const double p = is_training() ? attention_dropout_ : 0.0;
   const Tensor context = scaled_dot_product_attention(q, k, v, mask, causal_, p);
   // The flash kernel (cuda, f16/bf16) writes context in q's memory order, [B, T, heads, head_dim],

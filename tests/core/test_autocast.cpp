@@ -322,6 +322,49 @@ TEST_CASE("autocast: an evaluation loop under one guard gives the per-batch guar
   CHECK(autocast_cached_casts() == 26);
 }
 
+TEST_CASE("autocast: self-attention casts its input once for q, k and v under no_grad",
+          "[autocast]") {
+  const Device device = GENERATE(from_range(test_devices()));
+  INFO(device.str());
+  manual_seed(8);
+  nn::MultiHeadSelfAttention attention(16, 2);
+  attention.to(device);
+  const Tensor x = random_tensor({2, 5, 16}, 9, DType::F32, device);
+  const TensorOptions i64 = TensorOptions(DType::I64).device(device);
+  const Tensor mask =
+      nn::key_padding_mask(from_vector<int64_t>({1, 1, 1, 1, 1, 1, 1, 1, 0, 0}, {2, 5}, i64));
+  const std::string copy = device.is_cuda() ? "cuda copy" : "cpu copy";
+  // The module's forward as it was: each projection on x itself, so each casts x.
+  auto per_projection = [&]() {
+    auto heads = [](const Tensor& t) { return t.view({2, 5, 2, 8}).transpose(1, 2); };
+    const Tensor context = scaled_dot_product_attention(heads(attention.query->forward(x)),
+                                                        heads(attention.key->forward(x)),
+                                                        heads(attention.value->forward(x)), mask);
+    return context.transpose(1, 2).reshape({2, 5, 16});
+  };
+  auto counted = [&](auto&& forward, uint64_t* copies) {
+    kernels::KernelCallCounter counter;
+    const Tensor y = forward();
+    *copies = counter.calls(copy);
+    return y.to_vector<double>();
+  };
+  AutocastGuard amp(DType::BF16, device.type);
+  uint64_t fused = 0, separate = 0;
+  {
+    NoGradGuard no_grad;
+    counted(per_projection, &separate);  // fills the cast cache with the weights
+    const std::vector<double> want = counted(per_projection, &separate);
+    const std::vector<double> got = counted([&] { return attention.forward(x, mask); }, &fused);
+    CHECK(got == want);
+    CHECK(separate - fused == 2);  // one cast of x instead of three
+  }
+  // With grad mode on the module keeps one cast per projection (x's three gradients are summed in
+  // f32): the same forward, the same copies.
+  const std::vector<double> want = counted(per_projection, &separate);
+  CHECK(counted([&] { return attention.forward(x, mask); }, &fused) == want);
+  CHECK(fused == separate);
+}
+
 TEST_CASE("autocast: attention runs on bf16 inputs with f32 statistics", "[autocast]") {
   const Device device = GENERATE(from_range(test_devices()));
   const bool causal = GENERATE(false, true);
