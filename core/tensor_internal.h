@@ -22,9 +22,9 @@ kernels::View make_broadcast_view(const Tensor& t, const Shape& shape);
 // A view of t with `shape` (same numel, t contiguous).
 kernels::View make_reshaped_view(const Tensor& t, const Shape& shape);
 
-// The kernel table of the tensor's device.
+// The kernel table of the tensor's device, that device made current for its kernels.
 inline const kernels::KernelTable& kernels_of(const Tensor& t) {
-  return kernels::kernel_table(t.device().type);
+  return kernels::kernel_table(t.device());
 }
 
 void check_defined(const Tensor& t, const char* op, const char* arg);

@@ -20,6 +20,10 @@ struct DeviceApi {
   MemoryStats (*memory_stats)(int index) = nullptr;
   void (*empty_cache)(int index) = nullptr;
   void (*reset_peak_memory_stats)(int index) = nullptr;
+  // The device this thread's kernels run on (cudaSetDevice / cudaGetDevice); null on the cpu,
+  // which has one device.
+  void (*set_current)(int index) = nullptr;
+  int (*current)() = nullptr;
 };
 
 // Null when this build has no backend for `type`.

@@ -120,7 +120,8 @@ struct Wrap<Device, Slot, R (*)(A...)> {
   static R call(A... args) {
     const auto type = static_cast<DeviceType>(Device);
     const DeviceApi* api = device_api(type);
-    api->synchronize(0);
+    const int index = api->current ? api->current() : 0;  // where the kernel runs
+    api->synchronize(index);
     std::string key;
     if constexpr (sizeof...(A) > 0) {
       key = counter_key(type, family, std::get<0>(std::forward_as_tuple(args...)));
@@ -130,11 +131,11 @@ struct Wrap<Device, Slot, R (*)(A...)> {
     const auto start = Clock::now();
     if constexpr (std::is_void_v<R>) {
       original(args...);
-      api->synchronize(0);
+      api->synchronize(index);
       profile().add(key, start, Clock::now());
     } else {
       R r = original(args...);
-      api->synchronize(0);
+      api->synchronize(index);
       profile().add(key, start, Clock::now());
       return r;
     }

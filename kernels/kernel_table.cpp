@@ -47,6 +47,14 @@ const KernelTable& kernel_table(DeviceType type) {
   return profiling_enabled() ? profiled_kernel_table(type, base) : base;
 }
 
+const KernelTable& kernel_table(Device device) {
+  if (device.type != DeviceType::CPU) {
+    const DeviceApi* api = backend_device_api(device.type);
+    if (api && api->set_current) api->set_current(device.index);
+  }
+  return kernel_table(device.type);
+}
+
 const DeviceApi* device_api(DeviceType type) {
   const DeviceApi* base = backend_device_api(type);
   return base && profiling_enabled() ? &profiled_device_api(type, *base) : base;

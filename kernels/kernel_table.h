@@ -20,6 +20,11 @@ struct KernelTable {
 
 // The table of a device type in this build (an all-null table when the backend is not built).
 const KernelTable& kernel_table(DeviceType type);
+// The table of the device's type, with `device` made the current device of this thread (a cuda
+// kernel launches on the current device): what the ops call before running kernels on a tensor's
+// device. The selection stays after the call, like cudaSetDevice; memory functions take their
+// device explicitly and do not depend on it.
+const KernelTable& kernel_table(Device device);
 // Whether the named family has a kernel for `type` (used to derive docs/ops.md).
 bool has_kernel(DeviceType type, std::string_view family);
 std::vector<std::string_view> kernel_family_names();
@@ -32,7 +37,7 @@ const KernelTable& cpu_kernel_table();
 // Fetches family `name` for `device`, throwing "op: no <name> kernel for cuda:0 in this build".
 #define LATHE_KERNEL(device, name, op)                                                      \
   [&]() {                                                                                   \
-    auto fn__ = ::lathe::kernels::kernel_table((device).type).name;                         \
+    auto fn__ = ::lathe::kernels::kernel_table(device).name;                                \
     LATHE_CHECK(fn__ != nullptr, op, ": no '" #name "' kernel for device ", (device).str(), \
                 " in this build");                                                          \
     return fn__;                                                                            \

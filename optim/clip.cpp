@@ -58,7 +58,7 @@ bool all_contiguous(const std::vector<Tensor>& grads) {
 // tensor on that device.
 Tensor device_partial(const std::vector<Tensor>& list, double norm_type, bool inf_norm) {
   const Device device = list.front().device();
-  const auto norm_fn = kernels::kernel_table(device.type).multi_tensor_norm;
+  const auto norm_fn = kernels::kernel_table(device).multi_tensor_norm;
   if (!norm_fn || !all_contiguous(list)) return composed_partial(list, norm_type, inf_norm);
   const std::vector<kernels::MultiTensor> tensors = multi_tensors(list);
   const TensorOptions f64 = TensorOptions(DType::F64).device(device);
@@ -76,7 +76,7 @@ Tensor device_partial(const std::vector<Tensor>& list, double norm_type, bool in
 
 // Multiplies the gradients of one device by `coef` (0-dim f64 on that device) unless it is >= 1.
 void scale_device(const std::vector<Tensor>& list, const Tensor& coef) {
-  const auto scale_fn = kernels::kernel_table(list.front().device().type).multi_tensor_scale;
+  const auto scale_fn = kernels::kernel_table(list.front().device()).multi_tensor_scale;
   if (scale_fn && all_contiguous(list)) {
     const std::vector<kernels::MultiTensor> tensors = multi_tensors(list);
     scale_fn(tensors.data(), int64_t(tensors.size()), static_cast<const double*>(coef.data_ptr()));

@@ -5,7 +5,9 @@
 // copy_to_host waits for the stream before returning: its caller reads the data at once.
 // copy_from_host's host buffer may be a temporary freed right after the call: small copies are
 // staged in pinned memory first and queued without a wait (upload.h), larger ones wait.
-// Kernels run on the current device; a multi-GPU process selects it with cuda::set_device.
+// Kernels run on the current device, which the op layer sets to their tensors' device
+// (kernel_table(Device)); the memory functions here take the device and leave the current one as
+// it was.
 // Every wait here raises the errors that kernels found in their data meanwhile
 // (device_report.h).
 #include "kernels/cuda/cuda_device.h"
@@ -45,8 +47,10 @@ void cuda_deallocate(void* ptr, size_t, int index) {
 constexpr size_t kStagedCopyBytes = size_t(1) << 20;
 
 void cuda_copy_from_host(void* dst, const void* src, size_t nbytes, int index) {
-  // The staging event belongs to the current device, so only its own copies are staged.
-  if (nbytes <= kStagedCopyBytes && index == rt::current_device()) {
+  // On the legacy default stream a copy is ordered after the kernels of the *current* device: make
+  // the memory's device current (also for the staging block's event, which belongs to it).
+  const rt::DeviceGuard on_device(index);
+  if (nbytes <= kStagedCopyBytes) {
     rt::upload_async(dst, src, nbytes, rt::current_stream(index));
     return;
   }
@@ -55,6 +59,7 @@ void cuda_copy_from_host(void* dst, const void* src, size_t nbytes, int index) {
 }
 
 void cuda_copy_to_host(void* dst, const void* src, size_t nbytes, int index) {
+  const rt::DeviceGuard on_device(index);
   rt::memcpy_sync(dst, src, nbytes, rt::CopyKind::DeviceToHost, rt::current_stream(index));
   cuda::raise_device_report();
 }
@@ -84,13 +89,20 @@ void cuda_empty_cache(int index) {
 void cuda_reset_peak(int index) {
   rt::device_allocator(index).reset_peak_stats();
 }
+void cuda_set_current(int index) {
+  rt::set_device(index);
+}
+int cuda_current() {
+  return rt::current_device();
+}
 
 }  // namespace
 
 const DeviceApi& cuda_device_api() {
   static const DeviceApi api{cuda_allocate,     cuda_deallocate,  cuda_copy_from_host,
                              cuda_copy_to_host, cuda_synchronize, cuda_count,
-                             cuda_memory_stats, cuda_empty_cache, cuda_reset_peak};
+                             cuda_memory_stats, cuda_empty_cache, cuda_reset_peak,
+                             cuda_set_current,  cuda_current};
   return api;
 }
 

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstddef>
+#include <type_traits>
 #include <utility>
 
 #ifdef __CUDACC__
@@ -13,10 +14,24 @@
 #else
 #include <driver_types.h>  // cudaStream_t, host-side type only
 
+#include "kernels/cuda/runtime.h"
 #include "kernels/sim/sim.h"
 #endif
 
 namespace lathe::cuda {
+
+#ifndef __CUDACC__
+// A kernel argument as the simulated build's launch check sees it: the address of a pointer
+// argument, null for anything else.
+template <class T>
+const void* pointer_argument(const T& arg) {
+  if constexpr (std::is_pointer_v<T> && !std::is_function_v<std::remove_pointer_t<T>>) {
+    return const_cast<const void*>(static_cast<const volatile void*>(arg));
+  } else {
+    return nullptr;
+  }
+}
+#endif
 
 template <class... Params, class... Args>
 void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t dynamic_shared_bytes,
@@ -28,7 +43,7 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t dynamic_sha
               grid.z, ", block ", block.x, "x", block.y, "x", block.z, ", ", dynamic_shared_bytes,
               " bytes shared) failed: ", cudaGetErrorString(status));
 #else
-  (void)stream;
+  check_simulated_launch(name, stream, {pointer_argument(args)...});
   ::lathe::sim::launch(
       grid, block, dynamic_shared_bytes, [&] { kernel(Params(args)...); }, name);
 #endif

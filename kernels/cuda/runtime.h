@@ -1,9 +1,12 @@
 // The cuda device's runtime layer: devices, raw device memory, streams, events and copies, as a
 // small lathe-flavoured API over cudart. Two implementations share this header:
 //  - runtime_cudart.cpp (LATHE_CUDA): thin wrappers over the CUDA runtime, every call checked;
-//  - runtime_sim.cpp (LATHE_CUDA_SIM): one simulated device, "cuda:0 (simulated)", whose memory
-//    is host memory and whose streams execute synchronously (kernels already ran when launch()
-//    returned), so every call here completes immediately and events are always complete.
+//  - runtime_sim.cpp (LATHE_CUDA_SIM): simulated devices ("cuda:0 (simulated)", two unless
+//    LATHE_SIM_DEVICE_COUNT says otherwise) whose memory is host memory and whose streams execute
+//    synchronously (kernels already ran when launch() returned), so every call here completes
+//    immediately and events are always complete. It checks what a GPU would get wrong silently or
+//    fail on: a kernel given memory of another device than the current one, a launch on a stream
+//    of another device, a copy ordered on a stream of another device than its memory's.
 // Code above (the caching allocator, the kernel launchers, core/) is written once against this
 // header and cannot tell the builds apart. Only host-side CUDA types (driver_types.h) appear here,
 // so the header compiles without cudart in the simulated build.
@@ -13,6 +16,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <initializer_list>
 #include <string>
 
 namespace lathe::cuda {
@@ -57,8 +61,25 @@ int device_count();
 const DeviceProperties& device_properties(int device);
 // "cuda:0 (simulated)" or "cuda:0 (NVIDIA H100 80GB HBM3, sm_90, 132 SMs, 79.1 GiB)".
 std::string describe_device(int device);
+// The device of this OS thread's kernel launches (cudaGetDevice / cudaSetDevice). Every
+// function here that takes a device works on that device and leaves the current one as it was;
+// kernel launchers launch on the current device, so the op layer makes a tensor's device current
+// before calling its kernels (kernels::kernel_table(Device)).
 int current_device();
 void set_device(int device);
+
+// Makes `device` current for the scope and restores the previous device at its end.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device);
+  ~DeviceGuard();
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+ private:
+  int previous_;
+};
+
 // Throws a lathe::Error naming `what` unless 0 <= device < device_count().
 void check_device(int device, const char* what);
 // Waits for all work on the device.
@@ -119,6 +140,13 @@ void memcpy_async(void* dst, const void* src, size_t bytes, CopyKind kind, cudaS
 // memcpy_async followed by stream_synchronize: safe with any host buffer.
 void memcpy_sync(void* dst, const void* src, size_t bytes, CopyKind kind, cudaStream_t stream);
 void memset_async(void* dst, int byte_value, size_t bytes, cudaStream_t stream);
+
+// ---- the simulated build's launch check (runtime_sim.cpp; cuda::launch calls it) ----
+
+// Refuses a launch on a stream of another device than the current one, or with a pointer argument
+// into another device's memory. Defined in the simulated build only.
+void check_simulated_launch(const char* name, cudaStream_t stream,
+                            std::initializer_list<const void*> pointers);
 
 // ---- host waits and mapped host memory ----
 

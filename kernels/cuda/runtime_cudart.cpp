@@ -92,17 +92,27 @@ int current_device() {
 
 void set_device(int device) {
   check_device(device, "set_device");
-  LATHE_CUDA_CHECK(cudaSetDevice(device));
+  // cudaSetDevice is not free (it may initialize the device's context), and ops call this before
+  // each kernel: skip it when the device is current already.
+  if (current_device() != device) LATHE_CUDA_CHECK(cudaSetDevice(device));
+}
+
+DeviceGuard::DeviceGuard(int device) : previous_(current_device()) {
+  set_device(device);
+}
+
+DeviceGuard::~DeviceGuard() {
+  if (current_device() != previous_) (void)cudaSetDevice(previous_);
 }
 
 void device_synchronize(int device) {
-  set_device(device);
+  DeviceGuard on_device(device);
   g_host_waits.fetch_add(1, std::memory_order_relaxed);
   LATHE_CUDA_CHECK(cudaDeviceSynchronize());
 }
 
 void* raw_malloc(size_t bytes, int device) {
-  set_device(device);
+  DeviceGuard on_device(device);
   void* p = nullptr;
   cudaError_t status = cudaMalloc(&p, bytes == 0 ? 1 : bytes);
   if (status == cudaErrorMemoryAllocation) {
@@ -115,12 +125,12 @@ void* raw_malloc(size_t bytes, int device) {
 
 void raw_free(void* ptr, int device) {
   if (!ptr) return;
-  set_device(device);
+  DeviceGuard on_device(device);
   LATHE_CUDA_CHECK(cudaFree(ptr));
 }
 
 void memory_info(int device, size_t* free_bytes, size_t* total_bytes) {
-  set_device(device);
+  DeviceGuard on_device(device);
   size_t f = 0, t = 0;
   LATHE_CUDA_CHECK(cudaMemGetInfo(&f, &t));
   if (free_bytes) *free_bytes = f;
@@ -128,7 +138,7 @@ void memory_info(int device, size_t* free_bytes, size_t* total_bytes) {
 }
 
 cudaStream_t stream_create(int device) {
-  set_device(device);
+  DeviceGuard on_device(device);
   cudaStream_t s = nullptr;
   LATHE_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
   return s;
@@ -165,7 +175,7 @@ StreamGuard::~StreamGuard() {
 }
 
 cudaEvent_t event_create(int device, bool timing) {
-  set_device(device);
+  DeviceGuard on_device(device);
   cudaEvent_t e = nullptr;
   LATHE_CUDA_CHECK(
       cudaEventCreateWithFlags(&e, timing ? cudaEventDefault : cudaEventDisableTiming));

@@ -1,13 +1,24 @@
-// The runtime of the simulated cuda device (LATHE_CUDA_SIM): one device whose memory is host
-// memory. Kernels run to completion inside cuda::launch, so every stream operation is complete as
-// soon as it is issued: copies are memcpy, synchronization is a no-op and events are complete once
+// The runtime of the simulated cuda devices (LATHE_CUDA_SIM): devices whose memory is host memory.
+// Kernels run to completion inside cuda::launch, so every stream operation is complete as soon as
+// it is issued: copies are memcpy, synchronization is a no-op and events are complete once
 // recorded. Streams and events are still real objects with identities, because the caching
 // allocator keys its pools on streams and must behave exactly as on a GPU.
+//
+// Several devices (two by default, LATHE_SIM_DEVICE_COUNT=1..8), so that code for cuda:N runs in
+// CI: every device's memory is host memory, which a kernel could read from any device, so the
+// runtime remembers which device each allocation belongs to and refuses what a GPU would not do
+// or would do unordered: a kernel launched on one device with a pointer argument into another
+// device's memory (pointers inside argument structs are not seen), a launch on another device's
+// stream, and a copy or memset queued on a stream of another device than its memory's (on a GPU
+// it would not wait for that device's kernels).
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <map>
+#include <mutex>
+#include <string>
 
 #include "kernels/cuda/runtime.h"
 #include "kernels/cuda/tensor_map.h"
@@ -36,7 +47,41 @@ double now_ms() {
   return std::chrono::duration<double, std::milli>(clock::now().time_since_epoch()).count();
 }
 
-thread_local cudaStream_t t_current_stream = nullptr;
+constexpr int kMaxDevices = 8;
+thread_local int t_current_device = 0;
+thread_local cudaStream_t t_current_stream[kMaxDevices] = {};
+
+// Which simulated device each raw allocation belongs to: start -> (end, device).
+struct Region {
+  uintptr_t end;
+  int device;
+};
+std::mutex g_regions_mutex;
+std::map<uintptr_t, Region> g_regions;
+
+// The device whose memory holds `p`, or -1 for host memory.
+int device_of(const void* p) {
+  const auto address = reinterpret_cast<uintptr_t>(p);
+  std::lock_guard<std::mutex> lock(g_regions_mutex);
+  auto it = g_regions.upper_bound(address);
+  if (it == g_regions.begin()) return -1;
+  --it;
+  return address < it->second.end ? it->second.device : -1;
+}
+
+// The device a stream belongs to; the legacy default stream (nullptr) is the current device's.
+int device_of(cudaStream_t stream) {
+  return stream ? stream->device : t_current_device;
+}
+
+// A copy or memset on `stream` touching `p`: both must be one device's.
+void check_stream_memory(const char* what, cudaStream_t stream, const void* p) {
+  const int memory = device_of(p), queue = device_of(stream);
+  LATHE_CHECK(memory < 0 || memory == queue, what, " of memory on cuda:", memory,
+              " was queued on a stream of cuda:", queue,
+              ": it would not be ordered after cuda:", memory,
+              "'s kernels (make the memory's device current first)");
+}
 std::atomic<uint64_t> g_host_waits{0};
 
 // The error codes the simulated runtime can produce, with cudart's strings.
@@ -75,7 +120,16 @@ void throw_error(cudaError_t status, const char* expr, const char* file, int lin
 }
 
 int device_count() {
-  return 1;
+  static const int count = [] {
+    const char* env = std::getenv("LATHE_SIM_DEVICE_COUNT");
+    if (env == nullptr || *env == '\0') return 2;
+    const std::string text(env);
+    const bool ok = text.size() == 1 && text[0] >= '1' && text[0] <= '0' + kMaxDevices;
+    LATHE_CHECK(ok, "LATHE_SIM_DEVICE_COUNT must be a number of simulated cuda devices from 1 to ",
+                kMaxDevices, ", got '", text, "'");
+    return text[0] - '0';
+  }();
+  return count;
 }
 
 const DeviceProperties& device_properties(int device) {
@@ -105,7 +159,7 @@ std::string describe_device(int device) {
 }
 
 int current_device() {
-  return 0;
+  return t_current_device;
 }
 
 void check_device(int device, const char* what) {
@@ -115,6 +169,15 @@ void check_device(int device, const char* what) {
 
 void set_device(int device) {
   check_device(device, "set_device");
+  t_current_device = device;
+}
+
+DeviceGuard::DeviceGuard(int device) : previous_(current_device()) {
+  set_device(device);
+}
+
+DeviceGuard::~DeviceGuard() {
+  t_current_device = previous_;
 }
 
 void device_synchronize(int device) {
@@ -125,11 +188,24 @@ void device_synchronize(int device) {
 void* raw_malloc(size_t bytes, int device) {
   check_device(device, "raw_malloc");
   size_t rounded = (std::max<size_t>(bytes, 1) + kAlignment - 1) / kAlignment * kAlignment;
-  return std::aligned_alloc(kAlignment, rounded);
+  void* p = std::aligned_alloc(kAlignment, rounded);
+  if (p != nullptr) {
+    const auto start = reinterpret_cast<uintptr_t>(p);
+    std::lock_guard<std::mutex> lock(g_regions_mutex);
+    g_regions[start] = Region{start + rounded, device};
+  }
+  return p;
 }
 
 void raw_free(void* ptr, int device) {
   check_device(device, "raw_free");
+  if (ptr != nullptr) {
+    std::lock_guard<std::mutex> lock(g_regions_mutex);
+    const auto it = g_regions.find(reinterpret_cast<uintptr_t>(ptr));
+    LATHE_CHECK(it != g_regions.end() && it->second.device == device, "raw_free: ", ptr,
+                " is not an allocation of cuda:", device);
+    g_regions.erase(it);
+  }
   std::free(ptr);
 }
 
@@ -154,12 +230,19 @@ void stream_synchronize(cudaStream_t) {
   g_host_waits.fetch_add(1, std::memory_order_relaxed);
 }
 
-cudaStream_t current_stream(int) {
-  return t_current_stream;
+cudaStream_t current_stream(int device) {
+  if (device < 0) device = current_device();
+  check_device(device, "current_stream");
+  return t_current_stream[device];
 }
 
-void set_current_stream(cudaStream_t stream, int) {
-  t_current_stream = stream;
+void set_current_stream(cudaStream_t stream, int device) {
+  if (device < 0) device = current_device();
+  check_device(device, "set_current_stream");
+  LATHE_CHECK(stream == nullptr || stream->device == device,
+              "set_current_stream: a stream of cuda:", stream ? stream->device : -1,
+              " cannot be the current stream of cuda:", device);
+  t_current_stream[device] = stream;
 }
 
 StreamGuard::StreamGuard(cudaStream_t stream, int device)
@@ -212,10 +295,12 @@ float event_elapsed_ms(cudaEvent_t start, cudaEvent_t end) {
   return float(end->time_ms - start->time_ms);
 }
 
-void memcpy_async(void* dst, const void* src, size_t bytes, CopyKind, cudaStream_t) {
+void memcpy_async(void* dst, const void* src, size_t bytes, CopyKind kind, cudaStream_t stream) {
   if (bytes == 0) return;
   LATHE_CHECK(dst != nullptr && src != nullptr, "memcpy_async: null pointer (dst ", dst, ", src ",
               src, ", ", bytes, " bytes)");
+  if (kind != CopyKind::DeviceToHost) check_stream_memory("memcpy_async: a copy", stream, dst);
+  if (kind != CopyKind::HostToDevice) check_stream_memory("memcpy_async: a copy", stream, src);
   std::memmove(dst, src, bytes);
 }
 
@@ -224,10 +309,27 @@ void memcpy_sync(void* dst, const void* src, size_t bytes, CopyKind kind, cudaSt
   stream_synchronize(stream);
 }
 
-void memset_async(void* dst, int byte_value, size_t bytes, cudaStream_t) {
+void memset_async(void* dst, int byte_value, size_t bytes, cudaStream_t stream) {
   if (bytes == 0) return;
   LATHE_CHECK(dst != nullptr, "memset_async: null pointer");
+  check_stream_memory("memset_async: a memset", stream, dst);
   std::memset(dst, byte_value, bytes);
+}
+
+void check_simulated_launch(const char* name, cudaStream_t stream,
+                            std::initializer_list<const void*> pointers) {
+  const int device = t_current_device;
+  LATHE_CHECK(stream == nullptr || stream->device == device, "launch of ", name,
+              " on cuda:", device, " was given a stream of cuda:", stream ? stream->device : -1,
+              " (cudaErrorInvalidResourceHandle on a GPU)");
+  int index = 0;
+  for (const void* p : pointers) {
+    const int owner = p ? device_of(p) : -1;
+    LATHE_CHECK(owner < 0 || owner == device, "launch of ", name, " on cuda:", device,
+                ": argument ", index, " points into memory of cuda:", owner,
+                " (an illegal address on a GPU; the op must make its tensors' device current)");
+    ++index;
+  }
 }
 
 uint64_t host_waits() {
