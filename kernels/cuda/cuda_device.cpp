@@ -85,6 +85,7 @@ MemoryStats cuda_memory_stats(int index) {
 }
 void cuda_empty_cache(int index) {
   rt::device_allocator(index).empty_cache();
+  rt::upload_release_idle(index);
 }
 void cuda_reset_peak(int index) {
   rt::device_allocator(index).reset_peak_stats();

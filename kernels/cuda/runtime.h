@@ -157,8 +157,11 @@ void check_simulated_launch(const char* name, cudaStream_t stream,
 uint64_t host_waits();
 
 // Pinned host memory that kernels on every device write directly (cudaHostAllocMapped |
-// cudaHostAllocPortable; with unified addressing the same pointer on both sides). Never freed:
-// for the process-lifetime record of device_report.h. Zeroed.
+// cudaHostAllocPortable; with unified addressing the same pointer on both sides). Zeroed. The
+// record of device_report.h lives for the process; upload.h's staging blocks are given back with
+// host_free_mapped once no copy reads them.
 void* host_alloc_mapped(size_t bytes);
+// Frees memory of host_alloc_mapped. No kernel or copy may still use it. Null is a no-op.
+void host_free_mapped(void* host);
 
 }  // namespace lathe::cuda

@@ -162,6 +162,17 @@ cudaStream_t current_stream(int device) {
 void set_current_stream(cudaStream_t stream, int device) {
   if (device < 0) device = current_device();
   check_device(device, "set_current_stream");
+#if CUDART_VERSION >= 12080
+  // Kernels queued on another device's stream fail at launch with an unhelpful status; say which
+  // stream and device here instead (the simulator checks the same). The legacy and per-thread
+  // default streams are handles every device shares.
+  if (stream != nullptr && stream != cudaStreamLegacy && stream != cudaStreamPerThread) {
+    int stream_device = -1;
+    LATHE_CUDA_CHECK(cudaStreamGetDevice(stream, &stream_device));
+    LATHE_CHECK(stream_device == device, "set_current_stream: a stream of cuda:", stream_device,
+                " cannot be the current stream of cuda:", device);
+  }
+#endif
   t_current_stream[size_t(device)] = stream;
 }
 
@@ -257,6 +268,10 @@ void* host_alloc_mapped(size_t bytes) {
   LATHE_CHECK(device == host, "host_alloc_mapped: the device address of mapped host memory ",
               device, " differs from its host address ", host, " (no unified addressing)");
   return host;
+}
+
+void host_free_mapped(void* host) {
+  if (host) LATHE_CUDA_CHECK(cudaFreeHost(host));
 }
 
 namespace detail {

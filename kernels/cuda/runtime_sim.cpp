@@ -342,6 +342,10 @@ void* host_alloc_mapped(size_t bytes) {
   return p;
 }
 
+void host_free_mapped(void* host) {
+  std::free(host);
+}
+
 namespace detail {
 
 // The simulator's own encoding (sim::TmaFields), read back by the TMA emulation.

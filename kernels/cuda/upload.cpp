@@ -1,11 +1,14 @@
-// The pinned staging pool behind upload_async. Pinned memory is expensive to allocate (a driver
-// call that maps pages for the device) and host_alloc_mapped never frees it, so blocks are kept
-// for the process and reused; capacities are powers of two so that tables whose size drifts a
-// little from call to call (a chunk list as gradients come and go) still fit an existing block.
-// The pool stays as small as the number of uploads in flight at once: a training step queues a
-// few, and the device runs at most a few steps behind the host.
+// The pinned staging pool behind upload_async. Pinned memory is expensive to allocate and free (a
+// driver call that maps pages for the device; freeing may synchronize), so blocks are kept and
+// reused; capacities are powers of two so that tables whose size drifts a little from call to call
+// (a chunk list as gradients come and go) still fit an existing block. The pool stays as small as
+// the number of uploads in flight at once: a training step queues a few, and the device runs at
+// most a few steps behind the host. A burst (a host far ahead of its device, or one large table)
+// can leave it larger, so empty_cache(cuda:N) gives back the device's idle blocks like the
+// allocator's cached memory.
 #include "kernels/cuda/upload.h"
 
+#include <algorithm>
 #include <cstring>
 #include <mutex>
 #include <vector>
@@ -79,10 +82,27 @@ void upload_async(void* device_dst, const void* host_src, size_t bytes, cudaStre
   event_record(block.last_copy_done, stream);
 }
 
-size_t upload_staging_blocks() {
+size_t upload_staging_blocks(std::optional<int> device) {
   StagingPool& p = pool();
   std::lock_guard lock(p.mutex);
-  return p.blocks.size();
+  if (!device) return p.blocks.size();
+  return size_t(std::count_if(p.blocks.begin(), p.blocks.end(),
+                              [&](const StagingBlock& b) { return b.device == *device; }));
+}
+
+size_t upload_release_idle(int device) {
+  StagingPool& p = pool();
+  std::lock_guard lock(p.mutex);
+  size_t freed = 0;
+  std::erase_if(p.blocks, [&](StagingBlock& b) {
+    // A block whose last copy has not completed is still read by the device.
+    if (b.device != device || !event_query(b.last_copy_done)) return false;
+    event_destroy(b.last_copy_done);
+    host_free_mapped(b.data);
+    freed += b.capacity;
+    return true;
+  });
+  return freed;
 }
 
 }  // namespace lathe::cuda

@@ -8,6 +8,7 @@
 #include <driver_types.h>
 
 #include <cstddef>
+#include <optional>
 
 namespace lathe::cuda {
 
@@ -18,7 +19,11 @@ namespace lathe::cuda {
 // has fired), and the pool grows when every block of the device is still in flight. Thread-safe.
 void upload_async(void* device_dst, const void* host_src, size_t bytes, cudaStream_t stream);
 
-// How many staging blocks the pool holds, over every device (blocks are never freed).
-size_t upload_staging_blocks();
+// How many staging blocks the pool holds for `device`, or over every device.
+size_t upload_staging_blocks(std::optional<int> device = std::nullopt);
+
+// Frees the staging blocks of `device` that no queued copy still reads (a block whose copy is in
+// flight stays); returns the bytes freed. empty_cache(cuda:N) calls it.
+size_t upload_release_idle(int device);
 
 }  // namespace lathe::cuda

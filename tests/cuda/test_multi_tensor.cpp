@@ -13,6 +13,7 @@
 #include "cuda/kernel_test_util.h"
 #include "kernels/cuda/runtime.h"
 #include "kernels/cuda/upload.h"
+#include "lathe/core/memory.h"
 
 using namespace lathe;
 using kernel_test::check_schedule_invariant_bytes;
@@ -369,6 +370,34 @@ TEST_CASE("upload_async: many uploads in a row reuse the staging pool", "[cuda][
   cuda::upload_async(big_dst.data_ptr(), big.data(), big.size(), stream);
   CHECK(cuda::upload_staging_blocks() == grown + 1);
   CHECK(bytes_of(big_dst) == big);
+}
+
+TEST_CASE("upload_async: empty_cache gives back a device's idle staging blocks", "[cuda][upload]") {
+  // One table larger than the 1 MiB copies cuda tensors stage leaves a 2 MiB pinned block behind.
+  const std::vector<uint8_t> big(size_t(2) << 20, uint8_t(9));
+  const Tensor dst = zeros({int64_t(big.size() / 8)}, TensorOptions(DType::I64).device(kCuda));
+  cuda::upload_async(dst.data_ptr(), big.data(), big.size(), cuda::current_stream());
+  CHECK(cuda::upload_staging_blocks(0) >= 1);
+  cuda::stream_synchronize(cuda::current_stream());
+  empty_cache(kCuda);
+  CHECK(cuda::upload_staging_blocks(0) == 0);
+  CHECK(bytes_of(dst) == big);
+  // The pool grows again on demand.
+  const std::vector<int64_t> ids = {3, 1, 4, 1, 5};
+  const Tensor small = from_vector(ids, {5}, TensorOptions(DType::I64).device(kCuda));
+  CHECK(cuda::upload_staging_blocks(0) == 1);
+  CHECK(small.to_vector<int64_t>() == ids);
+  CHECK(cuda::upload_release_idle(0) == size_t(4) << 10);  // the smallest block, now idle
+  // Another device's blocks are its own.
+  if (cuda::device_count() < 2) return;
+  const Tensor on_one = from_vector(ids, {5}, TensorOptions(DType::I64).device(Device::cuda(1)));
+  CHECK(cuda::upload_staging_blocks(1) == 1);
+  cuda::device_synchronize(1);
+  empty_cache(kCuda);
+  CHECK(cuda::upload_staging_blocks(1) == 1);
+  empty_cache(Device::cuda(1));
+  CHECK(cuda::upload_staging_blocks(1) == 0);
+  CHECK(on_one.to_vector<int64_t>() == ids);
 }
 
 #ifdef LATHE_CUDA_SIM_BUILD

@@ -1,6 +1,8 @@
 // What a device's allocator holds. Both devices cache freed blocks for reuse (the cpu device:
 // kernels/cpu/host_allocator.h, blocks of 64 KiB and more; cuda: kernels/cuda/allocator.h), so
-// memory given back by tensors is not returned to the system until empty_cache().
+// memory given back by tensors is not returned to the system until empty_cache(). On a cuda device
+// empty_cache() also frees the pinned host blocks that small host-to-device copies are staged in
+// (kernels/cuda/upload.h), except those a queued copy still reads.
 #pragma once
 
 #include <cstddef>
