@@ -2,6 +2,7 @@
 
 #include "kernels/device_api.h"
 #include "kernels/kernel_profile.h"
+#include "lathe/core/threading.h"
 
 // Builds with a cuda device (nvcc, or the CPU simulator) provide its tables.
 #if defined(LATHE_CUDA_BUILD) || defined(LATHE_CUDA_SIM_BUILD)
@@ -48,7 +49,9 @@ const KernelTable& kernel_table(DeviceType type) {
 }
 
 const KernelTable& kernel_table(Device device) {
-  if (device.type != DeviceType::CPU) {
+  if (device.type == DeviceType::CPU) {
+    ::lathe::detail::sync_num_threads();
+  } else {
     const DeviceApi* api = backend_device_api(device.type);
     if (api && api->set_current) api->set_current(device.index);
   }

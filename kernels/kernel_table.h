@@ -21,9 +21,10 @@ struct KernelTable {
 // The table of a device type in this build (an all-null table when the backend is not built).
 const KernelTable& kernel_table(DeviceType type);
 // The table of the device's type, with `device` made the current device of this thread (a cuda
-// kernel launches on the current device): what the ops call before running kernels on a tensor's
-// device. The selection stays after the call, like cudaSetDevice; memory functions take their
-// device explicitly and do not depend on it.
+// kernel launches on the current device), or for the cpu with this thread's OpenMP team size
+// brought up to date (lathe/core/threading.h): what the ops call before running kernels on a
+// tensor's device. The selection stays after the call, like cudaSetDevice; memory functions take
+// their device explicitly and do not depend on it.
 const KernelTable& kernel_table(Device device);
 // Whether the named family has a kernel for `type` (used to derive docs/ops.md).
 bool has_kernel(DeviceType type, std::string_view family);

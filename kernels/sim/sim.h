@@ -1,7 +1,8 @@
 // Force-included (g++ -include kernels/sim/sim.h) when the simulated build compiles a .cu file as
 // C++. It maps CUDA's language extensions onto the simulator so the very same kernel source runs on
 // the CPU: qualifiers disappear, __shared__ becomes `static` (blocks run one at a time on one OS
-// thread, so a function-local static is exactly per-block shared memory), the built-in variables
+// thread, and launches one at a time in the process, so a function-local static is exactly
+// per-block shared memory), the built-in variables
 // are thread_locals rewritten on every fiber switch, and the synchronizing built-ins are fiber
 // rendezvous (sim_runtime.h). The CUDA headers for vector types and f16/bf16 work on the host as
 // is.

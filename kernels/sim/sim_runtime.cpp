@@ -548,6 +548,12 @@ void launch(dim3 grid, dim3 block, size_t dynamic_shared_bytes,
             const std::function<void()>& kernel_body, const char* kernel_name) {
   LATHE_CHECK(g_block == nullptr, "cuda simulator: launching ", kernel_name,
               " from inside a kernel is not supported");
+  // One kernel at a time in the process, whichever host thread launches it, as on one GPU stream:
+  // `static __shared__` arrays are process-wide statics (sim.h), so two launches of one kernel from
+  // two host threads would otherwise share their shared memory; the launch counter and the
+  // schedule configuration below are shared too.
+  static std::mutex launch_mutex;
+  const std::lock_guard<std::mutex> one_at_a_time(launch_mutex);
   const uint64_t threads = uint64_t(block.x) * block.y * block.z;
   LATHE_CHECK(threads >= 1 && threads <= kMaxThreadsPerBlock && block.z <= 64, "launch of ",
               kernel_name, ": block (", block.x, ",", block.y, ",", block.z, ") has ", threads,

@@ -30,7 +30,9 @@ const char* schedule_name(Schedule schedule);
 inline constexpr unsigned kMaxThreadsPerBlock = 1024;
 inline constexpr size_t kMaxDynamicSharedBytes = 227 * 1024;
 
-// Runs `kernel_body` (the kernel call with its arguments bound) for every thread of the grid.
+// Runs `kernel_body` (the kernel call with its arguments bound) for every thread of the grid, on
+// the calling thread. Launches from several host threads wait for each other: one kernel runs at a
+// time in the process.
 void launch(dim3 grid, dim3 block, size_t dynamic_shared_bytes,
             const std::function<void()>& kernel_body, const char* kernel_name = "kernel");
 
