@@ -2,11 +2,18 @@
 
 #include <mutex>
 
+#include "core/random_replay.h"
+#include "lathe/core/error.h"
+
 namespace lathe {
 
 namespace {
 std::mutex g_mutex;
 PhiloxState g_state{0x5eed5eed5eedULL, 0};
+
+// This thread's active recorders and replays, innermost last.
+thread_local std::vector<detail::PhiloxRecorder*> t_recorders;
+thread_local std::vector<detail::PhiloxReplay*> t_replays;
 }  // namespace
 
 void manual_seed(uint64_t seed) {
@@ -15,9 +22,15 @@ void manual_seed(uint64_t seed) {
 }
 
 PhiloxState philox_reserve(int64_t numel) {
-  std::lock_guard<std::mutex> lock(g_mutex);
-  PhiloxState state = g_state;
-  g_state.offset += uint64_t((numel + 3) / 4);
+  PhiloxState state;
+  if (!t_replays.empty()) {
+    state = t_replays.back()->serve(numel);
+  } else {
+    std::lock_guard<std::mutex> lock(g_mutex);
+    state = g_state;
+    g_state.offset += uint64_t((numel + 3) / 4);
+  }
+  for (detail::PhiloxRecorder* r : t_recorders) r->add({state, numel});
   return state;
 }
 
@@ -30,5 +43,37 @@ void philox_set(PhiloxState state) {
   std::lock_guard<std::mutex> lock(g_mutex);
   g_state = state;
 }
+
+namespace detail {
+
+PhiloxRecorder::PhiloxRecorder() {
+  t_recorders.push_back(this);
+}
+PhiloxRecorder::~PhiloxRecorder() {
+  t_recorders.pop_back();
+}
+
+PhiloxReplay::PhiloxReplay(const std::vector<PhiloxDraw>& draws, std::string what)
+    : draws_(draws), what_(std::move(what)) {
+  t_replays.push_back(this);
+}
+PhiloxReplay::~PhiloxReplay() {
+  t_replays.pop_back();
+}
+PhiloxState PhiloxReplay::serve(int64_t numel) {
+  const size_t k = next_;
+  LATHE_CHECK(k < draws_.size(), what_, ": the re-run drew random numbers ", draws_.size() + 1,
+              " times where the first run drew ", draws_.size(),
+              " times (does the block depend on state that changed since, such as train/eval "
+              "mode?)");
+  const PhiloxDraw& d = draws_[k];
+  LATHE_CHECK(d.numel == numel, what_, ": draw ", k + 1, " of the re-run asked for ", numel,
+              " random numbers where the first run drew ", d.numel,
+              " (does the block depend on state that changed since, such as train/eval mode?)");
+  ++next_;
+  return d.state;
+}
+
+}  // namespace detail
 
 }  // namespace lathe

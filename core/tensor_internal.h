@@ -11,6 +11,7 @@
 #include "lathe/core/autocast.h"
 #include "lathe/core/autograd.h"
 #include "lathe/core/functional.h"
+#include "lathe/core/random.h"
 #include "lathe/core/tensor.h"
 
 namespace lathe::detail {
@@ -50,6 +51,10 @@ void copy_into(const Tensor& src, const Tensor& dst);
 inline bool half_via_f32(const Tensor& t) {
   return t.device().is_cpu() && is_low_precision(t.dtype());
 }
+
+// dropout(x, p, training = true) with the Philox reservation given instead of taken from the
+// generator (core/ops/dropout.cpp); for composites that must draw exactly where a fused op would.
+Tensor dropout_with_state(const Tensor& x, double p, PhiloxState state);
 
 // Autocast at an op's entry (core/autocast.cpp). When autocast is on for the device of the inputs
 // and `op` is in the policy table, returns the inputs cast as the policy says (undefined and

@@ -4,15 +4,17 @@
 // different kernel when nothing records); its graph is dropped at once by returning detached
 // aliases of the outputs, which one "checkpoint" node then owns. The node's backward re-runs the
 // block on the saved inputs and calls the engine on the rebuilt graph from inside the outer
-// backward: run_backward keeps all of its state on its own stack, so it nests.
+// backward: run_backward keeps all of its state on its own stack, so it nests. The re-run draws the
+// random numbers of the first run from a per-thread record of its reservations (random_replay.h),
+// never from the global generator, which other threads may be drawing from meanwhile.
 #include "lathe/core/checkpoint.h"
 
 #include <memory>
 #include <string>
 
+#include "core/random_replay.h"
 #include "lathe/core/autocast.h"
 #include "lathe/core/autograd.h"
-#include "lathe/core/random.h"
 
 namespace lathe {
 
@@ -29,27 +31,12 @@ class GradModeGuard {
   bool previous_;
 };
 
-// Sets the global generator to `replay` for its scope and, on exit, back to where it was: the
-// re-run draws the first run's numbers, and draws after the block are not moved by it.
-class PhiloxReplayGuard {
- public:
-  explicit PhiloxReplayGuard(PhiloxState replay) : previous_(philox_current()) {
-    philox_set(replay);
-  }
-  ~PhiloxReplayGuard() { philox_set(previous_); }
-  PhiloxReplayGuard(const PhiloxReplayGuard&) = delete;
-  PhiloxReplayGuard& operator=(const PhiloxReplayGuard&) = delete;
-
- private:
-  PhiloxState previous_;
-};
-
 // What backward needs to re-run the block and check that it built the same outputs.
 struct CheckpointReplay {
   CheckpointFn fn;
   std::vector<autograd::SavedTensor> inputs;
   std::vector<bool> input_wants_grad;
-  PhiloxState rng;
+  std::vector<detail::PhiloxDraw> draws;  // the first run's reservations, this thread's only
   AutocastState autocast;
   size_t output_count = 0;
   std::vector<size_t> recorded_slots;  // outputs that required grad, in the node's output order
@@ -69,8 +56,13 @@ std::vector<Tensor> replay_backward(const CheckpointReplay& replay,
   {
     GradModeGuard grad_on(true);
     AutocastStateGuard cast_as_before(replay.autocast);
-    PhiloxReplayGuard same_draws(replay.rng);
+    detail::PhiloxReplay same_draws(replay.draws, "checkpoint");
     outputs = replay.fn(inputs);
+    LATHE_CHECK(same_draws.remaining() == 0, "checkpoint: the re-run drew random numbers ",
+                replay.draws.size() - same_draws.remaining(), " times where the first run drew ",
+                replay.draws.size(),
+                " times (does the block depend on state that changed since, such as train/eval "
+                "mode?)");
   }
   LATHE_CHECK(outputs.size() == replay.output_count, "checkpoint: the block returned ",
               replay.output_count, " tensors in the forward but ", outputs.size(),
@@ -110,9 +102,13 @@ std::vector<Tensor> checkpoint(const CheckpointFn& fn, const std::vector<Tensor>
   if (!grad_mode_enabled()) return fn(inputs);
 
   auto replay = std::make_shared<CheckpointReplay>();
-  replay->rng = philox_current();
   replay->autocast = autocast_state();
-  std::vector<Tensor> outputs = fn(inputs);
+  std::vector<Tensor> outputs;
+  {
+    detail::PhiloxRecorder draws;
+    outputs = fn(inputs);
+    replay->draws = draws.take();
+  }
 
   // Detached aliases share the outputs' storage; dropping `outputs` drops the block's graph and
   // every tensor it saved.

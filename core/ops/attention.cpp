@@ -359,13 +359,8 @@ Tensor scaled_dot_product_attention_slow(const Tensor& q, const Tensor& k, const
     probs = softmax(scores, -1);
   }
   if (dropout_p > 0 && probs.numel() > 0) {
-    // Draw from exactly the Philox slice the fused op would reserve, then leave the generator
-    // where that reservation leaves it, whatever dropout() reserves internally.
-    const PhiloxState state = philox_reserve(probs.numel());
-    const PhiloxState after = philox_current();
-    philox_set(state);
-    probs = dropout(probs, dropout_p, true);
-    philox_set(after);
+    // Exactly the Philox slice the fused op would reserve.
+    probs = detail::dropout_with_state(probs, dropout_p, philox_reserve(probs.numel()));
   }
   return matmul(probs, v);
 }

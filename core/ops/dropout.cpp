@@ -38,7 +38,11 @@ Tensor dropout(const Tensor& x, double p, bool training) {
   detail::check_floating(x, op);
   // p == 1 goes through the kernel as well (it writes zeros), so the graph and the Philox stream
   // advance the same way for every p.
-  const PhiloxState state = philox_reserve(x.numel());
+  return detail::dropout_with_state(x, p, philox_reserve(x.numel()));
+}
+
+Tensor detail::dropout_with_state(const Tensor& x, double p, PhiloxState state) {
+  const char* op = "dropout";
   Tensor out;
   {
     NoGradGuard no_grad;  // the node is recorded below

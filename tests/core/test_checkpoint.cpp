@@ -203,6 +203,27 @@ TEST_CASE("checkpoint: misuse is reported", "[checkpoint]") {
     check_error([&] { y.sum().backward(); },
                 {"checkpoint: output 0", "f32 [4, 8]", "re-run in backward", "f32 [8]"});
   }
+  SECTION("a block whose re-run draws random numbers of another size") {
+    auto calls = std::make_shared<int>(0);
+    Tensor y = checkpoint(
+        [calls](const Tensor& t) {
+          return ++*calls == 1 ? dropout(t, 0.5) : dropout(t.slice(0, 0, 2), 0.5) * 1.0;
+        },
+        x);
+    check_error([&] { y.sum().backward(); },
+                {"checkpoint: draw 1 of the re-run asked for 16", "first run drew 32"});
+  }
+  SECTION("a block whose re-run draws more or fewer times") {
+    auto calls = std::make_shared<int>(0);
+    Tensor y = checkpoint(
+        [calls](const Tensor& t) { return ++*calls == 1 ? t * 2.0 : dropout(t * 2.0, 0.5); }, x);
+    check_error([&] { y.sum().backward(); },
+                {"checkpoint: the re-run drew random numbers 1 times", "first run drew 0"});
+    Tensor z = checkpoint(
+        [calls](const Tensor& t) { return ++*calls == 3 ? dropout(t * 2.0, 0.5) : t * 2.0; }, x);
+    check_error([&] { z.sum().backward(); },
+                {"checkpoint: the re-run drew random numbers 0 times", "first run drew 1"});
+  }
 }
 
 TEST_CASE("checkpoint: BERT encoder keeps less memory, same gradients", "[checkpoint]") {

@@ -6,13 +6,17 @@
 // bit with the same work done by one thread, which a race (a scratch buffer or a cache shared by
 // mistake) would break; scripts/sanitize.sh runs these under TSan too.
 #include <atomic>
+#include <condition_variable>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "lathe/core/checkpoint.h"
+#include "lathe/core/random.h"
 #include "support/test_util.h"
 
 using namespace lathe;
@@ -171,6 +175,76 @@ TEST_CASE("threads: models trained side by side match models trained alone", "[t
   for (int t = 0; t < kThreads; ++t) {
     INFO("thread " << t);
     CHECK(got[size_t(t)] == want[size_t(t)]);
+  }
+}
+
+TEST_CASE("threads: a checkpointed block re-runs with its own draws while another thread draws",
+          "[threads][checkpoint]") {
+  const Device device = GENERATE(from_range(test_devices()));
+  INFO(device.str());
+  // A helper thread reserves 1000 random numbers whenever asked, and the block asks it between
+  // its start and its dropout in the first run, after its dropout in the re-run: the block's
+  // reservation is then not where the generator stood when the block started, and the re-run
+  // happens while another thread uses the generator.
+  std::mutex mutex;
+  std::condition_variable changed;
+  int requested = 0, served = 0;
+  bool stop = false;
+  std::vector<PhiloxState> helper_draws;
+  std::thread helper([&] {
+    std::unique_lock lock(mutex);
+    for (;;) {
+      changed.wait(lock, [&] { return stop || requested > served; });
+      if (requested == served) return;
+      helper_draws.push_back(philox_reserve(1000));
+      ++served;
+      changed.notify_all();
+    }
+  });
+  auto helper_draws_once = [&] {
+    std::unique_lock lock(mutex);
+    ++requested;
+    changed.notify_all();
+    changed.wait(lock, [&] { return served == requested; });
+  };
+  constexpr double p = 0.5;
+  manual_seed(3);
+  const Tensor x =
+      random_tensor({4, 64}, 7, DType::F32, device, 0.5, 1.5).requires_grad_(true);  // no zeros
+  int runs = 0;
+  const Tensor y = checkpoint(
+      [&](const Tensor& in) {
+        const bool first = ++runs == 1;
+        if (first) helper_draws_once();
+        Tensor out = dropout(in * 2.0, p);
+        if (!first) helper_draws_once();
+        return out;
+      },
+      x);
+  y.sum().backward();
+  helper_draws_once();
+  {
+    std::lock_guard lock(mutex);
+    stop = true;
+    changed.notify_all();
+  }
+  helper.join();
+  CHECK(runs == 2);
+  // d/dx of dropout(2x) is 2 / (1 - p) = 4 where the forward kept the element, 0 where it did
+  // not: the re-run must have drawn the forward's mask.
+  const std::vector<double> yv = y.to_vector<double>(), gv = x.grad().to_vector<double>();
+  int wrong = 0, kept = 0;
+  for (size_t i = 0; i < yv.size(); ++i) {
+    kept += yv[i] != 0;
+    wrong += gv[i] != (yv[i] != 0 ? 4.0 : 0.0);
+  }
+  CHECK(wrong == 0);
+  CHECK(kept > 64);
+  CHECK(kept < 192);
+  // The helper's reservations never overlap: the re-run did not move the global generator.
+  REQUIRE(helper_draws.size() == 3);
+  for (size_t i = 1; i < helper_draws.size(); ++i) {
+    CHECK(helper_draws[i].offset >= helper_draws[i - 1].offset + 250);
   }
 }
 

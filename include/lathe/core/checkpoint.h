@@ -11,9 +11,10 @@
 // would). The price is one more forward of the block per backward.
 //
 // The re-run sees what the first run saw, so the gradients are the ones without checkpointing:
-// - the random stream: the global Philox state is put back to where the first run started it
-//   (dropout masks are the same bits) and restored afterwards, so draws after the block do not
-//   move;
+// - the random stream: the re-run is given exactly the Philox reservations the first run made on
+//   its thread (dropout masks are the same bits), without touching the global generator, so draws
+//   after the block, and other threads' draws meanwhile, are not moved; a re-run that draws a
+//   different count or size is an error;
 // - autocast: the first run's autocast state (backward itself runs with autocast off);
 // - the inputs: saved with their versions, so modifying one in place before backward is an error,
 //   as it is for any op's saved tensor.
