@@ -9,6 +9,8 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "bench/bench_util.h"
 #include "kernels/cpu/gemm_bf16.h"
@@ -213,6 +215,52 @@ BENCHMARK(BM_TrainStepCheckpointing)
     ->UseRealTime()
     ->MinTime(5.0);
 BENCHMARK(BM_Inference)->Apply(model_shapes)->MinTime(3.0);
+
+// A server's choice on the cpu: one model shared by `requests` host threads, each classifying its
+// own batches (8 x 64 tokens, MiniLM) under NoGradGuard, with `per_thread` OpenMP threads each
+// (lathe::set_num_threads is process-wide; 0: the cores divided among the threads). One request
+// thread with every core parallelizes each GEMM; several split the cores between whole requests,
+// which wins when single requests are too small to use every core. per_thread = cores with several
+// request threads oversubscribes (each thread runs a full team): what worker threads got before
+// session 18, when the setting did not reach them. Args: {requests, per_thread}.
+void BM_InferenceConcurrent(benchmark::State& state) {
+  const int requests = int(state.range(0));
+  const int cores = std::max(1, int(std::thread::hardware_concurrency()));
+  const int per_thread = state.range(1) > 0 ? int(state.range(1)) : std::max(1, cores / requests);
+  manual_seed(0);
+  nn::BertForSequenceClassification model(shape_config(6, 384, 12, 1536), nn::Pooling::Cls);
+  model.eval();
+  const Tensor ids = (rand({8, 64}) * 30000.0 + 100.0).to(DType::I64);
+  const Tensor mask = ones({8, 64}, DType::I64);
+  const int previous = get_num_threads();
+  set_num_threads(per_thread);
+  constexpr int kBatchesPerThread = 4;
+  auto serve = [&] {
+    NoGradGuard no_grad;
+    for (int i = 0; i < kBatchesPerThread; ++i) {
+      benchmark::DoNotOptimize(model.forward(ids, mask).to_vector<float>());
+    }
+  };
+  serve();  // warm the allocator's cache
+  for (auto _ : state) {
+    std::vector<std::thread> threads;
+    for (int t = 0; t < requests; ++t) threads.emplace_back(serve);
+    for (std::thread& t : threads) t.join();
+  }
+  set_num_threads(previous);
+  const double examples = 8.0 * kBatchesPerThread * requests * double(state.iterations());
+  state.counters["examples/s"] = benchmark::Counter(examples, benchmark::Counter::kIsRate);
+  state.counters["omp_threads"] = per_thread;
+}
+BENCHMARK(BM_InferenceConcurrent)
+    ->ArgNames({"requests", "per_thread"})
+    ->Args({1, 0})
+    ->Args({2, 0})
+    ->Args({4, 0})
+    ->Args({2, int64_t(std::max(1u, std::thread::hardware_concurrency()))})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime()
+    ->MinTime(3.0);
 
 // Inference under bf16 autocast on the cpu (the default bf16 GEMM path: AMX, AVX512-BF16 or
 // widened f32). cache 0: one AutocastGuard per forward, so every linear's weight and bias is cast
