@@ -13,6 +13,24 @@ namespace lathe::finetune {
 namespace fs = std::filesystem;
 
 namespace {
+// CLI11's NonNegativeNumber / PositiveNumber report their upper bound, DBL_MAX, in %f: a
+// 309-digit number in the message. These say what is wrong in a few words.
+CLI::Validator sign_check(bool zero_allowed) {
+  const std::string rule = zero_allowed ? ">= 0" : "> 0";
+  return CLI::Validator(
+      [zero_allowed, rule](std::string& text) -> std::string {
+        double value = 0;
+        if (!CLI::detail::lexical_cast(text, value) || std::isnan(value)) {
+          return "expected a number, got '" + text + "'";
+        }
+        const bool ok = zero_allowed ? value >= 0 : value > 0;
+        return ok ? std::string() : "must be " + rule + ", got " + text;
+      },
+      zero_allowed ? "NONNEGATIVE" : "POSITIVE", zero_allowed ? "non-negative" : "positive");
+}
+const CLI::Validator kNonNegative = sign_check(true);
+const CLI::Validator kPositive = sign_check(false);
+
 fs::path cache_dir() {
   if (const char* c = std::getenv("LATHE_CACHE"); c && *c) return c;
   const char* home = std::getenv("HOME");
@@ -54,7 +72,7 @@ void add_options(CLI::App& app, Options& o) {
       ->group(g);
   app.add_option("--subset", o.subset,
                  "train on a seeded stratified subset of N examples (0 = all)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(kNonNegative)
       ->group(g);
   app.add_option("--max-len", o.max_len,
                  "tokens per example incl. [CLS]/[SEP]; longer ones are "
@@ -65,21 +83,21 @@ void add_options(CLI::App& app, Options& o) {
   g = "Training";
   app.add_option("--batch-size", o.batch_size, "examples per batch (per step without accumulation)")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber)
+      ->check(kPositive)
       ->group(g);
   app.add_option("--gradient-accumulation-steps", o.gradient_accumulation_steps,
                  "batches per optimizer step, their gradients summed (each batch's loss weighted "
                  "by its share of the step's examples): the step of a batch N times larger in the "
                  "memory of one; steps, warmup and --eval-every count optimizer steps")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber)
+      ->check(kPositive)
       ->group(g);
   app.add_option("--epochs", o.epochs, "passes over the training set")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber)
+      ->check(kPositive)
       ->group(g);
   app.add_option("--max-steps", o.max_steps, "stop after N optimizer steps (0 = epochs decide)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(kNonNegative)
       ->group(g);
   app.add_option("--lr", o.lr, "peak learning rate (AdamW)")->capture_default_str()->group(g);
   app.add_option("--weight-decay", o.weight_decay,
@@ -97,7 +115,7 @@ void add_options(CLI::App& app, Options& o) {
       ->group(g);
   app.add_option("--max-grad-norm", o.max_grad_norm, "clip the global gradient norm (0 = off)")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber)
+      ->check(kNonNegative)
       ->group(g);
   app.add_option("--layerwise-lr-decay", o.layerwise_lr_decay,
                  "lr of encoder layer i is lr * d^(L - i), embeddings lr * d^(L + 1); 1 = off")
@@ -106,12 +124,12 @@ void add_options(CLI::App& app, Options& o) {
   app.add_option("--freeze-layers", o.freeze_layers,
                  "freeze the embeddings and the first N encoder layers (keeps more pretrained "
                  "knowledge, trains faster)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(kNonNegative)
       ->group(g);
   app.add_option("--lora-rank", o.lora_rank,
                  "train rank-R LoRA adapters on the attention and FFN projections (plus the "
                  "head) instead of all weights; merged into the weights on save (0 = off)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(kNonNegative)
       ->group(g);
   app.add_option("--lora-alpha", o.lora_alpha, "LoRA scale numerator (scale = alpha / rank)")
       ->capture_default_str()
@@ -142,7 +160,7 @@ void add_options(CLI::App& app, Options& o) {
       ->check(CLI::IsMember({"fp32", "tf32", "bf16"}))
       ->group(g);
   app.add_option("--threads", o.threads, "cpu threads (0 = all cores)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(kNonNegative)
       ->group(g);
   app.add_flag("--gradient-checkpointing", o.gradient_checkpointing,
                "keep only each encoder layer's input for backward and re-run the layer there: "
@@ -151,17 +169,17 @@ void add_options(CLI::App& app, Options& o) {
       ->group(g);
   app.add_option("--eval-every", o.eval_every,
                  "evaluate on dev and checkpoint every N steps (0 = at each epoch end)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(kNonNegative)
       ->group(g);
   app.add_option("--patience", o.patience,
                  "early stopping: stop after N evaluations without a better dev macro-F1 "
                  "(0 = never)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(kNonNegative)
       ->group(g);
   app.add_option("--train-eval-size", o.train_eval_size,
                  "training examples re-evaluated at each evaluation for the train-dev gap")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber)
+      ->check(kNonNegative)
       ->group(g);
   app.add_option("--out", o.out,
                  "output directory: checkpoints/{best,last}, metrics.jsonl, summary.json, plot")
