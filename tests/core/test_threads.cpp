@@ -7,6 +7,8 @@
 // mistake) would break; scripts/sanitize.sh runs these under TSan too.
 #include <atomic>
 #include <condition_variable>
+#include <filesystem>
+#include <fstream>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -21,6 +23,7 @@
 
 using namespace lathe;
 using namespace lathe::testing;
+namespace fs = std::filesystem;
 
 namespace {
 
@@ -245,6 +248,33 @@ TEST_CASE("threads: a checkpointed block re-runs with its own draws while anothe
   REQUIRE(helper_draws.size() == 3);
   for (size_t i = 1; i < helper_draws.size(); ++i) {
     CHECK(helper_draws[i].offset >= helper_draws[i - 1].offset + 250);
+  }
+}
+
+TEST_CASE("threads: one tokenizer encodes from several threads at once",
+          "[threads][tokenizer][cpu-only]") {
+  const fs::path tests = fs::path(LATHE_SOURCE_DIR) / "tests";
+  const data::Tokenizer tokenizer =
+      data::Tokenizer::from_vocab_file((tests / "data" / "small_vocab.txt").string());
+  std::vector<std::string> lines;
+  {
+    std::ifstream in(tests / "golden" / "tokenizer_corpus.txt");
+    for (std::string line; std::getline(in, line);) lines.push_back(line);
+  }
+  REQUIRE(lines.size() > 1000);
+  std::vector<std::vector<int64_t>> want;
+  for (const std::string& line : lines) want.push_back(tokenizer.encode_ids(line));
+  std::vector<int> mismatches(kThreads, 0);
+  on_threads([&](int t) {
+    // Each thread walks the corpus with its own stride, so threads encode different lines at once.
+    const size_t n = lines.size(), stride = size_t(2 * t + 1);
+    for (size_t i = 0, k = size_t(t); i < n; ++i, k = (k + stride) % n) {
+      mismatches[size_t(t)] += tokenizer.encode_ids(lines[k]) != want[k];
+    }
+  });
+  for (int t = 0; t < kThreads; ++t) {
+    INFO("thread " << t);
+    CHECK(mismatches[size_t(t)] == 0);
   }
 }
 
