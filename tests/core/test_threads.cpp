@@ -4,7 +4,8 @@
 // allocators, the kernel tables, the cuBLASLt handles, the random generator, tensors read by
 // several threads) must be safe to use concurrently. Each thread's results are compared bit for
 // bit with the same work done by one thread, which a race (a scratch buffer or a cache shared by
-// mistake) would break; scripts/sanitize.sh runs these under TSan too.
+// mistake) would break; scripts/sanitize.sh runs their cuda variants under TSan too (the cpu ones
+// fork OpenMP teams, which TSan cannot follow through the uninstrumented libgomp).
 #include <atomic>
 #include <condition_variable>
 #include <filesystem>
