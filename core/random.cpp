@@ -60,18 +60,25 @@ PhiloxReplay::PhiloxReplay(const std::vector<PhiloxDraw>& draws, std::string wha
 PhiloxReplay::~PhiloxReplay() {
   t_replays.pop_back();
 }
+namespace {
+constexpr const char* kChangedState =
+    " (does the block depend on state that changed since, such as train/eval mode?)";
+}  // namespace
+
 PhiloxState PhiloxReplay::serve(int64_t numel) {
   const size_t k = next_;
   LATHE_CHECK(k < draws_.size(), what_, ": the re-run drew random numbers ", draws_.size() + 1,
-              " times where the first run drew ", draws_.size(),
-              " times (does the block depend on state that changed since, such as train/eval "
-              "mode?)");
+              " times where the first run drew ", draws_.size(), " times", kChangedState);
   const PhiloxDraw& d = draws_[k];
   LATHE_CHECK(d.numel == numel, what_, ": draw ", k + 1, " of the re-run asked for ", numel,
-              " random numbers where the first run drew ", d.numel,
-              " (does the block depend on state that changed since, such as train/eval mode?)");
+              " random numbers where the first run drew ", d.numel, kChangedState);
   ++next_;
   return d.state;
+}
+
+void PhiloxReplay::check_all_served() const {
+  LATHE_CHECK(next_ == draws_.size(), what_, ": the re-run drew random numbers ", next_,
+              " times where the first run drew ", draws_.size(), " times", kChangedState);
 }
 
 }  // namespace detail

@@ -45,8 +45,8 @@ class PhiloxReplay {
   ~PhiloxReplay();
   PhiloxReplay(const PhiloxReplay&) = delete;
   PhiloxReplay& operator=(const PhiloxReplay&) = delete;
-  // Recorded draws not asked for yet.
-  size_t remaining() const { return draws_.size() - next_; }
+  // Throws, like a draw past the end, unless every recorded draw was asked for.
+  void check_all_served() const;
   // The next recorded draw, which must cover `numel` values (philox_reserve's answer).
   PhiloxState serve(int64_t numel);
 

@@ -58,11 +58,7 @@ std::vector<Tensor> replay_backward(const CheckpointReplay& replay,
     AutocastStateGuard cast_as_before(replay.autocast);
     detail::PhiloxReplay same_draws(replay.draws, "checkpoint");
     outputs = replay.fn(inputs);
-    LATHE_CHECK(same_draws.remaining() == 0, "checkpoint: the re-run drew random numbers ",
-                replay.draws.size() - same_draws.remaining(), " times where the first run drew ",
-                replay.draws.size(),
-                " times (does the block depend on state that changed since, such as train/eval "
-                "mode?)");
+    same_draws.check_all_served();
   }
   LATHE_CHECK(outputs.size() == replay.output_count, "checkpoint: the block returned ",
               replay.output_count, " tensors in the forward but ", outputs.size(),
