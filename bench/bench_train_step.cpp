@@ -330,6 +330,44 @@ void BM_CudaInference(benchmark::State& state) {
   set_counters(state, state.range(1));
 }
 
+// A server on the GPU: one MiniLM model shared by `requests` host threads, each classifying its
+// own small batches (8 x 64 tokens, bf16 autocast) and reading the logits back. streams 0: every
+// thread on the default stream, so the GPU runs one request's kernels at a time; streams 1: each
+// thread on a stream of its own (lathe/core/stream.h), so small requests' kernels can overlap.
+// Args: {requests, streams}.
+void BM_CudaInferenceStreams(benchmark::State& state) {
+  const int requests = int(state.range(0));
+  const bool own_streams = state.range(1) == 1;
+  const Device cuda = Device::cuda(0);
+  manual_seed(0);
+  nn::BertForSequenceClassification model(shape_config(6, 384, 12, 1536), nn::Pooling::Cls);
+  model.to(cuda);
+  model.eval();
+  const Tensor ids = (rand({8, 64}) * 30000.0 + 100.0).to(DType::I64).to(cuda);
+  const Tensor mask = ones({8, 64}, DType::I64).to(cuda);
+  std::vector<Stream> streams;
+  for (int t = 0; t < requests; ++t) {
+    streams.push_back(own_streams ? Stream::create(cuda) : Stream::default_stream(cuda));
+  }
+  constexpr int kBatchesPerThread = 8;
+  auto serve = [&](int t) {
+    StreamGuard guard(streams[size_t(t)]);
+    NoGradGuard no_grad;
+    AutocastGuard autocast(DType::BF16, DeviceType::CUDA);
+    for (int i = 0; i < kBatchesPerThread; ++i) {
+      benchmark::DoNotOptimize(model.forward(ids, mask).to(DType::F32).to_vector<float>());
+    }
+  };
+  for (int t = 0; t < requests; ++t) serve(t);  // each stream's allocator pool and workspace
+  for (auto _ : state) {
+    std::vector<std::thread> threads;
+    for (int t = 0; t < requests; ++t) threads.emplace_back(serve, t);
+    for (std::thread& thread : threads) thread.join();
+  }
+  const double examples = 8.0 * kBatchesPerThread * requests * double(state.iterations());
+  state.counters["examples/s"] = benchmark::Counter(examples, benchmark::Counter::kIsRate);
+}
+
 // The f32 step with the GEMMs in TF32 (set_float32_matmul_precision("high")), beside
 // BM_CudaTrainStep's f32 and bf16 steps. Args: {base, T}.
 void BM_CudaTrainStepTf32(benchmark::State& state) {
@@ -372,6 +410,12 @@ BENCHMARK(BM_CudaTrainStep)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime()
     ->MinTime(1.0);
+BENCHMARK(BM_CudaInferenceStreams)
+    ->ArgNames({"requests", "streams"})
+    ->ArgsProduct({{1, 2, 4}, {0, 1}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime()
+    ->MinTime(0.5);
 BENCHMARK(BM_CudaInference)
     ->ArgNames({"base", "T", "bf16"})
     ->ArgsProduct({{0, 1}, {128}, {0, 1, 2}})

@@ -9,6 +9,7 @@
 
 #include "core/tensor_internal.h"
 #include "lathe/core/storage.h"
+#include "lathe/core/stream.h"
 
 namespace lathe {
 
@@ -43,15 +44,19 @@ struct CastEntry {
   Tensor cast;
 };
 
+// The stream is part of the key: a cast queued on one stream may not have run yet when another
+// stream of the same thread reads it (lathe/core/stream.h), so each stream casts its own.
 struct CastKey {
   const TensorImpl* source;
   DType target;
+  const void* stream;
   bool operator==(const CastKey&) const = default;
 };
 
 struct CastKeyHash {
   size_t operator()(const CastKey& k) const {
-    return std::hash<const void*>()(k.source) ^ (size_t(k.target) * 0x9E3779B97F4A7C15ull);
+    return std::hash<const void*>()(k.source) ^ (size_t(k.target) * 0x9E3779B97F4A7C15ull) ^
+           (std::hash<const void*>()(k.stream) << 1);
   }
 };
 
@@ -77,7 +82,8 @@ Tensor cast_for_autocast(const Tensor& t, DType target) {
   if (!cacheable(t)) return t.to(target);
   const TensorImpl& impl = t.impl();
   const uint64_t version = impl.storage->version();
-  CastEntry& e = g_cast_cache[CastKey{&impl, target}];
+  const void* stream = current_stream(t.device()).native_handle();
+  CastEntry& e = g_cast_cache[CastKey{&impl, target, stream}];
   if (!entry_matches(e, impl, version)) {
     e = CastEntry{t.impl_ptr(), impl.storage, version,    impl.shape,
                   impl.strides, impl.offset,  impl.dtype, t.to(target)};

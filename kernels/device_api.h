@@ -9,6 +9,31 @@
 
 namespace lathe::kernels {
 
+// Streams and events of a device with queues (lathe/core/stream.h). Handles are the backend's own
+// (cudaStream_t, cudaEvent_t); a null stream is the device's default stream.
+struct StreamApi {
+  // A stream from the device's pool (created on first use, never destroyed).
+  void* (*pooled_stream)(int index, bool blocking) = nullptr;
+  // Whether a stream waits for the default stream's work (cudaStreamDefault); streams made outside
+  // the pool count as non-blocking.
+  bool (*stream_blocking)(void* stream, int index) = nullptr;
+  void* (*current_stream)(int index) = nullptr;
+  void (*set_current_stream)(void* stream, int index) = nullptr;
+  void (*stream_synchronize)(void* stream, int index) = nullptr;
+  bool (*stream_query)(void* stream, int index) = nullptr;
+  void* (*event_create)(int index, bool timing) = nullptr;
+  void (*event_destroy)(void* event) = nullptr;
+  void (*event_record)(void* event, void* stream, int index) = nullptr;
+  bool (*event_query)(void* event) = nullptr;
+  void (*event_synchronize)(void* event, int index) = nullptr;
+  void (*stream_wait_event)(void* stream, void* event, int index) = nullptr;
+  float (*event_elapsed_ms)(void* start, void* end) = nullptr;
+  // Declares that the allocation starting at `ptr` is used by work on `stream`: the allocator does
+  // not hand it out again before that work has completed. False when `ptr` is not the start of a
+  // block of the device's allocator (memory owned elsewhere).
+  bool (*record_stream)(void* ptr, void* stream, int index) = nullptr;
+};
+
 struct DeviceApi {
   void* (*allocate)(size_t nbytes, int index) = nullptr;
   void (*deallocate)(void* ptr, size_t nbytes, int index) = nullptr;
@@ -24,6 +49,8 @@ struct DeviceApi {
   // which has one device.
   void (*set_current)(int index) = nullptr;
   int (*current)() = nullptr;
+  // Null on the cpu, whose work runs on the calling thread as it is issued.
+  const StreamApi* streams = nullptr;
 };
 
 // Null when this build has no backend for `type`.

@@ -14,6 +14,7 @@
 #include "lathe/core/op_table.h"
 #include "lathe/core/random.h"
 #include "lathe/core/shape.h"
+#include "lathe/core/stream.h"
 #include "lathe/core/tensor.h"
 #include "lathe/core/tensor_options.h"
 #include "lathe/core/threading.h"

@@ -180,11 +180,22 @@ void* CachingAllocator::allocate(size_t bytes, cudaStream_t stream) {
 void CachingAllocator::deallocate(void* ptr) {
   if (!ptr) return;
   std::lock_guard<std::mutex> lock(mutex_);
+  release(ptr, nullptr, false);
+}
+
+void CachingAllocator::deallocate(void* ptr, cudaStream_t also_used_on) {
+  if (!ptr) return;
+  std::lock_guard<std::mutex> lock(mutex_);
+  release(ptr, also_used_on, true);
+}
+
+void CachingAllocator::release(void* ptr, cudaStream_t also_used_on, bool record) {
   auto it = blocks_.find(ptr);
   LATHE_CHECK(it != blocks_.end() && it->second->in_use, "cuda:", device_,
               ": deallocate of pointer ", ptr,
               " that the caching allocator did not hand out (or that was already freed)");
   Block* b = it->second;
+  if (record && also_used_on != b->stream) b->used_on.insert(also_used_on);
   b->in_use = false;
   stats_.allocated_bytes -= b->size;
   stats_.requested_bytes -= b->requested;
@@ -208,6 +219,12 @@ void CachingAllocator::record_stream(void* ptr, cudaStream_t stream) {
   LATHE_CHECK(it != blocks_.end() && it->second->in_use, "cuda:", device_, ": record_stream of ",
               ptr, ", which is not an allocated block");
   if (stream != it->second->stream) it->second->used_on.insert(stream);
+}
+
+bool CachingAllocator::owns(const void* ptr) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto it = blocks_.find(const_cast<void*>(ptr));
+  return it != blocks_.end() && it->second->in_use;
 }
 
 void CachingAllocator::empty_cache() {

@@ -76,9 +76,13 @@ class CachingAllocator {
   void* allocate(size_t bytes, cudaStream_t stream);
   // Returns a block to the cache; throws lathe::Error for a pointer this allocator did not give.
   void deallocate(void* ptr);
+  // The same after record_stream(ptr, also_used_on), under one lock.
+  void deallocate(void* ptr, cudaStream_t also_used_on);
   // Declares that `ptr` is also used by work on `stream`: the block is not reused before that
   // work (as of the time of deallocate) has completed.
   void record_stream(void* ptr, cudaStream_t stream);
+  // Whether `ptr` is the start of a block handed out by this allocator and not yet freed.
+  bool owns(const void* ptr) const;
   // Releases every cached block to the raw allocator (blocks in use are untouched).
   void empty_cache();
 
@@ -103,6 +107,7 @@ class CachingAllocator {
     bool operator<(const PoolKey& o) const;
   };
 
+  void release(void* ptr, cudaStream_t also_used_on, bool record);  // deallocate, locked
   void* malloc_with_retry(size_t size);
   void process_events();  // moves pending blocks whose events completed into the pools
   void release_cached();  // frees every cached block

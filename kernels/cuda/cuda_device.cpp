@@ -12,7 +12,11 @@
 // (device_report.h).
 #include "kernels/cuda/cuda_device.h"
 
+#include <algorithm>
 #include <cstdio>
+#include <mutex>
+#include <optional>
+#include <vector>
 
 #include "kernels/cuda/allocator.h"
 #include "kernels/cuda/cuda_kernels.h"
@@ -35,7 +39,13 @@ void* cuda_allocate(size_t nbytes, int index) {
 void cuda_deallocate(void* ptr, size_t, int index) {
   // Called from Storage's destructor: report instead of throwing through it.
   try {
-    rt::device_allocator(index).deallocate(ptr);
+    // Memory dropped while another stream than its own is current was most likely last used
+    // there: keep it from reuse on its own stream until that stream's work so far has completed
+    // (an event; nothing when the streams are the same). Other streams need record_stream.
+    // The event of a legacy-stream record belongs to the current device: make it the memory's.
+    std::optional<rt::DeviceGuard> on_device;
+    if (rt::current_device() != index) on_device.emplace(index);
+    rt::device_allocator(index).deallocate(ptr, rt::current_stream(index));
   } catch (const std::exception& e) {
     std::fprintf(stderr, "lathe: %s\n", e.what());
   }
@@ -97,13 +107,111 @@ int cuda_current() {
   return rt::current_device();
 }
 
+// ---- streams and events (lathe/core/stream.h) ----
+
+// Streams handed to lathe::Stream::create come from a pool per device and kind, handed out in
+// turn and never destroyed (as PyTorch's stream pool): a Stream is then a plain value, and the
+// caching allocator, whose pools are keyed by stream handle, never sees a handle die and be
+// reused by a new stream while blocks still belong to it.
+constexpr int kPoolStreams = 32;
+constexpr int kMaxPoolDevices = 64;
+
+struct StreamPool {
+  std::mutex mutex;
+  std::vector<cudaStream_t> streams[2];  // [blocking]
+  size_t next[2] = {0, 0};
+};
+
+StreamPool& stream_pool(int index) {
+  static StreamPool pools[kMaxPoolDevices];
+  return pools[index];
+}
+
+void* cuda_pooled_stream(int index, bool blocking) {
+  rt::check_device(index, "Stream::create");
+  LATHE_CHECK(index < kMaxPoolDevices, "Stream::create: cuda:", index, " is beyond the ",
+              kMaxPoolDevices, " devices the stream pool serves");
+  StreamPool& pool = stream_pool(index);
+  std::lock_guard<std::mutex> lock(pool.mutex);
+  std::vector<cudaStream_t>& kind = pool.streams[blocking ? 1 : 0];
+  size_t& next = pool.next[blocking ? 1 : 0];
+  if (kind.size() < size_t(kPoolStreams)) kind.push_back(rt::stream_create(index, blocking));
+  cudaStream_t s = kind[next % kind.size()];
+  ++next;
+  return s;
+}
+
+bool cuda_stream_blocking(void* stream, int index) {
+  if (index < 0 || index >= kMaxPoolDevices) return false;
+  StreamPool& pool = stream_pool(index);
+  std::lock_guard<std::mutex> lock(pool.mutex);
+  const std::vector<cudaStream_t>& blocking = pool.streams[1];
+  return std::find(blocking.begin(), blocking.end(), stream) != blocking.end();
+}
+
+void* cuda_current_stream(int index) {
+  return rt::current_stream(index);
+}
+void cuda_set_current_stream(void* stream, int index) {
+  rt::set_current_stream(static_cast<cudaStream_t>(stream), index);
+}
+void cuda_stream_synchronize(void* stream, int index) {
+  const rt::DeviceGuard on_device(index);  // the legacy stream is the current device's
+  rt::stream_synchronize(static_cast<cudaStream_t>(stream));
+  cuda::raise_device_report();
+}
+bool cuda_stream_query(void* stream, int index) {
+  const rt::DeviceGuard on_device(index);
+  return rt::stream_query(static_cast<cudaStream_t>(stream));
+}
+void* cuda_event_create(int index, bool timing) {
+  return rt::event_create(index, timing);
+}
+void cuda_event_destroy(void* event) {
+  rt::event_destroy(static_cast<cudaEvent_t>(event));
+}
+void cuda_event_record(void* event, void* stream, int index) {
+  const rt::DeviceGuard on_device(index);
+  rt::event_record(static_cast<cudaEvent_t>(event), static_cast<cudaStream_t>(stream));
+}
+bool cuda_event_query(void* event) {
+  return rt::event_query(static_cast<cudaEvent_t>(event));
+}
+void cuda_event_synchronize(void* event, int) {
+  rt::event_synchronize(static_cast<cudaEvent_t>(event));
+  cuda::raise_device_report();
+}
+void cuda_stream_wait_event(void* stream, void* event, int index) {
+  const rt::DeviceGuard on_device(index);
+  rt::stream_wait_event(static_cast<cudaStream_t>(stream), static_cast<cudaEvent_t>(event));
+}
+float cuda_event_elapsed_ms(void* start, void* end) {
+  return rt::event_elapsed_ms(static_cast<cudaEvent_t>(start), static_cast<cudaEvent_t>(end));
+}
+bool cuda_record_stream(void* ptr, void* stream, int index) {
+  rt::CachingAllocator& allocator = rt::device_allocator(index);
+  if (!allocator.owns(ptr)) return false;
+  allocator.record_stream(ptr, static_cast<cudaStream_t>(stream));
+  return true;
+}
+
+const StreamApi& cuda_stream_api() {
+  static const StreamApi api{
+      cuda_pooled_stream,      cuda_stream_blocking,    cuda_current_stream,
+      cuda_set_current_stream, cuda_stream_synchronize, cuda_stream_query,
+      cuda_event_create,       cuda_event_destroy,      cuda_event_record,
+      cuda_event_query,        cuda_event_synchronize,  cuda_stream_wait_event,
+      cuda_event_elapsed_ms,   cuda_record_stream};
+  return api;
+}
+
 }  // namespace
 
 const DeviceApi& cuda_device_api() {
   static const DeviceApi api{cuda_allocate,     cuda_deallocate,  cuda_copy_from_host,
                              cuda_copy_to_host, cuda_synchronize, cuda_count,
                              cuda_memory_stats, cuda_empty_cache, cuda_reset_peak,
-                             cuda_set_current,  cuda_current};
+                             cuda_set_current,  cuda_current,     &cuda_stream_api()};
   return api;
 }
 

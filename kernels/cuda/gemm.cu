@@ -238,18 +238,23 @@ void gemm_packed(const GemmExArgs& x) {
 
 }  // namespace
 
-void gemm_ex(const GemmExArgs& x, cudaStream_t) {
+void gemm_ex(const GemmExArgs& x, cudaStream_t stream) {
   validate(x);
   const kernels::GemmArgs& g = x.gemm;
   if (g.m == 0 || g.n == 0 || g.batch == 0) return;
-  const bool plain = x.c_dtype == g.dtype && !x.allow_tf32 && x.epilogue == GemmEpilogue::None;
-  if (plain && (g.dtype == DType::F32 || g.dtype == DType::F64)) {
-    kernels::cpu_kernel_table().gemm(g);
-  } else if (g.dtype == DType::F64) {
-    gemm_packed<double>(x);
-  } else {
-    gemm_packed<float>(x);
-  }
+  // In stream order, like the cuBLASLt call it stands for (GemmExArgs holds only pointers and
+  // sizes: copied by value).
+  simulated_submit(stream, [x] {
+    const DType dtype = x.gemm.dtype;
+    const bool plain = x.c_dtype == dtype && !x.allow_tf32 && x.epilogue == GemmEpilogue::None;
+    if (plain && (dtype == DType::F32 || dtype == DType::F64)) {
+      kernels::cpu_kernel_table().gemm(x.gemm);
+    } else if (dtype == DType::F64) {
+      gemm_packed<double>(x);
+    } else {
+      gemm_packed<float>(x);
+    }
+  });
 }
 
 #else

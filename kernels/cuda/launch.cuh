@@ -1,6 +1,6 @@
 // The one way lathe launches a kernel: `<<<...>>>` cannot be parsed by g++, so every launch goes
 // through cuda::launch. Under nvcc it is the real launch plus an error check naming the kernel;
-// in the simulated build it runs the grid on the CPU simulator.
+// in the simulated build it runs the grid on the CPU simulator, in stream order.
 #pragma once
 
 #include <cstddef>
@@ -44,8 +44,12 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t dynamic_sha
               " bytes shared) failed: ", cudaGetErrorString(status));
 #else
   check_simulated_launch(name, stream, {pointer_argument(args)...});
-  ::lathe::sim::launch(
-      grid, block, dynamic_shared_bytes, [&] { kernel(Params(args)...); }, name);
+  // The arguments are copied now, as a GPU launch copies them: on a created stream the grid runs
+  // later (runtime.h, simulated_submit).
+  simulated_submit(stream, [=, ... params = Params(std::forward<Args>(args))] {
+    ::lathe::sim::launch(
+        grid, block, dynamic_shared_bytes, [&] { kernel(params...); }, name);
+  });
 #endif
 }
 

@@ -2,11 +2,14 @@
 // small lathe-flavoured API over cudart. Two implementations share this header:
 //  - runtime_cudart.cpp (LATHE_CUDA): thin wrappers over the CUDA runtime, every call checked;
 //  - runtime_sim.cpp (LATHE_CUDA_SIM): simulated devices ("cuda:0 (simulated)", two unless
-//    LATHE_SIM_DEVICE_COUNT says otherwise) whose memory is host memory and whose streams execute
-//    synchronously (kernels already ran when launch() returned), so every call here completes
-//    immediately and events are always complete. It checks what a GPU would get wrong silently or
-//    fail on: a kernel given memory of another device than the current one, a launch on a stream
-//    of another device, a copy ordered on a stream of another device than its memory's.
+//    LATHE_SIM_DEVICE_COUNT says otherwise) whose memory is host memory. Work on the legacy
+//    default stream runs at once (a kernel already ran when launch() returned); work on a created
+//    stream is queued and runs as late as CUDA's ordering rules allow (at a wait for that stream
+//    or one of its events, or when a legacy-stream operation needs a blocking stream's work), so
+//    a missing stream_wait_event shows as stale data in the simulator too. It also checks what a
+//    GPU would get wrong silently or fail on: a kernel given memory of another device than the
+//    current one, a launch on a stream of another device, a copy ordered on a stream of another
+//    device than its memory's.
 // Code above (the caching allocator, the kernel launchers, core/) is written once against this
 // header and cannot tell the builds apart. Only host-side CUDA types (driver_types.h) appear here,
 // so the header compiles without cudart in the simulated build.
@@ -96,10 +99,16 @@ void memory_info(int device, size_t* free_bytes, size_t* total_bytes);
 
 // ---- streams ----
 
-// Streams are cudaStream_t handles; nullptr is the device's default (legacy) stream.
-cudaStream_t stream_create(int device);
+// Streams are cudaStream_t handles; nullptr is the device's default (legacy) stream. A blocking
+// stream (cudaStreamDefault) and the legacy stream wait for each other's earlier work; a
+// non-blocking one (cudaStreamNonBlocking) is ordered with nothing but its own work and the
+// events it is told to wait for.
+cudaStream_t stream_create(int device, bool blocking = false);
+// Queued work still runs; the handle is invalid afterwards.
 void stream_destroy(cudaStream_t stream);
 void stream_synchronize(cudaStream_t stream);
+// True once every operation queued on the stream so far has completed (cudaStreamQuery).
+bool stream_query(cudaStream_t stream);
 // The stream kernels and copies of this OS thread go to (per device; default nullptr).
 cudaStream_t current_stream(int device = -1);
 void set_current_stream(cudaStream_t stream, int device = -1);
@@ -147,6 +156,22 @@ void memset_async(void* dst, int byte_value, size_t bytes, cudaStream_t stream);
 // into another device's memory. Defined in the simulated build only.
 void check_simulated_launch(const char* name, cudaStream_t stream,
                             std::initializer_list<const void*> pointers);
+
+}  // namespace lathe::cuda
+
+#ifndef __CUDACC__
+#include <functional>
+
+namespace lathe::cuda {
+// Runs `work` (a simulated kernel, or the host computation that stands for a library call such as
+// the GEMM) in `stream`'s order: at once on the legacy stream, after the device's blocking
+// streams have run what they hold; queued on a created stream. `work` must own copies of what it
+// reads from the host: it may run later, on another host thread. Simulated build only.
+void simulated_submit(cudaStream_t stream, std::function<void()> work);
+}  // namespace lathe::cuda
+#endif
+
+namespace lathe::cuda {
 
 // ---- host waits and mapped host memory ----
 

@@ -137,10 +137,11 @@ void memory_info(int device, size_t* free_bytes, size_t* total_bytes) {
   if (total_bytes) *total_bytes = t;
 }
 
-cudaStream_t stream_create(int device) {
+cudaStream_t stream_create(int device, bool blocking) {
   DeviceGuard on_device(device);
   cudaStream_t s = nullptr;
-  LATHE_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  LATHE_CUDA_CHECK(
+      cudaStreamCreateWithFlags(&s, blocking ? cudaStreamDefault : cudaStreamNonBlocking));
   return s;
 }
 
@@ -151,6 +152,16 @@ void stream_destroy(cudaStream_t stream) {
 void stream_synchronize(cudaStream_t stream) {
   g_host_waits.fetch_add(1, std::memory_order_relaxed);
   LATHE_CUDA_CHECK(cudaStreamSynchronize(stream));
+}
+
+bool stream_query(cudaStream_t stream) {
+  cudaError_t status = cudaStreamQuery(stream);
+  if (status == cudaErrorNotReady) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  LATHE_CUDA_CHECK(status);
+  return true;
 }
 
 cudaStream_t current_stream(int device) {

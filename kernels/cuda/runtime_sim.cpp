@@ -1,8 +1,16 @@
 // The runtime of the simulated cuda devices (LATHE_CUDA_SIM): devices whose memory is host memory.
-// Kernels run to completion inside cuda::launch, so every stream operation is complete as soon as
-// it is issued: copies are memcpy, synchronization is a no-op and events are complete once
-// recorded. Streams and events are still real objects with identities, because the caching
-// allocator keys its pools on streams and must behave exactly as on a GPU.
+//
+// Streams. Work on the legacy default stream (nullptr) runs at once, inside the call that issues
+// it. Work on a created stream is queued and runs as late as CUDA's ordering allows: when the host
+// waits for that stream (stream_synchronize, a memcpy_sync on it, device_synchronize, the
+// synchronize of one of its events), when a stream that waits for one of its events runs, or,
+// for a blocking stream, before the next legacy-stream operation of its device. So a consumer that
+// forgot to wait for a producer on another stream reads the memory before the producer wrote it,
+// and the tests see what a GPU would do only sometimes. Events complete when the queue reaches
+// them, so the caching allocator's cross-stream bookkeeping (record_stream) is exercised too.
+// LATHE_SIM_STREAMS=eager runs created streams' work at once instead (to tell a missing wait from
+// another bug). Queued work runs on whichever host thread reaches the wait, with the stream's
+// device current; one queued item runs at a time in the process.
 //
 // Several devices (two by default, LATHE_SIM_DEVICE_COUNT=1..8), so that code for cuda:N runs in
 // CI: every device's memory is host memory, which a kernel could read from any device, so the
@@ -16,24 +24,54 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
+#include <functional>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "kernels/cuda/runtime.h"
 #include "kernels/cuda/tensor_map.h"
 #include "kernels/sim/ptx_emulation.h"
 #include "lathe/core/error.h"
 
+namespace lathe::cuda::sim_streams {
+
+// One created stream's queue. Shared (shared_ptr) by the stream handle, by the events recorded
+// on it and by the waits of other streams, so a destroyed stream's handle can go while they live.
+struct Queue {
+  int device = 0;
+  bool blocking = false;
+  struct Item {
+    uint64_t ticket = 0;
+    std::function<void()> run;
+  };
+  std::deque<Item> items;  // guarded by g_state
+  uint64_t submitted = 0;  // tickets handed out
+  uint64_t completed = 0;  // tickets whose item has run
+};
+
+// Where an event's last record stands: done, or waiting for `ticket` of `queue`.
+struct Mark {
+  std::shared_ptr<Queue> queue;  // null once done
+  uint64_t ticket = 0;
+  bool done = false;
+  double time_ms = 0;
+};
+
+}  // namespace lathe::cuda::sim_streams
+
 // driver_types.h only declares these; the simulated build owns their definitions.
 struct CUstream_st {
   int device = 0;
+  std::shared_ptr<lathe::cuda::sim_streams::Queue> queue;
 };
 struct CUevent_st {
   int device = 0;
   bool timing = false;
-  bool recorded = false;
-  double time_ms = 0;
+  std::shared_ptr<lathe::cuda::sim_streams::Mark> mark;  // null until recorded
 };
 
 namespace lathe::cuda {
@@ -83,6 +121,113 @@ void check_stream_memory(const char* what, cudaStream_t stream, const void* p) {
               "'s kernels (make the memory's device current first)");
 }
 std::atomic<uint64_t> g_host_waits{0};
+
+// ---- stream order (see the top of the file) ----
+
+using sim_streams::Mark;
+using sim_streams::Queue;
+
+bool streams_deferred() {
+  static const bool deferred = [] {
+    const char* env = std::getenv("LATHE_SIM_STREAMS");
+    const std::string text = env ? env : "";
+    LATHE_CHECK(text.empty() || text == "deferred" || text == "eager",
+                "LATHE_SIM_STREAMS must be 'deferred' (the default) or 'eager', got '", text, "'");
+    return text != "eager";
+  }();
+  return deferred;
+}
+
+std::mutex g_state;  // every Queue's items / counters, every Mark, g_queues
+// Held while queued work runs: one item at a time in the process, and re-entered when an item
+// (a wait) runs another stream's items.
+std::recursive_mutex g_run;
+std::vector<std::weak_ptr<Queue>> g_queues;  // live created streams, for the legacy stream's waits
+// Items queued on any stream and not yet run: a legacy-stream operation looks at the queues only
+// when there are some (most programs never create a stream).
+std::atomic<int64_t> g_queued{0};
+
+// Runs `queue`'s items until the one with `ticket` has run (or the queue is empty).
+void run_queue(const std::shared_ptr<Queue>& queue, uint64_t ticket = UINT64_MAX) {
+  std::lock_guard<std::recursive_mutex> running(g_run);
+  for (;;) {
+    Queue::Item item;
+    {
+      std::lock_guard<std::mutex> lock(g_state);
+      if (queue->completed >= ticket || queue->items.empty()) return;
+      item = std::move(queue->items.front());
+      queue->items.pop_front();
+    }
+    struct Complete {  // an item that threw has still been consumed, as a failed launch is
+      Queue& q;
+      uint64_t ticket;
+      ~Complete() {
+        std::lock_guard<std::mutex> lock(g_state);
+        q.completed = ticket;
+        g_queued.fetch_sub(1, std::memory_order_relaxed);
+      }
+    } complete{*queue, item.ticket};
+    const int previous = t_current_device;
+    struct Restore {
+      int device;
+      ~Restore() { t_current_device = device; }
+    } restore{previous};
+    t_current_device = queue->device;
+    item.run();
+  }
+}
+
+// The live created streams of `device` (blocking ones only, if asked) that hold queued work.
+std::vector<std::shared_ptr<Queue>> busy_queues(int device, bool blocking_only) {
+  std::vector<std::shared_ptr<Queue>> out;
+  if (g_queued.load(std::memory_order_relaxed) == 0) return out;
+  std::lock_guard<std::mutex> lock(g_state);
+  for (const std::weak_ptr<Queue>& w : g_queues) {
+    std::shared_ptr<Queue> q = w.lock();
+    // Work taken off the queue and still running counts: run_queue then waits for it.
+    if (q && q->device == device && (q->blocking || !blocking_only) &&
+        q->completed < q->submitted) {
+      out.push_back(std::move(q));
+    }
+  }
+  return out;
+}
+
+// A legacy-stream operation on `device` first waits for the device's blocking streams.
+void before_legacy_operation(int device) {
+  for (const std::shared_ptr<Queue>& q : busy_queues(device, true)) run_queue(q);
+}
+
+// Queues `work` on a created stream, or runs it now on the legacy stream (or in eager mode).
+void submit(cudaStream_t stream, std::function<void()> work) {
+  if (stream == nullptr) {
+    before_legacy_operation(t_current_device);
+    work();
+    return;
+  }
+  if (!streams_deferred()) {
+    std::lock_guard<std::recursive_mutex> running(g_run);
+    work();
+    return;
+  }
+  std::lock_guard<std::mutex> lock(g_state);
+  Queue& q = *stream->queue;
+  q.items.push_back(Queue::Item{++q.submitted, std::move(work)});
+  g_queued.fetch_add(1, std::memory_order_relaxed);
+}
+
+// Runs what `mark` waits for.
+void complete_mark(const std::shared_ptr<Mark>& mark) {
+  std::shared_ptr<Queue> queue;
+  uint64_t ticket = 0;
+  {
+    std::lock_guard<std::mutex> lock(g_state);
+    if (!mark || mark->done) return;
+    queue = mark->queue;
+    ticket = mark->ticket;
+  }
+  run_queue(queue, ticket);
+}
 
 // The error codes the simulated runtime can produce, with cudart's strings.
 const char* sim_error_string(cudaError_t status) {
@@ -183,6 +328,7 @@ DeviceGuard::~DeviceGuard() {
 void device_synchronize(int device) {
   check_device(device, "device_synchronize");
   g_host_waits.fetch_add(1, std::memory_order_relaxed);
+  for (const std::shared_ptr<Queue>& q : busy_queues(device, false)) run_queue(q);
 }
 
 void* raw_malloc(size_t bytes, int device) {
@@ -215,19 +361,41 @@ void memory_info(int device, size_t* free_bytes, size_t* total_bytes) {
   if (total_bytes) *total_bytes = p.total_memory;
 }
 
-cudaStream_t stream_create(int device) {
+cudaStream_t stream_create(int device, bool blocking) {
   check_device(device, "stream_create");
+  (void)streams_deferred();  // a bad LATHE_SIM_STREAMS is reported at the first stream
   auto* s = new CUstream_st;
   s->device = device;
+  s->queue = std::make_shared<Queue>();
+  s->queue->device = device;
+  s->queue->blocking = blocking;
+  std::lock_guard<std::mutex> lock(g_state);
+  std::erase_if(g_queues, [](const std::weak_ptr<Queue>& w) { return w.expired(); });
+  g_queues.push_back(s->queue);
   return s;
 }
 
 void stream_destroy(cudaStream_t stream) {
+  if (stream == nullptr) return;
+  // A GPU finishes a destroyed stream's work in the background; here it runs now, so that nothing
+  // queued outlives the handle unseen.
+  run_queue(stream->queue);
   delete stream;
 }
 
-void stream_synchronize(cudaStream_t) {
+void stream_synchronize(cudaStream_t stream) {
   g_host_waits.fetch_add(1, std::memory_order_relaxed);
+  if (stream == nullptr) {
+    before_legacy_operation(t_current_device);
+  } else {
+    run_queue(stream->queue);
+  }
+}
+
+bool stream_query(cudaStream_t stream) {
+  if (stream == nullptr) return busy_queues(t_current_device, true).empty();
+  std::lock_guard<std::mutex> lock(g_state);
+  return stream->queue->completed == stream->queue->submitted;
 }
 
 cudaStream_t current_stream(int device) {
@@ -263,36 +431,75 @@ cudaEvent_t event_create(int device, bool timing) {
 }
 
 void event_destroy(cudaEvent_t event) {
-  delete event;
+  delete event;  // a pending record still completes: its Mark is shared with the queued item
 }
 
-void event_record(cudaEvent_t event, cudaStream_t) {
+void event_record(cudaEvent_t event, cudaStream_t stream) {
   LATHE_CHECK(event != nullptr, "event_record: null event");
-  event->recorded = true;
-  event->time_ms = now_ms();
+  const int device = stream ? stream->device : t_current_device;
+  LATHE_CHECK(device == event->device, "event_record: an event of cuda:", event->device,
+              " recorded on a stream of cuda:", device, " (cudaErrorInvalidResourceHandle)");
+  auto mark = std::make_shared<Mark>();
+  if (stream == nullptr || !streams_deferred()) {
+    if (stream == nullptr) before_legacy_operation(device);
+    mark->done = true;
+    mark->time_ms = now_ms();
+  } else {
+    std::lock_guard<std::mutex> lock(g_state);
+    Queue& q = *stream->queue;
+    mark->queue = stream->queue;
+    mark->ticket = ++q.submitted;
+    g_queued.fetch_add(1, std::memory_order_relaxed);
+    q.items.push_back(Queue::Item{mark->ticket, [mark] {
+                                    std::lock_guard<std::mutex> inner(g_state);
+                                    mark->done = true;
+                                    mark->time_ms = now_ms();
+                                    mark->queue.reset();
+                                  }});
+  }
+  std::lock_guard<std::mutex> lock(g_state);
+  event->mark = std::move(mark);
 }
 
 bool event_query(cudaEvent_t event) {
   LATHE_CHECK(event != nullptr, "event_query: null event");
-  return true;
+  std::lock_guard<std::mutex> lock(g_state);
+  return !event->mark || event->mark->done;  // never recorded: complete, as in CUDA
 }
 
 void event_synchronize(cudaEvent_t event) {
   LATHE_CHECK(event != nullptr, "event_synchronize: null event");
   g_host_waits.fetch_add(1, std::memory_order_relaxed);
+  std::shared_ptr<Mark> mark;
+  {
+    std::lock_guard<std::mutex> lock(g_state);
+    mark = event->mark;
+  }
+  complete_mark(mark);
 }
 
-void stream_wait_event(cudaStream_t, cudaEvent_t event) {
+void stream_wait_event(cudaStream_t stream, cudaEvent_t event) {
   LATHE_CHECK(event != nullptr, "stream_wait_event: null event");
+  std::shared_ptr<Mark> mark;
+  {
+    std::lock_guard<std::mutex> lock(g_state);
+    mark = event->mark;  // the record as of now: a later re-record is not waited for
+  }
+  if (!mark) return;  // never recorded: nothing to wait for
+  submit(stream, [mark] { complete_mark(mark); });
 }
 
 float event_elapsed_ms(cudaEvent_t start, cudaEvent_t end) {
   LATHE_CHECK(start && end && start->timing && end->timing,
               "event_elapsed_ms: both events must be created with timing enabled");
-  if (!start->recorded || !end->recorded) {
+  std::lock_guard<std::mutex> lock(g_state);
+  if (!start->mark || !end->mark) {
     LATHE_CUDA_CHECK(cudaErrorInvalidResourceHandle);
   }
-  return float(end->time_ms - start->time_ms);
+  if (!start->mark->done || !end->mark->done) {
+    LATHE_CUDA_CHECK(cudaErrorNotReady);
+  }
+  return float(end->mark->time_ms - start->mark->time_ms);
 }
 
 void memcpy_async(void* dst, const void* src, size_t bytes, CopyKind kind, cudaStream_t stream) {
@@ -301,7 +508,7 @@ void memcpy_async(void* dst, const void* src, size_t bytes, CopyKind kind, cudaS
               src, ", ", bytes, " bytes)");
   if (kind != CopyKind::DeviceToHost) check_stream_memory("memcpy_async: a copy", stream, dst);
   if (kind != CopyKind::HostToDevice) check_stream_memory("memcpy_async: a copy", stream, src);
-  std::memmove(dst, src, bytes);
+  submit(stream, [dst, src, bytes] { std::memmove(dst, src, bytes); });
 }
 
 void memcpy_sync(void* dst, const void* src, size_t bytes, CopyKind kind, cudaStream_t stream) {
@@ -313,7 +520,11 @@ void memset_async(void* dst, int byte_value, size_t bytes, cudaStream_t stream) 
   if (bytes == 0) return;
   LATHE_CHECK(dst != nullptr, "memset_async: null pointer");
   check_stream_memory("memset_async: a memset", stream, dst);
-  std::memset(dst, byte_value, bytes);
+  submit(stream, [dst, byte_value, bytes] { std::memset(dst, byte_value, bytes); });
+}
+
+void simulated_submit(cudaStream_t stream, std::function<void()> work) {
+  submit(stream, std::move(work));
 }
 
 void check_simulated_launch(const char* name, cudaStream_t stream,

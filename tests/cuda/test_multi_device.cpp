@@ -157,6 +157,7 @@ TEST_CASE("cuda devices: the simulator refuses what a GPU would get wrong",
   }
   CHECK(cuda::current_device() == 0);  // the guard put cuda:0 back
   cuda::memcpy_async(host.data(), on_1, 1024, cuda::CopyKind::DeviceToHost, stream_1);
+  cuda::stream_synchronize(stream_1);  // an asynchronous copy: the host reads after the wait
   CHECK(host[7] == 0);
   check_error([&] { cuda::raw_free(on_1, 0); }, {"raw_free", "not an allocation of cuda:0"});
   cuda::stream_destroy(stream_1);

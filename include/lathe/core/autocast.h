@@ -32,8 +32,9 @@ namespace lathe {
 // guard of the thread ends, like torch.autocast's cache. So hold one guard around a whole
 // inference or evaluation loop, not one per batch: the weights are then cast once, not per
 // forward. An entry is used only while its parameter's storage, layout and version are unchanged
-// (an in-place update or a device move casts again). Casts made with grad mode on are never cached:
-// each forward records its own cast for backward.
+// (an in-place update or a device move casts again), and only on the stream that made it: a
+// thread that switches streams under one guard gets a cast per stream (lathe/core/stream.h). Casts
+// made with grad mode on are never cached: each forward records its own cast for backward.
 class AutocastGuard {
  public:
   explicit AutocastGuard(DType dtype, std::optional<DeviceType> device_type = DeviceType::CUDA);
