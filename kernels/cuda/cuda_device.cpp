@@ -15,7 +15,6 @@
 #include <algorithm>
 #include <cstdio>
 #include <mutex>
-#include <optional>
 #include <vector>
 
 #include "kernels/cuda/allocator.h"
@@ -39,13 +38,18 @@ void* cuda_allocate(size_t nbytes, int index) {
 void cuda_deallocate(void* ptr, size_t, int index) {
   // Called from Storage's destructor: report instead of throwing through it.
   try {
-    // Memory dropped while another stream than its own is current was most likely last used
-    // there: keep it from reuse on its own stream until that stream's work so far has completed
-    // (an event; nothing when the streams are the same). Other streams need record_stream.
-    // The event of a legacy-stream record belongs to the current device: make it the memory's.
-    std::optional<rt::DeviceGuard> on_device;
-    if (rt::current_device() != index) on_device.emplace(index);
-    rt::device_allocator(index).deallocate(ptr, rt::current_stream(index));
+    // Memory dropped while a created stream other than its own is current was most likely last
+    // used there: keep it from reuse on its own stream until that stream's work so far has
+    // completed (an event; nothing when the streams are the same). The legacy stream needs no
+    // record for a blocking stream's block, which waits for it anyway; other cases need
+    // record_stream. No driver call on the common path (the legacy stream current), so frees at
+    // exit stay quiet.
+    rt::CachingAllocator& allocator = rt::device_allocator(index);
+    if (cudaStream_t current = rt::current_stream(index)) {
+      allocator.deallocate(ptr, current);
+    } else {
+      allocator.deallocate(ptr);
+    }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "lathe: %s\n", e.what());
   }

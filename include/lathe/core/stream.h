@@ -20,9 +20,10 @@
 //    uploaded on the default stream are complete before a created stream reads them, and a read
 //    back to the host on the default stream waits for them. Two created streams never wait for
 //    each other. A non-blocking stream is ordered with nothing but its own work and its waits.
-//  - Memory freed while a stream other than its own is current is not reused by its own stream
-//    before that stream's work so far has completed. Memory used on further streams needs
-//    record_stream (below), or it may be handed out again while they still read it.
+//  - Memory freed while a created stream other than its own is current is not reused by its own
+//    stream before that stream's work so far has completed. Memory used on further streams (or,
+//    for a non-blocking stream's memory, on the default stream) needs record_stream (below), or it
+//    may be handed out again while they still read it.
 // Copies to the host (Tensor::to(cpu), item()) wait for the current stream only.
 //
 // Streams come from a pool of 32 per device and kind, handed out in turn and never destroyed (as
