@@ -2,7 +2,9 @@
 // the error macro. In the simulated build these run against "cuda:0 (simulated)".
 #include <catch2/catch.hpp>
 #include <cstdint>
+#include <cstdlib>
 #include <numeric>
+#include <string>
 #include <vector>
 
 #include "kernels/cuda/runtime.h"
@@ -108,6 +110,72 @@ TEST_CASE("cuda runtime: streams, current stream and events", "[cuda][runtime]")
   cuda::stream_destroy(s1);
   cuda::stream_destroy(s2);
 }
+
+#ifdef LATHE_CUDA_SIM_BUILD
+TEST_CASE("cuda runtime: the simulator runs a created stream's work only when something needs it",
+          "[cuda][runtime][streams]") {
+  // docs/cuda.md, "Streams". What a GPU may do (run a queued copy before the host looks), the
+  // simulator never does, so that a missing wait always shows.
+  const char* mode = std::getenv("LATHE_SIM_STREAMS");
+  if (mode != nullptr && std::string(mode) == "eager") return;
+  using cuda::CopyKind;
+  constexpr size_t kBytes = 16 * 4;
+  const std::vector<int32_t> ones(16, 1), twos(16, 2);
+  std::vector<int32_t> back(16, 7);
+  void* d = cuda::raw_malloc(kBytes, 0);
+  cudaStream_t free_running = cuda::stream_create(0, false),
+               blocking = cuda::stream_create(0, true);
+  auto read_on_legacy = [&] {
+    cuda::memcpy_sync(back.data(), d, kBytes, CopyKind::DeviceToHost, nullptr);
+    return back[0];
+  };
+
+  cuda::memset_async(d, 0, kBytes, nullptr);  // the legacy stream: at once
+  cuda::memcpy_async(d, ones.data(), kBytes, CopyKind::HostToDevice, free_running);  // queued
+  CHECK(!cuda::stream_query(free_running));
+  cudaEvent_t copied = cuda::event_create(0);
+  cuda::event_record(copied, free_running);
+  CHECK(!cuda::event_query(copied));
+  // The legacy stream does not wait for a non-blocking stream.
+  CHECK(read_on_legacy() == 0);
+  cuda::event_synchronize(copied);
+  CHECK(cuda::event_query(copied));
+  CHECK(cuda::stream_query(free_running));
+  CHECK(read_on_legacy() == 1);
+
+  // It waits for a blocking one.
+  cuda::memcpy_async(d, twos.data(), kBytes, CopyKind::HostToDevice, blocking);
+  CHECK(!cuda::stream_query(blocking));
+  CHECK(read_on_legacy() == 2);
+  CHECK(cuda::stream_query(blocking));
+
+  // A stream waiting for an event runs the event's stream up to it first, when it runs itself.
+  cuda::memcpy_async(d, ones.data(), kBytes, CopyKind::HostToDevice, free_running);
+  cuda::event_record(copied, free_running);
+  cuda::memcpy_async(d, twos.data(), kBytes, CopyKind::HostToDevice, free_running);  // after it
+  cudaStream_t consumer = cuda::stream_create(0, false);
+  std::vector<int32_t> seen(16, 7);
+  cuda::stream_wait_event(consumer, copied);
+  cuda::memcpy_async(seen.data(), d, kBytes, CopyKind::DeviceToHost, consumer);
+  CHECK(seen[0] == 7);  // nothing ran yet
+  cuda::stream_synchronize(consumer);
+  CHECK(seen[0] == 1);  // the first copy ran, the one recorded after the event did not
+  CHECK(!cuda::stream_query(free_running));
+  // Destroying a stream runs what it holds.
+  cuda::stream_destroy(free_running);
+  CHECK(read_on_legacy() == 2);
+  // device_synchronize runs every stream of the device.
+  cuda::memcpy_async(d, ones.data(), kBytes, CopyKind::HostToDevice, consumer);
+  cuda::device_synchronize(0);
+  CHECK(cuda::stream_query(consumer));
+  CHECK(read_on_legacy() == 1);
+
+  cuda::event_destroy(copied);
+  cuda::stream_destroy(consumer);
+  cuda::stream_destroy(blocking);
+  cuda::raw_free(d, 0);
+}
+#endif
 
 TEST_CASE("cuda runtime: tensors move between cpu and cuda", "[cuda][runtime]") {
   Tensor x = testing::random_tensor({7, 37}, 3, DType::F32);
