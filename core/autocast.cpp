@@ -8,8 +8,8 @@
 #include <unordered_map>
 
 #include "core/tensor_internal.h"
+#include "kernels/device_api.h"
 #include "lathe/core/storage.h"
-#include "lathe/core/stream.h"
 
 namespace lathe {
 
@@ -82,7 +82,10 @@ Tensor cast_for_autocast(const Tensor& t, DType target) {
   if (!cacheable(t)) return t.to(target);
   const TensorImpl& impl = t.impl();
   const uint64_t version = impl.storage->version();
-  const void* stream = current_stream(t.device()).native_handle();
+  // Only the handle: current_stream() would also look up the stream's kind, on every cast.
+  const kernels::DeviceApi* api = kernels::device_api(t.device().type);
+  const void* stream =
+      api && api->streams ? api->streams->current_stream(t.device().index) : nullptr;
   CastEntry& e = g_cast_cache[CastKey{&impl, target, stream}];
   if (!entry_matches(e, impl, version)) {
     e = CastEntry{t.impl_ptr(), impl.storage, version,    impl.shape,

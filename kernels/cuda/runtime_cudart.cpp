@@ -154,14 +154,20 @@ void stream_synchronize(cudaStream_t stream) {
   LATHE_CUDA_CHECK(cudaStreamSynchronize(stream));
 }
 
-bool stream_query(cudaStream_t stream) {
-  cudaError_t status = cudaStreamQuery(stream);
+namespace {
+// cudaStreamQuery / cudaEventQuery: cudaErrorNotReady means "not yet", not a failure.
+bool completed(cudaError_t status, const char* expr) {
   if (status == cudaErrorNotReady) {
     (void)cudaGetLastError();
     return false;
   }
-  LATHE_CUDA_CHECK(status);
+  if (status != cudaSuccess) throw_error(status, expr, __FILE__, __LINE__);
   return true;
+}
+}  // namespace
+
+bool stream_query(cudaStream_t stream) {
+  return completed(cudaStreamQuery(stream), "cudaStreamQuery(stream)");
 }
 
 cudaStream_t current_stream(int device) {
@@ -213,13 +219,7 @@ void event_record(cudaEvent_t event, cudaStream_t stream) {
 }
 
 bool event_query(cudaEvent_t event) {
-  cudaError_t status = cudaEventQuery(event);
-  if (status == cudaErrorNotReady) {
-    (void)cudaGetLastError();
-    return false;
-  }
-  LATHE_CUDA_CHECK(status);
-  return true;
+  return completed(cudaEventQuery(event), "cudaEventQuery(event)");
 }
 
 void event_synchronize(cudaEvent_t event) {
