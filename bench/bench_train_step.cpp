@@ -368,6 +368,44 @@ void BM_CudaInferenceStreams(benchmark::State& state) {
   state.counters["examples/s"] = benchmark::Counter(examples, benchmark::Counter::kIsRate);
 }
 
+// One request at a time, as a latency-bound server answers them: copy the request's token ids into
+// the device, run the MiniLM classifier (bf16 autocast, T 64) and read the logits back. graph 0:
+// the eager forward (one autocast guard held, so weights are cast once); graph 1: the same forward
+// captured once into a CudaGraph (lathe/core/cuda_graph.h) and replayed, one launch instead of a
+// few hundred. Args: {batch, graph}.
+void BM_CudaInferenceGraph(benchmark::State& state) {
+  const int64_t batch = state.range(0);
+  const bool use_graph = state.range(1) == 1;
+  const Device cuda = Device::cuda(0);
+  manual_seed(0);
+  nn::BertForSequenceClassification model(shape_config(6, 384, 12, 1536), nn::Pooling::Cls);
+  model.to(cuda);
+  model.eval();
+  const Tensor host_ids = (rand({batch, 64}) * 30000.0 + 100.0).to(DType::I64);
+  Tensor ids = zeros({batch, 64}, TensorOptions(DType::I64).device(cuda));
+  const Tensor mask = ones({batch, 64}, TensorOptions(DType::I64).device(cuda));
+  NoGradGuard no_grad;
+  AutocastGuard autocast(DType::BF16, DeviceType::CUDA);
+  Tensor logits;
+  std::optional<CudaGraph> graph;
+  if (use_graph) {
+    graph.emplace(CudaGraph::capture(cuda, [&] { logits = model.forward(ids, mask); }));
+  }
+  auto answer = [&] {
+    ids.copy_(host_ids);
+    if (graph) {
+      graph->replay();
+    } else {
+      logits = model.forward(ids, mask);
+    }
+    return logits.to(DType::F32).to_vector<float>();
+  };
+  answer();
+  for (auto _ : state) benchmark::DoNotOptimize(answer());
+  state.counters["requests/s"] =
+      benchmark::Counter(double(state.iterations()), benchmark::Counter::kIsRate);
+}
+
 // The f32 step with the GEMMs in TF32 (set_float32_matmul_precision("high")), beside
 // BM_CudaTrainStep's f32 and bf16 steps. Args: {base, T}.
 void BM_CudaTrainStepTf32(benchmark::State& state) {
@@ -413,6 +451,12 @@ BENCHMARK(BM_CudaTrainStep)
 BENCHMARK(BM_CudaInferenceStreams)
     ->ArgNames({"requests", "streams"})
     ->ArgsProduct({{1, 2, 4}, {0, 1}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime()
+    ->MinTime(0.5);
+BENCHMARK(BM_CudaInferenceGraph)
+    ->ArgNames({"batch", "graph"})
+    ->ArgsProduct({{1, 8, 32}, {0, 1}})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime()
     ->MinTime(0.5);

@@ -7,6 +7,7 @@
 #include <memory>
 #include <unordered_map>
 
+#include "core/graph_internal.h"
 #include "core/tensor_internal.h"
 #include "kernels/device_api.h"
 #include "lathe/core/storage.h"
@@ -95,6 +96,12 @@ Tensor cast_for_autocast(const Tensor& t, DType target) {
 }
 
 }  // namespace
+
+namespace detail {
+void forget_autocast_casts(const void* stream) {
+  std::erase_if(g_cast_cache, [stream](const auto& entry) { return entry.first.stream == stream; });
+}
+}  // namespace detail
 
 size_t autocast_cached_casts() {
   return g_cast_cache.size();

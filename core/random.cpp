@@ -2,6 +2,7 @@
 
 #include <mutex>
 
+#include "core/graph_internal.h"
 #include "core/random_replay.h"
 #include "lathe/core/error.h"
 
@@ -22,6 +23,11 @@ void manual_seed(uint64_t seed) {
 }
 
 PhiloxState philox_reserve(int64_t numel) {
+  // A capture records the (seed, offset) as a kernel argument: every replay would draw the same
+  // numbers (lathe/core/cuda_graph.h).
+  LATHE_CHECK(!detail::capturing_graph(),
+              "a random draw (dropout in training, rand, randn) inside CudaGraph::capture: every "
+              "replay would repeat its numbers; capture in eval mode");
   PhiloxState state;
   if (!t_replays.empty()) {
     state = t_replays.back()->serve(numel);

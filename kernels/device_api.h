@@ -32,6 +32,17 @@ struct StreamApi {
   // not hand it out again before that work has completed. False when `ptr` is not the start of a
   // block of the device's allocator (memory owned elsewhere).
   bool (*record_stream)(void* ptr, void* stream, int index) = nullptr;
+
+  // Graphs (lathe/core/cuda_graph.h). capture_begin returns a stream of the device that now
+  // captures, with the allocator serving it from a new private pool (*pool); capture_end ends the
+  // capture and returns the executable graph, or discards it and returns null when !keep (it
+  // throws when the capture was invalidated; the stream is handed back either way).
+  void* (*capture_begin)(int index, void** pool) = nullptr;
+  void* (*capture_end)(void* stream, int index, bool keep) = nullptr;
+  void (*graph_launch)(void* graph, void* stream, int index) = nullptr;
+  void (*graph_destroy)(void* graph, int index) = nullptr;
+  // Hands the private pool's memory back (after graph_destroy).
+  void (*release_pool)(void* pool, int index) = nullptr;
 };
 
 struct DeviceApi {

@@ -4,6 +4,7 @@
 #include "lathe/core/autocast.h"
 #include "lathe/core/autograd.h"
 #include "lathe/core/checkpoint.h"
+#include "lathe/core/cuda_graph.h"
 #include "lathe/core/determinism.h"
 #include "lathe/core/device.h"
 #include "lathe/core/dtype.h"

@@ -2,6 +2,7 @@
 #include "kernels/cuda/allocator.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <functional>
 
@@ -93,8 +94,16 @@ void CachingAllocator::process_events() {
     if (done(b)) {
       for (cudaEvent_t e : b->pending) backend_.event_destroy(e);
       b->pending.clear();
-      insert_free(b);
       --stats_.pending_blocks;
+      if (released_pools_.count(b->stream)) {  // its graph is gone: back to the device
+        backend_.free(b->ptr, device_);
+        ++stats_.raw_frees;
+        stats_.reserved_bytes -= b->size;
+        blocks_.erase(b->ptr);
+        delete b;
+      } else {
+        insert_free(b);
+      }
       pending_[i] = pending_.back();
       pending_.pop_back();
     } else {
@@ -105,15 +114,21 @@ void CachingAllocator::process_events() {
 
 void CachingAllocator::release_cached() {
   for (auto* pool : {&small_pool_, &large_pool_}) {
-    for (auto& [key, b] : *pool) {
+    for (auto it = pool->begin(); it != pool->end();) {
+      // A live graph's pool keeps its blocks: its replays write them.
+      if (live_pools_.count(it->first.stream)) {
+        ++it;
+        continue;
+      }
+      Block* b = it->second;
       backend_.free(b->ptr, device_);
       ++stats_.raw_frees;
       stats_.reserved_bytes -= b->size;
       --stats_.cached_blocks;
       blocks_.erase(b->ptr);
       delete b;
+      it = pool->erase(it);
     }
-    pool->clear();
   }
 }
 
@@ -146,6 +161,7 @@ void* CachingAllocator::allocate(size_t bytes, cudaStream_t stream) {
   ++stats_.allocations;
   process_events();
 
+  stream = pool_of(stream);
   Block* found = nullptr;
   const bool small = size < kSmallLimit;
   auto& pool = small ? small_pool_ : large_pool_;
@@ -195,10 +211,29 @@ void CachingAllocator::release(void* ptr, cudaStream_t also_used_on, bool record
               ": deallocate of pointer ", ptr,
               " that the caching allocator did not hand out (or that was already freed)");
   Block* b = it->second;
-  if (record && also_used_on != b->stream) b->used_on.insert(also_used_on);
   b->in_use = false;
   stats_.allocated_bytes -= b->size;
   stats_.requested_bytes -= b->requested;
+  if (record && !capturing_.empty()) {
+    if (auto capture = capturing_.find(also_used_on); capture != capturing_.end()) {
+      // Freed inside a capture: the graph may read the block at every replay, so it joins the
+      // graph's pool. Earlier work of other streams on it is the caller's to order (the capture
+      // starts after the current stream's work, lathe/core/graph.h).
+      b->stream = capture->second;
+      b->used_on.clear();
+      record = false;
+    }
+  }
+  if (released_pools_.count(b->stream)) {
+    // A block of a destroyed graph's pool: back to the device (cudaFree waits for its users).
+    blocks_.erase(it);
+    stats_.reserved_bytes -= b->size;
+    ++stats_.raw_frees;
+    backend_.free(b->ptr, device_);
+    delete b;
+    return;
+  }
+  if (record && also_used_on != b->stream) b->used_on.insert(also_used_on);
   if (b->used_on.empty()) {
     insert_free(b);
     return;
@@ -211,6 +246,53 @@ void CachingAllocator::release(void* ptr, cudaStream_t also_used_on, bool record
   b->used_on.clear();
   pending_.push_back(b);
   ++stats_.pending_blocks;
+}
+
+cudaStream_t CachingAllocator::pool_of(cudaStream_t stream) const {
+  if (capturing_.empty()) return stream;
+  auto it = capturing_.find(stream);
+  return it == capturing_.end() ? stream : it->second;
+}
+
+void CachingAllocator::begin_private_pool(cudaStream_t stream, cudaStream_t pool) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  LATHE_CHECK(stream != nullptr && !capturing_.count(stream), "cuda:", device_,
+              ": begin_private_pool on the legacy stream or on a stream that has one already");
+  capturing_[stream] = pool;
+  live_pools_.insert(pool);
+}
+
+void CachingAllocator::end_private_pool(cudaStream_t stream) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  capturing_.erase(stream);
+}
+
+void CachingAllocator::release_private_pool(cudaStream_t pool) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  live_pools_.erase(pool);
+  released_pools_.insert(pool);
+  for (auto* cached : {&small_pool_, &large_pool_}) {
+    for (auto it = cached->begin(); it != cached->end();) {
+      if (it->first.stream != pool) {
+        ++it;
+        continue;
+      }
+      Block* b = it->second;
+      backend_.free(b->ptr, device_);
+      ++stats_.raw_frees;
+      stats_.reserved_bytes -= b->size;
+      --stats_.cached_blocks;
+      blocks_.erase(b->ptr);
+      delete b;
+      it = cached->erase(it);
+    }
+  }
+}
+
+cudaStream_t CachingAllocator::new_private_pool() {
+  // Odd values above any heap address, never a handle: cudaStream_t handles are pointers.
+  static std::atomic<uintptr_t> next{1};
+  return reinterpret_cast<cudaStream_t>((uintptr_t(1) << 63) | (next.fetch_add(2) | 1));
 }
 
 void CachingAllocator::record_stream(void* ptr, cudaStream_t stream) {

@@ -10,6 +10,14 @@
 //    while S still runs kernels that read it. It is never handed to another stream. When a block
 //    was also used on other streams (record_stream), freeing it records an event on each of them
 //    and the block returns to the pool only once every event has completed.
+//  - Graph capture (lathe/core/graph.h): while `stream` captures into a graph, its requests are
+//    served from the graph's private pool (a pool key of its own instead of the stream), and any
+//    block freed while the capturing stream is current joins that pool, wherever it came from:
+//    the graph's kernels may read it at every replay, so nothing outside the graph may reuse it.
+//    The pool is handed back when the graph is destroyed (release_private_pool): its cached blocks
+//    go back to the device, and blocks still in use (the graph's outputs held by the caller) are
+//    returned to the device when they are freed. Until then empty_cache and the out-of-memory
+//    retry leave the pool's cached blocks alone.
 //  - Out of memory: the cache is released (after a device synchronize) and the allocation retried
 //    once before a lathe::Error reports the request and the statistics.
 //
@@ -86,6 +94,16 @@ class CachingAllocator {
   // Releases every cached block to the raw allocator (blocks in use are untouched).
   void empty_cache();
 
+  // From now on requests on `stream` come from the private pool `pool` and blocks freed with
+  // `stream` current join it (see the top of the file); `pool` is a key no stream uses
+  // (new_private_pool()).
+  void begin_private_pool(cudaStream_t stream, cudaStream_t pool);
+  void end_private_pool(cudaStream_t stream);
+  // The pool's cached blocks go back to the device; its blocks in use go back when freed.
+  void release_private_pool(cudaStream_t pool);
+  // A pool key never handed out before (never a stream handle).
+  static cudaStream_t new_private_pool();
+
   AllocatorStats stats() const;
   void reset_peak_stats();
   int device() const { return device_; }
@@ -108,6 +126,7 @@ class CachingAllocator {
   };
 
   void release(void* ptr, cudaStream_t also_used_on, bool record);  // deallocate, locked
+  cudaStream_t pool_of(cudaStream_t stream) const;  // the private pool `stream` draws on, or it
   void* malloc_with_retry(size_t size);
   void process_events();  // moves pending blocks whose events completed into the pools
   void release_cached();  // frees every cached block
@@ -120,6 +139,9 @@ class CachingAllocator {
   std::unordered_map<void*, Block*> blocks_;           // every block, by pointer (owned)
   std::map<PoolKey, Block*> small_pool_, large_pool_;  // cached blocks
   std::vector<Block*> pending_;
+  std::unordered_map<cudaStream_t, cudaStream_t> capturing_;  // capturing stream -> its pool
+  std::set<cudaStream_t> live_pools_;      // kept by empty_cache and the out-of-memory retry
+  std::set<cudaStream_t> released_pools_;  // their blocks go back to the device when freed
   AllocatorStats stats_;
 };
 

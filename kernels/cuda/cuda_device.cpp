@@ -14,12 +14,14 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <exception>
 #include <mutex>
 #include <vector>
 
 #include "kernels/cuda/allocator.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/device_report.h"
+#include "kernels/cuda/gemm.h"
 #include "kernels/cuda/runtime.h"
 #include "kernels/cuda/upload.h"
 #include "kernels/device_api.h"
@@ -60,10 +62,20 @@ void cuda_deallocate(void* ptr, size_t, int index) {
 // datasets) wait rather than hold that much pinned memory.
 constexpr size_t kStagedCopyBytes = size_t(1) << 20;
 
+// Host copies inside a graph capture: the graph would read or write the host buffer at each replay,
+// long after the caller's buffer is gone, and a copy to the host is a host wait, which a capture
+// refuses anyway; say so in lathe's terms.
+void refuse_in_capture(cudaStream_t stream, const char* what) {
+  LATHE_CHECK(!rt::stream_is_capturing(stream), what,
+              " inside CudaGraph::capture: a graph holds device work only (copy the inputs before "
+              "the capture or replay, read the outputs after it)");
+}
+
 void cuda_copy_from_host(void* dst, const void* src, size_t nbytes, int index) {
   // On the legacy default stream a copy is ordered after the kernels of the *current* device: make
   // the memory's device current (also for the staging block's event, which belongs to it).
   const rt::DeviceGuard on_device(index);
+  refuse_in_capture(rt::current_stream(index), "a copy from host memory (from_vector, to(cuda))");
   if (nbytes <= kStagedCopyBytes) {
     rt::upload_async(dst, src, nbytes, rt::current_stream(index));
     return;
@@ -74,6 +86,7 @@ void cuda_copy_from_host(void* dst, const void* src, size_t nbytes, int index) {
 
 void cuda_copy_to_host(void* dst, const void* src, size_t nbytes, int index) {
   const rt::DeviceGuard on_device(index);
+  refuse_in_capture(rt::current_stream(index), "a copy to the host (Tensor::to(cpu), item())");
   rt::memcpy_sync(dst, src, nbytes, rt::CopyKind::DeviceToHost, rt::current_stream(index));
   cuda::raise_device_report();
 }
@@ -199,13 +212,102 @@ bool cuda_record_stream(void* ptr, void* stream, int index) {
   return true;
 }
 
+// ---- graphs (lathe/core/cuda_graph.h) ----
+
+// Captures run on streams of their own, non-blocking (a legacy-stream operation of another thread
+// would otherwise have to wait for a capturing stream, which CUDA refuses), kept for the next
+// capture when one ends and never destroyed, like the pool's. Several threads may capture at once.
+struct CaptureStreams {
+  std::mutex mutex;
+  std::vector<cudaStream_t> idle[kMaxPoolDevices];
+};
+
+CaptureStreams& capture_streams() {
+  static CaptureStreams streams;
+  return streams;
+}
+
+void* cuda_capture_begin(int index, void** pool) {
+  rt::check_device(index, "CudaGraph::capture");
+  LATHE_CHECK(index < kMaxPoolDevices, "CudaGraph::capture: cuda:", index, " is beyond the ",
+              kMaxPoolDevices, " devices served");
+  cudaStream_t stream = nullptr;
+  {
+    CaptureStreams& streams = capture_streams();
+    std::lock_guard<std::mutex> lock(streams.mutex);
+    std::vector<cudaStream_t>& idle = streams.idle[index];
+    if (!idle.empty()) {
+      stream = idle.back();
+      idle.pop_back();
+    }
+  }
+  if (stream == nullptr) stream = rt::stream_create(index, false);
+  const rt::DeviceGuard on_device(index);
+  cudaStream_t private_pool = rt::CachingAllocator::new_private_pool();
+  rt::CachingAllocator& allocator = rt::device_allocator(index);
+  allocator.begin_private_pool(stream, private_pool);
+  try {
+    rt::stream_begin_capture(stream);
+  } catch (...) {
+    allocator.end_private_pool(stream);
+    allocator.release_private_pool(private_pool);
+    std::lock_guard<std::mutex> lock(capture_streams().mutex);
+    capture_streams().idle[index].push_back(stream);
+    throw;
+  }
+  *pool = private_pool;
+  return stream;
+}
+
+void* cuda_capture_end(void* stream_handle, int index, bool keep) {
+  const rt::DeviceGuard on_device(index);
+  auto stream = static_cast<cudaStream_t>(stream_handle);
+  // The workspace the captured GEMMs use is the graph's (from its pool); the stream's next
+  // capture takes its own.
+  rt::forget_workspace(index, stream);
+  cudaGraphExec_t graph = nullptr;
+  std::exception_ptr failure;
+  try {
+    graph = rt::stream_end_capture(stream);
+  } catch (...) {
+    failure = std::current_exception();
+  }
+  rt::device_allocator(index).end_private_pool(stream);
+  {
+    std::lock_guard<std::mutex> lock(capture_streams().mutex);
+    capture_streams().idle[index].push_back(stream);
+  }
+  if (failure) std::rethrow_exception(failure);
+  if (!keep) {
+    rt::graph_destroy(graph);
+    return nullptr;
+  }
+  return graph;
+}
+
+void cuda_graph_launch(void* graph, void* stream, int index) {
+  const rt::DeviceGuard on_device(index);
+  rt::graph_launch(static_cast<cudaGraphExec_t>(graph), static_cast<cudaStream_t>(stream));
+}
+
+void cuda_graph_destroy(void* graph, int index) {
+  const rt::DeviceGuard on_device(index);
+  rt::graph_destroy(static_cast<cudaGraphExec_t>(graph));
+}
+
+void cuda_release_pool(void* pool, int index) {
+  rt::device_allocator(index).release_private_pool(static_cast<cudaStream_t>(pool));
+}
+
 const StreamApi& cuda_stream_api() {
   static const StreamApi api{
       cuda_pooled_stream,      cuda_stream_blocking,    cuda_current_stream,
       cuda_set_current_stream, cuda_stream_synchronize, cuda_stream_query,
       cuda_event_create,       cuda_event_destroy,      cuda_event_record,
       cuda_event_query,        cuda_event_synchronize,  cuda_stream_wait_event,
-      cuda_event_elapsed_ms,   cuda_record_stream};
+      cuda_event_elapsed_ms,   cuda_record_stream,      cuda_capture_begin,
+      cuda_capture_end,        cuda_graph_launch,       cuda_graph_destroy,
+      cuda_release_pool};
   return api;
 }
 

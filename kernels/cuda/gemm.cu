@@ -23,6 +23,7 @@
 #include "kernels/cuda/gemm.h"
 #include "kernels/cuda/math.cuh"
 #include "kernels/kernel_table.h"
+#include "lathe/core/threading.h"
 
 #if defined(__CUDACC__)
 #include <cublasLt.h>
@@ -248,6 +249,9 @@ void gemm_ex(const GemmExArgs& x, cudaStream_t stream) {
     const DType dtype = x.gemm.dtype;
     const bool plain = x.c_dtype == dtype && !x.allow_tf32 && x.epilogue == GemmEpilogue::None;
     if (plain && (dtype == DType::F32 || dtype == DType::F64)) {
+      // Deferred work runs on whichever thread waits: give it lathe's team size, as a cpu op gets
+      // (kernels::kernel_table(Device)); not the profiled table, which would count it as a cpu op.
+      ::lathe::detail::sync_num_threads();
       kernels::cpu_kernel_table().gemm(x.gemm);
     } else if (dtype == DType::F64) {
       gemm_packed<double>(x);
@@ -256,6 +260,8 @@ void gemm_ex(const GemmExArgs& x, cudaStream_t stream) {
     }
   });
 }
+
+void forget_workspace(int, cudaStream_t) {}  // the host GEMM needs no workspace
 
 #else
 // ---------------------------------------------------------------- real build: cuBLASLt
@@ -469,6 +475,20 @@ void gemm_ex(const GemmExArgs& x, cudaStream_t stream) {
   const void* beta = p.compute64 ? static_cast<const void*>(&beta64) : &beta32;
   LATHE_CUBLAS_CHECK(cublasLtMatmul(h, p.op, alpha, g.b, p.a, g.a, p.b, beta, g.c, p.c, g.c, p.c,
                                     &p.algo, ws, kWorkspaceBytes, stream));
+}
+
+void forget_workspace(int device, cudaStream_t stream) {
+  State& s = state();
+  void* w = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(s.mutex);
+    cudaStream_t key = stream ? stream : reinterpret_cast<cudaStream_t>(uintptr_t(device) + 1);
+    auto it = s.workspaces.find(key);
+    if (it == s.workspaces.end()) return;
+    w = it->second;
+    s.workspaces.erase(it);
+  }
+  device_allocator(device).deallocate(w);
 }
 
 #endif

@@ -33,6 +33,12 @@ struct GemmExArgs {
 // unsupported combinations.
 void gemm_ex(const GemmExArgs& args, cudaStream_t stream);
 
+// Drops `stream`'s workspace (the real build keeps one per stream, from the caching allocator) and
+// frees it; the next GEMM on the stream takes a new one. A graph capture calls it at its start and
+// end (lathe/core/graph.h): the workspace its GEMMs use then comes from the graph's private pool,
+// and two graphs never share one (their replays may overlap on different streams).
+void forget_workspace(int device, cudaStream_t stream);
+
 // The KernelTable's gemm passes GemmArgs::allow_tf32 (set by the ops from
 // set_float32_matmul_precision, lathe/core/matmul_precision.h) on as allow_tf32.
 

@@ -139,6 +139,25 @@ void stream_wait_event(cudaStream_t stream, cudaEvent_t event);
 // Milliseconds between two recorded timing events.
 float event_elapsed_ms(cudaEvent_t start, cudaEvent_t end);
 
+// ---- graphs (stream capture) ----
+
+// Starts recording the work queued on `stream` (a created stream, never the legacy one) into a
+// graph instead of running it; cudaStreamCaptureModeRelaxed, so the allocator may still call
+// raw_malloc. While a stream captures, a host wait on it, a query of it, an event record on it
+// and a wait on an event recorded outside the capture fail with cudaErrorStreamCaptureUnsupported
+// / cudaErrorStreamCaptureIsolation and invalidate the capture (the simulator refuses the event
+// record as well, which CUDA would accept: lathe's graphs hold one stream's work and no events).
+void stream_begin_capture(cudaStream_t stream);
+// Ends the capture and returns the executable graph; throws if the capture was invalidated (the
+// capture is over either way).
+cudaGraphExec_t stream_end_capture(cudaStream_t stream);
+// Whether `stream` is capturing (false for the legacy stream).
+bool stream_is_capturing(cudaStream_t stream);
+// Queues one run of the graph's work on `stream`, in capture order.
+void graph_launch(cudaGraphExec_t graph, cudaStream_t stream);
+// The graph's runs already queued still complete.
+void graph_destroy(cudaGraphExec_t graph);
+
 // ---- copies ----
 
 enum class CopyKind { HostToDevice, DeviceToHost, DeviceToDevice };

@@ -30,6 +30,9 @@ std::string error_string(cudaError_t status) {
 }
 
 void throw_error(cudaError_t status, const char* expr, const char* file, int line) {
+  // A failed call also sets the thread's last error, which cudaGetLastError would report for the
+  // next kernel launch (cuda::launch checks it): this error is reported here, so clear it.
+  (void)cudaGetLastError();
   LATHE_FAIL(file, ":", line, ": ", expr, " failed: ", error_string(status));
 }
 
@@ -215,6 +218,12 @@ void event_destroy(cudaEvent_t event) {
 }
 
 void event_record(cudaEvent_t event, cudaStream_t stream) {
+  // CUDA would record an event node; lathe's graphs hold one stream's kernels and copies only, and
+  // the users of events here (the allocator, the staging uploads) query them later, which a
+  // captured record does not allow.
+  LATHE_CHECK(!stream_is_capturing(stream),
+              "event_record on a stream that is capturing a graph: lathe's graphs hold no events "
+              "(copy host data into the graph's input tensors before capture or replay)");
   LATHE_CUDA_CHECK(cudaEventRecord(event, stream));
 }
 
@@ -235,6 +244,36 @@ float event_elapsed_ms(cudaEvent_t start, cudaEvent_t end) {
   float ms = 0;
   LATHE_CUDA_CHECK(cudaEventElapsedTime(&ms, start, end));
   return ms;
+}
+
+void stream_begin_capture(cudaStream_t stream) {
+  LATHE_CHECK(stream != nullptr, "stream_begin_capture: the legacy default stream cannot capture");
+  LATHE_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeRelaxed));
+}
+
+cudaGraphExec_t stream_end_capture(cudaStream_t stream) {
+  cudaGraph_t graph = nullptr;
+  LATHE_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+  cudaGraphExec_t exec = nullptr;
+  const cudaError_t status = cudaGraphInstantiate(&exec, graph, 0);
+  (void)cudaGraphDestroy(graph);  // the executable graph is a copy
+  LATHE_CUDA_CHECK(status);
+  return exec;
+}
+
+bool stream_is_capturing(cudaStream_t stream) {
+  if (stream == nullptr) return false;
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  LATHE_CUDA_CHECK(cudaStreamIsCapturing(stream, &status));
+  return status != cudaStreamCaptureStatusNone;
+}
+
+void graph_launch(cudaGraphExec_t graph, cudaStream_t stream) {
+  LATHE_CUDA_CHECK(cudaGraphLaunch(graph, stream));
+}
+
+void graph_destroy(cudaGraphExec_t graph) {
+  if (graph) LATHE_CUDA_CHECK(cudaGraphExecDestroy(graph));
 }
 
 namespace {

@@ -39,6 +39,13 @@
 
 namespace lathe::cuda::sim_streams {
 
+// A capture in progress on a created stream (stream_begin_capture): the work submitted to the
+// stream is kept as the graph's nodes instead of queued.
+struct Capture {
+  std::vector<std::function<void()>> nodes;
+  std::string invalidated;  // why, once an operation not allowed in a capture was attempted
+};
+
 // One created stream's queue. Shared (shared_ptr) by the stream handle, by the events recorded
 // on it and by the waits of other streams, so a destroyed stream's handle can go while they live.
 struct Queue {
@@ -48,9 +55,10 @@ struct Queue {
     uint64_t ticket = 0;
     std::function<void()> run;
   };
-  std::deque<Item> items;  // guarded by g_state
-  uint64_t submitted = 0;  // tickets handed out
-  uint64_t completed = 0;  // tickets whose item has run
+  std::deque<Item> items;            // guarded by g_state
+  uint64_t submitted = 0;            // tickets handed out
+  uint64_t completed = 0;            // tickets whose item has run
+  std::shared_ptr<Capture> capture;  // guarded by g_state; null unless capturing
 };
 
 // Where an event's last record stands: done, or waiting for `ticket` of `queue`.
@@ -67,6 +75,10 @@ struct Mark {
 struct CUstream_st {
   int device = 0;
   std::shared_ptr<lathe::cuda::sim_streams::Queue> queue;
+};
+struct CUgraphExec_st {
+  int device = 0;
+  std::vector<std::function<void()>> nodes;  // each run again by every launch
 };
 struct CUevent_st {
   int device = 0;
@@ -124,6 +136,7 @@ std::atomic<uint64_t> g_host_waits{0};
 
 // ---- stream order (see the top of the file) ----
 
+using sim_streams::Capture;
 using sim_streams::Mark;
 using sim_streams::Queue;
 
@@ -205,6 +218,13 @@ void submit(cudaStream_t stream, std::function<void()> work) {
     work();
     return;
   }
+  {
+    std::lock_guard<std::mutex> lock(g_state);
+    if (const std::shared_ptr<Capture>& capture = stream->queue->capture) {
+      capture->nodes.push_back(std::move(work));
+      return;
+    }
+  }
   if (!streams_deferred()) {
     std::lock_guard<std::recursive_mutex> running(g_run);
     work();
@@ -214,6 +234,33 @@ void submit(cudaStream_t stream, std::function<void()> work) {
   Queue& q = *stream->queue;
   q.items.push_back(Queue::Item{++q.submitted, std::move(work)});
   g_queued.fetch_add(1, std::memory_order_relaxed);
+}
+
+// What CUDA refuses on a capturing stream (a host wait, a query, an event record or a wait for an
+// event recorded outside the capture): the call fails and the capture is invalidated, so that
+// stream_end_capture fails too.
+void refuse_if_capturing(cudaStream_t stream, const char* what, cudaError_t status) {
+  if (stream == nullptr) return;
+  std::string message;
+  {
+    std::lock_guard<std::mutex> lock(g_state);
+    const std::shared_ptr<Capture>& capture = stream->queue->capture;
+    if (!capture) return;
+    message =
+        std::string(what) + " on a stream that is capturing a graph (" + error_string(status) + ")";
+    if (capture->invalidated.empty()) capture->invalidated = message;
+  }
+  LATHE_FAIL(message, "; the capture is invalidated");
+}
+
+// Whether one of `device`'s streams is capturing.
+bool device_capturing(int device) {
+  std::lock_guard<std::mutex> lock(g_state);
+  for (const std::weak_ptr<Queue>& w : g_queues) {
+    std::shared_ptr<Queue> q = w.lock();
+    if (q && q->device == device && q->capture) return true;
+  }
+  return false;
 }
 
 // Runs what `mark` waits for.
@@ -248,6 +295,16 @@ const char* sim_error_string(cudaError_t status) {
       return "cudaErrorInvalidResourceHandle: invalid resource handle";
     case cudaErrorLaunchFailure:
       return "cudaErrorLaunchFailure: unspecified launch failure";
+    case cudaErrorIllegalState:
+      return "cudaErrorIllegalState: the operation cannot be performed in the present state";
+    case cudaErrorStreamCaptureUnsupported:
+      return "cudaErrorStreamCaptureUnsupported: operation not permitted when stream is capturing";
+    case cudaErrorStreamCaptureInvalidated:
+      return "cudaErrorStreamCaptureInvalidated: operation failed due to a previous error during "
+             "capture";
+    case cudaErrorStreamCaptureIsolation:
+      return "cudaErrorStreamCaptureIsolation: operation would have resulted in a merge of a "
+             "capture sequence with an unrelated stream";
     default:
       return nullptr;
   }
@@ -327,6 +384,11 @@ DeviceGuard::~DeviceGuard() {
 
 void device_synchronize(int device) {
   check_device(device, "device_synchronize");
+  if (device_capturing(device)) {
+    LATHE_FAIL("device_synchronize of cuda:", device,
+               " while one of its streams is capturing a graph (",
+               error_string(cudaErrorStreamCaptureUnsupported), ")");
+  }
   g_host_waits.fetch_add(1, std::memory_order_relaxed);
   for (const std::shared_ptr<Queue>& q : busy_queues(device, false)) run_queue(q);
 }
@@ -345,6 +407,8 @@ void* raw_malloc(size_t bytes, int device) {
 
 void raw_free(void* ptr, int device) {
   check_device(device, "raw_free");
+  // cudaFree waits for the device first: queued work may still use the memory.
+  for (const std::shared_ptr<Queue>& q : busy_queues(device, false)) run_queue(q);
   if (ptr != nullptr) {
     std::lock_guard<std::mutex> lock(g_regions_mutex);
     const auto it = g_regions.find(reinterpret_cast<uintptr_t>(ptr));
@@ -377,6 +441,7 @@ cudaStream_t stream_create(int device, bool blocking) {
 
 void stream_destroy(cudaStream_t stream) {
   if (stream == nullptr) return;
+  refuse_if_capturing(stream, "stream_destroy", cudaErrorStreamCaptureUnsupported);
   // A GPU finishes a destroyed stream's work in the background; here it runs now, so that nothing
   // queued outlives the handle unseen.
   run_queue(stream->queue);
@@ -384,6 +449,8 @@ void stream_destroy(cudaStream_t stream) {
 }
 
 void stream_synchronize(cudaStream_t stream) {
+  refuse_if_capturing(stream, "stream_synchronize (a host wait)",
+                      cudaErrorStreamCaptureUnsupported);
   g_host_waits.fetch_add(1, std::memory_order_relaxed);
   if (stream == nullptr) {
     before_legacy_operation(t_current_device);
@@ -394,6 +461,7 @@ void stream_synchronize(cudaStream_t stream) {
 
 bool stream_query(cudaStream_t stream) {
   if (stream == nullptr) return busy_queues(t_current_device, true).empty();
+  refuse_if_capturing(stream, "stream_query", cudaErrorStreamCaptureUnsupported);
   std::lock_guard<std::mutex> lock(g_state);
   return stream->queue->completed == stream->queue->submitted;
 }
@@ -439,6 +507,11 @@ void event_record(cudaEvent_t event, cudaStream_t stream) {
   const int device = stream ? stream->device : t_current_device;
   LATHE_CHECK(device == event->device, "event_record: an event of cuda:", event->device,
               " recorded on a stream of cuda:", device, " (cudaErrorInvalidResourceHandle)");
+  // CUDA would record an event node; runtime.h says why lathe's graphs hold none.
+  refuse_if_capturing(stream,
+                      "event_record: lathe's graphs hold no events (copy host data into the "
+                      "graph's input tensors before capture or replay); event_record",
+                      cudaErrorStreamCaptureUnsupported);
   auto mark = std::make_shared<Mark>();
   if (stream == nullptr || !streams_deferred()) {
     if (stream == nullptr) before_legacy_operation(device);
@@ -486,6 +559,9 @@ void stream_wait_event(cudaStream_t stream, cudaEvent_t event) {
     mark = event->mark;  // the record as of now: a later re-record is not waited for
   }
   if (!mark) return;  // never recorded: nothing to wait for
+  // Events are never recorded inside a capture here, so this one is outside it.
+  refuse_if_capturing(stream, "stream_wait_event for an event recorded outside the capture",
+                      cudaErrorStreamCaptureIsolation);
   submit(stream, [mark] { complete_mark(mark); });
 }
 
@@ -500,6 +576,51 @@ float event_elapsed_ms(cudaEvent_t start, cudaEvent_t end) {
     LATHE_CUDA_CHECK(cudaErrorNotReady);
   }
   return float(end->mark->time_ms - start->mark->time_ms);
+}
+
+void stream_begin_capture(cudaStream_t stream) {
+  LATHE_CHECK(stream != nullptr, "stream_begin_capture: the legacy default stream cannot capture");
+  std::lock_guard<std::mutex> lock(g_state);
+  LATHE_CHECK(!stream->queue->capture, "stream_begin_capture: the stream is capturing already (",
+              error_string(cudaErrorIllegalState), ")");
+  stream->queue->capture = std::make_shared<sim_streams::Capture>();
+}
+
+cudaGraphExec_t stream_end_capture(cudaStream_t stream) {
+  LATHE_CHECK(stream != nullptr, "stream_end_capture: the legacy default stream never captures");
+  std::shared_ptr<sim_streams::Capture> capture;
+  {
+    std::lock_guard<std::mutex> lock(g_state);
+    capture = std::move(stream->queue->capture);
+    stream->queue->capture.reset();
+  }
+  LATHE_CHECK(capture != nullptr, "stream_end_capture: the stream is not capturing (",
+              error_string(cudaErrorIllegalState), ")");
+  LATHE_CHECK(capture->invalidated.empty(),
+              "stream_end_capture: ", error_string(cudaErrorStreamCaptureInvalidated), " (",
+              capture->invalidated, ")");
+  auto* graph = new CUgraphExec_st;
+  graph->device = stream->device;
+  graph->nodes = std::move(capture->nodes);
+  return graph;
+}
+
+bool stream_is_capturing(cudaStream_t stream) {
+  if (stream == nullptr) return false;
+  std::lock_guard<std::mutex> lock(g_state);
+  return stream->queue->capture != nullptr;
+}
+
+void graph_launch(cudaGraphExec_t graph, cudaStream_t stream) {
+  LATHE_CHECK(graph != nullptr, "graph_launch: null graph");
+  LATHE_CHECK(device_of(stream) == graph->device, "graph_launch: a graph of cuda:", graph->device,
+              " launched on a stream of cuda:", device_of(stream),
+              " (cudaErrorInvalidResourceHandle)");
+  for (const std::function<void()>& node : graph->nodes) submit(stream, node);
+}
+
+void graph_destroy(cudaGraphExec_t graph) {
+  delete graph;  // launches already queued hold copies of the nodes
 }
 
 void memcpy_async(void* dst, const void* src, size_t bytes, CopyKind kind, cudaStream_t stream) {

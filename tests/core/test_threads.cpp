@@ -60,29 +60,12 @@ std::vector<float> classify(const nn::BertForSequenceClassification& model, cons
   return model.forward(req.ids, req.mask).to_vector<float>();
 }
 
-// Runs fn(t) on kThreads threads at once (released together), joins them and checks that none
-// threw. Results are checked by the caller afterwards: Catch2's assertion macros are not
-// thread-safe.
+// Runs fn(t) on kThreads threads at once (testing::on_threads).
 void on_threads(const std::function<void(int)>& fn) {
-  std::atomic<int> ready = 0;
-  std::vector<std::string> errors(kThreads);
-  std::vector<std::thread> threads;
-  for (int t = 0; t < kThreads; ++t) {
-    threads.emplace_back([&, t] {
-      ready.fetch_add(1);
-      while (ready.load() < kThreads) std::this_thread::yield();
-      try {
-        fn(t);
-      } catch (const std::exception& e) {
-        errors[size_t(t)] = e.what();
-      }
-    });
-  }
-  for (std::thread& thread : threads) thread.join();
-  for (int t = 0; t < kThreads; ++t) {
-    INFO("thread " << t);
-    CHECK(errors[size_t(t)].empty());
-  }
+  testing::on_threads(kThreads, [&](int t, const std::function<void()>& start) {
+    start();
+    fn(t);
+  });
 }
 
 // Every parameter's values, in order.

@@ -221,6 +221,59 @@ TEST_CASE("cuda allocator: empty_cache waits for pending blocks", "[cuda][alloca
   CHECK(g_fake.used == 0);
 }
 
+TEST_CASE("cuda allocator: a graph's private pool", "[cuda][allocator][graphs]") {
+  CachingAllocator alloc(0, fake_backend());
+  cudaStream_t capture = stream_id(3), other = stream_id(1);
+  void* before = alloc.allocate(4096, other);  // a tensor from before the capture
+  void* cached = alloc.allocate(4096, capture);
+  alloc.deallocate(cached);  // cached for the capture stream itself, outside any pool
+  const cudaStream_t pool = CachingAllocator::new_private_pool();
+  CHECK(pool != CachingAllocator::new_private_pool());
+  alloc.begin_private_pool(capture, pool);
+  testing::check_error([&] { alloc.begin_private_pool(capture, pool); }, {"begin_private_pool"});
+
+  // Requests on the capturing stream come from the pool, not from the stream's cache.
+  void* temp = alloc.allocate(4096, capture);
+  CHECK(temp != cached);
+  // Freed with the capturing stream current: back into the pool, no event recorded.
+  const size_t events = g_fake.events.size();
+  alloc.deallocate(temp, capture);
+  CHECK(g_fake.events.size() == events);
+  void* out = alloc.allocate(4096, capture);  // the pool reuses its own blocks within the capture
+  CHECK(out == temp);
+  // A block from outside, dropped during the capture, joins the pool.
+  alloc.deallocate(before, capture);
+  alloc.end_private_pool(capture);
+
+  // empty_cache leaves a live pool alone: the graph's replays write its blocks.
+  const int frees_before_empty = g_fake.frees;
+  alloc.empty_cache();
+  CHECK(g_fake.frees == frees_before_empty + 1);  // the capture stream's own cached block only
+  cached = alloc.allocate(4096, capture);         // (cached again below)
+  alloc.deallocate(cached);
+
+  // After the capture nothing outside the graph gets the pool's blocks.
+  void* later = alloc.allocate(4096, other);
+  CHECK(later != before);
+  void* on_capture_stream = alloc.allocate(4096, capture);
+  CHECK(on_capture_stream == cached);  // the stream's own cache again
+  const int frees = g_fake.frees;
+  const size_t reserved = alloc.stats().reserved_bytes;
+
+  // Released: the pool's cached block (`before`) goes back to the device at once, the output when
+  // it is freed.
+  alloc.release_private_pool(pool);
+  CHECK(g_fake.frees == frees + 1);
+  CHECK(alloc.stats().reserved_bytes == reserved - 4096);
+  alloc.deallocate(out);
+  CHECK(g_fake.frees == frees + 2);
+  CHECK(alloc.stats().reserved_bytes == reserved - 8192);
+  CHECK(!alloc.owns(out));
+  alloc.deallocate(later);
+  alloc.deallocate(on_capture_stream);
+  CHECK(alloc.stats().allocated_bytes == 0);
+}
+
 TEST_CASE("cuda allocator: cuda tensors reuse cached device memory", "[cuda][allocator]") {
   cuda::CachingAllocator& alloc = cuda::device_allocator(0);
   Device dev = Device::cuda(0);

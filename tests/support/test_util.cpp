@@ -1,8 +1,10 @@
 #include "support/test_util.h"
 
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <sstream>
+#include <thread>
 
 namespace lathe::testing {
 
@@ -144,6 +146,36 @@ void check_error(const std::function<void()>& fn, const std::vector<std::string>
     FAIL("expected lathe::Error, got another exception: " << e.what());
   }
   FAIL("expected lathe::Error, nothing was thrown");
+}
+
+void on_threads(int threads,
+                const std::function<void(int t, const std::function<void()>& start)>& fn) {
+  std::atomic<int> ready = 0;
+  const std::function<void()> start = [&] {
+    ready.fetch_add(1);
+    while (ready.load() < threads) std::this_thread::yield();
+  };
+  std::vector<std::string> errors(static_cast<size_t>(threads));
+  std::vector<std::thread> running;
+  for (int t = 0; t < threads; ++t) {
+    running.emplace_back([&, t] {
+      bool started = false;
+      try {
+        fn(t, [&] {
+          started = true;
+          start();
+        });
+      } catch (const std::exception& e) {
+        errors[size_t(t)] = e.what();
+      }
+      if (!started) start();  // a thread that failed in its setup must not hold the others
+    });
+  }
+  for (std::thread& thread : running) thread.join();
+  for (int t = 0; t < threads; ++t) {
+    INFO("thread " << t);
+    CHECK(errors[size_t(t)].empty());
+  }
 }
 
 nn::BertConfig tiny_bert_config() {

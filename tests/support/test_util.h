@@ -47,6 +47,14 @@ void gradcheck(const std::function<Tensor(const std::vector<Tensor>&)>& f,
 // layers of 4 heads, intermediate 24, 20 positions, no dropout. Tests change what they need.
 nn::BertConfig tiny_bert_config();
 
+// Runs fn(t, start) on `threads` threads at once and joins them, then checks that none threw. Each
+// thread calls start() when its own setup is done (a stream of its own, a guard that must stay
+// alive through its work); start() returns once every thread has called it, so the work of all
+// threads overlaps. Results are checked by the caller afterwards: Catch2's assertion macros are
+// not thread-safe.
+void on_threads(int threads,
+                const std::function<void(int t, const std::function<void()>& start)>& fn);
+
 // Runs fn and asserts it throws lathe::Error whose message contains every fragment.
 void check_error(const std::function<void()>& fn, const std::vector<std::string>& fragments);
 

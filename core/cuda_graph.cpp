@@ -1,0 +1,105 @@
+// CudaGraph over the device's StreamApi graph functions (kernels/device_api.h): the cuda device
+// captures on a stream of its own with a private allocator pool (kernels/cuda/cuda_device.cpp).
+#include "lathe/core/cuda_graph.h"
+
+#include <cstdio>
+#include <exception>
+
+#include "core/graph_internal.h"
+#include "kernels/device_api.h"
+#include "lathe/core/error.h"
+#include "lathe/core/stream.h"
+
+namespace lathe {
+
+namespace {
+thread_local int t_captures = 0;  // CudaGraph::capture bodies running on this thread
+}  // namespace
+
+namespace detail {
+bool capturing_graph() {
+  return t_captures > 0;
+}
+}  // namespace detail
+
+struct CudaGraph::State {
+  Device device;
+  const kernels::StreamApi* api = nullptr;
+  void* graph = nullptr;
+  void* pool = nullptr;
+
+  ~State() {
+    // Destructors must not throw: report instead (the process may be exiting).
+    try {
+      if (graph) api->graph_destroy(graph, device.index);
+      if (pool) api->release_pool(pool, device.index);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "lathe: ~CudaGraph: %s\n", e.what());
+    }
+  }
+};
+
+CudaGraph::CudaGraph(std::unique_ptr<State> state) : state_(std::move(state)) {}
+CudaGraph::CudaGraph(CudaGraph&&) noexcept = default;
+CudaGraph& CudaGraph::operator=(CudaGraph&&) noexcept = default;
+CudaGraph::~CudaGraph() = default;
+
+CudaGraph CudaGraph::capture(Device device, const std::function<void()>& body) {
+  const kernels::DeviceApi* api = kernels::device_api(device.type);
+  LATHE_CHECK(api != nullptr, "CudaGraph::capture: this build has no backend for ", device.str());
+  LATHE_CHECK(api->streams != nullptr && api->streams->capture_begin != nullptr,
+              "CudaGraph::capture: ", device.str(),
+              " has no graphs (its work runs as it is issued); capture on a cuda device");
+  const int count = api->device_count ? api->device_count() : 0;
+  LATHE_CHECK(device.index >= 0 && device.index < count, "CudaGraph::capture: ", device.str(),
+              " does not exist (", count, " cuda devices)");
+
+  auto state = std::make_unique<State>();
+  state->device = device;
+  state->api = api->streams;
+  void* stream = state->api->capture_begin(device.index, &state->pool);
+  // From here on `state` owns the pool: any failure below releases it with `state`.
+  struct Forget {  // the capture's casts are the graph's (graph_internal.h)
+    const void* stream;
+    ~Forget() { detail::forget_autocast_casts(stream); }
+  } forget{stream};
+  {
+    void* previous = state->api->current_stream(device.index);
+    state->api->set_current_stream(stream, device.index);
+    ++t_captures;
+    struct Restore {
+      const kernels::StreamApi* api;
+      void* previous;
+      int index;
+      ~Restore() {
+        --t_captures;
+        api->set_current_stream(previous, index);
+      }
+    } restore{state->api, previous, device.index};
+    try {
+      body();
+    } catch (...) {
+      try {
+        state->api->capture_end(stream, device.index, false);
+      } catch (...) {  // the body's error is the one to report
+      }
+      throw;
+    }
+  }
+  // The body's temporaries are freed by now (into the pool); what it kept (the outputs) stays.
+  state->graph = state->api->capture_end(stream, device.index, true);
+  return CudaGraph(std::move(state));
+}
+
+void CudaGraph::replay() const {
+  LATHE_CHECK(state_ != nullptr, "CudaGraph::replay: the graph was moved from");
+  const int index = state_->device.index;
+  state_->api->graph_launch(state_->graph, state_->api->current_stream(index), index);
+}
+
+Device CudaGraph::device() const {
+  LATHE_CHECK(state_ != nullptr, "CudaGraph::device: the graph was moved from");
+  return state_->device;
+}
+
+}  // namespace lathe

@@ -1,0 +1,71 @@
+// CUDA graphs: record the kernels and copies a piece of code queues on a cuda device once, then run
+// them again with one launch.
+//
+// Why: a forward pass queues a few hundred kernels, each costing the host several microseconds to
+// launch. A small batch (a server answering one request) finishes each kernel faster than the host
+// launches the next, so the GPU waits on the host; a replayed graph is queued in one call.
+//
+//   lathe::Tensor ids = lathe::zeros({8, 64}, lathe::TensorOptions(lathe::DType::I64).device(gpu));
+//   lathe::Tensor mask = ...;                 // the graph's inputs: fixed tensors on the device
+//   lathe::Tensor logits;                     // its output
+//   lathe::NoGradGuard no_grad;
+//   lathe::CudaGraph graph = lathe::CudaGraph::capture(gpu, [&] { logits = model.forward(ids,
+//   mask); }); for (each request) {
+//     ids.copy_(request_ids);                 // new values into the same memory
+//     graph.replay();                         // logits now holds this request's result
+//     use(logits.to(lathe::Device::cpu()));
+//   }
+//
+// What a graph holds, as with CUDA and PyTorch graphs:
+//  - The addresses it was captured with: every replay reads the input tensors' memory and writes
+//    the output tensors' memory of the capture. Feed it by copying into the inputs (copy_), never
+//    by rebinding them; shapes are fixed (capture one graph per shape, e.g. per padded length).
+//  - Memory: everything allocated during the capture comes from a pool of the graph's own, which
+//    nothing else uses while the graph lives, and memory freed during the capture (temporaries,
+//    or tensors from before the capture that the body drops) joins that pool, since the replays
+//    read it. The pool goes back to the device when the graph is destroyed; outputs still held
+//    then go back when they are dropped.
+//  - Order: the capture records on a stream of its own; replay() queues the work on the caller's
+//    current stream of the device. Replay on the stream the inputs were written on (or order it
+//    after that one with Stream::wait); concurrent replays of one graph would share its memory.
+//
+// What a capture refuses, with an error naming it (and the capture then fails): a host wait
+// (item(), Tensor::to(cpu), synchronize), a copy from host memory (upload before the capture or
+// replay), an event, a stream wait, and a random draw (dropout in training, rand, randn: the
+// replays would repeat its numbers). Capture models in eval mode, under NoGradGuard. A cuda kernel
+// that checks its indices still reports at the next host wait after a replay.
+//
+// The simulated cuda build records the same work and replays it, and refuses the same operations,
+// so graph code is tested in CI; the cpu has no graphs (its work runs as it is issued).
+#pragma once
+
+#include <functional>
+#include <memory>
+
+#include "lathe/core/device.h"
+
+namespace lathe {
+
+class CudaGraph {
+ public:
+  // Runs `body` with a capture stream of `device` current on this thread and records the work it
+  // queues on `device` instead of running it (work queued on other devices runs as usual). Throws
+  // lathe::Error for a device without graphs (the cpu) and for work a capture refuses (above);
+  // when `body` throws, its exception propagates and nothing is kept.
+  static CudaGraph capture(Device device, const std::function<void()>& body);
+
+  CudaGraph(CudaGraph&&) noexcept;
+  CudaGraph& operator=(CudaGraph&&) noexcept;
+  ~CudaGraph();
+
+  // Queues one run of the recorded work on this thread's current stream of device().
+  void replay() const;
+  Device device() const;
+
+ private:
+  struct State;
+  explicit CudaGraph(std::unique_ptr<State> state);
+  std::unique_ptr<State> state_;
+};
+
+}  // namespace lathe
