@@ -330,6 +330,17 @@ void BM_CudaInference(benchmark::State& state) {
   set_counters(state, state.range(1));
 }
 
+// The MiniLM-shaped classifier (random weights, seed 0) on cuda:0 in eval mode, as a server holds
+// it.
+std::unique_ptr<nn::BertForSequenceClassification> cuda_minilm_for_serving() {
+  manual_seed(0);
+  auto model = std::make_unique<nn::BertForSequenceClassification>(shape_config(6, 384, 12, 1536),
+                                                                   nn::Pooling::Cls);
+  model->to(Device::cuda(0));
+  model->eval();
+  return model;
+}
+
 // A server on the GPU: one MiniLM model shared by `requests` host threads, each classifying its
 // own small batches (8 x 64 tokens, bf16 autocast) and reading the logits back. streams 0: every
 // thread on the default stream, so the GPU runs one request's kernels at a time; streams 1: each
@@ -339,10 +350,7 @@ void BM_CudaInferenceStreams(benchmark::State& state) {
   const int requests = int(state.range(0));
   const bool own_streams = state.range(1) == 1;
   const Device cuda = Device::cuda(0);
-  manual_seed(0);
-  nn::BertForSequenceClassification model(shape_config(6, 384, 12, 1536), nn::Pooling::Cls);
-  model.to(cuda);
-  model.eval();
+  const std::unique_ptr<nn::BertForSequenceClassification> model = cuda_minilm_for_serving();
   const Tensor ids = (rand({8, 64}) * 30000.0 + 100.0).to(DType::I64).to(cuda);
   const Tensor mask = ones({8, 64}, DType::I64).to(cuda);
   std::vector<Stream> streams;
@@ -355,7 +363,7 @@ void BM_CudaInferenceStreams(benchmark::State& state) {
     NoGradGuard no_grad;
     AutocastGuard autocast(DType::BF16, DeviceType::CUDA);
     for (int i = 0; i < kBatchesPerThread; ++i) {
-      benchmark::DoNotOptimize(model.forward(ids, mask).to(DType::F32).to_vector<float>());
+      benchmark::DoNotOptimize(model->forward(ids, mask).to(DType::F32).to_vector<float>());
     }
   };
   for (int t = 0; t < requests; ++t) serve(t);  // each stream's allocator pool and workspace
@@ -377,10 +385,7 @@ void BM_CudaInferenceGraph(benchmark::State& state) {
   const int64_t batch = state.range(0);
   const bool use_graph = state.range(1) == 1;
   const Device cuda = Device::cuda(0);
-  manual_seed(0);
-  nn::BertForSequenceClassification model(shape_config(6, 384, 12, 1536), nn::Pooling::Cls);
-  model.to(cuda);
-  model.eval();
+  const std::unique_ptr<nn::BertForSequenceClassification> model = cuda_minilm_for_serving();
   const Tensor host_ids = (rand({batch, 64}) * 30000.0 + 100.0).to(DType::I64);
   Tensor ids = zeros({batch, 64}, TensorOptions(DType::I64).device(cuda));
   const Tensor mask = ones({batch, 64}, TensorOptions(DType::I64).device(cuda));
@@ -389,14 +394,14 @@ void BM_CudaInferenceGraph(benchmark::State& state) {
   Tensor logits;
   std::optional<CudaGraph> graph;
   if (use_graph) {
-    graph.emplace(CudaGraph::capture(cuda, [&] { logits = model.forward(ids, mask); }));
+    graph.emplace(CudaGraph::capture(cuda, [&] { logits = model->forward(ids, mask); }));
   }
   auto answer = [&] {
     ids.copy_(host_ids);
     if (graph) {
       graph->replay();
     } else {
-      logits = model.forward(ids, mask);
+      logits = model->forward(ids, mask);
     }
     return logits.to(DType::F32).to_vector<float>();
   };

@@ -96,11 +96,7 @@ void CachingAllocator::process_events() {
       b->pending.clear();
       --stats_.pending_blocks;
       if (released_pools_.count(b->stream)) {  // its graph is gone: back to the device
-        backend_.free(b->ptr, device_);
-        ++stats_.raw_frees;
-        stats_.reserved_bytes -= b->size;
-        blocks_.erase(b->ptr);
-        delete b;
+        free_raw(b);
       } else {
         insert_free(b);
       }
@@ -112,24 +108,32 @@ void CachingAllocator::process_events() {
   }
 }
 
-void CachingAllocator::release_cached() {
+void CachingAllocator::free_raw(Block* b) {
+  backend_.free(b->ptr, device_);
+  ++stats_.raw_frees;
+  stats_.reserved_bytes -= b->size;
+  blocks_.erase(b->ptr);
+  delete b;
+}
+
+template <class Which>
+void CachingAllocator::release_cached_where(Which which) {
   for (auto* pool : {&small_pool_, &large_pool_}) {
     for (auto it = pool->begin(); it != pool->end();) {
-      // A live graph's pool keeps its blocks: its replays write them.
-      if (live_pools_.count(it->first.stream)) {
+      if (!which(it->first.stream)) {
         ++it;
         continue;
       }
-      Block* b = it->second;
-      backend_.free(b->ptr, device_);
-      ++stats_.raw_frees;
-      stats_.reserved_bytes -= b->size;
+      free_raw(it->second);
       --stats_.cached_blocks;
-      blocks_.erase(b->ptr);
-      delete b;
       it = pool->erase(it);
     }
   }
+}
+
+void CachingAllocator::release_cached() {
+  // A live graph's pool keeps its blocks: its replays write them.
+  release_cached_where([&](cudaStream_t key) { return !live_pools_.count(key); });
 }
 
 void* CachingAllocator::malloc_with_retry(size_t size) {
@@ -225,12 +229,7 @@ void CachingAllocator::release(void* ptr, cudaStream_t also_used_on, bool record
     }
   }
   if (released_pools_.count(b->stream)) {
-    // A block of a destroyed graph's pool: back to the device (cudaFree waits for its users).
-    blocks_.erase(it);
-    stats_.reserved_bytes -= b->size;
-    ++stats_.raw_frees;
-    backend_.free(b->ptr, device_);
-    delete b;
+    free_raw(b);  // a destroyed graph's block: back to the device (cudaFree waits for its users)
     return;
   }
   if (record && also_used_on != b->stream) b->used_on.insert(also_used_on);
@@ -271,22 +270,7 @@ void CachingAllocator::release_private_pool(cudaStream_t pool) {
   std::lock_guard<std::mutex> lock(mutex_);
   live_pools_.erase(pool);
   released_pools_.insert(pool);
-  for (auto* cached : {&small_pool_, &large_pool_}) {
-    for (auto it = cached->begin(); it != cached->end();) {
-      if (it->first.stream != pool) {
-        ++it;
-        continue;
-      }
-      Block* b = it->second;
-      backend_.free(b->ptr, device_);
-      ++stats_.raw_frees;
-      stats_.reserved_bytes -= b->size;
-      --stats_.cached_blocks;
-      blocks_.erase(b->ptr);
-      delete b;
-      it = cached->erase(it);
-    }
-  }
+  release_cached_where([&](cudaStream_t key) { return key == pool; });
 }
 
 cudaStream_t CachingAllocator::new_private_pool() {

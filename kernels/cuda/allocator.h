@@ -128,8 +128,11 @@ class CachingAllocator {
   void release(void* ptr, cudaStream_t also_used_on, bool record);  // deallocate, locked
   cudaStream_t pool_of(cudaStream_t stream) const;  // the private pool `stream` draws on, or it
   void* malloc_with_retry(size_t size);
-  void process_events();  // moves pending blocks whose events completed into the pools
-  void release_cached();  // frees every cached block
+  void process_events();    // moves pending blocks whose events completed into the pools
+  void release_cached();    // frees every cached block (except live graphs' pools)
+  void free_raw(Block* b);  // back to the raw allocator; `b` is gone (the caller unlists it)
+  template <class Which>
+  void release_cached_where(Which which);  // frees the cached blocks whose pool key `which` takes
   void insert_free(Block* b);
   void update_peaks();
 
