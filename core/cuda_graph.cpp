@@ -22,20 +22,35 @@ bool capturing_graph() {
 }
 }  // namespace detail
 
+// Destructors must not throw: report instead (the process may be exiting).
+template <class F>
+void report_failure(const char* what, F f) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "lathe: %s: %s\n", what, e.what());
+  }
+}
+
+// A private allocator pool, shared by the graphs captured into it: handed back when the last of
+// them is destroyed.
+struct CudaGraph::Pool {
+  Device device;
+  const kernels::StreamApi* api = nullptr;
+  void* key = nullptr;
+  ~Pool() {
+    if (key) report_failure("~CudaGraph", [&] { api->release_pool(key, device.index); });
+  }
+};
+
 struct CudaGraph::State {
   Device device;
   const kernels::StreamApi* api = nullptr;
   void* graph = nullptr;
-  void* pool = nullptr;
+  std::shared_ptr<Pool> pool;  // released after the graph (members go in reverse order)
 
   ~State() {
-    // Destructors must not throw: report instead (the process may be exiting).
-    try {
-      if (graph) api->graph_destroy(graph, device.index);
-      if (pool) api->release_pool(pool, device.index);
-    } catch (const std::exception& e) {
-      std::fprintf(stderr, "lathe: ~CudaGraph: %s\n", e.what());
-    }
+    if (graph) report_failure("~CudaGraph", [&] { api->graph_destroy(graph, device.index); });
   }
 };
 
@@ -44,7 +59,8 @@ CudaGraph::CudaGraph(CudaGraph&&) noexcept = default;
 CudaGraph& CudaGraph::operator=(CudaGraph&&) noexcept = default;
 CudaGraph::~CudaGraph() = default;
 
-CudaGraph CudaGraph::capture(Device device, const std::function<void()>& body) {
+CudaGraph CudaGraph::capture(Device device, const std::function<void()>& body,
+                             CaptureOptions options) {
   const kernels::DeviceApi* api = kernels::device_api(device.type);
   LATHE_CHECK(api != nullptr, "CudaGraph::capture: this build has no backend for ", device.str());
   LATHE_CHECK(api->streams != nullptr && api->streams->capture_begin != nullptr,
@@ -57,8 +73,22 @@ CudaGraph CudaGraph::capture(Device device, const std::function<void()>& body) {
   auto state = std::make_unique<State>();
   state->device = device;
   state->api = api->streams;
-  void* stream = state->api->capture_begin(device.index, &state->pool);
-  // From here on `state` owns the pool: any failure below releases it with `state`.
+  if (const CudaGraph* other = options.share_memory_with) {
+    LATHE_CHECK(other->state_ != nullptr,
+                "CudaGraph::capture: share_memory_with names a graph that was moved from");
+    LATHE_CHECK(other->state_->device == device,
+                "CudaGraph::capture: share_memory_with names a "
+                "graph of ",
+                other->state_->device.str(), ", not of ", device.str());
+    state->pool = other->state_->pool;
+  } else {
+    state->pool = std::make_shared<Pool>();
+    state->pool->device = device;
+    state->pool->api = api->streams;
+  }
+  void* stream = state->api->capture_begin(device.index, &state->pool->key);
+  // From here on `state` holds the pool: a failure below releases it with `state` (unless it is
+  // shared).
   struct Forget {  // the capture's casts are the graph's (graph_internal.h)
     const void* stream;
     ~Forget() { detail::forget_autocast_casts(stream); }

@@ -34,7 +34,8 @@ struct StreamApi {
   bool (*record_stream)(void* ptr, void* stream, int index) = nullptr;
 
   // Graphs (lathe/core/cuda_graph.h). capture_begin returns a stream of the device that now
-  // captures, with the allocator serving it from a new private pool (*pool); capture_end ends the
+  // captures, with the allocator serving it from the private pool *pool (a new one, stored there,
+  // when *pool is null); capture_end ends the
   // capture and returns the executable graph, or discards it and returns null when !keep (it
   // throws when the capture was invalidated; the stream is handed back either way).
   void* (*capture_begin)(int index, void** pool) = nullptr;

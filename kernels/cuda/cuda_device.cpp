@@ -243,14 +243,16 @@ void* cuda_capture_begin(int index, void** pool) {
   }
   if (stream == nullptr) stream = rt::stream_create(index, false);
   const rt::DeviceGuard on_device(index);
-  cudaStream_t private_pool = rt::CachingAllocator::new_private_pool();
+  const bool new_pool = *pool == nullptr;
+  cudaStream_t private_pool =
+      new_pool ? rt::CachingAllocator::new_private_pool() : static_cast<cudaStream_t>(*pool);
   rt::CachingAllocator& allocator = rt::device_allocator(index);
   allocator.begin_private_pool(stream, private_pool);
   try {
     rt::stream_begin_capture(stream);
   } catch (...) {
     allocator.end_private_pool(stream);
-    allocator.release_private_pool(private_pool);
+    if (new_pool) allocator.release_private_pool(private_pool);
     std::lock_guard<std::mutex> lock(capture_streams().mutex);
     capture_streams().idle[index].push_back(stream);
     throw;

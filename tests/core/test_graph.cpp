@@ -234,3 +234,72 @@ TEST_CASE("graphs: threads capture and replay their own graphs at once, on every
     CHECK(mismatches[size_t(t)] == 0);
   }
 }
+
+TEST_CASE("graphs: graphs of several shapes share one memory pool", "[graphs][memory]") {
+  if (cuda_devices().empty()) return;
+  const Device device = GENERATE(from_range(cuda_devices()));
+  INFO(device.str());
+  manual_seed(7);
+  nn::BertForSequenceClassification model(tiny_bert_config());
+  model.to(device);
+  model.eval();
+  NoGradGuard no_grad;
+  const std::vector<int64_t>& tokens = kRequests[0];
+  auto eager = [&](const Tensor& ids) {
+    return model.forward(ids, ones_like(ids)).to_vector<float>();
+  };
+  // One graph per padded length, as a server buckets its requests.
+  Tensor ids_a = ids_on(tokens, device);
+  Tensor ids_b = from_vector(tokens, {3, 4}, TensorOptions(DType::I64).device(device));
+  const std::vector<float> want_a = eager(ids_a), want_b = eager(ids_b);
+  Tensor logits_a, logits_b, logits_c;
+  synchronize(device);
+  empty_cache(device);
+  const size_t reserved_start = memory_stats(device).reserved_bytes;
+  std::optional<CudaGraph> a =
+      CudaGraph::capture(device, [&] { logits_a = model.forward(ids_a, ones_like(ids_a)); });
+  const size_t reserved_a = memory_stats(device).reserved_bytes;
+  std::optional<CudaGraph> b = CudaGraph::capture(
+      device, [&] { logits_b = model.forward(ids_b, ones_like(ids_b)); },
+      CaptureOptions{.share_memory_with = &*a});
+  const size_t reserved_b = memory_stats(device).reserved_bytes;
+  {
+    // The same capture with a pool of its own takes memory for all its temporaries.
+    CudaGraph c =
+        CudaGraph::capture(device, [&] { logits_c = model.forward(ids_b, ones_like(ids_b)); });
+    CHECK(memory_stats(device).reserved_bytes - reserved_b > reserved_b - reserved_a);
+    c.replay();
+    CHECK(logits_c.to_vector<float>() == want_b);
+  }
+  CHECK(reserved_a > reserved_start);
+  // Replayed one after another, each graph recomputes the temporaries the other overwrote.
+  for (int round = 0; round < 2; ++round) {
+    a->replay();
+    CHECK(logits_a.to_vector<float>() == want_a);
+    b->replay();
+    CHECK(logits_b.to_vector<float>() == want_b);
+  }
+  // The pool lives while one of its graphs does.
+  logits_c = Tensor();
+  empty_cache(device);
+  const size_t reserved_both = memory_stats(device).reserved_bytes;
+  a.reset();
+  empty_cache(device);
+  CHECK(memory_stats(device).reserved_bytes == reserved_both);
+  b->replay();
+  CHECK(logits_b.to_vector<float>() == want_b);
+  b.reset();
+  logits_a = Tensor();
+  logits_b = Tensor();
+  empty_cache(device);
+  CHECK(memory_stats(device).reserved_bytes == reserved_start);
+
+  check_error(
+      [&] {
+        CudaGraph moved_from = CudaGraph::capture(device, [] {});
+        CudaGraph keep = std::move(moved_from);
+        (void)CudaGraph::capture(
+            device, [] {}, CaptureOptions{.share_memory_with = &moved_from});
+      },
+      {"share_memory_with", "moved from"});
+}

@@ -25,6 +25,12 @@
 //    or tensors from before the capture that the body drops) joins that pool, since the replays
 //    read it. The pool goes back to the device when the graph is destroyed; outputs still held
 //    then go back when they are dropped.
+//  - Several graphs of one model (one per padded sequence length, say) may share one pool
+//    (CaptureOptions::share_memory_with): a later capture then reuses the memory the earlier ones
+//    freed (their temporaries) instead of taking its own, as PyTorch's `pool=` does. Each graph's
+//    outputs stay its own, but its temporaries are another graph's too: replay such graphs one
+//    after another on one stream, never at the same time. The pool lives until the last of them
+//    is destroyed.
 //  - Order: the capture records on a stream of its own; replay() queues the work on the caller's
 //    current stream of the device. Replay on the stream the inputs were written on (or order it
 //    after that one with Stream::wait); concurrent replays of one graph would share its memory.
@@ -46,13 +52,21 @@
 
 namespace lathe {
 
+class CudaGraph;
+
+struct CaptureOptions {
+  // Capture into this graph's memory pool instead of a new one (see above). Same device.
+  const CudaGraph* share_memory_with = nullptr;
+};
+
 class CudaGraph {
  public:
   // Runs `body` with a capture stream of `device` current on this thread and records the work it
   // queues on `device` instead of running it (work queued on other devices runs as usual). Throws
   // lathe::Error for a device without graphs (the cpu) and for work a capture refuses (above);
   // when `body` throws, its exception propagates and nothing is kept.
-  static CudaGraph capture(Device device, const std::function<void()>& body);
+  static CudaGraph capture(Device device, const std::function<void()>& body,
+                           CaptureOptions options = {});
 
   CudaGraph(CudaGraph&&) noexcept;
   CudaGraph& operator=(CudaGraph&&) noexcept;
@@ -63,6 +77,7 @@ class CudaGraph {
   Device device() const;
 
  private:
+  struct Pool;
   struct State;
   explicit CudaGraph(std::unique_ptr<State> state);
   std::unique_ptr<State> state_;
