@@ -8,7 +8,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
+#include <map>
+#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -20,7 +23,8 @@ namespace {
 
 constexpr const char* kUsage =
     "usage: lathe-classify --model DIR [--json] [--batch-size N] [--max-length N]\n"
-    "                      [--device cpu|cuda[:N]] [--precision fp32|bf16|tf32] [TEXT...]\n"
+    "                      [--device cpu|cuda[:N]] [--precision fp32|bf16|tf32]\n"
+    "                      [--cuda-graphs] [TEXT...]\n"
     "  --model DIR       a fine-tuned classifier folder (config.json with id2label,\n"
     "                    model.safetensors, tokenizer.json or vocab.txt)\n"
     "  --json            one JSON object per text: text, label, probability, probabilities\n"
@@ -31,6 +35,9 @@ constexpr const char* kUsage =
     "  --precision P     fp32 (default); bf16: linears and attention in bf16 under autocast\n"
     "                    (fast on GPUs and on cpus with AVX512-BF16 or AMX); tf32: f32 GEMMs\n"
     "                    on tensor cores in TF32 (cuda only)\n"
+    "  --cuda-graphs     cuda only: capture the forward pass once per batch shape and replay it\n"
+    "                    (one launch instead of hundreds: faster for small batches); the\n"
+    "                    graphs share one memory pool\n"
     "  TEXT...           texts to classify; without any, one text per line of stdin.\n"
     "                    Use -- before texts that start with '-'.\n"
     "Output: LABEL<TAB>PROBABILITY<TAB>TEXT per text (tabs and newlines in TEXT shown as "
@@ -55,12 +62,57 @@ void append_probability(std::string& out, double p, bool single_precision) {
   out.append(buf, r.ptr);
 }
 
+// The forward pass, optionally through CUDA graphs (lathe/core/cuda_graph.h): one graph per batch
+// shape, captured at its first batch, all in one memory pool; each holds its own input and output
+// tensors, which later batches of its shape are copied into and read from.
+class Forward {
+ public:
+  Forward(const lathe::nn::BertForSequenceClassification& model, lathe::Device device, bool graphs)
+      : model_(model), device_(device), graphs_(graphs) {}
+
+  lathe::Tensor operator()(const lathe::tools::BatchTensors& b) {
+    if (!graphs_) return model_.forward(b.input_ids, b.attention_mask, b.token_type_ids);
+    const std::pair<int64_t, int64_t> shape{b.input_ids.size(0), b.input_ids.size(1)};
+    auto found = captured_.find(shape);
+    if (found != captured_.end()) {
+      Captured& c = found->second;
+      c.ids.copy_(b.input_ids);
+      c.mask.copy_(b.attention_mask);
+      c.types.copy_(b.token_type_ids);
+      c.graph->replay();
+      return c.logits;
+    }
+    Captured& c = captured_[shape];
+    c.ids = b.input_ids.clone();
+    c.mask = b.attention_mask.clone();
+    c.types = b.token_type_ids.clone();
+    lathe::CaptureOptions options;
+    options.share_memory_with = first_ ? &*first_->graph : nullptr;
+    c.graph.emplace(lathe::CudaGraph::capture(
+        device_, [&] { c.logits = model_.forward(c.ids, c.mask, c.types); }, options));
+    if (!first_) first_ = &c;
+    c.graph->replay();
+    return c.logits;
+  }
+
+ private:
+  struct Captured {
+    lathe::Tensor ids, mask, types, logits;
+    std::optional<lathe::CudaGraph> graph;
+  };
+  const lathe::nn::BertForSequenceClassification& model_;
+  lathe::Device device_;
+  bool graphs_;
+  std::map<std::pair<int64_t, int64_t>, Captured> captured_;  // node-based: stable addresses
+  const Captured* first_ = nullptr;
+};
+
 }  // namespace
 
 int main(int argc, char** argv) {
   lathe::tools::tool_name() = "lathe-classify";
   std::string model_dir, device_name = "cpu", precision = "fp32";
-  bool json = false;
+  bool json = false, cuda_graphs = false;
   int64_t batch_size = 32, max_length = 128;
   std::vector<std::string> texts;
   for (int i = 1; i < argc; ++i) {
@@ -76,6 +128,8 @@ int main(int argc, char** argv) {
       model_dir = value();
     } else if (arg == "--json") {
       json = true;
+    } else if (arg == "--cuda-graphs") {
+      cuda_graphs = true;
     } else if (arg == "--batch-size") {
       batch_size = positive_int(arg, value());
     } else if (arg == "--max-length") {
@@ -97,6 +151,7 @@ int main(int argc, char** argv) {
 
   try {
     const lathe::Device device = lathe::Device::parse(device_name);
+    if (cuda_graphs && !device.is_cuda()) fail("--cuda-graphs needs --device cuda");
     lathe::nn::PretrainedOptions options;
     options.device = device;
     options.verbose = false;
@@ -125,13 +180,14 @@ int main(int argc, char** argv) {
     enc.padding = lathe::data::Padding::Longest;
     lathe::NoGradGuard no_grad;
     const lathe::tools::PrecisionScope precision_scope(precision, device);
+    Forward forward(*model, device, cuda_graphs);
     std::ios::sync_with_stdio(false);
     std::string out;
     auto classify = [&](const std::vector<std::string>& batch) {
       if (batch.empty()) return;
       const auto encodings = tokenizer.encode_batch(batch, enc);
       const auto b = lathe::tools::batch_tensors(encodings, device);
-      const lathe::Tensor logits = model->forward(b.input_ids, b.attention_mask, b.token_type_ids);
+      const lathe::Tensor logits = forward(b);
       const lathe::Tensor probs = lathe::softmax(logits, 1);
       const bool single = probs.dtype() != lathe::DType::F64;
       const std::vector<double> p = probs.to_vector<double>();
