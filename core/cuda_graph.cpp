@@ -77,8 +77,7 @@ CudaGraph CudaGraph::capture(Device device, const std::function<void()>& body,
     LATHE_CHECK(other->state_ != nullptr,
                 "CudaGraph::capture: share_memory_with names a graph that was moved from");
     LATHE_CHECK(other->state_->device == device,
-                "CudaGraph::capture: share_memory_with names a "
-                "graph of ",
+                "CudaGraph::capture: share_memory_with names a graph of ",
                 other->state_->device.str(), ", not of ", device.str());
     state->pool = other->state_->pool;
   } else {

@@ -302,4 +302,13 @@ TEST_CASE("graphs: graphs of several shapes share one memory pool", "[graphs][me
             device, [] {}, CaptureOptions{.share_memory_with = &moved_from});
       },
       {"share_memory_with", "moved from"});
+  if (cuda_device_count() > 1) {
+    check_error(
+        [] {
+          const CudaGraph other = CudaGraph::capture(Device::cuda(1), [] {});
+          (void)CudaGraph::capture(
+              Device::cuda(0), [] {}, CaptureOptions{.share_memory_with = &other});
+        },
+        {"share_memory_with", "graph of cuda:1, not of cuda:0"});
+  }
 }
