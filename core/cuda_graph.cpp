@@ -7,7 +7,9 @@
 
 #include "core/graph_internal.h"
 #include "kernels/device_api.h"
+#include "lathe/core/autograd.h"
 #include "lathe/core/error.h"
+#include "lathe/core/functional.h"
 #include "lathe/core/stream.h"
 
 namespace lathe {
@@ -129,6 +131,45 @@ void CudaGraph::replay() const {
 Device CudaGraph::device() const {
   LATHE_CHECK(state_ != nullptr, "CudaGraph::device: the graph was moved from");
   return state_->device;
+}
+
+GraphedFunction::GraphedFunction(Device device, Fn fn) : device_(device), fn_(std::move(fn)) {
+  LATHE_CHECK(device.is_cuda(), "GraphedFunction: ", device.str(),
+              " has no graphs; use a cuda device");
+  LATHE_CHECK(fn_ != nullptr, "GraphedFunction: no function given");
+}
+
+std::vector<Tensor> GraphedFunction::operator()(const std::vector<Tensor>& inputs) {
+  Signature signature;
+  for (const Tensor& t : inputs) {
+    LATHE_CHECK(t.defined(), "GraphedFunction: input ", signature.size(), " is undefined");
+    signature.emplace_back(t.shape(), t.dtype());
+  }
+  auto found = graphs_.find(signature);
+  if (found != graphs_.end()) {
+    Captured& c = found->second;
+    for (size_t i = 0; i < inputs.size(); ++i) c.inputs[i].copy_(inputs[i]);
+    c.graph->replay();
+    return c.outputs;
+  }
+  Captured c;
+  for (const Tensor& t : inputs) {
+    c.inputs.push_back(empty(t.shape(), TensorOptions(t.dtype()).device(device_)));
+    c.inputs.back().copy_(t);
+  }
+  CaptureOptions options;
+  options.share_memory_with = pool_owner_;
+  c.graph = std::make_unique<CudaGraph>(CudaGraph::capture(
+      device_,
+      [&] {
+        NoGradGuard no_grad;
+        c.outputs = fn_(c.inputs);
+      },
+      options));
+  c.graph->replay();
+  Captured& kept = graphs_.emplace(std::move(signature), std::move(c)).first->second;
+  if (pool_owner_ == nullptr) pool_owner_ = kept.graph.get();
+  return kept.outputs;
 }
 
 }  // namespace lathe

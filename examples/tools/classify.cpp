@@ -8,10 +8,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
-#include <map>
 #include <optional>
 #include <string>
-#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -61,51 +59,6 @@ void append_probability(std::string& out, double p, bool single_precision) {
                                   : std::to_chars(buf, buf + sizeof buf, p);
   out.append(buf, r.ptr);
 }
-
-// The forward pass, optionally through CUDA graphs (lathe/core/cuda_graph.h): one graph per batch
-// shape, captured at its first batch, all in one memory pool; each holds its own input and output
-// tensors, which later batches of its shape are copied into and read from.
-class Forward {
- public:
-  Forward(const lathe::nn::BertForSequenceClassification& model, lathe::Device device, bool graphs)
-      : model_(model), device_(device), graphs_(graphs) {}
-
-  lathe::Tensor operator()(const lathe::tools::BatchTensors& b) {
-    if (!graphs_) return model_.forward(b.input_ids, b.attention_mask, b.token_type_ids);
-    const std::pair<int64_t, int64_t> shape{b.input_ids.size(0), b.input_ids.size(1)};
-    auto found = captured_.find(shape);
-    if (found != captured_.end()) {
-      Captured& c = found->second;
-      c.ids.copy_(b.input_ids);
-      c.mask.copy_(b.attention_mask);
-      c.types.copy_(b.token_type_ids);
-      c.graph->replay();
-      return c.logits;
-    }
-    Captured& c = captured_[shape];
-    c.ids = b.input_ids.clone();
-    c.mask = b.attention_mask.clone();
-    c.types = b.token_type_ids.clone();
-    lathe::CaptureOptions options;
-    options.share_memory_with = first_ ? &*first_->graph : nullptr;
-    c.graph.emplace(lathe::CudaGraph::capture(
-        device_, [&] { c.logits = model_.forward(c.ids, c.mask, c.types); }, options));
-    if (!first_) first_ = &c;
-    c.graph->replay();
-    return c.logits;
-  }
-
- private:
-  struct Captured {
-    lathe::Tensor ids, mask, types, logits;
-    std::optional<lathe::CudaGraph> graph;
-  };
-  const lathe::nn::BertForSequenceClassification& model_;
-  lathe::Device device_;
-  bool graphs_;
-  std::map<std::pair<int64_t, int64_t>, Captured> captured_;  // node-based: stable addresses
-  const Captured* first_ = nullptr;
-};
 
 }  // namespace
 
@@ -180,7 +133,17 @@ int main(int argc, char** argv) {
     enc.padding = lathe::data::Padding::Longest;
     lathe::NoGradGuard no_grad;
     const lathe::tools::PrecisionScope precision_scope(precision, device);
-    Forward forward(*model, device, cuda_graphs);
+    // With --cuda-graphs: one graph per batch shape, all in one memory pool (cuda_graph.h).
+    std::optional<lathe::GraphedFunction> graphed;
+    if (cuda_graphs) {
+      graphed.emplace(device, [&](const std::vector<lathe::Tensor>& in) {
+        return std::vector<lathe::Tensor>{model->forward(in[0], in[1], in[2])};
+      });
+    }
+    auto forward = [&](const lathe::tools::BatchTensors& b) {
+      if (!graphed) return model->forward(b.input_ids, b.attention_mask, b.token_type_ids);
+      return (*graphed)({b.input_ids, b.attention_mask, b.token_type_ids})[0];
+    };
     std::ios::sync_with_stdio(false);
     std::string out;
     auto classify = [&](const std::vector<std::string>& batch) {

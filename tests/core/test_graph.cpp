@@ -312,3 +312,45 @@ TEST_CASE("graphs: graphs of several shapes share one memory pool", "[graphs][me
         {"share_memory_with", "graph of cuda:1, not of cuda:0"});
   }
 }
+
+TEST_CASE("graphs: GraphedFunction captures one graph per input signature and replays it",
+          "[graphs]") {
+  check_error(
+      [] { GraphedFunction f(Device::cpu(), [](const std::vector<Tensor>& in) { return in; }); },
+      {"GraphedFunction", "cpu", "no graphs"});
+  if (cuda_devices().empty()) return;
+  const Device device = GENERATE(from_range(cuda_devices()));
+  INFO(device.str());
+  manual_seed(8);
+  nn::BertForSequenceClassification model(tiny_bert_config());
+  model.to(device);
+  model.eval();
+  int calls = 0;  // how often the function itself runs: once per capture
+  GraphedFunction classify(device, [&](const std::vector<Tensor>& in) {
+    ++calls;
+    CHECK(!grad_mode_enabled());
+    return std::vector<Tensor>{model.forward(in[0], in[1])};
+  });
+  auto eager = [&](const Tensor& ids) {
+    NoGradGuard no_grad;
+    return model.forward(ids, ones_like(ids)).to_vector<float>();
+  };
+  const TensorOptions i64 = TensorOptions(DType::I64);
+  // Inputs from the host or from the device; two shapes, each seen twice.
+  for (int round = 0; round < 2; ++round) {
+    for (const std::vector<int64_t>& request : kRequests) {
+      const Tensor host = from_vector(request, {2, 6}, i64);
+      CHECK(classify({host, ones_like(host)})[0].to_vector<float>() == eager(host.to(device)));
+      const Tensor short_ids = from_vector(request, {3, 4}, i64).to(device);
+      CHECK(classify({short_ids, ones_like(short_ids)})[0].to_vector<float>() == eager(short_ids));
+    }
+  }
+  CHECK(classify.graphs() == 2);
+  CHECK(calls == 2);
+  // A new dtype is a new signature.
+  const Tensor ids32 = from_vector(kRequests[0], {2, 6}, i64).to(DType::I32).to(device);
+  CHECK(classify({ids32.to(DType::I64), ones_like(ids32)})[0].to_vector<float>() ==
+        eager(ids32.to(DType::I64)));
+  CHECK(classify.graphs() == 3);
+  check_error([&] { (void)classify({Tensor(), Tensor()}); }, {"GraphedFunction", "input 0"});
+}

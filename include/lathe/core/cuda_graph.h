@@ -46,9 +46,15 @@
 #pragma once
 
 #include <functional>
+#include <map>
 #include <memory>
+#include <utility>
+#include <vector>
 
 #include "lathe/core/device.h"
+#include "lathe/core/dtype.h"
+#include "lathe/core/shape.h"
+#include "lathe/core/tensor.h"
 
 namespace lathe {
 
@@ -81,6 +87,40 @@ class CudaGraph {
   struct State;
   explicit CudaGraph(std::unique_ptr<State> state);
   std::unique_ptr<State> state_;
+};
+
+// The serving loop above, packaged: a function of tensors made into graphs, one per distinct set of
+// input shapes and dtypes (a server's padded lengths and batch sizes), captured at the first call
+// with those shapes and all sharing one memory pool. Each call copies the inputs (from any device)
+// into that graph's input tensors, replays it and returns its outputs:
+//
+//   lathe::GraphedFunction classify(gpu, [&](const std::vector<lathe::Tensor>& in) {
+//     return std::vector<lathe::Tensor>{model.forward(in[0], in[1])};
+//   });
+//   lathe::Tensor logits = classify({ids, mask})[0];
+//
+// For inference: `fn` runs under NoGradGuard, and must do only what a capture allows (above). The
+// outputs are the graph's own tensors, overwritten by the next call with the same shapes: read or
+// clone them before that. Calls are not thread-safe (the graphs of one pool replay one at a time).
+class GraphedFunction {
+ public:
+  using Fn = std::function<std::vector<Tensor>(const std::vector<Tensor>& inputs)>;
+  GraphedFunction(Device device, Fn fn);
+
+  std::vector<Tensor> operator()(const std::vector<Tensor>& inputs);
+  // How many graphs (input signatures) have been captured so far.
+  size_t graphs() const { return graphs_.size(); }
+
+ private:
+  using Signature = std::vector<std::pair<Shape, DType>>;
+  struct Captured {
+    std::vector<Tensor> inputs, outputs;
+    std::unique_ptr<CudaGraph> graph;
+  };
+  Device device_;
+  Fn fn_;
+  std::map<Signature, Captured> graphs_;
+  const CudaGraph* pool_owner_ = nullptr;  // the first graph: the others share its pool
 };
 
 }  // namespace lathe
