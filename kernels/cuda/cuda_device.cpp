@@ -140,7 +140,9 @@ struct StreamPool {
 };
 
 StreamPool& stream_pool(int index) {
-  static StreamPool pools[kMaxPoolDevices];
+  // Never destroyed, like the streams: at exit the handles stay reachable (no leak report) and the
+  // CUDA runtime may already be unloaded.
+  static StreamPool* pools = new StreamPool[kMaxPoolDevices];
   return pools[index];
 }
 
@@ -223,8 +225,8 @@ struct CaptureStreams {
 };
 
 CaptureStreams& capture_streams() {
-  static CaptureStreams streams;
-  return streams;
+  static CaptureStreams* streams = new CaptureStreams;  // never destroyed, as stream_pool
+  return *streams;
 }
 
 void* cuda_capture_begin(int index, void** pool) {
