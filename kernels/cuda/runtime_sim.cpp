@@ -509,8 +509,8 @@ void event_record(cudaEvent_t event, cudaStream_t stream) {
               " recorded on a stream of cuda:", device, " (cudaErrorInvalidResourceHandle)");
   // CUDA would record an event node; runtime.h says why lathe's graphs hold none.
   refuse_if_capturing(stream,
-                      "event_record: lathe's graphs hold no events (copy host data into the "
-                      "graph's input tensors before capture or replay); event_record",
+                      "event_record (lathe's graphs hold no events: copy host data into the "
+                      "graph's input tensors before capture or replay)",
                       cudaErrorStreamCaptureUnsupported);
   auto mark = std::make_shared<Mark>();
   if (stream == nullptr || !streams_deferred()) {
@@ -591,8 +591,7 @@ cudaGraphExec_t stream_end_capture(cudaStream_t stream) {
   std::shared_ptr<sim_streams::Capture> capture;
   {
     std::lock_guard<std::mutex> lock(g_state);
-    capture = std::move(stream->queue->capture);
-    stream->queue->capture.reset();
+    capture = std::move(stream->queue->capture);  // leaves the stream not capturing
   }
   LATHE_CHECK(capture != nullptr, "stream_end_capture: the stream is not capturing (",
               error_string(cudaErrorIllegalState), ")");
