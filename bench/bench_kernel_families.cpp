@@ -96,7 +96,7 @@ void dropout_entry(benchmark::State& state, const Target& target) {
   Tensor y = lathe::empty({n}, target.f32());
   const auto vx = lathe::detail::make_view(x), vy = lathe::detail::make_view(y);
   const auto& k = target.table();
-  run(state, target, double(n) * 8.0, [&] { k.dropout(vx, vy, 0.1, 1234, 0); });
+  run(state, target, double(n) * 8.0, [&] { k.dropout(vx, vy, 0.1, {1234, 0}); });
 }
 
 // Args: rows, classes, backward. f32 logits, label smoothing 0.1; forward reads the logits,

@@ -411,6 +411,53 @@ void BM_CudaInferenceGraph(benchmark::State& state) {
       benchmark::Counter(double(state.iterations()), benchmark::Counter::kIsRate);
 }
 
+// A training step of the MiniLM-shaped classifier (bf16 autocast, T 64, dropout on as in
+// fine-tuning), the loss read back each step. graph 0: eager, every kernel launched by the host;
+// graph 1: forward, backward, clipping and AdamW captured once into a CudaGraph and replayed (each
+// replay refills the dropout draws' Philox states and AdamW's step scalars from the host, see
+// lathe/core/cuda_graph.h). Small batches are host-bound, which a graph removes. Args: {batch,
+// graph}.
+void BM_CudaTrainStepGraph(benchmark::State& state) {
+  const int64_t batch = state.range(0);
+  const bool use_graph = state.range(1) == 1;
+  const Device cuda = Device::cuda(0);
+  manual_seed(0);
+  Setup s;
+  s.model = std::make_shared<nn::BertForSequenceClassification>(shape_config(6, 384, 12, 1536),
+                                                                nn::Pooling::Cls);
+  s.model->to(cuda);
+  s.ids = (rand({batch, 64}) * 30000.0 + 100.0).to(DType::I64).to(cuda);
+  s.mask = ones({batch, 64}, TensorOptions(DType::I64).device(cuda));
+  s.labels = (rand({batch}) * 2.0).to(DType::I64).to(cuda);
+  Trainer t(std::move(s));
+  Tensor loss;
+  auto body = [&] {
+    t.opt->zero_grad();
+    {
+      AutocastGuard autocast(DType::BF16, DeviceType::CUDA);
+      loss = cross_entropy(t.s.model->forward(t.s.ids, t.s.mask), t.s.labels);
+    }
+    loss.backward();
+    optim::clip_grad_norm_(*t.opt, 1.0);
+    t.opt->step();
+  };
+  body();  // warm-up: the optimizer's state, allocator pools, cuBLASLt heuristics
+  std::optional<CudaGraph> graph;
+  if (use_graph) graph.emplace(CudaGraph::capture(cuda, body));
+  auto step = [&] {
+    if (graph) {
+      graph->replay();
+    } else {
+      body();
+    }
+    return loss.item<float>();
+  };
+  step();
+  for (auto _ : state) benchmark::DoNotOptimize(step());
+  const double examples = double(batch) * double(state.iterations());
+  state.counters["examples/s"] = benchmark::Counter(examples, benchmark::Counter::kIsRate);
+}
+
 // The f32 step with the GEMMs in TF32 (set_float32_matmul_precision("high")), beside
 // BM_CudaTrainStep's f32 and bf16 steps. Args: {base, T}.
 void BM_CudaTrainStepTf32(benchmark::State& state) {
@@ -456,6 +503,12 @@ BENCHMARK(BM_CudaTrainStep)
 BENCHMARK(BM_CudaInferenceStreams)
     ->ArgNames({"requests", "streams"})
     ->ArgsProduct({{1, 2, 4}, {0, 1}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime()
+    ->MinTime(0.5);
+BENCHMARK(BM_CudaTrainStepGraph)
+    ->ArgNames({"batch", "graph"})
+    ->ArgsProduct({{8, 32}, {0, 1}})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime()
     ->MinTime(0.5);

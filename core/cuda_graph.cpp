@@ -15,14 +15,10 @@
 namespace lathe {
 
 namespace {
-thread_local int t_captures = 0;  // CudaGraph::capture bodies running on this thread
+// Words per block of replay slots: a block is allocated when the last one is full (slot addresses
+// must stay fixed). A BERT training step takes a few words per dropout and per optimizer group.
+constexpr int64_t kSlotBlockWords = 512;
 }  // namespace
-
-namespace detail {
-bool capturing_graph() {
-  return t_captures > 0;
-}
-}  // namespace detail
 
 // Destructors must not throw: report instead (the process may be exiting).
 template <class F>
@@ -45,11 +41,80 @@ struct CudaGraph::Pool {
   }
 };
 
+namespace {
+
+// A graph's replay slots (graph_internal.h): i64 blocks of device memory from the graph's pool.
+struct ReplaySlots {
+  struct Slot {
+    size_t block;
+    int64_t at;
+    detail::ReplayFill fill;
+  };
+  Device device;
+  std::vector<Tensor> blocks;
+  int64_t block_used = kSlotBlockWords;
+  std::vector<Slot> slots;
+
+  uint64_t* take(int words, detail::ReplayFill fill) {
+    LATHE_CHECK(words > 0 && words <= kSlotBlockWords, "replay_slot: ", words, " words (1 to ",
+                kSlotBlockWords, ")");
+    if (block_used + words > kSlotBlockWords) {
+      blocks.push_back(empty({kSlotBlockWords}, TensorOptions(DType::I64).device(device)));
+      block_used = 0;
+    }
+    const int64_t at = block_used;
+    block_used += words;
+    slots.push_back({blocks.size() - 1, at, std::move(fill)});
+    return reinterpret_cast<uint64_t*>(blocks.back().data_ptr()) + at;
+  }
+
+  // Calls the fills, then queues the copies of their words on the current stream.
+  void fill() {
+    if (slots.empty()) return;
+    std::vector<std::vector<int64_t>> host(blocks.size(), std::vector<int64_t>(kSlotBlockWords, 0));
+    for (Slot& slot : slots) {
+      slot.fill(reinterpret_cast<uint64_t*>(host[slot.block].data() + slot.at));
+    }
+    for (size_t b = 0; b < blocks.size(); ++b) {
+      const int64_t used = b + 1 == blocks.size() ? block_used : kSlotBlockWords;
+      host[b].resize(size_t(used));
+      // A small copy from the host: staged in pinned memory and queued without a host wait.
+      blocks[b].narrow(0, 0, used).copy_(from_vector(host[b]));
+    }
+  }
+};
+
+// The captures running on this thread, innermost last.
+thread_local std::vector<ReplaySlots*> t_captures;
+
+}  // namespace
+
+namespace detail {
+bool capturing_graph() {
+  return !t_captures.empty();
+}
+
+bool capturing_device(Device device) {
+  for (const ReplaySlots* c : t_captures) {
+    if (c->device == device) return true;
+  }
+  return false;
+}
+
+uint64_t* replay_slot(Device device, int words, ReplayFill fill) {
+  for (auto it = t_captures.rbegin(); it != t_captures.rend(); ++it) {
+    if ((*it)->device == device) return (*it)->take(words, std::move(fill));
+  }
+  return nullptr;
+}
+}  // namespace detail
+
 struct CudaGraph::State {
   Device device;
   const kernels::StreamApi* api = nullptr;
   void* graph = nullptr;
   std::shared_ptr<Pool> pool;  // released after the graph (members go in reverse order)
+  ReplaySlots slots;           // its blocks go back to the pool before the pool is released
 
   ~State() {
     if (graph) report_failure("~CudaGraph", [&] { api->graph_destroy(graph, device.index); });
@@ -75,6 +140,7 @@ CudaGraph CudaGraph::capture(Device device, const std::function<void()>& body,
   auto state = std::make_unique<State>();
   state->device = device;
   state->api = api->streams;
+  state->slots.device = device;
   if (const CudaGraph* other = options.share_memory_with) {
     LATHE_CHECK(other->state_ != nullptr,
                 "CudaGraph::capture: share_memory_with names a graph that was moved from");
@@ -97,13 +163,13 @@ CudaGraph CudaGraph::capture(Device device, const std::function<void()>& body,
   {
     void* previous = state->api->current_stream(device.index);
     state->api->set_current_stream(stream, device.index);
-    ++t_captures;
+    t_captures.push_back(&state->slots);
     struct Restore {
       const kernels::StreamApi* api;
       void* previous;
       int index;
       ~Restore() {
-        --t_captures;
+        t_captures.pop_back();
         api->set_current_stream(previous, index);
       }
     } restore{state->api, previous, device.index};
@@ -125,6 +191,7 @@ CudaGraph CudaGraph::capture(Device device, const std::function<void()>& body,
 void CudaGraph::replay() const {
   LATHE_CHECK(state_ != nullptr, "CudaGraph::replay: the graph was moved from");
   const int index = state_->device.index;
+  state_->slots.fill();
   state_->api->graph_launch(state_->graph, state_->api->current_stream(index), index);
 }
 

@@ -22,22 +22,52 @@ void manual_seed(uint64_t seed) {
   g_state = PhiloxState{seed, 0};
 }
 
-PhiloxState philox_reserve(int64_t numel) {
-  // A capture records the (seed, offset) as a kernel argument: every replay would draw the same
-  // numbers (lathe/core/cuda_graph.h).
-  LATHE_CHECK(!detail::capturing_graph(),
-              "a random draw (dropout in training, rand, randn) inside CudaGraph::capture: every "
-              "replay would repeat its numbers; capture in eval mode");
+namespace {
+
+// `numel` values from the global generator.
+PhiloxState reserve_global(int64_t numel) {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  PhiloxState state = g_state;
+  g_state.offset += uint64_t((numel + 3) / 4);
+  return state;
+}
+
+// Shared by both overloads: `device` is null for a draw that names none.
+PhiloxState reserve(int64_t numel, const Device* device) {
   PhiloxState state;
   if (!t_replays.empty()) {
     state = t_replays.back()->serve(numel);
+  } else if (!detail::capturing_graph()) {
+    state = reserve_global(numel);
   } else {
-    std::lock_guard<std::mutex> lock(g_mutex);
-    state = g_state;
-    g_state.offset += uint64_t((numel + 3) / 4);
+    // A capture records kernel arguments: a (seed, offset) passed by value would make every
+    // replay repeat the capture's numbers. The kernels read a slot the replay fills instead.
+    LATHE_CHECK(device != nullptr,
+                "a random draw that names no device (philox_reserve(numel)) inside "
+                "CudaGraph::capture: every replay would repeat its numbers; pass the device");
+    uint64_t* slot = detail::replay_slot(*device, 2, [numel](uint64_t* words) {
+      const PhiloxState drawn = reserve_global(numel);
+      words[0] = drawn.seed;
+      words[1] = drawn.offset;
+    });
+    if (slot != nullptr) {
+      state.device_state = slot;
+    } else {
+      state = reserve_global(numel);  // work of another device runs as it is issued
+    }
   }
   for (detail::PhiloxRecorder* r : t_recorders) r->add({state, numel});
   return state;
+}
+
+}  // namespace
+
+PhiloxState philox_reserve(int64_t numel) {
+  return reserve(numel, nullptr);
+}
+
+PhiloxState philox_reserve(int64_t numel, Device device) {
+  return reserve(numel, &device);
 }
 
 PhiloxState philox_current() {

@@ -5,9 +5,11 @@
 // function from its KernelTable (kernel_table.h).
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 #include "lathe/core/dtype.h"
+#include "lathe/core/random.h"
 
 namespace lathe::kernels {
 
@@ -239,7 +241,7 @@ struct AttentionForwardArgs {
   bool causal = false;
   double scale = 1.0;
   double dropout_p = 0.0;
-  uint64_t seed = 0, offset = 0;  // Philox state of the dropout mask over [batch, q_len, kv_len]
+  PhiloxState philox;  // of the dropout mask over [batch, q_len, kv_len]; cuda only: device_state
   View out;
   void* lse = nullptr;  // [batch, q_len] contiguous, accumulation type; -inf for fully masked rows
 };
@@ -315,10 +317,10 @@ using GatherFn = void (*)(const View& in, int dim, const View& index, const View
 // out[..index[..i..]..] += src[..i..] along dim, deterministic order.
 using ScatterAddFn = void (*)(const View& out, int dim, const View& index, const View& src);
 // out (contiguous f32/f64) filled from Philox(seed, offset), element i from block i / 4.
-using RandomFn = void (*)(RandomDist dist, const View& out, uint64_t seed, uint64_t offset);
+// `state` may carry a device_state on cuda (a draw inside a graph capture).
+using RandomFn = void (*)(RandomDist dist, const View& out, const PhiloxState& state);
 // out = in * keep / (1 - p), keep = uniform(i) >= p; also computes the backward (in = grad).
-using DropoutFn = void (*)(const View& in, const View& out, double p, uint64_t seed,
-                           uint64_t offset);
+using DropoutFn = void (*)(const View& in, const View& out, double p, const PhiloxState& state);
 // Over the last dim of contiguous x/y: y = softmax(x) or log_softmax(x).
 using SoftmaxForwardFn = void (*)(const View& x, const View& y, bool log);
 using SoftmaxBackwardFn = void (*)(const View& y, const View& grad_y, const View& grad_x, bool log);
@@ -373,11 +375,38 @@ struct AdamWArgs {
   double lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.0;
   bool decoupled_weight_decay = true;  // AdamW; false: Adam's L2 term added to the gradient
   double bias_correction1 = 1.0, bias_correction2 = 1.0;
+  // cuda only: when set, the kernel reads the step's scalars from this device address instead of
+  // computing them from lr, weight_decay and the bias corrections above. A CUDA graph's replays
+  // refill it (adamw_step_scalars of the step being taken), as the launch's values would be baked
+  // in.
+  const struct AdamWStepScalars* device_step_scalars = nullptr;
   // Elements per unit of work (a CUDA block's chunk, a cpu thread's share); 0 = the backend's
   // default. Results do not depend on it; tests set it small to cover multi-launch splitting.
   int64_t chunk = 0;
 };
 using AdamWFn = void (*)(const AdamWArgs& args);
+
+// The scalars of an Adam/AdamW step that change from step to step (they depend on lr, weight decay
+// and the step count), rounded from f64 to f32 once. Every backend computes them with this
+// function, and so does a graph replay (on the host), so a replayed step is the eager step's bits.
+struct AdamWStepScalars {
+  float decay = 1.0f;      // 1 - lr * weight_decay (decoupled weight decay)
+  float l2 = 0.0f;         // weight_decay (Adam's L2 term)
+  float step_size = 0.0f;  // lr / bias_correction1
+  float bc2_sqrt = 1.0f;   // sqrt(bias_correction2)
+};
+inline AdamWStepScalars adamw_step_scalars(double lr, double weight_decay, double bias_correction1,
+                                           double bias_correction2) {
+  AdamWStepScalars s;
+  s.decay = float(1.0 - lr * weight_decay);
+  s.l2 = float(weight_decay);
+  s.step_size = float(lr / bias_correction1);
+  s.bc2_sqrt = float(std::sqrt(bias_correction2));
+  return s;
+}
+inline AdamWStepScalars adamw_step_scalars(const AdamWArgs& a) {
+  return adamw_step_scalars(a.lr, a.weight_decay, a.bias_correction1, a.bias_correction2);
+}
 
 // Many contiguous tensors of one device at once (gradient clipping): one or two launches instead
 // of several per tensor. Tensors may differ in dtype (f32, f64, f16, bf16).

@@ -8,10 +8,13 @@
 // was skipped), and the bias corrections depend on the step, so the fused path launches once per
 // distinct step count in the group (almost always once).
 #include <cmath>
+#include <cstring>
 
+#include "core/graph_internal.h"
 #include "core/tensor_internal.h"
 #include "lathe/optim/fused_adamw.h"
 #include "lathe/optim/optimizer.h"
+#include "optim/fused_adamw_internal.h"
 
 namespace lathe::optim {
 
@@ -67,7 +70,8 @@ void Adam::step() {
   check_options(options_, who.c_str());
   NoGradGuard no_grad;
   const double beta1 = options_.beta1, beta2 = options_.beta2, eps = options_.eps;
-  for (ParamGroup& group : groups_) {
+  for (size_t group_index = 0; group_index < groups_.size(); ++group_index) {
+    ParamGroup& group = groups_[group_index];
     const double lr = group.lr, wd = group.weight_decay;
     // Validate and decide the path before touching the group's state, so an error leaves the
     // group as it was.
@@ -85,9 +89,12 @@ void Adam::step() {
     }
     if (items.empty()) continue;
 
+    // Inside a capture of the group's device the graph records the update, and each replay
+    // takes the step: the step counts advance then, and lr and weight decay are read then.
+    const bool captured = lathe::detail::capturing_device(items[0].param.device());
     bool fused = options_.fused != FusedMode::Never;
+    std::string why = "FusedMode::Never";
     if (fused) {
-      std::string why;
       for (size_t k = 0; k < items.size() && fused; ++k) {
         const Item& it = items[k];
         fused = fused_adamw_supports(it.param, it.grad, &why);
@@ -104,7 +111,19 @@ void Adam::step() {
                     why, " (parameter '", *names[k], "')");
       }
     }
+    // The composed update's lr and bias corrections are scalar arguments of its ops.
+    LATHE_CHECK(!captured || fused, who,
+                " inside CudaGraph::capture takes the fused update only (lr and step count change "
+                "per replay), but in group '",
+                group.name, "' ", why);
 
+    for (size_t k = 0; k < items.size() && captured; ++k) {
+      auto found = state_.find(*names[k]);
+      LATHE_CHECK(found != state_.end() && !found->second.tensors.empty(), who,
+                  " inside CudaGraph::capture: parameter '", *names[k],
+                  "' has no optimizer state yet (the capture would record its zero start, and "
+                  "every replay would restart from it); take one step before capturing");
+    }
     for (size_t k = 0; k < items.size(); ++k) {
       const Tensor& p = items[k].param;
       ParamState& st = state_[*names[k]];
@@ -114,13 +133,14 @@ void Adam::step() {
         st.tensors["exp_avg_sq"] = zeros(p.shape(), opts);
         if (is_16bit(p.dtype())) st.tensors["master"] = p.to(DType::F32).contiguous().clone();
       }
-      ++st.step;
+      if (!captured) ++st.step;
       items[k].state = &st;
     }
 
     if (fused) {
+      // The step each parameter takes now (captured: at the first replay).
       std::map<int64_t, std::vector<const Item*>> by_step;
-      for (const Item& it : items) by_step[it.state->step].push_back(&it);
+      for (const Item& it : items) by_step[it.state->step + (captured ? 1 : 0)].push_back(&it);
       for (const auto& [step, list] : by_step) {
         std::vector<Tensor> params, grads, exp_avgs, exp_avg_sqs, masters;
         for (const Item* it : list) {
@@ -138,7 +158,14 @@ void Adam::step() {
         s.weight_decay = wd;
         s.decoupled_weight_decay = decoupled_;
         s.step = step;
-        fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, masters, s);
+        const kernels::AdamWStepScalars* device_step = nullptr;
+        if (captured) {
+          std::vector<std::string> list_names;
+          for (const Item* it : list) list_names.push_back(*names[size_t(it - items.data())]);
+          device_step =
+              replay_step(group_index, std::move(list_names), exp_avgs, items[0].param.device());
+        }
+        internal::fused_adamw_launch(params, grads, exp_avgs, exp_avg_sqs, masters, s, device_step);
       }
       continue;
     }
@@ -165,6 +192,52 @@ void Adam::step() {
       if (has_master) it.param.copy_(w);
     }
   }
+}
+
+const kernels::AdamWStepScalars* Adam::replay_step(size_t group_index,
+                                                   std::vector<std::string> param_names,
+                                                   const std::vector<Tensor>& exp_avgs,
+                                                   Device device) {
+  std::vector<const void*> moments;
+  for (const Tensor& m : exp_avgs) moments.push_back(m.data_ptr());
+  const std::string kind = name();
+  const AdamOptions captured_options = options_;
+  auto fill = [this, alive = std::weak_ptr<const bool>(alive_), kind, group_index,
+               param_names = std::move(param_names), moments = std::move(moments),
+               captured_options](uint64_t* words) {
+    LATHE_CHECK(!alive.expired(), "CudaGraph::replay: the ", kind,
+                " optimizer whose step the graph captured has been destroyed");
+    const ParamGroup& group = groups_[group_index];
+    const char* who = "CudaGraph::replay of a captured optimizer step";
+    LATHE_CHECK(std::isfinite(group.lr) && group.lr >= 0 && std::isfinite(group.weight_decay) &&
+                    group.weight_decay >= 0,
+                who, ": group '", group.name, "' has lr ", group.lr, " and weight_decay ",
+                group.weight_decay, " (must be finite and >= 0)");
+    // Validate everything before advancing any step count. (Betas and eps are the capture's: only
+    // load_state_dict changes them, and it replaces the state, which is caught here.)
+    std::vector<ParamState*> states;
+    for (size_t k = 0; k < param_names.size(); ++k) {
+      auto it = state_.find(param_names[k]);
+      LATHE_CHECK(it != state_.end() && it->second.tensors.count("exp_avg") &&
+                      it->second.tensors.at("exp_avg").data_ptr() == moments[k],
+                  who, ": the ", kind, " state of parameter '", param_names[k],
+                  "' was replaced since the capture (load_state_dict); capture the step again");
+      states.push_back(&it->second);
+      LATHE_CHECK(states[k]->step == states[0]->step, who, ": parameters '", param_names[0],
+                  "' and '", param_names[k], "' were captured at one step count but have taken ",
+                  states[0]->step, " and ", states[k]->step,
+                  " steps since (an eager step left one out)");
+    }
+    for (ParamState* st : states) ++st->step;
+    const double t = double(states[0]->step);
+    const kernels::AdamWStepScalars scalars = kernels::adamw_step_scalars(
+        group.lr, group.weight_decay, 1.0 - std::pow(captured_options.beta1, t),
+        1.0 - std::pow(captured_options.beta2, t));
+    static_assert(sizeof(scalars) == 2 * sizeof(uint64_t));
+    std::memcpy(words, &scalars, sizeof(scalars));
+  };
+  uint64_t* slot = lathe::detail::replay_slot(device, 2, std::move(fill));
+  return reinterpret_cast<const kernels::AdamWStepScalars*>(slot);
 }
 
 std::map<std::string, double> Adam::hyperparameters() const {

@@ -5,7 +5,9 @@
 
 #include <cmath>
 
+#include "core/graph_internal.h"
 #include "core/tensor_internal.h"
+#include "optim/fused_adamw_internal.h"
 
 namespace lathe::optim {
 
@@ -50,6 +52,19 @@ bool fused_adamw_supports(const Tensor& param, const Tensor& grad, std::string* 
 void fused_adamw_(const std::vector<Tensor>& params, const std::vector<Tensor>& grads,
                   const std::vector<Tensor>& exp_avgs, const std::vector<Tensor>& exp_avg_sqs,
                   const std::vector<Tensor>& masters, const FusedAdamWStep& s) {
+  LATHE_CHECK(params.empty() || !params[0].defined() ||
+                  !lathe::detail::capturing_device(params[0].device()),
+              "fused_adamw_ inside CudaGraph::capture: the graph would repeat this step's lr and "
+              "step count at every replay; capture AdamW::step, which sets them per replay");
+  internal::fused_adamw_launch(params, grads, exp_avgs, exp_avg_sqs, masters, s, nullptr);
+}
+
+void internal::fused_adamw_launch(const std::vector<Tensor>& params,
+                                  const std::vector<Tensor>& grads,
+                                  const std::vector<Tensor>& exp_avgs,
+                                  const std::vector<Tensor>& exp_avg_sqs,
+                                  const std::vector<Tensor>& masters, const FusedAdamWStep& s,
+                                  const kernels::AdamWStepScalars* device_step_scalars) {
   const char* op = "fused_adamw_";
   const size_t n = params.size();
   LATHE_CHECK(grads.size() == n && exp_avgs.size() == n && exp_avg_sqs.size() == n, op,
@@ -106,6 +121,7 @@ void fused_adamw_(const std::vector<Tensor>& params, const std::vector<Tensor>& 
   args.decoupled_weight_decay = s.decoupled_weight_decay;
   args.bias_correction1 = 1.0 - std::pow(s.beta1, double(s.step));
   args.bias_correction2 = 1.0 - std::pow(s.beta2, double(s.step));
+  args.device_step_scalars = device_step_scalars;
   LATHE_KERNEL(device, adamw, op)(args);
   for (size_t i = 0; i < n; ++i) {
     params[i].storage()->bump_version();

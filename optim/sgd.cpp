@@ -3,6 +3,7 @@
 // the buffer without dampening, as PyTorch does).
 #include <cmath>
 
+#include "core/graph_internal.h"
 #include "core/tensor_internal.h"
 #include "lathe/optim/optimizer.h"
 
@@ -57,6 +58,11 @@ void SGD::step() {
       LATHE_CHECK(!g.defined() || (g.shape() == p.shape() && g.device() == p.device()),
                   "SGD step: gradient of '", group.param_names[i], "' is ", detail::describe(g),
                   ", parameter ", detail::describe(p));
+      // Its lr would be a kernel argument, repeated by every replay (AdamW reads it per replay).
+      LATHE_CHECK(!g.defined() || !detail::capturing_device(p.device()),
+                  "SGD step inside CudaGraph::capture (parameter '", group.param_names[i], "' on ",
+                  p.device().str(),
+                  "): every replay would repeat the captured lr; capture AdamW::step instead");
     }
   }
   for (ParamGroup& group : groups_) {

@@ -175,8 +175,7 @@ kernels::AttentionForwardArgs make_args(const Tensor& q, const Tensor& k, const 
   a.causal = causal;
   a.scale = s.scale;
   a.dropout_p = dropout_p;
-  a.seed = philox.seed;
-  a.offset = philox.offset;
+  a.philox = philox;
   return a;
 }
 
@@ -259,7 +258,8 @@ Tensor scaled_dot_product_attention(const Tensor& q_in, const Tensor& k_in, cons
   Tensor lse = Tensor::empty({s.batch, s.tq}, TensorOptions(acc).device(q.device()));
 
   const int64_t draws = s.batch * s.tq * s.tk;
-  const PhiloxState philox = dropout_p > 0 && draws > 0 ? philox_reserve(draws) : PhiloxState{};
+  const PhiloxState philox =
+      dropout_p > 0 && draws > 0 ? philox_reserve(draws, q.device()) : PhiloxState{};
   kernels::AttentionForwardArgs args = make_args(q, k, v, mask, causal, dropout_p, philox, s);
   args.out = detail::make_view(out_kernel);
   args.lse = lse.data_ptr();
@@ -360,7 +360,8 @@ Tensor scaled_dot_product_attention_slow(const Tensor& q, const Tensor& k, const
   }
   if (dropout_p > 0 && probs.numel() > 0) {
     // Exactly the Philox slice the fused op would reserve.
-    probs = detail::dropout_with_state(probs, dropout_p, philox_reserve(probs.numel()));
+    probs =
+        detail::dropout_with_state(probs, dropout_p, philox_reserve(probs.numel(), probs.device()));
   }
   return matmul(probs, v);
 }

@@ -22,7 +22,7 @@ Tensor run_dropout(const Tensor& in, double p, PhiloxState state, const char* op
   Tensor out = empty(in.shape(), TensorOptions(in.dtype()).device(in.device()));
   if (in.numel() > 0) {
     LATHE_KERNEL(in.device(), dropout, op)
-    (detail::make_view(in), detail::make_view(out), p, state.seed, state.offset);
+    (detail::make_view(in), detail::make_view(out), p, state);
   }
   return out;
 }
@@ -38,7 +38,7 @@ Tensor dropout(const Tensor& x, double p, bool training) {
   detail::check_floating(x, op);
   // p == 1 goes through the kernel as well (it writes zeros), so the graph and the Philox stream
   // advance the same way for every p.
-  return detail::dropout_with_state(x, p, philox_reserve(x.numel()));
+  return detail::dropout_with_state(x, p, philox_reserve(x.numel(), x.device()));
 }
 
 Tensor detail::dropout_with_state(const Tensor& x, double p, PhiloxState state) {

@@ -76,9 +76,9 @@ Tensor random_tensor(const Shape& shape, TensorOptions options, kernels::RandomD
   // 16-bit floats are drawn in f32 and rounded, so they match the f32 stream.
   DType draw = dtype == DType::F64 ? DType::F64 : DType::F32;
   Tensor t = Tensor::empty(shape, without_grad(options, draw).dtype(draw));
-  PhiloxState state = philox_reserve(t.numel());
+  PhiloxState state = philox_reserve(t.numel(), t.device());
   if (t.numel() > 0) {
-    LATHE_KERNEL(t.device(), random, op)(dist, detail::make_view(t), state.seed, state.offset);
+    LATHE_KERNEL(t.device(), random, op)(dist, detail::make_view(t), state);
   }
   return finish(t.to(dtype), options);
 }

@@ -33,14 +33,18 @@ struct Scalars {
 };
 
 Scalars make_scalars(const AdamWArgs& a) {
+  LATHE_CHECK(a.device_step_scalars == nullptr,
+              "adamw: the cpu kernel reads its scalars from the launch (device_step_scalars is for "
+              "cuda graphs)");
+  const AdamWStepScalars step = adamw_step_scalars(a);
   Scalars s;
-  s.decay = float(1.0 - a.lr * a.weight_decay);
-  s.l2 = float(a.weight_decay);
+  s.decay = step.decay;
+  s.l2 = step.l2;
   s.one_minus_beta1 = float(1.0 - a.beta1);
   s.beta2 = float(a.beta2);
   s.one_minus_beta2 = float(1.0 - a.beta2);
-  s.step_size = float(a.lr / a.bias_correction1);
-  s.bc2_sqrt = float(std::sqrt(a.bias_correction2));
+  s.step_size = step.step_size;
+  s.bc2_sqrt = step.bc2_sqrt;
   s.eps = float(a.eps);
   return s;
 }

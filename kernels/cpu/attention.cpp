@@ -164,8 +164,10 @@ struct Problem {
     dropout = a.dropout_p > 0;
     p = float(a.dropout_p);
     keep_scale = a.dropout_p < 1 ? T(1.0 / (1.0 - a.dropout_p)) : T(0);
-    seed = a.seed;
-    offset = a.offset;
+    LATHE_CHECK(a.philox.device_state == nullptr,
+                "attention: a cpu dropout mask takes its Philox state by value");
+    seed = a.philox.seed;
+    offset = a.philox.offset;
   }
 };
 

@@ -166,7 +166,9 @@ void dropout_contiguous_bf16(const BFloat16* in, BFloat16* out, int64_t n, float
   }
 }
 
-void dropout_kernel(const View& in, const View& out, double p, uint64_t seed, uint64_t offset) {
+void dropout_kernel(const View& in, const View& out, double p, const PhiloxState& state) {
+  LATHE_CHECK(state.device_state == nullptr, "dropout: a cpu draw takes its Philox state by value");
+  const uint64_t seed = state.seed, offset = state.offset;
   LATHE_CHECK(in.dtype == out.dtype && in.ndim == out.ndim, "dropout: input ", in.dtype,
               " and output ", out.dtype, " must have the same dtype and rank");
   for (int d = 0; d < in.ndim; ++d) {

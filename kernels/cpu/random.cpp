@@ -33,8 +33,10 @@ void fill_block(RandomDist dist, const std::array<uint32_t, 4>& r, T out[4]) {
   }
 }
 
-void random_kernel(RandomDist dist, const View& out, uint64_t seed, uint64_t offset) {
+void random_kernel(RandomDist dist, const View& out, const PhiloxState& state) {
   LATHE_CHECK(out.is_contiguous(), "random: output must be contiguous");
+  LATHE_CHECK(state.device_state == nullptr, "random: a cpu draw takes its Philox state by value");
+  const uint64_t seed = state.seed, offset = state.offset;
   const int64_t n = out.numel();
   const int64_t blocks = (n + 3) / 4;
   dispatch_float(out.dtype, "random", [&]<class scalar_t>() {

@@ -26,7 +26,22 @@ constexpr int kMaxBlocks = 320;
 struct AdamWScalars {
   int64_t chunk;
   float decay, l2, one_minus_beta1, beta2, one_minus_beta2, step_size, bc2_sqrt, eps;
+  // Inside a CUDA graph: where each replay puts decay, l2, step_size and bc2_sqrt (else null).
+  const AdamWStepScalars* device_step;
 };
+
+// The launch's scalars, with those of a graph's replay read from device memory.
+LATHE_DEVICE_INLINE AdamWScalars resolve(const AdamWScalars& launch) {
+  AdamWScalars s = launch;
+  if (launch.device_step != nullptr) {
+    const AdamWStepScalars step = *launch.device_step;
+    s.decay = step.decay;
+    s.l2 = step.l2;
+    s.step_size = step.step_size;
+    s.bc2_sqrt = step.bc2_sqrt;
+  }
+  return s;
+}
 
 // 36 x 49 + 320 x 5 bytes + scalars: ~3.4 KiB, within the 4 KiB kernel-parameter limit.
 struct AdamWTable {
@@ -82,7 +97,8 @@ LATHE_DEVICE_INLINE void adamw_element(const AdamWTable& table, int t, int64_t i
 // pack, element by element. Both paths run adamw_update on the same values, so they give the
 // same bits.
 template <class T, bool Decoupled>
-__global__ void adamw_kernel_impl(AdamWTable table, AdamWScalars s) {
+__global__ void adamw_kernel_impl(AdamWTable table, AdamWScalars launch) {
+  const AdamWScalars s = resolve(launch);
   constexpr int V = 16 / int(sizeof(T));
   constexpr int kUnroll = 2;
   const int t = table.block_tensor[blockIdx.x];
@@ -169,14 +185,16 @@ void adamw_kernel(const AdamWArgs& a) {
   }
   AdamWScalars s;
   s.chunk = chunk_size;
-  s.decay = float(1.0 - a.lr * a.weight_decay);
-  s.l2 = float(a.weight_decay);
+  const AdamWStepScalars step = adamw_step_scalars(a);
+  s.decay = step.decay;
+  s.l2 = step.l2;
   s.one_minus_beta1 = float(1.0 - a.beta1);
   s.beta2 = float(a.beta2);
   s.one_minus_beta2 = float(1.0 - a.beta2);
-  s.step_size = float(a.lr / a.bias_correction1);
-  s.bc2_sqrt = float(std::sqrt(a.bias_correction2));
+  s.step_size = step.step_size;
+  s.bc2_sqrt = step.bc2_sqrt;
   s.eps = float(a.eps);
+  s.device_step = a.device_step_scalars;
 
   dispatch_device_float(a.param_dtype, "adamw", [&]<class T>() {
     if constexpr (std::is_same_v<T, double>) {

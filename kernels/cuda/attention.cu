@@ -832,8 +832,7 @@ Params make_params(const AttentionForwardArgs& a) {
   p.p = float(a.dropout_p);
   p.keep_scale = a.dropout_p < 1 ? float(1.0 / (1.0 - a.dropout_p)) : 0.0f;
   p.keep_threshold = keep_threshold(p.p);
-  p.seed = a.seed;
-  p.offset = a.offset;
+  p.philox = a.philox;
   return p;
 }
 

@@ -104,7 +104,8 @@ struct Params : Lead {
   bool dropout = false;
   float p = 0;  // compared in f32, as the dropout kernel does
   double keep_scale = 1;
-  uint64_t seed = 0, offset = 0;
+  // The dropout mask's state; its device_state (inside a graph) is read at each draw.
+  PhiloxState philox;
 };
 
 // ---- small device helpers ----
@@ -172,7 +173,7 @@ LATHE_DEVICE_INLINE int round_up(int x, int m) {
 
 // Whether dropout keeps probability element n (the dropout kernel's rule).
 LATHE_DEVICE_INLINE bool dropout_keeps(const Params& p, uint64_t n) {
-  const std::array<uint32_t, 4> w = philox::block(p.offset + n / 4, p.seed);
+  const std::array<uint32_t, 4> w = philox::block(p.philox.first_block() + n / 4, p.philox.key());
   const uint32_t lane = uint32_t(n & 3u);
   const uint32_t bits = lane == 0 ? w[0] : lane == 1 ? w[1] : lane == 2 ? w[2] : w[3];
   return philox::to_uniform(bits) >= p.p;
@@ -744,8 +745,7 @@ Params make_params(const AttentionForwardArgs& a) {
   p.dropout = a.dropout_p > 0;
   p.p = float(a.dropout_p);
   p.keep_scale = a.dropout_p < 1 ? 1.0 / (1.0 - a.dropout_p) : 0.0;
-  p.seed = a.seed;
-  p.offset = a.offset;
+  p.philox = a.philox;
   return p;
 }
 

@@ -70,7 +70,8 @@ struct Params : Lead {
   // keep iff (word >> 8) >= keep_threshold, the integer form of philox::to_uniform(word) >= p:
   // ceil(p * 2^24), at most 2^24 (keep_threshold()).
   uint32_t keep_threshold = 0;
-  uint64_t seed = 0, offset = 0;
+  // The dropout mask's state; its device_state (inside a graph) is read at each draw.
+  PhiloxState philox;
 };
 
 // ---- small device helpers ----
@@ -157,7 +158,8 @@ LATHE_DEVICE_INLINE bool keeps(const Params& p, uint32_t w) {
 
 // Whether dropout keeps probability element n: word n % 4 of Philox block offset + n / 4.
 LATHE_DEVICE_INLINE bool element_kept(const Params& p, uint64_t n) {
-  return keeps(p, word(philox::block(p.offset + n / 4, p.seed), uint32_t(n & 3u)));
+  return keeps(
+      p, word(philox::block(p.philox.first_block() + n / 4, p.philox.key()), uint32_t(n & 3u)));
 }
 
 // The dropout factor of probability element n: keep_scale or 0.
@@ -172,7 +174,7 @@ LATHE_DEVICE_INLINE void dropout_pair(const Params& p, int64_t b, int64_t i, int
   z[0] = z[1] = 1.0f;
   if (i >= p.tq || j >= p.tk) return;
   const uint64_t n = uint64_t((b * p.tq + i) * p.tk + j);
-  const std::array<uint32_t, 4> w = philox::block(p.offset + n / 4, p.seed);
+  const std::array<uint32_t, 4> w = philox::block(p.philox.first_block() + n / 4, p.philox.key());
   const uint32_t lane = uint32_t(n & 3u);
   z[0] = keeps(p, word(w, lane)) ? p.keep_scale : 0.0f;
   if (j + 1 >= p.tk) return;
@@ -193,9 +195,10 @@ inline uint32_t keep_threshold(float p) {
   return t <= 0 ? 0u : t >= 16777216.0 ? 16777216u : uint32_t(t);
 }
 
-// Bit w: whether word w of Philox block `block` (relative to p.offset) keeps its element.
+// Bit w: whether word w of Philox block `block` (relative to the mask's first block) keeps its
+// element.
 LATHE_DEVICE_INLINE uint32_t keep_nibble(const Params& p, uint64_t block) {
-  const std::array<uint32_t, 4> w = philox::block(p.offset + block, p.seed);
+  const std::array<uint32_t, 4> w = philox::block(p.philox.first_block() + block, p.philox.key());
   return uint32_t(keeps(p, w[0])) | uint32_t(keeps(p, w[1])) << 1 | uint32_t(keeps(p, w[2])) << 2 |
          uint32_t(keeps(p, w[3])) << 3;
 }

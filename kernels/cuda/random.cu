@@ -21,8 +21,8 @@ namespace lathe::kernels::cuda {
 namespace {
 
 template <class T>
-__global__ void random_kernel_impl(T* out, int64_t n, RandomDist dist, uint64_t seed,
-                                   uint64_t offset) {
+__global__ void random_kernel_impl(T* out, int64_t n, RandomDist dist, PhiloxState state) {
+  const uint64_t seed = state.key(), offset = state.first_block();
   const int64_t blocks = (n + 3) / 4;
   for (int64_t b = global_thread(); b < blocks; b += grid_threads()) {
     const std::array<uint32_t, 4> r = philox::block(offset + uint64_t(b), seed);
@@ -51,13 +51,13 @@ __global__ void random_kernel_impl(T* out, int64_t n, RandomDist dist, uint64_t 
   }
 }
 
-void random_kernel(RandomDist dist, const View& out, uint64_t seed, uint64_t offset) {
+void random_kernel(RandomDist dist, const View& out, const PhiloxState& state) {
   LATHE_CHECK(out.is_contiguous(), "random: output must be contiguous");
   const int64_t n = out.numel();
   if (n == 0) return;
   dispatch_device_float(out.dtype, "random", [&]<class T>() {
     rt::launch(random_kernel_impl<T>, dim3(grid_for((n + 3) / 4)), dim3(kThreads), 0, stream(),
-               "random", static_cast<T*>(out.data), n, dist, seed, offset);
+               "random", static_cast<T*>(out.data), n, dist, state);
   });
 }
 
@@ -74,8 +74,9 @@ LATHE_DEVICE_INLINE T dropped(T x, uint32_t r, float p, compute_t<T> scale) {
 // so each thread issues one vector load and one vector store instead of an access per element.
 template <class T, int V>
 __global__ void dropout_vector_kernel(const T* in, T* out, int64_t packs, float p,
-                                      compute_t<T> scale, uint64_t seed, uint64_t offset) {
+                                      compute_t<T> scale, PhiloxState state) {
   static_assert(V % 4 == 0, "whole Philox blocks per pack");
+  const uint64_t seed = state.key(), offset = state.first_block();
   for (int64_t k = global_thread(); k < packs; k += grid_threads()) {
     const Pack<T, V> x = load_pack<T, V>(in, k);
     Pack<T, V> y;
@@ -93,7 +94,8 @@ __global__ void dropout_vector_kernel(const T* in, T* out, int64_t packs, float 
 template <class T>
 __global__ void dropout_kernel_impl(const T* in, T* out, int64_t n, int64_t first_block,
                                     OffsetCalc<2> calc, bool contiguous, float p,
-                                    compute_t<T> scale, uint64_t seed, uint64_t offset) {
+                                    compute_t<T> scale, PhiloxState state) {
+  const uint64_t seed = state.key(), offset = state.first_block();
   const int64_t blocks = (n + 3) / 4;
   for (int64_t b = first_block + global_thread(); b < blocks; b += grid_threads()) {
     const std::array<uint32_t, 4> r = philox::block(offset + uint64_t(b), seed);
@@ -107,7 +109,7 @@ __global__ void dropout_kernel_impl(const T* in, T* out, int64_t n, int64_t firs
   }
 }
 
-void dropout_kernel(const View& in, const View& out, double p, uint64_t seed, uint64_t offset) {
+void dropout_kernel(const View& in, const View& out, double p, const PhiloxState& state) {
   LATHE_CHECK(in.dtype == out.dtype && in.ndim == out.ndim, "dropout: input ", in.dtype,
               " and output ", out.dtype, " must have the same dtype and rank");
   for (int d = 0; d < in.ndim; ++d) {
@@ -129,7 +131,7 @@ void dropout_kernel(const View& in, const View& out, double p, uint64_t seed, ui
       if (contiguous && aligned16(src) && aligned16(dst) && n >= V) {
         const int64_t packs = n / V;
         rt::launch(dropout_vector_kernel<T, V>, dim3(grid_for(packs)), dim3(kThreads), 0, stream(),
-                   "dropout", src, dst, packs, float(p), scale, seed, offset);
+                   "dropout", src, dst, packs, float(p), scale, state);
         first_block = packs * (V / 4);
       }
     }
@@ -138,7 +140,7 @@ void dropout_kernel(const View& in, const View& out, double p, uint64_t seed, ui
     if (left > 0) {
       rt::launch(dropout_kernel_impl<T>, dim3(grid_for(left)), dim3(kThreads), 0, stream(),
                  "dropout", src, dst, n, first_block, make_offset_calc<2>({&out, &in}), contiguous,
-                 float(p), scale, seed, offset);
+                 float(p), scale, state);
     }
   });
 }

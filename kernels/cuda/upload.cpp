@@ -72,6 +72,10 @@ void upload_async(void* device_dst, const void* host_src, size_t bytes, cudaStre
   if (bytes == 0) return;
   LATHE_CHECK(device_dst != nullptr && host_src != nullptr, "upload_async: null pointer (dst ",
               device_dst, ", src ", host_src, ", ", bytes, " bytes)");
+  if (stream_is_capturing(stream)) {
+    upload_by_launch(device_dst, host_src, bytes, stream);
+    return;
+  }
   StagingPool& p = pool();
   // Held until the event is recorded: another thread must not pick the block between the copy
   // being queued and the event that guards it.

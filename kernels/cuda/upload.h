@@ -17,7 +17,12 @@ namespace lathe::cuda {
 // a pinned staging block first, so `host_src` is free to change on return. Staging blocks come from
 // a process-wide pool: a block is reused once the copy that last read it has completed (its event
 // has fired), and the pool grows when every block of the device is still in flight. Thread-safe.
+// On a capturing stream (a CUDA graph) the bytes go by upload_by_launch instead.
 void upload_async(void* device_dst, const void* host_src, size_t bytes, cudaStream_t stream);
+
+// The same copy as kernel launches carrying the bytes in their parameters (upload_launch.cu): what
+// a graph capture can record, since the graph keeps launch parameters but not host memory.
+void upload_by_launch(void* device_dst, const void* host_src, size_t bytes, cudaStream_t stream);
 
 // How many staging blocks the pool holds for `device`, or over every device.
 size_t upload_staging_blocks(std::optional<int> device = std::nullopt);

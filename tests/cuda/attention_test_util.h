@@ -90,6 +90,15 @@ void check_dropout_determinism(const Case& c, Run&& run) {
   other = c;
   other.offset = c.offset + 1;
   CHECK(bytes_of(run(other).out) != bytes_of(r.out));
+  // The state read from device memory (a graph's draw): the same bits, whatever the launch's
+  // values.
+  other = c;
+  other.philox_state =
+      from_vector(std::vector<int64_t>{int64_t(c.seed), int64_t(c.offset)}).to(kernel_test::kCuda);
+  other.seed = c.seed + 3;
+  other.offset = c.offset + 5;
+  const auto from_device = run(other);
+  for (size_t i = 0; i < 5; ++i) CHECK(bytes_of(from_device.all()[i]) == bytes_of(r.all()[i]));
 }
 
 }  // namespace lathe::attention_test

@@ -72,6 +72,9 @@ struct Case {
   bool grad_mask = false;  // asks for grad_mask (floating masks)
   double p = 0.0;
   uint64_t seed = 0, offset = 0;
+  // When defined: {seed, offset} as i64 in device memory, which the kernels read instead (a draw
+  // inside a CUDA graph capture); seed and offset are then ignored.
+  Tensor philox_state;
 };
 
 std::string describe(const Case& c) {
@@ -174,8 +177,10 @@ kernels::AttentionForwardArgs forward_args(const Case& c, const Inputs& in, DTyp
   a.causal = c.causal;
   a.scale = 1.0 / std::sqrt(double(std::max<int64_t>(c.d, 1)));
   a.dropout_p = c.p;
-  a.seed = c.seed;
-  a.offset = c.offset;
+  a.philox = {c.seed, c.offset};
+  if (c.philox_state.defined()) {
+    a.philox.device_state = static_cast<const uint64_t*>(c.philox_state.data_ptr());
+  }
   return a;
 }
 

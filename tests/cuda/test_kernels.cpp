@@ -796,6 +796,17 @@ TEST_CASE("cuda kernels: out-of-range indices are raised at the next wait with t
 
 // ---------------------------------------------------------------------------- random, dropout
 
+// {seed, offset} in cuda memory: how a draw inside a graph capture gets its state. The launch's
+// own seed and offset are set to other values, which the kernels must ignore.
+struct DeviceState {
+  Tensor memory;
+  PhiloxState state;
+  DeviceState(uint64_t seed, uint64_t offset)
+      : memory(from_vector(std::vector<int64_t>{int64_t(seed), int64_t(offset)}).to(kCuda)) {
+    state = {seed + 1, offset + 1, static_cast<const uint64_t*>(memory.data_ptr())};
+  }
+};
+
 TEST_CASE("cuda kernels: Philox draws equal the cpu's for the same seed and offset",
           "[cuda][kernels]") {
   for (DType t : {DType::F32, DType::F64}) {
@@ -803,8 +814,11 @@ TEST_CASE("cuda kernels: Philox draws equal the cpu's for the same seed and offs
       INFO("random " << int(dist) << " of " << t);
       Tensor out = Tensor::empty({1001}, TensorOptions(t));
       Tensor out_cuda = Tensor::empty({1001}, TensorOptions(t).device(kCuda));
-      cpu_k().random(dist, view(out), 1234, 77);
-      cuda_k().random(dist, view(out_cuda), 1234, 77);
+      cpu_k().random(dist, view(out), {1234, 77});
+      cuda_k().random(dist, view(out_cuda), {1234, 77});
+      Tensor from_device = Tensor::empty({1001}, TensorOptions(t).device(kCuda));
+      cuda_k().random(dist, view(from_device), DeviceState(1234, 77).state);
+      check_bits(from_device, out_cuda);
 #ifdef LATHE_CUDA_SIM_BUILD
       check_bits(out_cuda, out);
 #else
@@ -831,15 +845,18 @@ TEST_CASE("cuda kernels: dropout keeps the cpu's mask", "[cuda][kernels]") {
       Tensor x = random_tensor({37, 101}, 7, t);
       Tensor out = Tensor::empty({37, 101}, TensorOptions(t));
       Tensor out_cuda = Tensor::empty({37, 101}, TensorOptions(t).device(kCuda));
-      cpu_k().dropout(view(x), view(out), p, 99, 5);
-      cuda_k().dropout(view(x.to(kCuda)), view(out_cuda), p, 99, 5);
+      cpu_k().dropout(view(x), view(out), p, {99, 5});
+      cuda_k().dropout(view(x.to(kCuda)), view(out_cuda), p, {99, 5});
       check_bits(out_cuda, out);
+      Tensor from_device = Tensor::empty({37, 101}, TensorOptions(t).device(kCuda));
+      cuda_k().dropout(view(x.to(kCuda)), view(from_device), p, DeviceState(99, 5).state);
+      check_bits(from_device, out);
       // Strided input and output.
       Tensor xs = testing::non_contiguous(x);
       Tensor wide = zeros({37, 202}, TensorOptions(t)), wide_cuda = wide.to(kCuda);
-      cpu_k().dropout(view(xs), view(wide.slice(1, 1, 202, 2)), p, 99, 5);
+      cpu_k().dropout(view(xs), view(wide.slice(1, 1, 202, 2)), p, {99, 5});
       cuda_k().dropout(view(testing::non_contiguous(x.to(kCuda))),
-                       view(wide_cuda.slice(1, 1, 202, 2)), p, 99, 5);
+                       view(wide_cuda.slice(1, 1, 202, 2)), p, {99, 5});
       check_bits(wide_cuda, wide);
       // A contiguous view one element off a 16-byte boundary: the element-wise path whole.
       Tensor flat = random_tensor({3738}, 8, t);
@@ -847,9 +864,12 @@ TEST_CASE("cuda kernels: dropout keeps the cpu's mask", "[cuda][kernels]") {
              out_shifted = Tensor::empty({3737}, TensorOptions(t));
       Tensor flat_cuda = flat.to(kCuda),
              out_shifted_cuda = zeros({3738}, TensorOptions(t).device(kCuda));
-      cpu_k().dropout(view(shifted), view(out_shifted), p, 99, 6);
+      cpu_k().dropout(view(shifted), view(out_shifted), p, {99, 6});
       cuda_k().dropout(view(flat_cuda.narrow(0, 1, 3737)),
-                       view(out_shifted_cuda.narrow(0, 1, 3737)), p, 99, 6);
+                       view(out_shifted_cuda.narrow(0, 1, 3737)), p, {99, 6});
+      check_bits(out_shifted_cuda.narrow(0, 1, 3737), out_shifted);
+      cuda_k().dropout(view(flat_cuda.narrow(0, 1, 3737)),
+                       view(out_shifted_cuda.narrow(0, 1, 3737)), p, DeviceState(99, 6).state);
       check_bits(out_shifted_cuda.narrow(0, 1, 3737), out_shifted);
     }
   }
@@ -862,8 +882,10 @@ TEST_CASE("cuda kernels: dropout keeps the cpu's mask", "[cuda][kernels]") {
       Tensor x = random_tensor({n}, 9, t);
       Tensor out = Tensor::empty({n}, TensorOptions(DType::F32));
       Tensor out_cuda = Tensor::empty({n}, TensorOptions(t).device(kCuda));
-      cpu_k().dropout(view(x.to(DType::F32)), view(out), 0.3, 123, 17);
-      cuda_k().dropout(view(x.to(kCuda)), view(out_cuda), 0.3, 123, 17);
+      cpu_k().dropout(view(x.to(DType::F32)), view(out), 0.3, {123, 17});
+      cuda_k().dropout(view(x.to(kCuda)), view(out_cuda), 0.3, {123, 17});
+      check_bits(out_cuda, out.to(t));
+      cuda_k().dropout(view(x.to(kCuda)), view(out_cuda), 0.3, DeviceState(123, 17).state);
       check_bits(out_cuda, out.to(t));
     }
   }
@@ -1089,7 +1111,7 @@ TEST_CASE("cuda kernels: results are bit-identical under every simulator schedul
   });
   check_schedule_invariant([&] {
     Tensor out = Tensor::empty({37, 1000}, TensorOptions(DType::F32).device(kCuda));
-    cuda_k().dropout(view(rows), view(out), 0.25, 3, 4);
+    cuda_k().dropout(view(rows), view(out), 0.25, {3, 4});
     return out;
   });
   check_schedule_invariant([&] {

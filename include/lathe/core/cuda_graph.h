@@ -35,11 +35,29 @@
 //    current stream of the device. Replay on the stream the inputs were written on (or order it
 //    after that one with Stream::wait); concurrent replays of one graph would share its memory.
 //
+// Training steps capture too (PyTorch's whole-network recipe): take one step eagerly (it creates
+// the optimizer's state), then capture the loop body and replay it per batch:
+//
+//   step();                                   // zero_grad, forward, backward, clip, AdamW step
+//   lathe::Tensor loss;
+//   lathe::CudaGraph train = lathe::CudaGraph::capture(gpu, [&] { loss = step(); });
+//   for (each batch) {
+//     ids.copy_(batch_ids); labels.copy_(batch_labels);
+//     train.replay();
+//     scheduler.step();                       // the next replay reads the new lr
+//     log(loss.item<float>());
+//   }
+//
+// What changes from one replay to the next is not baked in: each dropout (and rand, randn) draws
+// its numbers from the global generator at replay time, in capture order, so replays draw what the
+// same steps run eagerly would; AdamW::step advances its step counts and reads each group's lr and
+// weight decay at replay time. A replayed step is the eager step bit for bit.
+//
 // What a capture refuses, with an error naming it (and the capture then fails): a host wait
 // (item(), Tensor::to(cpu), synchronize), a copy from host memory (upload before the capture or
-// replay), an event, a stream wait, and a random draw (dropout in training, rand, randn: the
-// replays would repeat its numbers). Capture models in eval mode, under NoGradGuard. A cuda kernel
-// that checks its indices still reports at the next host wait after a replay.
+// replay), an event, a stream wait, and an optimizer step a replay could not redo (SGD, the
+// composed Adam update, fused_adamw_ called directly, an AdamW step before the optimizer's first).
+// A cuda kernel that checks its indices still reports at the next host wait after a replay.
 //
 // The simulated cuda build records the same work and replays it, and refuses the same operations,
 // so graph code is tested in CI; the cpu has no graphs (its work runs as it is issued).
@@ -78,7 +96,9 @@ class CudaGraph {
   CudaGraph& operator=(CudaGraph&&) noexcept;
   ~CudaGraph();
 
-  // Queues one run of the recorded work on this thread's current stream of device().
+  // Queues one run of the recorded work on this thread's current stream of device(), after
+  // refilling what the run must change (random draws, optimizer steps; see above). Throws, having
+  // queued nothing, when an optimizer whose step was captured was destroyed or reloaded.
   void replay() const;
   Device device() const;
 

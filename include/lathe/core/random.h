@@ -7,6 +7,8 @@
 #include <array>
 #include <cstdint>
 
+#include "lathe/core/device.h"
+
 // The Philox functions below are also device code: nvcc compiles the cuda kernels' calls to them.
 // (std::array's members are constexpr, which nvcc accepts in device code with
 // --expt-relaxed-constexpr.)
@@ -21,14 +23,29 @@ namespace lathe {
 // Seeds the global generator and resets its offset.
 void manual_seed(uint64_t seed);
 
+// Where a draw's numbers come from: Philox counter blocks offset, offset + 1, ... under key `seed`.
+// Inside a CUDA graph capture the values are not known yet (each replay must draw new numbers), so
+// the draw is given `device_state` instead: the device address of the pair {seed, offset}, which
+// every replay refills before its kernels run (lathe/core/cuda_graph.h). Kernels read the pair
+// through key() and first_block(); cpu kernels never receive a device_state.
 struct PhiloxState {
   uint64_t seed = 0;
   uint64_t offset = 0;  // in 128-bit counter blocks (4 values each)
+  const uint64_t* device_state = nullptr;
+
+  LATHE_HOST_DEVICE uint64_t key() const { return device_state ? device_state[0] : seed; }
+  LATHE_HOST_DEVICE uint64_t first_block() const { return device_state ? device_state[1] : offset; }
 };
 
 // Reserves `numel` values from the global generator: returns the state to draw them from and
-// advances the offset by ceil(numel / 4).
+// advances the offset by ceil(numel / 4). Refused inside a CUDA graph capture, whose draws need
+// the device (the overload below).
 PhiloxState philox_reserve(int64_t numel);
+// The same for a draw on `device`. Inside a capture of `device` on this thread it returns a
+// device_state that each replay of the graph fills with a fresh reservation (taken from the global
+// generator at replay time, in capture order), so replays draw what the same work run eagerly
+// would have drawn.
+PhiloxState philox_reserve(int64_t numel, Device device);
 PhiloxState philox_current();
 void philox_set(PhiloxState state);
 

@@ -7,11 +7,16 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "lathe/core/tensor.h"
+
+namespace lathe::kernels {
+struct AdamWStepScalars;
+}  // namespace lathe::kernels
 
 namespace lathe::optim {
 
@@ -101,6 +106,9 @@ class Optimizer {
 
   std::vector<ParamGroup> groups_;
   std::map<std::string, ParamState> state_;
+  // Expires with the optimizer: a captured step's replay (a CUDA graph may outlive the optimizer)
+  // checks it before touching state_.
+  std::shared_ptr<const bool> alive_ = std::make_shared<const bool>(true);
 };
 
 // ---- SGD ----
@@ -174,6 +182,13 @@ class Adam : public Optimizer {
   bool keeps_state() const override { return true; }
 
  private:
+  // Inside a CUDA graph capture: the device address of the step scalars of `param_names` (one
+  // launch of group `group_index`), which each replay computes from the group's lr and weight
+  // decay at that time and the parameters' advanced step counts.
+  const kernels::AdamWStepScalars* replay_step(size_t group_index,
+                                               std::vector<std::string> param_names,
+                                               const std::vector<Tensor>& exp_avgs, Device device);
+
   AdamOptions options_;
   bool decoupled_;
 };
