@@ -18,6 +18,9 @@ Batcher::Batcher(std::vector<EncodedExample> examples, BatchOptions options)
               options_.batch_size);
   LATHE_CHECK(options_.pool_batches > 0, "Batcher: pool_batches must be positive, got ",
               options_.pool_batches);
+  LATHE_CHECK(options_.pad_to_multiple_of >= 0 && options_.max_padded_length >= 0,
+              "Batcher: pad_to_multiple_of and max_padded_length must be >= 0, got ",
+              options_.pad_to_multiple_of, " and ", options_.max_padded_length);
   LATHE_CHECK(!examples_.empty(), "Batcher: no examples");
   for (size_t i = 0; i < examples_.size(); ++i) {
     const auto& e = examples_[i];
@@ -76,6 +79,14 @@ Batch Batcher::collate(const std::vector<int64_t>& indices) const {
                 ")");
     max_len = std::max<int64_t>(
         max_len, static_cast<int64_t>(examples_[static_cast<size_t>(i)].input_ids.size()));
+  }
+  if (options_.pad_to_multiple_of > 0) {
+    const int64_t m = options_.pad_to_multiple_of;
+    const int64_t longest = max_len;
+    max_len = (longest + m - 1) / m * m;
+    if (options_.max_padded_length > 0) {
+      max_len = std::max(longest, std::min(max_len, options_.max_padded_length));
+    }
   }
   const auto cells = static_cast<size_t>(rows * max_len);
   std::vector<int64_t> ids(cells, options_.pad_id), mask(cells, 0), types(cells, 0), labels;

@@ -80,6 +80,12 @@ void add_options(CLI::App& app, Options& o) {
       ->capture_default_str()
       ->check(CLI::Range(int64_t(3), int64_t(1 << 20)))
       ->group(g);
+  app.add_option("--pad-to-multiple-of", o.pad_to_multiple_of,
+                 "pad each batch's length up to a multiple of N tokens (at most --max-len), so "
+                 "batches take few shapes (0 = to the batch's longest example; 16 with "
+                 "--cuda-graphs)")
+      ->check(kNonNegative)
+      ->group(g);
   g = "Training";
   app.add_option("--batch-size", o.batch_size, "examples per batch (per step without accumulation)")
       ->capture_default_str()
@@ -167,6 +173,12 @@ void add_options(CLI::App& app, Options& o) {
                "activation memory of one layer instead of all, for ~1/3 more compute per step; "
                "same results")
       ->group(g);
+  app.add_flag("--cuda-graphs", o.cuda_graphs,
+               "after the first step, replay each training step from a CUDA graph (one per "
+               "batch shape, captured at its first use): one launch instead of thousands, for "
+               "small batches whose step is host-bound; same results as without it with the same "
+               "padding (cuda devices; --gradient-accumulation-steps 1)")
+      ->group(g);
   app.add_option("--eval-every", o.eval_every,
                  "evaluate on dev and checkpoint every N steps (0 = at each epoch end)")
       ->check(kNonNegative)
@@ -214,6 +226,14 @@ void finalize_options(Options& o) {
   LATHE_CHECK(o.lora_rank == 0 || o.freeze_layers == 0,
               "--lora-rank and --freeze-layers are alternatives; give one");
   LATHE_CHECK(o.dropout < 0 || o.dropout < 1, "--dropout must be in [0, 1), got ", o.dropout);
+  if (o.cuda_graphs) {
+    LATHE_CHECK(o.device.rfind("cuda", 0) == 0, "--cuda-graphs needs --device cuda[:N] (the ",
+                o.device, " device runs its work as it is issued), got --device ", o.device);
+    LATHE_CHECK(o.gradient_accumulation_steps == 1,
+                "--cuda-graphs takes --gradient-accumulation-steps 1 (one graph per step), got ",
+                o.gradient_accumulation_steps);
+    if (o.pad_to_multiple_of == 0) o.pad_to_multiple_of = 16;
+  }
 }
 
 std::string Options::fingerprint() const {
@@ -233,6 +253,7 @@ std::string Options::fingerprint() const {
   j["test_fraction"] = test_fraction;
   j["subset"] = subset;
   j["max_len"] = max_len;
+  if (pad_to_multiple_of > 1) j["pad_to_multiple_of"] = pad_to_multiple_of;
   j["batch_size"] = batch_size;
   // Absent at its default, so that checkpoints written before the option existed still resume.
   if (gradient_accumulation_steps != 1)

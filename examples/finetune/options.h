@@ -23,6 +23,9 @@ struct Options {
   double dev_fraction = 0.1, test_fraction = 0.1;  // with --data
   int64_t subset = 0;                              // 0: all training examples
   int64_t max_len = 64;
+  // > 0: batches padded to a multiple of this length (at most max_len), so they take few shapes.
+  // 0: each batch padded to its longest example; --cuda-graphs makes it 16.
+  int64_t pad_to_multiple_of = 0;
   // optimization
   int64_t batch_size = 32;
   int64_t gradient_accumulation_steps = 1;  // batches per optimizer step
@@ -46,6 +49,9 @@ struct Options {
   std::string precision = "fp32";
   int64_t threads = 0;
   bool gradient_checkpointing = false;  // not in the fingerprint: the results are the same
+  // Training steps replayed from CUDA graphs (one per batch shape); not in the fingerprint: with
+  // the same padding the results are the same.
+  bool cuda_graphs = false;
   int64_t eval_every = 0;               // steps; 0: at the end of every epoch
   int64_t patience = 0;  // evaluations without dev improvement before stopping; 0: never
   int64_t train_eval_size = 512;

@@ -340,9 +340,12 @@ int run(const Options& o) {
   bo.batch_size = o.batch_size;
   bo.seed = o.seed;
   bo.pad_id = tokenizer.pad_id();
+  bo.pad_to_multiple_of = o.pad_to_multiple_of;
+  bo.max_padded_length = o.max_len;
   const data::Batcher train_batcher(d.train, bo);
   data::BatchOptions eval_bo = bo;
   eval_bo.shuffle = false;
+  eval_bo.pad_to_multiple_of = 0;  // evaluation runs eagerly: no reason to pad
   eval_bo.batch_size = std::max<int64_t>(o.batch_size, 64);
   const data::Batcher dev_batcher(d.dev, eval_bo);
   // A fixed sample of the training set, evaluated like dev, for the train-dev gap.
@@ -444,6 +447,91 @@ int run(const Options& o) {
   int exit_code = 0;
   double last_grad_norm = 0;
 
+  // One step's forward and backward of batch b on the device, its loss weighted by `weight`;
+  // returns the weighted loss, detached.
+  auto forward_backward = [&](const Tensor& ids, const Tensor& mask, const Tensor& types,
+                              const Tensor& labels, double weight) {
+    std::optional<AutocastGuard> autocast;
+    if (bf16) autocast.emplace(DType::BF16, device.type);
+    const Tensor logits = model->forward(ids, mask, types);
+    Tensor loss = cross_entropy(logits, labels);
+    autocast.reset();
+    if (weight != 1.0) loss = loss * weight;
+    loss.backward();  // frees this batch's graph before the next forward
+    return loss.detach();
+  };
+  auto clip = [&] {
+    // clip_grad_norm_ also measures: an infinite max_norm never scales.
+    return optim::clip_grad_norm_(optimizer, o.max_grad_norm > 0 ? o.max_grad_norm : INFINITY);
+  };
+
+  // --cuda-graphs: after this process's first step (eager: it creates the gradients and the
+  // optimizer's state), a step replays two graphs. The first (one per batch shape, captured at the
+  // shape's first batch) zeroes the gradients in place, runs forward, backward and clipping, and
+  // leaves the loss and the gradient norm in its output tensors; the host reads them, as the eager
+  // loop does, and only then replays the second, the optimizer step, so a non-finite step still
+  // stops the run before it changes the weights. The gradients stay allocated between steps (no
+  // zero_grad), so every graph reads and writes the same gradient tensors. All graphs share one
+  // memory pool and replay on one stream. Dropout draws and AdamW's lr and step count are refilled
+  // at each replay (lathe/core/cuda_graph.h): with the same padding the run is the eager run.
+  struct StepGraph {
+    Tensor ids, mask, types, labels;  // the graph's inputs
+    Tensor loss, grad_norm;           // its outputs
+    std::unique_ptr<CudaGraph> graph;
+  };
+  std::map<std::pair<int64_t, int64_t>, StepGraph> step_graphs;
+  std::unique_ptr<CudaGraph> update_graph;
+  const CudaGraph* graph_pool = nullptr;
+  bool graphs_ready = false;  // the gradients and the optimizer's state exist
+  auto graph_step = [&](const data::Batch& b) -> StepGraph& {
+    const std::pair<int64_t, int64_t> shape{b.input_ids.size(0), b.input_ids.size(1)};
+    auto found = step_graphs.find(shape);
+    if (found != step_graphs.end()) {
+      StepGraph& g = found->second;
+      g.ids.copy_(b.input_ids);
+      g.mask.copy_(b.attention_mask);
+      g.types.copy_(b.token_type_ids);
+      g.labels.copy_(b.labels);
+      g.graph->replay();
+      return g;
+    }
+    StepGraph g;
+    g.ids = b.input_ids.to(device);
+    g.mask = b.attention_mask.to(device);
+    g.types = b.token_type_ids.to(device);
+    g.labels = b.labels.to(device);
+    CaptureOptions co;
+    co.share_memory_with = graph_pool;
+    g.graph = std::make_unique<CudaGraph>(CudaGraph::capture(
+        device,
+        [&] {
+          {
+            NoGradGuard no_grad;
+            for (const optim::ParamGroup& group : optimizer.param_groups()) {
+              for (const Tensor& p : group.params) {
+                Tensor grad = p.grad();
+                if (grad.defined()) grad.zero_();
+              }
+            }
+          }
+          g.loss = forward_backward(g.ids, g.mask, g.types, g.labels, 1.0);
+          g.grad_norm = clip();
+        },
+        co));
+    if (graph_pool == nullptr) graph_pool = g.graph.get();
+    g.graph->replay();
+    return step_graphs.emplace(shape, std::move(g)).first->second;
+  };
+  auto graph_update = [&] {
+    if (!update_graph) {
+      CaptureOptions co;
+      co.share_memory_with = graph_pool;
+      update_graph = std::make_unique<CudaGraph>(
+          CudaGraph::capture(device, [&] { optimizer.step(); }, co));
+    }
+    update_graph->replay();
+  };
+
   while (st.global_step < total_steps && exit_code == 0 && stop_reason == "completed") {
     const auto plan = train_batcher.plan(st.epoch);
     for (; st.batch_in_epoch < static_cast<int64_t>(plan.size()); ++st.batch_in_epoch) {
@@ -456,25 +544,26 @@ int run(const Options& o) {
       int64_t step_examples = 0;
       for (int64_t i = first; i <= last; ++i) step_examples += int64_t(plan[size_t(i)].size());
       Tensor step_loss;  // on the device: read once, below
-      for (int64_t i = first; i <= last; ++i) {
-        const data::Batch b = train_batcher.collate(plan[size_t(i)]);
-        std::optional<AutocastGuard> autocast;
-        if (bf16) autocast.emplace(DType::BF16, device.type);
-        const Tensor logits = model->forward(b.input_ids.to(device), b.attention_mask.to(device),
-                                             b.token_type_ids.to(device));
-        Tensor loss = cross_entropy(logits, b.labels.to(device));
-        autocast.reset();
-        if (first != last) loss = loss * (double(b.indices.size()) / double(step_examples));
-        loss.backward();  // frees this batch's graph before the next forward
-        step_loss = step_loss.defined() ? step_loss + loss.detach() : loss.detach();
+      Tensor grad_norm;
+      if (graphs_ready) {
+        const StepGraph& g = graph_step(train_batcher.collate(plan[size_t(first)]));
+        step_loss = g.loss;
+        grad_norm = g.grad_norm;
+      } else {
+        for (int64_t i = first; i <= last; ++i) {
+          const data::Batch b = train_batcher.collate(plan[size_t(i)]);
+          const Tensor loss = forward_backward(
+              b.input_ids.to(device), b.attention_mask.to(device), b.token_type_ids.to(device),
+              b.labels.to(device),
+              first != last ? double(b.indices.size()) / double(step_examples) : 1.0);
+          step_loss = step_loss.defined() ? step_loss + loss : loss;
+        }
+        grad_norm = clip();
       }
       st.batch_in_epoch = last;  // the loop's increment moves past the step's batches
-      // clip_grad_norm_ also measures: an infinite max_norm never scales. The loss and the norm
-      // are read after backward and clipping are queued, in one wait per step (a GPU then never
-      // idles while the host queues the backward); a non-finite one stops the run before the
-      // optimizer step, so the weights stay those of the last good step.
-      const Tensor grad_norm =
-          optim::clip_grad_norm_(optimizer, o.max_grad_norm > 0 ? o.max_grad_norm : INFINITY);
+      // The loss and the norm are read after backward and clipping are queued, in one wait per
+      // step (a GPU then never idles while the host queues the backward); a non-finite one stops
+      // the run before the optimizer step, so the weights stay those of the last good step.
       const double loss_value = step_loss.item<double>();
       const int64_t step = st.global_step + 1;
       if (!std::isfinite(loss_value)) {
@@ -491,9 +580,18 @@ int run(const Options& o) {
         break;
       }
       const double lr_used = optimizer.param_groups().back().lr;
-      optimizer.step();
+      if (graphs_ready) {
+        graph_update();
+      } else {
+        optimizer.step();
+      }
       scheduler.step();
-      optimizer.zero_grad();
+      // With graphs the gradients stay (the step graphs zero them in place, at fixed addresses).
+      if (o.cuda_graphs) {
+        graphs_ready = true;
+      } else {
+        optimizer.zero_grad();
+      }
       st.global_step = step;
       st.examples_seen += step_examples;
       st.loss_sum += loss_value;
@@ -627,6 +725,9 @@ int run(const Options& o) {
   summary["threads"] = get_num_threads();
   summary["device"] = device.str();
   summary["gradient_checkpointing"] = o.gradient_checkpointing;
+  // Graphs this process captured: one per batch shape, and the optimizer step's.
+  const int64_t graphs_captured = int64_t(step_graphs.size()) + (update_graph ? 1 : 0);
+  summary["cuda_graphs"] = graphs_captured;
   summary["peak_memory_bytes"] = peak_memory;
   summary["options"] = json::parse(o.fingerprint());
   summary["best"] = {{"step", st.best_step}, {"dev_macro_f1", st.best_metric}};
@@ -653,10 +754,12 @@ int run(const Options& o) {
   write_json_atomically(out / "summary.json", summary);
   std::fprintf(stderr,
                "wrote %s/{summary.json,metrics.jsonl,plot.svg} in %s; peak %s memory "
-               "%.1f MiB%s\n",
+               "%.1f MiB%s%s\n",
                out.c_str(), format_duration(train_seconds).c_str(), device.str().c_str(),
                double(peak_memory) / double(1 << 20),
-               o.gradient_checkpointing ? " (gradient checkpointing)" : "");
+               o.gradient_checkpointing ? " (gradient checkpointing)" : "",
+               o.cuda_graphs ? (", " + std::to_string(graphs_captured) + " CUDA graphs").c_str()
+                             : "");
   return 0;
 }
 

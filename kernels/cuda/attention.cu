@@ -88,8 +88,8 @@ constexpr int forward_m_tiles() {
 // The forward of one block (MT m-tiles per warp); the kernels below only add launch bounds. p is
 // the kernel's parameter by reference: a by-value copy, inlined into the dK/dV kernel the same way,
 // went to the stack there (1.5 KB, 275 STL/LDL).
-template <class T, int D, bool kDropout, int MT>
-LATHE_DEVICE_INLINE void forward_block(const Params& p, int64_t q_tiles) {
+template <class T, int D, bool kDropout, int MT, class P>
+LATHE_DEVICE_INLINE void forward_block(const P& p, int64_t q_tiles) {
   constexpr int LD = D + kPad;
   constexpr int BM = 16 * kWarps * MT;
   LATHE_DYNAMIC_SHARED(T, smem);
@@ -296,8 +296,9 @@ LATHE_DEVICE_INLINE void forward_block(const Params& p, int64_t q_tiles) {
   }
 }
 
-template <class T, int D, bool kDropout>
-__global__ void __launch_bounds__(kThreads) forward_kernel(Params p, int64_t q_tiles) {
+// P: Params, or GraphParams for a launch with dropout inside a CUDA graph capture.
+template <class T, int D, bool kDropout, class P = Params>
+__global__ void __launch_bounds__(kThreads) forward_kernel(P p, int64_t q_tiles) {
   forward_block<T, D, kDropout, forward_m_tiles<D>()>(p, q_tiles);
 }
 
@@ -398,8 +399,8 @@ LATHE_DEVICE_INLINE void add_dq_tile(const Params& p, const T* sdS, const T* sK,
 // dK and dV of 64 keys: warp w owns keys j0 + 16w .. j0 + 16w + 15, over BQ-query tiles. With
 // kAtomicDq the block also adds its share of dQ (add_dq_tile) to dq_accum. p by reference, as in
 // forward_block.
-template <class T, int D, bool kDropout, bool kAtomicDq, int BQ>
-LATHE_DEVICE_INLINE void dkdv_block(const Params& p, int64_t k_tiles) {
+template <class T, int D, bool kDropout, bool kAtomicDq, int BQ, class P>
+LATHE_DEVICE_INLINE void dkdv_block(const P& p, int64_t k_tiles) {
   constexpr int LD = D + kPad;
   LATHE_DYNAMIC_SHARED(T, smem);
   T* sK = smem;                                             // [kBlockN][LD]
@@ -573,8 +574,8 @@ LATHE_DEVICE_INLINE void dkdv_block(const Params& p, int64_t k_tiles) {
   }
 }
 
-template <class T, int D, bool kDropout, bool kAtomicDq>
-__global__ void __launch_bounds__(kThreads) dkdv_kernel(Params p, int64_t k_tiles) {
+template <class T, int D, bool kDropout, bool kAtomicDq, class P = Params>
+__global__ void __launch_bounds__(kThreads) dkdv_kernel(P p, int64_t k_tiles) {
   dkdv_block<T, D, kDropout, kAtomicDq, kv_query_tile<D>()>(p, k_tiles);
 }
 
@@ -586,8 +587,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
 }
 
 // dQ of 64 queries: warp w owns rows i0 + 16w .. i0 + 16w + 15; K/V tiles double-buffered.
-template <class T, int D, bool kDropout>
-__global__ void __launch_bounds__(kThreads) dq_kernel(Params p, int64_t q_tiles) {
+template <class T, int D, bool kDropout, class P = Params>
+__global__ void __launch_bounds__(kThreads) dq_kernel(P p, int64_t q_tiles) {
   constexpr int LD = D + kPad;
   LATHE_DYNAMIC_SHARED(T, smem);
   T* sQ = smem;                   // [kBlockM][LD]
@@ -870,19 +871,20 @@ void forward_impl(const AttentionForwardArgs& a) {
   check_variant(variant, a, "forward");
   variant = tma_or_fallback(variant, kVariantWgmmaOverlap, p, a.head_dim, false);
   dispatch(a, [&]<class T, int D>() {
-    auto launch = [&]<int MT>(auto kernel) {
+    auto launch = [&]<int MT>(auto kernel, const auto& params) {
       constexpr int64_t kRows = 16 * kWarps * MT;
       const int64_t q_tiles = (a.q_len + kRows - 1) / kRows;
       constexpr size_t smem = forward_smem<D, T, MT>();
       allow_shared(kernel, smem, "flash attention");
       rt::launch(kernel, dim3(unsigned(q_tiles * a.batch)), dim3(kThreads), smem, stream(),
-                 "flash_attention_forward", p, q_tiles);
+                 "flash_attention_forward", params, q_tiles);
     };
     if constexpr (std::is_same_v<T, __nv_bfloat16> && D == 64) {
       if (variant == 1) {
         constexpr int MT = kVariantForwardMTiles;
         ++g_flash_variant_launches;
-        return launch.template operator()<MT>(forward_variant_kernel<T, D, MT, kVariantMinBlocks>);
+        return launch.template operator()<MT>(forward_variant_kernel<T, D, MT, kVariantMinBlocks>,
+                                              p);
       }
     }
     if constexpr (D == 64 || D == 128) {
@@ -896,8 +898,13 @@ void forward_impl(const AttentionForwardArgs& a) {
       }
     }
     constexpr int MT = forward_m_tiles<D>();
-    launch.template operator()<MT>(p.dropout ? forward_kernel<T, D, true>
-                                             : forward_kernel<T, D, false>);
+    if (!p.dropout) {
+      launch.template operator()<MT>(forward_kernel<T, D, false>, p);
+    } else if (p.philox.device_state != nullptr) {
+      launch.template operator()<MT>(forward_kernel<T, D, true, GraphParams>, GraphParams(p));
+    } else {
+      launch.template operator()<MT>(forward_kernel<T, D, true>, p);
+    }
   });
 }
 
@@ -959,23 +966,27 @@ void backward_impl(const AttentionBackwardArgs& args) {
     const int64_t k_tiles = (a.kv_len + kBlockN - 1) / kBlockN;
     if (k_tiles > 0 && !wgmma) {
       auto launch_dkdv = [&]<bool kAtomicDq>() {
+        auto run = [&](auto kernel, size_t smem_used, const auto& params) {
+          allow_shared(kernel, smem_used, "flash attention");
+          rt::launch(kernel, dim3(unsigned(k_tiles * a.batch)), dim3(kThreads), smem_used, stream(),
+                     kAtomicDq ? "flash_attention_backward_dkdv_atomic_dq"
+                               : "flash_attention_backward_dkdv",
+                     params, k_tiles);
+        };
         constexpr size_t smem = dkdv_smem<D, T, kAtomicDq>();
-        auto kernel =
-            p.dropout ? dkdv_kernel<T, D, true, kAtomicDq> : dkdv_kernel<T, D, false, kAtomicDq>;
-        size_t smem_used = smem;
         if constexpr (std::is_same_v<T, __nv_bfloat16> && D == 64) {
           if (variant == 1) {
             constexpr int BQ = kVariantDkdvQueryTile;
-            kernel = dkdv_variant_kernel<T, D, kAtomicDq, BQ, kVariantMinBlocks>;
-            smem_used = dkdv_smem<D, T, kAtomicDq, BQ>();
             ++g_flash_variant_launches;
+            return run(dkdv_variant_kernel<T, D, kAtomicDq, BQ, kVariantMinBlocks>,
+                       dkdv_smem<D, T, kAtomicDq, BQ>(), p);
           }
         }
-        allow_shared(kernel, smem_used, "flash attention");
-        rt::launch(
-            kernel, dim3(unsigned(k_tiles * a.batch)), dim3(kThreads), smem_used, stream(),
-            kAtomicDq ? "flash_attention_backward_dkdv_atomic_dq" : "flash_attention_backward_dkdv",
-            p, k_tiles);
+        if (!p.dropout) return run(dkdv_kernel<T, D, false, kAtomicDq>, smem, p);
+        if (p.philox.device_state != nullptr) {
+          return run(dkdv_kernel<T, D, true, kAtomicDq, GraphParams>, smem, GraphParams(p));
+        }
+        run(dkdv_kernel<T, D, true, kAtomicDq>, smem, p);
       };
       if (atomic_dq) {
         launch_dkdv.template operator()<true>();
@@ -993,10 +1004,18 @@ void backward_impl(const AttentionBackwardArgs& args) {
     const int64_t q_tiles = (a.q_len + kBlockM - 1) / kBlockM;
     if (q_tiles > 0) {
       constexpr size_t smem = dq_smem<D, T>();
-      auto kernel = p.dropout ? dq_kernel<T, D, true> : dq_kernel<T, D, false>;
-      allow_shared(kernel, smem, "flash attention");
-      rt::launch(kernel, dim3(unsigned(q_tiles * a.batch)), dim3(kThreads), smem, stream(),
-                 "flash_attention_backward_dq", p, q_tiles);
+      auto run = [&](auto kernel, const auto& params) {
+        allow_shared(kernel, smem, "flash attention");
+        rt::launch(kernel, dim3(unsigned(q_tiles * a.batch)), dim3(kThreads), smem, stream(),
+                   "flash_attention_backward_dq", params, q_tiles);
+      };
+      if (!p.dropout) {
+        run(dq_kernel<T, D, false>, p);
+      } else if (p.philox.device_state != nullptr) {
+        run(dq_kernel<T, D, true, GraphParams>, GraphParams(p));
+      } else {
+        run(dq_kernel<T, D, true>, p);
+      }
     }
   });
 }

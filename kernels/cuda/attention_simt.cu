@@ -104,9 +104,35 @@ struct Params : Lead {
   bool dropout = false;
   float p = 0;  // compared in f32, as the dropout kernel does
   double keep_scale = 1;
-  // The dropout mask's state; its device_state (inside a graph) is read at each draw.
-  PhiloxState philox;
+  PhiloxState philox;  // of the dropout mask; seed and offset, read through mask_seed/offset
 };
+
+// A launch inside a CUDA graph capture reads the mask's (seed, offset) from device memory, which
+// each replay refills (flash_attention.cuh's GraphParams: the kernels are instantiated for both
+// types, so an eager launch runs the code it ran before).
+struct GraphParams : Params {
+  GraphParams() = default;
+  explicit GraphParams(const Params& p) : Params(p) {}
+};
+LATHE_DEVICE_INLINE uint64_t mask_seed(const Params& p) {
+  return p.philox.seed;
+}
+LATHE_DEVICE_INLINE uint64_t mask_offset(const Params& p) {
+  return p.philox.offset;
+}
+LATHE_DEVICE_INLINE uint64_t mask_seed(const GraphParams& p) {
+  return p.philox.device_state[0];
+}
+LATHE_DEVICE_INLINE uint64_t mask_offset(const GraphParams& p) {
+  return p.philox.device_state[1];
+}
+
+// Calls run(params) with GraphParams when the mask's state is in device memory.
+template <class Run>
+void with_params(const Params& p, Run&& run) {
+  if (p.dropout && p.philox.device_state != nullptr) return run(GraphParams(p));
+  run(p);
+}
 
 // ---- small device helpers ----
 
@@ -172,8 +198,9 @@ LATHE_DEVICE_INLINE int round_up(int x, int m) {
 }
 
 // Whether dropout keeps probability element n (the dropout kernel's rule).
-LATHE_DEVICE_INLINE bool dropout_keeps(const Params& p, uint64_t n) {
-  const std::array<uint32_t, 4> w = philox::block(p.philox.first_block() + n / 4, p.philox.key());
+template <class P>
+LATHE_DEVICE_INLINE bool dropout_keeps(const P& p, uint64_t n) {
+  const std::array<uint32_t, 4> w = philox::block(mask_offset(p) + n / 4, mask_seed(p));
   const uint32_t lane = uint32_t(n & 3u);
   const uint32_t bits = lane == 0 ? w[0] : lane == 1 ? w[1] : lane == 2 ? w[2] : w[3];
   return philox::to_uniform(bits) >= p.p;
@@ -183,8 +210,8 @@ LATHE_DEVICE_INLINE bool dropout_keeps(const Params& p, uint64_t n) {
 // c0 + 16 c (rows are queries and columns keys, or the other way round in the dK/dV kernel);
 // elements outside the problem read 0. A rolled loop keeps one copy of Philox's rounds instead of
 // TM * TN inlined ones, whose registers would otherwise crowd the tile's accumulators.
-template <int TM, int TN, bool kRowsAreQueries>
-LATHE_DEVICE_INLINE uint32_t dropout_bits(const Params& p, int64_t b, int64_t r0, int64_t c0) {
+template <int TM, int TN, bool kRowsAreQueries, class P>
+LATHE_DEVICE_INLINE uint32_t dropout_bits(const P& p, int64_t b, int64_t r0, int64_t c0) {
   static_assert(TM * TN <= 32, "one bit per element of the thread's tile");
   uint32_t bits = 0;
 #pragma unroll 1
@@ -362,9 +389,9 @@ constexpr size_t forward_smem() {
          sizeof(T);
 }
 
-template <class T, int D>
+template <class T, int D, class P = Params>
 __global__ void __launch_bounds__(kThreads, Config<T, D>::kFwdMinBlocks)
-    forward_kernel(Params p, int64_t q_tiles) {
+    forward_kernel(P p, int64_t q_tiles) {
   using Cfg = Config<T, D>;
   constexpr int TM = Cfg::kFwdTm, TN = Cfg::kFwdTn, BM = 16 * TM, BN = 16 * TN;
   constexpr int V = vec_of<T>(), LD = D + V, LDP = BN + V, CW = D / 16;
@@ -509,9 +536,9 @@ constexpr size_t dkdv_smem() {
 }
 
 // dK and dV of one key tile: rows are keys, score columns queries (S^T, P^T, dS^T).
-template <class T, int D>
+template <class T, int D, class P = Params>
 __global__ void __launch_bounds__(kThreads, Config<T, D>::kKvMinBlocks)
-    dkdv_kernel(Params p, int64_t k_tiles) {
+    dkdv_kernel(P p, int64_t k_tiles) {
   using Cfg = Config<T, D>;
   constexpr int TM = Cfg::kKvTm, TN = Cfg::kKvTn, BK = 16 * TM, BQ = 16 * TN;
   constexpr int V = vec_of<T>(), LD = D + V, LDP = BQ + V, CW = D / 16;
@@ -612,9 +639,9 @@ constexpr size_t dq_smem() {
 }
 
 // dQ of one query tile (and its rows of grad_mask): recomputes S and dP per key tile.
-template <class T, int D>
+template <class T, int D, class P = Params>
 __global__ void __launch_bounds__(kThreads, Config<T, D>::kDqMinBlocks)
-    dq_kernel(Params p, int64_t q_tiles) {
+    dq_kernel(P p, int64_t q_tiles) {
   using Cfg = Config<T, D>;
   constexpr int TM = Cfg::kDqTm, TN = Cfg::kDqTn, BM = 16 * TM, BN = 16 * TN;
   constexpr int V = vec_of<T>(), LD = D + V, LDS = BN + V, CW = D / 16;
@@ -787,9 +814,11 @@ void forward_impl(const AttentionForwardArgs& a) {
     constexpr size_t smem = forward_smem<T, D>();
     static_assert(smem <= kMaxShared);
     const int64_t q_tiles = (a.q_len + BM - 1) / BM;
-    allow_shared(forward_kernel<T, D>, smem, "simt attention");
-    rt::launch(forward_kernel<T, D>, dim3(grid_of(q_tiles * a.batch)), dim3(kThreads), smem,
-               stream(), "attention_simt_forward", p, q_tiles);
+    with_params(p, [&]<class P>(const P& params) {
+      allow_shared(forward_kernel<T, D, P>, smem, "simt attention");
+      rt::launch(forward_kernel<T, D, P>, dim3(grid_of(q_tiles * a.batch)), dim3(kThreads), smem,
+                 stream(), "attention_simt_forward", params, q_tiles);
+    });
   });
 }
 
@@ -829,18 +858,22 @@ void backward_impl(const AttentionBackwardArgs& args) {
       constexpr size_t smem = dkdv_smem<T, D>();
       static_assert(smem <= kMaxShared);
       const int64_t k_tiles = (a.kv_len + BK - 1) / BK;
-      allow_shared(dkdv_kernel<T, D>, smem, "simt attention");
-      rt::launch(dkdv_kernel<T, D>, dim3(grid_of(k_tiles * a.batch)), dim3(kThreads), smem,
-                 stream(), "attention_simt_backward_dkdv", p, k_tiles);
+      with_params(p, [&]<class P>(const P& params) {
+        allow_shared(dkdv_kernel<T, D, P>, smem, "simt attention");
+        rt::launch(dkdv_kernel<T, D, P>, dim3(grid_of(k_tiles * a.batch)), dim3(kThreads), smem,
+                   stream(), "attention_simt_backward_dkdv", params, k_tiles);
+      });
     }
     if (a.q_len > 0) {
       constexpr int BM = 16 * Cfg::kDqTm;
       constexpr size_t smem = dq_smem<T, D>();
       static_assert(smem <= kMaxShared);
       const int64_t q_tiles = (a.q_len + BM - 1) / BM;
-      allow_shared(dq_kernel<T, D>, smem, "simt attention");
-      rt::launch(dq_kernel<T, D>, dim3(grid_of(q_tiles * a.batch)), dim3(kThreads), smem, stream(),
-                 "attention_simt_backward_dq", p, q_tiles);
+      with_params(p, [&]<class P>(const P& params) {
+        allow_shared(dq_kernel<T, D, P>, smem, "simt attention");
+        rt::launch(dq_kernel<T, D, P>, dim3(grid_of(q_tiles * a.batch)), dim3(kThreads), smem,
+                   stream(), "attention_simt_backward_dq", params, q_tiles);
+      });
     }
   });
 }

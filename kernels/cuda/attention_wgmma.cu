@@ -107,8 +107,8 @@ struct WgmmaBlock {
 
 // Variant 2: per tile, S = Q K^T, wait, softmax, O rescaled, O += P V, wait: the tensor cores idle
 // while the warpgroup runs its softmax (unless the other warpgroup's wgmmas fill the gap).
-template <class T, int D, bool kDropout>
-__global__ void __launch_bounds__(kWgThreads) forward_wgmma_kernel(Params p, int64_t q_tiles) {
+template <class T, int D, bool kDropout, class P = Params>
+__global__ void __launch_bounds__(kWgThreads) forward_wgmma_kernel(P p, int64_t q_tiles) {
 #if LATHE_FLASH_WGMMA
   using Block = WgmmaBlock<T, D>;
   constexpr int BN = Block::BN;
@@ -180,9 +180,8 @@ __global__ void __launch_bounds__(kWgThreads) forward_wgmma_kernel(Params p, int
 // were last read by S_{j-1} (K buffer (j+1) % 2) and P_{j-2} V_{j-2} (V buffer j % 2), both
 // waited for by every warpgroup before this barrier, so one barrier per tile suffices (variant
 // 2 needs two). Registers: s, pf and o live at once, as in variant 2.
-template <class T, int D, bool kDropout>
-__global__ void __launch_bounds__(kWgThreads)
-    forward_wgmma_overlap_kernel(Params p, int64_t q_tiles) {
+template <class T, int D, bool kDropout, class P = Params>
+__global__ void __launch_bounds__(kWgThreads) forward_wgmma_overlap_kernel(P p, int64_t q_tiles) {
 #if LATHE_FLASH_WGMMA
   using Block = WgmmaBlock<T, D>;
   constexpr int BN = Block::BN;
@@ -263,15 +262,15 @@ void launch_forward_wgmma(const Params& p, int64_t batch, int64_t q_len, bool ov
   const int64_t q_tiles = (q_len + kWgRows - 1) / kWgRows;
   constexpr size_t smem = wg_forward_smem<D, T>();
   // Dropout is a template parameter, as in attention.cu's kernels (no dead Philox code).
-  auto kernel =
-      overlap ? (p.dropout ? forward_wgmma_overlap_kernel<T, D, true>
-                           : forward_wgmma_overlap_kernel<T, D, false>)
-              : (p.dropout ? forward_wgmma_kernel<T, D, true> : forward_wgmma_kernel<T, D, false>);
-  allow_shared(kernel, smem, "flash attention");
-  check_sm90a_binary(kernel, overlap ? "forward variant 3" : "forward variant 2");
-  rt::launch(kernel, dim3(unsigned(q_tiles * batch)), dim3(kWgThreads), smem, stream(),
-             overlap ? "flash_attention_forward_wgmma_overlap" : "flash_attention_forward_wgmma", p,
-             q_tiles);
+  dispatch_dropout(p, [&]<bool kDropout, class P>(const P& params) {
+    auto kernel = overlap ? forward_wgmma_overlap_kernel<T, D, kDropout, P>
+                          : forward_wgmma_kernel<T, D, kDropout, P>;
+    allow_shared(kernel, smem, "flash attention");
+    check_sm90a_binary(kernel, overlap ? "forward variant 3" : "forward variant 2");
+    rt::launch(kernel, dim3(unsigned(q_tiles * batch)), dim3(kWgThreads), smem, stream(),
+               overlap ? "flash_attention_forward_wgmma_overlap" : "flash_attention_forward_wgmma",
+               params, q_tiles);
+  });
 }
 
 template void launch_forward_wgmma<__half, 64>(const Params&, int64_t, int64_t, bool);

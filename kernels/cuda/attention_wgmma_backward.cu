@@ -119,8 +119,8 @@ LATHE_DEVICE_INLINE DkdvThread make_dkdv_thread(const Params& p, int64_t b, int6
 // kAtomicDq also adds the tile's dQ to p.dq_accum, calling sync_ds() between the dS stores and the
 // wgmma that reads them (a barrier of at least the warpgroup, after fence.proxy.async). Returns
 // with every wgmma retired: the tile's Q / dO may be overwritten once all 256 threads returned.
-template <class T, int D, bool kDropout, bool kAtomicDq, class SyncDs>
-LATHE_DEVICE_INLINE void dkdv_tile(const Params& p, const DkdvThread& st, float (&dk)[D / 2],
+template <class T, int D, bool kDropout, bool kAtomicDq, class SyncDs, class P>
+LATHE_DEVICE_INLINE void dkdv_tile(const P& p, const DkdvThread& st, float (&dk)[D / 2],
                                    float (&dv)[D / 2], int64_t b, int64_t i0, uint32_t q_at,
                                    const float* cL, const float* cD, SyncDs&& sync_ds) {
   constexpr int BQ = kDkdvQueries;
@@ -351,8 +351,8 @@ LATHE_DEVICE_INLINE void store_dkdv(const Params& p, const DkdvThread& st, const
   }
 }
 
-template <class T, int D, bool kDropout, bool kAtomicDq>
-__global__ void __launch_bounds__(kWgThreads) dkdv_wgmma_kernel(Params p, int64_t k_tiles) {
+template <class T, int D, bool kDropout, bool kAtomicDq, class P = Params>
+__global__ void __launch_bounds__(kWgThreads) dkdv_wgmma_kernel(P p, int64_t k_tiles) {
 #if LATHE_FLASH_WGMMA
   constexpr int BN = kDkdvKeys, BQ = kDkdvQueries;
   constexpr uint32_t kQTile = BQ * D * sizeof(T);
@@ -492,9 +492,9 @@ LATHE_DEVICE_INLINE TmaBackwardCoords tma_backward_coords(const Params& p,
 }
 #endif
 
-template <class T, int D, bool kDropout, bool kAtomicDq>
+template <class T, int D, bool kDropout, bool kAtomicDq, class P = Params>
 __global__ void __launch_bounds__(kTmaBwdThreads, 1)
-    dkdv_tma_kernel(Params p, int64_t k_tiles, const __grid_constant__ TmaBackwardMaps maps) {
+    dkdv_tma_kernel(P p, int64_t k_tiles, const __grid_constant__ TmaBackwardMaps maps) {
 #if LATHE_FLASH_WGMMA
   constexpr int BN = kDkdvKeys, BQ = kDkdvQueries, S = kTmaBwdStages;
   constexpr uint32_t kQTile = BQ * D * sizeof(T);
@@ -632,8 +632,8 @@ LATHE_DEVICE_INLINE DqThread make_dq_thread(const Params& p, int64_t b, int64_t 
 // each quad (dropout_row_bits) rather than one Philox block per key pair (dropout_pair); the same
 // mask either way. The TMA kernel at d = 64 keeps the pairs: its consumers' 240 registers hold S,
 // dP and dQ with nothing to spare, and the quad's draws made it spill.
-template <class T, int D, bool kDropout, bool kRowBits = true>
-LATHE_DEVICE_INLINE void dq_tile(const Params& p, const DqThread& st, float (&dq)[D / 2], int64_t b,
+template <class T, int D, bool kDropout, bool kRowBits = true, class P>
+LATHE_DEVICE_INLINE void dq_tile(const P& p, const DqThread& st, float (&dq)[D / 2], int64_t b,
                                  int64_t j0, uint32_t k_at) {
   constexpr int BN = wg_dq_keys<D>();
   constexpr uint32_t kQBlock = kWgRows * 128;  // bytes of one 64-column block of the Q or dO tile
@@ -746,8 +746,8 @@ LATHE_DEVICE_INLINE void store_dq(const Params& p, const DqThread& st, const flo
   }
 }
 
-template <class T, int D, bool kDropout>
-__global__ void __launch_bounds__(kWgThreads) dq_wgmma_kernel(Params p, int64_t q_tiles) {
+template <class T, int D, bool kDropout, class P = Params>
+__global__ void __launch_bounds__(kWgThreads) dq_wgmma_kernel(P p, int64_t q_tiles) {
 #if LATHE_FLASH_WGMMA
   constexpr int BM = kWgRows, BN = wg_dq_keys<D>();
   constexpr uint32_t kKTile = BN * D * sizeof(T);
@@ -820,9 +820,9 @@ constexpr size_t tma_dq_smem() {
          (1 + 2 * S) * sizeof(uint64_t);
 }
 
-template <class T, int D, bool kDropout>
+template <class T, int D, bool kDropout, class P = Params>
 __global__ void __launch_bounds__(kTmaBwdThreads, 1)
-    dq_tma_kernel(Params p, int64_t q_tiles, const __grid_constant__ TmaBackwardMaps maps) {
+    dq_tma_kernel(P p, int64_t q_tiles, const __grid_constant__ TmaBackwardMaps maps) {
 #if LATHE_FLASH_WGMMA
   constexpr int BM = kWgRows, BN = wg_dq_keys<D>(), S = kTmaBwdStages;
   constexpr uint32_t kKTile = BN * D * sizeof(T);
@@ -891,11 +891,13 @@ void launch_dq_wgmma(const Params& p, int64_t batch, const char* what) {
   const int64_t q_tiles = (p.tq + kWgRows - 1) / kWgRows;
   if (q_tiles == 0) return;
   constexpr size_t smem = wg_dq_smem<D, T>();
-  auto kernel = p.dropout ? dq_wgmma_kernel<T, D, true> : dq_wgmma_kernel<T, D, false>;
-  allow_shared(kernel, smem, "flash attention");
-  check_sm90a_binary(kernel, what);
-  rt::launch(kernel, dim3(unsigned(q_tiles * batch)), dim3(kWgThreads), smem, stream(),
-             "flash_attention_backward_dq_wgmma", p, q_tiles);
+  dispatch_dropout(p, [&]<bool kDropout, class P>(const P& params) {
+    auto kernel = dq_wgmma_kernel<T, D, kDropout, P>;
+    allow_shared(kernel, smem, "flash attention");
+    check_sm90a_binary(kernel, what);
+    rt::launch(kernel, dim3(unsigned(q_tiles * batch)), dim3(kWgThreads), smem, stream(),
+               "flash_attention_backward_dq_wgmma", params, q_tiles);
+  });
 }
 
 }  // namespace
@@ -905,14 +907,15 @@ void launch_backward_wgmma(const Params& p, int64_t batch, bool atomic_dq) {
   const int64_t k_tiles = (p.tk + kDkdvKeys - 1) / kDkdvKeys;
   auto launch_dkdv = [&]<bool kAtomicDq>() {
     constexpr size_t smem = wg_dkdv_smem<D, T, kAtomicDq>();
-    auto kernel = p.dropout ? dkdv_wgmma_kernel<T, D, true, kAtomicDq>
-                            : dkdv_wgmma_kernel<T, D, false, kAtomicDq>;
-    allow_shared(kernel, smem, "flash attention");
-    check_sm90a_binary(kernel, "backward variant 2");
-    rt::launch(kernel, dim3(unsigned(k_tiles * batch)), dim3(kWgThreads), smem, stream(),
-               kAtomicDq ? "flash_attention_backward_dkdv_wgmma_atomic_dq"
-                         : "flash_attention_backward_dkdv_wgmma",
-               p, k_tiles);
+    dispatch_dropout(p, [&]<bool kDropout, class P>(const P& params) {
+      auto kernel = dkdv_wgmma_kernel<T, D, kDropout, kAtomicDq, P>;
+      allow_shared(kernel, smem, "flash attention");
+      check_sm90a_binary(kernel, "backward variant 2");
+      rt::launch(kernel, dim3(unsigned(k_tiles * batch)), dim3(kWgThreads), smem, stream(),
+                 kAtomicDq ? "flash_attention_backward_dkdv_wgmma_atomic_dq"
+                           : "flash_attention_backward_dkdv_wgmma",
+                 params, k_tiles);
+    });
   };
   if (k_tiles > 0) {
     if (atomic_dq) {
@@ -943,19 +946,20 @@ void launch_backward_tma(const Params& p, int64_t batch, bool atomic_dq) {
     maps.row_dot = rt::make_tensor_map_2d(DType::F32, p.row_dot, {padded, uint64_t(batch)},
                                           padded * 4, {uint32_t(kDkdvQueries), 1});
     constexpr size_t smem = tma_dkdv_smem<D, T>();
-    auto launch = [&](auto kernel, const char* name) {
-      allow_shared(kernel, smem, "flash attention");
-      check_sm90a_binary(kernel, "backward variant 4");
-      rt::launch(kernel, dim3(unsigned(k_tiles * batch)), dim3(kTmaBwdThreads), smem, stream(),
-                 name, p, k_tiles, maps);
-    };
-    if (atomic_dq) {
-      launch(p.dropout ? dkdv_tma_kernel<T, D, true, true> : dkdv_tma_kernel<T, D, false, true>,
-             "flash_attention_backward_dkdv_tma_atomic_dq");
-    } else {
-      launch(p.dropout ? dkdv_tma_kernel<T, D, true, false> : dkdv_tma_kernel<T, D, false, false>,
-             "flash_attention_backward_dkdv_tma");
-    }
+    dispatch_dropout(p, [&]<bool kDropout, class P>(const P& params) {
+      auto launch = [&](auto kernel, const char* name) {
+        allow_shared(kernel, smem, "flash attention");
+        check_sm90a_binary(kernel, "backward variant 4");
+        rt::launch(kernel, dim3(unsigned(k_tiles * batch)), dim3(kTmaBwdThreads), smem, stream(),
+                   name, params, k_tiles, maps);
+      };
+      if (atomic_dq) {
+        launch(dkdv_tma_kernel<T, D, kDropout, true, P>,
+               "flash_attention_backward_dkdv_tma_atomic_dq");
+      } else {
+        launch(dkdv_tma_kernel<T, D, kDropout, false, P>, "flash_attention_backward_dkdv_tma");
+      }
+    });
   }
   if (atomic_dq) return;  // the caller's dq_convert_kernel writes grad_q
   const int64_t q_tiles = (p.tq + kWgRows - 1) / kWgRows;
@@ -969,11 +973,13 @@ void launch_backward_tma(const Params& p, int64_t batch, bool atomic_dq) {
   maps.k = tma_operand_map(p, dtype, p.k, p.k_rows, p.tk, D, kKeys, "k", maps.fold_k);
   maps.v = tma_operand_map(p, dtype, p.v, p.v_rows, p.tk, D, kKeys, "v", maps.fold_v);
   constexpr size_t smem = tma_dq_smem<D, T>();
-  auto kernel = p.dropout ? dq_tma_kernel<T, D, true> : dq_tma_kernel<T, D, false>;
-  allow_shared(kernel, smem, "flash attention");
-  check_sm90a_binary(kernel, "backward variant 4");
-  rt::launch(kernel, dim3(unsigned(q_tiles * batch)), dim3(kTmaBwdThreads), smem, stream(),
-             "flash_attention_backward_dq_tma", p, q_tiles, maps);
+  dispatch_dropout(p, [&]<bool kDropout, class P>(const P& params) {
+    auto kernel = dq_tma_kernel<T, D, kDropout, P>;
+    allow_shared(kernel, smem, "flash attention");
+    check_sm90a_binary(kernel, "backward variant 4");
+    rt::launch(kernel, dim3(unsigned(q_tiles * batch)), dim3(kTmaBwdThreads), smem, stream(),
+               "flash_attention_backward_dq_tma", params, q_tiles, maps);
+  });
 }
 
 template void launch_backward_wgmma<__half, 64>(const Params&, int64_t, bool);

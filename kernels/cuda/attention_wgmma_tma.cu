@@ -49,9 +49,9 @@ struct TmaMaps {
   bool fold_q = false, fold_k = false, fold_v = false;
 };
 
-template <class T, int D, bool kDropout>
+template <class T, int D, bool kDropout, class P = Params>
 __global__ void __launch_bounds__(kTmaThreads, 1)
-    forward_tma_kernel(Params p, int64_t q_tiles, const __grid_constant__ TmaMaps maps) {
+    forward_tma_kernel(P p, int64_t q_tiles, const __grid_constant__ TmaMaps maps) {
 #if LATHE_FLASH_WGMMA
   constexpr int BM = kWgRows, BN = kTmaBlockN, S = tma_stages<D>();
   constexpr uint32_t kTileBytes = BN * D * sizeof(T);  // one K or V stage, or the Q tile
@@ -286,11 +286,13 @@ void launch_forward_tma(const Params& p, int64_t batch, int64_t q_len) {
   maps.q = tma_operand_map(p, dtype, p.q, p.q_rows, p.tq, D, kTmaBlockN, "q", maps.fold_q);
   maps.k = tma_operand_map(p, dtype, p.k, p.k_rows, p.tk, D, kTmaBlockN, "k", maps.fold_k);
   maps.v = tma_operand_map(p, dtype, p.v, p.v_rows, p.tk, D, kTmaBlockN, "v", maps.fold_v);
-  auto kernel = p.dropout ? forward_tma_kernel<T, D, true> : forward_tma_kernel<T, D, false>;
-  allow_shared(kernel, smem, "flash attention");
-  check_sm90a_binary(kernel, "forward variant 4");
-  rt::launch(kernel, dim3(unsigned(q_tiles * batch)), dim3(kTmaThreads), smem, stream(),
-             "flash_attention_forward_tma", p, q_tiles, maps);
+  dispatch_dropout(p, [&]<bool kDropout, class P>(const P& params) {
+    auto kernel = forward_tma_kernel<T, D, kDropout, P>;
+    allow_shared(kernel, smem, "flash attention");
+    check_sm90a_binary(kernel, "forward variant 4");
+    rt::launch(kernel, dim3(unsigned(q_tiles * batch)), dim3(kTmaThreads), smem, stream(),
+               "flash_attention_forward_tma", params, q_tiles, maps);
+  });
 }
 
 template void launch_forward_tma<__half, 64>(const Params&, int64_t, int64_t);

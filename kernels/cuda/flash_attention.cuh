@@ -70,9 +70,43 @@ struct Params : Lead {
   // keep iff (word >> 8) >= keep_threshold, the integer form of philox::to_uniform(word) >= p:
   // ceil(p * 2^24), at most 2^24 (keep_threshold()).
   uint32_t keep_threshold = 0;
-  // The dropout mask's state; its device_state (inside a graph) is read at each draw.
-  PhiloxState philox;
+  PhiloxState philox;  // of the dropout mask; seed and offset, read through mask_seed/offset
 };
+
+// The Params of a launch inside a CUDA graph capture. The dropout mask's (seed, offset) is not a
+// launch value there (each replay must draw a new mask): the kernels read it from
+// philox.device_state, which every replay refills. The kernels that draw are templates over their
+// Params type and are instantiated for both, so an eager launch runs the code it ran before graphs
+// existed (the two device loads cost registers that the tuned kernels do not have to spare).
+struct GraphParams : Params {
+  GraphParams() = default;
+  explicit GraphParams(const Params& p) : Params(p) {}
+};
+
+// Calls run.template operator()<kDropout, P>(params) with the instantiation a launch needs: no
+// dropout, dropout with the mask's state as launch values, or (inside a CUDA graph capture) in
+// device memory. Kernels that draw take (kDropout, P) as template parameters.
+template <class Run>
+void dispatch_dropout(const Params& p, Run&& run) {
+  if (!p.dropout) return run.template operator()<false, Params>(p);
+  if (p.philox.device_state != nullptr) {
+    return run.template operator()<true, GraphParams>(GraphParams(p));
+  }
+  run.template operator()<true, Params>(p);
+}
+
+LATHE_DEVICE_INLINE uint64_t mask_seed(const Params& p) {
+  return p.philox.seed;
+}
+LATHE_DEVICE_INLINE uint64_t mask_offset(const Params& p) {
+  return p.philox.offset;
+}
+LATHE_DEVICE_INLINE uint64_t mask_seed(const GraphParams& p) {
+  return p.philox.device_state[0];
+}
+LATHE_DEVICE_INLINE uint64_t mask_offset(const GraphParams& p) {
+  return p.philox.device_state[1];
+}
 
 // ---- small device helpers ----
 
@@ -157,24 +191,25 @@ LATHE_DEVICE_INLINE bool keeps(const Params& p, uint32_t w) {
 }
 
 // Whether dropout keeps probability element n: word n % 4 of Philox block offset + n / 4.
-LATHE_DEVICE_INLINE bool element_kept(const Params& p, uint64_t n) {
-  return keeps(
-      p, word(philox::block(p.philox.first_block() + n / 4, p.philox.key()), uint32_t(n & 3u)));
+template <class P>
+LATHE_DEVICE_INLINE bool element_kept(const P& p, uint64_t n) {
+  return keeps(p, word(philox::block(mask_offset(p) + n / 4, mask_seed(p)), uint32_t(n & 3u)));
 }
 
 // The dropout factor of probability element n: keep_scale or 0.
-LATHE_DEVICE_INLINE float dropout_factor(const Params& p, uint64_t n) {
+template <class P>
+LATHE_DEVICE_INLINE float dropout_factor(const P& p, uint64_t n) {
   return element_kept(p, n) ? p.keep_scale : 0.0f;
 }
 
 // The dropout factors of keys j and j + 1 of query row i (1 for elements outside the problem):
 // one Philox block covers both unless element (i, j) is the last of its block.
-LATHE_DEVICE_INLINE void dropout_pair(const Params& p, int64_t b, int64_t i, int64_t j,
-                                      float z[2]) {
+template <class P>
+LATHE_DEVICE_INLINE void dropout_pair(const P& p, int64_t b, int64_t i, int64_t j, float z[2]) {
   z[0] = z[1] = 1.0f;
   if (i >= p.tq || j >= p.tk) return;
   const uint64_t n = uint64_t((b * p.tq + i) * p.tk + j);
-  const std::array<uint32_t, 4> w = philox::block(p.philox.first_block() + n / 4, p.philox.key());
+  const std::array<uint32_t, 4> w = philox::block(mask_offset(p) + n / 4, mask_seed(p));
   const uint32_t lane = uint32_t(n & 3u);
   z[0] = keeps(p, word(w, lane)) ? p.keep_scale : 0.0f;
   if (j + 1 >= p.tk) return;
@@ -197,8 +232,9 @@ inline uint32_t keep_threshold(float p) {
 
 // Bit w: whether word w of Philox block `block` (relative to the mask's first block) keeps its
 // element.
-LATHE_DEVICE_INLINE uint32_t keep_nibble(const Params& p, uint64_t block) {
-  const std::array<uint32_t, 4> w = philox::block(p.philox.first_block() + block, p.philox.key());
+template <class P>
+LATHE_DEVICE_INLINE uint32_t keep_nibble(const P& p, uint64_t block) {
+  const std::array<uint32_t, 4> w = philox::block(mask_offset(p) + block, mask_seed(p));
   return uint32_t(keeps(p, w[0])) | uint32_t(keeps(p, w[1])) << 1 | uint32_t(keeps(p, w[2])) << 2 |
          uint32_t(keeps(p, w[3])) << 3;
 }
@@ -207,7 +243,8 @@ LATHE_DEVICE_INLINE uint32_t keep_nibble(const Params& p, uint64_t block) {
 // bit 2n + c for key j0 + 8n + 2t + c (t = lane % 4). Bits only: the caller gives elements outside
 // the problem (i >= tq, j >= tk) dropout_pair's factor 1. Every lane of the warp must call it
 // together (shuffles within each quad).
-LATHE_DEVICE_INLINE uint32_t dropout_row_bits(const Params& p, int64_t b, int64_t i, int64_t j0,
+template <class P>
+LATHE_DEVICE_INLINE uint32_t dropout_row_bits(const P& p, int64_t b, int64_t i, int64_t j0,
                                               int lane) {
   const int t = lane & 3;
   const uint64_t e0 = uint64_t((b * p.tq + i) * p.tk + j0);
@@ -259,7 +296,8 @@ LATHE_DEVICE_INLINE void dropout_pair_from_bits(const Params& p, uint32_t bits, 
 
 // Keep bits of keys kb + g + 8r against queries i + c, bit 2r + c. Bits only: the caller gives
 // elements outside the problem the factor 1. Every lane of the warp must call it together.
-LATHE_DEVICE_INLINE uint32_t dropout_col_bits(const Params& p, int64_t b, int64_t i, int64_t kb,
+template <class P>
+LATHE_DEVICE_INLINE uint32_t dropout_col_bits(const P& p, int64_t b, int64_t i, int64_t kb,
                                               int lane) {
   const int g = lane >> 2, t = lane & 3;
   const int c_own = g >> 2, k_own = g & 3;  // this lane draws block k_own of query i + c_own
@@ -290,8 +328,8 @@ LATHE_DEVICE_INLINE uint32_t dropout_col_bits(const Params& p, int64_t b, int64_
 // Every lane of the warp must call it together. kShared = false draws one block per element
 // instead (dropout_factor's way, no shuffles): the wgmma kernels at d = 128, which draw while their
 // S^T and dP^T wgmmas run, spilled with the column's draws.
-template <int BQ, bool kShared = true>
-LATHE_DEVICE_INLINE uint32_t dkdv_keep_bits(const Params& p, int64_t b, int64_t i0,
+template <int BQ, bool kShared = true, class P>
+LATHE_DEVICE_INLINE uint32_t dkdv_keep_bits(const P& p, int64_t b, int64_t i0,
                                             const int64_t (&key)[2], int lane) {
   static_assert(BQ / 2 <= 32, "one bit per element of a 32-bit word");
   const int g = lane >> 2, t = lane & 3;

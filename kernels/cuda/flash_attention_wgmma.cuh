@@ -198,8 +198,8 @@ LATHE_DEVICE_INLINE void online_softmax(float (&s)[BN / 2], float (&m_run)[2], f
 
 // Attention dropout on tile j0's probabilities after the softmax step (the row sums keep the
 // undropped ones): the same Philox draws and pairing as forward_block.
-template <int BN>
-LATHE_DEVICE_INLINE void drop_probabilities(const Params& p, float (&s)[BN / 2], int64_t b,
+template <int BN, class P>
+LATHE_DEVICE_INLINE void drop_probabilities(const P& p, float (&s)[BN / 2], int64_t b,
                                             const int64_t (&row)[2], int64_t j0, int lane) {
   static_assert(BN % 64 == 0, "dropout_row_bits covers 64 keys");
   const int t = lane & 3;

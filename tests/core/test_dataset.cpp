@@ -330,6 +330,22 @@ TEST_CASE("Batcher: padding, masks, token types and labels", "[dataset][batching
   CHECK(custom.token_type_ids.to_vector<int64_t>() ==
         std::vector<int64_t>{0, 0, 0, 1, 1, 0, 0, 0, 0, 0});
   check_error([&] { batcher.collate({3}); }, {"index 3 out of range"});
+
+  SECTION("padded to a multiple of 4, never past 6 unless an example is longer") {
+    opt.pad_to_multiple_of = 4;
+    opt.max_padded_length = 6;
+    const Batcher padded(ex, opt);
+    const Batch short_batch = padded.collate({2, 0});  // longest 3: 4
+    CHECK(short_batch.input_ids.to_vector<int64_t>() ==
+          std::vector<int64_t>{101, 102, 99, 99, 101, 7, 102, 99});
+    CHECK(short_batch.attention_mask.to_vector<int64_t>() ==
+          std::vector<int64_t>{1, 1, 0, 0, 1, 1, 1, 0});
+    CHECK(padded.collate({1}).input_ids.shape() == Shape{1, 6});  // longest 5: 8, capped at 6
+    opt.max_padded_length = 4;
+    CHECK(Batcher(ex, opt).collate({1}).input_ids.shape() == Shape{1, 5});  // the example's 5
+    opt.pad_to_multiple_of = -1;
+    check_error([&] { Batcher(ex, opt); }, {"pad_to_multiple_of", "-1"});
+  }
 }
 
 TEST_CASE("Batcher: every example once, seeded, bucketed", "[dataset][batching]") {

@@ -1148,6 +1148,23 @@ TEST_CASE("flash attention: the wgmma variants with dropout from Philox",
     }
   }
   attention_test::check_dropout_determinism(c, [&](const Case& k) { return run_kernels(k, in); });
+  // The mask's state in device memory (a CUDA graph's launch, GraphParams): every pipelined
+  // variant's bits, whatever the launch's own seed and offset.
+  Case on_device = c;
+  on_device.philox_state =
+      from_vector(std::vector<int64_t>{int64_t(c.seed), int64_t(c.offset)}).to(kCuda);
+  on_device.seed = c.seed + 3;
+  on_device.offset = c.offset + 5;
+  const std::vector<int> variants = pipelined_forward_variants();
+  for (size_t k = 0; k < variants.size(); ++k) {
+    const VariantGuard pipelined_variant({variants[k], variants[k] == 4 ? 4 : 2});
+    const Results from_device = run_kernels(on_device, in);
+    for (size_t i = 0; i < r.all().size(); ++i) {
+      INFO("forward variant " << variants[k] << ", output " << i << " of out, lse, dq, dk, dv");
+      CHECK(kernel_test::bytes_of(from_device.all()[i]) ==
+            kernel_test::bytes_of(pipelined[k].all()[i]));
+    }
+  }
 }
 
 TEST_CASE("flash attention: no queries or no keys, on every variant", "[cuda][attention][sm90]") {

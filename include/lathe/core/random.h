@@ -27,7 +27,8 @@ void manual_seed(uint64_t seed);
 // Inside a CUDA graph capture the values are not known yet (each replay must draw new numbers), so
 // the draw is given `device_state` instead: the device address of the pair {seed, offset}, which
 // every replay refills before its kernels run (lathe/core/cuda_graph.h). Kernels read the pair
-// through key() and first_block(); cpu kernels never receive a device_state.
+// through key() and first_block() (the attention kernels have an instantiation of their own for
+// it, so that eager launches keep their code); cpu kernels never receive a device_state.
 struct PhiloxState {
   uint64_t seed = 0;
   uint64_t offset = 0;  // in 128-bit counter blocks (4 values each)

@@ -34,6 +34,12 @@ struct BatchOptions {
   int64_t pool_batches = 50;
   bool drop_last = false;  // drop a final batch smaller than batch_size
   int64_t pad_id = 0;
+  // > 0: each batch's length is padded up to a multiple of this (transformers'
+  // pad_to_multiple_of), so batches take few distinct shapes (one CUDA graph per shape), but not
+  // past max_padded_length when that is > 0 (the tokenizer's max length) unless an example is
+  // longer.
+  int64_t pad_to_multiple_of = 0;
+  int64_t max_padded_length = 0;
 };
 
 class Batcher {

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# --cuda-graphs: after the first step every step replays CUDA graphs (one per batch shape, and the
+# optimizer step's). Dropout draws and AdamW's step count and scheduled lr are refilled at each
+# replay, so with the same padding the run is the eager run bit for bit: the same training records
+# (loss, gradient norm, lr at every step), evaluations, summary and weights. Batches of 5 from 48
+# examples padded to multiples of 8 give several shapes (a last batch of 3, lengths 8 and 16).
+# Also: --cuda-graphs refuses the cpu and gradient accumulation. Runs on the cuda device (the
+# simulator in CI).
+# Usage: graphs_test.sh LATHE_FINETUNE SOURCE_DIR
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+common=("${tiny[@]}" --device cuda --test "$src/tests/data/finetune/test.tsv" --batch-size 5
+  --epochs 2 --eval-every 7 --train-eval-size 8 --dropout 0.1 --pad-to-multiple-of 8)
+
+run() {  # $1: name, then flags
+  local name="$1"
+  shift
+  "$bin" "${common[@]}" --out "$work/$name" "$@" >"$work/$name.log" 2>&1 ||
+    { cat "$work/$name.log"; fail "run $name failed"; }
+}
+
+for extra in "" "--precision bf16 --gradient-checkpointing"; do
+  # shellcheck disable=SC2206
+  flags=($extra)
+  tag="${extra// /}"
+  run "eager$tag" "${flags[@]}"
+  run "graphs$tag" --cuda-graphs "${flags[@]}"
+  e="$work/eager$tag" g="$work/graphs$tag"
+  graphs=$(sed -nE 's/.*"cuda_graphs": ([0-9]+).*/\1/p' "$g/summary.json")
+  [[ "${graphs:-0}" -ge 3 ]] ||
+    fail "$g: expected several step graphs and the optimizer's, summary says '${graphs:-none}'"
+  grep -q "CUDA graphs" "$g.log" || fail "the graphed run does not report its graphs"
+  grep -q '"cuda_graphs": 0' "$e/summary.json" || fail "the eager run reports graphs"
+  # Every record, without the evaluations' timings.
+  for f in "$e" "$g"; do
+    sed -E 's/"elapsed_s": [^,}]*//' "$f/metrics.jsonl" >"$f.records"
+  done
+  [[ $(grep -c '"kind": "train"' "$e.records") -ge 10 ]] || fail "too few train records in $e"
+  cmp -s "$e.records" "$g.records" ||
+    fail "metrics.jsonl differs with --cuda-graphs $extra: $(diff "$e.records" "$g.records" | head)"
+  "$src/tests/finetune/strip_volatile.sh" "$e/summary.json" >"$work/s1"
+  "$src/tests/finetune/strip_volatile.sh" "$g/summary.json" >"$work/s2"
+  cmp -s "$work/s1" "$work/s2" || fail "summary.json differs: $(diff "$work/s1" "$work/s2")"
+  for ck in last best; do
+    cmp -s "$e/checkpoints/$ck/model.safetensors" "$g/checkpoints/$ck/model.safetensors" ||
+      fail "the $ck weights differ with --cuda-graphs $extra"
+  done
+  echo "--cuda-graphs $extra: $graphs graphs, the eager run's records, summary and weights"
+done
+
+# Refusals name the flag.
+"$bin" "${tiny[@]}" --cuda-graphs --out "$work/cpu" >"$work/log" 2>&1 &&
+  fail "--cuda-graphs on the cpu was accepted"
+grep -q -- "--cuda-graphs needs --device cuda" "$work/log" || fail "$(cat "$work/log")"
+"$bin" "${tiny[@]}" --device cuda --cuda-graphs --gradient-accumulation-steps 2 \
+  --out "$work/acc" >"$work/log" 2>&1 && fail "--cuda-graphs with accumulation was accepted"
+grep -q -- "--cuda-graphs takes --gradient-accumulation-steps 1" "$work/log" ||
+  fail "$(cat "$work/log")"
+echo "graphs: refusals name the flag"
