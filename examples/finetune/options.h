@@ -52,8 +52,8 @@ struct Options {
   // Training steps replayed from CUDA graphs (one per batch shape); not in the fingerprint: with
   // the same padding the results are the same.
   bool cuda_graphs = false;
-  int64_t eval_every = 0;               // steps; 0: at the end of every epoch
-  int64_t patience = 0;  // evaluations without dev improvement before stopping; 0: never
+  int64_t eval_every = 0;  // steps; 0: at the end of every epoch
+  int64_t patience = 0;    // evaluations without dev improvement before stopping; 0: never
   int64_t train_eval_size = 512;
   std::string out = "runs/finetune";
   bool resume = false;

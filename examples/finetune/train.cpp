@@ -526,8 +526,8 @@ int run(const Options& o) {
     if (!update_graph) {
       CaptureOptions co;
       co.share_memory_with = graph_pool;
-      update_graph = std::make_unique<CudaGraph>(
-          CudaGraph::capture(device, [&] { optimizer.step(); }, co));
+      update_graph = std::make_unique<CudaGraph>(CudaGraph::capture(
+          device, [&] { optimizer.step(); }, co));
     }
     update_graph->replay();
   };
@@ -752,14 +752,14 @@ int run(const Options& o) {
   summary["wall_seconds"] =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - wall_start).count();
   write_json_atomically(out / "summary.json", summary);
-  std::fprintf(stderr,
-               "wrote %s/{summary.json,metrics.jsonl,plot.svg} in %s; peak %s memory "
-               "%.1f MiB%s%s\n",
-               out.c_str(), format_duration(train_seconds).c_str(), device.str().c_str(),
-               double(peak_memory) / double(1 << 20),
-               o.gradient_checkpointing ? " (gradient checkpointing)" : "",
-               o.cuda_graphs ? (", " + std::to_string(graphs_captured) + " CUDA graphs").c_str()
-                             : "");
+  std::fprintf(
+      stderr,
+      "wrote %s/{summary.json,metrics.jsonl,plot.svg} in %s; peak %s memory "
+      "%.1f MiB%s%s\n",
+      out.c_str(), format_duration(train_seconds).c_str(), device.str().c_str(),
+      double(peak_memory) / double(1 << 20),
+      o.gradient_checkpointing ? " (gradient checkpointing)" : "",
+      o.cuda_graphs ? (", " + std::to_string(graphs_captured) + " CUDA graphs").c_str() : "");
   return 0;
 }
 
