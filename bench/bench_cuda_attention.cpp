@@ -145,8 +145,7 @@ void BM_CudaFlashAttentionDropout(benchmark::State& state) {
   Problem p(state.range(0), state.range(1), false);
   if (state.range(3) != 0) {
     p.args.dropout_p = 0.1;
-    p.args.seed = 1234;
-    p.args.offset = 0;
+    p.args.philox = {1234, 0};
   }
   if (state.range(2) == 0) {
     run(state, p.forward_flops(), [&] { p.forward(); });

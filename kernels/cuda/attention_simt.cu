@@ -37,6 +37,7 @@
 #include "kernels/cuda/attention_layout.cuh"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda/graph_params.cuh"
 #include "kernels/cuda/math.cuh"
 #include "kernels/sim/sim.h"  // LATHE_DYNAMIC_SHARED in both builds
 #include "lathe/core/random.h"
@@ -107,25 +108,8 @@ struct Params : Lead {
   PhiloxState philox;  // of the dropout mask; seed and offset, read through mask_seed/offset
 };
 
-// A launch inside a CUDA graph capture reads the mask's (seed, offset) from device memory, which
-// each replay refills (flash_attention.cuh's GraphParams: the kernels are instantiated for both
-// types, so an eager launch runs the code it ran before).
-struct GraphParams : Params {
-  GraphParams() = default;
-  explicit GraphParams(const Params& p) : Params(p) {}
-};
-LATHE_DEVICE_INLINE uint64_t mask_seed(const Params& p) {
-  return p.philox.seed;
-}
-LATHE_DEVICE_INLINE uint64_t mask_offset(const Params& p) {
-  return p.philox.offset;
-}
-LATHE_DEVICE_INLINE uint64_t mask_seed(const GraphParams& p) {
-  return p.philox.device_state[0];
-}
-LATHE_DEVICE_INLINE uint64_t mask_offset(const GraphParams& p) {
-  return p.philox.device_state[1];
-}
+// Params with the mask's state in device memory (graph_params.cuh).
+using GraphParams = InGraph<Params>;
 
 // Calls run(params) with GraphParams when the mask's state is in device memory.
 template <class Run>

@@ -15,6 +15,7 @@
 #include "kernels/cuda/attention_layout.cuh"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda/graph_params.cuh"
 #include "kernels/cuda/ptx.cuh"
 #include "kernels/poly_math.h"  // mufu_exp2
 #include "lathe/core/random.h"
@@ -73,15 +74,8 @@ struct Params : Lead {
   PhiloxState philox;  // of the dropout mask; seed and offset, read through mask_seed/offset
 };
 
-// The Params of a launch inside a CUDA graph capture. The dropout mask's (seed, offset) is not a
-// launch value there (each replay must draw a new mask): the kernels read it from
-// philox.device_state, which every replay refills. The kernels that draw are templates over their
-// Params type and are instantiated for both, so an eager launch runs the code it ran before graphs
-// existed (the two device loads cost registers that the tuned kernels do not have to spare).
-struct GraphParams : Params {
-  GraphParams() = default;
-  explicit GraphParams(const Params& p) : Params(p) {}
-};
+// Params with the mask's state in device memory (graph_params.cuh).
+using GraphParams = InGraph<Params>;
 
 // Calls run.template operator()<kDropout, P>(params) with the instantiation a launch needs: no
 // dropout, dropout with the mask's state as launch values, or (inside a CUDA graph capture) in
@@ -93,19 +87,6 @@ void dispatch_dropout(const Params& p, Run&& run) {
     return run.template operator()<true, GraphParams>(GraphParams(p));
   }
   run.template operator()<true, Params>(p);
-}
-
-LATHE_DEVICE_INLINE uint64_t mask_seed(const Params& p) {
-  return p.philox.seed;
-}
-LATHE_DEVICE_INLINE uint64_t mask_offset(const Params& p) {
-  return p.philox.offset;
-}
-LATHE_DEVICE_INLINE uint64_t mask_seed(const GraphParams& p) {
-  return p.philox.device_state[0];
-}
-LATHE_DEVICE_INLINE uint64_t mask_offset(const GraphParams& p) {
-  return p.philox.device_state[1];
 }
 
 // ---- small device helpers ----

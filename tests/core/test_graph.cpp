@@ -17,14 +17,6 @@ using namespace lathe::testing;
 
 namespace {
 
-std::vector<Device> cuda_devices() {
-  std::vector<Device> out;
-  for (const Device& d : test_devices()) {
-    if (d.is_cuda()) out.push_back(d);
-  }
-  return out;
-}
-
 Tensor ids_on(const std::vector<int64_t>& values, Device device) {
   return from_vector(values, {2, 6}, TensorOptions(DType::I64).device(device));
 }
@@ -44,8 +36,8 @@ TEST_CASE("graphs: the cpu has none", "[graphs]") {
 
 TEST_CASE("graphs: a captured forward replays each request as the eager forward computes it",
           "[graphs][nn]") {
-  if (cuda_devices().empty()) return;
-  const Device device = GENERATE(from_range(cuda_devices()));
+  if (cuda_test_devices().empty()) return;
+  const Device device = GENERATE(from_range(cuda_test_devices()));
   const bool bf16 = GENERATE(false, true);
   INFO(device.str() << (bf16 ? " bf16 autocast" : " f32"));
   manual_seed(5);
@@ -93,8 +85,8 @@ TEST_CASE("graphs: a captured forward replays each request as the eager forward 
 TEST_CASE("graphs: under one autocast guard, each graph casts the weights itself", "[graphs]") {
   // The cast cache would otherwise hand the second capture the first graph's casts, which hold
   // values only once that graph has replayed (and belong to its memory).
-  if (cuda_devices().empty()) return;
-  const Device device = GENERATE(from_range(cuda_devices()));
+  if (cuda_test_devices().empty()) return;
+  const Device device = GENERATE(from_range(cuda_test_devices()));
   INFO(device.str());
   manual_seed(6);
   nn::BertForSequenceClassification model(tiny_bert_config());
@@ -117,8 +109,8 @@ TEST_CASE("graphs: under one autocast guard, each graph casts the weights itself
 
 TEST_CASE("graphs: memory the capture freed stays the graph's until it is destroyed",
           "[graphs][memory]") {
-  if (cuda_devices().empty()) return;
-  const Device device = GENERATE(from_range(cuda_devices()));
+  if (cuda_test_devices().empty()) return;
+  const Device device = GENERATE(from_range(cuda_test_devices()));
   INFO(device.str());
   const TensorOptions f32 = TensorOptions(DType::F32).device(device);
   std::vector<float> values(1024);
@@ -154,8 +146,8 @@ TEST_CASE("graphs: memory the capture freed stays the graph's until it is destro
 
 TEST_CASE("graphs: a capture refuses what would not replay, and the device stays usable",
           "[graphs]") {
-  if (cuda_devices().empty()) return;
-  const Device device = GENERATE(from_range(cuda_devices()));
+  if (cuda_test_devices().empty()) return;
+  const Device device = GENERATE(from_range(cuda_test_devices()));
   INFO(device.str());
   const TensorOptions f32 = TensorOptions(DType::F32).device(device);
   const Tensor a = full({4, 4}, 1.5, f32);
@@ -194,7 +186,7 @@ TEST_CASE("graphs: a capture refuses what would not replay, and the device stays
 
 TEST_CASE("graphs: threads capture and replay their own graphs at once, on every cuda device",
           "[graphs][threads]") {
-  if (cuda_devices().empty()) return;
+  if (cuda_test_devices().empty()) return;
   const int devices = cuda_device_count();
   constexpr int kThreads = 4;
   std::vector<std::unique_ptr<nn::BertForSequenceClassification>> models;
@@ -230,8 +222,8 @@ TEST_CASE("graphs: threads capture and replay their own graphs at once, on every
 }
 
 TEST_CASE("graphs: graphs of several shapes share one memory pool", "[graphs][memory]") {
-  if (cuda_devices().empty()) return;
-  const Device device = GENERATE(from_range(cuda_devices()));
+  if (cuda_test_devices().empty()) return;
+  const Device device = GENERATE(from_range(cuda_test_devices()));
   INFO(device.str());
   manual_seed(7);
   nn::BertForSequenceClassification model(tiny_bert_config());
@@ -312,8 +304,8 @@ TEST_CASE("graphs: GraphedFunction captures one graph per input signature and re
   check_error(
       [] { GraphedFunction f(Device::cpu(), [](const std::vector<Tensor>& in) { return in; }); },
       {"GraphedFunction", "cpu", "no graphs"});
-  if (cuda_devices().empty()) return;
-  const Device device = GENERATE(from_range(cuda_devices()));
+  if (cuda_test_devices().empty()) return;
+  const Device device = GENERATE(from_range(cuda_test_devices()));
   INFO(device.str());
   manual_seed(8);
   nn::BertForSequenceClassification model(tiny_bert_config());

@@ -1,8 +1,9 @@
-// Training steps inside CUDA graphs, on every cuda device (the simulated ones in CI, cuda:0 on a
-// GPU). What a step must change from one replay to the next (each dropout's Philox state, AdamW's
-// step count and scheduled lr) is read from device memory that every replay refills on the host,
-// from the same generator and the same optimizer state the eager step uses. So a replayed step is
-// compared bit for bit with the same step run eagerly: same masks, same losses, same weights.
+// Training steps inside CUDA graphs, on every cuda device (both simulated ones in CI, every device
+// of a GPU machine). What a step must change from one replay to the next (each dropout's Philox
+// state, AdamW's step count and scheduled lr) is read from device memory that every replay refills
+// on the host, from the same generator and the same optimizer state the eager step uses. So a
+// replayed step is compared bit for bit with the same step run eagerly: same masks, same losses,
+// same weights.
 #include <optional>
 #include <string>
 #include <vector>
@@ -20,14 +21,6 @@ using namespace lathe;
 using namespace lathe::testing;
 
 namespace {
-
-std::vector<Device> cuda_devices() {
-  std::vector<Device> out;
-  for (const Device& d : test_devices()) {
-    if (d.is_cuda()) out.push_back(d);
-  }
-  return out;
-}
 
 struct Batch {
   std::vector<int64_t> ids, mask, labels;
@@ -86,6 +79,15 @@ struct Trainer {
   }
 };
 
+// A 3x4 f32 weight on `device` that requires grad, and the named list optimizers take.
+struct OneWeight {
+  Tensor w;
+  optim::NamedParameters named;
+  explicit OneWeight(Device device)
+      : w(full({3, 4}, 0.5, TensorOptions(DType::F32).device(device)).requires_grad_(true)),
+        named{{"w", w}} {}
+};
+
 Tensor on(const std::vector<int64_t>& values, const Shape& shape, Device device) {
   return from_vector(values, shape, TensorOptions(DType::I64).device(device));
 }
@@ -100,8 +102,8 @@ std::vector<std::vector<float>> weights_of(const nn::Module& m) {
 
 TEST_CASE("graphs: a replayed training step is the eager step, masks, lr and step count included",
           "[graphs][optim]") {
-  if (cuda_devices().empty()) return;
-  const Device device = GENERATE(from_range(cuda_devices()));
+  if (cuda_test_devices().empty()) return;
+  const Device device = GENERATE(from_range(cuda_test_devices(true)));
   const bool bf16 = GENERATE(false, true);
   const bool checkpointing = GENERATE(false, true);
   INFO(device.str() << (bf16 ? " bf16 autocast" : " f32")
@@ -160,8 +162,8 @@ TEST_CASE("graphs: a replayed training step is the eager step, masks, lr and ste
 
 TEST_CASE("graphs: each replay draws fresh random numbers, those of the eager sequence",
           "[graphs]") {
-  if (cuda_devices().empty()) return;
-  const Device device = GENERATE(from_range(cuda_devices()));
+  if (cuda_test_devices().empty()) return;
+  const Device device = GENERATE(from_range(cuda_test_devices(true)));
   INFO(device.str());
   const TensorOptions f32 = TensorOptions(DType::F32).device(device);
   const Tensor x = full({7, 33}, 2.0, f32);
@@ -194,12 +196,13 @@ TEST_CASE("graphs: each replay draws fresh random numbers, those of the eager se
 
 TEST_CASE("graphs: an optimizer step a replay could not redo is refused, naming the fix",
           "[graphs][optim]") {
-  if (cuda_devices().empty()) return;
-  const Device device = GENERATE(from_range(cuda_devices()));
+  if (cuda_test_devices().empty()) return;
+  const Device device = GENERATE(from_range(cuda_test_devices()));
   INFO(device.str());
   const TensorOptions f32 = TensorOptions(DType::F32).device(device);
-  Tensor w = full({3, 4}, 0.5, f32).requires_grad_(true);
-  const optim::NamedParameters named = {{"w", w}};
+  const OneWeight weight(device);
+  const Tensor& w = weight.w;
+  const optim::NamedParameters& named = weight.named;
   auto backward = [&] { (w * w).sum().backward(); };
   auto capture = [&](const std::function<void()>& body) { (void)CudaGraph::capture(device, body); };
 
@@ -234,18 +237,17 @@ TEST_CASE("graphs: an optimizer step a replay could not redo is refused, naming 
 
 TEST_CASE("graphs: replaying a step whose optimizer is gone or whose state was replaced throws",
           "[graphs][optim]") {
-  if (cuda_devices().empty()) return;
-  const Device device = GENERATE(from_range(cuda_devices()));
+  if (cuda_test_devices().empty()) return;
+  const Device device = GENERATE(from_range(cuda_test_devices()));
   INFO(device.str());
-  const TensorOptions f32 = TensorOptions(DType::F32).device(device);
-  Tensor w = full({3, 4}, 0.5, f32).requires_grad_(true);
-  const optim::NamedParameters named = {{"w", w}};
+  const OneWeight weight(device);
+  const Tensor& w = weight.w;
   auto step = [&](optim::Optimizer& opt) {
     opt.zero_grad();
     (w * w).sum().backward();
     opt.step();
   };
-  auto adamw = std::make_unique<optim::AdamW>(named);
+  auto adamw = std::make_unique<optim::AdamW>(weight.named);
   step(*adamw);
   CudaGraph graph = CudaGraph::capture(device, [&] { step(*adamw); });
   graph.replay();

@@ -25,6 +25,19 @@ std::vector<Device> test_devices() {
   return devices;
 }
 
+std::vector<Device> cuda_test_devices(bool every) {
+  std::vector<Device> out;
+  for (const Device& d : test_devices()) {
+    if (!d.is_cuda()) continue;
+    if (!every) {
+      out.push_back(d);
+      continue;
+    }
+    for (int i = 0; i < cuda_device_count(); ++i) out.push_back(Device::cuda(i));
+  }
+  return out;
+}
+
 std::vector<double> random_values(int64_t n, uint64_t seed, double lo, double hi) {
   std::vector<double> out(static_cast<size_t>(n));
   uint64_t state = seed * 6364136223846793005ULL + 1442695040888963407ULL;

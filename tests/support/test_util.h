@@ -15,6 +15,9 @@ namespace lathe::testing {
 
 // cpu, plus cuda:0 when this build has a cuda device.
 std::vector<Device> test_devices();
+// The cuda devices of test_devices(); with `every`, every cuda device of the machine instead (the
+// simulated build has two), for code where the device index matters. Empty without cuda.
+std::vector<Device> cuda_test_devices(bool every = false);
 
 // Deterministic pseudo-random values in [lo, hi) from a small LCG (independent of lathe's RNG).
 std::vector<double> random_values(int64_t n, uint64_t seed, double lo = -1.0, double hi = 1.0);
