@@ -195,7 +195,7 @@ void BM_CudaDropout(benchmark::State& state) {
   Tensor x = randn_on({n}, t), y = lathe::empty({n}, on_cuda(t));
   const auto vx = lathe::detail::make_view(x), vy = lathe::detail::make_view(y);
   run(state, 2.0 * double(n) * double(lathe::element_size(t)),
-      [&] { cuda_k().dropout(vx, vy, 0.1, 1234, 0); });
+      [&] { cuda_k().dropout(vx, vy, 0.1, {1234, 0}); });
 }
 
 void dropout_shapes(benchmark::internal::Benchmark* b) {
