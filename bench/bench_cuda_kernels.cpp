@@ -194,8 +194,9 @@ void BM_CudaDropout(benchmark::State& state) {
   const DType t = dtype_of(state.range(1));
   Tensor x = randn_on({n}, t), y = lathe::empty({n}, on_cuda(t));
   const auto vx = lathe::detail::make_view(x), vy = lathe::detail::make_view(y);
-  run(state, 2.0 * double(n) * double(lathe::element_size(t)),
-      [&] { cuda_k().dropout(vx, vy, 0.1, {1234, 0}); });
+  run(state, 2.0 * double(n) * double(lathe::element_size(t)), [&] {
+    cuda_k().dropout(vx, vy, 0.1, {1234, 0});
+  });
 }
 
 void dropout_shapes(benchmark::internal::Benchmark* b) {
