@@ -71,15 +71,16 @@ struct ReplaySlots {
   // Calls the fills, then queues the copies of their words on the current stream.
   void fill() {
     if (slots.empty()) return;
-    std::vector<std::vector<int64_t>> host(blocks.size(), std::vector<int64_t>(kSlotBlockWords, 0));
+    std::vector<std::vector<int64_t>> host(blocks.size());
+    for (size_t b = 0; b < blocks.size(); ++b) {
+      host[b].resize(size_t(b + 1 == blocks.size() ? block_used : kSlotBlockWords));
+    }
     for (Slot& slot : slots) {
       slot.fill(reinterpret_cast<uint64_t*>(host[slot.block].data() + slot.at));
     }
     for (size_t b = 0; b < blocks.size(); ++b) {
-      const int64_t used = b + 1 == blocks.size() ? block_used : kSlotBlockWords;
-      host[b].resize(size_t(used));
       // A small copy from the host: staged in pinned memory and queued without a host wait.
-      blocks[b].narrow(0, 0, used).copy_(from_vector(host[b]));
+      blocks[b].narrow(0, 0, int64_t(host[b].size())).copy_(from_vector(host[b]));
     }
   }
 };

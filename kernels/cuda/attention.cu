@@ -898,13 +898,9 @@ void forward_impl(const AttentionForwardArgs& a) {
       }
     }
     constexpr int MT = forward_m_tiles<D>();
-    if (!p.dropout) {
-      launch.template operator()<MT>(forward_kernel<T, D, false>, p);
-    } else if (p.philox.device_state != nullptr) {
-      launch.template operator()<MT>(forward_kernel<T, D, true, GraphParams>, GraphParams(p));
-    } else {
-      launch.template operator()<MT>(forward_kernel<T, D, true>, p);
-    }
+    dispatch_dropout(p, [&]<bool kDropout, class P>(const P& params) {
+      launch.template operator()<MT>(forward_kernel<T, D, kDropout, P>, params);
+    });
   });
 }
 
@@ -982,11 +978,9 @@ void backward_impl(const AttentionBackwardArgs& args) {
                        dkdv_smem<D, T, kAtomicDq, BQ>(), p);
           }
         }
-        if (!p.dropout) return run(dkdv_kernel<T, D, false, kAtomicDq>, smem, p);
-        if (p.philox.device_state != nullptr) {
-          return run(dkdv_kernel<T, D, true, kAtomicDq, GraphParams>, smem, GraphParams(p));
-        }
-        run(dkdv_kernel<T, D, true, kAtomicDq>, smem, p);
+        dispatch_dropout(p, [&]<bool kDropout, class P>(const P& params) {
+          run(dkdv_kernel<T, D, kDropout, kAtomicDq, P>, smem, params);
+        });
       };
       if (atomic_dq) {
         launch_dkdv.template operator()<true>();
@@ -1004,18 +998,12 @@ void backward_impl(const AttentionBackwardArgs& args) {
     const int64_t q_tiles = (a.q_len + kBlockM - 1) / kBlockM;
     if (q_tiles > 0) {
       constexpr size_t smem = dq_smem<D, T>();
-      auto run = [&](auto kernel, const auto& params) {
+      dispatch_dropout(p, [&]<bool kDropout, class P>(const P& params) {
+        auto kernel = dq_kernel<T, D, kDropout, P>;
         allow_shared(kernel, smem, "flash attention");
         rt::launch(kernel, dim3(unsigned(q_tiles * a.batch)), dim3(kThreads), smem, stream(),
                    "flash_attention_backward_dq", params, q_tiles);
-      };
-      if (!p.dropout) {
-        run(dq_kernel<T, D, false>, p);
-      } else if (p.philox.device_state != nullptr) {
-        run(dq_kernel<T, D, true, GraphParams>, GraphParams(p));
-      } else {
-        run(dq_kernel<T, D, true>, p);
-      }
+      });
     }
   });
 }
