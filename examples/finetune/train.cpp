@@ -9,9 +9,11 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <sstream>
+#include <tuple>
 
 #include "data.h"
 #include "lathe/lathe.h"
@@ -449,14 +451,19 @@ int run(const Options& o) {
 
   // One step's forward and backward of batch b on the device, its loss weighted by `weight`;
   // returns the weighted loss, detached.
+  // A defined `weight_tensor` (a graph's input) multiplies instead of `weight`, with the same bits.
   auto forward_backward = [&](const Tensor& ids, const Tensor& mask, const Tensor& types,
-                              const Tensor& labels, double weight) {
+                              const Tensor& labels, double weight, const Tensor& weight_tensor) {
     std::optional<AutocastGuard> autocast;
     if (bf16) autocast.emplace(DType::BF16, device.type);
     const Tensor logits = model->forward(ids, mask, types);
     Tensor loss = cross_entropy(logits, labels);
     autocast.reset();
-    if (weight != 1.0) loss = loss * weight;
+    if (weight_tensor.defined()) {
+      loss = loss * weight_tensor.to(loss.dtype());
+    } else if (weight != 1.0) {
+      loss = loss * weight;
+    }
     loss.backward();  // frees this batch's graph before the next forward
     return loss.detach();
   };
@@ -466,46 +473,58 @@ int run(const Options& o) {
   };
 
   // --cuda-graphs: after this process's first step (eager: it creates the gradients and the
-  // optimizer's state), a step replays two graphs. The first (one per batch shape, captured at the
-  // shape's first batch) zeroes the gradients in place, runs forward, backward and clipping, and
-  // leaves the loss and the gradient norm in its output tensors; the host reads them, as the eager
-  // loop does, and only then replays the second, the optimizer step, so a non-finite step still
-  // stops the run before it changes the weights. The gradients stay allocated between steps (no
-  // zero_grad), so every graph reads and writes the same gradient tensors. All graphs share one
-  // memory pool and replay on one stream. Dropout draws and AdamW's lr and step count are refilled
-  // at each replay (lathe/core/cuda_graph.h): with the same padding the run is the eager run.
-  struct StepGraph {
-    Tensor ids, mask, types, labels;  // the graph's inputs
-    Tensor loss, grad_norm;           // its outputs
+  // optimizer's state), a step replays a graph per micro-batch, then the optimizer step's. A
+  // micro-batch's graph is captured at the first batch of its kind: its shape, whether it is the
+  // step's first (it zeroes the gradients in place first) and whether it is the step's last (it
+  // clips after its backward). Each leaves its weighted loss, and the last the gradient norm, in
+  // output tensors; the host reads them, as the eager loop does, and only then replays the
+  // optimizer's graph, so a non-finite step still stops the run before it changes the weights.
+  // The gradients stay allocated between steps (no zero_grad) and the backward adds into them in
+  // place, so every graph reads and writes the same gradient tensors. All graphs share one memory
+  // pool and replay on one stream, which also orders the host's sum of the micro-batch losses
+  // before the next replay of the same graph overwrites its output. With accumulation the loss
+  // weight (the batch's share of the step's examples) is an input tensor, not a constant. Dropout
+  // draws and AdamW's lr and step count are refilled at each replay (lathe/core/cuda_graph.h):
+  // with the same padding the run is the eager run.
+  struct MicroGraph {
+    Tensor ids, mask, types, labels, weight;  // the graph's inputs
+    Tensor loss, grad_norm;                   // its outputs (grad_norm for a step's last batch)
     std::unique_ptr<CudaGraph> graph;
   };
-  std::map<std::pair<int64_t, int64_t>, StepGraph> step_graphs;
+  // (batch rows, padded length, first of the step, last of the step)
+  using MicroKind = std::tuple<int64_t, int64_t, bool, bool>;
+  std::map<MicroKind, MicroGraph> micro_graphs;
   std::unique_ptr<CudaGraph> update_graph;
   const CudaGraph* graph_pool = nullptr;
   bool graphs_ready = false;  // the gradients and the optimizer's state exist
-  auto graph_step = [&](const data::Batch& b) -> StepGraph& {
-    const std::pair<int64_t, int64_t> shape{b.input_ids.size(0), b.input_ids.size(1)};
-    auto found = step_graphs.find(shape);
-    if (found != step_graphs.end()) {
-      StepGraph& g = found->second;
+  const bool weighted = accumulate > 1;
+  auto graph_micro = [&](const data::Batch& b, bool first, bool last,
+                         double weight) -> const MicroGraph& {
+    const MicroKind kind{b.input_ids.size(0), b.input_ids.size(1), first, last};
+    auto found = micro_graphs.find(kind);
+    if (found != micro_graphs.end()) {
+      MicroGraph& g = found->second;
       g.ids.copy_(b.input_ids);
       g.mask.copy_(b.attention_mask);
       g.types.copy_(b.token_type_ids);
       g.labels.copy_(b.labels);
+      if (weighted) g.weight.fill_(weight);
       g.graph->replay();
       return g;
     }
-    StepGraph g;
+    MicroGraph g;
     g.ids = b.input_ids.to(device);
     g.mask = b.attention_mask.to(device);
     g.types = b.token_type_ids.to(device);
     g.labels = b.labels.to(device);
+    // The loss's dtype: the weight multiplies as the eager loop's `loss * weight` does.
+    if (weighted) g.weight = full({}, weight, TensorOptions(DType::F32).device(device));
     CaptureOptions co;
     co.share_memory_with = graph_pool;
     g.graph = std::make_unique<CudaGraph>(CudaGraph::capture(
         device,
         [&] {
-          {
+          if (first) {
             NoGradGuard no_grad;
             for (const optim::ParamGroup& group : optimizer.param_groups()) {
               for (const Tensor& p : group.params) {
@@ -514,13 +533,13 @@ int run(const Options& o) {
               }
             }
           }
-          g.loss = forward_backward(g.ids, g.mask, g.types, g.labels, 1.0);
-          g.grad_norm = clip();
+          g.loss = forward_backward(g.ids, g.mask, g.types, g.labels, 1.0, g.weight);
+          if (last) g.grad_norm = clip();
         },
         co));
     if (graph_pool == nullptr) graph_pool = g.graph.get();
     g.graph->replay();
-    return step_graphs.emplace(shape, std::move(g)).first->second;
+    return micro_graphs.emplace(kind, std::move(g)).first->second;
   };
   auto graph_update = [&] {
     if (!update_graph) {
@@ -545,21 +564,22 @@ int run(const Options& o) {
       for (int64_t i = first; i <= last; ++i) step_examples += int64_t(plan[size_t(i)].size());
       Tensor step_loss;  // on the device: read once, below
       Tensor grad_norm;
-      if (graphs_ready) {
-        const StepGraph& g = graph_step(train_batcher.collate(plan[size_t(first)]));
-        step_loss = g.loss;
-        grad_norm = g.grad_norm;
-      } else {
-        for (int64_t i = first; i <= last; ++i) {
-          const data::Batch b = train_batcher.collate(plan[size_t(i)]);
-          const Tensor loss = forward_backward(
-              b.input_ids.to(device), b.attention_mask.to(device), b.token_type_ids.to(device),
-              b.labels.to(device),
-              first != last ? double(b.indices.size()) / double(step_examples) : 1.0);
-          step_loss = step_loss.defined() ? step_loss + loss : loss;
+      for (int64_t i = first; i <= last; ++i) {
+        const data::Batch b = train_batcher.collate(plan[size_t(i)]);
+        const double weight =
+            first != last ? double(b.indices.size()) / double(step_examples) : 1.0;
+        Tensor loss;
+        if (graphs_ready) {
+          const MicroGraph& g = graph_micro(b, i == first, i == last, weight);
+          loss = g.loss;
+          if (i == last) grad_norm = g.grad_norm;
+        } else {
+          loss = forward_backward(b.input_ids.to(device), b.attention_mask.to(device),
+                                  b.token_type_ids.to(device), b.labels.to(device), weight, {});
         }
-        grad_norm = clip();
+        step_loss = step_loss.defined() ? step_loss + loss : loss;
       }
+      if (!graphs_ready) grad_norm = clip();
       st.batch_in_epoch = last;  // the loop's increment moves past the step's batches
       // The loss and the norm are read after backward and clipping are queued, in one wait per
       // step (a GPU then never idles while the host queues the backward); a non-finite one stops
@@ -726,7 +746,7 @@ int run(const Options& o) {
   summary["device"] = device.str();
   summary["gradient_checkpointing"] = o.gradient_checkpointing;
   // Graphs this process captured: one per batch shape, and the optimizer step's.
-  const int64_t graphs_captured = int64_t(step_graphs.size()) + (update_graph ? 1 : 0);
+  const int64_t graphs_captured = int64_t(micro_graphs.size()) + (update_graph ? 1 : 0);
   summary["cuda_graphs"] = graphs_captured;
   summary["peak_memory_bytes"] = peak_memory;
   summary["options"] = json::parse(o.fingerprint());

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# --cuda-graphs: after the first step every step replays CUDA graphs (one per batch shape, and the
-# optimizer step's). Dropout draws and AdamW's step count and scheduled lr are refilled at each
-# replay, so with the same padding the run is the eager run bit for bit: the same training records
-# (loss, gradient norm, lr at every step), evaluations, summary and weights. Batches of 5 from 48
-# examples padded to multiples of 8 give several shapes (a last batch of 3, lengths 8 and 16).
-# Also: --cuda-graphs refuses the cpu and gradient accumulation. Runs on the cuda device (the
-# simulator in CI).
+# --cuda-graphs: after the first step every step replays CUDA graphs (one per kind of batch: its
+# shape, and with accumulation its place in the step; and the optimizer step's). Dropout draws and
+# AdamW's step count and scheduled lr are refilled at each replay, so with the same padding the run
+# is the eager run bit for bit: the same training records (loss, gradient norm, lr at every step),
+# evaluations, summary and weights. Batches of 5 from 48 examples padded to multiples of 8 give
+# several shapes (a last batch of 3, lengths 8 and 16). Also: --cuda-graphs refuses the cpu. Runs
+# on the cuda device (the simulator in CI).
 # Usage: graphs_test.sh LATHE_FINETUNE SOURCE_DIR
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
@@ -19,7 +19,12 @@ run() {  # $1: name, then flags
     { cat "$work/$name.log"; fail "run $name failed"; }
 }
 
-for extra in "" "--precision bf16 --gradient-checkpointing"; do
+# With accumulation (10 batches per epoch), a batch's graph also depends on its place in the step:
+# in steps of 3 batches the first, middle and last each have theirs, and the epoch's last step of
+# one batch its own (zero and clip); in steps of 4 the last step is 5 + 3 examples, whose loss
+# weights (5/8, 3/8) differ from a full step's (1/4) in graphs of the same kind.
+for extra in "" "--precision bf16 --gradient-checkpointing" "--gradient-accumulation-steps 3" \
+  "--gradient-accumulation-steps 4"; do
   # shellcheck disable=SC2206
   flags=($extra)
   tag="${extra// /}"
@@ -35,7 +40,7 @@ for extra in "" "--precision bf16 --gradient-checkpointing"; do
   for f in "$e" "$g"; do
     sed -E 's/"elapsed_s": [^,}]*//' "$f/metrics.jsonl" >"$f.records"
   done
-  [[ $(grep -c '"kind": "train"' "$e.records") -ge 10 ]] || fail "too few train records in $e"
+  [[ $(grep -c '"kind": "train"' "$e.records") -ge 6 ]] || fail "too few train records in $e"
   cmp -s "$e.records" "$g.records" ||
     fail "metrics.jsonl differs with --cuda-graphs $extra: $(diff "$e.records" "$g.records" | head)"
   "$src/tests/finetune/strip_volatile.sh" "$e/summary.json" >"$work/s1"
@@ -52,8 +57,4 @@ done
 "$bin" "${tiny[@]}" --cuda-graphs --out "$work/cpu" >"$work/log" 2>&1 &&
   fail "--cuda-graphs on the cpu was accepted"
 grep -q -- "--cuda-graphs needs --device cuda" "$work/log" || fail "$(cat "$work/log")"
-"$bin" "${tiny[@]}" --device cuda --cuda-graphs --gradient-accumulation-steps 2 \
-  --out "$work/acc" >"$work/log" 2>&1 && fail "--cuda-graphs with accumulation was accepted"
-grep -q -- "--cuda-graphs takes --gradient-accumulation-steps 1" "$work/log" ||
-  fail "$(cat "$work/log")"
-echo "graphs: refusals name the flag"
+echo "graphs: the refusal names the flag"
