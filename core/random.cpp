@@ -32,30 +32,33 @@ PhiloxState reserve_global(int64_t numel) {
   return state;
 }
 
+// What the calling thread draws outside a capture: served by its innermost checkpoint re-run if
+// there is one, else by the global generator; seen by its recorders either way.
+PhiloxState reserve_eager(int64_t numel) {
+  const PhiloxState state =
+      t_replays.empty() ? reserve_global(numel) : t_replays.back()->serve(numel);
+  for (detail::PhiloxRecorder* r : t_recorders) r->add({state, numel});
+  return state;
+}
+
 // Shared by both overloads: `device` is null for a draw that names none.
 PhiloxState reserve(int64_t numel, const Device* device) {
+  if (!t_replays.empty() || !detail::capturing_graph()) return reserve_eager(numel);
+  // A capture records kernel arguments: a (seed, offset) passed by value would make every replay
+  // repeat the capture's numbers. The kernels read a slot the replay fills instead.
+  LATHE_CHECK(device != nullptr,
+              "a random draw that names no device (philox_reserve(numel)) inside "
+              "CudaGraph::capture: every replay would repeat its numbers; pass the device");
+  // The fill runs in replay(), on the replaying thread: a graph replayed inside a checkpointed
+  // block has its draws recorded there, and the backward's re-run replays them.
+  uint64_t* slot = detail::replay_slot(*device, 2, [numel](uint64_t* words) {
+    const PhiloxState drawn = reserve_eager(numel);
+    words[0] = drawn.seed;
+    words[1] = drawn.offset;
+  });
+  if (slot == nullptr) return reserve_eager(numel);  // another device's work runs as issued
   PhiloxState state;
-  if (!t_replays.empty()) {
-    state = t_replays.back()->serve(numel);
-  } else if (!detail::capturing_graph()) {
-    state = reserve_global(numel);
-  } else {
-    // A capture records kernel arguments: a (seed, offset) passed by value would make every
-    // replay repeat the capture's numbers. The kernels read a slot the replay fills instead.
-    LATHE_CHECK(device != nullptr,
-                "a random draw that names no device (philox_reserve(numel)) inside "
-                "CudaGraph::capture: every replay would repeat its numbers; pass the device");
-    uint64_t* slot = detail::replay_slot(*device, 2, [numel](uint64_t* words) {
-      const PhiloxState drawn = reserve_global(numel);
-      words[0] = drawn.seed;
-      words[1] = drawn.offset;
-    });
-    if (slot != nullptr) {
-      state.device_state = slot;
-    } else {
-      state = reserve_global(numel);  // work of another device runs as it is issued
-    }
-  }
+  state.device_state = slot;
   for (detail::PhiloxRecorder* r : t_recorders) r->add({state, numel});
   return state;
 }

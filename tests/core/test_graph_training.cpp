@@ -4,11 +4,13 @@
 // on the host, from the same generator and the same optimizer state the eager step uses. So a
 // replayed step is compared bit for bit with the same step run eagerly: same masks, same losses,
 // same weights.
+#include <algorithm>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "lathe/core/autocast.h"
+#include "lathe/core/checkpoint.h"
 #include "lathe/core/cuda_graph.h"
 #include "lathe/core/random.h"
 #include "lathe/nn/bert.h"
@@ -192,6 +194,38 @@ TEST_CASE("graphs: each replay draws fresh random numbers, those of the eager se
   manual_seed(3);
   for (int k = 0; k < 3; ++k) graph.replay();
   CHECK(rand({5}, f32).to_vector<float>() == next);
+}
+
+TEST_CASE("graphs: a graph replayed in a checkpointed block replays its masks in the re-run",
+          "[graphs][checkpoint]") {
+  if (cuda_test_devices().empty()) return;
+  const Device device = GENERATE(from_range(cuda_test_devices(true)));
+  INFO(device.str());
+  const TensorOptions f32 = TensorOptions(DType::F32).device(device);
+  const Tensor ones = full({9, 37}, 1.0, f32);
+  Tensor mask;  // the graph's output: 0 or 2 per element
+  CudaGraph graph = CudaGraph::capture(device, [&] {
+    NoGradGuard no_grad;
+    mask = dropout(ones, 0.5, true);
+  });
+  // The block's output is x * mask, so x's gradient is the mask of the forward's replay, unless the
+  // backward's re-run replays with another mask.
+  const CheckpointFn block = [&](const std::vector<Tensor>& in) {
+    graph.replay();
+    return std::vector<Tensor>{in[0] * mask};
+  };
+  manual_seed(11);
+  Tensor x = full({9, 37}, 1.0, f32).requires_grad_(true);
+  const Tensor y = checkpoint(block, {x})[0];
+  const std::vector<float> forward_mask = y.to_vector<float>();
+  const uint64_t offset_after_forward = philox_current().offset;
+  y.sum().backward();
+  CHECK(x.grad().to_vector<float>() == forward_mask);
+  // The re-run drew nothing from the generator, and the mask was a real draw.
+  CHECK(philox_current().offset == offset_after_forward);
+  const auto zeros = std::count(forward_mask.begin(), forward_mask.end(), 0.0f);
+  CHECK(zeros > 0);
+  CHECK(zeros < int64_t(forward_mask.size()));
 }
 
 TEST_CASE("graphs: an optimizer step a replay could not redo is refused, naming the fix",
