@@ -124,8 +124,11 @@ struct EvalResult {
   std::vector<int64_t> predicted;  // in input order
 };
 
+// `graphed` (--cuda-graphs): the model's forward as a GraphedFunction, one graph per batch shape,
+// kept across evaluations (the weights change in place, at the same addresses).
 EvalResult evaluate(const nn::BertForSequenceClassification& model, const data::Batcher& batcher,
-                    int64_t num_labels, Device device, bool bf16) {
+                    int64_t num_labels, Device device, bool bf16,
+                    GraphedFunction* graphed = nullptr) {
   NoGradGuard no_grad;
   std::optional<AutocastGuard> autocast;
   if (bf16) autocast.emplace(DType::BF16, device.type);
@@ -135,8 +138,12 @@ EvalResult evaluate(const nn::BertForSequenceClassification& model, const data::
   double loss_sum = 0;
   for (const auto& indices : batcher.plan(0)) {
     const data::Batch b = batcher.collate(indices);
-    const Tensor logits = model.forward(b.input_ids.to(device), b.attention_mask.to(device),
-                                        b.token_type_ids.to(device));
+    // A graph's logits are overwritten by its next replay, which stream order puts after the
+    // reads below.
+    const Tensor logits = graphed
+                              ? (*graphed)({b.input_ids, b.attention_mask, b.token_type_ids})[0]
+                              : model.forward(b.input_ids.to(device), b.attention_mask.to(device),
+                                              b.token_type_ids.to(device));
     CrossEntropyOptions ce;
     ce.reduction = Reduction::Sum;
     loss_sum += cross_entropy(logits, b.labels.to(device), ce).item<double>();
@@ -347,7 +354,6 @@ int run(const Options& o) {
   const data::Batcher train_batcher(d.train, bo);
   data::BatchOptions eval_bo = bo;
   eval_bo.shuffle = false;
-  eval_bo.pad_to_multiple_of = 0;  // evaluation runs eagerly: no reason to pad
   eval_bo.batch_size = std::max<int64_t>(o.batch_size, 64);
   const data::Batcher dev_batcher(d.dev, eval_bo);
   // A fixed sample of the training set, evaluated like dev, for the train-dev gap.
@@ -498,6 +504,14 @@ int run(const Options& o) {
   const CudaGraph* graph_pool = nullptr;
   bool graphs_ready = false;  // the gradients and the optimizer's state exist
   const bool weighted = accumulate > 1;
+  // Evaluations of the training model, through one graph per eval batch shape.
+  std::optional<GraphedFunction> eval_graphs;
+  if (o.cuda_graphs) {
+    eval_graphs.emplace(device, [&](const std::vector<Tensor>& in) {
+      return std::vector<Tensor>{model->forward(in[0], in[1], in[2])};
+    });
+  }
+  GraphedFunction* eval_graphed = eval_graphs ? &*eval_graphs : nullptr;
   auto graph_micro = [&](const data::Batch& b, bool first, bool last,
                          double weight) -> const MicroGraph& {
     const MicroKind kind{b.input_ids.size(0), b.input_ids.size(1), first, last};
@@ -640,10 +654,12 @@ int run(const Options& o) {
       if (!evaluate_now) continue;
 
       // ---- evaluation, best/last checkpoints, early stopping ----
-      const EvalResult dev = evaluate(*model, dev_batcher, d.labels.size(), device, bf16);
+      const EvalResult dev =
+          evaluate(*model, dev_batcher, d.labels.size(), device, bf16, eval_graphed);
       const EvalResult tr =
-          have_train_sample ? evaluate(*model, train_eval_batcher, d.labels.size(), device, bf16)
-                            : dev;
+          have_train_sample
+              ? evaluate(*model, train_eval_batcher, d.labels.size(), device, bf16, eval_graphed)
+              : dev;
       const double train_loss = st.loss_sum / double(std::max<int64_t>(1, st.loss_count));
       const double gap = have_train_sample ? tr.metrics.accuracy - dev.metrics.accuracy : NAN;
       char line[512];
@@ -746,8 +762,6 @@ int run(const Options& o) {
   summary["device"] = device.str();
   summary["gradient_checkpointing"] = o.gradient_checkpointing;
   // Graphs this process captured: one per batch shape, and the optimizer step's.
-  const int64_t graphs_captured = int64_t(micro_graphs.size()) + (update_graph ? 1 : 0);
-  summary["cuda_graphs"] = graphs_captured;
   summary["peak_memory_bytes"] = peak_memory;
   summary["options"] = json::parse(o.fingerprint());
   summary["best"] = {{"step", st.best_step}, {"dev_macro_f1", st.best_metric}};
@@ -755,20 +769,34 @@ int run(const Options& o) {
   best_po.device = device;
   best_po.verbose = false;
   const auto best = nn::load_bert_for_sequence_classification(best_dir.string(), best_po);
-  const EvalResult best_dev = evaluate(*best, dev_batcher, d.labels.size(), device, bf16);
+  std::optional<GraphedFunction> best_graphs;
+  if (o.cuda_graphs) {
+    best_graphs.emplace(device, [&](const std::vector<Tensor>& in) {
+      return std::vector<Tensor>{best->forward(in[0], in[1], in[2])};
+    });
+  }
+  GraphedFunction* best_graphed = best_graphs ? &*best_graphs : nullptr;
+  const EvalResult best_dev =
+      evaluate(*best, dev_batcher, d.labels.size(), device, bf16, best_graphed);
   summary["dev"] = metrics_json(best_dev.metrics, d.labels);
   std::fprintf(stderr, "best checkpoint: step %lld, dev accuracy %.4f, macro-F1 %.4f (%s)\n",
                static_cast<long long>(st.best_step), best_dev.metrics.accuracy,
                best_dev.metrics.macro_f1, best_dir.c_str());
   if (!d.test.empty()) {
     const data::Batcher test_batcher(d.test, eval_bo);
-    const EvalResult test = evaluate(*best, test_batcher, d.labels.size(), device, bf16);
+    const EvalResult test =
+        evaluate(*best, test_batcher, d.labels.size(), device, bf16, best_graphed);
     summary["test"] = metrics_json(test.metrics, d.labels);
     std::fprintf(stderr, "test: %lld examples, loss %.4f, accuracy %.4f, macro-F1 %.4f\n%s",
                  static_cast<long long>(test.metrics.count), test.metrics.loss,
                  test.metrics.accuracy, test.metrics.macro_f1,
                  format_confusion(test.metrics, d.labels.names()).c_str());
   }
+  // Training steps' graphs, and the evaluations' of the trained and of the best model.
+  const int64_t graphs_captured = int64_t(micro_graphs.size()) + (update_graph ? 1 : 0) +
+                                  int64_t(eval_graphs ? eval_graphs->graphs() : 0) +
+                                  int64_t(best_graphs ? best_graphs->graphs() : 0);
+  summary["cuda_graphs"] = graphs_captured;
   summary["wall_seconds"] =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - wall_start).count();
   write_json_atomically(out / "summary.json", summary);

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # --cuda-graphs: after the first step every step replays CUDA graphs (one per kind of batch: its
-# shape, and with accumulation its place in the step; and the optimizer step's). Dropout draws and
+# shape, and with accumulation its place in the step; and the optimizer step's), and evaluations
+# replay a graph per eval batch shape (GraphedFunction, kept across evaluations). Dropout draws and
 # AdamW's step count and scheduled lr are refilled at each replay, so with the same padding the run
 # is the eager run bit for bit: the same training records (loss, gradient norm, lr at every step),
 # evaluations, summary and weights. Batches of 5 from 48 examples padded to multiples of 8 give
