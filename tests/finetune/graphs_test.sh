@@ -24,8 +24,9 @@ run() {  # $1: name, then flags
 # in steps of 3 batches the first, middle and last each have theirs, and the epoch's last step of
 # one batch its own (zero and clip); in steps of 4 the last step is 5 + 3 examples, whose loss
 # weights (5/8, 3/8) differ from a full step's (1/4) in graphs of the same kind.
+# LoRA: the adapters' dropout draws inside the graphs, and most weights without gradients.
 for extra in "" "--precision bf16 --gradient-checkpointing" "--gradient-accumulation-steps 3" \
-  "--gradient-accumulation-steps 4"; do
+  "--gradient-accumulation-steps 4" "--lora-rank 4 --lora-dropout 0.1"; do
   # shellcheck disable=SC2206
   flags=($extra)
   tag="${extra// /}"
@@ -53,6 +54,18 @@ for extra in "" "--precision bf16 --gradient-checkpointing" "--gradient-accumula
   done
   echo "--cuda-graphs $extra: $graphs graphs, the eager run's records, summary and weights"
 done
+
+# A run killed after its step-7 checkpoint and resumed: the resumed process's first step is eager
+# where the uninterrupted run replays graphs; the records and weights are the same.
+LATHE_FINETUNE_KILL_AT_STEP=9 "$bin" "${common[@]}" --cuda-graphs --out "$work/resumed" \
+  >"$work/killed.log" 2>&1 && fail "the run was not killed at step 9"
+run resumed --cuda-graphs --resume
+sed -E 's/"elapsed_s": [^,}]*//' "$work/resumed/metrics.jsonl" >"$work/resumed.records"
+cmp -s "$work/graphs.records" "$work/resumed.records" ||
+  fail "a resumed --cuda-graphs run differs: $(diff "$work/graphs.records" "$work/resumed.records" | head)"
+cmp -s "$work/graphs/checkpoints/last/model.safetensors" \
+  "$work/resumed/checkpoints/last/model.safetensors" || fail "the resumed run's weights differ"
+echo "--cuda-graphs --resume: the uninterrupted run's records and weights"
 
 # Refusals name the flag.
 "$bin" "${tiny[@]}" --cuda-graphs --out "$work/cpu" >"$work/log" 2>&1 &&
