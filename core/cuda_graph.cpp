@@ -2,8 +2,10 @@
 // captures on a stream of its own with a private allocator pool (kernels/cuda/cuda_device.cpp).
 #include "lathe/core/cuda_graph.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <exception>
+#include <thread>
 
 #include "core/graph_internal.h"
 #include "kernels/device_api.h"
@@ -90,6 +92,26 @@ thread_local std::vector<ReplaySlots*> t_captures;
 
 }  // namespace
 
+// A capture's streams, for the events and waits of core/stream.cpp (graph_internal.h). Owned by
+// CudaGraph::capture for the time of the capture; events recorded in it keep weak pointers.
+struct detail::CaptureRecord {
+  Device device;
+  const kernels::StreamApi* api = nullptr;
+  void* stream = nullptr;  // the capture stream
+  void* pool = nullptr;    // the graph's allocator pool
+  std::vector<void*> joined;
+  std::thread::id thread = std::this_thread::get_id();
+
+  bool records_on(const void* s) const {
+    return s == stream || std::find(joined.begin(), joined.end(), s) != joined.end();
+  }
+};
+
+namespace {
+// The captures running on this thread, with their streams (parallel to t_captures).
+thread_local std::vector<std::shared_ptr<detail::CaptureRecord>> t_capture_records;
+}  // namespace
+
 namespace detail {
 bool capturing_graph() {
   return !t_captures.empty();
@@ -107,6 +129,32 @@ uint64_t* replay_slot(Device device, int words, ReplayFill fill) {
     if ((*it)->device == device) return (*it)->take(words, std::move(fill));
   }
   return nullptr;
+}
+
+std::weak_ptr<CaptureRecord> capture_recording_on(Device device, const void* stream) {
+  for (auto it = t_capture_records.rbegin(); it != t_capture_records.rend(); ++it) {
+    if ((*it)->device == device && (*it)->records_on(stream)) return *it;
+  }
+  return {};
+}
+
+void join_capture_before_wait(const std::weak_ptr<CaptureRecord>& capture, Device device,
+                              void* stream) {
+  const std::shared_ptr<CaptureRecord> record = capture.lock();
+  LATHE_CHECK(record != nullptr,
+              "Stream::wait: the event was recorded inside a graph capture that has ended; record "
+              "it again outside the capture");
+  LATHE_CHECK(record->thread == std::this_thread::get_id(),
+              "Stream::wait: the event was recorded inside another thread's graph capture; fork "
+              "streams into a capture from its body, on the capturing thread");
+  LATHE_CHECK(record->device == device, "Stream::wait: the event was recorded inside a capture of ",
+              record->device.str(), " and cannot order a stream of ", device.str());
+  if (record->records_on(stream)) return;
+  LATHE_CHECK(stream != nullptr, "Stream::wait: the default stream of ", device.str(),
+              " cannot join a graph capture (CUDA refuses it); fork a created stream into the "
+              "capture instead (Stream::create(device, {.blocking = false}))");
+  record->api->capture_join(stream, record->pool, device.index);
+  record->joined.push_back(stream);
 }
 }  // namespace detail
 
@@ -157,20 +205,36 @@ CudaGraph CudaGraph::capture(Device device, const std::function<void()>& body,
   void* stream = state->api->capture_begin(device.index, &state->pool->key);
   // From here on `state` holds the pool: a failure below releases it with `state` (unless it is
   // shared).
-  struct Forget {  // the capture's casts are the graph's (graph_internal.h)
-    const void* stream;
-    ~Forget() { detail::forget_autocast_casts(stream); }
-  } forget{stream};
+  auto record = std::make_shared<detail::CaptureRecord>();
+  record->device = device;
+  record->api = state->api;
+  record->stream = stream;
+  record->pool = state->pool->key;
+  // Runs last, after the capture has ended however it ends: the streams that joined it leave it.
+  // The capture's casts (on each of its streams) are the graph's (graph_internal.h).
+  struct Forget {
+    const detail::CaptureRecord& record;
+    ~Forget() {
+      detail::forget_autocast_casts(record.stream);
+      for (void* joined : record.joined) {
+        detail::forget_autocast_casts(joined);
+        report_failure("CudaGraph::capture",
+                       [&] { record.api->capture_leave(joined, record.device.index); });
+      }
+    }
+  } forget{*record};
   {
     void* previous = state->api->current_stream(device.index);
     state->api->set_current_stream(stream, device.index);
     t_captures.push_back(&state->slots);
+    t_capture_records.push_back(record);
     struct Restore {
       const kernels::StreamApi* api;
       void* previous;
       int index;
       ~Restore() {
         t_captures.pop_back();
+        t_capture_records.pop_back();
         api->set_current_stream(previous, index);
       }
     } restore{state->api, previous, device.index};

@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 
 #include "lathe/core/device.h"
 
@@ -28,5 +29,19 @@ uint64_t* replay_slot(Device device, int words, ReplayFill fill);
 // ends, however it ends: a cast made inside it is written only when the graph replays and belongs
 // to the graph's memory, so the next capture on the same capture stream must cast again.
 void forget_autocast_casts(const void* stream);
+
+// Several streams in one capture (core/stream.cpp): an event recorded on a stream the capture
+// records (its capture stream, or a stream that joined it) marks a point of the capture; a created
+// stream that waits for such an event joins the capture (CUDA's fork), and the capture stream must
+// wait for each joined stream's work before the body returns (the join).
+struct CaptureRecord;
+// The capture running on this thread that `stream` (a native handle of `device`) records into, or
+// an empty pointer.
+std::weak_ptr<CaptureRecord> capture_recording_on(Device device, const void* stream);
+// Called before `stream` of `device` waits for an event recorded in `capture`: makes it one of the
+// capture's streams if it is not yet (its allocations then come from the graph's pool). Throws for
+// a capture that has ended, one of another thread or device, and the default stream.
+void join_capture_before_wait(const std::weak_ptr<CaptureRecord>& capture, Device device,
+                              void* stream);
 
 }  // namespace lathe::detail

@@ -6,8 +6,10 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <mutex>
 #include <sstream>
 
+#include "core/graph_internal.h"
 #include "kernels/device_api.h"
 #include "lathe/core/error.h"
 #include "lathe/core/tensor.h"
@@ -108,6 +110,11 @@ struct Event::State {
   // Copies of an Event may be recorded and read from several threads.
   std::atomic<bool> recorded{false};
   std::atomic<double> host_ms{0};  // the cpu's record time
+  // Set when the last record was on a stream of a graph capture (graph_internal.h): the event then
+  // marks a point of the capture, which only streams may wait for.
+  std::mutex capture_mutex;
+  std::weak_ptr<detail::CaptureRecord> captured_in;
+  bool captured = false;
   ~State() {
     if (api && handle) {
       try {
@@ -130,11 +137,29 @@ void Event::record(const Stream& stream) {
   LATHE_CHECK(stream.device() == device_, "Event::record: an event of ", device_.str(),
               " cannot mark work of ", stream.str());
   if (state_->api) {
+    std::weak_ptr<detail::CaptureRecord> capture =
+        detail::capture_recording_on(device_, stream.native_handle());
     state_->api->event_record(state_->handle, stream.native_handle(), device_.index);
+    std::lock_guard<std::mutex> lock(state_->capture_mutex);
+    state_->captured = !capture.expired();
+    state_->captured_in = std::move(capture);
   } else {
     state_->host_ms = host_clock_ms();
   }
   state_->recorded = true;
+}
+
+namespace {
+void refuse_captured(const Event& event, bool captured, const char* what) {
+  LATHE_CHECK(!captured, what, ": the event (", event.device().str(),
+              ") was last recorded inside a graph capture, where it only orders the capture's "
+              "streams (Stream::wait); record it again outside the capture to wait for it here");
+}
+}  // namespace
+
+bool Event::captured() const {
+  std::lock_guard<std::mutex> lock(state_->capture_mutex);
+  return state_->captured;
 }
 
 void Event::record() {
@@ -146,10 +171,12 @@ bool Event::recorded() const {
 }
 
 bool Event::query() const {
+  refuse_captured(*this, captured(), "Event::query");
   return state_->api == nullptr || state_->api->event_query(state_->handle);
 }
 
 void Event::synchronize() const {
+  refuse_captured(*this, captured(), "Event::synchronize");
   if (state_->api) state_->api->event_synchronize(state_->handle, device_.index);
 }
 
@@ -160,6 +187,8 @@ float Event::elapsed_ms(const Event& end) const {
               "Event::elapsed_ms: both events must have been recorded");
   LATHE_CHECK(device_ == end.device_, "Event::elapsed_ms: events of ", device_.str(), " and ",
               end.device_.str());
+  refuse_captured(*this, captured(), "Event::elapsed_ms");
+  refuse_captured(end, end.captured(), "Event::elapsed_ms");
   if (state_->api == nullptr) return float(end.state_->host_ms - state_->host_ms);
   LATHE_CHECK(query() && end.query(),
               "Event::elapsed_ms: the events' work has not completed yet (synchronize the end "
@@ -175,6 +204,15 @@ void Stream::wait(const Event& event) const {
     event.synchronize();
     return;
   }
+  std::weak_ptr<detail::CaptureRecord> capture;
+  bool captured = false;
+  {
+    std::lock_guard<std::mutex> lock(event.state_->capture_mutex);
+    captured = event.state_->captured;
+    capture = event.state_->captured_in;
+  }
+  // A point of a capture: this stream joins the capture first (its work is recorded from now on).
+  if (captured) detail::join_capture_before_wait(capture, device_, handle_);
   api->stream_wait_event(handle_, event.state_->handle, device_.index);
 }
 

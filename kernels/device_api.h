@@ -44,6 +44,11 @@ struct StreamApi {
   void (*graph_destroy)(void* graph, int index) = nullptr;
   // Hands the private pool's memory back (after graph_destroy).
   void (*release_pool)(void* pool, int index) = nullptr;
+  // A created stream joins a capture whose private pool is `pool` (before it waits for an event
+  // recorded in the capture): the allocator serves it from that pool until capture_leave, which
+  // also drops what the stream cached for the graph (its cuBLASLt workspace), after the capture.
+  void (*capture_join)(void* stream, void* pool, int index) = nullptr;
+  void (*capture_leave)(void* stream, int index) = nullptr;
 };
 
 struct DeviceApi {

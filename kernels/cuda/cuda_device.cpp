@@ -303,6 +303,21 @@ void cuda_release_pool(void* pool, int index) {
   rt::device_allocator(index).release_private_pool(static_cast<cudaStream_t>(pool));
 }
 
+void cuda_capture_join(void* stream, void* pool, int index) {
+  LATHE_CHECK(stream != nullptr, "CudaGraph::capture: the default stream of cuda:", index,
+              " cannot join a capture; fork a created stream into it (Stream::create)");
+  const rt::DeviceGuard on_device(index);
+  rt::device_allocator(index).begin_private_pool(static_cast<cudaStream_t>(stream),
+                                                 static_cast<cudaStream_t>(pool));
+}
+
+void cuda_capture_leave(void* stream, int index) {
+  const rt::DeviceGuard on_device(index);
+  auto s = static_cast<cudaStream_t>(stream);
+  rt::forget_workspace(index, s);  // the graph's GEMMs on this stream used it
+  rt::device_allocator(index).end_private_pool(s);
+}
+
 const StreamApi& cuda_stream_api() {
   static const StreamApi api{
       cuda_pooled_stream,      cuda_stream_blocking,    cuda_current_stream,
@@ -311,7 +326,7 @@ const StreamApi& cuda_stream_api() {
       cuda_event_query,        cuda_event_synchronize,  cuda_stream_wait_event,
       cuda_event_elapsed_ms,   cuda_record_stream,      cuda_capture_begin,
       cuda_capture_end,        cuda_graph_launch,       cuda_graph_destroy,
-      cuda_release_pool};
+      cuda_release_pool,       cuda_capture_join,       cuda_capture_leave};
   return api;
 }
 

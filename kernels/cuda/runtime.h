@@ -143,13 +143,15 @@ float event_elapsed_ms(cudaEvent_t start, cudaEvent_t end);
 
 // Starts recording the work queued on `stream` (a created stream, never the legacy one) into a
 // graph instead of running it; cudaStreamCaptureModeRelaxed, so the allocator may still call
-// raw_malloc. While a stream captures, a host wait on it, a query of it, an event record on it
-// and a wait on an event recorded outside the capture fail with cudaErrorStreamCaptureUnsupported
-// / cudaErrorStreamCaptureIsolation and invalidate the capture (the simulator refuses the event
-// record as well, which CUDA would accept: lathe's graphs hold one stream's work and no events).
+// raw_malloc. While a stream captures, a host wait on it, a query of it and a wait on an event
+// recorded outside the capture fail with cudaErrorStreamCaptureUnsupported /
+// cudaErrorStreamCaptureIsolation and invalidate the capture. An event recorded on it marks a
+// point of the capture: a created stream that waits for it joins the capture (a fork), and the
+// capturing stream must wait for an event recorded on each joined stream after its last work (a
+// join) before the capture ends; such an event cannot be queried, synchronized or timed.
 void stream_begin_capture(cudaStream_t stream);
-// Ends the capture and returns the executable graph; throws if the capture was invalidated (the
-// capture is over either way).
+// Ends the capture and returns the executable graph; throws if the capture was invalidated or a
+// joined stream was not joined back (the capture is over either way, for the joined streams too).
 cudaGraphExec_t stream_end_capture(cudaStream_t stream);
 // Whether `stream` is capturing (false for the legacy stream).
 bool stream_is_capturing(cudaStream_t stream);

@@ -218,12 +218,9 @@ void event_destroy(cudaEvent_t event) {
 }
 
 void event_record(cudaEvent_t event, cudaStream_t stream) {
-  // CUDA would record an event node; lathe's graphs hold one stream's kernels and copies only, and
-  // the users of events here (the allocator, the staging uploads) query them later, which a
-  // captured record does not allow.
-  LATHE_CHECK(!stream_is_capturing(stream),
-              "event_record on a stream that is capturing a graph: lathe's graphs hold no events "
-              "(copy host data into the graph's input tensors before capture or replay)");
+  // On a capturing stream this records a point of the capture that other streams may wait for
+  // (CUDA's fork and join). lathe's own users of events (the allocator, the staging uploads) never
+  // record on a capturing stream: they would query the event later, which CUDA refuses.
   LATHE_CUDA_CHECK(cudaEventRecord(event, stream));
 }
 

@@ -29,6 +29,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -39,11 +40,26 @@
 
 namespace lathe::cuda::sim_streams {
 
-// A capture in progress on a created stream (stream_begin_capture): the work submitted to the
-// stream is kept as the graph's nodes instead of queued.
+struct Queue;
+
+// How far a stream of a capture has seen each stream of it: for each queue, the number of graph
+// nodes (a position in `nodes`) up to which that queue's work is ordered before this stream's next
+// work, through the captured events it waited for (directly or through other streams).
+using Seen = std::map<const Queue*, size_t>;
+
+// A capture in progress (stream_begin_capture): the work submitted to its streams is kept as the
+// graph's nodes instead of queued. Other streams join it by waiting for an event recorded in it
+// (CUDA's fork), and must be joined back into the origin stream before the capture ends. The nodes
+// of all its streams are kept in submission order: an order that respects every dependency the
+// streams' waits declare, so a launch may run them one after another.
 struct Capture {
   std::vector<std::function<void()>> nodes;
   std::string invalidated;  // why, once an operation not allowed in a capture was attempted
+  const Queue* origin = nullptr;
+  // The streams that joined, each with the node count after its last node (or at its joining).
+  std::map<std::shared_ptr<Queue>, size_t> joined;
+  std::map<const Queue*, Seen> seen;  // per stream of the capture, the origin's included
+  bool ended = false;
 };
 
 // One created stream's queue. Shared (shared_ptr) by the stream handle, by the events recorded
@@ -61,12 +77,15 @@ struct Queue {
   std::shared_ptr<Capture> capture;  // guarded by g_state; null unless capturing
 };
 
-// Where an event's last record stands: done, or waiting for `ticket` of `queue`.
+// Where an event's last record stands: done, or waiting for `ticket` of `queue`; or, for a record
+// on a capturing stream, a point of that capture (never done: it orders the capture's streams).
 struct Mark {
   std::shared_ptr<Queue> queue;  // null once done
   uint64_t ticket = 0;
   bool done = false;
   double time_ms = 0;
+  std::shared_ptr<Capture> capture;  // set for a record inside a capture
+  Seen seen;                         // what the recording stream had seen, itself included
 };
 
 }  // namespace lathe::cuda::sim_streams
@@ -139,6 +158,7 @@ std::atomic<uint64_t> g_host_waits{0};
 using sim_streams::Capture;
 using sim_streams::Mark;
 using sim_streams::Queue;
+using sim_streams::Seen;
 
 bool streams_deferred() {
   static const bool deferred = [] {
@@ -206,8 +226,35 @@ std::vector<std::shared_ptr<Queue>> busy_queues(int device, bool blocking_only) 
   return out;
 }
 
+// Blocking streams that joined a capture (the capture streams themselves are non-blocking).
+std::atomic<int> g_capturing_blocking{0};
+
+// CUDA refuses a legacy-stream operation that would wait for a capturing blocking stream
+// (cudaErrorStreamCaptureImplicit) and invalidates that capture.
+void refuse_implicit_capture_dependency(int device) {
+  if (g_capturing_blocking.load(std::memory_order_relaxed) == 0) return;
+  std::string message;
+  {
+    std::lock_guard<std::mutex> lock(g_state);
+    for (const std::weak_ptr<Queue>& w : g_queues) {
+      std::shared_ptr<Queue> q = w.lock();
+      if (!q || q->device != device || !q->blocking || !q->capture) continue;
+      message = std::string("an operation on the default stream of cuda:") +
+                std::to_string(device) +
+                " while a blocking stream of it captures a graph would make the default stream "
+                "wait for the capture (" +
+                error_string(cudaErrorStreamCaptureImplicit) +
+                "); fork non-blocking streams into a capture (StreamOptions{.blocking = false})";
+      if (q->capture->invalidated.empty()) q->capture->invalidated = message;
+      break;
+    }
+  }
+  if (!message.empty()) LATHE_FAIL(message, "; the capture is invalidated");
+}
+
 // A legacy-stream operation on `device` first waits for the device's blocking streams.
 void before_legacy_operation(int device) {
+  refuse_implicit_capture_dependency(device);
   for (const std::shared_ptr<Queue>& q : busy_queues(device, true)) run_queue(q);
 }
 
@@ -222,6 +269,9 @@ void submit(cudaStream_t stream, std::function<void()> work) {
     std::lock_guard<std::mutex> lock(g_state);
     if (const std::shared_ptr<Capture>& capture = stream->queue->capture) {
       capture->nodes.push_back(std::move(work));
+      if (auto joined = capture->joined.find(stream->queue); joined != capture->joined.end()) {
+        joined->second = capture->nodes.size();
+      }
       return;
     }
   }
@@ -251,6 +301,19 @@ void refuse_if_capturing(cudaStream_t stream, const char* what, cudaError_t stat
     if (capture->invalidated.empty()) capture->invalidated = message;
   }
   LATHE_FAIL(message, "; the capture is invalidated");
+}
+
+// A captured event cannot be waited for by the host or timed: it marks a point of a graph.
+void refuse_captured_mark(const std::shared_ptr<Mark>& mark, const char* what) {
+  bool captured = false;
+  {
+    std::lock_guard<std::mutex> lock(g_state);
+    captured = mark && mark->capture;
+  }
+  LATHE_CHECK(!captured, what, " of an event recorded inside a graph capture (",
+              error_string(cudaErrorStreamCaptureUnsupported),
+              "): such an event orders the capture's streams only; record it again outside a "
+              "capture to wait for it from the host");
 }
 
 // Whether one of `device`'s streams is capturing.
@@ -305,6 +368,14 @@ const char* sim_error_string(cudaError_t status) {
     case cudaErrorStreamCaptureIsolation:
       return "cudaErrorStreamCaptureIsolation: operation would have resulted in a merge of a "
              "capture sequence with an unrelated stream";
+    case cudaErrorStreamCaptureUnmatched:
+      return "cudaErrorStreamCaptureUnmatched: the capture was not initiated in this stream";
+    case cudaErrorStreamCaptureUnjoined:
+      return "cudaErrorStreamCaptureUnjoined: the capture sequence contains a fork that was not "
+             "joined to the primary stream";
+    case cudaErrorStreamCaptureImplicit:
+      return "cudaErrorStreamCaptureImplicit: operation would have resulted in a disallowed "
+             "implicit dependency on a current capture sequence from cudaStreamLegacy";
     default:
       return nullptr;
   }
@@ -507,12 +578,19 @@ void event_record(cudaEvent_t event, cudaStream_t stream) {
   const int device = stream ? stream->device : t_current_device;
   LATHE_CHECK(device == event->device, "event_record: an event of cuda:", event->device,
               " recorded on a stream of cuda:", device, " (cudaErrorInvalidResourceHandle)");
-  // CUDA would record an event node; runtime.h says why lathe's graphs hold none.
-  refuse_if_capturing(stream,
-                      "event_record (lathe's graphs hold no events: copy host data into the "
-                      "graph's input tensors before capture or replay)",
-                      cudaErrorStreamCaptureUnsupported);
   auto mark = std::make_shared<Mark>();
+  if (stream != nullptr) {
+    // A record on a capturing stream marks a point of the capture, which other streams may wait
+    // for (a fork) and the origin stream must wait for at the end (a join).
+    std::lock_guard<std::mutex> lock(g_state);
+    if (const std::shared_ptr<Capture>& capture = stream->queue->capture) {
+      mark->capture = capture;
+      mark->seen = capture->seen[stream->queue.get()];
+      mark->seen[stream->queue.get()] = capture->nodes.size();
+      event->mark = std::move(mark);
+      return;
+    }
+  }
   if (stream == nullptr || !streams_deferred()) {
     if (stream == nullptr) before_legacy_operation(device);
     mark->done = true;
@@ -536,8 +614,14 @@ void event_record(cudaEvent_t event, cudaStream_t stream) {
 
 bool event_query(cudaEvent_t event) {
   LATHE_CHECK(event != nullptr, "event_query: null event");
+  std::shared_ptr<Mark> mark;
+  {
+    std::lock_guard<std::mutex> lock(g_state);
+    mark = event->mark;
+  }
+  refuse_captured_mark(mark, "event_query");
   std::lock_guard<std::mutex> lock(g_state);
-  return !event->mark || event->mark->done;  // never recorded: complete, as in CUDA
+  return !mark || mark->done;  // never recorded: complete, as in CUDA
 }
 
 void event_synchronize(cudaEvent_t event) {
@@ -548,8 +632,52 @@ void event_synchronize(cudaEvent_t event) {
     std::lock_guard<std::mutex> lock(g_state);
     mark = event->mark;
   }
+  refuse_captured_mark(mark, "event_synchronize");
   complete_mark(mark);
 }
+
+namespace {
+
+// A wait for an event recorded inside a capture: `stream` joins that capture if it is not one of
+// its streams yet, and from now on has seen what the recording stream had. The capture keeps its
+// nodes in submission order, so the wait itself needs no node.
+void join_capture(cudaStream_t stream, const std::shared_ptr<Mark>& mark) {
+  std::string refusal;
+  cudaError_t status = cudaSuccess;
+  {
+    std::lock_guard<std::mutex> lock(g_state);
+    const std::shared_ptr<Capture>& capture = mark->capture;
+    if (capture->ended) {
+      refusal = "stream_wait_event for an event recorded in a capture that has ended";
+      status = cudaErrorStreamCaptureInvalidated;
+    } else if (stream == nullptr) {
+      refusal =
+          "stream_wait_event of the default stream for an event recorded inside a capture "
+          "(the default stream cannot join a capture)";
+      status = cudaErrorStreamCaptureImplicit;
+      if (capture->invalidated.empty()) capture->invalidated = refusal;
+    } else if (stream->queue->capture && stream->queue->capture != capture) {
+      refusal =
+          "stream_wait_event for an event recorded in another capture than the one the "
+          "stream is capturing";
+      status = cudaErrorStreamCaptureIsolation;
+      if (capture->invalidated.empty()) capture->invalidated = refusal;
+    } else {
+      if (!stream->queue->capture) {
+        stream->queue->capture = capture;
+        capture->joined[stream->queue] = capture->nodes.size();
+        if (stream->queue->blocking) g_capturing_blocking.fetch_add(1);
+      }
+      Seen& seen = capture->seen[stream->queue.get()];
+      for (const auto& [queue, position] : mark->seen) {
+        seen[queue] = std::max(seen[queue], position);
+      }
+    }
+  }
+  if (!refusal.empty()) LATHE_FAIL(refusal, " (", error_string(status), ")");
+}
+
+}  // namespace
 
 void stream_wait_event(cudaStream_t stream, cudaEvent_t event) {
   LATHE_CHECK(event != nullptr, "stream_wait_event: null event");
@@ -559,7 +687,10 @@ void stream_wait_event(cudaStream_t stream, cudaEvent_t event) {
     mark = event->mark;  // the record as of now: a later re-record is not waited for
   }
   if (!mark) return;  // never recorded: nothing to wait for
-  // Events are never recorded inside a capture here, so this one is outside it.
+  if (mark->capture) {
+    join_capture(stream, mark);
+    return;
+  }
   refuse_if_capturing(stream, "stream_wait_event for an event recorded outside the capture",
                       cudaErrorStreamCaptureIsolation);
   submit(stream, [mark] { complete_mark(mark); });
@@ -568,6 +699,8 @@ void stream_wait_event(cudaStream_t stream, cudaEvent_t event) {
 float event_elapsed_ms(cudaEvent_t start, cudaEvent_t end) {
   LATHE_CHECK(start && end && start->timing && end->timing,
               "event_elapsed_ms: both events must be created with timing enabled");
+  refuse_captured_mark(start->mark, "event_elapsed_ms");
+  refuse_captured_mark(end->mark, "event_elapsed_ms");
   std::lock_guard<std::mutex> lock(g_state);
   if (!start->mark || !end->mark) {
     LATHE_CUDA_CHECK(cudaErrorInvalidResourceHandle);
@@ -584,20 +717,45 @@ void stream_begin_capture(cudaStream_t stream) {
   LATHE_CHECK(!stream->queue->capture, "stream_begin_capture: the stream is capturing already (",
               error_string(cudaErrorIllegalState), ")");
   stream->queue->capture = std::make_shared<sim_streams::Capture>();
+  stream->queue->capture->origin = stream->queue.get();
 }
 
 cudaGraphExec_t stream_end_capture(cudaStream_t stream) {
   LATHE_CHECK(stream != nullptr, "stream_end_capture: the legacy default stream never captures");
   std::shared_ptr<sim_streams::Capture> capture;
+  std::string unjoined;
   {
     std::lock_guard<std::mutex> lock(g_state);
-    capture = std::move(stream->queue->capture);  // leaves the stream not capturing
+    capture = stream->queue->capture;
+    LATHE_CHECK(capture == nullptr || capture->origin == stream->queue.get(),
+                "stream_end_capture: the stream joined a capture that another stream began (",
+                error_string(cudaErrorStreamCaptureUnmatched), ")");
+    if (capture != nullptr) {
+      // Every stream that joined must have been joined back: the origin has seen its last node.
+      const Seen& origin = capture->seen[stream->queue.get()];
+      for (const auto& [queue, last] : capture->joined) {
+        auto seen = origin.find(queue.get());
+        if (unjoined.empty() && (seen == origin.end() || seen->second < last)) {
+          std::ostringstream what;
+          what << "stream " << queue.get() << " joined the capture and was not joined back (make "
+               << "the capturing stream wait for it after its last work)";
+          unjoined = what.str();
+        }
+        queue->capture.reset();
+        if (queue->blocking) g_capturing_blocking.fetch_sub(1);
+      }
+      capture->ended = true;
+      stream->queue->capture.reset();  // the stream is not capturing any more
+    }
   }
   LATHE_CHECK(capture != nullptr, "stream_end_capture: the stream is not capturing (",
               error_string(cudaErrorIllegalState), ")");
   LATHE_CHECK(capture->invalidated.empty(),
               "stream_end_capture: ", error_string(cudaErrorStreamCaptureInvalidated), " (",
               capture->invalidated, ")");
+  LATHE_CHECK(unjoined.empty(),
+              "stream_end_capture: ", error_string(cudaErrorStreamCaptureUnjoined), " (", unjoined,
+              ")");
   auto* graph = new CUgraphExec_st;
   graph->device = stream->device;
   graph->nodes = std::move(capture->nodes);

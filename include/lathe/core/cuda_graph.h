@@ -9,8 +9,9 @@
 //   lathe::Tensor mask = ...;                 // the graph's inputs: fixed tensors on the device
 //   lathe::Tensor logits;                     // its output
 //   lathe::NoGradGuard no_grad;
-//   lathe::CudaGraph graph = lathe::CudaGraph::capture(gpu, [&] { logits = model.forward(ids,
-//   mask); }); for (each request) {
+//   lathe::CudaGraph graph =
+//       lathe::CudaGraph::capture(gpu, [&] { logits = model.forward(ids, mask); });
+//   for (each request) {
 //     ids.copy_(request_ids);                 // new values into the same memory
 //     graph.replay();                         // logits now holds this request's result
 //     use(logits.to(lathe::Device::cpu()));
@@ -34,6 +35,25 @@
 //  - Order: the capture records on a stream of its own; replay() queues the work on the caller's
 //    current stream of the device. Replay on the stream the inputs were written on (or order it
 //    after that one with Stream::wait); concurrent replays of one graph would share its memory.
+//  - Several streams (CUDA's fork and join): inside the body, a created stream that waits for the
+//    capture stream (Stream::wait, or an Event recorded in the body) joins the capture; work
+//    queued on it from then on is part of the graph, may run beside the capture stream's, and
+//    allocates from the graph's pool. Before the body returns, the capture stream must wait for
+//    each joined stream after its last work, or the capture fails naming it:
+//
+//      lathe::Stream side = lathe::Stream::create(gpu, {.blocking = false});
+//      graph = lathe::CudaGraph::capture(gpu, [&] {
+//        side.wait(lathe::current_stream(gpu));             // fork
+//        { lathe::StreamGuard on_side(side); b = branch(x); }
+//        a = other_branch(x);                               // meanwhile, on the capture stream
+//        lathe::current_stream(gpu).wait(side);             // join
+//        out = a + b;
+//      });
+//
+//    Fork from the capturing thread. Prefer non-blocking streams: while a blocking stream is in a
+//    capture, CUDA refuses any work on the device's default stream (it would wait for the capture).
+//    An Event recorded in a capture marks a point of the graph: streams may wait for it, the host
+//    may not (query, synchronize and elapsed_ms refuse it).
 //
 // Training steps capture too (PyTorch's whole-network recipe): take one step eagerly (it creates
 // the optimizer's state), then capture the loop body and replay it per batch:
@@ -54,9 +74,10 @@
 // weight decay at replay time. A replayed step is the eager step bit for bit.
 //
 // What a capture refuses, with an error naming it (and the capture then fails): a host wait
-// (item(), Tensor::to(cpu), synchronize), a copy from host memory (upload before the capture or
-// replay), an event, a stream wait, and an optimizer step a replay could not redo (SGD, the
-// composed Adam update, fused_adamw_ called directly, an AdamW step before the optimizer's first).
+// (item(), Tensor::to(cpu), synchronize, an event's synchronize or query), a copy from host memory
+// (upload before the capture or replay), a wait for an event recorded outside the capture, a fork
+// not joined back, and an optimizer step a replay could not redo (SGD, the composed Adam update,
+// fused_adamw_ called directly, an AdamW step before the optimizer's first).
 // A cuda kernel that checks its indices still reports at the next host wait after a replay.
 //
 // The simulated cuda build records the same work and replays it, and refuses the same operations,

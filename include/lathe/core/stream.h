@@ -125,6 +125,11 @@ class Event {
   // The same on this thread's current stream of the event's device.
   void record();
   bool recorded() const;
+  // Whether the last record was inside CudaGraph::capture, on a stream of the capture: the event
+  // then marks a point of the graph, which streams of the capture may wait for (forking a created
+  // stream into the capture, or joining it back: lathe/core/cuda_graph.h), and the calls below
+  // refuse it.
+  bool captured() const;
   // True when the marked work has finished (an event never recorded counts as finished).
   bool query() const;
   // Waits until the marked work has finished, then raises the errors kernels found meanwhile.
