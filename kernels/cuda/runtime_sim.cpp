@@ -699,8 +699,14 @@ void stream_wait_event(cudaStream_t stream, cudaEvent_t event) {
 float event_elapsed_ms(cudaEvent_t start, cudaEvent_t end) {
   LATHE_CHECK(start && end && start->timing && end->timing,
               "event_elapsed_ms: both events must be created with timing enabled");
-  refuse_captured_mark(start->mark, "event_elapsed_ms");
-  refuse_captured_mark(end->mark, "event_elapsed_ms");
+  std::shared_ptr<Mark> start_mark, end_mark;
+  {
+    std::lock_guard<std::mutex> lock(g_state);
+    start_mark = start->mark;
+    end_mark = end->mark;
+  }
+  refuse_captured_mark(start_mark, "event_elapsed_ms");
+  refuse_captured_mark(end_mark, "event_elapsed_ms");
   std::lock_guard<std::mutex> lock(g_state);
   if (!start->mark || !end->mark) {
     LATHE_CUDA_CHECK(cudaErrorInvalidResourceHandle);
