@@ -9,15 +9,14 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
-#include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <sstream>
-#include <tuple>
 
 #include "data.h"
 #include "lathe/lathe.h"
 #include "report.h"
+#include "step_graphs.h"
 
 namespace lathe::finetune {
 
@@ -478,92 +477,22 @@ int run(const Options& o) {
     return optim::clip_grad_norm_(optimizer, o.max_grad_norm > 0 ? o.max_grad_norm : INFINITY);
   };
 
-  // --cuda-graphs: after this process's first step (eager: it creates the gradients and the
-  // optimizer's state), a step replays a graph per micro-batch, then the optimizer step's. A
-  // micro-batch's graph is captured at the first batch of its kind: its shape, whether it is the
-  // step's first (it zeroes the gradients in place first) and whether it is the step's last (it
-  // clips after its backward). Each leaves its weighted loss, and the last the gradient norm, in
-  // output tensors; the host reads them, as the eager loop does, and only then replays the
-  // optimizer's graph, so a non-finite step still stops the run before it changes the weights.
-  // The gradients stay allocated between steps (no zero_grad) and the backward adds into them in
-  // place, so every graph reads and writes the same gradient tensors. All graphs share one memory
-  // pool and replay on one stream, which also orders the host's sum of the micro-batch losses
-  // before the next replay of the same graph overwrites its output. With accumulation the loss
-  // weight (the batch's share of the step's examples) is an input tensor, not a constant. Dropout
-  // draws and AdamW's lr and step count are refilled at each replay (lathe/core/cuda_graph.h):
-  // with the same padding the run is the eager run.
-  struct MicroGraph {
-    Tensor ids, mask, types, labels, weight;  // the graph's inputs
-    Tensor loss, grad_norm;                   // its outputs (grad_norm for a step's last batch)
-    std::unique_ptr<CudaGraph> graph;
-  };
-  // (batch rows, padded length, first of the step, last of the step)
-  using MicroKind = std::tuple<int64_t, int64_t, bool, bool>;
-  std::map<MicroKind, MicroGraph> micro_graphs;
-  std::unique_ptr<CudaGraph> update_graph;
-  const CudaGraph* graph_pool = nullptr;
-  bool graphs_ready = false;  // the gradients and the optimizer's state exist
-  const bool weighted = accumulate > 1;
-  // Evaluations of the training model, through one graph per eval batch shape.
+  // --cuda-graphs (step_graphs.h): after this process's first step, which runs eagerly, every step
+  // replays graphs, and evaluations replay a graph per eval batch shape.
+  std::optional<StepGraphs> step_graphs;
   std::optional<GraphedFunction> eval_graphs;
   if (o.cuda_graphs) {
-    eval_graphs.emplace(device, [&](const std::vector<Tensor>& in) {
-      return std::vector<Tensor>{model->forward(in[0], in[1], in[2])};
-    });
+    step_graphs.emplace(
+        device, optimizer, accumulate > 1,
+        [&](const Tensor& ids, const Tensor& mask, const Tensor& types, const Tensor& labels,
+            const Tensor& weight) {
+          return forward_backward(ids, mask, types, labels, 1.0, weight);
+        },
+        clip);
+    eval_graphs.emplace(graphed_forward(device, *model));
   }
   GraphedFunction* eval_graphed = eval_graphs ? &*eval_graphs : nullptr;
-  auto graph_micro = [&](const data::Batch& b, bool first, bool last,
-                         double weight) -> const MicroGraph& {
-    const MicroKind kind{b.input_ids.size(0), b.input_ids.size(1), first, last};
-    auto found = micro_graphs.find(kind);
-    if (found != micro_graphs.end()) {
-      MicroGraph& g = found->second;
-      g.ids.copy_(b.input_ids);
-      g.mask.copy_(b.attention_mask);
-      g.types.copy_(b.token_type_ids);
-      g.labels.copy_(b.labels);
-      if (weighted) g.weight.fill_(weight);
-      g.graph->replay();
-      return g;
-    }
-    MicroGraph g;
-    g.ids = b.input_ids.to(device);
-    g.mask = b.attention_mask.to(device);
-    g.types = b.token_type_ids.to(device);
-    g.labels = b.labels.to(device);
-    // The loss's dtype: the weight multiplies as the eager loop's `loss * weight` does.
-    if (weighted) g.weight = full({}, weight, TensorOptions(DType::F32).device(device));
-    CaptureOptions co;
-    co.share_memory_with = graph_pool;
-    g.graph = std::make_unique<CudaGraph>(CudaGraph::capture(
-        device,
-        [&] {
-          if (first) {
-            NoGradGuard no_grad;
-            for (const optim::ParamGroup& group : optimizer.param_groups()) {
-              for (const Tensor& p : group.params) {
-                Tensor grad = p.grad();
-                if (grad.defined()) grad.zero_();
-              }
-            }
-          }
-          g.loss = forward_backward(g.ids, g.mask, g.types, g.labels, 1.0, g.weight);
-          if (last) g.grad_norm = clip();
-        },
-        co));
-    if (graph_pool == nullptr) graph_pool = g.graph.get();
-    g.graph->replay();
-    return micro_graphs.emplace(kind, std::move(g)).first->second;
-  };
-  auto graph_update = [&] {
-    if (!update_graph) {
-      CaptureOptions co;
-      co.share_memory_with = graph_pool;
-      update_graph = std::make_unique<CudaGraph>(CudaGraph::capture(
-          device, [&] { optimizer.step(); }, co));
-    }
-    update_graph->replay();
-  };
+  bool graphs_ready = false;  // the gradients and the optimizer's state exist
 
   while (st.global_step < total_steps && exit_code == 0 && stop_reason == "completed") {
     const auto plan = train_batcher.plan(st.epoch);
@@ -584,7 +513,7 @@ int run(const Options& o) {
             first != last ? double(b.indices.size()) / double(step_examples) : 1.0;
         Tensor loss;
         if (graphs_ready) {
-          const MicroGraph& g = graph_micro(b, i == first, i == last, weight);
+          const StepGraphs::Outputs& g = step_graphs->micro_batch(b, i == first, i == last, weight);
           loss = g.loss;
           if (i == last) grad_norm = g.grad_norm;
         } else {
@@ -615,7 +544,7 @@ int run(const Options& o) {
       }
       const double lr_used = optimizer.param_groups().back().lr;
       if (graphs_ready) {
-        graph_update();
+        step_graphs->optimizer_step();
       } else {
         optimizer.step();
       }
@@ -770,11 +699,7 @@ int run(const Options& o) {
   best_po.verbose = false;
   const auto best = nn::load_bert_for_sequence_classification(best_dir.string(), best_po);
   std::optional<GraphedFunction> best_graphs;
-  if (o.cuda_graphs) {
-    best_graphs.emplace(device, [&](const std::vector<Tensor>& in) {
-      return std::vector<Tensor>{best->forward(in[0], in[1], in[2])};
-    });
-  }
+  if (o.cuda_graphs) best_graphs.emplace(graphed_forward(device, *best));
   GraphedFunction* best_graphed = best_graphs ? &*best_graphs : nullptr;
   const EvalResult best_dev =
       evaluate(*best, dev_batcher, d.labels.size(), device, bf16, best_graphed);
@@ -793,7 +718,7 @@ int run(const Options& o) {
                  format_confusion(test.metrics, d.labels.names()).c_str());
   }
   // Training steps' graphs, and the evaluations' of the trained and of the best model.
-  const int64_t graphs_captured = int64_t(micro_graphs.size()) + (update_graph ? 1 : 0) +
+  const int64_t graphs_captured = (step_graphs ? step_graphs->captured() : 0) +
                                   int64_t(eval_graphs ? eval_graphs->graphs() : 0) +
                                   int64_t(best_graphs ? best_graphs->graphs() : 0);
   summary["cuda_graphs"] = graphs_captured;
