@@ -72,7 +72,9 @@ class Stream {
   // Work queued on this stream from now on starts after `event` (as recorded when this is called)
   // has completed. An event never recorded is complete. The event may be of another device.
   void wait(const Event& event) const;
-  // Work queued on this stream from now on starts after the work queued on `other` so far.
+  // Work queued on this stream from now on starts after the work queued on `other` so far. In a
+  // CudaGraph::capture body, waiting for a stream of the capture (or an event recorded on one)
+  // forks this stream into the capture (lathe/core/cuda_graph.h).
   void wait(const Stream& other) const;
   // The backend's handle (a cudaStream_t; null for the default stream), for interop with code that
   // launches its own kernels.
