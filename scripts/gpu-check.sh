@@ -21,8 +21,9 @@
 #      (LATHE_TEST_WGMMA_VARIANTS=2,3);
 #   4. the rest of the cuda device's own tests (runtime, caching allocator, every kernel family);
 #   5. lathe-bench's sm_90a attention entries, one process per variant, then its other cuda entries
-#      (BM_Cuda*: every kernel in GB/s, GEMM through lathe and through cuBLAS directly, attention,
-#      the BERT training step and inference in f32 and bf16), merged into one JSON;
+#      in three groups, one process each (BM_Cuda*: the BERT training step and inference in f32 and
+#      bf16; attention; every kernel in GB/s, GEMM through lathe and through cuBLAS directly),
+#      merged into one JSON;
 #   6. bench/compare_torch_gpu.py: PyTorch eager / torch.compile / SDPA on the same shapes, and the
 #      ratio and %-of-copy-bandwidth tables of docs/benchmarks.md (compare.md);
 #   7. the BERT-base bf16 training step again under LATHE_PROFILE=1 (time per kernel family);
@@ -143,12 +144,34 @@ for part in ForwardVariant:2 ForwardVariant:3 ForwardVariant:4 Backward:2 Backwa
     --benchmark_min_time=0.05 --benchmark_out="$PARTS/${part/:/-}.json" \
     --benchmark_out_format=json
 done
-step "lathe-bench BM_Cuda*" "${LATHE_GPU_BENCH_LIMIT:-200}" bench.log \
-  env LATHE_BENCH_SKIP_SM90=1 "$BUILD/bin/lathe-bench" \
-  --benchmark_filter="${LATHE_GPU_BENCH_FILTER:-BM_Cuda}" --benchmark_min_time=0.05 \
-  --benchmark_out="$OUT_DIR/bench.json" --benchmark_out_format=json
-if [[ -s "$OUT_DIR/bench.json" ]] && compgen -G "$PARTS/*.json" >/dev/null; then
-  python3 bench/merge_bench_json.py "$OUT_DIR/bench.json" "$PARTS"/*.json >>"$OUT_DIR/bench.log" 2>&1
+# The other BM_Cuda entries (over 400) in three groups, one process each under its own limit: a
+# group cut short by its limit writes a truncated JSON and loses its own entries only. The model
+# steps first (the headline numbers), then attention, then the kernels. LATHE_GPU_BENCH_FILTER
+# runs one group of its own instead.
+if [[ -n "${LATHE_GPU_BENCH_FILTER:-}" ]]; then
+  GROUP_NAMES=(filtered)
+  GROUP_FILTERS=("$LATHE_GPU_BENCH_FILTER")
+  GROUP_LIMITS=("${LATHE_GPU_BENCH_LIMIT:-200}")
+else
+  GROUP_NAMES=(models attention kernels)
+  GROUP_FILTERS=('^BM_Cuda(TrainStep|Inference)'
+    '^BM_Cuda(FlashAttention|SimtAttention|AttentionOp)'
+    '^BM_Cuda(Copy|Gemm_|Softmax|LayerNorm|AddLayerNorm|AddThenLayerNorm|RowShapes|Gelu|BiasGelu|BiasThenGelu|CrossEntropy|Embedding|Dropout|AdamW|GradNorm|FfnIn_)')
+  GROUP_LIMITS=("${LATHE_GPU_BENCH_LIMIT:-100}" "${LATHE_GPU_BENCH_LIMIT:-70}"
+    "${LATHE_GPU_BENCH_LIMIT:-100}")
+fi
+for i in "${!GROUP_NAMES[@]}"; do
+  step "lathe-bench BM_Cuda ${GROUP_NAMES[i]}" "${GROUP_LIMITS[i]}" bench.log \
+    env LATHE_BENCH_SKIP_SM90=1 "$BUILD/bin/lathe-bench" \
+    --benchmark_filter="${GROUP_FILTERS[i]}" --benchmark_min_time=0.05 \
+    --benchmark_out="$PARTS/group-${GROUP_NAMES[i]}.json" --benchmark_out_format=json
+done
+rm -f "$OUT_DIR/bench.json"
+if compgen -G "$PARTS/*.json" >/dev/null; then
+  # The groups first, then the sm_90a variants, whose entries replace the groups'
+  # skipped placeholders.
+  python3 bench/merge_bench_json.py "$OUT_DIR/bench.json" $(ls "$PARTS"/group-*.json 2>/dev/null) \
+    $(ls "$PARTS"/*.json | grep -v '/group-') >>"$OUT_DIR/bench.log" 2>&1
 fi
 rm -rf "$PARTS"
 if [[ -s "$OUT_DIR/bench.json" ]] && command -v python3 >/dev/null; then
