@@ -20,10 +20,11 @@ run() {  # $1: name, then flags
     { cat "$work/$name.log"; fail "run $name failed"; }
 }
 
-# With accumulation (10 batches per epoch), a batch's graph also depends on its place in the step:
-# in steps of 3 batches the first, middle and last each have theirs, and the epoch's last step of
-# one batch its own (zero and clip); in steps of 4 the last step is 5 + 3 examples, whose loss
-# weights (5/8, 3/8) differ from a full step's (1/4) in graphs of the same kind.
+# With accumulation (10 batches per epoch, 9 of 5 examples and one of 3, in a shuffled order), a
+# batch's graph also depends on its place in the step: the step's first, middle and last batch
+# each have theirs, and a step of one batch (the epoch's last with steps of 3) its own (zero and
+# clip). A step that holds the batch of 3 weights its batches' losses (5/13, 3/13...) differently
+# from a full step (1/3, 1/4) in graphs of the same kind, so the weight must be refilled.
 # LoRA: the adapters' dropout draws inside the graphs, and most weights without gradients.
 for extra in "" "--precision bf16 --gradient-checkpointing" "--gradient-accumulation-steps 3" \
   "--gradient-accumulation-steps 4" "--lora-rank 4 --lora-dropout 0.1"; do
